@@ -1,0 +1,3 @@
+"""emphatic-rl: off-policy policy-gradient research in PyTorch."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,22 @@
+"""Batched torch environments (``TensorEnv``), their registry, and Gymnasium adapters.
+
+Importing this package registers every native env by name (``make_env("cartpole")``) and with Gymnasium
+(``gymnasium.make("emphatic_rl/CartPole-v1")``).
+"""
+
+from emphatic_rl.envs.base import BoxSpec, DiscreteSpec, StepResult, TensorEnv
+from emphatic_rl.envs.registry import ENV_REGISTRY, env_names, make_env, register_env
+
+# Native env modules register themselves on import. Keep one import line per module.
+# (env modules are added here as they land)
+
+__all__ = [
+    "BoxSpec",
+    "DiscreteSpec",
+    "StepResult",
+    "TensorEnv",
+    "ENV_REGISTRY",
+    "env_names",
+    "make_env",
+    "register_env",
+]

@@ -1,0 +1,219 @@
+"""The ``TensorEnv`` protocol: batched environments that live on a torch device.
+
+A ``TensorEnv`` steps ``N`` independent copies of one environment at once. Everything it takes and returns is a
+torch tensor on ``env.device`` with a leading batch axis ``N``.
+
+Autoreset rule (same-step)
+--------------------------
+When copy ``n`` ends its episode at a ``step`` (``terminated[n] or truncated[n]``), the env resets that copy
+*inside the same call*:
+
+- ``StepResult.final_obs[n]`` is the true last observation of the episode that just ended, the ``S_{t+1}`` of the
+  transition. For copies that did not end, ``final_obs[n] == obs[n]``.
+- ``StepResult.obs[n]`` is the first observation of the next episode, the ``S_0`` the agent acts on next.
+
+So every ``(obs_before, action, reward, final_obs, terminated, truncated)`` tuple a loop stores is a real
+transition; there is never a cross-reset pseudo-transition. Bootstrap through ``truncated``, never through
+``terminated``.
+
+Randomness: each env owns one ``torch.Generator`` on its device, seeded by ``reset(seed=...)``. ``state_dict`` holds
+the generator state, the per-copy state tensors and the step counters, so a restored env continues bit-identically.
+
+Subclasses implement three batched hooks without Python loops over copies:
+
+- ``_reset_where(mask)``: draw fresh initial states for the copies where ``mask`` is true, leave the rest;
+- ``_transition(action)``: advance every copy one step, return ``(reward, terminated)``;
+- ``_observe()``: the observation of the current state of every copy.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import torch
+
+
+@dataclass(frozen=True)
+class DiscreteSpec:
+    """Actions ``0, 1, ..., n - 1``. Batched actions are ``int64[N]``."""
+
+    n: int
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return ()
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return torch.int64
+
+
+@dataclass(frozen=True)
+class BoxSpec:
+    """A box of real (or boolean) values. Batched values are ``dtype[N, *shape]``.
+
+    ``low`` and ``high`` are floats applied to every element, or tuples with one entry per element of a 1-d box.
+    """
+
+    shape: tuple[int, ...]
+    low: float | tuple[float, ...]
+    high: float | tuple[float, ...]
+    dtype: torch.dtype = torch.float32
+
+    def low_tensor(self, device: torch.device | str = "cpu") -> torch.Tensor:
+        return torch.broadcast_to(torch.as_tensor(self.low, dtype=torch.float32, device=device), self.shape)
+
+    def high_tensor(self, device: torch.device | str = "cpu") -> torch.Tensor:
+        return torch.broadcast_to(torch.as_tensor(self.high, dtype=torch.float32, device=device), self.shape)
+
+
+Spec = DiscreteSpec | BoxSpec
+
+
+class StepResult(NamedTuple):
+    """What ``TensorEnv.step`` returns. All tensors have leading axis ``N`` and live on ``env.device``.
+
+    - ``obs``: ``[N, *obs_shape]``, the observation to act on next (the reset observation where an episode ended).
+    - ``reward``: ``float32[N]``.
+    - ``terminated``: ``bool[N]``, the episode reached a terminal state (do not bootstrap).
+    - ``truncated``: ``bool[N]``, the episode was cut by the time limit (bootstrap from ``final_obs``).
+    - ``final_obs``: ``[N, *obs_shape]``, the true next observation ``S_{t+1}`` of this transition.
+    """
+
+    obs: torch.Tensor
+    reward: torch.Tensor
+    terminated: torch.Tensor
+    truncated: torch.Tensor
+    final_obs: torch.Tensor
+
+
+class TensorEnv(ABC):
+    """Base class of every batched torch environment (see the module docstring for the protocol).
+
+    Args:
+        num_envs: number of independent copies ``N`` (>= 1).
+        device: torch device the state and all returned tensors live on.
+        max_episode_steps: time limit reported as ``truncated``; ``None`` for no limit.
+        check_actions: validate the range of every action (costs a device sync per step; turn off when the
+            actions come from a trusted sampler).
+    """
+
+    #: short registry name, e.g. ``"cartpole"``; set by subclasses.
+    name: str = ""
+    observation_spec: BoxSpec
+    action_spec: Spec
+    #: names of the tensor attributes that hold the per-copy state (saved by ``state_dict``).
+    state_names: tuple[str, ...] = ()
+
+    def __init__(
+        self,
+        num_envs: int,
+        device: torch.device | str = "cpu",
+        max_episode_steps: int | None = None,
+        check_actions: bool = True,
+    ) -> None:
+        if not isinstance(num_envs, int) or isinstance(num_envs, bool) or num_envs < 1:
+            raise ValueError(f"num_envs must be an integer >= 1, got {num_envs!r}")
+        if max_episode_steps is not None and (not isinstance(max_episode_steps, int) or max_episode_steps < 1):
+            raise ValueError(f"max_episode_steps must be None or an integer >= 1, got {max_episode_steps!r}")
+        self.num_envs = num_envs
+        self.device = torch.device(device)
+        self.max_episode_steps = max_episode_steps
+        self.check_actions = check_actions
+        self.generator = torch.Generator(device=self.device)
+        self.generator.manual_seed(0)
+        self.elapsed_steps = torch.zeros(num_envs, dtype=torch.int64, device=self.device)
+
+    # ------------------------------------------------------------------ hooks for subclasses
+    @abstractmethod
+    def _reset_where(self, mask: torch.Tensor) -> None:
+        """Draw fresh initial states for the copies where ``mask`` (``bool[N]``) is true; keep the others."""
+
+    @abstractmethod
+    def _transition(self, action: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Advance every copy by one step; return ``(reward float32[N], terminated bool[N])``."""
+
+    @abstractmethod
+    def _observe(self) -> torch.Tensor:
+        """Observation of every copy's current state: ``[N, *observation_spec.shape]``."""
+
+    # ------------------------------------------------------------------ public API
+    def reset(self, seed: int | None = None) -> torch.Tensor:
+        """Start a new episode in every copy. ``seed`` reseeds the env's generator. Returns ``obs [N, *obs_shape]``."""
+        if seed is not None:
+            self.generator.manual_seed(int(seed))
+        self._reset_where(torch.ones(self.num_envs, dtype=torch.bool, device=self.device))
+        self.elapsed_steps.zero_()
+        return self._observe()
+
+    def step(self, action: torch.Tensor) -> StepResult:
+        """Advance every copy by one step with ``action`` (``[N, *action_shape]``); autoreset on the same step."""
+        action = self.validate_action(action)
+        reward, terminated = self._transition(action)
+        self.elapsed_steps += 1
+        if self.max_episode_steps is None:
+            truncated = torch.zeros_like(terminated)
+        else:
+            truncated = (self.elapsed_steps >= self.max_episode_steps) & ~terminated
+        final_obs = self._observe()
+        done = terminated | truncated
+        self._reset_where(done)
+        self.elapsed_steps.masked_fill_(done, 0)
+        obs = torch.where(done.view((-1,) + (1,) * (final_obs.dim() - 1)), self._observe(), final_obs)
+        return StepResult(obs, reward, terminated, truncated, final_obs)
+
+    def validate_action(self, action: torch.Tensor) -> torch.Tensor:
+        """Convert ``action`` to the spec's dtype on ``self.device``; raise ``ValueError`` if it is not allowed."""
+        spec = self.action_spec
+        action = torch.as_tensor(action, device=self.device)
+        expected_shape = (self.num_envs, *spec.shape)
+        if tuple(action.shape) != expected_shape:
+            raise ValueError(
+                f"{type(self).__name__}.step: action has shape {tuple(action.shape)}, expected {expected_shape}"
+            )
+        if isinstance(spec, DiscreteSpec):
+            if action.dtype.is_floating_point or action.dtype == torch.bool:
+                raise ValueError(f"{type(self).__name__}.step: discrete actions must be integers, got {action.dtype}")
+            action = action.long()
+            if self.check_actions and bool(((action < 0) | (action >= spec.n)).any()):
+                bad = action[(action < 0) | (action >= spec.n)][0].item()
+                raise ValueError(
+                    f"{type(self).__name__}.step: action {bad} is outside the action set {{0, ..., {spec.n - 1}}}"
+                )
+        else:
+            action = action.to(spec.dtype)
+            if self.check_actions and not bool(torch.isfinite(action).all()):
+                raise ValueError(f"{type(self).__name__}.step: actions must be finite")
+        return action
+
+    # ------------------------------------------------------------------ checkpointing
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue bit-identically: state tensors, step counters and the generator."""
+        state = {name: getattr(self, name).clone() for name in self.state_names}
+        state["elapsed_steps"] = self.elapsed_steps.clone()
+        state["generator"] = self.generator.get_state()
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for name in self.state_names:
+            getattr(self, name).copy_(state[name].to(self.device))
+        self.elapsed_steps.copy_(state["elapsed_steps"].to(self.device))
+        self.generator.set_state(state["generator"])
+
+    # ------------------------------------------------------------------ helpers for subclasses
+    def uniform(self, *shape: int, low: float = 0.0, high: float = 1.0, dtype=torch.float32) -> torch.Tensor:
+        """Uniform draws in ``[low, high)`` from the env's generator."""
+        sample = torch.rand(shape, generator=self.generator, device=self.device, dtype=dtype)
+        return low + (high - low) * sample
+
+    def normal(self, *shape: int, mean: float = 0.0, std: float = 1.0, dtype=torch.float32) -> torch.Tensor:
+        """Normal draws from the env's generator."""
+        return mean + std * torch.randn(shape, generator=self.generator, device=self.device, dtype=dtype)
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(num_envs={self.num_envs}, device={self.device}, "
+            f"max_episode_steps={self.max_episode_steps})"
+        )
