@@ -1,0 +1,45 @@
+"""Bit packing of boolean observations: 8 cells per ``uint8`` byte, batched, on any device.
+
+MinAtar observations are ``bool[10, 10, C]``. A ``torch.bool`` tensor spends one byte per cell; packing stores
+``ceil(cells / 8)`` bytes per observation instead. Cell ``8 * b + j`` of the flattened (row-major) observation
+is bit ``j`` (least significant first) of byte ``b``; the unused high bits of the last byte are zero.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def packed_num_bytes(obs_shape: tuple[int, ...]) -> int:
+    """Bytes one packed observation of ``obs_shape`` takes: ``ceil(prod(obs_shape) / 8)``."""
+    return math.ceil(math.prod(obs_shape) / 8)
+
+
+def _bit_shifts(device: torch.device) -> torch.Tensor:
+    return torch.arange(8, dtype=torch.uint8, device=device)
+
+
+def pack_bool(bits: torch.Tensor, obs_shape: tuple[int, ...]) -> torch.Tensor:
+    """Pack ``bits: bool[*batch, *obs_shape]`` into ``uint8[*batch, ceil(cells / 8)]``."""
+    cells = math.prod(obs_shape)
+    batch_shape = bits.shape[: bits.dim() - len(obs_shape)]
+    num_bytes = packed_num_bytes(obs_shape)
+    flat = bits.reshape(-1, cells).to(torch.uint8)
+    padding = num_bytes * 8 - cells
+    if padding:
+        flat = torch.nn.functional.pad(flat, (0, padding))
+    grouped = flat.view(-1, num_bytes, 8) << _bit_shifts(bits.device)
+    # The 8 shifted bits of a byte are disjoint, so their sum is their bitwise OR and never overflows a byte.
+    packed = grouped.sum(dim=-1, dtype=torch.uint8)
+    return packed.reshape(*batch_shape, num_bytes)
+
+
+def unpack_bool(packed: torch.Tensor, obs_shape: tuple[int, ...]) -> torch.Tensor:
+    """Inverse of :func:`pack_bool`: ``uint8[*batch, num_bytes]`` -> ``bool[*batch, *obs_shape]``."""
+    cells = math.prod(obs_shape)
+    batch_shape = packed.shape[:-1]
+    bits = (packed.unsqueeze(-1) >> _bit_shifts(packed.device)) & 1
+    bits = bits.reshape(*batch_shape, packed.shape[-1] * 8)[..., :cells]
+    return bits.to(torch.bool).reshape(*batch_shape, *obs_shape)

@@ -1,0 +1,726 @@
+"""``TrajectoryBuffer``: the one replay / trajectory store every agent uses.
+
+Layout
+------
+Every field is a ring of ``capacity`` time rows by ``num_streams`` streams, ``[T, N, *shape]``, on ``device``.
+One call to :meth:`TrajectoryBuffer.add` writes one time row: the step every stream just took. Rows are
+time-major per stream, so uniform transitions, contiguous sequences (traces, n-step returns, follow-on traces)
+and "the latest step" are cheap gathers. When the ring is full the oldest row is overwritten.
+
+Counting: ``len(buffer)`` is the number of valid time rows (``<= capacity``); it holds ``len(buffer) *
+num_streams`` transitions. ``total_steps`` counts ``add`` calls (time rows) since the buffer was made, so with
+``N`` streams it has seen ``total_steps * N`` transitions (``total_transitions``). Size the capacity in rows:
+``capacity = wanted transitions // num_streams``.
+
+Time index
+----------
+Rows are named by a global time index: the ``k``-th call to ``add`` (from 0) writes time ``k``. The valid
+times are ``[total_steps - len(buffer), total_steps)``. Batches report ``time_index`` and ``stream_index`` so
+a learner can find where a sample came from (and :meth:`TrajectoryBuffer.transitions_at` reads any valid
+``(time, stream)``).
+
+Next observations (same-step autoreset, see ``emphatic_rl.envs.base``)
+---------------------------------------------------------------------
+Row ``(t, n)`` stores ``obs = S_t``, the observation acted upon. Its ``next_obs`` is
+
+- ``final_obs`` of that step (the true ``S_{t+1}`` kept by the env) when the episode ended there (``terminated
+  or truncated``);
+- for the newest row, that step's ``final_obs`` (kept for every stream);
+- otherwise the ``obs`` of row ``t + 1`` of the same stream (which is always newer, so never overwritten
+  first).
+
+So no second copy of every observation is stored. Final observations are kept only where an episode ended, in
+a side store of slots (a ring in allocation order, since rows are freed in the same order they are written)
+and an ``int32[T, N]`` map from rows to slots. Size bound: the side store holds ``K`` slots plus ``N`` slots
+for the newest row's final observations, where ``K >= (episode ends among the stored rows) + N`` is grown by
+doubling when needed and never exceeds ``capacity * num_streams``; it starts at ``final_obs_slots`` (default
+``min(capacity * num_streams, 4 * num_streams)``). Growing needs one host sync; in steady state ``add`` does
+not sync with the device.
+
+Boolean observations
+--------------------
+``obs_dtype=torch.bool`` observations (MinAtar's ``bool[10, 10, C]``) are bit-packed to ``ceil(cells / 8)``
+bytes on ``add`` and unpacked on the device when sampled (:mod:`emphatic_rl.buffers.packing`). This is
+transparent: batches hold ``bool[..., *obs_shape]``.
+
+Sampling
+--------
+Every sampler takes a ``torch.Generator`` on the buffer's device and is reproducible given its state. Sampling
+is batched tensor work with no Python loop over batch elements or streams. Sequences never cross the ring seam
+(oldest / newest row) and, unless ``cross_episodes=True``, never contain a step after an episode end (a
+sequence may end on a terminal or truncated step). Valid sequence starts are found by rejection (candidates
+drawn uniformly and checked with one gather; exact, since accepted candidates are uniform over the valid set),
+with an exact full scan as the fallback when few candidates are valid; one host sync per call.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+import torch
+
+from emphatic_rl.buffers.packing import pack_bool, packed_num_bytes, unpack_bool
+
+
+@dataclass(frozen=True)
+class FieldSpec:
+    """An agent-declared extra field: one value of ``shape`` and ``dtype`` per step and stream.
+
+    Stored as ``dtype[T, N, *shape]``; ``add`` takes it as ``[N, *shape]``.
+    """
+
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+
+    def __post_init__(self) -> None:
+        shape = _as_shape("FieldSpec.shape", self.shape)
+        object.__setattr__(self, "shape", shape)
+        if not isinstance(self.dtype, torch.dtype):
+            raise ValueError(f"FieldSpec.dtype must be a torch.dtype, got {self.dtype!r}")
+
+
+@dataclass(frozen=True)
+class TransitionBatch:
+    """A batch of transitions read from a :class:`TrajectoryBuffer`.
+
+    Leading dims ``*lead`` are ``[B]`` for :meth:`TrajectoryBuffer.sample_transitions`, ``[B, L]`` for
+    :meth:`TrajectoryBuffer.sample_sequences` and ``[N]`` for :meth:`TrajectoryBuffer.latest`.
+
+    - ``obs``: ``[*lead, *obs_shape]``, ``S_t`` (the observation acted upon), in the buffer's ``obs_dtype``.
+    - ``action``: ``[*lead, *action_shape]``.
+    - ``reward``: ``float32[*lead]``.
+    - ``terminated`` / ``truncated``: ``bool[*lead]``; ``done`` is their OR.
+    - ``next_obs``: ``[*lead, *obs_shape]``, the true ``S_{t+1}`` (the final observation where the episode
+      ended).
+    - ``behaviour_log_prob``: ``float32[*lead]``, ``log mu(A_t | S_t)``.
+    - ``interest``: ``float32[*lead]``, ``i(S_t)``.
+    - ``time_index``: ``int64[*lead]``, the global time of the row (the ``add`` call number, from 0).
+    - ``stream_index``: ``int64[*lead]``, the stream ``n`` of the row.
+    - ``extras``: mapping ``name -> [*lead, *shape]`` of the agent-declared fields; each is also readable as
+      an attribute (``batch.my_field``).
+    """
+
+    obs: torch.Tensor
+    action: torch.Tensor
+    reward: torch.Tensor
+    terminated: torch.Tensor
+    truncated: torch.Tensor
+    next_obs: torch.Tensor
+    behaviour_log_prob: torch.Tensor
+    interest: torch.Tensor
+    time_index: torch.Tensor
+    stream_index: torch.Tensor
+    extras: Mapping[str, torch.Tensor] = field(default_factory=dict)
+
+    def __getattr__(self, name: str) -> torch.Tensor:
+        # Only called when normal lookup fails: expose extras as attributes.
+        extras = self.__dict__.get("extras")
+        if extras is not None and name in extras:
+            return extras[name]
+        raise AttributeError(f"TransitionBatch has no field {name!r}")
+
+    @property
+    def done(self) -> torch.Tensor:
+        """``bool[*lead]``: the episode ended at this step (``terminated | truncated``)."""
+        return self.terminated | self.truncated
+
+    def to(self, device: torch.device | str) -> TransitionBatch:
+        """The same batch with every tensor moved to ``device``."""
+        moved = {f.name: getattr(self, f.name).to(device) for f in fields(self) if f.name != "extras"}
+        return TransitionBatch(**moved, extras={k: v.to(device) for k, v in self.extras.items()})
+
+    def as_dict(self) -> dict[str, torch.Tensor]:
+        """Every tensor by name, extras included (flat)."""
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "extras"}
+        out.update(self.extras)
+        return out
+
+
+_BATCH_FIELDS = tuple(f.name for f in fields(TransitionBatch))
+_RESERVED_NAMES = frozenset(_BATCH_FIELDS) | {"done", "final_obs", "to", "as_dict"}
+
+
+def _as_shape(name: str, shape: Any) -> tuple[int, ...]:
+    if isinstance(shape, int) and not isinstance(shape, bool):
+        shape = (shape,)
+    try:
+        shape = tuple(shape)
+    except TypeError:
+        raise ValueError(f"{name} must be a tuple of non-negative integers, got {shape!r}") from None
+    if not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in shape):
+        raise ValueError(f"{name} must be a tuple of non-negative integers, got {shape!r}")
+    return shape
+
+
+def _positive_int(name: str, value: Any) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+    return value
+
+
+def _dtype_kind(dtype: torch.dtype) -> str:
+    if dtype == torch.bool:
+        return "bool"
+    if dtype.is_floating_point:
+        return "floating"
+    if dtype.is_complex:
+        return "complex"
+    return "integer"
+
+
+class TrajectoryBuffer:
+    """Ring buffer of ``capacity`` time rows for ``num_streams`` streams (see the module docstring).
+
+    Args:
+        capacity: time rows ``T`` kept (each holds one step of every stream), >= 1.
+        num_streams: streams ``N`` (environment copies) written by every ``add``, >= 1.
+        obs_shape: shape of one observation.
+        obs_dtype: dtype of observations; ``torch.bool`` observations are bit-packed in storage.
+        action_shape: shape of one action (``()`` for discrete actions).
+        action_dtype: dtype of actions.
+        device: where all storage lives and sampling happens.
+        extras: agent-declared extra fields ``name -> FieldSpec``.
+        final_obs_slots: initial number of slots for final observations of ended episodes (grows on demand up
+            to ``capacity * num_streams``); default ``min(capacity * num_streams, 4 * num_streams)``.
+    """
+
+    def __init__(
+        self,
+        capacity: int,
+        num_streams: int,
+        obs_shape: tuple[int, ...],
+        obs_dtype: torch.dtype,
+        action_shape: tuple[int, ...] = (),
+        action_dtype: torch.dtype = torch.int64,
+        device: torch.device | str = "cpu",
+        extras: dict[str, FieldSpec] | None = None,
+        final_obs_slots: int | None = None,
+    ) -> None:
+        capacity = _positive_int("capacity", capacity)
+        num_streams = _positive_int("num_streams", num_streams)
+        obs_shape = _as_shape("obs_shape", obs_shape)
+        if math.prod(obs_shape) == 0:
+            raise ValueError(f"obs_shape must have at least one element, got {obs_shape}")
+        action_shape = _as_shape("action_shape", action_shape)
+        for name, dtype in (("obs_dtype", obs_dtype), ("action_dtype", action_dtype)):
+            if not isinstance(dtype, torch.dtype) or dtype.is_complex:
+                raise ValueError(f"{name} must be a real or bool torch.dtype, got {dtype!r}")
+        extras = dict(extras or {})
+        for name, spec in extras.items():
+            if not isinstance(name, str) or not name.isidentifier() or name.startswith("_"):
+                raise ValueError(
+                    f"extras: field name {name!r} must be a Python identifier not starting with '_'"
+                )
+            if name in _RESERVED_NAMES:
+                raise ValueError(
+                    f"extras: field name {name!r} is reserved; reserved names: {sorted(_RESERVED_NAMES)}"
+                )
+            if not isinstance(spec, FieldSpec):
+                raise ValueError(f"extras[{name!r}] must be a FieldSpec, got {type(spec).__name__}")
+        max_slots = capacity * num_streams
+        if final_obs_slots is None:
+            final_obs_slots = min(max_slots, 4 * num_streams)
+        final_obs_slots = min(_positive_int("final_obs_slots", final_obs_slots), max_slots)
+
+        self._capacity = capacity
+        self._num_streams = num_streams
+        self.obs_shape = obs_shape
+        self.obs_dtype = obs_dtype
+        self.action_shape = action_shape
+        self.action_dtype = action_dtype
+        self._device = torch.device(device)
+        self.extra_specs: dict[str, FieldSpec] = extras
+        self.packs_obs = obs_dtype == torch.bool
+        if self.packs_obs:
+            self._stored_obs_shape: tuple[int, ...] = (packed_num_bytes(obs_shape),)
+            self._stored_obs_dtype = torch.uint8
+        else:
+            self._stored_obs_shape = obs_shape
+            self._stored_obs_dtype = obs_dtype
+
+        T, N, dev = capacity, num_streams, self._device
+        self._obs = torch.zeros((T, N, *self._stored_obs_shape), dtype=self._stored_obs_dtype, device=dev)
+        self._action = torch.zeros((T, N, *action_shape), dtype=action_dtype, device=dev)
+        self._reward = torch.zeros((T, N), dtype=torch.float32, device=dev)
+        self._terminated = torch.zeros((T, N), dtype=torch.bool, device=dev)
+        self._truncated = torch.zeros((T, N), dtype=torch.bool, device=dev)
+        self._behaviour_log_prob = torch.zeros((T, N), dtype=torch.float32, device=dev)
+        self._interest = torch.zeros((T, N), dtype=torch.float32, device=dev)
+        self._extras = {
+            name: torch.zeros((T, N, *spec.shape), dtype=spec.dtype, device=dev)
+            for name, spec in extras.items()
+        }
+        # Final observations: slots [0, K) hold finals of ended episodes (a ring in allocation order); slots
+        # [K, K + N) hold the newest row's final observation of every stream. _final_slot maps rows to slots.
+        self._final_slots = final_obs_slots
+        self._final_store = torch.zeros(
+            (final_obs_slots + N, *self._stored_obs_shape), dtype=self._stored_obs_dtype, device=dev
+        )
+        self._final_slot = torch.full((T, N), -1, dtype=torch.int32, device=dev)
+        self._final_head = torch.zeros((), dtype=torch.int64, device=dev)  # next slot to allocate
+        self._final_live = torch.zeros((), dtype=torch.int64, device=dev)  # slots referenced by stored rows
+        self._final_live_bound = 0  # host-side upper bound on _final_live (avoids a sync per add)
+
+        self._cursor = 0  # physical row the next add writes
+        self._size = 0
+        self._total_steps = 0
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def capacity(self) -> int:
+        """Time rows ``T`` the ring holds."""
+        return self._capacity
+
+    @property
+    def num_streams(self) -> int:
+        """Streams ``N`` written by every ``add``."""
+        return self._num_streams
+
+    @property
+    def device(self) -> torch.device:
+        return self._device
+
+    @property
+    def total_steps(self) -> int:
+        """Number of ``add`` calls (time rows) since the buffer was made (not capped by ``capacity``)."""
+        return self._total_steps
+
+    @property
+    def total_transitions(self) -> int:
+        """Transitions ever added: ``total_steps * num_streams``."""
+        return self._total_steps * self._num_streams
+
+    @property
+    def oldest_time(self) -> int:
+        """Global time index of the oldest stored row (valid times are ``[oldest_time, total_steps)``)."""
+        return self._total_steps - self._size
+
+    def __len__(self) -> int:
+        """Number of valid time rows (``<= capacity``)."""
+        return self._size
+
+    @property
+    def bytes_per_obs(self) -> int:
+        """Bytes one stored observation takes (``ceil(cells / 8)`` for bit-packed bool observations)."""
+        return math.prod(self._stored_obs_shape) * self._obs.element_size()
+
+    def memory_bytes(self) -> dict[str, int]:
+        """Bytes of device storage by part (for reports and tests)."""
+        parts = {
+            "obs": self._obs,
+            "action": self._action,
+            "reward": self._reward,
+            "terminated": self._terminated,
+            "truncated": self._truncated,
+            "behaviour_log_prob": self._behaviour_log_prob,
+            "interest": self._interest,
+            "final_obs_store": self._final_store,
+            "final_obs_map": self._final_slot,
+            **{f"extra:{k}": v for k, v in self._extras.items()},
+        }
+        out = {name: t.numel() * t.element_size() for name, t in parts.items()}
+        out["total"] = sum(out.values())
+        return out
+
+    def __repr__(self) -> str:
+        return (
+            f"TrajectoryBuffer(capacity={self._capacity}, num_streams={self._num_streams}, "
+            f"obs_shape={self.obs_shape}, obs_dtype={self.obs_dtype}, len={self._size}, "
+            f"total_steps={self._total_steps}, device={self._device})"
+        )
+
+    # ------------------------------------------------------------------ writing
+    def add(
+        self,
+        obs: torch.Tensor,
+        action: torch.Tensor,
+        reward: torch.Tensor,
+        terminated: torch.Tensor,
+        truncated: torch.Tensor,
+        final_obs: torch.Tensor,
+        behaviour_log_prob: torch.Tensor | None = None,
+        interest: torch.Tensor | None = None,
+        **extras: torch.Tensor,
+    ) -> None:
+        """Write one step of every stream (one time row).
+
+        Args:
+            obs: ``[N, *obs_shape]``, ``S_t``, the observation acted upon.
+            action: ``[N, *action_shape]``, ``A_t``.
+            reward: ``[N]``, ``R_{t+1}`` (floating).
+            terminated: ``bool[N]``; truncated: ``bool[N]``.
+            final_obs: ``[N, *obs_shape]``, the true ``S_{t+1}`` (``StepResult.final_obs``).
+            behaviour_log_prob: ``[N]``, ``log mu(A_t | S_t)``; default 0 (``mu = 1``).
+            interest: ``[N]``, ``i(S_t)``; default 1.
+            **extras: every declared extra field, ``[N, *spec.shape]``.
+
+        Floating inputs are cast to the stored floating dtype, integer to the stored integer dtype; a shape or
+        kind (bool / integer / floating) mismatch raises ``ValueError`` before anything is written.
+        """
+        N = self._num_streams
+        obs = self._checked("obs", obs, (N, *self.obs_shape), self.obs_dtype)
+        action = self._checked("action", action, (N, *self.action_shape), self.action_dtype)
+        reward = self._checked("reward", reward, (N,), torch.float32)
+        terminated = self._checked("terminated", terminated, (N,), torch.bool)
+        truncated = self._checked("truncated", truncated, (N,), torch.bool)
+        final_obs = self._checked("final_obs", final_obs, (N, *self.obs_shape), self.obs_dtype)
+        if behaviour_log_prob is not None:
+            behaviour_log_prob = self._checked("behaviour_log_prob", behaviour_log_prob, (N,), torch.float32)
+        if interest is not None:
+            interest = self._checked("interest", interest, (N,), torch.float32)
+        unknown = sorted(set(extras) - set(self.extra_specs))
+        if unknown:
+            raise ValueError(
+                f"TrajectoryBuffer.add: unknown field(s) {unknown}; "
+                f"declared extras: {sorted(self.extra_specs)}"
+            )
+        missing = sorted(set(self.extra_specs) - set(extras))
+        if missing:
+            raise ValueError(f"TrajectoryBuffer.add: missing declared extra field(s) {missing}")
+        checked_extras = {
+            name: self._checked(name, value, (N, *self.extra_specs[name].shape), self.extra_specs[name].dtype)
+            for name, value in extras.items()
+        }
+
+        self._reserve_final_slots()
+        row = self._cursor
+        stored_obs = self._encode(obs)
+        stored_final = self._encode(final_obs)
+        self._obs[row] = stored_obs
+        self._action[row] = action
+        self._reward[row] = reward
+        self._terminated[row] = terminated
+        self._truncated[row] = truncated
+        if behaviour_log_prob is None:
+            self._behaviour_log_prob[row] = 0.0
+        else:
+            self._behaviour_log_prob[row] = behaviour_log_prob
+        if interest is None:
+            self._interest[row] = 1.0
+        else:
+            self._interest[row] = interest
+        for name, value in checked_extras.items():
+            self._extras[name][row] = value
+
+        # Final observations: a slot for every stream whose episode ended, the newest-row slot for the others.
+        K = self._final_slots
+        done = terminated | truncated
+        freed = (self._final_slot[row] >= 0).sum()  # slots of the row being overwritten
+        rank = torch.cumsum(done, dim=0) - 1
+        slot = (self._final_head + rank) % K
+        streams = torch.arange(N, device=self._device)
+        self._final_store[torch.where(done, slot, K + streams)] = stored_final
+        self._final_slot[row] = torch.where(done, slot, -1).to(torch.int32)
+        num_ends = done.sum()
+        self._final_head.add_(num_ends).remainder_(K)
+        self._final_live.add_(num_ends - freed)
+
+        self._cursor = (row + 1) % self._capacity
+        self._size = min(self._size + 1, self._capacity)
+        self._total_steps += 1
+
+    def _checked(self, name: str, value: Any, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+        if not isinstance(value, torch.Tensor):
+            try:
+                value = torch.as_tensor(value)
+            except (TypeError, ValueError, RuntimeError) as error:
+                raise ValueError(
+                    f"TrajectoryBuffer.add: {name} is not convertible to a tensor ({error})"
+                ) from None
+        if tuple(value.shape) != shape:
+            raise ValueError(
+                f"TrajectoryBuffer.add: {name} has shape {tuple(value.shape)}, expected {shape} "
+                f"([num_streams={self._num_streams}, *field_shape])"
+            )
+        got_kind, want_kind = _dtype_kind(value.dtype), _dtype_kind(dtype)
+        if got_kind != want_kind:
+            raise ValueError(
+                f"TrajectoryBuffer.add: {name} has dtype {value.dtype}, "
+                f"expected {dtype} (a {want_kind} dtype)"
+            )
+        return value.to(device=self._device, dtype=dtype)
+
+    def _encode(self, obs: torch.Tensor) -> torch.Tensor:
+        return pack_bool(obs, self.obs_shape) if self.packs_obs else obs
+
+    def _decode(self, stored: torch.Tensor) -> torch.Tensor:
+        return unpack_bool(stored, self.obs_shape) if self.packs_obs else stored
+
+    def _reserve_final_slots(self) -> None:
+        """Make sure the next ``add`` (at most ``N`` episode ends) cannot overwrite a referenced slot."""
+        N, max_slots = self._num_streams, self._capacity * self._num_streams
+        needed = min(self._final_live_bound + N, max_slots)
+        if needed > self._final_slots:
+            live = int(self._final_live)  # host sync, only when the cheap bound says the store may be full
+            needed = min(live + N, max_slots)
+            if needed > self._final_slots:
+                self._grow_final_store(live, min(max_slots, max(2 * self._final_slots, 2 * needed)))
+        self._final_live_bound = needed
+
+    def _grow_final_store(self, live: int, new_slots: int) -> None:
+        """Move the ``live`` referenced slots to ``[0, live)`` of a store of ``new_slots`` slots."""
+        K, N = self._final_slots, self._num_streams
+        oldest = (int(self._final_head) - live) % K
+        old_positions = (oldest + torch.arange(live, device=self._device)) % K
+        store = torch.zeros(
+            (new_slots + N, *self._stored_obs_shape), dtype=self._stored_obs_dtype, device=self._device
+        )
+        store[:live] = self._final_store[old_positions]
+        store[new_slots:] = self._final_store[K:]
+        self._final_slot = torch.where(
+            self._final_slot >= 0, (self._final_slot - oldest) % K, self._final_slot
+        ).to(torch.int32)
+        self._final_store = store
+        self._final_slots = new_slots
+        self._final_head.fill_(live % new_slots)
+
+    # ------------------------------------------------------------------ reading
+    def _gather(self, logical: torch.Tensor, stream: torch.Tensor) -> TransitionBatch:
+        """Rows at ``logical`` positions (0 = oldest stored row) of ``stream``; any common shape ``lead``."""
+        lead = logical.shape
+        logical, stream = logical.reshape(-1), stream.reshape(-1)
+        T, K = self._capacity, self._final_slots
+        start = (self._cursor - self._size) % T
+        row = (start + logical) % T
+        terminated = self._terminated[row, stream]
+        truncated = self._truncated[row, stream]
+        done = terminated | truncated
+        # next obs: the kept final obs where the episode ended or the row is the newest, else the next row's
+        # obs.
+        slot = torch.where(done, self._final_slot[row, stream].long(), K + stream)
+        from_final = done | (logical == self._size - 1)
+        final_obs = self._final_store[slot]
+        successor_obs = self._obs[(row + 1) % T, stream]
+        mask_shape = (-1,) + (1,) * len(self._stored_obs_shape)
+        next_stored = torch.where(from_final.view(mask_shape), final_obs, successor_obs)
+
+        def shaped(x: torch.Tensor) -> torch.Tensor:
+            return x.reshape(*lead, *x.shape[1:])
+
+        return TransitionBatch(
+            obs=shaped(self._decode(self._obs[row, stream])),
+            action=shaped(self._action[row, stream]),
+            reward=shaped(self._reward[row, stream]),
+            terminated=shaped(terminated),
+            truncated=shaped(truncated),
+            next_obs=shaped(self._decode(next_stored)),
+            behaviour_log_prob=shaped(self._behaviour_log_prob[row, stream]),
+            interest=shaped(self._interest[row, stream]),
+            time_index=shaped(self.oldest_time + logical),
+            stream_index=shaped(stream),
+            extras={name: shaped(store[row, stream]) for name, store in self._extras.items()},
+        )
+
+    def _check_sampling(self, what: str, batch_size: Any, generator: Any) -> None:
+        if self._size == 0:
+            raise ValueError(f"TrajectoryBuffer.{what}: the buffer is empty; add steps before sampling")
+        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+            raise ValueError(
+                f"TrajectoryBuffer.{what}: batch_size must be an integer >= 1, got {batch_size!r}"
+            )
+        if not isinstance(generator, torch.Generator):
+            raise ValueError(
+                f"TrajectoryBuffer.{what}: generator must be a torch.Generator, got {generator!r}"
+            )
+        gen_device = torch.device(generator.device)
+        if gen_device.type != self._device.type or (
+            gen_device.index is not None
+            and self._device.index is not None
+            and gen_device.index != self._device.index
+        ):
+            raise ValueError(
+                f"TrajectoryBuffer.{what}: generator is on {gen_device}, the buffer on {self._device}; "
+                "use a generator on the buffer's device"
+            )
+
+    def sample_transitions(self, batch_size: int, generator: torch.Generator) -> TransitionBatch:
+        """``batch_size`` transitions drawn uniformly (with replacement) over all stored ``(time, stream)``.
+
+        Returns a :class:`TransitionBatch` with leading dim ``[B]``.
+        """
+        self._check_sampling("sample_transitions", batch_size, generator)
+        N = self._num_streams
+        flat = torch.randint(0, self._size * N, (batch_size,), generator=generator, device=self._device)
+        return self._gather(flat // N, flat % N)
+
+    def sample_sequences(
+        self, batch_size: int, length: int, generator: torch.Generator, cross_episodes: bool = False
+    ) -> TransitionBatch:
+        """``batch_size`` runs of ``length`` consecutive steps of one stream, uniform over the valid runs.
+
+        A run never crosses the ring seam. Unless ``cross_episodes``, no step after an episode end is inside
+        it (it may end on a terminal or truncated step); with ``cross_episodes=True`` it may, and
+        ``terminated`` / ``truncated`` tell where. Returns a :class:`TransitionBatch` with leading dims
+        ``[B, L]`` (``time_index`` increases by one along ``L``; ``stream_index`` is constant along ``L``).
+
+        Raises ``ValueError`` if ``length`` is not in ``[1, len(buffer)]`` or no valid run exists.
+        """
+        self._check_sampling("sample_sequences", batch_size, generator)
+        if not isinstance(length, int) or isinstance(length, bool) or not 1 <= length <= self._size:
+            raise ValueError(
+                "TrajectoryBuffer.sample_sequences: length must be an integer in "
+                f"[1, len(buffer)={self._size}], "
+                f"got {length!r}"
+            )
+        if cross_episodes or length == 1:
+            N = self._num_streams
+            flat = torch.randint(
+                0, (self._size - length + 1) * N, (batch_size,), generator=generator, device=self._device
+            )
+            start, stream = flat // N, flat % N
+        else:
+            start, stream = self._sample_episode_local_starts(batch_size, length, generator)
+        offsets = torch.arange(length, device=self._device)
+        logical = start.unsqueeze(1) + offsets
+        return self._gather(logical, stream.unsqueeze(1).expand(-1, length))
+
+    def _crosses_boundary(self, start: torch.Tensor, stream: torch.Tensor, length: int) -> torch.Tensor:
+        """``bool[M]``: the run of ``length`` from logical ``start`` has an episode end before its end."""
+        T = self._capacity
+        first_row = (self._cursor - self._size) % T
+        rows = (first_row + start.unsqueeze(1) + torch.arange(length - 1, device=self._device)) % T
+        streams = stream.unsqueeze(1)
+        return (self._terminated[rows, streams] | self._truncated[rows, streams]).any(dim=1)
+
+    def _sample_episode_local_starts(
+        self, batch_size: int, length: int, generator: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        N, num_starts = self._num_streams, self._size - length + 1
+        starts, streams = [], []
+        still_needed = batch_size
+        num_candidates = 2 * batch_size + 16
+        for _round in range(2):  # rejection rounds (a loop over rounds, not over samples)
+            flat = torch.randint(
+                0, num_starts * N, (num_candidates,), generator=generator, device=self._device
+            )
+            start, stream = flat // N, flat % N
+            accepted = torch.nonzero(~self._crosses_boundary(start, stream, length)).squeeze(1)
+            num_accepted = accepted.numel()  # one host sync per round
+            take = accepted[:still_needed]
+            starts.append(start[take])
+            streams.append(stream[take])
+            still_needed -= take.numel()
+            acceptance = num_accepted / num_candidates
+            if still_needed == 0 or acceptance < 0.05:
+                break
+            num_candidates = math.ceil(2 * still_needed / acceptance) + 16
+        if still_needed > 0:  # exact fallback: enumerate every valid run
+            T = self._capacity
+            rows = (self._cursor - self._size + torch.arange(self._size, device=self._device)) % T
+            ends = (self._terminated[rows] | self._truncated[rows]).to(torch.int32)  # [size, N]
+            ends_before = torch.cat([torch.zeros_like(ends[:1]), torch.cumsum(ends, dim=0)])  # [size + 1, N]
+            # valid[i, n]: no episode end among rows i .. i + length - 2 of stream n; [num_starts, N]
+            valid = ends_before[length - 1 : length - 1 + num_starts] == ends_before[:num_starts]
+            valid_flat = torch.nonzero(valid.reshape(-1)).squeeze(1)
+            if valid_flat.numel() == 0:
+                raise ValueError(
+                    f"TrajectoryBuffer.sample_sequences: no run of length {length} inside one episode "
+                    "exists in the buffer (the stored episodes are shorter); use a smaller length or "
+                    "cross_episodes=True"
+                )
+            pick = torch.randint(
+                0, valid_flat.numel(), (still_needed,), generator=generator, device=self._device
+            )
+            flat = valid_flat[pick]
+            starts.append(flat // N)
+            streams.append(flat % N)
+        return torch.cat(starts), torch.cat(streams)
+
+    def latest(self) -> TransitionBatch:
+        """The newest row of every stream, leading dim ``[N]`` (``next_obs`` is that step's ``final_obs``)."""
+        if self._size == 0:
+            raise ValueError("TrajectoryBuffer.latest: the buffer is empty; add a step first")
+        streams = torch.arange(self._num_streams, device=self._device)
+        return self._gather(torch.full_like(streams, self._size - 1), streams)
+
+    def transitions_at(self, time_index: torch.Tensor, stream_index: torch.Tensor) -> TransitionBatch:
+        """The stored transitions at global ``time_index`` and ``stream_index`` (int tensors of one shape).
+
+        Valid times are ``[oldest_time, total_steps)``; raises ``ValueError`` otherwise (the checks sync the
+        device).
+        """
+        time_index = torch.as_tensor(time_index, device=self._device)
+        stream_index = torch.as_tensor(stream_index, device=self._device)
+        if time_index.shape != stream_index.shape:
+            raise ValueError(
+                f"TrajectoryBuffer.transitions_at: time_index shape {tuple(time_index.shape)} != "
+                f"stream_index shape {tuple(stream_index.shape)}"
+            )
+        for name, idx in (("time_index", time_index), ("stream_index", stream_index)):
+            if _dtype_kind(idx.dtype) != "integer":
+                raise ValueError(
+                    f"TrajectoryBuffer.transitions_at: {name} must be an integer tensor, got {idx.dtype}"
+                )
+        if time_index.numel() and bool(
+            ((time_index < self.oldest_time) | (time_index >= self._total_steps)).any()
+        ):
+            raise ValueError(
+                f"TrajectoryBuffer.transitions_at: time_index outside the stored times "
+                f"[{self.oldest_time}, {self._total_steps})"
+            )
+        if stream_index.numel() and bool(((stream_index < 0) | (stream_index >= self._num_streams)).any()):
+            raise ValueError(
+                f"TrajectoryBuffer.transitions_at: stream_index outside [0, {self._num_streams})"
+            )
+        return self._gather(time_index.long() - self.oldest_time, stream_index.long())
+
+    # ------------------------------------------------------------------ checkpointing
+    def _config(self) -> dict[str, Any]:
+        return {
+            "capacity": self._capacity,
+            "num_streams": self._num_streams,
+            "obs_shape": self.obs_shape,
+            "obs_dtype": str(self.obs_dtype),
+            "action_shape": self.action_shape,
+            "action_dtype": str(self.action_dtype),
+            "extras": {name: (spec.shape, str(spec.dtype)) for name, spec in self.extra_specs.items()},
+        }
+
+    _TENSOR_STATE = (
+        "_obs",
+        "_action",
+        "_reward",
+        "_terminated",
+        "_truncated",
+        "_behaviour_log_prob",
+        "_interest",
+        "_final_store",
+        "_final_slot",
+        "_final_head",
+        "_final_live",
+    )
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue bit-identically (storage, cursors, side store), as copies."""
+        state: dict[str, Any] = {"config": self._config()}
+        for name in self._TENSOR_STATE:
+            state[name.lstrip("_")] = getattr(self, name).clone()
+        state["extras"] = {name: t.clone() for name, t in self._extras.items()}
+        state.update(
+            cursor=self._cursor,
+            size=self._size,
+            total_steps=self._total_steps,
+            final_slots=self._final_slots,
+            final_live_bound=self._final_live_bound,
+        )
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore a :meth:`state_dict` of a buffer with the same configuration (else ``ValueError``)."""
+        config = state.get("config") if isinstance(state, dict) else None
+        if config != self._config():
+            raise ValueError(
+                f"TrajectoryBuffer.load_state_dict: the state is for a buffer configured as {config}, "
+                f"this buffer is {self._config()}"
+            )
+        for name in self._TENSOR_STATE:
+            setattr(self, name, state[name.lstrip("_")].to(self._device).clone())
+        self._extras = {name: t.to(self._device).clone() for name, t in state["extras"].items()}
+        self._cursor = int(state["cursor"])
+        self._size = int(state["size"])
+        self._total_steps = int(state["total_steps"])
+        self._final_slots = int(state["final_slots"])
+        self._final_live_bound = int(state["final_live_bound"])
