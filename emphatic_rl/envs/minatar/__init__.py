@@ -1,0 +1,25 @@
+"""Native batched MinAtar games (``TensorEnv``s), registered as ``minatar-<game>``.
+
+See :mod:`emphatic_rl.envs.minatar.common` for the protocol (action sets, sticky actions, difficulty ramping,
+time limit) shared by every game.
+"""
+
+from emphatic_rl.envs.minatar.breakout import MinAtarBreakout
+from emphatic_rl.envs.minatar.common import (
+    GAMES,
+    GeneratorRandomSource,
+    MinAtarEnv,
+    RandomSource,
+    make_minatar_env,
+)
+from emphatic_rl.envs.minatar.freeway import MinAtarFreeway
+
+__all__ = [
+    "GAMES",
+    "GeneratorRandomSource",
+    "MinAtarBreakout",
+    "MinAtarEnv",
+    "MinAtarFreeway",
+    "RandomSource",
+    "make_minatar_env",
+]

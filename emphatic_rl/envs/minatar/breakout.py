@@ -1,0 +1,101 @@
+"""MinAtar Breakout, batched (rules of ``minatar/environments/breakout.py``, MinAtar 1.0.15).
+
+The paddle on the bottom row bounces a ball that travels along diagonals and breaks the 3 rows of bricks at
+the top (+1 per brick; a new set of rows appears when all are broken and the ball reaches the bottom row). The
+episode ends when the ball reaches the bottom row without hitting the paddle. Channels: paddle, ball, trail,
+brick. Random draws: one per reset (the ball starts top-left moving right-down or top-right moving left-down).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from emphatic_rl.envs.minatar.common import LEFT, RIGHT, MinAtarEnv, gather_cell, paint
+from emphatic_rl.envs.registry import register_env
+
+# Ball directions 0..3: (dx, dy) = up-left, up-right, down-right, down-left.
+_DX = (-1, 1, 1, -1)
+_DY = (-1, -1, 1, 1)
+_FLIP_X = (1, 0, 3, 2)
+_FLIP_Y = (3, 2, 1, 0)
+_FLIP_XY = (2, 3, 0, 1)
+
+
+@register_env("minatar-breakout")
+class MinAtarBreakout(MinAtarEnv):
+    """MinAtar Breakout, ``bool[N, 10, 10, 4]`` observations, 6 actions (minimal: noop, left, right)."""
+
+    name = "minatar-breakout"
+    game = "breakout"
+    channels = ("paddle", "ball", "trail", "brick")
+    minimal_actions = ("n", "l", "r")
+    game_state_names = ("ball_x", "ball_y", "ball_dir", "paddle_x", "last_x", "last_y", "strike", "bricks")
+
+    def _allocate_state(self) -> None:
+        n, dev = self.num_envs, self.device
+        for name in ("ball_x", "ball_y", "ball_dir", "paddle_x", "last_x", "last_y"):
+            setattr(self, name, torch.zeros(n, dtype=torch.int64, device=dev))
+        self.strike = torch.zeros(n, dtype=torch.bool, device=dev)
+        #: ``bool[N, 10, 10]`` brick map (row, column).
+        self.bricks = torch.zeros(n, 10, 10, dtype=torch.bool, device=dev)
+        tables = torch.tensor([_DX, _DY, _FLIP_X, _FLIP_Y, _FLIP_XY], dtype=torch.int64, device=dev)
+        self._dx, self._dy, self._flip_x, self._flip_y, self._flip_xy = tables
+        self._fresh_bricks = torch.zeros(10, 10, dtype=torch.bool, device=dev)
+        self._fresh_bricks[1:4] = True
+
+    def _reset_where(self, mask: torch.Tensor) -> None:
+        start_right = self.random_source.integers(0, 2, (self.num_envs,), mask).bool()
+        ball_x = torch.where(start_right, 9, 0)
+        self.ball_x = torch.where(mask, ball_x, self.ball_x)
+        self.ball_y = torch.where(mask, 3, self.ball_y)
+        self.ball_dir = torch.where(mask, torch.where(start_right, 3, 2), self.ball_dir)
+        self.paddle_x = torch.where(mask, 4, self.paddle_x)
+        self.bricks = torch.where(mask.view(-1, 1, 1), self._fresh_bricks, self.bricks)
+        self.strike = self.strike & ~mask
+        self.last_x = torch.where(mask, ball_x, self.last_x)
+        self.last_y = torch.where(mask, 3, self.last_y)
+
+    def _game_step(self, action: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        paddle_x = torch.where(action == LEFT, (self.paddle_x - 1).clamp(min=0), self.paddle_x)
+        paddle_x = torch.where(action == RIGHT, (paddle_x + 1).clamp(max=9), paddle_x)
+        last_x, last_y, direction = self.ball_x, self.ball_y, self.ball_dir
+        new_x = last_x + self._dx[direction]
+        new_y = last_y + self._dy[direction]
+
+        hit_wall = (new_x < 0) | (new_x > 9)
+        new_x = new_x.clamp(0, 9)
+        direction = torch.where(hit_wall, self._flip_x[direction], direction)
+        hit_top = new_y < 0
+        new_y = new_y.clamp(min=0)
+        direction = torch.where(hit_top, self._flip_y[direction], direction)
+
+        at_brick = ~hit_top & gather_cell(self.bricks, new_y, new_x)
+        breaks = at_brick & ~self.strike
+        self.bricks = self.bricks & ~paint(self.num_envs, new_y, new_x, breaks)
+        new_y_after_break = torch.where(breaks, last_y, new_y)
+        direction = torch.where(breaks, self._flip_y[direction], direction)
+
+        at_bottom = ~hit_top & ~at_brick & (new_y == 9)
+        refill = at_bottom & ~self.bricks.flatten(1).any(1)
+        self.bricks = self.bricks | (refill.view(-1, 1, 1) & self._fresh_bricks)
+        paddle_under_ball = at_bottom & (last_x == paddle_x)
+        paddle_at_landing = at_bottom & ~paddle_under_ball & (new_x == paddle_x)
+        direction = torch.where(paddle_under_ball, self._flip_y[direction], direction)
+        direction = torch.where(paddle_at_landing, self._flip_xy[direction], direction)
+        bounced = paddle_under_ball | paddle_at_landing
+        terminal = at_bottom & ~bounced
+
+        self.strike = at_brick
+        self.paddle_x = paddle_x
+        self.last_x, self.last_y = last_x, last_y
+        self.ball_x = new_x
+        self.ball_y = torch.where(bounced, last_y, new_y_after_break)
+        self.ball_dir = direction
+        return breaks, terminal
+
+    def _observe(self) -> torch.Tensor:
+        n = self.num_envs
+        paddle = paint(n, self._ints(9), self.paddle_x)
+        ball = paint(n, self.ball_y, self.ball_x)
+        trail = paint(n, self.last_y, self.last_x)
+        return torch.stack((paddle, ball, trail, self.bricks), dim=-1)

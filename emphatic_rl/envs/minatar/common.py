@@ -1,0 +1,203 @@
+"""Shared machinery of the native batched MinAtar games.
+
+Reference: the ``minatar`` package (MinAtar 1.0.15, ``minatar.Environment``). Every game here reproduces its
+rules step for step (the parity tests in ``tests/envs/test_minatar_parity.py`` replay the reference's random
+draws and compare observation, reward and termination at every step).
+
+Protocol (what every number measured with these envs means)
+----------------------------------------------------------
+- Actions: the reference's action set has **6** actions, ``0..5 = noop, left, up, right, down, fire``
+  (``minatar.Environment.num_actions() == 6``; MinAtar has no 18-action set). ``minimal_action_set=True``
+  exposes only the game's minimal actions (``Environment.minimal_action_set()``), in the reference's order;
+  action ``i`` of the env is then ``minimal_actions[i]`` of the full set.
+- Sticky actions (``sticky_action_prob``, default ``0.1`` as in the reference): before each step a uniform
+  number is drawn per copy; if it is below the probability the copy repeats its previous (full-set) action. As
+  in the reference, the previous action is *not* cleared when an episode ends (the reference's ``last_action``
+  lives in the ``Environment`` wrapper and survives ``reset()``); an explicit :meth:`reset` of the whole env
+  clears it to noop.
+- Difficulty ramping (``difficulty_ramping``, default ``True`` as in the reference).
+- Observations: ``bool[N, 10, 10, C]``, the reference's ``state()`` per copy in the reference's channel order.
+- Time limit: ``max_episode_steps=None`` by default, reported as ``truncated``. The reference and MinAtar's
+  Gymnasium registration have none (they always report ``truncated=False``), so the default keeps the
+  published protocol; pass an integer to cap episodes (gymnax caps Asterix at 1000 steps, for example).
+  Freeway's 2500-frame limit is part of that game in the reference and is reported as ``terminated``, as the
+  reference does.
+
+Randomness: every random number a game uses is drawn through ``env.random_source`` (a :class:`RandomSource`).
+The default, :class:`GeneratorRandomSource`, draws from the env's ``torch.Generator`` (so ``state_dict`` round
+trips continue bit-identically). The parity tests swap in a source that replays the reference's numpy draws;
+for that, every draw names which copies actually use it (``mask``), in the order the reference draws.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import torch
+
+from emphatic_rl.envs.base import BoxSpec, DiscreteSpec, TensorEnv
+
+#: The reference's full action set, in order: noop, left, up, right, down, fire.
+FULL_ACTIONS: tuple[str, ...] = ("n", "l", "u", "r", "d", "f")
+NOOP, LEFT, UP, RIGHT, DOWN, FIRE = range(6)
+
+GAMES: tuple[str, ...] = ("asterix", "breakout", "freeway", "seaquest", "space_invaders")
+
+
+class RandomSource(Protocol):
+    """Where a MinAtar env gets its random numbers.
+
+    ``mask`` (``bool[N]``) says which copies use the draw (the reference draws only in those copies); the
+    values of the other copies are ignored. A source may ignore ``mask`` (the default one does, to avoid
+    device syncs).
+    """
+
+    def uniform(self, shape: tuple[int, ...], mask: torch.Tensor) -> torch.Tensor:
+        """Uniform numbers in ``[0, 1)`` of ``shape`` (``shape[0] == N``)."""
+        ...
+
+    def integers(
+        self, low: int, high: int | torch.Tensor, shape: tuple[int, ...], mask: torch.Tensor
+    ) -> torch.Tensor:
+        """Integers uniform in ``[low, high)``, ``int64`` of ``shape``; ``high`` is an int or ``int64[N]``."""
+        ...
+
+
+class GeneratorRandomSource:
+    """The default :class:`RandomSource`: draws from ``env.generator`` on ``env.device``."""
+
+    def __init__(self, env: TensorEnv) -> None:
+        self.env = env
+
+    def uniform(self, shape: tuple[int, ...], mask: torch.Tensor) -> torch.Tensor:
+        return torch.rand(shape, generator=self.env.generator, device=self.env.device)
+
+    def integers(
+        self, low: int, high: int | torch.Tensor, shape: tuple[int, ...], mask: torch.Tensor
+    ) -> torch.Tensor:
+        if isinstance(high, int):
+            return torch.randint(low, high, shape, generator=self.env.generator, device=self.env.device)
+        span = (high - low).clamp(min=1).to(torch.float32)
+        if len(shape) > 1:
+            span = span.view((-1,) + (1,) * (len(shape) - 1))
+        draw = torch.rand(shape, generator=self.env.generator, device=self.env.device)
+        offset = torch.minimum((draw * span).long(), span.long() - 1)
+        return low + offset
+
+
+def paint(
+    num_envs: int, rows: torch.Tensor, cols: torch.Tensor, mask: torch.Tensor | None = None
+) -> torch.Tensor:
+    """A ``bool[N, 10, 10]`` plane with ``True`` at ``(rows[n, k], cols[n, k])`` where ``mask[n, k]``.
+
+    ``rows``, ``cols``: ``int64[N]`` or ``int64[N, K]``; cells outside the masked set are left ``False``.
+    """
+    flat = rows * 10 + cols
+    if flat.dim() == 1:
+        flat = flat.unsqueeze(1)
+        mask = None if mask is None else mask.unsqueeze(1)
+    if mask is not None:
+        flat = torch.where(mask, flat, torch.full_like(flat, 100))
+    plane = torch.zeros(num_envs, 101, dtype=torch.bool, device=flat.device)
+    plane.scatter_(1, flat, True)
+    return plane[:, :100].view(num_envs, 10, 10)
+
+
+def gather_cell(plane: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    """``plane[n, rows[n], cols[n]]`` for ``plane: [N, 10, 10]``, ``rows, cols: int64[N]`` -> ``[N]``."""
+    return plane.view(plane.shape[0], 100).gather(1, (rows * 10 + cols).unsqueeze(1)).squeeze(1)
+
+
+class MinAtarEnv(TensorEnv):
+    """Base class of the batched MinAtar games (see the module docstring for the protocol).
+
+    Args:
+        num_envs: number of copies ``N``. device: torch device. sticky_action_prob: probability in ``[0, 1]``
+        of repeating the previous action (reference default 0.1). difficulty_ramping: ramp up the difficulty
+        as the reference does (default ``True``). minimal_action_set: expose only the game's minimal action
+        set instead of all 6 actions. max_episode_steps: time limit reported as ``truncated``; ``None``
+        (default, as the reference) for none.
+        check_actions: validate every action against the action set (one device sync per step).
+    """
+
+    game: str = ""
+    channels: tuple[str, ...] = ()
+    minimal_actions: tuple[str, ...] = ()
+    game_state_names: tuple[str, ...] = ()
+
+    def __init__(
+        self,
+        num_envs: int = 1,
+        device: torch.device | str = "cpu",
+        sticky_action_prob: float = 0.1,
+        difficulty_ramping: bool = True,
+        minimal_action_set: bool = False,
+        max_episode_steps: int | None = None,
+        check_actions: bool = True,
+    ) -> None:
+        if (
+            isinstance(sticky_action_prob, bool)
+            or not isinstance(sticky_action_prob, (int, float))
+            or not 0.0 <= float(sticky_action_prob) <= 1.0
+        ):
+            raise ValueError(f"sticky_action_prob must be a number in [0, 1], got {sticky_action_prob!r}")
+        if not isinstance(difficulty_ramping, bool):
+            raise ValueError(f"difficulty_ramping must be True or False, got {difficulty_ramping!r}")
+        if not isinstance(minimal_action_set, bool):
+            raise ValueError(f"minimal_action_set must be True or False, got {minimal_action_set!r}")
+        super().__init__(num_envs, device, max_episode_steps, check_actions)
+        self.sticky_action_prob = float(sticky_action_prob)
+        self.ramping = difficulty_ramping
+        self.minimal_action_set = minimal_action_set
+        names = self.minimal_actions if minimal_action_set else FULL_ACTIONS
+        #: full-set index of each of this env's actions: ``int64[num_actions]``.
+        self.action_set = torch.tensor(
+            [FULL_ACTIONS.index(a) for a in names], dtype=torch.int64, device=self.device
+        )
+        self.action_spec = DiscreteSpec(len(names))
+        self.observation_spec = BoxSpec((10, 10, len(self.channels)), 0.0, 1.0, torch.bool)
+        self.state_names = ("last_action",) + self.game_state_names
+        self.random_source: RandomSource = GeneratorRandomSource(self)
+        self.last_action = torch.zeros(num_envs, dtype=torch.int64, device=self.device)
+        self._allocate_state()
+        self.reset()
+
+    # ------------------------------------------------------------------ game hooks
+    def _allocate_state(self) -> None:
+        """Create every tensor named in ``game_state_names`` (values are set by ``_reset_where``)."""
+        raise NotImplementedError
+
+    def _game_step(self, action: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One reference ``Env.act`` per copy; ``action``: full-set ``int64[N]``. Returns reward, terminal."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ TensorEnv hooks
+    def reset(self, seed: int | None = None) -> torch.Tensor:
+        """Start a new episode in every copy and clear the sticky previous action to noop."""
+        self.last_action.zero_()
+        return super().reset(seed)
+
+    def _transition(self, action: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        full_action = self.action_set[action]
+        everyone = torch.ones(self.num_envs, dtype=torch.bool, device=self.device)
+        sticky_draw = self.random_source.uniform((self.num_envs,), everyone)
+        full_action = torch.where(sticky_draw < self.sticky_action_prob, self.last_action, full_action)
+        self.last_action = full_action
+        reward, terminal = self._game_step(full_action)
+        return reward.to(torch.float32), terminal
+
+    def _ints(self, value: int) -> torch.Tensor:
+        """``int64[N]`` filled with ``value``."""
+        return torch.full((self.num_envs,), value, dtype=torch.int64, device=self.device)
+
+
+def make_minatar_env(
+    game: str, num_envs: int = 1, device: torch.device | str = "cpu", **options
+) -> MinAtarEnv:
+    """Build the native batched MinAtar ``game`` (one of :data:`GAMES`); options as :class:`MinAtarEnv`."""
+    from emphatic_rl.envs.registry import ENV_REGISTRY
+
+    if game not in GAMES:
+        raise ValueError(f"unknown MinAtar game {game!r}; allowed: {', '.join(GAMES)}")
+    name = "minatar-" + game.replace("_", "-")
+    return ENV_REGISTRY[name].factory(num_envs=num_envs, device=device, **options)

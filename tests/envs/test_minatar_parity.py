@@ -1,0 +1,265 @@
+"""Step-by-step parity of the native batched MinAtar games with the reference ``minatar`` package (1.0.15).
+
+How: ``N`` reference ``minatar.Environment``s (different seeds) and one native env with ``N`` copies start
+from the same state and take the same actions. The reference's numpy ``RandomState`` is wrapped to record
+every draw, in order, per copy; the native env gets a :class:`ReplaySource` that hands those same numbers back
+(checking that the native env asks for the same kind of draw, with the same bounds, for the same copies, in
+the same order). With the draws matched, observation, reward and termination must agree exactly at every step,
+including the autoreset.
+
+Starting states: either both reset (the reset draws are replayed too), or :func:`set_state_from_reference`
+copies the reference's internal state into the native tensors after the reference has been played forward on
+its own.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+import minatar
+import numpy as np
+import pytest
+import torch
+
+from emphatic_rl.envs import make_env
+
+# ----------------------------------------------------------------------------------------------------
+# Recording the reference's draws and replaying them
+
+
+class RecordingRandom:
+    """Stands in for the reference RandomState; logs ``(kind, bounds, value)`` of every draw."""
+
+    def __init__(self, seed: int) -> None:
+        self.rng = np.random.RandomState(seed)
+        self.log: list[tuple[str, tuple, np.ndarray | float | int]] = []
+
+    def rand(self, *size):
+        value = self.rng.rand(*size)
+        self.log.append(("rand", (), np.copy(value)))  # copies: the reference edits arrays in place
+        return value
+
+    def randint(self, low, high=None, size=None):
+        value = self.rng.randint(low, high, size)
+        bounds = (0, low) if high is None else (low, high)
+        self.log.append(("randint", bounds, np.copy(value)))
+        return value
+
+
+class ReplaySource:
+    """A native ``RandomSource`` that returns the recorded reference draws, copy by copy."""
+
+    def __init__(self, num_envs: int) -> None:
+        self.queues: list[deque] = [deque() for _ in range(num_envs)]
+
+    def _pop(self, n: int, kind: str):
+        assert self.queues[n], f"copy {n}: native drew a {kind} the reference did not draw"
+        recorded_kind, bounds, value = self.queues[n].popleft()
+        assert recorded_kind == kind, f"copy {n}: native drew {kind}, reference drew {recorded_kind}"
+        return bounds, value
+
+    def uniform(self, shape, mask):
+        out = torch.zeros(shape, dtype=torch.float64)
+        for n in torch.nonzero(mask).flatten().tolist():
+            _, value = self._pop(n, "rand")
+            out[n] = torch.as_tensor(value, dtype=torch.float64).reshape(shape[1:])
+        return out
+
+    def integers(self, low, high, shape, mask):
+        out = torch.zeros(shape, dtype=torch.int64)
+        for n in torch.nonzero(mask).flatten().tolist():
+            bounds, value = self._pop(n, "randint")
+            native_high = int(high[n]) if isinstance(high, torch.Tensor) else high
+            assert bounds == (low, native_high), f"copy {n}: randint bounds {(low, native_high)} vs {bounds}"
+            out[n] = torch.as_tensor(value, dtype=torch.int64).reshape(shape[1:])
+        return out
+
+    def assert_consumed(self) -> None:
+        left = [(n, list(q)) for n, q in enumerate(self.queues) if q]
+        assert not left, f"the reference drew numbers the native env did not use: {left[:2]}"
+
+
+# ----------------------------------------------------------------------------------------------------
+# Copying reference state into the native env
+
+
+def _cars(ref):
+    return ref.env.cars
+
+
+def set_state_from_reference(env, refs: list) -> None:
+    """Copy the internal state of the reference envs ``refs[n]`` into copy ``n`` of the native ``env``."""
+    for n, ref in enumerate(refs):
+        game = ref.env
+        env.last_action[n] = ref.last_action
+        if env.game == "breakout":
+            env.ball_x[n], env.ball_y[n], env.ball_dir[n] = game.ball_x, game.ball_y, game.ball_dir
+            env.paddle_x[n], env.last_x[n], env.last_y[n] = game.pos, game.last_x, game.last_y
+            env.strike[n] = game.strike
+            env.bricks[n] = torch.as_tensor(game.brick_map != 0)
+        elif env.game == "freeway":
+            env.chicken_y[n], env.move_timer[n], env.terminate_timer[n] = (
+                game.pos,
+                game.move_timer,
+                game.terminate_timer,
+            )
+            env.car_x[n] = torch.tensor([c[0] for c in game.cars])
+            env.car_timer[n] = torch.tensor([c[2] for c in game.cars])
+            env.car_speed[n] = torch.tensor([c[3] for c in game.cars])
+        else:
+            raise NotImplementedError(env.game)
+
+
+# ----------------------------------------------------------------------------------------------------
+# The harness
+
+GAME_OF = {
+    "minatar-breakout": "breakout",
+    "minatar-freeway": "freeway",
+}
+
+
+def _reference_envs(game, seeds, sticky, ramping):
+    refs = []
+    for seed in seeds:
+        ref = minatar.Environment(game, sticky_action_prob=sticky, difficulty_ramping=ramping)
+        recorder = RecordingRandom(seed)
+        ref.random = recorder
+        ref.env.random = recorder
+        refs.append(ref)
+    return refs
+
+
+def _policy(name: str, obs: torch.Tensor, rng: np.random.Generator, action_set: list[int]) -> np.ndarray:
+    """Indices into ``action_set``: uniform random, mixed with a game-aware choice for longer games."""
+    n = obs.shape[0]
+    actions = rng.integers(0, len(action_set), n)
+    preferred = None  # full-set actions per copy
+    if name == "track_ball":  # Breakout: follow the ball
+        ball_x = obs[:, :, :, 1].any(1).float().argmax(1).numpy()
+        paddle_x = obs[:, 9, :, 0].float().argmax(1).numpy()
+        preferred = np.where(ball_x < paddle_x, 1, np.where(ball_x > paddle_x, 3, 0))
+    elif name == "mostly_up":  # Freeway: cross often (triggers re-drawn car speeds)
+        preferred = np.full(n, 2)
+    elif name == "mostly_fire":  # Space Invaders: kill aliens (triggers speed-ups and new waves)
+        preferred = np.full(n, 5)
+    if preferred is not None:
+        index = np.array([action_set.index(a) if a in action_set else -1 for a in preferred])
+        actions = np.where((rng.random(n) < 0.7) & (index >= 0), index, actions)
+    return actions
+
+
+def run_parity(
+    env_name: str,
+    seeds: list[int],
+    steps: int,
+    sticky: float = 0.0,
+    ramping: bool = True,
+    minimal: bool = False,
+    policy: str = "uniform",
+    warmup_steps: int = 0,
+) -> dict[str, int]:
+    """Drive reference and native side by side for ``steps`` steps; assert equality at every step.
+
+    ``warmup_steps > 0``: play the references alone first (random actions), then copy their state into the
+    native env with :func:`set_state_from_reference`. Returns counts (episodes ended, total reward) for
+    coverage checks.
+    """
+    game = GAME_OF[env_name]
+    num_envs = len(seeds)
+    refs = _reference_envs(game, seeds, sticky, ramping)
+    env = make_env(
+        env_name, num_envs, sticky_action_prob=sticky, difficulty_ramping=ramping, minimal_action_set=minimal
+    )
+    source = ReplaySource(num_envs)
+    env.random_source = source
+    action_set = refs[0].minimal_action_set() if minimal else list(range(refs[0].num_actions()))
+    assert env.action_spec.n == len(action_set)
+    policy_rng = np.random.default_rng(seeds[0] + 1000)
+
+    for n, ref in enumerate(refs):
+        ref.random.log.clear()
+        ref.reset()
+        source.queues[n].extend(ref.random.log)
+    obs = env.reset()
+    source.assert_consumed()
+    if warmup_steps:
+        warm_rng = np.random.default_rng(seeds[0] + 2000)
+        for ref in refs:
+            for _ in range(warmup_steps):
+                _, done = ref.act(action_set[warm_rng.integers(len(action_set))])
+                if done:
+                    ref.reset()
+        set_state_from_reference(env, refs)
+        obs = env._observe()
+    expected = torch.as_tensor(np.stack([ref.state() for ref in refs]))
+    assert torch.equal(obs, expected)
+
+    episodes, total_reward = 0, 0.0
+    for t in range(steps):
+        actions = _policy(policy, obs, policy_rng, action_set)
+        final_ref, reward_ref, term_ref, next_ref = [], [], [], []
+        for n, ref in enumerate(refs):
+            ref.random.log.clear()
+            reward, done = ref.act(action_set[actions[n]])
+            final_ref.append(ref.state())
+            if done:
+                ref.reset()
+            next_ref.append(ref.state())
+            reward_ref.append(reward)
+            term_ref.append(done)
+            source.queues[n].extend(ref.random.log)
+        result = env.step(torch.as_tensor(actions))
+        source.assert_consumed()
+        where = f"{env_name} step {t}"
+        final_ref = torch.as_tensor(np.stack(final_ref))
+        if not torch.equal(result.final_obs, final_ref):
+            bad = (result.final_obs != final_ref).nonzero()[:5].tolist()
+            raise AssertionError(f"{where}: observation differs at [copy, row, col, channel] {bad}")
+        assert torch.equal(result.reward, torch.tensor(reward_ref, dtype=torch.float32)), where
+        assert torch.equal(result.terminated, torch.tensor(term_ref)), where
+        assert not result.truncated.any(), where
+        assert torch.equal(result.obs, torch.as_tensor(np.stack(next_ref))), f"{where} (after autoreset)"
+        assert torch.equal(env.last_action, torch.tensor([ref.last_action for ref in refs])), where
+        obs = result.obs
+        episodes += int(result.terminated.sum())
+        total_reward += float(result.reward.sum())
+    return {"episodes": episodes, "reward": total_reward}
+
+
+# ----------------------------------------------------------------------------------------------------
+# Tests
+
+
+@pytest.mark.parametrize("sticky", [0.0, 0.1])
+@pytest.mark.parametrize("minimal", [False, True])
+def test_breakout_parity_random_policy(sticky, minimal):
+    counts = run_parity("minatar-breakout", seeds=[0, 1, 2, 3], steps=400, sticky=sticky, minimal=minimal)
+    assert counts["episodes"] >= 4
+
+
+def test_breakout_parity_long_episodes_clear_the_wall():
+    counts = run_parity("minatar-breakout", seeds=[5, 6, 7], steps=1500, policy="track_ball")
+    assert counts["reward"] >= 60, counts  # at least one full wall (30 bricks) cleared and refilled somewhere
+
+
+def test_breakout_parity_from_reference_state():
+    run_parity("minatar-breakout", seeds=[11, 12, 13], steps=300, warmup_steps=37, sticky=0.1)
+
+
+@pytest.mark.parametrize("sticky", [0.0, 0.1])
+@pytest.mark.parametrize("minimal", [False, True])
+def test_freeway_parity(sticky, minimal):
+    counts = run_parity(
+        "minatar-freeway", seeds=[0, 1, 2], steps=600, sticky=sticky, minimal=minimal, policy="mostly_up"
+    )
+    assert counts["reward"] >= 10
+
+
+def test_freeway_parity_through_time_limit():
+    counts = run_parity("minatar-freeway", seeds=[3, 4], steps=2600, policy="mostly_up")
+    assert counts["episodes"] == 2  # the 2500-frame limit ends the episode as a termination
+
+
+def test_freeway_parity_from_reference_state():
+    run_parity("minatar-freeway", seeds=[21, 22], steps=300, warmup_steps=123, sticky=0.1, policy="mostly_up")
