@@ -1,0 +1,116 @@
+"""Puddle World, batched, as in the ACE experiments (the ``pw.py`` version; see ``specs/ace.md`` section 3.5).
+
+The agent moves in the unit square towards the top-right corner while avoiding two capsule-shaped puddles.
+
+- State and observation ``[x, y]`` in ``[0, 1]^2`` (float32), ``obs: [N, 2]``.
+- Actions ``0: up (+y)``, ``1: down (-y)``, ``2: right (+x)``, ``3: left (-x)``; each moves 0.05 along its
+  axis, then ``N(0, 0.01^2)`` noise is added to *both* coordinates and the position is clipped to ``[0, 1]``.
+- Goal (terminal): ``x >= 0.95 and y >= 0.95`` after the move.
+- Reward: -1 on the terminal step; otherwise ``-1 - 400 * sum_p max(0, 0.1 - dist_p)`` where ``dist_p`` is the
+  distance of the new position to the segment of puddle ``p``: P1 from (0.1, 0.75) to (0.45, 0.75) and P2 from
+  (0.45, 0.4) to (0.45, 0.8), both of radius 0.1. The penalty is at most 40 per puddle (on the segment).
+- Start: ``x ~ U[0.3, 0.4)``, ``y ~ U[0.7, 0.8)``, i.e. inside puddle 1.
+
+Time limit: ``max_episode_steps=1000`` by default. The paper's environment has no limit (its behaviour data is
+one long stream, pass ``max_episode_steps=None`` for that, as for Mountain Car), but its evaluation of the
+target policy caps episodes at 1000 steps, and a user who builds the env to train or evaluate a policy expects
+episodes to end: a uniform random policy, which starts inside a puddle, can wander for thousands of steps
+before reaching the goal corner.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from emphatic_rl.envs.base import BoxSpec, DiscreteSpec, TensorEnv
+from emphatic_rl.envs.registry import register_env
+
+__all__ = ["PuddleWorld", "distance_to_segment", "PUDDLE_SEGMENTS", "PUDDLE_RADIUS"]
+
+#: ``((x0, y0), (x1, y1))`` of each puddle's centre segment.
+PUDDLE_SEGMENTS: tuple[tuple[tuple[float, float], tuple[float, float]], ...] = (
+    ((0.1, 0.75), (0.45, 0.75)),
+    ((0.45, 0.4), (0.45, 0.8)),
+)
+PUDDLE_RADIUS = 0.1
+PUDDLE_PENALTY = 400.0
+STEP_SIZE = 0.05
+NOISE_STD = 0.01
+GOAL = 0.95
+
+
+def distance_to_segment(points: torch.Tensor, start: torch.Tensor, end: torch.Tensor) -> torch.Tensor:
+    """Euclidean distance from each point to the segment ``[start, end]``.
+
+    Args:
+        points: ``[N, 2]``.
+        start, end: ``[2]`` (or broadcastable to ``[..., 2]``), the segment's end points (``start != end``).
+
+    Returns:
+        ``[N]``: distance to the nearest point of the segment (the projection clamped to the segment).
+    """
+    direction = end - start
+    along = ((points - start) * direction).sum(-1) / (direction * direction).sum(-1)
+    nearest = start + along.clamp(0.0, 1.0).unsqueeze(-1) * direction
+    return torch.linalg.vector_norm(points - nearest, dim=-1)
+
+
+@register_env("puddle-world")
+class PuddleWorld(TensorEnv):
+    """Puddle World of the ACE experiments (see the module docstring for the exact rules)."""
+
+    name = "puddle-world"
+    state_names = ("position",)
+    observation_spec = BoxSpec((2,), low=0.0, high=1.0)
+    action_spec = DiscreteSpec(4)
+
+    def __init__(
+        self,
+        num_envs: int = 1,
+        device: torch.device | str = "cpu",
+        max_episode_steps: int | None = 1000,
+        check_actions: bool = True,
+    ) -> None:
+        super().__init__(num_envs, device, max_episode_steps, check_actions)
+        #: ``[4, 2]`` displacement of each action: up, down, right, left.
+        self.moves = torch.tensor(
+            [[0.0, STEP_SIZE], [0.0, -STEP_SIZE], [STEP_SIZE, 0.0], [-STEP_SIZE, 0.0]],
+            dtype=torch.float32,
+            device=self.device,
+        )
+        segments = torch.tensor(PUDDLE_SEGMENTS, dtype=torch.float32, device=self.device)  # [P, 2 ends, 2]
+        self.segment_starts = segments[:, 0]  # [P, 2]
+        self.segment_ends = segments[:, 1]
+        self.position = torch.zeros(num_envs, 2, dtype=torch.float32, device=self.device)
+        self._reset_where(torch.ones(num_envs, dtype=torch.bool, device=self.device))
+
+    def set_state(self, position: torch.Tensor) -> None:
+        """Put every copy at ``position`` (``[N, 2]`` or ``[2]``, float32). Step counters are left alone."""
+        position = torch.as_tensor(position, dtype=torch.float32, device=self.device)
+        if position.shape not in ((self.num_envs, 2), (2,)):
+            raise ValueError(
+                f"PuddleWorld.set_state: position has shape {tuple(position.shape)}, "
+                f"expected ({self.num_envs}, 2) or (2,)"
+            )
+        self.position = position.expand(self.num_envs, 2).clone()
+
+    def puddle_penalty(self, position: torch.Tensor) -> torch.Tensor:
+        """``400 * sum_p max(0, 0.1 - dist_p)`` for ``position: [N, 2]``; returns ``[N]`` (>= 0)."""
+        # [N, 1, 2] against [P, 2] -> [N, P]
+        distances = distance_to_segment(position.unsqueeze(1), self.segment_starts, self.segment_ends)
+        return PUDDLE_PENALTY * (PUDDLE_RADIUS - distances).clamp(min=0.0).sum(-1)
+
+    def _reset_where(self, mask: torch.Tensor) -> None:
+        fresh = self.uniform(self.num_envs, 2, low=0.0, high=0.1)
+        fresh = fresh + torch.tensor([0.3, 0.7], dtype=torch.float32, device=self.device)
+        self.position = torch.where(mask.unsqueeze(1), fresh, self.position)
+
+    def _transition(self, action: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        noise = self.normal(self.num_envs, 2, std=NOISE_STD)
+        self.position = (self.position + self.moves[action] + noise).clamp(0.0, 1.0)
+        terminated = (self.position >= GOAL).all(dim=1)
+        reward = torch.where(terminated, -1.0, -1.0 - self.puddle_penalty(self.position))
+        return reward, terminated
+
+    def _observe(self) -> torch.Tensor:
+        return self.position.clone()
