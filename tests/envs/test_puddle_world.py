@@ -1,0 +1,137 @@
+"""Puddle World (specs/ace.md section 3.5): rewards at known points, segment distance, noise, termination."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from emphatic_rl.envs import make_env
+from emphatic_rl.envs.puddle_world import PuddleWorld, distance_to_segment
+
+
+def test_distance_to_segment_known_points():
+    start, end = torch.tensor([0.1, 0.75]), torch.tensor([0.45, 0.75])
+    points = torch.tensor(
+        [
+            [0.3, 0.75],  # on the segment
+            [0.3, 0.80],  # above its middle
+            [0.0, 0.75],  # beyond the start, on the line
+            [0.45 + 0.03, 0.75 + 0.04],  # beyond the end, off the line: distance to the end point = 0.05
+            [0.1, 0.65],  # below the start point
+        ]
+    )
+    expected = torch.tensor([0.0, 0.05, 0.1, 0.05, 0.1])
+    torch.testing.assert_close(distance_to_segment(points, start, end), expected, rtol=0, atol=1e-6)
+
+
+def test_reward_at_known_points():
+    env = PuddleWorld(num_envs=1)
+    cases = [
+        ((0.2, 0.2), -1.0),  # far from both puddles
+        ((0.3, 0.75), -1.0 - 40.0),  # on puddle 1's segment only (0.15 from puddle 2)
+        ((0.45, 0.6), -1.0 - 40.0),  # on puddle 2's segment only
+        ((0.45, 0.75), -1.0 - 80.0),  # where the segments cross: both puddles at full depth
+        ((0.3, 0.80), -1.0 - 400.0 * 0.05),  # half-way into puddle 1
+        ((0.3, 0.85), -1.0),  # on puddle 1's rim: no penalty
+    ]
+    for (x, y), expected in cases:
+        penalty = env.puddle_penalty(torch.tensor([[x, y]]))
+        torch.testing.assert_close(-1.0 - penalty, torch.tensor([expected]), rtol=0, atol=1e-3)
+
+
+def test_step_reward_uses_the_new_position_and_goal_is_minus_one():
+    env = make_env("puddle-world", num_envs=3)
+    env.reset(seed=0)
+    # Move right from (0.22, 0.75) into the puddle centre line; up into the goal from (0.97, 0.92); far away.
+    env.set_state(torch.tensor([[0.25, 0.75], [0.97, 0.92], [0.1, 0.1]]))
+    result = env.step(torch.tensor([2, 0, 0]))
+    assert result.terminated.tolist() == [False, True, False]
+    assert result.reward[1].item() == -1.0
+    assert result.reward[2].item() == -1.0
+    # at (0.30 +- noise, 0.75 +- noise): penalty 400 * (0.1 - |dy|) with |dy| ~ 0.01
+    assert -41.0 <= result.reward[0].item() <= -1.0 - 400 * (0.1 - 0.04)
+    expected = -1.0 - env.puddle_penalty(result.final_obs[0:1])
+    torch.testing.assert_close(result.reward[0:1], expected)
+
+
+def test_goal_needs_both_coordinates():
+    env = make_env("puddle-world", num_envs=4)
+    env.reset(seed=1)
+    # x far in the goal column but y too low; y in the goal row but x too low; both at the corner; the corner.
+    env.set_state(torch.tensor([[0.99, 0.5], [0.5, 0.99], [0.99, 0.99], [1.0, 1.0]]))
+    result = env.step(torch.tensor([2, 0, 2, 0]))  # right, up, right, up: clipped at 1
+    assert result.terminated.tolist() == [False, False, True, True]
+    assert bool((result.final_obs[2:] >= 0.95).all())
+    # the ended copies restart inside puddle 1
+    assert bool(((result.obs[2:, 0] >= 0.3) & (result.obs[2:, 0] < 0.4)).all())
+    assert bool(((result.obs[2:, 1] >= 0.7) & (result.obs[2:, 1] < 0.8)).all())
+
+
+def test_moves_and_noise_statistics():
+    n = 20000
+    env = make_env("puddle-world", num_envs=n)
+    env.reset(seed=2)
+    start = torch.tensor([0.5, 0.3])
+    moves = {0: (0.0, 0.05), 1: (0.0, -0.05), 2: (0.05, 0.0), 3: (-0.05, 0.0)}
+    for action, move in moves.items():
+        env.set_state(start)
+        result = env.step(torch.full((n,), action))
+        displacement = result.final_obs - start
+        # mean: the move (standard error 0.01 / sqrt(20000) = 7e-5); std: 0.01 on both axes
+        torch.testing.assert_close(displacement.mean(0), torch.tensor(move), rtol=0, atol=4e-4)
+        torch.testing.assert_close(displacement.std(0), torch.tensor([0.01, 0.01]), rtol=0.03, atol=0)
+        # the two coordinates' noises are independent
+        assert abs(torch.corrcoef(displacement.T)[0, 1].item()) < 0.03
+
+
+def test_clipped_to_unit_square():
+    env = make_env("puddle-world", num_envs=1000)
+    env.reset(seed=3)
+    env.set_state(torch.tensor([0.0, 0.01]))
+    result = env.step(torch.full((1000,), 3))  # left, into the wall
+    assert bool((result.final_obs >= 0).all()) and bool((result.final_obs <= 1).all())
+    assert (result.final_obs[:, 0] == 0.0).float().mean() > 0.99  # 0 - 0.05 + noise is always clipped to 0
+
+
+def test_start_distribution():
+    env = make_env("puddle-world", num_envs=10000)
+    obs = env.reset(seed=4)
+    assert bool(((obs[:, 0] >= 0.3) & (obs[:, 0] < 0.4) & (obs[:, 1] >= 0.7) & (obs[:, 1] < 0.8)).all())
+    torch.testing.assert_close(obs.mean(0), torch.tensor([0.35, 0.75]), rtol=0, atol=0.003)
+    torch.testing.assert_close(obs.std(0), torch.tensor([0.1 / math.sqrt(12)] * 2), rtol=0.03, atol=0)
+
+
+def test_time_limit_default_and_none():
+    env = make_env("puddle-world", num_envs=2)
+    assert env.max_episode_steps == 1000
+    env = make_env("puddle-world", num_envs=2, max_episode_steps=5)
+    env.reset(seed=0)
+    env.set_state(torch.tensor([0.1, 0.1]))
+    truncated = [env.step(torch.tensor([1, 3])).truncated.tolist() for _ in range(5)]
+    assert truncated == [[False, False]] * 4 + [[True, True]]
+    env = make_env("puddle-world", num_envs=2, max_episode_steps=None)
+    env.reset(seed=0)
+    for _ in range(1100):
+        result = env.step(torch.tensor([1, 3]))  # down, left: away from the goal
+        assert not bool(result.truncated.any() or result.terminated.any())
+
+
+def test_state_dict_round_trip_and_bad_input():
+    env = make_env("puddle-world", num_envs=4, max_episode_steps=20)
+    env.reset(seed=5)
+    for _ in range(7):
+        env.step(torch.randint(0, 4, (4,)))
+    saved = env.state_dict()
+    actions = torch.randint(0, 4, (30, 4))
+    first = [env.step(a) for a in actions]
+    restored = make_env("puddle-world", num_envs=4, max_episode_steps=20)
+    restored.load_state_dict(saved)
+    for a, r in zip(actions, first, strict=True):
+        for x, y in zip(restored.step(a), r, strict=True):
+            assert torch.equal(x, y)
+    with pytest.raises(ValueError, match=r"action 4 is outside the action set \{0, ..., 3\}"):
+        env.step(torch.tensor([0, 1, 2, 4]))
+    with pytest.raises(ValueError, match=r"action has shape \(4, 1\), expected \(4,\)"):
+        env.step(torch.zeros(4, 1, dtype=torch.int64))
