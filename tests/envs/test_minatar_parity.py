@@ -106,6 +106,37 @@ def set_state_from_reference(env, refs: list) -> None:
             env.car_x[n] = torch.tensor([c[0] for c in game.cars])
             env.car_timer[n] = torch.tensor([c[2] for c in game.cars])
             env.car_speed[n] = torch.tensor([c[3] for c in game.cars])
+        elif env.game == "asterix":
+            env.player_x[n], env.player_y[n] = game.player_x, game.player_y
+            for name in (
+                "spawn_speed",
+                "spawn_timer",
+                "move_speed",
+                "move_timer",
+                "ramp_timer",
+                "ramp_index",
+            ):
+                getattr(env, name)[n] = getattr(game, name)
+            for slot, entity in enumerate(game.entities):
+                env.entity_alive[n, slot] = entity is not None
+                if entity is not None:
+                    assert entity[1] == slot + 1
+                    env.entity_x[n, slot], env.entity_right[n, slot], env.entity_gold[n, slot] = (
+                        entity[0],
+                        bool(entity[2]),
+                        bool(entity[3]),
+                    )
+        elif env.game == "space_invaders":
+            env.cannon_x[n], env.alien_dir[n], env.move_interval[n] = (
+                game.pos,
+                game.alien_dir,
+                game.enemy_move_interval,
+            )
+            env.alien_move_timer[n], env.alien_shot_timer[n] = game.alien_move_timer, game.alien_shot_timer
+            env.shot_timer[n], env.ramp_index[n] = game.shot_timer, game.ramp_index
+            env.aliens[n] = torch.as_tensor(game.alien_map != 0)
+            env.friendly_bullets[n] = torch.as_tensor(game.f_bullet_map != 0)
+            env.enemy_bullets[n] = torch.as_tensor(game.e_bullet_map != 0)
         else:
             raise NotImplementedError(env.game)
 
@@ -116,6 +147,8 @@ def set_state_from_reference(env, refs: list) -> None:
 GAME_OF = {
     "minatar-breakout": "breakout",
     "minatar-freeway": "freeway",
+    "minatar-asterix": "asterix",
+    "minatar-space-invaders": "space_invaders",
 }
 
 
@@ -158,10 +191,12 @@ def run_parity(
     minimal: bool = False,
     policy: str = "uniform",
     warmup_steps: int = 0,
+    ref_setup=None,
 ) -> dict[str, int]:
     """Drive reference and native side by side for ``steps`` steps; assert equality at every step.
 
-    ``warmup_steps > 0``: play the references alone first (random actions), then copy their state into the
+    ``warmup_steps > 0`` or ``ref_setup``: play the references alone first (random actions) and/or edit their
+    state with ``ref_setup(ref)`` (e.g. jump to a late difficulty level), then copy their state into the
     native env with :func:`set_state_from_reference`. Returns counts (episodes ended, total reward) for
     coverage checks.
     """
@@ -183,7 +218,7 @@ def run_parity(
         source.queues[n].extend(ref.random.log)
     obs = env.reset()
     source.assert_consumed()
-    if warmup_steps:
+    if warmup_steps or ref_setup:
         warm_rng = np.random.default_rng(seeds[0] + 2000)
         for ref in refs:
             for _ in range(warmup_steps):
@@ -195,7 +230,7 @@ def run_parity(
     expected = torch.as_tensor(np.stack([ref.state() for ref in refs]))
     assert torch.equal(obs, expected)
 
-    episodes, total_reward = 0, 0.0
+    episodes, total_reward, max_ramp = 0, 0.0, 0
     for t in range(steps):
         actions = _policy(policy, obs, policy_rng, action_set)
         final_ref, reward_ref, term_ref, next_ref = [], [], [], []
@@ -203,6 +238,7 @@ def run_parity(
             ref.random.log.clear()
             reward, done = ref.act(action_set[actions[n]])
             final_ref.append(ref.state())
+            max_ramp = max(max_ramp, ref.env.difficulty_ramp() or 0)
             if done:
                 ref.reset()
             next_ref.append(ref.state())
@@ -224,7 +260,7 @@ def run_parity(
         obs = result.obs
         episodes += int(result.terminated.sum())
         total_reward += float(result.reward.sum())
-    return {"episodes": episodes, "reward": total_reward}
+    return {"episodes": episodes, "reward": total_reward, "max_ramp": max_ramp}
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -263,3 +299,64 @@ def test_freeway_parity_through_time_limit():
 
 def test_freeway_parity_from_reference_state():
     run_parity("minatar-freeway", seeds=[21, 22], steps=300, warmup_steps=123, sticky=0.1, policy="mostly_up")
+
+
+@pytest.mark.parametrize("sticky", [0.0, 0.1])
+@pytest.mark.parametrize("minimal", [False, True])
+def test_asterix_parity(sticky, minimal):
+    counts = run_parity("minatar-asterix", seeds=[0, 1, 2, 3], steps=500, sticky=sticky, minimal=minimal)
+    assert counts["episodes"] >= 4 and counts["reward"] >= 4, counts
+
+
+@pytest.mark.parametrize("ramping", [True, False])
+def test_asterix_parity_long_ramping(ramping):
+    # the reference's spawn/move intervals ramp every ~100 frames; long copies reach several ramps
+    counts = run_parity("minatar-asterix", seeds=[7, 8], steps=1500, ramping=ramping)
+    assert counts["episodes"] >= 10
+    assert (counts["max_ramp"] >= 1) if ramping else (counts["max_ramp"] == 0), counts
+
+
+@pytest.mark.parametrize("level", [(4, 2, 7, 3), (2, 1, 9, 0), (1, 1, 10, 50)])
+def test_asterix_parity_late_difficulty(level):
+    """Start at late ramp levels (spawn interval, move interval, ramp index, ramp timer), up to the last."""
+
+    def jump(ref):
+        ref.env.spawn_speed, ref.env.move_speed, ref.env.ramp_index, ref.env.ramp_timer = level
+        ref.env.spawn_timer = min(ref.env.spawn_timer, level[0])
+        ref.env.move_timer = min(ref.env.move_timer, level[1])
+
+    counts = run_parity("minatar-asterix", seeds=[9, 10, 11], steps=300, ref_setup=jump, warmup_steps=3)
+    assert counts["episodes"] >= 3
+
+
+def test_asterix_parity_from_reference_state():
+    run_parity("minatar-asterix", seeds=[31, 32, 33], steps=300, warmup_steps=41, sticky=0.1)
+
+
+@pytest.mark.parametrize("sticky", [0.0, 0.1])
+@pytest.mark.parametrize("minimal", [False, True])
+def test_space_invaders_parity(sticky, minimal):
+    counts = run_parity(
+        "minatar-space-invaders",
+        seeds=[0, 1, 2],
+        steps=500,
+        sticky=sticky,
+        minimal=minimal,
+        policy="mostly_fire",
+    )
+    assert counts["episodes"] >= 3 and counts["reward"] >= 10, counts
+
+
+@pytest.mark.parametrize("ramping", [True, False])
+def test_space_invaders_parity_long_waves(ramping):
+    counts = run_parity(
+        "minatar-space-invaders", seeds=[4, 5], steps=2000, ramping=ramping, policy="mostly_fire"
+    )
+    assert counts["reward"] >= 48, counts  # whole waves cleared: alien speed-up and respawn are covered
+    assert (counts["max_ramp"] >= 1) if ramping else (counts["max_ramp"] == 0), counts
+
+
+def test_space_invaders_parity_from_reference_state():
+    run_parity(
+        "minatar-space-invaders", seeds=[41, 42], steps=300, warmup_steps=57, sticky=0.1, policy="mostly_fire"
+    )

@@ -4,6 +4,7 @@ See :mod:`emphatic_rl.envs.minatar.common` for the protocol (action sets, sticky
 time limit) shared by every game.
 """
 
+from emphatic_rl.envs.minatar.asterix import MinAtarAsterix
 from emphatic_rl.envs.minatar.breakout import MinAtarBreakout
 from emphatic_rl.envs.minatar.common import (
     GAMES,
@@ -13,13 +14,16 @@ from emphatic_rl.envs.minatar.common import (
     make_minatar_env,
 )
 from emphatic_rl.envs.minatar.freeway import MinAtarFreeway
+from emphatic_rl.envs.minatar.space_invaders import MinAtarSpaceInvaders
 
 __all__ = [
     "GAMES",
     "GeneratorRandomSource",
+    "MinAtarAsterix",
     "MinAtarBreakout",
     "MinAtarEnv",
     "MinAtarFreeway",
+    "MinAtarSpaceInvaders",
     "RandomSource",
     "make_minatar_env",
 ]

@@ -1,0 +1,148 @@
+"""MinAtar Space Invaders, batched (rules of ``minatar/environments/space_invaders.py``, MinAtar 1.0.15).
+
+The cannon on the bottom row moves left and right and fires upward (cool-down 5 frames); +1 per alien shot.
+The 4x6 block of aliens moves sideways, stepping down and turning at the edges, moving once every ``min(aliens
+left, move interval)`` + 1 frames, so it speeds up as aliens die; the alien nearest the cannon (by column
+distance, ties to the left) fires every 11 frames. A cleared wave respawns, and with difficulty ramping the
+move interval shrinks by one per wave (12 down to 6). The episode ends when an alien or an enemy bullet
+reaches the cannon, or the aliens step down from the bottom row. Channels: cannon, alien, alien_left,
+alien_right, friendly_bullet, enemy_bullet. The game draws no random numbers (only sticky actions do).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from emphatic_rl.envs.minatar.common import FIRE, LEFT, RIGHT, MinAtarEnv, gather_cell
+from emphatic_rl.envs.registry import register_env
+
+SHOT_COOL_DOWN = 5
+ENEMY_MOVE_INTERVAL = 12
+ENEMY_SHOT_INTERVAL = 10
+
+
+@register_env("minatar-space-invaders")
+class MinAtarSpaceInvaders(MinAtarEnv):
+    """MinAtar Space Invaders: ``bool[N, 10, 10, 6]`` observations, 6 actions (minimal: n, l, r, f)."""
+
+    name = "minatar-space-invaders"
+    game = "space_invaders"
+    channels = ("cannon", "alien", "alien_left", "alien_right", "friendly_bullet", "enemy_bullet")
+    minimal_actions = ("n", "l", "r", "f")
+    game_state_names = (
+        "cannon_x",
+        "aliens",
+        "friendly_bullets",
+        "enemy_bullets",
+        "alien_dir",
+        "move_interval",
+        "alien_move_timer",
+        "alien_shot_timer",
+        "shot_timer",
+        "ramp_index",
+    )
+
+    def _allocate_state(self) -> None:
+        n, dev = self.num_envs, self.device
+        for name in ("cannon_x", "alien_dir", "move_interval", "alien_move_timer", "alien_shot_timer"):
+            setattr(self, name, torch.zeros(n, dtype=torch.int64, device=dev))
+        self.shot_timer = torch.zeros(n, dtype=torch.int64, device=dev)
+        self.ramp_index = torch.zeros(n, dtype=torch.int64, device=dev)
+        #: ``bool[N, 10, 10]`` maps (row, column).
+        self.aliens = torch.zeros(n, 10, 10, dtype=torch.bool, device=dev)
+        self.friendly_bullets = torch.zeros(n, 10, 10, dtype=torch.bool, device=dev)
+        self.enemy_bullets = torch.zeros(n, 10, 10, dtype=torch.bool, device=dev)
+        self._wave = torch.zeros(10, 10, dtype=torch.bool, device=dev)
+        self._wave[0:4, 2:8] = True
+        self._columns = torch.arange(10, device=dev)
+        self._rows = torch.arange(10, device=dev)
+        self._one_cell = torch.eye(10, dtype=torch.bool, device=dev)
+
+    def _reset_where(self, mask: torch.Tensor) -> None:
+        planes = mask.view(-1, 1, 1)
+        self.cannon_x = torch.where(mask, 5, self.cannon_x)
+        self.friendly_bullets = self.friendly_bullets & ~planes
+        self.enemy_bullets = self.enemy_bullets & ~planes
+        self.aliens = torch.where(planes, self._wave, self.aliens)
+        self.alien_dir = torch.where(mask, -1, self.alien_dir)
+        self.move_interval = torch.where(mask, ENEMY_MOVE_INTERVAL, self.move_interval)
+        self.alien_move_timer = torch.where(mask, ENEMY_MOVE_INTERVAL, self.alien_move_timer)
+        self.alien_shot_timer = torch.where(mask, ENEMY_SHOT_INTERVAL, self.alien_shot_timer)
+        self.ramp_index = torch.where(mask, 0, self.ramp_index)
+        self.shot_timer = torch.where(mask, 0, self.shot_timer)
+
+    def _game_step(self, action: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        n = self.num_envs
+        fires = (action == FIRE) & (self.shot_timer == 0)
+        cannon_cell = self._one_cell[self.cannon_x]  # [N, 10] bottom-row cell of the cannon before moving
+        friendly = self.friendly_bullets.clone()
+        friendly[:, 9] |= cannon_cell & fires.unsqueeze(1)
+        shot_timer = torch.where(fires, SHOT_COOL_DOWN, self.shot_timer)
+        x = torch.where(action == LEFT, (self.cannon_x - 1).clamp(min=0), self.cannon_x)
+        x = torch.where(action == RIGHT, (x + 1).clamp(max=9), x)
+        bottom = self._ints(9)
+
+        # bullets: friendly move up, enemy move down (leaving the screen)
+        friendly = torch.cat((friendly[:, 1:], torch.zeros_like(friendly[:, :1])), dim=1)
+        enemy = torch.cat((torch.zeros_like(self.enemy_bullets[:, :1]), self.enemy_bullets[:, :9]), dim=1)
+        terminal = gather_cell(enemy, bottom, x)
+
+        aliens = self.aliens
+        terminal = terminal | gather_cell(aliens, bottom, x)
+        moving = self.alien_move_timer == 0
+        count = aliens.flatten(1).sum(1)
+        move_timer = torch.where(moving, torch.minimum(count, self.move_interval), self.alien_move_timer)
+        at_left = aliens[:, :, 0].any(1)
+        at_right = aliens[:, :, 9].any(1)
+        turns = ((at_left & (self.alien_dir < 0)) | (at_right & (self.alien_dir > 0))) & moving
+        sideways = moving & ~turns
+        terminal = terminal | (turns & aliens[:, 9].any(1))
+        stepped_down = torch.roll(aliens, 1, dims=1)
+        stepped_side = torch.where(
+            (self.alien_dir > 0).view(-1, 1, 1), torch.roll(aliens, 1, dims=2), torch.roll(aliens, -1, dims=2)
+        )
+        aliens = torch.where(turns.view(-1, 1, 1), stepped_down, aliens)
+        aliens = torch.where(sideways.view(-1, 1, 1), stepped_side, aliens)
+        self.alien_dir = torch.where(turns, -self.alien_dir, self.alien_dir)
+        terminal = terminal | (moving & gather_cell(aliens, bottom, x))
+
+        # the alien nearest the cannon fires: nearest occupied column (ties to the left), lowest alien in it
+        shooting = self.alien_shot_timer == 0
+        alien_shot_timer = torch.where(shooting, ENEMY_SHOT_INTERVAL, self.alien_shot_timer)
+        occupied = aliens.any(1)  # [N, 10] columns
+        distance = (self._columns - x.unsqueeze(1)).abs() * 10 + self._columns
+        distance = torch.where(occupied, distance, 1000)
+        column = distance.argmin(1)
+        in_column = aliens.gather(2, column.view(-1, 1, 1).expand(n, 10, 1)).squeeze(2)  # [N, 10] rows
+        row = torch.where(in_column, self._rows, -1).amax(1)
+        shooter = shooting & occupied.any(1)
+        shot_cell = (self._rows.view(1, 10, 1) == row.view(-1, 1, 1)) & self._one_cell[column].unsqueeze(1)
+        enemy = enemy | (shot_cell & shooter.view(-1, 1, 1))
+
+        kills = aliens & friendly
+        reward = kills.flatten(1).sum(1)
+        aliens = aliens & ~kills
+        friendly = friendly & ~kills
+
+        self.shot_timer = shot_timer - (shot_timer > 0).long()
+        self.alien_move_timer = move_timer - 1
+        self.alien_shot_timer = alien_shot_timer - 1
+        cleared = ~aliens.flatten(1).any(1)
+        if self.ramping:
+            faster = cleared & (self.move_interval > 6)
+            self.move_interval = self.move_interval - faster.long()
+            self.ramp_index = self.ramp_index + faster.long()
+        self.aliens = aliens | (cleared.view(-1, 1, 1) & self._wave)
+        self.friendly_bullets = friendly
+        self.enemy_bullets = enemy
+        self.cannon_x = x
+        return reward, terminal
+
+    def _observe(self) -> torch.Tensor:
+        cannon = torch.zeros_like(self.aliens)
+        cannon[:, 9] = self._one_cell[self.cannon_x]
+        left = self.aliens & (self.alien_dir < 0).view(-1, 1, 1)
+        right = self.aliens & (self.alien_dir > 0).view(-1, 1, 1)
+        return torch.stack(
+            (cannon, self.aliens, left, right, self.friendly_bullets, self.enemy_bullets), dim=-1
+        )
