@@ -536,15 +536,38 @@ class TrajectoryBuffer:
                 "use a generator on the buffer's device"
             )
 
-    def sample_transitions(self, batch_size: int, generator: torch.Generator) -> TransitionBatch:
+    def sample_transitions(
+        self, batch_size: int, generator: torch.Generator, num_groups: int | None = None
+    ) -> TransitionBatch:
         """``batch_size`` transitions drawn uniformly (with replacement) over all stored ``(time, stream)``.
 
         Returns a :class:`TransitionBatch` with leading dim ``[B]``.
+
+        With ``num_groups = G`` the streams are split into ``G`` equal consecutive groups (group ``g`` owns
+        streams ``g*N/G ... (g+1)*N/G - 1``, e.g. the env copies of population member ``g``) and
+        ``batch_size`` transitions are drawn uniformly within each group: leading dims ``[G, B]``.
         """
         self._check_sampling("sample_transitions", batch_size, generator)
         N = self._num_streams
-        flat = torch.randint(0, self._size * N, (batch_size,), generator=generator, device=self._device)
-        return self._gather(flat // N, flat % N)
+        if num_groups is None:
+            flat = torch.randint(0, self._size * N, (batch_size,), generator=generator, device=self._device)
+            return self._gather(flat // N, flat % N)
+        if (
+            not isinstance(num_groups, int)
+            or isinstance(num_groups, bool)
+            or num_groups < 1
+            or N % num_groups
+        ):
+            raise ValueError(
+                "TrajectoryBuffer.sample_transitions: num_groups must be a positive divisor of "
+                f"num_streams={N}, got {num_groups!r}"
+            )
+        per_group = N // num_groups
+        flat = torch.randint(
+            0, self._size * per_group, (num_groups, batch_size), generator=generator, device=self._device
+        )
+        group_start = torch.arange(num_groups, device=self._device).unsqueeze(1) * per_group
+        return self._gather(flat // per_group, group_start + flat % per_group)
 
     def sample_sequences(
         self, batch_size: int, length: int, generator: torch.Generator, cross_episodes: bool = False
