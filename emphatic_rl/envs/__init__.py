@@ -9,6 +9,7 @@ from emphatic_rl.envs.registry import ENV_REGISTRY, env_names, make_env, registe
 
 # Native env modules register themselves on import. Keep one import line per module.
 # (env modules are added here as they land)
+import emphatic_rl.envs.counterexamples  # noqa: F401,E402
 import emphatic_rl.envs.classic  # noqa: F401,E402
 import emphatic_rl.envs.puddle_world  # noqa: F401,E402
 import emphatic_rl.envs.registration  # noqa: F401,E402  (Gymnasium ids; keep after the native env modules)
