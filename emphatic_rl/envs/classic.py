@@ -60,6 +60,11 @@ class ClassicControlEnv(TensorEnv):
             )
         self.state = state.expand(self.num_envs, self.state_dim).clone()
 
+    def _uniform_state(self, low: float, high: float) -> torch.Tensor:
+        """``float64[N, state_dim]`` uniform in ``[low, high)`` from the env's generator (one torch op)."""
+        fresh = torch.empty(self.num_envs, self.state_dim, dtype=torch.float64, device=self.device)
+        return fresh.uniform_(low, high, generator=self.generator)
+
     def _keep_or_replace(self, mask: torch.Tensor, fresh: torch.Tensor) -> None:
         """``state[n] = fresh[n]`` where ``mask[n]``, without a device sync."""
         self.state = torch.where(mask.unsqueeze(1), fresh, self.state)
@@ -108,14 +113,21 @@ class CartPole(ClassicControlEnv):
     ) -> None:
         self.sutton_barto_reward = bool(sutton_barto_reward)
         super().__init__(num_envs, device, max_episode_steps, check_actions)
+        self._force_of_action = torch.tensor(
+            [-self.FORCE_MAG, self.FORCE_MAG], dtype=torch.float64, device=self.device
+        )
+        self._thresholds = torch.tensor(
+            [self.X_THRESHOLD, self.THETA_THRESHOLD_RADIANS], dtype=torch.float64, device=self.device
+        )
 
     def _reset_where(self, mask: torch.Tensor) -> None:
-        fresh = self.uniform(self.num_envs, 4, low=-0.05, high=0.05, dtype=torch.float64)
-        self._keep_or_replace(mask, fresh)
+        self._keep_or_replace(mask, self._uniform_state(-0.05, 0.05))
 
     def _transition(self, action: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # Hot path (see benchmarks/envs.py): few torch ops, no device sync. Each component is computed
+        # as in Gymnasium, in its order; the Euler step and the bounds test run on the stacked state.
         x, x_dot, theta, theta_dot = self.state.unbind(1)
-        force = torch.where(action == 1, self.FORCE_MAG, -self.FORCE_MAG).to(torch.float64)
+        force = self._force_of_action[action]
         costheta = torch.cos(theta)
         sintheta = torch.sin(theta)
         temp = (force + self.POLEMASS_LENGTH * theta_dot.square() * sintheta) / self.TOTAL_MASS
@@ -123,12 +135,10 @@ class CartPole(ClassicControlEnv):
             self.LENGTH * (4.0 / 3.0 - self.MASSPOLE * costheta.square() / self.TOTAL_MASS)
         )
         xacc = temp - self.POLEMASS_LENGTH * thetaacc * costheta / self.TOTAL_MASS
-        x = x + self.TAU * x_dot
-        x_dot = x_dot + self.TAU * xacc
-        theta = theta + self.TAU * theta_dot
-        theta_dot = theta_dot + self.TAU * thetaacc
-        self.state = torch.stack((x, x_dot, theta, theta_dot), dim=1)
-        terminated = (x.abs() > self.X_THRESHOLD) | (theta.abs() > self.THETA_THRESHOLD_RADIANS)
+        # x + tau * x_dot, x_dot + tau * xacc, theta + tau * theta_dot, theta_dot + tau * thetaacc
+        self.state = self.state + self.TAU * torch.stack((x_dot, xacc, theta_dot, thetaacc), dim=1)
+        # |x| > 2.4 or |theta| > 12 degrees
+        terminated = (self.state[:, 0::2].abs() > self._thresholds).any(dim=1)
         if self.sutton_barto_reward:
             reward = -terminated.to(torch.float32)
         else:
@@ -263,8 +273,7 @@ class Acrobot(ClassicControlEnv):
         super().__init__(num_envs, device, max_episode_steps, check_actions)
 
     def _reset_where(self, mask: torch.Tensor) -> None:
-        fresh = self.uniform(self.num_envs, 4, low=-0.1, high=0.1, dtype=torch.float64)
-        self._keep_or_replace(mask, fresh.to(torch.float32).to(torch.float64))
+        self._keep_or_replace(mask, self._uniform_state(-0.1, 0.1).to(torch.float32).to(torch.float64))
 
     def _derivatives(
         self,
