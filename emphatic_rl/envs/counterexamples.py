@@ -305,3 +305,17 @@ def make_baird_env(
 ) -> TabularEnv:
     """Baird's seven-state star counterexample (continuing, gamma 0.99)."""
     return TabularEnv(baird_mdp(discount), num_envs, device, observation, max_episode_steps)
+
+
+def _register_gymnasium_ids() -> None:
+    """``gymnasium.make("emphatic_rl/CounterexampleThreeState-v0")`` etc. (no time limit)."""
+    from emphatic_rl.envs.registration import register_gymnasium_env
+
+    register_gymnasium_env("emphatic_rl/CounterexampleThreeState-v0", "counterexample-three-state")
+    register_gymnasium_env("emphatic_rl/CounterexampleLong-v0", "counterexample-long")
+    register_gymnasium_env("emphatic_rl/CounterexampleDPG-v0", "counterexample-dpg")
+    register_gymnasium_env("emphatic_rl/Collision-v0", "collision")
+    register_gymnasium_env("emphatic_rl/Baird-v0", "baird")
+
+
+_register_gymnasium_ids()

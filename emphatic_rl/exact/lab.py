@@ -307,6 +307,13 @@ class DiscreteLab(Lab):
         """``pi(a|s)`` as nested lists ``[S][A]``."""
         return self.policy(self.check_theta(theta)).tolist()
 
+    def policy_values(self, policy: torch.Tensor) -> torch.Tensor:
+        """``v [S]`` of any fixed policy matrix ``policy [S, A]`` (e.g. the MDP's ``target_policy``)."""
+        policy = torch.as_tensor(policy, dtype=DTYPE)
+        if tuple(policy.shape) != (self.num_states, self.num_actions):
+            raise ValueError(f"policy must have shape {(self.num_states, self.num_actions)}")
+        return self.batched_values(policy.unsqueeze(0))[0]
+
     def action_values(self, theta: Any) -> torch.Tensor:
         """``q_pi [S, A] = r(s, a) + sum_s' P gamma v_pi(s')``."""
         theta = self.check_theta(theta)
