@@ -39,6 +39,9 @@ class Agent(ABC):
     population_size: int = 1
     #: True when the agent explores with its own policy; False when it learns from a fixed ``Behaviour``.
     acts_in_env: bool = True
+    #: time rows the loop's ``TrajectoryBuffer`` keeps per stream (replay agents: their replay size; online agents
+    #: need only the latest step).
+    buffer_capacity: int = 1
 
     @abstractmethod
     def act(self, obs: torch.Tensor, env_step: int) -> ActionOutput:

@@ -242,13 +242,12 @@ class TrajectoryBuffer:
             self._stored_obs_dtype = obs_dtype
 
         T, N, dev = capacity, num_streams, self._device
+        # Storage, all [T, N, ...]: small per-step scalars and flags share one tensor each, so one gather
+        # reads them (fewer tensor ops per call matters on CPU, where each op costs microseconds).
         self._obs = torch.zeros((T, N, *self._stored_obs_shape), dtype=self._stored_obs_dtype, device=dev)
         self._action = torch.zeros((T, N, *action_shape), dtype=action_dtype, device=dev)
-        self._reward = torch.zeros((T, N), dtype=torch.float32, device=dev)
-        self._terminated = torch.zeros((T, N), dtype=torch.bool, device=dev)
-        self._truncated = torch.zeros((T, N), dtype=torch.bool, device=dev)
-        self._behaviour_log_prob = torch.zeros((T, N), dtype=torch.float32, device=dev)
-        self._interest = torch.zeros((T, N), dtype=torch.float32, device=dev)
+        self._scalars = torch.zeros((T, N, 3), dtype=torch.float32, device=dev)  # reward, log mu, interest
+        self._ends = torch.zeros((T, N, 2), dtype=torch.bool, device=dev)  # terminated, truncated
         self._extras = {
             name: torch.zeros((T, N, *spec.shape), dtype=spec.dtype, device=dev)
             for name, spec in extras.items()
@@ -263,10 +262,27 @@ class TrajectoryBuffer:
         self._final_head = torch.zeros((), dtype=torch.int64, device=dev)  # next slot to allocate
         self._final_live = torch.zeros((), dtype=torch.int64, device=dev)  # slots referenced by stored rows
         self._final_live_bound = 0  # host-side upper bound on _final_live (avoids a sync per add)
+        # On CPU, host reads are free: remember which rows hold an episode end to skip slot bookkeeping.
+        self._host_checks = self._device.type == "cpu"
+        self._row_has_end = [False] * T
+        self._default_log_prob = torch.zeros(N, device=dev)
+        self._default_interest = torch.ones(N, device=dev)
+        self._stream_ids = torch.arange(N, device=dev)
 
         self._cursor = 0  # physical row the next add writes
         self._size = 0
         self._total_steps = 0
+        self._refresh_flat_views()
+
+    def _refresh_flat_views(self) -> None:
+        """``[T * N, ...]`` views of the storage (same memory), indexed by ``flat = row * N + stream``."""
+        rows = self._capacity * self._num_streams
+        self._obs_flat = self._obs.view(rows, *self._stored_obs_shape)
+        self._action_flat = self._action.view(rows, *self.action_shape)
+        self._scalars_flat = self._scalars.view(rows, 3)
+        self._ends_flat = self._ends.view(rows, 2)
+        self._final_slot_flat = self._final_slot.view(rows)
+        self._extras_flat = {name: t.view(rows, *t.shape[2:]) for name, t in self._extras.items()}
 
     # ------------------------------------------------------------------ properties
     @property
@@ -312,11 +328,8 @@ class TrajectoryBuffer:
         parts = {
             "obs": self._obs,
             "action": self._action,
-            "reward": self._reward,
-            "terminated": self._terminated,
-            "truncated": self._truncated,
-            "behaviour_log_prob": self._behaviour_log_prob,
-            "interest": self._interest,
+            "reward_log_prob_interest": self._scalars,
+            "terminated_truncated": self._ends,
             "final_obs_store": self._final_store,
             "final_obs_map": self._final_slot,
             **{f"extra:{k}": v for k, v in self._extras.items()},
@@ -367,9 +380,13 @@ class TrajectoryBuffer:
         terminated = self._checked("terminated", terminated, (N,), torch.bool)
         truncated = self._checked("truncated", truncated, (N,), torch.bool)
         final_obs = self._checked("final_obs", final_obs, (N, *self.obs_shape), self.obs_dtype)
-        if behaviour_log_prob is not None:
+        if behaviour_log_prob is None:
+            behaviour_log_prob = self._default_log_prob
+        else:
             behaviour_log_prob = self._checked("behaviour_log_prob", behaviour_log_prob, (N,), torch.float32)
-        if interest is not None:
+        if interest is None:
+            interest = self._default_interest
+        else:
             interest = self._checked("interest", interest, (N,), torch.float32)
         unknown = sorted(set(extras) - set(self.extra_specs))
         if unknown:
@@ -385,38 +402,40 @@ class TrajectoryBuffer:
             for name, value in extras.items()
         }
 
-        self._reserve_final_slots()
         row = self._cursor
-        stored_obs = self._encode(obs)
-        stored_final = self._encode(final_obs)
+        done = terminated | truncated
+        if self.packs_obs:
+            stored_obs, stored_final = pack_bool(torch.stack([obs, final_obs]), self.obs_shape).unbind(0)
+        else:
+            stored_obs, stored_final = obs, final_obs
         self._obs[row] = stored_obs
         self._action[row] = action
-        self._reward[row] = reward
-        self._terminated[row] = terminated
-        self._truncated[row] = truncated
-        if behaviour_log_prob is None:
-            self._behaviour_log_prob[row] = 0.0
-        else:
-            self._behaviour_log_prob[row] = behaviour_log_prob
-        if interest is None:
-            self._interest[row] = 1.0
-        else:
-            self._interest[row] = interest
+        self._scalars[row] = torch.stack([reward, behaviour_log_prob, interest], dim=1)
+        self._ends[row] = torch.stack([terminated, truncated], dim=1)
         for name, value in checked_extras.items():
             self._extras[name][row] = value
 
         # Final observations: a slot for every stream whose episode ended, the newest-row slot for the others.
         K = self._final_slots
-        done = terminated | truncated
-        freed = (self._final_slot[row] >= 0).sum()  # slots of the row being overwritten
-        rank = torch.cumsum(done, dim=0) - 1
-        slot = (self._final_head + rank) % K
-        streams = torch.arange(N, device=self._device)
-        self._final_store[torch.where(done, slot, K + streams)] = stored_final
-        self._final_slot[row] = torch.where(done, slot, -1).to(torch.int32)
-        num_ends = done.sum()
-        self._final_head.add_(num_ends).remainder_(K)
-        self._final_live.add_(num_ends - freed)
+        if self._host_checks:
+            any_end = bool(done.any())
+            skip_slots = not any_end and not self._row_has_end[row]  # nothing to allocate or free
+            self._row_has_end[row] = any_end
+        else:
+            skip_slots = False
+        if skip_slots:
+            self._final_store[K:] = stored_final
+        else:
+            self._reserve_final_slots()
+            K = self._final_slots
+            freed = (self._final_slot[row] >= 0).sum()  # slots of the row being overwritten
+            rank = torch.cumsum(done, dim=0) - 1
+            slot = (self._final_head + rank) % K
+            self._final_store[torch.where(done, slot, K + self._stream_ids)] = stored_final
+            self._final_slot[row] = torch.where(done, slot, -1).to(torch.int32)
+            num_ends = done.sum()
+            self._final_head.add_(num_ends).remainder_(K)
+            self._final_live.add_(num_ends - freed)
 
         self._cursor = (row + 1) % self._capacity
         self._size = min(self._size + 1, self._capacity)
@@ -443,14 +462,15 @@ class TrajectoryBuffer:
             )
         return value.to(device=self._device, dtype=dtype)
 
-    def _encode(self, obs: torch.Tensor) -> torch.Tensor:
-        return pack_bool(obs, self.obs_shape) if self.packs_obs else obs
-
     def _decode(self, stored: torch.Tensor) -> torch.Tensor:
         return unpack_bool(stored, self.obs_shape) if self.packs_obs else stored
 
     def _reserve_final_slots(self) -> None:
-        """Make sure the next ``add`` (at most ``N`` episode ends) cannot overwrite a referenced slot."""
+        """Make sure this ``add`` (at most ``N`` episode ends) cannot overwrite a referenced slot.
+
+        The host bound grows by ``N`` per call that allocates; the device count is read only when the bound
+        says the store may be too small (rarely, once the store has grown to fit the data).
+        """
         N, max_slots = self._num_streams, self._capacity * self._num_streams
         needed = min(self._final_live_bound + N, max_slots)
         if needed > self._final_slots:
@@ -476,43 +496,62 @@ class TrajectoryBuffer:
         self._final_store = store
         self._final_slots = new_slots
         self._final_head.fill_(live % new_slots)
+        self._refresh_flat_views()
 
     # ------------------------------------------------------------------ reading
-    def _gather(self, logical: torch.Tensor, stream: torch.Tensor) -> TransitionBatch:
-        """Rows at ``logical`` positions (0 = oldest stored row) of ``stream``; any common shape ``lead``."""
-        lead = logical.shape
-        logical, stream = logical.reshape(-1), stream.reshape(-1)
-        T, K = self._capacity, self._final_slots
-        start = (self._cursor - self._size) % T
-        row = (start + logical) % T
-        terminated = self._terminated[row, stream]
-        truncated = self._truncated[row, stream]
-        done = terminated | truncated
+    def _gather(self, flat: torch.Tensor) -> TransitionBatch:
+        """Rows at physical flat positions ``flat = row * N + stream`` (int64, any shape ``lead``).
+
+        Valid physical rows are ``[0, len(buffer))``: before the ring is full they are the rows written so
+        far, after it every row.
+        """
+        lead = flat.shape
+        flat = flat.reshape(-1)
+        T, N, K = self._capacity, self._num_streams, self._final_slots
+        rows = T * N
+        row = torch.div(flat, N, rounding_mode="floor")
+        stream = flat - row * N
+        ends = self._ends_flat.index_select(0, flat)
+        done = ends.any(dim=1)
         # next obs: the kept final obs where the episode ended or the row is the newest, else the next row's
-        # obs.
-        slot = torch.where(done, self._final_slot[row, stream].long(), K + stream)
-        from_final = done | (logical == self._size - 1)
-        final_obs = self._final_store[slot]
-        successor_obs = self._obs[(row + 1) % T, stream]
+        # obs (flat + N, wrapping at the end of the ring).
+        from_final = done | (row == (self._cursor - 1) % T)
+        slot = torch.where(done, self._final_slot_flat.index_select(0, flat).long(), stream + K)
+        successor = flat + N
+        successor = torch.where(successor >= rows, successor - rows, successor)
         mask_shape = (-1,) + (1,) * len(self._stored_obs_shape)
-        next_stored = torch.where(from_final.view(mask_shape), final_obs, successor_obs)
+        next_stored = torch.where(
+            from_final.view(mask_shape),
+            self._final_store.index_select(0, slot),
+            self._obs_flat.index_select(0, successor),
+        )
+        reward, behaviour_log_prob, interest = self._scalars_flat.index_select(0, flat).unbind(1)
+        terminated, truncated = ends.unbind(1)
+        start = (self._cursor - self._size) % T
+        logical = row if start == 0 else torch.remainder(row - start, T)
 
         def shaped(x: torch.Tensor) -> torch.Tensor:
-            return x.reshape(*lead, *x.shape[1:])
+            return x if len(lead) == 1 else x.reshape(*lead, *x.shape[1:])
 
         return TransitionBatch(
-            obs=shaped(self._decode(self._obs[row, stream])),
-            action=shaped(self._action[row, stream]),
-            reward=shaped(self._reward[row, stream]),
+            obs=shaped(self._decode(self._obs_flat.index_select(0, flat))),
+            action=shaped(self._action_flat.index_select(0, flat)),
+            reward=shaped(reward),
             terminated=shaped(terminated),
             truncated=shaped(truncated),
             next_obs=shaped(self._decode(next_stored)),
-            behaviour_log_prob=shaped(self._behaviour_log_prob[row, stream]),
-            interest=shaped(self._interest[row, stream]),
-            time_index=shaped(self.oldest_time + logical),
+            behaviour_log_prob=shaped(behaviour_log_prob),
+            interest=shaped(interest),
+            time_index=shaped(logical + self.oldest_time),
             stream_index=shaped(stream),
-            extras={name: shaped(store[row, stream]) for name, store in self._extras.items()},
+            extras={name: shaped(store.index_select(0, flat)) for name, store in self._extras_flat.items()},
         )
+
+    def _flat_from_logical(self, logical: torch.Tensor, stream: torch.Tensor) -> torch.Tensor:
+        """Physical flat positions of logical rows (0 = oldest stored) of ``stream``."""
+        start = (self._cursor - self._size) % self._capacity
+        row = logical if start == 0 else torch.remainder(logical + start, self._capacity)
+        return row * self._num_streams + stream
 
     def _check_sampling(self, what: str, batch_size: Any, generator: Any) -> None:
         if self._size == 0:
@@ -549,9 +588,10 @@ class TrajectoryBuffer:
         """
         self._check_sampling("sample_transitions", batch_size, generator)
         N = self._num_streams
+        # The valid physical rows are [0, len): a uniform flat position over them is a uniform transition.
         if num_groups is None:
             flat = torch.randint(0, self._size * N, (batch_size,), generator=generator, device=self._device)
-            return self._gather(flat // N, flat % N)
+            return self._gather(flat)
         if (
             not isinstance(num_groups, int)
             or isinstance(num_groups, bool)
@@ -563,11 +603,12 @@ class TrajectoryBuffer:
                 f"num_streams={N}, got {num_groups!r}"
             )
         per_group = N // num_groups
-        flat = torch.randint(
+        in_group = torch.randint(
             0, self._size * per_group, (num_groups, batch_size), generator=generator, device=self._device
         )
+        row = torch.div(in_group, per_group, rounding_mode="floor")
         group_start = torch.arange(num_groups, device=self._device).unsqueeze(1) * per_group
-        return self._gather(flat // per_group, group_start + flat % per_group)
+        return self._gather(row * N + group_start + (in_group - row * per_group))
 
     def sample_sequences(
         self, batch_size: int, length: int, generator: torch.Generator, cross_episodes: bool = False
@@ -585,28 +626,26 @@ class TrajectoryBuffer:
         if not isinstance(length, int) or isinstance(length, bool) or not 1 <= length <= self._size:
             raise ValueError(
                 "TrajectoryBuffer.sample_sequences: length must be an integer in "
-                f"[1, len(buffer)={self._size}], "
-                f"got {length!r}"
+                f"[1, len(buffer)={self._size}], got {length!r}"
             )
         if cross_episodes or length == 1:
             N = self._num_streams
             flat = torch.randint(
                 0, (self._size - length + 1) * N, (batch_size,), generator=generator, device=self._device
             )
-            start, stream = flat // N, flat % N
+            start = torch.div(flat, N, rounding_mode="floor")
+            stream = flat - start * N
         else:
             start, stream = self._sample_episode_local_starts(batch_size, length, generator)
-        offsets = torch.arange(length, device=self._device)
-        logical = start.unsqueeze(1) + offsets
-        return self._gather(logical, stream.unsqueeze(1).expand(-1, length))
+        logical = start.unsqueeze(1) + torch.arange(length, device=self._device)
+        return self._gather(self._flat_from_logical(logical, stream.unsqueeze(1)))
 
     def _crosses_boundary(self, start: torch.Tensor, stream: torch.Tensor, length: int) -> torch.Tensor:
         """``bool[M]``: the run of ``length`` from logical ``start`` has an episode end before its end."""
-        T = self._capacity
-        first_row = (self._cursor - self._size) % T
-        rows = (first_row + start.unsqueeze(1) + torch.arange(length - 1, device=self._device)) % T
-        streams = stream.unsqueeze(1)
-        return (self._terminated[rows, streams] | self._truncated[rows, streams]).any(dim=1)
+        logical = start.unsqueeze(1) + torch.arange(length - 1, device=self._device)
+        flat = self._flat_from_logical(logical, stream.unsqueeze(1)).reshape(-1)
+        ends = self._ends_flat.index_select(0, flat)
+        return ends.view(start.shape[0], -1).any(dim=1)
 
     def _sample_episode_local_starts(
         self, batch_size: int, length: int, generator: torch.Generator
@@ -619,7 +658,8 @@ class TrajectoryBuffer:
             flat = torch.randint(
                 0, num_starts * N, (num_candidates,), generator=generator, device=self._device
             )
-            start, stream = flat // N, flat % N
+            start = torch.div(flat, N, rounding_mode="floor")
+            stream = flat - start * N
             accepted = torch.nonzero(~self._crosses_boundary(start, stream, length)).squeeze(1)
             num_accepted = accepted.numel()  # one host sync per round
             take = accepted[:still_needed]
@@ -631,9 +671,9 @@ class TrajectoryBuffer:
                 break
             num_candidates = math.ceil(2 * still_needed / acceptance) + 16
         if still_needed > 0:  # exact fallback: enumerate every valid run
-            T = self._capacity
-            rows = (self._cursor - self._size + torch.arange(self._size, device=self._device)) % T
-            ends = (self._terminated[rows] | self._truncated[rows]).to(torch.int32)  # [size, N]
+            logical = torch.arange(self._size, device=self._device)
+            rows = torch.remainder(logical + (self._cursor - self._size), self._capacity)
+            ends = self._ends[rows].any(dim=2).to(torch.int32)  # [size, N], logical order
             ends_before = torch.cat([torch.zeros_like(ends[:1]), torch.cumsum(ends, dim=0)])  # [size + 1, N]
             # valid[i, n]: no episode end among rows i .. i + length - 2 of stream n; [num_starts, N]
             valid = ends_before[length - 1 : length - 1 + num_starts] == ends_before[:num_starts]
@@ -648,16 +688,17 @@ class TrajectoryBuffer:
                 0, valid_flat.numel(), (still_needed,), generator=generator, device=self._device
             )
             flat = valid_flat[pick]
-            starts.append(flat // N)
-            streams.append(flat % N)
+            start = torch.div(flat, N, rounding_mode="floor")
+            starts.append(start)
+            streams.append(flat - start * N)
         return torch.cat(starts), torch.cat(streams)
 
     def latest(self) -> TransitionBatch:
         """The newest row of every stream, leading dim ``[N]`` (``next_obs`` is that step's ``final_obs``)."""
         if self._size == 0:
             raise ValueError("TrajectoryBuffer.latest: the buffer is empty; add a step first")
-        streams = torch.arange(self._num_streams, device=self._device)
-        return self._gather(torch.full_like(streams, self._size - 1), streams)
+        newest_row = (self._cursor - 1) % self._capacity
+        return self._gather(newest_row * self._num_streams + self._stream_ids)
 
     def transitions_at(self, time_index: torch.Tensor, stream_index: torch.Tensor) -> TransitionBatch:
         """The stored transitions at global ``time_index`` and ``stream_index`` (int tensors of one shape).
@@ -688,7 +729,9 @@ class TrajectoryBuffer:
             raise ValueError(
                 f"TrajectoryBuffer.transitions_at: stream_index outside [0, {self._num_streams})"
             )
-        return self._gather(time_index.long() - self.oldest_time, stream_index.long())
+        return self._gather(
+            self._flat_from_logical(time_index.long() - self.oldest_time, stream_index.long())
+        )
 
     # ------------------------------------------------------------------ checkpointing
     def _config(self) -> dict[str, Any]:
@@ -705,11 +748,8 @@ class TrajectoryBuffer:
     _TENSOR_STATE = (
         "_obs",
         "_action",
-        "_reward",
-        "_terminated",
-        "_truncated",
-        "_behaviour_log_prob",
-        "_interest",
+        "_scalars",
+        "_ends",
         "_final_store",
         "_final_slot",
         "_final_head",
@@ -747,3 +787,5 @@ class TrajectoryBuffer:
         self._total_steps = int(state["total_steps"])
         self._final_slots = int(state["final_slots"])
         self._final_live_bound = int(state["final_live_bound"])
+        self._row_has_end = (self._final_slot >= 0).any(dim=1).tolist()
+        self._refresh_flat_views()

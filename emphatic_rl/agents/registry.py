@@ -1,0 +1,103 @@
+"""Agent names as used on the command line (``--agent dqn``) and their typed, validated options.
+
+Each agent module registers a factory and an options dataclass with ``@register_agent``. ``make_agent`` checks every
+option key against the dataclass fields (one error naming the unknown key and the allowed ones) and lets the
+dataclass's ``__post_init__`` check the values, all before anything is built.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from emphatic_rl.agents.base import Agent
+from emphatic_rl.envs.base import Spec
+
+
+@dataclass(frozen=True)
+class AgentContext:
+    """What an agent factory is told about the run.
+
+    - ``observation_spec``, ``action_spec``: the env's specs.
+    - ``population_size``: ``P`` learners.
+    - ``envs_per_member``: ``E``, env copies that feed each member (agents that act in the env).
+    - ``num_streams``: ``R``, behaviour streams (agents that learn from a fixed behaviour).
+    - ``device``, ``seed``, ``total_steps`` (steps per stream of the whole run).
+    """
+
+    observation_spec: Spec
+    action_spec: Spec
+    population_size: int
+    envs_per_member: int
+    num_streams: int
+    device: torch.device
+    seed: int
+    total_steps: int
+    env_name: str = ""
+
+
+@dataclass(frozen=True)
+class AgentEntry:
+    name: str
+    factory: Callable[[AgentContext, Any], Agent]
+    options_class: type
+    description: str
+
+    def default_options(self) -> dict[str, Any]:
+        return dataclasses.asdict(self.options_class())
+
+    def build_options(self, options: dict[str, Any]) -> Any:
+        allowed = [f.name for f in dataclasses.fields(self.options_class)]
+        unknown = sorted(set(options) - set(allowed))
+        if unknown:
+            raise ValueError(
+                f"unknown option(s) {', '.join(unknown)} for agent {self.name!r}; allowed: {', '.join(allowed)}"
+            )
+        return self.options_class(**options)
+
+
+AGENT_REGISTRY: dict[str, AgentEntry] = {}
+
+
+def register_agent(name: str, options_class: type, description: str = "") -> Callable:
+    """Decorator for ``factory(context: AgentContext, options) -> Agent``."""
+
+    def decorate(factory):
+        if name in AGENT_REGISTRY:
+            raise ValueError(f"agent name {name!r} is registered twice")
+        AGENT_REGISTRY[name] = AgentEntry(name, factory, options_class, description)
+        return factory
+
+    return decorate
+
+
+def agent_names() -> list[str]:
+    return sorted(AGENT_REGISTRY)
+
+
+def get_agent_entry(name: str) -> AgentEntry:
+    if name not in AGENT_REGISTRY:
+        raise ValueError(f"unknown agent {name!r}; allowed: {', '.join(agent_names())}")
+    return AGENT_REGISTRY[name]
+
+
+def make_agent(name: str, context: AgentContext, **options: Any) -> Agent:
+    """Validate ``options`` for agent ``name`` and build it."""
+    entry = get_agent_entry(name)
+    return entry.factory(context, entry.build_options(options))
+
+
+def check_positive(name: str, value: float, allow_zero: bool = False) -> None:
+    """One clear error for a step size, count or rate that must be > 0 (or >= 0)."""
+    ok = value >= 0 if allow_zero else value > 0
+    if not ok:
+        raise ValueError(f"{name} must be {'>= 0' if allow_zero else '> 0'}, got {value!r}")
+
+
+def check_unit_interval(name: str, value: float) -> None:
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"{name} must be in [0, 1], got {value!r}")

@@ -1,0 +1,356 @@
+"""The training loop: collect, store, update, evaluate, log, checkpoint; resume continues bit-identically.
+
+Layout. ``P`` learners (``population_size``). Agents that act in the env (DQN...) get ``E = num_envs`` env copies
+each, ``N = P * E`` in all, laid out member-major (member ``p`` owns copies ``p*E ... p*E + E - 1``). Agents that
+learn from a fixed behaviour policy get ``R = num_envs`` behaviour streams that the agent maps to its learners.
+
+One iteration (``step`` counts iterations, i.e. steps of each env copy):
+
+1. actions from the agent's behaviour (``agent.act``) or the fixed ``Behaviour``, with their log-probabilities;
+2. ``env.step``; the transition ``(obs, action, reward, terminated, truncated, final_obs, behaviour_log_prob)`` goes
+   into the ``TrajectoryBuffer`` for all streams at once;
+3. ``agent.update(buffer, step)``;
+4. every ``log_every`` steps: metrics to TensorBoard and ``metrics.csv``, divergence check (a member with non-finite
+   parameters is marked diverged and frozen; the others go on); every ``eval_every`` steps: the target policies are
+   evaluated on separate env copies; every ``checkpoint_every`` steps: an atomic checkpoint.
+
+Evaluation: ``eval_episodes`` episodes per member from the env's start distribution, undiscounted return, each capped
+at ``eval_max_steps``; the eval env is reseeded from ``(seed, step)`` so evaluation never touches the training RNGs.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from emphatic_rl.agents import load_agents
+from emphatic_rl.agents.base import Agent, Behaviour, FixedDiscreteBehaviour, UniformRandomBehaviour
+from emphatic_rl.agents.registry import AgentContext, make_agent
+from emphatic_rl.buffers import TrajectoryBuffer
+from emphatic_rl.config import ConfigError, TrainConfig, validate_config
+from emphatic_rl.envs import TensorEnv, make_env
+from emphatic_rl.envs.base import DiscreteSpec
+from emphatic_rl.logging import Logger, atomic_torch_save, atomic_write_bytes
+
+CHECKPOINT_NAME = "checkpoint.pt"
+CONFIG_NAME = "config.json"
+
+
+@dataclass
+class RunResult:
+    """What ``train`` returns: the run folder, the last evaluation ``[P]`` and which members diverged ``bool[P]``."""
+
+    out_dir: Path
+    steps: int
+    final_eval_return: torch.Tensor
+    diverged: torch.Tensor
+
+
+@dataclass
+class Run:
+    """Everything built from a config, before any file is written."""
+
+    config: TrainConfig
+    env: TensorEnv
+    eval_env: TensorEnv
+    agent: Agent
+    behaviour: Behaviour | None
+    buffer: TrajectoryBuffer
+    device: torch.device
+
+
+def _resolve_device(name: str) -> torch.device:
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"device {name!r} is not a torch device; allowed: cpu, cuda, cuda:<index>, mps") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device 'cuda' was asked for but torch sees no CUDA GPU; use --device cpu")
+    return device
+
+
+def _make_behaviour(config: TrainConfig, env: TensorEnv) -> Behaviour:
+    spec = env.action_spec
+    choice = config.behaviour
+    if choice in ("default", "env"):
+        default = getattr(env, "default_behaviour", None)
+        return default() if callable(default) else UniformRandomBehaviour(spec)
+    if choice == "uniform":
+        return UniformRandomBehaviour(spec)
+    if isinstance(choice, list) and isinstance(spec, DiscreteSpec):
+        if len(choice) != spec.n:
+            raise ConfigError(f"behaviour has {len(choice)} probabilities but env {config.env!r} has {spec.n} actions")
+        return FixedDiscreteBehaviour(choice)
+    raise ConfigError(f"behaviour must be 'default', 'uniform' or a list of action probabilities, got {choice!r}")
+
+
+def build_run(config: TrainConfig) -> Run:
+    """Validate ``config`` and build env, eval env, agent, behaviour and buffer. Writes nothing.
+
+    Raises:
+        ConfigError / ValueError: any user mistake, with one message naming it.
+    """
+    validate_config(config)
+    load_agents()
+    device = _resolve_device(config.device)
+    from emphatic_rl.agents.registry import get_agent_entry
+
+    entry = get_agent_entry(config.agent)  # unknown agent: error before the env is built
+    entry.build_options(dict(config.agent_options))  # unknown or bad agent options: error before the env is built
+    probe_env = make_env(config.env, num_envs=1, device=device, **config.env_options)
+    agent = make_agent(
+        config.agent,
+        AgentContext(
+            observation_spec=probe_env.observation_spec,
+            action_spec=probe_env.action_spec,
+            population_size=config.population_size,
+            envs_per_member=config.num_envs,
+            num_streams=config.num_envs,
+            device=device,
+            seed=config.seed,
+            total_steps=config.steps,
+            env_name=config.env,
+        ),
+        **config.agent_options,
+    )
+    num_envs = config.population_size * config.num_envs if agent.acts_in_env else config.num_envs
+    env = make_env(config.env, num_envs=num_envs, device=device, **config.env_options)
+    eval_env = make_env(
+        config.env, num_envs=config.population_size * config.eval_episodes, device=device, **config.env_options
+    )
+    behaviour = None if agent.acts_in_env else _make_behaviour(config, env)
+    spec = env.observation_spec
+    buffer = TrajectoryBuffer(
+        capacity=max(1, agent.buffer_capacity),
+        num_streams=num_envs,
+        obs_shape=spec.shape,
+        obs_dtype=spec.dtype,
+        action_shape=env.action_spec.shape,
+        action_dtype=env.action_spec.dtype,
+        device=device,
+    )
+    return Run(config, env, eval_env, agent, behaviour, buffer, device)
+
+
+def prepare_out_dir(out_dir: str | Path, resume: bool) -> Path:
+    """Create (or check) the run folder; raise ``ConfigError`` if it cannot be written or would be overwritten."""
+    out = Path(out_dir)
+    if resume:
+        if not (out / CONFIG_NAME).is_file() or not (out / CHECKPOINT_NAME).is_file():
+            raise ConfigError(f"--resume {str(out)!r} is not a run folder (it needs {CONFIG_NAME} and {CHECKPOINT_NAME})")
+        return out
+    if (out / CHECKPOINT_NAME).exists() or (out / "metrics.csv").exists():
+        raise ConfigError(f"output folder {str(out)!r} already holds a run; use --resume {out} or another --out")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as error:
+        raise ConfigError(f"output folder {str(out)!r} is not writable: {error.strerror}") from None
+    return out
+
+
+def load_run_config(out_dir: str | Path) -> TrainConfig:
+    data = json.loads((Path(out_dir) / CONFIG_NAME).read_text())
+    return TrainConfig(**data)
+
+
+@torch.no_grad()
+def evaluate(run: Run, step: int) -> dict[str, torch.Tensor]:
+    """Run ``eval_episodes`` episodes per member with the target policy. Returns ``return`` and ``length``, ``[P]``."""
+    config, env, agent = run.config, run.eval_env, run.agent
+    population, episodes = config.population_size, config.eval_episodes
+    obs = env.reset(seed=(config.seed * 1_000_003 + step) % (2**63))
+    episode_return = torch.zeros(env.num_envs, device=run.device)
+    episode_length = torch.zeros(env.num_envs, dtype=torch.int64, device=run.device)
+    running = torch.ones(env.num_envs, dtype=torch.bool, device=run.device)
+    for _ in range(config.eval_max_steps):
+        action = agent.evaluation_action(obs.view(population, episodes, *obs.shape[1:]))
+        result = env.step(action.reshape(env.num_envs, *action.shape[2:]))
+        episode_return += torch.where(running, result.reward, 0.0)
+        episode_length += running.long()
+        running &= ~(result.terminated | result.truncated)
+        obs = result.obs
+        if not bool(running.any()):
+            break
+    return {
+        "return": episode_return.view(population, episodes).mean(dim=1),
+        "length": episode_length.view(population, episodes).float().mean(dim=1),
+    }
+
+
+class _EpisodeStats:
+    """Returns and lengths of the training episodes that finished in the current log window, per member."""
+
+    def __init__(self, num_envs: int, population_size: int, member_of_env: torch.Tensor, device: torch.device):
+        self.member_of_env = member_of_env
+        self.population_size = population_size
+        self.episode_return = torch.zeros(num_envs, device=device)
+        self.episode_length = torch.zeros(num_envs, device=device)
+        self.window_return_sum = torch.zeros(population_size, device=device)
+        self.window_length_sum = torch.zeros(population_size, device=device)
+        self.window_count = torch.zeros(population_size, device=device)
+
+    def record(self, reward: torch.Tensor, done: torch.Tensor) -> None:
+        self.episode_return += reward
+        self.episode_length += 1
+        done_f = done.float()
+        self.window_return_sum.index_add_(0, self.member_of_env, self.episode_return * done_f)
+        self.window_length_sum.index_add_(0, self.member_of_env, self.episode_length * done_f)
+        self.window_count.index_add_(0, self.member_of_env, done_f)
+        self.episode_return.masked_fill_(done, 0.0)
+        self.episode_length.masked_fill_(done, 0.0)
+
+    def flush(self) -> dict[str, torch.Tensor]:
+        if not bool((self.window_count > 0).any()):
+            return {}
+        count = self.window_count.clamp(min=1)
+        nan = torch.full_like(count, math.nan)
+        out = {
+            "train/episode_return": torch.where(self.window_count > 0, self.window_return_sum / count, nan),
+            "train/episode_length": torch.where(self.window_count > 0, self.window_length_sum / count, nan),
+        }
+        self.window_return_sum.zero_()
+        self.window_length_sum.zero_()
+        self.window_count.zero_()
+        return out
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {k: getattr(self, k).clone() for k in self._fields}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        for k in self._fields:
+            getattr(self, k).copy_(state[k])
+
+    _fields = ("episode_return", "episode_length", "window_return_sum", "window_length_sum", "window_count")
+
+
+def _summarise(values: torch.Tensor) -> str:
+    finite = values[torch.isfinite(values)]
+    if finite.numel() == 0:
+        return "nan"
+    if finite.numel() == 1:
+        return f"{float(finite[0]):.1f}"
+    return f"{float(finite.mean()):.1f} (mean of {finite.numel()})"
+
+
+def train(
+    config: TrainConfig, out_dir: str | Path, resume: bool = False, run: Run | None = None
+) -> RunResult:
+    """Run (or resume) a training run in ``out_dir``. See the module docstring for the loop.
+
+    Args:
+        config: the run's configuration (on resume, the one saved in ``out_dir`` with any ``steps`` extension).
+        out_dir: the run folder (created; must not already hold a run unless ``resume``).
+        resume: continue from ``out_dir/checkpoint.pt``.
+        run: an already built ``Run`` (from ``build_run(config)``), to avoid building twice.
+    """
+    run = run or build_run(config)
+    out = prepare_out_dir(out_dir, resume)
+    env, agent, buffer, device = run.env, run.agent, run.buffer, run.device
+    population = config.population_size
+
+    loop_generator = torch.Generator(device=device)
+    loop_generator.manual_seed(config.seed + 2)
+    if agent.acts_in_env:
+        member_of_env = torch.arange(env.num_envs, device=device) // config.num_envs
+    else:
+        member_of_env = torch.zeros(env.num_envs, dtype=torch.int64, device=device)
+    stats = _EpisodeStats(env.num_envs, population if agent.acts_in_env else 1, member_of_env, device)
+    diverged = torch.zeros(population, dtype=torch.bool)
+    last_eval = torch.full((population,), math.nan)
+    start_step = 0
+
+    if resume:
+        checkpoint = torch.load(out / CHECKPOINT_NAME, map_location=device, weights_only=False)
+        start_step = checkpoint["step"]
+        agent.load_state_dict(checkpoint["agent"])
+        env.load_state_dict(checkpoint["env"])
+        buffer.load_state_dict(checkpoint["buffer"])
+        loop_generator.set_state(checkpoint["loop_generator"])
+        stats.load_state_dict(checkpoint["episode_stats"])
+        diverged = checkpoint["diverged"]
+        last_eval = checkpoint["last_eval"]
+        obs = checkpoint["obs"].to(device)
+    else:
+        atomic_write_bytes(out / CONFIG_NAME, json.dumps(config.to_dict(), indent=2, default=str).encode())
+        obs = env.reset(seed=config.seed)
+
+    logger = Logger(out, population, resume_step=start_step if resume else None)
+
+    def save_checkpoint(step: int) -> None:
+        atomic_torch_save(
+            {
+                "step": step,
+                "config": config.to_dict(),
+                "agent": agent.state_dict(),
+                "env": env.state_dict(),
+                "buffer": buffer.state_dict(),
+                "loop_generator": loop_generator.get_state(),
+                "episode_stats": stats.state_dict(),
+                "diverged": diverged,
+                "last_eval": last_eval,
+                "obs": obs,
+            },
+            out / CHECKPOINT_NAME,
+        )
+
+    progress = None
+    if config.progress:
+        from tqdm import tqdm
+
+        progress = tqdm(total=config.steps, initial=start_step, unit="step", dynamic_ncols=True, mininterval=0.5)
+    window_start, window_step = time.perf_counter(), start_step
+    step = start_step
+    try:
+        for step in range(start_step + 1, config.steps + 1):
+            if agent.acts_in_env:
+                acted = agent.act(obs.view(population, config.num_envs, *obs.shape[1:]), step)
+                action = acted.action.reshape(env.num_envs, *acted.action.shape[2:])
+                log_prob = acted.log_prob.reshape(env.num_envs)
+            else:
+                action, log_prob = run.behaviour.act(obs, loop_generator)
+            result = env.step(action)
+            buffer.add(obs, action, result.reward, result.terminated, result.truncated, result.final_obs, log_prob)
+            metrics = agent.update(buffer, step)
+            stats.record(result.reward, result.terminated | result.truncated)
+            obs = result.obs
+
+            if step % config.log_every == 0 or step == config.steps:
+                finite = agent.parameters_finite().cpu()
+                newly = ~finite & ~diverged
+                if bool(newly.any()):
+                    diverged |= newly
+                    agent.freeze(newly.to(device))
+                    members = newly.nonzero().flatten().tolist()
+                    logger.text(step, "divergence", f"members {members} diverged (non-finite parameters) at step {step}")
+                    message = f"step {step}: members {members} diverged (non-finite parameters) and are frozen"
+                    (progress.write if progress else print)(message)
+                now = time.perf_counter()
+                steps_per_second = (step - window_step) / max(now - window_start, 1e-9)
+                window_start, window_step = now, step
+                logger.log(step, {**metrics, **stats.flush(), "diverged": diverged.float()})
+                logger.log(step, {"time/steps_per_second": steps_per_second})
+
+            if (config.eval_every and step % config.eval_every == 0) or step == config.steps:
+                evaluation = evaluate(run, step)
+                last_eval = torch.where(diverged, math.nan, evaluation["return"].cpu())
+                logger.log(step, {"eval/return": last_eval, "eval/length": evaluation["length"]})
+
+            if (config.checkpoint_every and step % config.checkpoint_every == 0) or step == config.steps:
+                save_checkpoint(step)
+
+            if progress is not None and (step % 100 == 0 or step == config.steps):
+                progress.update(step - progress.n)
+                progress.set_postfix_str(f"eval return {_summarise(last_eval)}", refresh=False)
+    finally:
+        if progress is not None:
+            progress.close()
+        logger.close()
+    return RunResult(out, step, last_eval, diverged)
