@@ -36,10 +36,29 @@ def pack_bool(bits: torch.Tensor, obs_shape: tuple[int, ...]) -> torch.Tensor:
     return packed.reshape(*batch_shape, num_bytes)
 
 
+_UNPACK_TABLES: dict[torch.device, torch.Tensor] = {}
+
+
+def _unpack_table(device: torch.device) -> torch.Tensor:
+    """``bool[256, 8]``: the bits of every byte value, least significant first (cached per device)."""
+    table = _UNPACK_TABLES.get(device)
+    if table is None:
+        byte_values = torch.arange(256, dtype=torch.int64).unsqueeze(1)
+        table = ((byte_values >> torch.arange(8)) & 1).to(torch.bool).to(device)
+        _UNPACK_TABLES[device] = table
+    return table
+
+
 def unpack_bool(packed: torch.Tensor, obs_shape: tuple[int, ...]) -> torch.Tensor:
-    """Inverse of :func:`pack_bool`: ``uint8[*batch, num_bytes]`` -> ``bool[*batch, *obs_shape]``."""
+    """Inverse of :func:`pack_bool`: ``uint8[*batch, num_bytes]`` -> ``bool[*batch, *obs_shape]``.
+
+    One table lookup per byte (``index_select`` into a ``[256, 8]`` table): a few tensor ops per call.
+    """
     cells = math.prod(obs_shape)
     batch_shape = packed.shape[:-1]
-    bits = (packed.unsqueeze(-1) >> _bit_shifts(packed.device)) & 1
-    bits = bits.reshape(*batch_shape, packed.shape[-1] * 8)[..., :cells]
-    return bits.to(torch.bool).reshape(*batch_shape, *obs_shape)
+    num_bytes = packed.shape[-1]
+    bits = _unpack_table(packed.device).index_select(0, packed.reshape(-1).long())
+    bits = bits.view(*batch_shape, num_bytes * 8)
+    if num_bytes * 8 != cells:
+        bits = bits[..., :cells]
+    return bits.reshape(*batch_shape, *obs_shape)

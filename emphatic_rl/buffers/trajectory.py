@@ -211,13 +211,9 @@ class TrajectoryBuffer:
         extras = dict(extras or {})
         for name, spec in extras.items():
             if not isinstance(name, str) or not name.isidentifier() or name.startswith("_"):
-                raise ValueError(
-                    f"extras: field name {name!r} must be a Python identifier not starting with '_'"
-                )
+                raise ValueError(f"extras: field name {name!r} must be a Python identifier not starting with '_'")
             if name in _RESERVED_NAMES:
-                raise ValueError(
-                    f"extras: field name {name!r} is reserved; reserved names: {sorted(_RESERVED_NAMES)}"
-                )
+                raise ValueError(f"extras: field name {name!r} is reserved; reserved names: {sorted(_RESERVED_NAMES)}")
             if not isinstance(spec, FieldSpec):
                 raise ValueError(f"extras[{name!r}] must be a FieldSpec, got {type(spec).__name__}")
         max_slots = capacity * num_streams
@@ -249,8 +245,7 @@ class TrajectoryBuffer:
         self._scalars = torch.zeros((T, N, 3), dtype=torch.float32, device=dev)  # reward, log mu, interest
         self._ends = torch.zeros((T, N, 2), dtype=torch.bool, device=dev)  # terminated, truncated
         self._extras = {
-            name: torch.zeros((T, N, *spec.shape), dtype=spec.dtype, device=dev)
-            for name, spec in extras.items()
+            name: torch.zeros((T, N, *spec.shape), dtype=spec.dtype, device=dev) for name, spec in extras.items()
         }
         # Final observations: slots [0, K) hold finals of ended episodes (a ring in allocation order); slots
         # [K, K + N) hold the newest row's final observation of every stream. _final_slot maps rows to slots.
@@ -391,8 +386,7 @@ class TrajectoryBuffer:
         unknown = sorted(set(extras) - set(self.extra_specs))
         if unknown:
             raise ValueError(
-                f"TrajectoryBuffer.add: unknown field(s) {unknown}; "
-                f"declared extras: {sorted(self.extra_specs)}"
+                f"TrajectoryBuffer.add: unknown field(s) {unknown}; declared extras: {sorted(self.extra_specs)}"
             )
         missing = sorted(set(self.extra_specs) - set(extras))
         if missing:
@@ -446,9 +440,7 @@ class TrajectoryBuffer:
             try:
                 value = torch.as_tensor(value)
             except (TypeError, ValueError, RuntimeError) as error:
-                raise ValueError(
-                    f"TrajectoryBuffer.add: {name} is not convertible to a tensor ({error})"
-                ) from None
+                raise ValueError(f"TrajectoryBuffer.add: {name} is not convertible to a tensor ({error})") from None
         if tuple(value.shape) != shape:
             raise ValueError(
                 f"TrajectoryBuffer.add: {name} has shape {tuple(value.shape)}, expected {shape} "
@@ -457,8 +449,7 @@ class TrajectoryBuffer:
         got_kind, want_kind = _dtype_kind(value.dtype), _dtype_kind(dtype)
         if got_kind != want_kind:
             raise ValueError(
-                f"TrajectoryBuffer.add: {name} has dtype {value.dtype}, "
-                f"expected {dtype} (a {want_kind} dtype)"
+                f"TrajectoryBuffer.add: {name} has dtype {value.dtype}, expected {dtype} (a {want_kind} dtype)"
             )
         return value.to(device=self._device, dtype=dtype)
 
@@ -485,14 +476,12 @@ class TrajectoryBuffer:
         K, N = self._final_slots, self._num_streams
         oldest = (int(self._final_head) - live) % K
         old_positions = (oldest + torch.arange(live, device=self._device)) % K
-        store = torch.zeros(
-            (new_slots + N, *self._stored_obs_shape), dtype=self._stored_obs_dtype, device=self._device
-        )
+        store = torch.zeros((new_slots + N, *self._stored_obs_shape), dtype=self._stored_obs_dtype, device=self._device)
         store[:live] = self._final_store[old_positions]
         store[new_slots:] = self._final_store[K:]
-        self._final_slot = torch.where(
-            self._final_slot >= 0, (self._final_slot - oldest) % K, self._final_slot
-        ).to(torch.int32)
+        self._final_slot = torch.where(self._final_slot >= 0, (self._final_slot - oldest) % K, self._final_slot).to(
+            torch.int32
+        )
         self._final_store = store
         self._final_slots = new_slots
         self._final_head.fill_(live % new_slots)
@@ -557,18 +546,12 @@ class TrajectoryBuffer:
         if self._size == 0:
             raise ValueError(f"TrajectoryBuffer.{what}: the buffer is empty; add steps before sampling")
         if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
-            raise ValueError(
-                f"TrajectoryBuffer.{what}: batch_size must be an integer >= 1, got {batch_size!r}"
-            )
+            raise ValueError(f"TrajectoryBuffer.{what}: batch_size must be an integer >= 1, got {batch_size!r}")
         if not isinstance(generator, torch.Generator):
-            raise ValueError(
-                f"TrajectoryBuffer.{what}: generator must be a torch.Generator, got {generator!r}"
-            )
+            raise ValueError(f"TrajectoryBuffer.{what}: generator must be a torch.Generator, got {generator!r}")
         gen_device = torch.device(generator.device)
         if gen_device.type != self._device.type or (
-            gen_device.index is not None
-            and self._device.index is not None
-            and gen_device.index != self._device.index
+            gen_device.index is not None and self._device.index is not None and gen_device.index != self._device.index
         ):
             raise ValueError(
                 f"TrajectoryBuffer.{what}: generator is on {gen_device}, the buffer on {self._device}; "
@@ -592,12 +575,7 @@ class TrajectoryBuffer:
         if num_groups is None:
             flat = torch.randint(0, self._size * N, (batch_size,), generator=generator, device=self._device)
             return self._gather(flat)
-        if (
-            not isinstance(num_groups, int)
-            or isinstance(num_groups, bool)
-            or num_groups < 1
-            or N % num_groups
-        ):
+        if not isinstance(num_groups, int) or isinstance(num_groups, bool) or num_groups < 1 or N % num_groups:
             raise ValueError(
                 "TrajectoryBuffer.sample_transitions: num_groups must be a positive divisor of "
                 f"num_streams={N}, got {num_groups!r}"
@@ -655,9 +633,7 @@ class TrajectoryBuffer:
         still_needed = batch_size
         num_candidates = 2 * batch_size + 16
         for _round in range(2):  # rejection rounds (a loop over rounds, not over samples)
-            flat = torch.randint(
-                0, num_starts * N, (num_candidates,), generator=generator, device=self._device
-            )
+            flat = torch.randint(0, num_starts * N, (num_candidates,), generator=generator, device=self._device)
             start = torch.div(flat, N, rounding_mode="floor")
             stream = flat - start * N
             accepted = torch.nonzero(~self._crosses_boundary(start, stream, length)).squeeze(1)
@@ -684,9 +660,7 @@ class TrajectoryBuffer:
                     "exists in the buffer (the stored episodes are shorter); use a smaller length or "
                     "cross_episodes=True"
                 )
-            pick = torch.randint(
-                0, valid_flat.numel(), (still_needed,), generator=generator, device=self._device
-            )
+            pick = torch.randint(0, valid_flat.numel(), (still_needed,), generator=generator, device=self._device)
             flat = valid_flat[pick]
             start = torch.div(flat, N, rounding_mode="floor")
             starts.append(start)
@@ -715,23 +689,15 @@ class TrajectoryBuffer:
             )
         for name, idx in (("time_index", time_index), ("stream_index", stream_index)):
             if _dtype_kind(idx.dtype) != "integer":
-                raise ValueError(
-                    f"TrajectoryBuffer.transitions_at: {name} must be an integer tensor, got {idx.dtype}"
-                )
-        if time_index.numel() and bool(
-            ((time_index < self.oldest_time) | (time_index >= self._total_steps)).any()
-        ):
+                raise ValueError(f"TrajectoryBuffer.transitions_at: {name} must be an integer tensor, got {idx.dtype}")
+        if time_index.numel() and bool(((time_index < self.oldest_time) | (time_index >= self._total_steps)).any()):
             raise ValueError(
                 f"TrajectoryBuffer.transitions_at: time_index outside the stored times "
                 f"[{self.oldest_time}, {self._total_steps})"
             )
         if stream_index.numel() and bool(((stream_index < 0) | (stream_index >= self._num_streams)).any()):
-            raise ValueError(
-                f"TrajectoryBuffer.transitions_at: stream_index outside [0, {self._num_streams})"
-            )
-        return self._gather(
-            self._flat_from_logical(time_index.long() - self.oldest_time, stream_index.long())
-        )
+            raise ValueError(f"TrajectoryBuffer.transitions_at: stream_index outside [0, {self._num_streams})")
+        return self._gather(self._flat_from_logical(time_index.long() - self.oldest_time, stream_index.long()))
 
     # ------------------------------------------------------------------ checkpointing
     def _config(self) -> dict[str, Any]:
@@ -780,8 +746,10 @@ class TrajectoryBuffer:
                 f"this buffer is {self._config()}"
             )
         for name in self._TENSOR_STATE:
-            setattr(self, name, state[name.lstrip("_")].to(self._device).clone())
-        self._extras = {name: t.to(self._device).clone() for name, t in state["extras"].items()}
+            setattr(self, name, state[name.lstrip("_")].to(self._device).clone(memory_format=torch.contiguous_format))
+        self._extras = {
+            name: t.to(self._device).clone(memory_format=torch.contiguous_format) for name, t in state["extras"].items()
+        }
         self._cursor = int(state["cursor"])
         self._size = int(state["size"])
         self._total_steps = int(state["total_steps"])
