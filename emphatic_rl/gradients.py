@@ -1,0 +1,330 @@
+"""``emphatic-rl gradients``: compare gradient estimators with the true off-policy gradient on a tabular MDP.
+
+Examples::
+
+    emphatic-rl gradients --env counterexample-three-state --estimators true,offpac,ace --ascent --steps 300
+    --lr 20 python -m emphatic_rl.gradients --env counterexample-dpg --estimators dpg,emphatic-dpg --ascent
+    --json python -m emphatic_rl.gradients --env counterexample-three-state --theta random --samples 200000
+
+The human output is a table: J, the true gradient's norm, and for each estimator its expected update's cosine
+with the true gradient and its relative bias ``|E[update] - grad J| / |grad J|`` (and, with ``--ascent``, the
+J reached by following its expected update; with ``--samples``, a Monte Carlo check of the sampled estimator).
+``--json`` prints one JSON object with keys ``env``, ``J``, ``J_star``, ``true_gradient`` and ``estimators``
+(per estimator: ``expected_update``, ``cosine``, ``relative_bias``, and ``final_J``, ``final_policy``,
+``J_trajectory`` with ``--ascent``, ``monte_carlo`` with ``--samples``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from emphatic_rl.envs.counterexamples import MDP_BUILDERS, make_mdp
+from emphatic_rl.envs.tabular import TabularMDP
+from emphatic_rl.exact.lab import (
+    DTYPE,
+    ESTIMATORS,
+    INTERESTS,
+    ContinuousLab,
+    DiscreteLab,
+    Lab,
+    check_estimator_names,
+)
+from emphatic_rl.exact.sampled import SAMPLED_ESTIMATORS, monte_carlo_updates
+
+POLICIES = ("auto", "softmax", "deterministic", "gaussian")
+STREAMS = 200
+
+
+def add_gradients_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the ``gradients`` options to ``parser``."""
+    parser.add_argument("--env", required=True, help=f"tabular env: {', '.join(MDP_BUILDERS)}")
+    parser.add_argument(
+        "--env-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="env builder option, e.g. middle_steps=3 (repeatable)",
+    )
+    parser.add_argument(
+        "--policy",
+        default="auto",
+        help=f"policy class: {', '.join(POLICIES)} (auto: softmax for "
+        "discrete actions; for continuous actions deterministic unless a stochastic estimator is asked)",
+    )
+    parser.add_argument("--theta", default="zeros", help="zeros | random | FILE (.json list, .pt or .npy)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of --theta random and of --samples")
+    parser.add_argument("--eta", type=float, default=1.0, help="ACE's eta (1: emphatic, 0: OffPAC)")
+    parser.add_argument("--interest", default="uniform", help=f"interest function: {', '.join(INTERESTS)}")
+    parser.add_argument(
+        "--estimators", default=None, help=f"comma-separated, from {', '.join(ESTIMATORS)} (default: all that apply)"
+    )
+    parser.add_argument("--ascent", action="store_true", help="follow each estimator's expected update")
+    parser.add_argument("--steps", type=int, default=300, help="ascent steps")
+    parser.add_argument("--lr", type=float, default=20.0, help="ascent step size")
+    parser.add_argument(
+        "--samples",
+        type=int,
+        default=0,
+        help=f"Monte Carlo check with this many sampled updates ({', '.join(SAMPLED_ESTIMATORS)})",
+    )
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--plot", default=None, metavar="FILE.png", help="plot J along each ascent (needs --ascent)")
+
+
+def _parse_option(text: str) -> tuple[str, Any]:
+    if "=" not in text:
+        raise ValueError(f"--env-option must be KEY=VALUE, got {text!r}")
+    key, value = text.split("=", 1)
+    for cast in (int, float):
+        try:
+            return key, cast(value)
+        except ValueError:
+            pass
+    return key, value
+
+
+def _load_theta(spec: str, shape: tuple[int, ...], seed: int) -> torch.Tensor:
+    if spec == "zeros":
+        return torch.zeros(shape, dtype=DTYPE)
+    if spec == "random":
+        return torch.randn(shape, generator=torch.Generator().manual_seed(seed), dtype=DTYPE)
+    path = Path(spec)
+    if not path.is_file():
+        raise ValueError(f"--theta must be zeros, random or an existing file, got {spec!r}")
+    if path.suffix == ".json":
+        return torch.tensor(json.loads(path.read_text()), dtype=DTYPE)
+    if path.suffix == ".pt":
+        return torch.as_tensor(torch.load(path, weights_only=True), dtype=DTYPE)
+    if path.suffix == ".npy":
+        import numpy as np
+
+        return torch.as_tensor(np.load(path), dtype=DTYPE)
+    raise ValueError(f"--theta file must end in .json, .pt or .npy, got {path.name!r}")
+
+
+def build_lab(args: argparse.Namespace) -> tuple[Lab, list[str]]:
+    """Validate every option and build the lab; returns ``(lab, estimator names)``. Raises ``ValueError``."""
+    if args.env not in MDP_BUILDERS:
+        raise ValueError(f"unknown env {args.env!r} for gradients; allowed: {', '.join(MDP_BUILDERS)}")
+    if args.policy not in POLICIES:
+        raise ValueError(f"unknown --policy {args.policy!r}; allowed: {', '.join(POLICIES)}")
+    if args.interest not in INTERESTS:
+        raise ValueError(f"unknown --interest {args.interest!r}; allowed: {', '.join(INTERESTS)}")
+    if args.steps < 1 or not args.lr > 0:
+        raise ValueError(f"--steps must be >= 1 and --lr > 0, got {args.steps} and {args.lr}")
+    if args.samples < 0:
+        raise ValueError(f"--samples must be >= 0, got {args.samples}")
+    if args.plot and not args.ascent:
+        raise ValueError("--plot draws the ascent: add --ascent")
+    if not math.isfinite(args.eta):
+        raise ValueError("--eta must be finite")
+    estimators = [name.strip() for name in args.estimators.split(",")] if args.estimators else None
+    if estimators is not None:
+        check_estimator_names(estimators)
+    options = dict(_parse_option(text) for text in args.env_option)
+    try:
+        mdp = make_mdp(args.env, **options)
+    except TypeError as error:
+        raise ValueError(f"bad --env-option for {args.env}: {error}") from None
+    if isinstance(mdp, TabularMDP):
+        if args.policy not in ("auto", "softmax"):
+            raise ValueError(f"{args.env} has discrete actions: --policy must be softmax, got {args.policy!r}")
+        lab: Lab = DiscreteLab(mdp, args.interest)
+    else:
+        policy = args.policy
+        if policy == "auto":
+            stochastic = estimators is not None and any(n not in ("true", "dpg", "emphatic-dpg") for n in estimators)
+            policy = "gaussian" if stochastic else "deterministic"
+        if policy == "softmax":
+            raise ValueError(f"{args.env} has a real action: --policy must be deterministic or gaussian")
+        lab = ContinuousLab(mdp, policy, args.interest)
+    if estimators is None:
+        estimators = list(lab.available_estimators)
+        if isinstance(lab, DiscreteLab) and lab.uncovered_actions():
+            estimators = [name for name in estimators if name in ("true", "all-actions")]
+    lab.check_estimators(estimators)
+    if args.samples:
+        if not isinstance(lab, DiscreteLab):
+            raise ValueError("--samples (Monte Carlo) is available for discrete-action envs only")
+        if not any(name in SAMPLED_ESTIMATORS for name in estimators):
+            raise ValueError(f"--samples needs one of the sampled estimators {', '.join(SAMPLED_ESTIMATORS)}")
+    return lab, estimators
+
+
+def _cosine(a: torch.Tensor, b: torch.Tensor) -> float | None:
+    na, nb = float(a.norm()), float(b.norm())
+    if na == 0 or nb == 0:
+        return None
+    return float((a * b).sum()) / (na * nb)
+
+
+def compute(args: argparse.Namespace, lab: Lab, estimators: list[str]) -> dict[str, Any]:
+    """All the numbers of the report, as a JSON-ready dict."""
+    theta = lab.check_theta(_load_theta(args.theta, lab.theta_shape, args.seed))
+    true = lab.true_gradient(theta)
+    true_norm = float(true.norm())
+    try:
+        j_star: float | None = lab.best_corner_objective()[0]
+    except ValueError:
+        j_star = None
+    report: dict[str, Any] = {
+        "env": args.env,
+        "policy": lab.parameterization,
+        "interest": args.interest,
+        "eta": args.eta,
+        "theta": theta.tolist(),
+        "J": float(lab.objective(theta)),
+        "J_star": j_star,
+        "true_gradient": true.tolist(),
+        "true_gradient_norm": true_norm,
+        "estimators": {},
+    }
+    for name in estimators:
+        update = lab.expected_update(name, theta, args.eta)
+        entry: dict[str, Any] = {
+            "expected_update": update.tolist(),
+            "cosine": _cosine(update, true),
+            "relative_bias": float((update - true).norm()) / true_norm if true_norm > 0 else None,
+        }
+        if args.ascent:
+            result = lab.ascent(name, theta, args.steps, args.lr, args.eta)
+            entry["final_J"] = result.final_objective
+            entry["final_policy"] = result.final_policy
+            entry["final_theta"] = result.thetas[-1].tolist()
+            entry["J_trajectory"] = result.objective.tolist()
+            entry["_thetas"] = result.thetas
+        if args.samples and name in SAMPLED_ESTIMATORS:
+            steps = max(2, math.ceil(args.samples / STREAMS))
+            mc = monte_carlo_updates(lab, theta, name, args.eta, num_streams=STREAMS, num_steps=steps, seed=args.seed)
+            entry["monte_carlo"] = mc.as_dict()
+        report["estimators"][name] = entry
+    return report
+
+
+def _format_table(report: dict[str, Any]) -> str:
+    def fmt(value: Any, spec: str = ".4f") -> str:
+        return "-" if value is None else format(value, spec)
+
+    lines = [
+        f"env {report['env']}   interest {report['interest']}   eta {report['eta']}",
+        f"policy: {report['policy']}",
+        f"J = {report['J']:.6f}   |true gradient| = {report['true_gradient_norm']:.6g}   "
+        f"J* (best corner) = {fmt(report['J_star'], '.6f')}",
+        "",
+    ]
+    any_ascent = any("final_J" in e for e in report["estimators"].values())
+    any_mc = any("monte_carlo" in e for e in report["estimators"].values())
+    header = f"{'estimator':<14}{'cosine':>10}{'rel. bias':>12}{'|update|':>12}"
+    header += f"{'final J':>12}" if any_ascent else ""
+    header += f"{'MC max|z|':>12}{'MC var':>12}" if any_mc else ""
+    lines += [header, "-" * len(header)]
+    for name, entry in report["estimators"].items():
+        norm = float(torch.tensor(entry["expected_update"]).norm())
+        row = f"{name:<14}{fmt(entry['cosine']):>10}{fmt(entry['relative_bias']):>12}{norm:>12.4g}"
+        if any_ascent:
+            row += f"{fmt(entry.get('final_J'), '.6f'):>12}"
+        if any_mc:
+            mc = entry.get("monte_carlo")
+            row += f"{fmt(mc and mc['max_abs_z'], '.2f'):>12}{fmt(mc and mc['total_variance'], '.4g'):>12}"
+        lines.append(row)
+    if any_mc:
+        lines.append("MC max|z|: largest |sampled mean - exact expected update| / standard error (unbiased: ~< 4)")
+    return "\n".join(lines)
+
+
+def _plot(path: str, lab: Lab, report: dict[str, Any]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    # Two effective parameters: 2-action softmax on 2 features (logit differences), or a 2-d deterministic policy.
+    coords = None
+    if isinstance(lab, DiscreteLab) and lab.theta_shape == (2, 2):
+
+        def coords(theta: torch.Tensor) -> torch.Tensor:
+            return theta[..., 0, :] - theta[..., 1, :]
+
+        def objective_grid(z: torch.Tensor) -> torch.Tensor:
+            theta = torch.stack([z, torch.zeros_like(z)], dim=-2)
+            return lab.batched_objective_of_theta(theta.reshape(-1, 2, 2)).reshape(z.shape[:-1])
+
+        axis_labels = ("logit a0 - a1, feature 0", "logit a0 - a1, feature 1")
+    elif isinstance(lab, ContinuousLab) and lab.theta_shape == (2,):
+
+        def coords(theta: torch.Tensor) -> torch.Tensor:
+            return theta
+
+        def objective_grid(z: torch.Tensor) -> torch.Tensor:
+            flat = z.reshape(-1, 2)
+            return torch.stack([lab.objective(u) for u in flat]).reshape(z.shape[:-1])
+
+        axis_labels = ("u[0]", "u[1]")
+    figure, axes = plt.subplots(1, 2 if coords else 1, figsize=(11 if coords else 6, 4.5), squeeze=False)
+    for name, entry in report["estimators"].items():
+        axes[0, 0].plot(entry["J_trajectory"], label=name)
+    if report["J_star"] is not None:
+        axes[0, 0].axhline(report["J_star"], color="k", linestyle=":", label="J* (best corner)")
+    axes[0, 0].set(xlabel="ascent step", ylabel="J_mu", title=f"expected-update ascent on {report['env']}")
+    axes[0, 0].legend()
+    if coords:
+        paths = {name: coords(entry["_thetas"]) for name, entry in report["estimators"].items()}
+        every = torch.cat(list(paths.values()))
+        low = torch.minimum(every.min(0).values, torch.tensor(-3.0, dtype=DTYPE)) - 0.5
+        high = torch.maximum(every.max(0).values, torch.tensor(3.0, dtype=DTYPE)) + 0.5
+        g0 = torch.linspace(float(low[0]), float(high[0]), 41, dtype=DTYPE)
+        g1 = torch.linspace(float(low[1]), float(high[1]), 41, dtype=DTYPE)
+        grid = torch.stack(torch.meshgrid(g0, g1, indexing="xy"), dim=-1)
+        with torch.no_grad():
+            values = objective_grid(grid)
+        contour = axes[0, 1].contourf(g0, g1, values, levels=30, cmap="viridis")
+        figure.colorbar(contour, ax=axes[0, 1], label="J_mu")
+        for name, path_coords in paths.items():
+            axes[0, 1].plot(path_coords[:, 0], path_coords[:, 1], marker=".", markersize=2, label=name)
+        axes[0, 1].set(xlabel=axis_labels[0], ylabel=axis_labels[1], title="policy path on the J landscape")
+        axes[0, 1].legend()
+    figure.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    temporary = Path(path).with_suffix(".tmp.png")
+    figure.savefig(temporary, dpi=110)
+    temporary.replace(path)
+    plt.close(figure)
+
+
+def run_gradients(args: argparse.Namespace) -> int:
+    """Run the ``gradients`` command; returns the exit status (2 on bad input, with one message on stderr)."""
+    torch.set_num_threads(1)  # the lab's tensors are tiny: one thread is the fastest
+    try:
+        lab, estimators = build_lab(args)
+        report = compute(args, lab, estimators)
+    except ValueError as error:
+        print(f"emphatic-rl gradients: error: {error}", file=sys.stderr)
+        return 2
+    if args.plot:
+        _plot(args.plot, lab, report)
+    for entry in report["estimators"].values():
+        entry.pop("_thetas", None)
+    if args.json:
+        print(json.dumps(report))
+    else:
+        print(_format_table(report))
+        if args.plot:
+            print(f"plot written to {args.plot}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m emphatic_rl.gradients", description=__doc__.split("\n")[0])
+    add_gradients_arguments(parser)
+    return run_gradients(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
