@@ -27,3 +27,20 @@ __all__ = [
     "RandomSource",
     "make_minatar_env",
 ]
+
+
+def _register_gymnasium_ids() -> None:
+    """``emphatic_rl/MinAtar-<Game>-v0`` (all 6 actions) and ``-v1`` (minimal action set), no time limit."""
+    from emphatic_rl.envs.registration import register_gymnasium_env
+    from emphatic_rl.envs.registry import ENV_REGISTRY
+
+    for game in GAMES:
+        title = game.title().replace("_", "")
+        env_name = "minatar-" + game.replace("_", "-")
+        if env_name not in ENV_REGISTRY:
+            continue
+        register_gymnasium_env(f"emphatic_rl/MinAtar-{title}-v0", env_name, minimal_action_set=False)
+        register_gymnasium_env(f"emphatic_rl/MinAtar-{title}-v1", env_name, minimal_action_set=True)
+
+
+_register_gymnasium_ids()
