@@ -12,6 +12,7 @@ from emphatic_rl.envs.registry import ENV_REGISTRY, env_names, make_env, registe
 import emphatic_rl.envs.counterexamples  # noqa: F401,E402
 import emphatic_rl.envs.classic  # noqa: F401,E402
 import emphatic_rl.envs.puddle_world  # noqa: F401,E402
+import emphatic_rl.envs.gridworld  # noqa: F401,E402
 import emphatic_rl.envs.registration  # noqa: F401,E402  (Gymnasium ids; keep after the native env modules)
 import emphatic_rl.envs.minatar  # noqa: F401,E402
 

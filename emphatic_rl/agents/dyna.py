@@ -1,0 +1,694 @@
+"""Tabular Dyna with the four planning variants of "Hallucinating Value" (Jafferjee et al. 2020; spec: dyna.md).
+
+One agent, switches for the variant (dyna.md §2). Our reading, each choice tagged as in the spec:
+
+Common loop [INF, S&B Dyna-Q]. Each real step: act epsilon-greedily on ``Q``; one direct Q-learning update on the
+real transition ``(s, a, r, s')``; remember ``(s, a)`` as visited and push ``s`` onto the search-control queue with
+priority ``|delta|``; then ``planning_steps`` planning steps. ``planning_steps = 0`` is the model-free baseline
+(plain Q-learning) from the same agent.
+
+Planning step per variant (``n`` = ``rollout_length``):
+
+- ``one-step-successor`` (Dyna-Q): draw a visited real pair ``(s, a)`` uniformly; ``(r, s2) ~ forward model``;
+  ``Q(s, a) += alpha [r + gamma max_b Q(s2, b) - Q(s, a)]``.
+- ``multi-step-successor``: draw ``(s, a0)`` as above; roll the forward model out ``n`` steps with greedy actions
+  ``a_k = argmax Q(s_k, .)`` for ``k >= 1`` [IMPL]; ``G = sum_k gamma^k r_{k+1} + gamma^n max_b Q(s_n, b)``;
+  ``Q(s, a0) += alpha [G - Q(s, a0)]``. Only ``Q(s, a0)`` is updated [IMPL].
+- ``one-step-predecessor`` (prioritized-sweeping style): pop the state ``s~`` of highest priority (above
+  ``priority_threshold``; if the queue is empty, a uniformly drawn visited real state [IMPL]); sample a predecessor
+  ``(s_, a_, r_) ~ backward model(s~)``; ``delta = r_ + gamma max_b Q(s~, b) - Q(s_, a_)``; update ``Q(s_, a_)``;
+  push ``s_`` (a *simulated* state) back with priority ``|delta|``.
+- ``multi-step-predecessor`` (the proposed variant): pop a *real* state ``s`` the same way (only real updates ever
+  push, so the queue holds only states observed in the environment); sample a backward chain
+  ``s_k --a_k, r_k--> s_{k-1}``, ``s_0 = s``, ``k = 1..n``; update each ``Q(s_k, a_k)`` toward
+  ``G_k = r_k + gamma G_{k-1}``, ``G_0 = max_b Q(s, b)``: every target bootstraps from the real ``s`` only. The chain
+  is truncated before ``k`` when ``a_{k-1}`` is not greedy at ``s_{k-1}`` (checked after its own update, ties count
+  as greedy) [INF, "Is On Policy"]. One planning step therefore makes up to ``n`` value updates.
+
+Terminal handling: no bootstrap past a transition the model marks terminal. Priorities: a table ``[P, S]`` (a
+priority queue that keeps one entry per state, the larger priority wins); popping takes the arg-max and clears it.
+
+Instruments (dyna.md §5.1). For every planning value update the agent records, per member: whether the updated
+entry's state is simulated (a model output) and whether it is hallucinated (a model output that is not a real,
+reachable state, as the env's ``real_state_mask`` tells), and whether its target bootstraps from a simulated or a
+hallucinated state. ``planning_statistics()`` returns the fractions ``[P]``, and ``update`` reports them as metrics.
+
+Population. ``Q: [P, S, A]``; every hyperparameter that is a rate (``step_size``, ``epsilon``, the model's
+``p_h``) may be one value per member, so one run holds seeds x a p_h sweep. Acting takes ``obs: int64[P, E]``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from emphatic_rl.agents.base import ActionOutput, Agent
+from emphatic_rl.agents.models import BackwardModel, ForwardModel, given_model_of
+from emphatic_rl.agents.registry import AgentContext, register_agent
+
+VARIANTS: tuple[str, ...] = (
+    "one-step-successor",
+    "multi-step-successor",
+    "one-step-predecessor",
+    "multi-step-predecessor",
+)
+SEARCH_CONTROLS: tuple[str, ...] = ("default", "uniform", "priority")
+MODELS: tuple[str, ...] = ("given",)
+#: names of the planning counters, in the order of ``DynaAgent.planning_counts`` columns.
+PLANNING_COUNTERS: tuple[str, ...] = (
+    "updates",
+    "updated_simulated",
+    "updated_hallucinated",
+    "bootstrap_simulated",
+    "bootstrap_hallucinated",
+    "real_toward_simulated",
+    "real_toward_hallucinated",
+)
+
+
+def _as_member_tensor(
+    name: str,
+    value: float | list[float] | tuple[float, ...] | torch.Tensor,
+    population_size: int,
+    low: float,
+    high: float,
+    low_open: bool = False,
+) -> torch.Tensor:
+    """A rate as ``float32[P]`` (scalar or one per member), each value in its allowed range, or one clear error."""
+    tensor = torch.as_tensor(value, dtype=torch.float32).flatten()
+    if tensor.numel() == 1:
+        tensor = tensor.expand(population_size).clone()
+    if tensor.numel() != population_size:
+        raise ValueError(
+            f"{name} must be a scalar or have one value per member ({population_size}), "
+            f"got {tensor.numel()} values"
+        )
+    bad_low = (tensor <= low) if low_open else (tensor < low)
+    if not bool(torch.isfinite(tensor).all()) or bool((bad_low | (tensor > high)).any()):
+        interval = f"{'(' if low_open else '['}{low}, {high}]"
+        raise ValueError(f"{name} must be in {interval}, got {tensor.tolist()}")
+    return tensor
+
+
+@dataclass(frozen=True)
+class DynaOptions:
+    """Options of the ``dyna`` agent (CLI: ``--set variant=multi-step-predecessor``).
+
+    - ``variant``: one of ``VARIANTS``.
+    - ``planning_steps``: planning steps per real step (>= 0; 0 is the model-free Q-learning baseline).
+    - ``rollout_length``: ``n`` of the multi-step variants (>= 1; ignored by the one-step variants).
+    - ``step_size``: ``alpha`` in ``(0, 1]``; ``gamma`` in ``[0, 1]``; ``epsilon``: exploration in ``[0, 1]``.
+    - ``search_control``: ``default`` (uniform visited pairs for successor variants, the priority queue for
+      predecessor variants), ``uniform`` or ``priority`` (predecessor variants only).
+    - ``priority_threshold``: smallest ``|delta|`` that enters the queue (>= 0).
+    - ``model``: ``given`` (the env's true dynamics with hallucinations at rate ``hallucination_probability``).
+    - ``hallucination_probability``: ``p_h`` in ``[0, 1]``.
+    - ``q_init``: initial value of every ``Q`` entry.
+    """
+
+    variant: str = "one-step-successor"
+    planning_steps: int = 5
+    rollout_length: int = 3
+    step_size: float = 0.5
+    gamma: float = 0.95
+    epsilon: float = 0.1
+    search_control: str = "default"
+    priority_threshold: float = 1e-4
+    model: str = "given"
+    hallucination_probability: float = 0.0
+    q_init: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.variant not in VARIANTS:
+            raise ValueError(f"variant must be one of {', '.join(VARIANTS)}; got {self.variant!r}")
+        for key in ("planning_steps", "rollout_length"):
+            value = getattr(self, key)
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise ValueError(f"{key} must be an integer, got {value!r}")
+        if self.planning_steps < 0:
+            raise ValueError(f"planning_steps must be >= 0, got {self.planning_steps}")
+        if self.rollout_length < 1:
+            raise ValueError(f"rollout_length (n) must be >= 1, got {self.rollout_length}")
+        if self.search_control not in SEARCH_CONTROLS:
+            raise ValueError(
+                f"search_control must be one of {', '.join(SEARCH_CONTROLS)}; got {self.search_control!r}"
+            )
+        if self.search_control == "priority" and "successor" in self.variant:
+            raise ValueError(
+                f"search_control 'priority' applies to predecessor variants only; variant "
+                f"{self.variant!r} allows 'default' or 'uniform'"
+            )
+        if self.model not in MODELS:
+            raise ValueError(f"model must be one of {', '.join(MODELS)}; got {self.model!r}")
+        if not self.priority_threshold >= 0:
+            raise ValueError(f"priority_threshold must be >= 0, got {self.priority_threshold!r}")
+        if not math.isfinite(self.q_init):
+            raise ValueError(f"q_init must be finite, got {self.q_init!r}")
+        # Rates: one clear error each (the agent checks per-member overrides again).
+        _as_member_tensor("step_size", self.step_size, 1, 0.0, 1.0, low_open=True)
+        _as_member_tensor("gamma", self.gamma, 1, 0.0, 1.0)
+        _as_member_tensor("epsilon", self.epsilon, 1, 0.0, 1.0)
+        _as_member_tensor("hallucination_probability (p_h)", self.hallucination_probability, 1, 0.0, 1.0)
+
+    @property
+    def uses_priority_queue(self) -> bool:
+        if "successor" in self.variant:
+            return False
+        return self.search_control in ("default", "priority")
+
+
+class DynaAgent(Agent):
+    """A population of ``P`` tabular Dyna learners over ``S`` states and ``A`` actions (see the module docstring).
+
+    Args:
+        num_states: ``S`` (observations are state indices ``int64`` in ``0 .. S - 1``).
+        num_actions: ``A``.
+        population_size: ``P``.
+        options: ``DynaOptions``; ``step_size``, ``epsilon`` may be overridden per member by passing tensors.
+        forward_model: a ``ForwardModel`` (successor variants).
+        backward_model: a ``BackwardModel`` (predecessor variants).
+        real_state_mask: ``bool[S]``, which states are real and reachable (for the instruments); ``None``: all.
+        step_size, epsilon: optional per-member overrides, ``float32[P]``.
+        seed: seeds the agent's generator (exploration, search control, model sampling).
+        device: torch device.
+
+    Raises:
+        ValueError: a bad option, or a model whose outputs have the wrong shape or dtype (probed at construction).
+    """
+
+    name = "dyna"
+    acts_in_env = True
+
+    def __init__(
+        self,
+        num_states: int,
+        num_actions: int,
+        population_size: int,
+        options: DynaOptions,
+        forward_model: ForwardModel | None = None,
+        backward_model: BackwardModel | None = None,
+        real_state_mask: torch.Tensor | None = None,
+        step_size: torch.Tensor | None = None,
+        epsilon: torch.Tensor | None = None,
+        seed: int = 0,
+        device: torch.device | str = "cpu",
+    ) -> None:
+        for key, value in (
+            ("num_states", num_states),
+            ("num_actions", num_actions),
+            ("population_size", population_size),
+        ):
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{key} must be an integer >= 1, got {value!r}")
+        self.options = options
+        self.device = torch.device(device)
+        self.population_size = population_size
+        self.num_states, self.num_actions = num_states, num_actions
+        self.variant = options.variant
+        self.planning_steps = options.planning_steps
+        self.rollout_length = options.rollout_length
+        self.gamma = float(options.gamma)
+        self.step_size = _as_member_tensor(
+            "step_size",
+            options.step_size if step_size is None else step_size,
+            population_size,
+            0.0,
+            1.0,
+            True,
+        ).to(self.device)
+        self.epsilon = _as_member_tensor(
+            "epsilon", options.epsilon if epsilon is None else epsilon, population_size, 0.0, 1.0
+        ).to(self.device)
+        self.forward_model = forward_model
+        self.backward_model = backward_model
+        if self.planning_steps > 0:
+            if "successor" in self.variant and forward_model is None:
+                raise ValueError(f"variant {self.variant!r} needs a forward model")
+            if "predecessor" in self.variant and backward_model is None:
+                raise ValueError(f"variant {self.variant!r} needs a backward model")
+        if real_state_mask is None:
+            real_state_mask = torch.ones(num_states, dtype=torch.bool)
+        if tuple(real_state_mask.shape) != (num_states,):
+            raise ValueError(
+                f"real_state_mask must have shape ({num_states},), got {tuple(real_state_mask.shape)}"
+            )
+        self.real_state_mask = real_state_mask.to(self.device).bool()
+        self.generator = torch.Generator(device=self.device)
+        self.generator.manual_seed(int(seed))
+        self.members = torch.arange(population_size, device=self.device)
+
+        self.q = torch.full(
+            (population_size, num_states, num_actions), float(options.q_init), device=self.device
+        )
+        # Visited real pairs / states: a membership mask and an append-only list per member (uniform draws are
+        # then one gather, no multinomial over the whole table).
+        self.visited_pair = torch.zeros(
+            population_size, num_states * num_actions, dtype=torch.bool, device=self.device
+        )
+        self.visited_pair_list = torch.zeros(
+            population_size, num_states * num_actions, dtype=torch.int64, device=self.device
+        )
+        self.visited_pair_count = torch.zeros(population_size, dtype=torch.int64, device=self.device)
+        self.visited_state = torch.zeros(population_size, num_states, dtype=torch.bool, device=self.device)
+        self.visited_state_list = torch.zeros(
+            population_size, num_states, dtype=torch.int64, device=self.device
+        )
+        self.visited_state_count = torch.zeros(population_size, dtype=torch.int64, device=self.device)
+        self.priority = torch.zeros(population_size, num_states, device=self.device)
+        #: ``bool[P, S]``: the queue entry of a state was last pushed from a model output (a simulated state).
+        self.pushed_by_model = torch.zeros(population_size, num_states, dtype=torch.bool, device=self.device)
+        self.planning_counts = torch.zeros(population_size, len(PLANNING_COUNTERS), device=self.device)
+        self.frozen = torch.zeros(population_size, dtype=torch.bool, device=self.device)
+        if self.planning_steps > 0:
+            self._probe_models()
+
+    # ------------------------------------------------------------------ model output checks
+    def _probe_models(self) -> None:
+        """Call the models once on a dummy batch so that a wrong output shape fails before any work starts."""
+        probe_generator = torch.Generator(device=self.device)
+        probe_generator.manual_seed(0)
+        state = torch.zeros(self.population_size, dtype=torch.int64, device=self.device)
+        if "successor" in self.variant:
+            self._check_forward(
+                self.forward_model.sample_forward(state, state, probe_generator), check_range=True
+            )
+        else:
+            self._check_backward(
+                self.backward_model.sample_backward(state, probe_generator), check_range=True
+            )
+
+    def _check_fields(self, model: Any, sample: tuple, names: tuple[str, ...], check_range: bool) -> None:
+        expected = (self.population_size,)
+        for field_name, value in zip(names, sample, strict=True):
+            if not isinstance(value, torch.Tensor) or tuple(value.shape) != expected:
+                shape = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+                raise ValueError(
+                    f"model {type(model).__name__} returned {field_name} of shape {shape}; expected {expected} "
+                    "(one tabular state index / value per population member)"
+                )
+        for field_name in ("next_state", "previous_state", "action"):
+            if field_name in names:
+                value = sample[names.index(field_name)]
+                if value.dtype != torch.int64:
+                    raise ValueError(
+                        f"model {type(model).__name__} returned {field_name} of dtype {value.dtype}; "
+                        "expected torch.int64 state/action indices"
+                    )
+                if check_range:
+                    limit = self.num_actions if field_name == "action" else self.num_states
+                    if bool(((value < 0) | (value >= limit)).any()):
+                        raise ValueError(
+                            f"model {type(model).__name__} returned {field_name} outside 0..{limit - 1}"
+                        )
+
+    def _check_forward(self, sample, check_range: bool = False):
+        self._check_fields(self.forward_model, sample, ("next_state", "reward", "terminal"), check_range)
+        return sample
+
+    def _check_backward(self, sample, check_range: bool = False):
+        self._check_fields(
+            self.backward_model, sample, ("previous_state", "action", "reward", "terminal"), check_range
+        )
+        return sample
+
+    # ------------------------------------------------------------------ acting
+    def _greedy_ties_random(self, q_values: torch.Tensor) -> torch.Tensor:
+        """``q_values: [B, A]`` -> a greedy action ``int64[B]``, ties broken uniformly at random."""
+        ties = q_values == q_values.max(dim=-1, keepdim=True).values
+        noise = torch.rand(q_values.shape, generator=self.generator, device=self.device)
+        return (ties.float() + 0.5 * noise).argmax(dim=-1)
+
+    def act(self, obs: torch.Tensor, env_step: int) -> ActionOutput:
+        """Epsilon-greedy actions for ``obs: int64[P, E]`` -> ``action int64[P, E]``, ``log_prob [P, E]``."""
+        obs = self._check_obs(obs)
+        p, e = obs.shape
+        q_values = self.q[self.members.unsqueeze(1), obs]  # [P, E, A]
+        flat = q_values.reshape(p * e, self.num_actions)
+        greedy = self._greedy_ties_random(flat).view(p, e)
+        epsilon = self.epsilon.unsqueeze(1)
+        explore = torch.rand(p, e, generator=self.generator, device=self.device) < epsilon
+        random_action = torch.randint(self.num_actions, (p, e), generator=self.generator, device=self.device)
+        action = torch.where(explore, random_action, greedy)
+        ties = q_values == q_values.max(dim=-1, keepdim=True).values
+        is_greedy = ties.gather(-1, action.unsqueeze(-1)).squeeze(-1)
+        prob = epsilon / self.num_actions + (1 - epsilon) * is_greedy.float() / ties.sum(-1)
+        return ActionOutput(action, prob.log())
+
+    def evaluation_action(self, obs: torch.Tensor) -> torch.Tensor:
+        """Greedy actions (first arg-max) for ``obs: int64[P, E]`` -> ``int64[P, E]``."""
+        obs = self._check_obs(obs)
+        return self.q[self.members.unsqueeze(1), obs].argmax(dim=-1)
+
+    def _check_obs(self, obs: torch.Tensor) -> torch.Tensor:
+        obs = torch.as_tensor(obs, device=self.device)
+        if obs.dim() != 2 or obs.shape[0] != self.population_size:
+            raise ValueError(
+                f"dyna: obs must be int64[P={self.population_size}, E], got shape {tuple(obs.shape)}"
+            )
+        return obs.long()
+
+    # ------------------------------------------------------------------ learning
+    def update(self, buffer: Any, env_step: int) -> dict[str, torch.Tensor]:
+        """Learn from the latest real step in ``buffer`` (see ``observe``).
+
+        ``buffer`` is anything with a ``latest()`` method, or itself a mapping / object, holding ``obs``, ``action``,
+        ``reward``, ``terminated`` and ``final_obs`` (or ``next_obs``) laid out ``[P * E]`` or ``[P, E]``.
+        """
+        step = buffer.latest() if hasattr(buffer, "latest") else buffer
+
+        def field(*names: str) -> torch.Tensor:
+            for key in names:
+                if isinstance(step, dict) and key in step:
+                    return step[key]
+                if not isinstance(step, dict) and hasattr(step, key):
+                    return getattr(step, key)
+            raise ValueError(f"dyna.update: the latest step has none of the fields {names}")
+
+        shape = (self.population_size, -1)
+        return self.observe(
+            field("obs").reshape(shape),
+            field("action").reshape(shape),
+            field("reward").reshape(shape),
+            field("final_obs", "next_obs").reshape(shape),
+            field("terminated").reshape(shape),
+        )
+
+    def observe(
+        self,
+        obs: torch.Tensor,
+        action: torch.Tensor,
+        reward: torch.Tensor,
+        next_obs: torch.Tensor,
+        terminated: torch.Tensor,
+    ) -> dict[str, torch.Tensor]:
+        """One real step for every member: direct update, bookkeeping, then planning.
+
+        Args (all ``[P, E]``): ``obs`` (state indices), ``action``, ``reward``, ``next_obs`` (the true ``S_{t+1}``,
+        i.e. ``StepResult.final_obs``), ``terminated``.
+
+        Returns: metrics, each ``[P]``: ``td_error`` (mean absolute real TD error) and the planning fractions.
+        """
+        obs, next_obs, action = obs.long(), next_obs.long(), action.long()
+        p, e = obs.shape
+        member = self.members.unsqueeze(1).expand(p, e)
+        active = (~self.frozen).float().unsqueeze(1)
+        bootstrap = self.q[member, next_obs].max(dim=-1).values * (~terminated.bool()).float()
+        delta = reward.float() + self.gamma * bootstrap - self.q[member, obs, action]
+        self.q.index_put_(
+            (member, obs, action), self.step_size.unsqueeze(1) * delta * active, accumulate=True
+        )
+        pair = obs * self.num_actions + action
+        for column in range(e):  # E is small (usually 1); one column at a time keeps the append lists unique
+            self._remember(
+                self.visited_pair, self.visited_pair_list, self.visited_pair_count, pair[:, column]
+            )
+            self._remember(
+                self.visited_state, self.visited_state_list, self.visited_state_count, obs[:, column]
+            )
+        if self.options.uses_priority_queue:
+            self._push(
+                member.reshape(-1),
+                obs.reshape(-1),
+                delta.abs().reshape(-1) * active.expand(p, e).reshape(-1),
+                by_model=False,
+            )
+        for _ in range(self.planning_steps):
+            self._plan()
+        metrics = {"td_error": delta.abs().mean(dim=1)}
+        metrics.update(self.planning_statistics())
+        return metrics
+
+    def _push(
+        self, member: torch.Tensor, state: torch.Tensor, priority: torch.Tensor, by_model: bool
+    ) -> None:
+        """Push ``state`` (``[B]``, with ``member [B]``) with ``priority [B]`` where it exceeds the threshold."""
+        enter = priority > self.options.priority_threshold
+        flat = member * self.num_states + state
+        current = self.priority.view(-1)
+        current.scatter_reduce_(
+            0, flat, torch.where(enter, priority, torch.zeros_like(priority)), reduce="amax"
+        )
+        provenance = self.pushed_by_model.view(-1)
+        provenance[flat] = torch.where(enter, torch.full_like(enter, by_model), provenance[flat])
+
+    def _remember(
+        self, mask: torch.Tensor, items: torch.Tensor, count: torch.Tensor, item: torch.Tensor
+    ) -> None:
+        """Append ``item [P]`` to each member's list unless ``mask`` says it is already there."""
+        new = ~mask[self.members, item]
+        slot = count.clamp(max=items.shape[1] - 1)
+        items[self.members, slot] = torch.where(new, item, items[self.members, slot])
+        count += new.long()
+        mask[self.members, item] = True
+
+    def _draw(self, items: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
+        """One uniform draw per member from its list (``0`` for members whose list is empty)."""
+        u = torch.rand(self.population_size, generator=self.generator, device=self.device)
+        index = (u * count).long().clamp(max=items.shape[1] - 1)
+        return items[self.members, index]
+
+    def _sample_visited_pair(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """A uniformly drawn visited real ``(state, action)`` per member."""
+        pair = self._draw(self.visited_pair_list, self.visited_pair_count)
+        return pair // self.num_actions, pair % self.num_actions
+
+    def _pop_state(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(state int64[P], bootstrap_simulated bool[P])``: the search-control state of each member."""
+        uniform_state = self._draw(self.visited_state_list, self.visited_state_count)
+        if not self.options.uses_priority_queue:
+            return uniform_state, torch.zeros_like(uniform_state, dtype=torch.bool)
+        top_priority, top_state = self.priority.max(dim=1)
+        from_queue = top_priority > self.options.priority_threshold
+        state = torch.where(from_queue, top_state, uniform_state)
+        simulated = from_queue & self.pushed_by_model[self.members, state]
+        self.priority[self.members, state] = torch.where(
+            from_queue, torch.zeros_like(top_priority), self.priority[self.members, state]
+        )
+        return state, simulated
+
+    def _max_q(self, state: torch.Tensor) -> torch.Tensor:
+        return self.q[self.members, state].max(dim=-1).values
+
+    def _apply(
+        self,
+        state: torch.Tensor,
+        action: torch.Tensor,
+        target: torch.Tensor,
+        mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """``Q[p, state, action] += alpha (target - Q)`` where ``mask`` (and not frozen); returns ``delta [P]``."""
+        delta = target - self.q[self.members, state, action]
+        keep = ~self.frozen if mask is None else (mask & ~self.frozen)
+        self.q[self.members, state, action] += self.step_size * delta * keep.float()
+        return delta
+
+    def _count(
+        self,
+        performed: torch.Tensor,
+        updated_simulated: torch.Tensor,
+        updated_state: torch.Tensor,
+        bootstrap_simulated: torch.Tensor,
+        bootstrap_state: torch.Tensor,
+        bootstraps: torch.Tensor,
+    ) -> None:
+        """Accumulate the instruments of one batched planning update (all arguments ``[P]``)."""
+        updated_real = self.real_state_mask[updated_state]
+        bootstrap_simulated = bootstrap_simulated & bootstraps
+        bootstrap_hallucinated = bootstrap_simulated & ~self.real_state_mask[bootstrap_state]
+        columns = torch.stack(
+            (
+                torch.ones_like(performed),
+                updated_simulated,
+                updated_simulated & ~updated_real,
+                bootstrap_simulated,
+                bootstrap_hallucinated,
+                updated_real & bootstrap_simulated,
+                updated_real & bootstrap_hallucinated,
+            ),
+            dim=1,
+        )
+        self.planning_counts += (columns & performed.unsqueeze(1)).float()
+
+    def _plan(self) -> None:
+        if self.variant == "one-step-successor":
+            self._plan_successor(1)
+        elif self.variant == "multi-step-successor":
+            self._plan_successor(self.rollout_length)
+        elif self.variant == "one-step-predecessor":
+            self._plan_one_step_predecessor()
+        else:
+            self._plan_multi_step_predecessor()
+
+    def _plan_successor(self, length: int) -> None:
+        start_state, start_action = self._sample_visited_pair()
+        state, action = start_state, start_action
+        ret = torch.zeros(self.population_size, device=self.device)
+        discount = torch.ones(self.population_size, device=self.device)
+        alive = torch.ones(self.population_size, dtype=torch.bool, device=self.device)
+        for k in range(length):
+            sample = self._check_forward(self.forward_model.sample_forward(state, action, self.generator))
+            ret = ret + torch.where(alive, discount * sample.reward.float(), torch.zeros_like(ret))
+            discount = discount * self.gamma
+            alive = alive & ~sample.terminal.bool()
+            state = sample.next_state
+            if k + 1 < length:
+                action = self.q[self.members, state].argmax(dim=-1)
+        target = ret + torch.where(alive, discount * self._max_q(state), torch.zeros_like(ret))
+        self._apply(start_state, start_action, target)
+        performed = ~self.frozen
+        self._count(performed, torch.zeros_like(alive), start_state, torch.ones_like(alive), state, alive)
+
+    def _plan_one_step_predecessor(self) -> None:
+        state, state_simulated = self._pop_state()
+        sample = self._check_backward(self.backward_model.sample_backward(state, self.generator))
+        bootstraps = ~sample.terminal.bool()
+        target = sample.reward.float() + self.gamma * self._max_q(state) * bootstraps.float()
+        delta = self._apply(sample.previous_state, sample.action, target)
+        performed = ~self.frozen
+        if self.options.uses_priority_queue:
+            self._push(self.members, sample.previous_state, delta.abs() * performed.float(), by_model=True)
+        self._count(
+            performed, torch.ones_like(bootstraps), sample.previous_state, state_simulated, state, bootstraps
+        )
+
+    def _plan_multi_step_predecessor(self) -> None:
+        real_state, _ = self._pop_state()  # the queue of this variant only ever holds real states
+        value = self._max_q(real_state)
+        bootstraps = torch.ones(self.population_size, dtype=torch.bool, device=self.device)
+        alive = ~self.frozen
+        current = real_state
+        never_simulated = torch.zeros_like(alive)
+        for k in range(self.rollout_length):
+            sample = self._check_backward(self.backward_model.sample_backward(current, self.generator))
+            if k == 0:
+                bootstraps = ~sample.terminal.bool()
+                value = value * bootstraps.float()
+            value = sample.reward.float() + self.gamma * value
+            self._apply(sample.previous_state, sample.action, value, alive)
+            self._count(
+                alive, torch.ones_like(alive), sample.previous_state, never_simulated, real_state, bootstraps
+            )
+            # Watkins-style truncation: a_k must be greedy at s_k for G_{k+1} to be a max-target.
+            q_prev = self.q[self.members, sample.previous_state]
+            greedy = q_prev.gather(1, sample.action.unsqueeze(1)).squeeze(1) >= q_prev.max(dim=1).values
+            alive = alive & greedy
+            current = sample.previous_state
+
+    # ------------------------------------------------------------------ instruments
+    def planning_statistics(self) -> dict[str, torch.Tensor]:
+        """Fractions of planning updates (``[P]`` each) since the last ``reset_statistics``, and their count."""
+        updates = self.planning_counts[:, 0]
+        safe = updates.clamp(min=1.0)
+        stats = {"planning_updates": updates.clone()}
+        for column, counter in enumerate(PLANNING_COUNTERS[1:], start=1):
+            stats[f"fraction_{counter}"] = self.planning_counts[:, column] / safe
+        return stats
+
+    def reset_statistics(self) -> None:
+        self.planning_counts.zero_()
+
+    # ------------------------------------------------------------------ loop hooks and checkpoints
+    def parameters_finite(self) -> torch.Tensor:
+        return torch.isfinite(self.q).flatten(1).all(dim=1).cpu()
+
+    def freeze(self, members: torch.Tensor) -> None:
+        self.frozen |= members.to(self.device).bool()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "q": self.q.clone(),
+            "visited_pair": self.visited_pair.clone(),
+            "visited_pair_list": self.visited_pair_list.clone(),
+            "visited_pair_count": self.visited_pair_count.clone(),
+            "visited_state": self.visited_state.clone(),
+            "visited_state_list": self.visited_state_list.clone(),
+            "visited_state_count": self.visited_state_count.clone(),
+            "priority": self.priority.clone(),
+            "pushed_by_model": self.pushed_by_model.clone(),
+            "planning_counts": self.planning_counts.clone(),
+            "frozen": self.frozen.clone(),
+            "generator": self.generator.get_state(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for key in (
+            "q",
+            "visited_pair",
+            "visited_pair_list",
+            "visited_pair_count",
+            "visited_state",
+            "visited_state_list",
+            "visited_state_count",
+            "priority",
+            "pushed_by_model",
+            "planning_counts",
+            "frozen",
+        ):
+            getattr(self, key).copy_(state[key].to(self.device))
+        self.generator.set_state(state["generator"])
+
+
+def make_dyna_for_env(
+    env: Any,
+    population_size: int,
+    options: DynaOptions,
+    seed: int = 0,
+    step_size: torch.Tensor | None = None,
+    epsilon: torch.Tensor | None = None,
+    hallucination_probability: float | list[float] | torch.Tensor | None = None,
+) -> DynaAgent:
+    """A ``DynaAgent`` for a tabular env with dynamics tables (``bordered-gridworld``), its given model attached.
+
+    ``hallucination_probability`` overrides ``options.hallucination_probability`` (scalar or ``[P]``).
+    """
+    p_h = (
+        options.hallucination_probability if hallucination_probability is None else hallucination_probability
+    )
+    model = given_model_of(env, p_h, population_size)
+    return DynaAgent(
+        env.num_states,
+        env.num_actions,
+        population_size,
+        options,
+        forward_model=model,
+        backward_model=model,
+        real_state_mask=env.real_state_mask,
+        step_size=step_size,
+        epsilon=epsilon,
+        seed=seed,
+        device=env.device,
+    )
+
+
+@register_agent(
+    "dyna", DynaOptions, "tabular Dyna: one-/multi-step successor/predecessor planning (Hallucinating Value)"
+)
+def make_dyna(context: AgentContext, options: DynaOptions) -> DynaAgent:
+    """Registry factory: the env named in ``context`` must be a tabular env with dynamics tables.
+
+    The given model is built from ``make_env(context.env_name)`` with that env's default options, and its state
+    count is checked against the observation spec of the run.
+    """
+    from emphatic_rl.envs import make_env
+
+    if not context.env_name:
+        raise ValueError(
+            "agent 'dyna' needs the env name in its context (its given model is the env's dynamics)"
+        )
+    env = make_env(context.env_name, num_envs=1, device=context.device)
+    if not hasattr(env, "next_state_table"):
+        raise ValueError(
+            f"agent 'dyna' is tabular and needs an env with dynamics tables (e.g. "
+            f"'bordered-gridworld'); env {context.env_name!r} has none"
+        )
+    spec_states = int(getattr(context.observation_spec, "high", -1)) + 1
+    if spec_states != env.num_states:
+        raise ValueError(
+            f"agent 'dyna': the run's env has {spec_states} states but the default "
+            f"{context.env_name!r} has {env.num_states}; a given model for non-default env options "
+            "is built with emphatic_rl.agents.dyna.make_dyna_for_env(env, ...)"
+        )
+    return make_dyna_for_env(env, context.population_size, options, seed=context.seed)

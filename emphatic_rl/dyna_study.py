@@ -1,0 +1,572 @@
+"""The Hallucinating-Value study on the Bordered Gridworld: four Dyna variants, a p_h sweep, many seeds, one program.
+
+Run::
+
+    python -m emphatic_rl.dyna_study experiments/dyna_gridworld.toml --out experiments/results/dyna
+
+For each variant the whole population (seeds x p_h values x step sizes) is one ``DynaAgent`` with ``Q[P, S, A]``
+learning in ``N = P`` gridworld copies; ``p_h`` and ``alpha`` are per-member tensors. The model-free baseline is the
+same agent with ``planning_steps = 0``; the perfect-model controls are the ``p_h = 0`` members.
+
+Measured per member:
+- online return, every ``eval_every`` real steps: the mean return of the behaviour (epsilon-greedy) episodes that
+  ended in that window (carried over when none ended);
+- greedy return, every ``eval_every`` real steps: the return of the greedy policy (first arg-max) from the start
+  cell, computed exactly by following the env's deterministic tables for ``max_episode_steps`` steps;
+- the planning instruments (fractions of updates whose target bootstraps from simulated/hallucinated states...).
+
+Outputs (in ``--out``): ``results.json`` (every number), ``summary.md`` (tables with mean and 95% CI over seeds),
+``learning_curves_online.png``, ``learning_curves_greedy.png``, ``dose_response.png``, ``value_maps.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import tomllib
+import torch
+
+from emphatic_rl.agents.dyna import PLANNING_COUNTERS, VARIANTS, DynaOptions, make_dyna_for_env
+from emphatic_rl.envs.gridworld import ACTION_OFFSETS, BorderedGridworld
+
+BASELINE = "model-free"
+
+
+@dataclass
+class StudyConfig:
+    """The ``[study]`` table of the TOML (every key optional)."""
+
+    seeds: int = 30
+    steps: int = 2000
+    eval_every: int = 50
+    variants: list[str] = field(default_factory=lambda: list(VARIANTS))
+    hallucination_probabilities: list[float] = field(default_factory=lambda: [0.0, 0.05, 0.1, 0.25])
+    step_sizes: list[float] = field(default_factory=lambda: [0.1, 0.5])
+    planning_steps: int = 5
+    rollout_length: int = 3
+    gamma: float = 0.95
+    epsilon: float = 0.1
+    q_init: float = 0.0
+    baseline: bool = True
+    height: int = 6
+    width: int = 6
+    max_episode_steps: int = 100
+    seed: int = 0
+    value_map_p_h: float = 0.1
+    metric: str = "online"
+
+    def __post_init__(self) -> None:
+        for key in ("seeds", "steps", "eval_every", "height", "width", "max_episode_steps"):
+            value = getattr(self, key)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"study.{key} must be an integer >= 1, got {value!r}")
+        unknown = [v for v in self.variants if v not in VARIANTS]
+        if unknown or not self.variants:
+            raise ValueError(
+                f"study.variants must be a non-empty list of {', '.join(VARIANTS)}; got {self.variants}"
+            )
+        for p_h in self.hallucination_probabilities:
+            if not 0.0 <= float(p_h) <= 1.0:
+                raise ValueError(f"study.hallucination_probabilities must lie in [0, 1], got {p_h!r}")
+        if self.metric not in ("online", "greedy"):
+            raise ValueError(f"study.metric must be 'online' or 'greedy', got {self.metric!r}")
+        if not self.hallucination_probabilities or not self.step_sizes:
+            raise ValueError("study.hallucination_probabilities and study.step_sizes must be non-empty")
+        # The agent options validate planning_steps, rollout_length, gamma, epsilon, step sizes.
+        for alpha in self.step_sizes:
+            DynaOptions(
+                planning_steps=self.planning_steps,
+                rollout_length=self.rollout_length,
+                step_size=alpha,
+                gamma=self.gamma,
+                epsilon=self.epsilon,
+            )
+
+
+def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> StudyConfig:
+    """Read ``[study]`` from a TOML file; unknown keys raise one clear error."""
+    with open(path, "rb") as handle:
+        data = tomllib.load(handle)
+    unknown_tables = sorted(set(data) - {"study"})
+    if unknown_tables:
+        raise ValueError(f"{path}: unknown table(s) {', '.join(unknown_tables)}; allowed: study")
+    table = dict(data.get("study", {}))
+    table.update(overrides or {})
+    allowed = set(StudyConfig.__dataclass_fields__)
+    unknown = sorted(set(table) - allowed)
+    if unknown:
+        raise ValueError(
+            f"{path}: unknown key(s) study.{', study.'.join(unknown)}; allowed: {', '.join(sorted(allowed))}"
+        )
+    return StudyConfig(**table)
+
+
+def greedy_return(env: BorderedGridworld, q: torch.Tensor, horizon: int) -> torch.Tensor:
+    """Exact return ``[P]`` of the greedy policy of ``q: [P, S, A]`` from the start cell (deterministic env)."""
+    members = torch.arange(q.shape[0])
+    state = torch.full((q.shape[0],), env.start_state, dtype=torch.int64)
+    total = torch.zeros(q.shape[0])
+    alive = torch.ones(q.shape[0], dtype=torch.bool)
+    for _ in range(horizon):
+        action = q[members, state].argmax(dim=-1)
+        total += alive.float() * env.reward_table[state, action]
+        alive &= ~env.terminal_table[state, action]
+        state = env.next_state_table[state, action]
+    return total
+
+
+def run_population(
+    config: StudyConfig, variant: str, planning_steps: int, p_h: torch.Tensor, alpha: torch.Tensor, seed: int
+) -> dict[str, torch.Tensor]:
+    """Train one population (``P = len(p_h)``) of one variant.
+
+    Returns ``online_curve`` and ``greedy_curve`` (``[evaluations, P]``, evaluation ``k`` at real step
+    ``k * eval_every``), the final ``q [P, S, A]`` and the planning fractions ``[P]``.
+    """
+    population = p_h.numel()
+    env = BorderedGridworld(
+        num_envs=population,
+        height=config.height,
+        width=config.width,
+        max_episode_steps=config.max_episode_steps,
+    )
+    options = DynaOptions(
+        variant=variant,
+        planning_steps=planning_steps,
+        rollout_length=config.rollout_length,
+        gamma=config.gamma,
+        epsilon=config.epsilon,
+        q_init=config.q_init,
+    )
+    agent = make_dyna_for_env(
+        env, population, options, seed=seed, step_size=alpha, hallucination_probability=p_h
+    )
+    obs = env.reset(seed=seed)
+    running = torch.zeros(population)
+    window_sum = torch.zeros(population)
+    window_count = torch.zeros(population)
+    # Before any episode has ended, the online return is the worst possible one (a truncated episode).
+    online = torch.full((population,), -float(config.max_episode_steps) * abs(env.step_reward))
+    online_curve = [online.clone()]
+    greedy_curve = [greedy_return(env, agent.q, config.max_episode_steps)]
+    for step in range(1, config.steps + 1):
+        action, _ = agent.act(obs.view(population, 1), step)
+        result = env.step(action.view(population))
+        agent.observe(
+            obs.view(population, 1),
+            action,
+            result.reward.view(population, 1),
+            result.final_obs.view(population, 1),
+            result.terminated.view(population, 1),
+        )
+        running += result.reward
+        done = result.terminated | result.truncated
+        window_sum += torch.where(done, running, torch.zeros_like(running))
+        window_count += done.float()
+        running = torch.where(done, torch.zeros_like(running), running)
+        obs = result.obs
+        if step % config.eval_every == 0:
+            # Mean return of the episodes that ended in this window; a member with none keeps its last value.
+            online = torch.where(window_count > 0, window_sum / window_count.clamp(min=1.0), online)
+            window_sum.zero_()
+            window_count.zero_()
+            online_curve.append(online.clone())
+            greedy_curve.append(greedy_return(env, agent.q, config.max_episode_steps))
+    return {
+        "online_curve": torch.stack(online_curve),
+        "greedy_curve": torch.stack(greedy_curve),
+        "q": agent.q.clone(),
+        **agent.planning_statistics(),
+    }
+
+
+#: two-sided 95% Student-t quantiles t_{0.975, df}, df = 1..30.
+_T_975 = (
+    12.706,
+    4.303,
+    3.182,
+    2.776,
+    2.571,
+    2.447,
+    2.365,
+    2.306,
+    2.262,
+    2.228,
+    2.201,
+    2.179,
+    2.160,
+    2.145,
+    2.131,
+    2.120,
+    2.110,
+    2.101,
+    2.093,
+    2.086,
+    2.080,
+    2.074,
+    2.069,
+    2.064,
+    2.060,
+    2.056,
+    2.052,
+    2.048,
+    2.045,
+    2.042,
+)
+
+
+def mean_ci(values: torch.Tensor) -> tuple[float, float]:
+    """Mean and the half-width of a 95% t-interval over the seeds (``values: [seeds]``)."""
+    n = values.numel()
+    mean = float(values.mean())
+    if n < 2:
+        return mean, float("nan")
+    df = n - 1
+    t = (
+        _T_975[df - 1]
+        if df <= 30
+        else (2.021 if df <= 40 else 2.000 if df <= 60 else 1.980 if df <= 120 else 1.960)
+    )
+    return mean, float(t * values.std(unbiased=True) / math.sqrt(n))
+
+
+def run_study(config: StudyConfig, progress: bool = True) -> dict[str, Any]:
+    """All populations of the study; returns the raw tensors organised by condition."""
+    torch.manual_seed(config.seed)
+    seeds, p_hs, alphas = config.seeds, config.hallucination_probabilities, config.step_sizes
+    # Members laid out [p_h, alpha, seed].
+    grid_p_h = torch.tensor(p_hs, dtype=torch.float32).view(-1, 1, 1).expand(len(p_hs), len(alphas), seeds)
+    grid_alpha = (
+        torch.tensor(alphas, dtype=torch.float32).view(1, -1, 1).expand(len(p_hs), len(alphas), seeds)
+    )
+    runs: dict[str, Any] = {}
+    jobs = [(variant, config.planning_steps, grid_p_h, grid_alpha) for variant in config.variants]
+    if config.baseline:
+        # p_h is irrelevant without planning: one p_h slot.
+        jobs.append((BASELINE, 0, grid_p_h[:1], grid_alpha[:1]))
+    for index, (name, planning, p_h, alpha) in enumerate(jobs):
+        started = time.time()
+        variant = config.variants[0] if name == BASELINE else name
+        result = run_population(
+            config,
+            variant,
+            planning,
+            p_h.reshape(-1).contiguous(),
+            alpha.reshape(-1).contiguous(),
+            config.seed + 1000 * index,
+        )
+        shape = p_h.shape
+        runs[name] = {
+            key: value.reshape(value.shape[0], *shape)
+            if key.endswith("_curve")
+            else value.reshape(*shape, *value.shape[1:])
+            for key, value in result.items()
+        }
+        if progress:
+            print(
+                f"[dyna-study] {name}: {p_h.numel()} members, {time.time() - started:.1f}s", file=sys.stderr
+            )
+    return runs
+
+
+METRICS = ("online", "greedy")
+
+
+def summarise(config: StudyConfig, runs: dict[str, Any]) -> dict[str, Any]:
+    """Mean and 95% CI over seeds per (variant, p_h, alpha) of each metric's AUC and final value.
+
+    ``auc`` is the curve averaged over every evaluation (learning speed); ``final`` averages the evaluations in
+    the last 10% of the steps. The best step size per (variant, p_h) maximises the AUC of ``config.metric``.
+    """
+    last = max(1, math.ceil(0.1 * (config.steps // config.eval_every)))
+    rows = []
+    for name, result in runs.items():
+        p_h_values = config.hallucination_probabilities if name != BASELINE else [None]
+        for i, p_h in enumerate(p_h_values):
+            for j, alpha in enumerate(config.step_sizes):
+                row: dict[str, Any] = {"variant": name, "p_h": p_h, "step_size": alpha}
+                for metric in METRICS:
+                    member_curve = result[f"{metric}_curve"][:, i, j]  # [evaluations, seeds]
+                    row[f"{metric}_auc_mean"], row[f"{metric}_auc_ci"] = mean_ci(member_curve.mean(0))
+                    row[f"{metric}_final_mean"], row[f"{metric}_final_ci"] = mean_ci(
+                        member_curve[-last:].mean(0)
+                    )
+                    row[f"{metric}_curve_mean"] = member_curve.mean(1).tolist()
+                    row[f"{metric}_curve_ci"] = [
+                        mean_ci(member_curve[k])[1] for k in range(member_curve.shape[0])
+                    ]
+                for counter in PLANNING_COUNTERS[1:]:
+                    row[f"fraction_{counter}"] = float(result[f"fraction_{counter}"][i, j].mean())
+                rows.append(row)
+    key_metric = f"{config.metric}_auc_mean"
+    best: dict[tuple[str, Any], dict[str, Any]] = {}
+    for row in rows:
+        key = (row["variant"], row["p_h"])
+        if key not in best or row[key_metric] > best[key][key_metric]:
+            best[key] = row
+    return {"rows": rows, "best": list(best.values()), "final_window_evals": last}
+
+
+def _fmt(mean: float, ci: float) -> str:
+    return f"{mean:.1f} ± {ci:.1f}"
+
+
+def _metric_cells(row: dict[str, Any]) -> str:
+    return " | ".join(
+        _fmt(row[f"{m}_{k}_mean"], row[f"{m}_{k}_ci"]) for m in METRICS for k in ("auc", "final")
+    )
+
+
+def write_summary(config: StudyConfig, summary: dict[str, Any], out: Path, seconds: float) -> None:
+    header = [
+        "| variant | p_h | alpha | online AUC | online final | greedy AUC | greedy final |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    lines = [
+        "# Dyna on the Bordered Gridworld: hallucinated value",
+        "",
+        f"Generated by `python -m emphatic_rl.dyna_study` in {seconds:.0f} s. {config.seeds} seeds per condition, "
+        f"{config.steps} real steps, {config.height}x{config.width} interior (optimal return "
+        f"{-(config.height + config.width - 2)}), planning steps {config.planning_steps}, n = "
+        f"{config.rollout_length}, gamma {config.gamma}, epsilon {config.epsilon}, Q init {config.q_init}, "
+        f"step sizes swept {config.step_sizes}. Mean ± 95% CI (t) over seeds.",
+        "",
+        f"- **online**: mean return of the epsilon-greedy training episodes that ended in each {config.eval_every}-"
+        "step window (the return the learner actually gets).",
+        "- **greedy**: exact return of the greedy policy (first arg-max) from the start, evaluated every "
+        f"{config.eval_every} steps (capped at {config.max_episode_steps} steps, so a looping policy scores "
+        f"-{config.max_episode_steps}).",
+        f"- **AUC**: the curve averaged over all evaluations (learning speed); **final**: over the last "
+        f"{summary['final_window_evals']} evaluations (last 10% of the steps).",
+        "- `p_h = 0` rows are the perfect-model controls; `model-free` is the same agent with 0 planning steps.",
+        "",
+        f"## Best step size per variant and p_h (chosen by {config.metric} AUC)",
+        "",
+        *header,
+    ]
+    for row in sorted(summary["best"], key=lambda r: (r["variant"] != BASELINE, r["variant"], r["p_h"] or 0)):
+        p_h = "-" if row["p_h"] is None else f"{row['p_h']:g}"
+        lines.append(f"| {row['variant']} | {p_h} | {row['step_size']:g} | {_metric_cells(row)} |")
+    lines += [
+        "",
+        "## Planning instruments (fraction of planning value updates, best alpha)",
+        "",
+        "Columns: the updated entry is simulated / hallucinated; the target bootstraps from a simulated / "
+        "hallucinated state; a real (reachable) entry is updated toward a simulated / hallucinated state's value.",
+        "",
+        "| variant | p_h | upd. sim. | upd. halluc. | boot. sim. | boot. halluc. | real->sim. | real->halluc. |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for row in sorted(summary["best"], key=lambda r: (r["variant"], r["p_h"] or 0)):
+        if row["variant"] == BASELINE:
+            continue
+        values = " | ".join(f"{row[f'fraction_{c}']:.3f}" for c in PLANNING_COUNTERS[1:])
+        lines.append(f"| {row['variant']} | {row['p_h']:g} | {values} |")
+    lines += ["", "## All step sizes", "", *header]
+    for row in summary["rows"]:
+        p_h = "-" if row["p_h"] is None else f"{row['p_h']:g}"
+        lines.append(f"| {row['variant']} | {p_h} | {row['step_size']:g} | {_metric_cells(row)} |")
+    lines += [
+        "",
+        "Figures: `learning_curves_online.png`, `learning_curves_greedy.png`, `dose_response.png`, "
+        "`value_maps.png`.",
+        "",
+    ]
+    _atomic_write(out / "summary.md", "\n".join(lines))
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    temporary = path.with_suffix(path.suffix + ".tmp")
+    temporary.write_text(text)
+    os.replace(temporary, path)
+
+
+def plot(config: StudyConfig, runs: dict[str, Any], summary: dict[str, Any], out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    best = {(row["variant"], row["p_h"]): row for row in summary["best"]}
+    evaluations = len(summary["rows"][0]["online_curve_mean"])
+    steps = [k * config.eval_every for k in range(evaluations)]
+    colours = dict(zip([*VARIANTS, BASELINE], ["C0", "C1", "C2", "C3", "k"], strict=True))
+    p_hs = config.hallucination_probabilities
+    for metric in METRICS:
+        figure, axes = plt.subplots(1, len(p_hs), figsize=(4.2 * len(p_hs), 3.8), sharey=True, squeeze=False)
+        for axis, p_h in zip(axes[0], p_hs, strict=True):
+            for name in [*config.variants, BASELINE]:
+                row = best.get((name, None if name == BASELINE else p_h))
+                if row is None:
+                    continue
+                mean = torch.tensor(row[f"{metric}_curve_mean"])
+                ci = torch.tensor(row[f"{metric}_curve_ci"])
+                axis.plot(
+                    steps,
+                    mean,
+                    color=colours[name],
+                    label=f"{name} (α={row['step_size']:g})",
+                    linestyle="--" if name == BASELINE else "-",
+                )
+                axis.fill_between(steps, mean - ci, mean + ci, color=colours[name], alpha=0.15)
+            axis.set_title(f"p_h = {p_h:g}" + (" (perfect model)" if p_h == 0 else ""))
+            axis.set_xlabel("real environment steps")
+            axis.grid(alpha=0.3)
+        axes[0][0].set_ylabel(f"{metric} return")
+        axes[0][-1].legend(fontsize=7, loc="lower right")
+        figure.suptitle(
+            f"Bordered Gridworld: {metric} return vs real steps (mean ± 95% CI, {config.seeds} seeds; "
+            f"optimal {-(config.height + config.width - 2)})"
+        )
+        figure.tight_layout()
+        figure.savefig(out / f"learning_curves_{metric}.png", dpi=110)
+        plt.close(figure)
+
+    figure, axes = plt.subplots(1, 2 * len(METRICS), figsize=(19, 4.2))
+    for axis_index, (metric, kind) in enumerate((m, k) for m in METRICS for k in ("auc", "final")):
+        axis = axes[axis_index]
+        for name in config.variants:
+            rows = [best[(name, p_h)] for p_h in p_hs]
+            axis.errorbar(
+                p_hs,
+                [r[f"{metric}_{kind}_mean"] for r in rows],
+                yerr=[r[f"{metric}_{kind}_ci"] for r in rows],
+                marker="o",
+                color=colours[name],
+                label=name,
+                capsize=3,
+            )
+        if config.baseline:
+            row = best[(BASELINE, None)]
+            mean, ci = row[f"{metric}_{kind}_mean"], row[f"{metric}_{kind}_ci"]
+            axis.axhline(mean, color="k", linestyle="--", label=BASELINE)
+            axis.axhspan(mean - ci, mean + ci, color="k", alpha=0.1)
+        axis.set_xlabel("hallucination probability p_h")
+        axis.set_title(f"{metric} return, {'AUC' if kind == 'auc' else 'final 10%'}", fontsize=10)
+        axis.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    figure.suptitle(f"Dose-response (best α per variant and p_h by {config.metric} AUC; mean ± 95% CI)")
+    figure.tight_layout()
+    figure.savefig(out / "dose_response.png", dpi=110)
+    plt.close(figure)
+
+    plot_value_maps(config, runs, best, out)
+
+
+def plot_value_maps(config: StudyConfig, runs: dict[str, Any], best: dict, out: Path) -> None:
+    """Seed-mean ``max_a Q`` per cell (border ring included) and the most common greedy action per interior cell."""
+    import matplotlib.pyplot as plt
+
+    env = BorderedGridworld(height=config.height, width=config.width)
+    p_hs = config.hallucination_probabilities
+    show = [0.0, config.value_map_p_h] if 0.0 in p_hs and config.value_map_p_h in p_hs else [p_hs[0]]
+    names = [*config.variants] + ([BASELINE] if config.baseline else [])
+    figure, axes = plt.subplots(
+        len(show), len(names), figsize=(3.2 * len(names), 3.2 * len(show)), squeeze=False
+    )
+    for row_index, p_h in enumerate(show):
+        for column, name in enumerate(names):
+            axis = axes[row_index][column]
+            condition = best[(name, None if name == BASELINE else p_h)]
+            i = 0 if name == BASELINE else p_hs.index(p_h)
+            j = config.step_sizes.index(condition["step_size"])
+            q = runs[name]["q"][i, j]  # [seeds, S, A]
+            value = q.max(dim=-1).values.mean(0).view(env.grid_rows, env.grid_cols)
+            greedy = q.argmax(dim=-1)  # [seeds, S]
+            counts = torch.nn.functional.one_hot(greedy, env.num_actions).sum(0)  # [S, A]
+            mode = counts.argmax(-1)
+            agreement = counts.max(-1).values.float() / q.shape[0]
+            image = axis.imshow(value.numpy(), cmap="viridis")
+            figure.colorbar(image, ax=axis, fraction=0.046)
+            for cell in torch.nonzero(env.real_state_mask).squeeze(1).tolist():
+                if cell == env.goal_state:
+                    axis.text(
+                        cell % env.grid_cols,
+                        cell // env.grid_cols,
+                        "G",
+                        ha="center",
+                        va="center",
+                        color="w",
+                        fontsize=9,
+                        weight="bold",
+                    )
+                    continue
+                d_row, d_col = ACTION_OFFSETS[int(mode[cell])]
+                axis.arrow(
+                    cell % env.grid_cols - 0.25 * d_col,
+                    cell // env.grid_cols - 0.25 * d_row,
+                    0.4 * d_col,
+                    0.4 * d_row,
+                    head_width=0.18,
+                    length_includes_head=True,
+                    color="w",
+                    alpha=float(0.3 + 0.7 * agreement[cell]),
+                )
+            axis.add_patch(
+                plt.Rectangle((0.5, 0.5), env.width, env.height, fill=False, edgecolor="r", lw=1.5)
+            )
+            label = BASELINE if name == BASELINE else f"{name}\np_h={p_h:g}"
+            axis.set_title(f"{label} (α={condition['step_size']:g})", fontsize=8)
+            axis.set_xticks([])
+            axis.set_yticks([])
+    figure.suptitle(
+        "Seed-mean max_a Q (colour; border ring outside the red box) and most common greedy action "
+        "(arrow opacity = agreement across seeds)",
+        fontsize=9,
+    )
+    figure.tight_layout()
+    figure.savefig(out / "value_maps.png", dpi=110)
+    plt.close(figure)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m emphatic_rl.dyna_study", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument("config", help="TOML file with a [study] table (experiments/dyna_gridworld.toml)")
+    parser.add_argument("--out", default="experiments/results/dyna", help="output folder")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a study key, value parsed as TOML (e.g. --set seeds=5)",
+    )
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    try:
+        overrides = {}
+        for item in args.set:
+            if "=" not in item:
+                raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
+            key, value = item.split("=", 1)
+            overrides[key.strip()] = tomllib.loads(f"v = {value}")["v"]
+        config = load_config(args.config, overrides)
+    except (ValueError, OSError, tomllib.TOMLDecodeError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+    runs = run_study(config)
+    summary = summarise(config, runs)
+    seconds = time.time() - started
+    _atomic_write(out / "results.json", json.dumps({"config": config.__dict__, **summary}, indent=1))
+    write_summary(config, summary, out, seconds)
+    plot(config, runs, summary, out)
+    print(
+        f"[dyna-study] wrote {out}/summary.md, results.json and figures in {seconds:.0f} s", file=sys.stderr
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
