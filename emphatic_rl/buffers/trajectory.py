@@ -248,12 +248,15 @@ class TrajectoryBuffer:
             name: torch.zeros((T, N, *spec.shape), dtype=spec.dtype, device=dev) for name, spec in extras.items()
         }
         # Final observations: slots [0, K) hold finals of ended episodes (a ring in allocation order); slots
-        # [K, K + N) hold the newest row's final observation of every stream. _final_slot maps rows to slots.
+        # [K, K + N) hold the newest row's final observation of every stream. _final_slot maps rows to slots:
+        # a slot in [0, K) where the episode ended, K + n (stream n's newest-row slot) elsewhere, so one gather
+        # finds the final obs of any row that needs one.
         self._final_slots = final_obs_slots
         self._final_store = torch.zeros(
             (final_obs_slots + N, *self._stored_obs_shape), dtype=self._stored_obs_dtype, device=dev
         )
-        self._final_slot = torch.full((T, N), -1, dtype=torch.int32, device=dev)
+        self._final_slot = (final_obs_slots + torch.arange(N, dtype=torch.int32, device=dev)).repeat(T, 1)
+        self._row_time = torch.zeros(T, dtype=torch.int64, device=dev)  # global time index of every row
         self._final_head = torch.zeros((), dtype=torch.int64, device=dev)  # next slot to allocate
         self._final_live = torch.zeros((), dtype=torch.int64, device=dev)  # slots referenced by stored rows
         self._final_live_bound = 0  # host-side upper bound on _final_live (avoids a sync per add)
@@ -327,6 +330,7 @@ class TrajectoryBuffer:
             "terminated_truncated": self._ends,
             "final_obs_store": self._final_store,
             "final_obs_map": self._final_slot,
+            "row_time": self._row_time,
             **{f"extra:{k}": v for k, v in self._extras.items()},
         }
         out = {name: t.numel() * t.element_size() for name, t in parts.items()}
@@ -422,15 +426,16 @@ class TrajectoryBuffer:
         else:
             self._reserve_final_slots()
             K = self._final_slots
-            freed = (self._final_slot[row] >= 0).sum()  # slots of the row being overwritten
+            freed = (self._final_slot[row] < K).sum()  # slots of the row being overwritten
             rank = torch.cumsum(done, dim=0) - 1
             slot = (self._final_head + rank) % K
             self._final_store[torch.where(done, slot, K + self._stream_ids)] = stored_final
-            self._final_slot[row] = torch.where(done, slot, -1).to(torch.int32)
+            self._final_slot[row] = torch.where(done, slot, K + self._stream_ids).to(torch.int32)
             num_ends = done.sum()
             self._final_head.add_(num_ends).remainder_(K)
             self._final_live.add_(num_ends - freed)
 
+        self._row_time[row] = self._total_steps
         self._cursor = (row + 1) % self._capacity
         self._size = min(self._size + 1, self._capacity)
         self._total_steps += 1
@@ -479,9 +484,9 @@ class TrajectoryBuffer:
         store = torch.zeros((new_slots + N, *self._stored_obs_shape), dtype=self._stored_obs_dtype, device=self._device)
         store[:live] = self._final_store[old_positions]
         store[new_slots:] = self._final_store[K:]
-        self._final_slot = torch.where(self._final_slot >= 0, (self._final_slot - oldest) % K, self._final_slot).to(
-            torch.int32
-        )
+        ended = self._final_slot < K
+        self._final_slot = torch.where(ended, (self._final_slot - oldest) % K, self._final_slot - K + new_slots)
+        self._final_slot = self._final_slot.to(torch.int32)
         self._final_store = store
         self._final_slots = new_slots
         self._final_head.fill_(live % new_slots)
@@ -496,7 +501,7 @@ class TrajectoryBuffer:
         """
         lead = flat.shape
         flat = flat.reshape(-1)
-        T, N, K = self._capacity, self._num_streams, self._final_slots
+        T, N = self._capacity, self._num_streams
         rows = T * N
         row = torch.div(flat, N, rounding_mode="floor")
         stream = flat - row * N
@@ -505,7 +510,7 @@ class TrajectoryBuffer:
         # next obs: the kept final obs where the episode ended or the row is the newest, else the next row's
         # obs (flat + N, wrapping at the end of the ring).
         from_final = done | (row == (self._cursor - 1) % T)
-        slot = torch.where(done, self._final_slot_flat.index_select(0, flat).long(), stream + K)
+        slot = self._final_slot_flat.index_select(0, flat)  # int32 indices are fine for index_select
         successor = flat + N
         successor = torch.where(successor >= rows, successor - rows, successor)
         mask_shape = (-1,) + (1,) * len(self._stored_obs_shape)
@@ -516,8 +521,6 @@ class TrajectoryBuffer:
         )
         reward, behaviour_log_prob, interest = self._scalars_flat.index_select(0, flat).unbind(1)
         terminated, truncated = ends.unbind(1)
-        start = (self._cursor - self._size) % T
-        logical = row if start == 0 else torch.remainder(row - start, T)
 
         def shaped(x: torch.Tensor) -> torch.Tensor:
             return x if len(lead) == 1 else x.reshape(*lead, *x.shape[1:])
@@ -531,7 +534,7 @@ class TrajectoryBuffer:
             next_obs=shaped(self._decode(next_stored)),
             behaviour_log_prob=shaped(behaviour_log_prob),
             interest=shaped(interest),
-            time_index=shaped(logical + self.oldest_time),
+            time_index=shaped(self._row_time.index_select(0, row)),
             stream_index=shaped(stream),
             extras={name: shaped(store.index_select(0, flat)) for name, store in self._extras_flat.items()},
         )
@@ -718,6 +721,7 @@ class TrajectoryBuffer:
         "_ends",
         "_final_store",
         "_final_slot",
+        "_row_time",
         "_final_head",
         "_final_live",
     )
@@ -755,5 +759,5 @@ class TrajectoryBuffer:
         self._total_steps = int(state["total_steps"])
         self._final_slots = int(state["final_slots"])
         self._final_live_bound = int(state["final_live_bound"])
-        self._row_has_end = (self._final_slot >= 0).any(dim=1).tolist()
+        self._row_has_end = (self._final_slot < self._final_slots).any(dim=1).tolist()
         self._refresh_flat_views()
