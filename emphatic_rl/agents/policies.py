@@ -49,15 +49,17 @@ class LinearSoftmaxPolicy:
         """``argmax_a pi(a|s)``: ``int64[P]`` or ``int64[P, E]`` (lowest index on ties)."""
         return self.logits(features).argmax(-1)
 
-    def add_grad_log_prob_(self, features: torch.Tensor, coef: torch.Tensor, probs: torch.Tensor,
-                           action: torch.Tensor) -> None:
+    def add_grad_log_prob_(
+        self, features: torch.Tensor, coef: torch.Tensor, probs: torch.Tensor, action: torch.Tensor
+    ) -> None:
         """In place ``theta_p += coef_p * grad ln pi(action_p | s_p)`` for features ``[P, K|d]``, ``coef: [P]``,
         ``probs = pi(.|s): [P, A]``, ``action: int64[P]``."""
         one_hot = torch.nn.functional.one_hot(action, self.num_actions).to(probs.dtype)
         add_action_scaled_(self.theta, features, coef[:, None] * (one_hot - probs))
 
-    def add_all_actions_(self, features: torch.Tensor, coef: torch.Tensor, probs: torch.Tensor,
-                         q_values: torch.Tensor) -> None:
+    def add_all_actions_(
+        self, features: torch.Tensor, coef: torch.Tensor, probs: torch.Tensor, q_values: torch.Tensor
+    ) -> None:
         """In place ``theta_p += coef_p * sum_a grad pi(a|s_p) q_p(s_p, a)`` (the all-actions update).
 
         For a softmax, ``sum_a pi_a q_a grad ln pi_a`` has row ``b`` equal to ``pi_b (q_b - sum_a pi_a q_a) x``.

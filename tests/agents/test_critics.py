@@ -2,7 +2,8 @@
 
 Ground truth is computed here in float64 from the MDP: with ``D = diag(d_mu)``, ``P_pi``, ``r_pi``, features ``X``:
 
-- off-policy TD(lambda): ``A = X^T D (I - g l P_pi)^-1 (I - g P_pi) X``, ``b = X^T D (I - g l P_pi)^-1 r_pi``, w = A^-1 b;
+- off-policy TD(lambda): ``A = X^T D (I - g l P_pi)^-1 (I - g P_pi) X``,
+  ``b = X^T D (I - g l P_pi)^-1 r_pi``, w = A^-1 b;
 - TDC / TDRC (lambda = 0): the joint zero of the expected (w, h) updates
   ``b - A w - g X^T P_pi^T D X h = 0`` and ``b - A w - (X^T D X + beta I) h = 0``. Eliminating ``h`` gives
   ``(A^T + beta I)(X^T D X + beta I)^-1 (b - A w) = 0``: as long as ``-beta`` is not an eigenvalue of ``A^T``

@@ -1,0 +1,515 @@
+"""Linear off-policy actor-critic with emphatic weightings: ACE, ACE-direct, OffPAC as switches on one agent.
+
+Implements ace.md §2.1-2.4 for a population of ``P`` linear learners (softmax actor ``theta [P, A, d]``) fed by
+``R`` behaviour streams; ``stream_of: int64[P]`` says which stream feeds learner ``p``. All hyperparameters that
+are swept (step sizes, critic lambda, eta) are tensors ``[P]``, so one agent can hold a whole sweep.
+
+Per step, for every learner, in this order (ace.md §2.1)::
+
+    gamma_{t+1} = 0 if terminal (and, with timeout_as_terminal, on time-outs) else gamma
+    i_t    = i(S_t, gamma_t)                     # gamma_t = 0 at the stream start and at every episode start
+    rho_t  = pi_theta(A_t|S_t) / mu(A_t|S_t)     # theta before this step's updates
+    F_t    = emphasis estimate                   # followon: i_t + gamma_t rho_{t-1} F_{t-1} (stale rho_{t-1})
+    M_t    = (1 - eta) i_t + eta F_t
+    delta  = R_{t+1} + gamma_{t+1} v(x_{t+1}) - v(x_t)   # critic weights BEFORE the critic update
+    critic.update(...)
+    theta += alpha_actor rho_t M_t delta grad ln pi(A_t|S_t)                 # actor_update="sampled"
+    theta += alpha_actor M_t sum_a pi(a|S_t) q(S_t, a) grad ln pi(a|S_t)     # actor_update="all_actions" (GQ)
+
+Switches:
+
+- ``emphasis``: ``"none"`` (``F_t = i_t``, so ``M_t = i_t``: OffPAC whatever eta), ``"followon"`` (the sampled
+  trace; ``normalize_emphasis`` for the normalised form), ``"learned"`` (ACE-direct's ``fhat``, step
+  ``alpha_emphasis``), ``"ideal"`` (the trace recomputed over the episode with the current theta; bounded history of
+  ``ideal_history_cap`` steps per stream). The ETD critic uses the same ``F_t`` and ``i_t``.
+- ``interest``: ``"uniform"`` (``i = 1``, the excursions objective) or ``"episodic"`` (``i_t = 1`` iff
+  ``gamma_t = 0``, i.e. on the first state of each episode).
+- ``actor_update``: ``"sampled"`` or ``"all_actions"`` (needs ``critic="gq"``; GQ is only used with it).
+- ``critic``: ``"td" | "tdc" | "gtd" | "tdrc" | "etd" | "gq" | "oracle"`` (see ``critics.py``).
+- ``timeout_as_terminal``: True (the paper's code) treats a time-out like a termination (``gamma_{t+1} = 0``);
+  False bootstraps through it. Either way the next step starts a new episode (``gamma_t = 0``).
+
+Presets (``PRESETS``; names for settings, not classes): ``ace`` (followon, eta 1), ``ace-direct`` (learned, eta 1),
+``offpac`` (followon trace kept for an ETD critic, eta 0, uniform interest, so ``M = 1``).
+
+Step sizes with binary (sparse) features are divided by the number of active features (``divide_step_sizes``,
+default True; ace.md §2.1 point 5); dense features are not divided.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+
+from emphatic_rl.agents.base import ActionOutput, Agent
+from emphatic_rl.agents.critics import CRITICS, Critic, CriticTransition, GQCritic, OracleCritic, make_critic
+from emphatic_rl.agents.emphasis import FollowonTrace, IdealTrace, LearnedEmphasis
+from emphatic_rl.agents.policies import LinearSoftmaxPolicy
+from emphatic_rl.features import Features
+
+__all__ = ["ActorCritic", "PRESETS", "preset_settings", "EMPHASIS_KINDS", "INTEREST_KINDS", "ACTOR_UPDATES"]
+
+EMPHASIS_KINDS = ("none", "followon", "learned", "ideal")
+INTEREST_KINDS = ("uniform", "episodic")
+ACTOR_UPDATES = ("sampled", "all_actions")
+EVALUATION_KINDS = ("sample", "greedy")
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "ace": {"emphasis": "followon", "eta": 1.0, "interest": "uniform"},
+    "ace-direct": {"emphasis": "learned", "eta": 1.0, "interest": "uniform"},
+    "offpac": {"emphasis": "followon", "eta": 0.0, "interest": "uniform"},
+}
+
+
+def preset_settings(name: str) -> dict[str, Any]:
+    """The constructor defaults a preset stands for (a fresh dict)."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown actor-critic preset {name!r}; allowed: {', '.join(PRESETS)}")
+    return dict(PRESETS[name])
+
+
+def _hyperparameter(
+    value: Any, name: str, population_size: int, low: float, high: float | None, low_open: bool
+) -> torch.Tensor:
+    """A hyperparameter as float64 ``[P]`` after checking its range (raises one ``ValueError``)."""
+    try:
+        tensor = torch.as_tensor(value, dtype=torch.float64).detach().cpu()
+    except (TypeError, ValueError, RuntimeError):
+        raise ValueError(f"{name} must be a number or a sequence of numbers, got {value!r}") from None
+    if tensor.dim() == 0:
+        tensor = tensor.expand(population_size)
+    if tuple(tensor.shape) != (population_size,):
+        raise ValueError(
+            f"{name} must be a scalar or have shape [P={population_size}], got {tuple(tensor.shape)}"
+        )
+    bad = ~torch.isfinite(tensor) | ((tensor <= low) if low_open else (tensor < low))
+    if high is not None:
+        bad |= tensor > high
+    if bool(bad.any()):
+        allowed = f"{'(' if low_open else '['}{low}, {'inf)' if high is None else f'{high}]'}"
+        raise ValueError(f"{name} must lie in {allowed}; got {float(tensor[bad][0])!r}")
+    return tensor.clone()
+
+
+class ActorCritic(Agent):
+    """A population of linear softmax actor-critics (ACE / ACE-direct / OffPAC) learning from fixed-behaviour data.
+
+    Args:
+        features: maps raw observations ``[..., *obs_shape]`` to active indices or dense features.
+        num_actions: ``A``.
+        population_size: ``P``.
+        stream_of: ``int64[P]``, the behaviour stream in ``[0, R)`` of each learner (default ``arange(P)``).
+        num_streams: ``R`` (default ``max(stream_of) + 1``).
+        alpha_actor, alpha_critic, alpha_h, alpha_emphasis: step sizes ``> 0``, scalars or ``[P]``. ``alpha_h``
+            (TDC/TDRC/GQ auxiliary weights) defaults to ``alpha_critic`` (TDRC's rule); ``alpha_emphasis``
+            (``fhat``) is required for ``emphasis="learned"``.
+        critic_lambda: critic trace decay in ``[0, 1]``, scalar or ``[P]``.
+        eta: OffPAC (0) to ACE (1) interpolation in ``[0, 1]``, scalar or ``[P]``.
+        gamma: discount in ``[0, 1]`` (one value for the population).
+        emphasis, normalize_emphasis, interest, actor_update, critic, timeout_as_terminal: see the module doc.
+        tdrc_beta: TDRC's regulariser (1.0).
+        oracle_values: for ``critic="oracle"``: ``theta [P, A, d] -> v [P, S]`` (one-hot state features).
+        divide_step_sizes: divide step sizes by the number of active binary features.
+        ideal_history_cap: steps of episode history kept per stream for ``emphasis="ideal"``.
+        evaluation: ``"sample"`` (draw from the softmax target policy, default) or ``"greedy"``.
+        seed: seeds the agent's generator (used only by ``evaluation_action``).
+        device: torch device.
+    """
+
+    name = "actor_critic"
+    acts_in_env = False
+
+    def __init__(
+        self,
+        features: Features,
+        num_actions: int,
+        population_size: int = 1,
+        *,
+        stream_of: torch.Tensor | Sequence[int] | None = None,
+        num_streams: int | None = None,
+        alpha_actor: Any = 0.01,
+        alpha_critic: Any = 0.01,
+        alpha_h: Any = None,
+        alpha_emphasis: Any = None,
+        critic_lambda: Any = 0.0,
+        eta: Any = 1.0,
+        gamma: float = 0.95,
+        emphasis: str = "followon",
+        normalize_emphasis: bool = False,
+        interest: str = "uniform",
+        actor_update: str = "sampled",
+        critic: str = "tdrc",
+        tdrc_beta: float = 1.0,
+        oracle_values: Callable[[torch.Tensor], Any] | None = None,
+        timeout_as_terminal: bool = True,
+        divide_step_sizes: bool = True,
+        ideal_history_cap: int = 1000,
+        evaluation: str = "sample",
+        seed: int = 0,
+        device: torch.device | str = "cpu",
+    ) -> None:
+        # ---------------------------------------------------------------- validation, before any work
+        if not isinstance(features, Features):
+            raise ValueError(
+                f"features must be an emphatic_rl.features.Features, got {type(features).__name__}"
+            )
+        if not isinstance(num_actions, int) or num_actions < 1:
+            raise ValueError(f"num_actions must be an integer >= 1, got {num_actions!r}")
+        if not isinstance(population_size, int) or population_size < 1:
+            raise ValueError(f"population_size must be an integer >= 1, got {population_size!r}")
+        for option, value, allowed in (
+            ("emphasis", emphasis, EMPHASIS_KINDS),
+            ("interest", interest, INTEREST_KINDS),
+            ("actor_update", actor_update, ACTOR_UPDATES),
+            ("critic", critic, tuple(CRITICS)),
+            ("evaluation", evaluation, EVALUATION_KINDS),
+        ):
+            if value not in allowed:
+                raise ValueError(f"unknown {option} {value!r}; allowed: {', '.join(allowed)}")
+        if actor_update == "all_actions" and critic != "gq":
+            raise ValueError(
+                f"actor_update 'all_actions' needs critic 'gq' (action values), got critic {critic!r}"
+            )
+        if critic == "gq" and actor_update != "all_actions":
+            raise ValueError(
+                "critic 'gq' learns action values and is only used with actor_update 'all_actions'"
+            )
+        if critic == "oracle" and not callable(oracle_values):
+            raise ValueError("critic 'oracle' needs oracle_values: a callable theta [P, A, d] -> v [P, S]")
+        if normalize_emphasis and emphasis not in ("followon", "learned"):
+            raise ValueError(
+                f"normalize_emphasis applies to emphasis 'followon' or 'learned', not {emphasis!r}"
+            )
+        if not (isinstance(gamma, (int, float)) and 0.0 <= gamma <= 1.0):
+            raise ValueError(f"gamma must be a number in [0, 1], got {gamma!r}")
+        P = population_size
+        alpha_actor_64 = _hyperparameter(alpha_actor, "alpha_actor", P, 0.0, None, low_open=True)
+        alpha_critic_64 = _hyperparameter(alpha_critic, "alpha_critic", P, 0.0, None, low_open=True)
+        alpha_h_64 = (
+            alpha_critic_64.clone()
+            if alpha_h is None
+            else _hyperparameter(alpha_h, "alpha_h", P, 0.0, None, low_open=True)
+        )
+        if emphasis == "learned":
+            if alpha_emphasis is None:
+                raise ValueError("emphasis 'learned' (ACE-direct) needs alpha_emphasis > 0")
+            alpha_emphasis_64 = _hyperparameter(alpha_emphasis, "alpha_emphasis", P, 0.0, None, low_open=True)
+        lambda_64 = _hyperparameter(critic_lambda, "critic_lambda", P, 0.0, 1.0, low_open=False)
+        eta_64 = _hyperparameter(eta, "eta", P, 0.0, 1.0, low_open=False)
+        if not tdrc_beta >= 0:
+            raise ValueError(f"tdrc_beta must be >= 0, got {tdrc_beta!r}")
+        if stream_of is None:
+            stream_of_t = torch.arange(P)
+        else:
+            stream_of_t = torch.as_tensor(stream_of).detach().cpu()
+            if stream_of_t.dtype.is_floating_point or tuple(stream_of_t.shape) != (P,):
+                raise ValueError(
+                    f"stream_of must be an integer tensor of shape [P={P}], got "
+                    f"{stream_of_t.dtype} {tuple(stream_of_t.shape)}"
+                )
+            stream_of_t = stream_of_t.long()
+        if num_streams is None:
+            num_streams = int(stream_of_t.max()) + 1
+        if not isinstance(num_streams, int) or num_streams < 1:
+            raise ValueError(f"num_streams must be an integer >= 1, got {num_streams!r}")
+        if bool(((stream_of_t < 0) | (stream_of_t >= num_streams)).any()):
+            raise ValueError(f"stream_of entries must lie in [0, num_streams={num_streams})")
+
+        # ---------------------------------------------------------------- build
+        self.device = torch.device(device)
+        self.features = features
+        self.num_actions = num_actions
+        self.population_size = P
+        self.num_streams = num_streams
+        self.stream_of = stream_of_t.to(self.device)
+        self.gamma = float(gamma)
+        self.emphasis = emphasis
+        self.interest = interest
+        self.actor_update = actor_update
+        self.critic_name = critic
+        self.timeout_as_terminal = bool(timeout_as_terminal)
+        self.evaluation = evaluation
+        self.sparse = bool(features.binary)
+        divisor = (
+            float(features.num_active) if (self.sparse and divide_step_sizes and features.num_active) else 1.0
+        )
+        self.step_size_divisor = divisor
+
+        def per_step(alpha64: torch.Tensor) -> torch.Tensor:
+            return (alpha64 / divisor).float().to(self.device)
+
+        self.alpha_actor = per_step(alpha_actor_64)
+        self.eta = eta_64.float().to(self.device)
+        self.critic_lambda = lambda_64.float().to(self.device)
+        d = features.num_features
+        self.policy = LinearSoftmaxPolicy(num_actions, d, P, device=self.device)
+        common = dict(num_features=d, population_size=P, device=self.device)
+        if critic == "oracle":
+            self.critic: Critic = OracleCritic(value_function=oracle_values, **common)
+        else:
+            kwargs: dict[str, Any] = dict(
+                alpha=per_step(alpha_critic_64), trace_decay=self.critic_lambda, **common
+            )
+            if critic in ("tdc", "gtd", "tdrc", "gq"):
+                kwargs["alpha_h"] = per_step(alpha_h_64)
+            if critic == "tdrc":
+                kwargs["beta"] = tdrc_beta
+            if critic == "gq":
+                kwargs["num_actions"] = num_actions
+            self.critic = make_critic(critic, **kwargs)
+        self.followon_trace = (
+            FollowonTrace(P, normalize_emphasis, self.device) if emphasis == "followon" else None
+        )
+        self.learned_emphasis = (
+            LearnedEmphasis(d, P, per_step(alpha_emphasis_64), normalize_emphasis, self.device)
+            if emphasis == "learned"
+            else None
+        )
+        self.ideal_trace: IdealTrace | None = None
+        if emphasis == "ideal":
+            feature_shape = (features.num_active,) if self.sparse else (d,)
+            self.ideal_trace = IdealTrace(
+                num_streams,
+                self.stream_of,
+                feature_shape,
+                self.sparse,
+                self.gamma,
+                ideal_history_cap,
+                self.device,
+            )
+        # gamma_t = 0 at the start of the stream: every stream starts an episode
+        self.episode_start = torch.ones(num_streams, dtype=torch.bool, device=self.device)
+        self.frozen = torch.zeros(P, dtype=torch.bool, device=self.device)
+        self._any_frozen = False
+        self.generator = torch.Generator(device=self.device)
+        self.generator.manual_seed(int(seed))
+
+    # ------------------------------------------------------------------ construction helpers
+    @classmethod
+    def from_preset(
+        cls, preset: str, features: Features, num_actions: int, population_size: int = 1, **overrides: Any
+    ) -> ActorCritic:
+        """Build with ``PRESETS[preset]`` as defaults; ``overrides`` win."""
+        settings = preset_settings(preset)
+        settings.update(overrides)
+        agent = cls(features, num_actions, population_size, **settings)
+        agent.name = preset
+        return agent
+
+    # ------------------------------------------------------------------ the learning step
+    def _interest(self, gamma: torch.Tensor) -> torch.Tensor:
+        if self.interest == "uniform":
+            return torch.ones_like(gamma)
+        return (gamma == 0).to(gamma.dtype)
+
+    def update_step(
+        self,
+        obs_features: torch.Tensor,
+        action: torch.Tensor,
+        reward: torch.Tensor,
+        terminated: torch.Tensor,
+        truncated: torch.Tensor,
+        next_features: torch.Tensor,
+        behaviour_log_prob: torch.Tensor,
+    ) -> dict[str, torch.Tensor]:
+        """Advance all ``P`` learners by one transition of each of the ``R`` streams.
+
+        Args (each with leading axis ``R``):
+            obs_features: ``x(S_t)``: active indices ``int64[R, K]`` or dense ``float[R, d]``.
+            action: ``int64[R]``. reward: ``float[R]``. terminated, truncated: ``bool[R]``.
+            next_features: ``x(S_{t+1})`` (the true next state, also at episode ends), like ``obs_features``.
+            behaviour_log_prob: ``log mu(A_t|S_t)``, ``float[R]``.
+
+        Returns metrics, each ``[P]``: ``td_error``, ``emphasis`` (``F_t``), ``emphatic_weighting`` (``M_t``),
+        ``importance_ratio`` (``rho_t``).
+        """
+        R = self.num_streams
+        if obs_features.shape[0] != R or action.shape != (R,) or next_features.shape != obs_features.shape:
+            raise ValueError(
+                f"update_step expects per-stream tensors with leading axis R={R}: got obs_features "
+                f"{tuple(obs_features.shape)}, action {tuple(action.shape)}, next_features {tuple(next_features.shape)}"
+            )
+        if self.sparse == obs_features.dtype.is_floating_point:
+            raise ValueError(
+                "update_step: features must be int64 active indices for binary feature maps and "
+                "float values for dense ones"
+            )
+        saved = [t.clone() for t in self._member_tensors()] if self._any_frozen else None
+        dtype = torch.float32
+        terminated = terminated.to(torch.bool)
+        truncated = truncated.to(torch.bool)
+        start_r = self.episode_start
+        ends_flow_r = (terminated | truncated) if self.timeout_as_terminal else terminated
+        gamma_t_r = torch.where(start_r, 0.0, self.gamma).to(dtype)
+        gamma_tp1_r = torch.where(ends_flow_r, 0.0, self.gamma).to(dtype)
+        interest_r = self._interest(gamma_t_r)
+        next_interest_r = self._interest(gamma_tp1_r)
+
+        streams = self.stream_of
+        x_t = obs_features[streams]
+        x_tp1 = next_features[streams]
+        a_t = action.long()[streams]
+        gamma_t = gamma_t_r[streams]
+        gamma_tp1 = gamma_tp1_r[streams]
+        interest_t = interest_r[streams]
+
+        log_probs_t = self.policy.log_probs(x_t)  # theta before this step's updates
+        probs_t = log_probs_t.exp()
+        rho_t = torch.exp(
+            log_probs_t.gather(1, a_t[:, None]).squeeze(1) - behaviour_log_prob.to(dtype)[streams]
+        )
+
+        if self.emphasis == "none":
+            followon = interest_t
+        elif self.emphasis == "followon":
+            followon = self.followon_trace.step(interest_t, gamma_t, rho_t)
+        elif self.emphasis == "learned":
+            followon = self.learned_emphasis.step(
+                x_t,
+                x_tp1,
+                interest_t,
+                next_interest_r[streams],
+                gamma_t,
+                gamma_tp1,
+                rho_t,
+                start_r[streams],
+                ends_flow_r[streams],
+            )
+        else:
+            followon = self.ideal_trace.step(
+                self.policy,
+                interest_t,
+                obs_features,
+                action.long(),
+                behaviour_log_prob.to(dtype),
+                interest_r,
+                start_r,
+            )
+        emphatic_weighting = (1 - self.eta) * interest_t + self.eta * followon
+
+        transition = CriticTransition(
+            features=x_t,
+            next_features=x_tp1,
+            reward=reward.to(dtype)[streams],
+            gamma=gamma_t,
+            next_gamma=gamma_tp1,
+            rho=rho_t,
+            interest=interest_t,
+            followon=followon,
+            action=a_t,
+            next_policy_probs=self.policy.probs(x_tp1) if self.critic.needs_next_policy else None,
+            policy_theta=self.policy.theta if self.critic.needs_policy_theta else None,
+        )
+        td_error = self.critic.td_error(transition)  # critic weights BEFORE the critic update
+        self.critic.update(transition, td_error)
+        if self.actor_update == "sampled":
+            coef = self.alpha_actor * rho_t * emphatic_weighting * td_error
+            self.policy.add_grad_log_prob_(x_t, coef, probs_t, a_t)
+        else:
+            assert isinstance(self.critic, GQCritic)
+            q_values = self.critic.action_values(x_t)  # after this step's critic update (ace.md order)
+            self.policy.add_all_actions_(x_t, self.alpha_actor * emphatic_weighting, probs_t, q_values)
+
+        self.episode_start = terminated | truncated
+        if saved is not None:
+            for tensor, old in zip(self._member_tensors(), saved, strict=True):
+                mask = self.frozen.view(-1, *([1] * (tensor.dim() - 1)))
+                tensor.copy_(torch.where(mask, old, tensor))
+        return {
+            "td_error": td_error,
+            "emphasis": followon,
+            "emphatic_weighting": emphatic_weighting,
+            "importance_ratio": rho_t,
+        }
+
+    def update(self, buffer: Any, env_step: int) -> dict[str, torch.Tensor]:
+        """Learn from ``buffer.latest()`` (one row per stream, ``N = R``)."""
+        batch = buffer.latest()
+        return self.update_step(
+            self.features(batch.obs.to(self.device)),
+            batch.action.to(self.device),
+            batch.reward.to(self.device),
+            batch.terminated.to(self.device),
+            batch.truncated.to(self.device),
+            self.features(batch.next_obs.to(self.device)),
+            batch.behaviour_log_prob.to(self.device),
+        )
+
+    # ------------------------------------------------------------------ acting and evaluation
+    def act(self, obs: torch.Tensor, env_step: int) -> ActionOutput:
+        raise RuntimeError(
+            "ActorCritic learns from a fixed behaviour policy (acts_in_env=False); the loop's Behaviour acts"
+        )
+
+    def evaluation_action(self, obs: torch.Tensor) -> torch.Tensor:
+        """Target-policy actions ``int64[P, E]`` for ``obs: [P, E, *obs_shape]``: a draw from the softmax policy
+        (``evaluation="sample"``, using the agent's generator) or its argmax (``"greedy"``)."""
+        features = self.features(obs.to(self.device))
+        if self.evaluation == "greedy":
+            return self.policy.greedy(features)
+        return self.policy.sample(features, self.generator)
+
+    def action_probabilities(self, obs: torch.Tensor) -> torch.Tensor:
+        """``pi(.|s)`` for ``obs: [P, E, *obs_shape]``: ``[P, E, A]``."""
+        return self.policy.probs(self.features(obs.to(self.device)))
+
+    # ------------------------------------------------------------------ divergence
+    def _member_tensors(self) -> list[torch.Tensor]:
+        """Every per-learner state tensor (leading axis ``P``)."""
+        tensors = [self.policy.theta, *self.critic.tensors()]
+        for module in (self.followon_trace, self.learned_emphasis):
+            if module is not None:
+                tensors.extend(module.tensors())
+        return tensors
+
+    def parameters_finite(self) -> torch.Tensor:
+        """``bool[P]``: actor, critic and emphasis parameters all finite."""
+        finite = torch.ones(self.population_size, dtype=torch.bool, device=self.device)
+        for tensor in self._member_tensors():
+            finite &= torch.isfinite(tensor.reshape(self.population_size, -1)).all(1)
+        return finite
+
+    def freeze(self, members: torch.Tensor) -> None:
+        """Stop updating the members where ``members`` (``bool[P]``) is true; their parameters stay as they are."""
+        members = torch.as_tensor(members, dtype=torch.bool, device=self.device)
+        if members.shape != (self.population_size,):
+            raise ValueError(
+                f"freeze: members must be bool[P={self.population_size}], got {tuple(members.shape)}"
+            )
+        self.frozen |= members
+        self._any_frozen = bool(self.frozen.any())
+
+    # ------------------------------------------------------------------ checkpointing
+    def state_dict(self) -> dict[str, Any]:
+        state: dict[str, Any] = {
+            "theta": self.policy.theta.clone(),
+            "critic": self.critic.state_dict(),
+            "episode_start": self.episode_start.clone(),
+            "frozen": self.frozen.clone(),
+            "generator": self.generator.get_state(),
+        }
+        for key, module in (
+            ("followon_trace", self.followon_trace),
+            ("learned_emphasis", self.learned_emphasis),
+            ("ideal_trace", self.ideal_trace),
+        ):
+            if module is not None:
+                state[key] = module.state_dict()
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.policy.theta.copy_(state["theta"])
+        self.critic.load_state_dict(state["critic"])
+        self.episode_start.copy_(state["episode_start"])
+        self.frozen.copy_(state["frozen"])
+        self._any_frozen = bool(self.frozen.any())
+        self.generator.set_state(state["generator"])
+        for key, module in (
+            ("followon_trace", self.followon_trace),
+            ("learned_emphasis", self.learned_emphasis),
+            ("ideal_trace", self.ideal_trace),
+        ):
+            if module is not None:
+                module.load_state_dict(state[key])
