@@ -33,13 +33,15 @@ TOP_LEVEL_KEYS_DOC = {
     "num_envs": "env copies per population member (agents that act) or behaviour streams (fixed behaviour)",
     "population_size": "number of learners P run as one batch",
     "device": "torch device: cpu, cuda, cuda:1, ...",
-    "behaviour": "for agents that learn from a fixed behaviour: 'uniform' or a list of action probabilities",
+    "behaviour": "fixed behaviour policy (agents that do not act): 'default' (the env's own, else uniform), "
+    "'uniform', or a list of action probabilities",
     "eval_every": "evaluate the target policy every this many steps (0: only at the end)",
     "eval_episodes": "evaluation episodes per member",
     "eval_max_steps": "cap on an evaluation episode's length",
     "checkpoint_every": "save a checkpoint every this many steps (0: only at the end)",
     "log_every": "log training metrics every this many steps",
     "progress": "show a progress bar",
+    "num_threads": "torch CPU threads (small networks are fastest on 1; 0 keeps torch's default)",
 }
 
 
@@ -54,13 +56,14 @@ class TrainConfig:
     num_envs: int = 1
     population_size: int = 1
     device: str = "cpu"
-    behaviour: Any = "uniform"
+    behaviour: Any = "default"
     eval_every: int = 2_000
     eval_episodes: int = 10
     eval_max_steps: int = 1_000
     checkpoint_every: int = 5_000
     log_every: int = 500
     progress: bool = True
+    num_threads: int = 1
     agent_options: dict[str, Any] = field(default_factory=dict)
     env_options: dict[str, Any] = field(default_factory=dict)
 
@@ -139,6 +142,7 @@ def validate_config(config: TrainConfig) -> None:
     _check_int("eval_max_steps", config.eval_max_steps, 1)
     _check_int("checkpoint_every", config.checkpoint_every, 0)
     _check_int("log_every", config.log_every, 1)
+    _check_int("num_threads", config.num_threads, 0)
     if not isinstance(config.agent, str) or not isinstance(config.env, str):
         raise ConfigError("agent and env must be names (strings)")
     if not isinstance(config.device, str):

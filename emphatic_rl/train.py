@@ -29,7 +29,13 @@ from pathlib import Path
 import torch
 
 from emphatic_rl.agents import load_agents
-from emphatic_rl.agents.base import Agent, Behaviour, FixedDiscreteBehaviour, UniformRandomBehaviour
+from emphatic_rl.agents.base import (
+    Agent,
+    Behaviour,
+    EnvStateBehaviour,
+    FixedDiscreteBehaviour,
+    UniformRandomBehaviour,
+)
 from emphatic_rl.agents.registry import AgentContext, make_agent
 from emphatic_rl.buffers import TrajectoryBuffer
 from emphatic_rl.config import ConfigError, TrainConfig, validate_config
@@ -77,9 +83,14 @@ def _resolve_device(name: str) -> torch.device:
 def _make_behaviour(config: TrainConfig, env: TensorEnv) -> Behaviour:
     spec = env.action_spec
     choice = config.behaviour
-    if choice in ("default", "env"):
-        default = getattr(env, "default_behaviour", None)
-        return default() if callable(default) else UniformRandomBehaviour(spec)
+    if choice == "default":
+        # The env's own documented behaviour policy where it has one, else uniform random.
+        if callable(getattr(env, "current_behaviour_probabilities", None)):
+            return EnvStateBehaviour(env)
+        probabilities = getattr(env, "behaviour_probabilities", None)
+        if probabilities is not None:
+            return FixedDiscreteBehaviour(list(probabilities))
+        return UniformRandomBehaviour(spec)
     if choice == "uniform":
         return UniformRandomBehaviour(spec)
     if isinstance(choice, list) and isinstance(spec, DiscreteSpec):
@@ -96,6 +107,8 @@ def build_run(config: TrainConfig) -> Run:
         ConfigError / ValueError: any user mistake, with one message naming it.
     """
     validate_config(config)
+    if config.num_threads:
+        torch.set_num_threads(config.num_threads)
     load_agents()
     device = _resolve_device(config.device)
     from emphatic_rl.agents.registry import get_agent_entry
@@ -142,7 +155,9 @@ def prepare_out_dir(out_dir: str | Path, resume: bool) -> Path:
     out = Path(out_dir)
     if resume:
         if not (out / CONFIG_NAME).is_file() or not (out / CHECKPOINT_NAME).is_file():
-            raise ConfigError(f"--resume {str(out)!r} is not a run folder (it needs {CONFIG_NAME} and {CHECKPOINT_NAME})")
+            raise ConfigError(
+                f"--resume {str(out)!r} is not a run folder (it needs {CONFIG_NAME} and {CHECKPOINT_NAME})"
+            )
         return out
     if (out / CHECKPOINT_NAME).exists() or (out / "metrics.csv").exists():
         raise ConfigError(f"output folder {str(out)!r} already holds a run; use --resume {out} or another --out")
@@ -329,8 +344,8 @@ def train(
                     diverged |= newly
                     agent.freeze(newly.to(device))
                     members = newly.nonzero().flatten().tolist()
-                    logger.text(step, "divergence", f"members {members} diverged (non-finite parameters) at step {step}")
                     message = f"step {step}: members {members} diverged (non-finite parameters) and are frozen"
+                    logger.text(step, "divergence", message)
                     (progress.write if progress else print)(message)
                 now = time.perf_counter()
                 steps_per_second = (step - window_step) / max(now - window_start, 1e-9)

@@ -124,7 +124,7 @@ def test_resume_is_bit_identical(tmp_path, capsys):
     assert torch.equal(a["obs"], b["obs"])
 
 
-# ------------------------------------------------------------------ divergence: a stand-in agent whose member 1 blows up
+# ---------------------------------------------------------- divergence: a stand-in agent whose member 1 blows up
 @dataclass(frozen=True)
 class _BlowUpOptions:
     blow_up_step: int = 20

@@ -143,3 +143,26 @@ class FixedDiscreteBehaviour(Behaviour):
 
     def log_prob(self, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
         return self.log_probabilities.to(action.device)[action]
+
+
+class EnvStateBehaviour(Behaviour):
+    """The behaviour policy an env defines on its true state (e.g. ``mu[S, A]`` of a tabular MDP, which may differ
+    between states whose observations are aliased). Reads ``env.current_behaviour_probabilities() -> [N, A]``.
+
+    Args:
+        env: an env with ``current_behaviour_probabilities``.
+    """
+
+    name = "env"
+
+    def __init__(self, env) -> None:
+        self.env = env
+
+    def act(self, obs: torch.Tensor, generator: torch.Generator) -> ActionOutput:
+        probs = self.env.current_behaviour_probabilities()
+        action = torch.multinomial(probs, 1, generator=generator).squeeze(1)
+        return ActionOutput(action, probs.gather(1, action.unsqueeze(1)).squeeze(1).log())
+
+    def log_prob(self, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        probs = self.env.current_behaviour_probabilities()
+        return probs.gather(1, action.long().unsqueeze(1)).squeeze(1).log()

@@ -225,6 +225,7 @@ class TabularEnv(TensorEnv):
         )
         self._reward = reward.to(self.device, torch.float32)
         self._discount = mdp.discount.to(self.device, torch.float32)
+        self._behaviour = mdp.behaviour.to(self.device, torch.float32)
         self.observation_spec = BoxSpec((features.shape[1],), -float("inf"), float("inf"))
         self.action_spec = DiscreteSpec(mdp.num_actions)
         n = num_envs
@@ -255,6 +256,11 @@ class TabularEnv(TensorEnv):
         self.at_terminal = terminated
         self.state = next_state
         return reward, terminated
+
+    def current_behaviour_probabilities(self) -> torch.Tensor:
+        """``mu(.|S_t)`` of every copy's current state, ``float32[N, A]`` (the MDP's behaviour policy, which may depend
+        on the true state even where observations are aliased)."""
+        return self._behaviour[self.state]
 
     def _observe(self) -> torch.Tensor:
         obs = self._features[self.state]
@@ -413,6 +419,11 @@ class ContinuousActionEnv(TensorEnv):
         self.at_terminal = terminated
         self.state = next_state
         return rewards.float(), terminated
+
+    def current_behaviour_probabilities(self) -> torch.Tensor:
+        """``mu(.|S_t)`` of every copy's current state, ``float32[N, A]`` (the MDP's behaviour policy, which may depend
+        on the true state even where observations are aliased)."""
+        return self._behaviour[self.state]
 
     def _observe(self) -> torch.Tensor:
         obs = self._features[self.state]

@@ -11,7 +11,7 @@ from emphatic_rl.envs.base import BoxSpec, DiscreteSpec
 
 
 def _copy_member(source, target, member):
-    for (name, p_source), (_, p_target) in zip(source.named_parameters(), target.named_parameters(), strict=True):
+    for (_name, p_source), (_, p_target) in zip(source.named_parameters(), target.named_parameters(), strict=True):
         with torch.no_grad():
             p_target[0] = p_source[member]
 
