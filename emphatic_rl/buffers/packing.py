@@ -8,6 +8,7 @@ is bit ``j`` (least significant first) of byte ``b``; the unused high bits of th
 from __future__ import annotations
 
 import math
+import sys
 
 import torch
 
@@ -17,8 +18,9 @@ def packed_num_bytes(obs_shape: tuple[int, ...]) -> int:
     return math.ceil(math.prod(obs_shape) / 8)
 
 
-def _bit_shifts(device: torch.device) -> torch.Tensor:
-    return torch.arange(8, dtype=torch.uint8, device=device)
+# Eight 0/1 bytes read as one little-endian int64 hold b_j at bit 8j; multiplying by sum_j 2^(56 - 7j) moves b_j
+# to bit 56 + j and no two partial products share a bit (so nothing carries): the packed byte is bits 56..63.
+_GATHER_BITS = 0x0102040810204080
 
 
 def pack_bool(bits: torch.Tensor, obs_shape: tuple[int, ...]) -> torch.Tensor:
@@ -26,13 +28,17 @@ def pack_bool(bits: torch.Tensor, obs_shape: tuple[int, ...]) -> torch.Tensor:
     cells = math.prod(obs_shape)
     batch_shape = bits.shape[: bits.dim() - len(obs_shape)]
     num_bytes = packed_num_bytes(obs_shape)
-    flat = bits.reshape(-1, cells).to(torch.uint8)
+    flat = bits.reshape(-1, cells)
     padding = num_bytes * 8 - cells
     if padding:
-        flat = torch.nn.functional.pad(flat, (0, padding))
-    grouped = flat.view(-1, num_bytes, 8) << _bit_shifts(bits.device)
-    # The 8 shifted bits of a byte are disjoint, so their sum is their bitwise OR and never overflows a byte.
-    packed = grouped.sum(dim=-1, dtype=torch.uint8)
+        flat = torch.nn.functional.pad(flat.to(torch.uint8), (0, padding))
+    flat = flat.contiguous()
+    if sys.byteorder == "little":
+        words = flat.view(torch.uint8).view(torch.int64)  # [M, num_bytes]: 8 cells per word
+        packed = (((words * _GATHER_BITS) >> 56) & 0xFF).to(torch.uint8)  # wraps mod 2^64; bits 56..63 are exact
+    else:  # portable path: shift each cell to its bit and add (the bits are disjoint, so sum == OR)
+        shifts = torch.arange(8, dtype=torch.uint8, device=bits.device)
+        packed = (flat.to(torch.uint8).view(-1, num_bytes, 8) << shifts).sum(dim=-1, dtype=torch.uint8)
     return packed.reshape(*batch_shape, num_bytes)
 
 

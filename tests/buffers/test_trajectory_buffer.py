@@ -127,9 +127,7 @@ scenario_params = dict(
 def test_every_stored_transition_equals_the_reference(
     capacity, num_streams, steps, end_prob, seed, bool_obs, final_obs_slots, ramp
 ):
-    scenario = run_scenario(
-        capacity, num_streams, steps, end_prob, seed, bool_obs, final_obs_slots, ramp=ramp
-    )
+    scenario = run_scenario(capacity, num_streams, steps, end_prob, seed, bool_obs, final_obs_slots, ramp=ramp)
     buffer = scenario.buffer
     assert len(buffer) == min(steps, capacity)
     assert buffer.total_steps == steps
@@ -150,9 +148,7 @@ def test_every_stored_transition_equals_the_reference(
     assert bool((sample.time_index >= steps - len(buffer)).all() and (sample.time_index < steps).all())
     assert_matches_reference(scenario, sample)
     # the side store of final observations stays within its documented bound
-    live_ends = int(
-        sum(int((r["terminated"] | r["truncated"]).sum()) for r in scenario.reference[-len(buffer) :])
-    )
+    live_ends = int(sum(int((r["terminated"] | r["truncated"]).sum()) for r in scenario.reference[-len(buffer) :]))
     assert buffer._final_slots <= capacity * num_streams
     assert buffer._final_slots >= min(live_ends, capacity * num_streams)
 
@@ -170,9 +166,7 @@ def test_wraparound_many_times_keeps_pairs_consistent():
 
 def test_final_obs_store_grows_after_wraparound():
     # few episode ends while the ring wraps, then many: the store grows while its live slots sit mid-ring
-    scenario = run_scenario(
-        capacity=50, num_streams=2, steps=400, end_prob=1.0, seed=8, final_obs_slots=1, ramp=True
-    )
+    scenario = run_scenario(capacity=50, num_streams=2, steps=400, end_prob=1.0, seed=8, final_obs_slots=1, ramp=True)
     buffer = scenario.buffer
     times = torch.arange(buffer.oldest_time, buffer.total_steps).repeat_interleave(2)
     assert_matches_reference(scenario, buffer.transitions_at(times, torch.arange(2).repeat(len(buffer))))
@@ -228,9 +222,7 @@ def test_extras_round_trip_and_attribute_access():
 def test_default_behaviour_log_prob_and_interest():
     buffer = TrajectoryBuffer(3, 2, (1,), torch.float32)
     zeros = torch.zeros(2, dtype=torch.bool)
-    buffer.add(
-        torch.zeros(2, 1), torch.zeros(2, dtype=torch.int64), torch.zeros(2), zeros, zeros, torch.ones(2, 1)
-    )
+    buffer.add(torch.zeros(2, 1), torch.zeros(2, dtype=torch.int64), torch.zeros(2), zeros, zeros, torch.ones(2, 1))
     latest = buffer.latest()
     assert torch.equal(latest.behaviour_log_prob, torch.zeros(2))
     assert torch.equal(latest.interest, torch.ones(2))
@@ -244,10 +236,7 @@ def valid_starts(scenario: Scenario, length: int, cross_episodes: bool) -> set[t
     out = set()
     for start in range(buffer.oldest_time, buffer.total_steps - length + 1):
         for n in range(buffer.num_streams):
-            ends = [
-                bool(ref[t]["terminated"][n] or ref[t]["truncated"][n])
-                for t in range(start, start + length - 1)
-            ]
+            ends = [bool(ref[t]["terminated"][n] or ref[t]["truncated"][n]) for t in range(start, start + length - 1)]
             if cross_episodes or not any(ends):
                 out.add((start, n))
     return out
@@ -258,9 +247,7 @@ def valid_starts(scenario: Scenario, length: int, cross_episodes: bool) -> set[t
 def test_sequences_are_contiguous_episode_local_and_match_the_reference(
     capacity, num_streams, steps, end_prob, seed, bool_obs, final_obs_slots, ramp, length, cross_episodes
 ):
-    scenario = run_scenario(
-        capacity, num_streams, steps, end_prob, seed, bool_obs, final_obs_slots, ramp=ramp
-    )
+    scenario = run_scenario(capacity, num_streams, steps, end_prob, seed, bool_obs, final_obs_slots, ramp=ramp)
     buffer = scenario.buffer
     generator = torch.Generator().manual_seed(seed)
     if length > len(buffer):
@@ -277,9 +264,7 @@ def test_sequences_are_contiguous_episode_local_and_match_the_reference(
     # contiguous in time, one stream, never across the ring seam
     assert torch.equal(batch.time_index - batch.time_index[:, :1], torch.arange(length).expand(16, -1))
     assert bool((batch.stream_index == batch.stream_index[:, :1]).all())
-    assert bool(
-        (batch.time_index >= buffer.oldest_time).all() and (batch.time_index < buffer.total_steps).all()
-    )
+    assert bool((batch.time_index >= buffer.oldest_time).all() and (batch.time_index < buffer.total_steps).all())
     if not cross_episodes:  # an episode end may only be the last step
         assert not bool(batch.done[:, :-1].any())
     starts = set(zip(batch.time_index[:, 0].tolist(), batch.stream_index[:, 0].tolist(), strict=True))
@@ -327,9 +312,7 @@ def test_sampling_is_reproducible_given_the_generator():
 
 # ---------------------------------------------------------------------------------------------- state dict
 def test_state_dict_round_trip_is_exact():
-    scenario = run_scenario(
-        capacity=6, num_streams=3, steps=17, end_prob=0.4, seed=4, bool_obs=True, final_obs_slots=1
-    )
+    scenario = run_scenario(capacity=6, num_streams=3, steps=17, end_prob=0.4, seed=4, bool_obs=True, final_obs_slots=1)
     buffer = scenario.buffer
     saved = io.BytesIO()
     torch.save(buffer.state_dict(), saved)
@@ -385,6 +368,18 @@ def test_bool_packing_round_trip(shape, batch, seed):
     packed = pack_bool(bits, shape)
     assert packed.dtype == torch.uint8 and packed.shape == (batch, math.ceil(math.prod(shape) / 8))
     assert torch.equal(unpack_bool(packed, shape), bits)
+
+
+@pytest.mark.parametrize("byteorder", ["little", "big"])
+def test_both_packing_paths_agree(monkeypatch, byteorder):
+    import sys
+
+    monkeypatch.setattr(sys, "byteorder", byteorder)  # "big" exercises the portable shift-and-sum path
+    bits = torch.rand((6, 10, 10, 7), generator=torch.Generator().manual_seed(1)) < 0.5
+    packed = pack_bool(bits, (10, 10, 7))
+    weights = 2 ** torch.arange(8)
+    padded = torch.nn.functional.pad(bits.reshape(6, -1).long(), (0, 4)).view(6, -1, 8)
+    assert torch.equal(packed, (padded * weights).sum(-1).to(torch.uint8))
 
 
 @pytest.mark.parametrize("channels", [4, 7])
