@@ -1,12 +1,13 @@
 """Native batched CartPole against Gymnasium's SyncVectorEnv of CartPole-v1, in one run.
 
-    python benchmarks/envs.py [--device cpu] [--sizes 1,64,1024,8192] [--steps 1000] [--gym-seconds 3]
+    python benchmarks/envs.py [--device cpu] [--sizes 1,64,1024,8192] [--steps 50] [--repeats 30] [--gym-seconds 4]
 
 Measures total env steps per second (``num_envs * vector steps / seconds``) with uniformly random actions
 drawn inside the timed loop (on ``--device`` for the native env, with numpy for Gymnasium). Both use same-step
 autoreset. The native env is timed with ``check_actions=False`` (no device sync) at 1 and 2 torch threads, and
-with ``check_actions=True`` at 1 thread. Each figure is the best of ``--repeats`` timed chunks, which filters
-out interference from other processes on a shared machine. Prints a Markdown table and writes it to
+with ``check_actions=True`` at 1 thread. Each figure is the best of ``--repeats`` short timed chunks (``--steps``
+native steps each; Gymnasium: ``--gym-seconds`` split into as many chunks, at least one vector step each),
+which filters out interference from other processes on a shared machine. Prints a Markdown table and writes it to
 ``benchmarks/results/envs_<device type>.md``.
 """
 
@@ -75,7 +76,7 @@ def gym_steps_per_second(num_envs: int, seconds: float, repeats: int) -> tuple[f
     for _ in range(repeats):
         steps = 0
         start = time.perf_counter()
-        while steps < 3 or time.perf_counter() - start < seconds / repeats:
+        while steps < 1 or time.perf_counter() - start < seconds / repeats:
             vector_env.step(rng.integers(0, 2, num_envs))
             steps += 1
         best = max(best, num_envs * steps / (time.perf_counter() - start))
@@ -92,12 +93,10 @@ def main(argv: list[str] | None = None) -> str:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--device", default="cpu", help="torch device of the native env (default: cpu)")
     parser.add_argument("--sizes", default="1,64,1024,8192", help="comma-separated numbers of envs")
-    parser.add_argument("--steps", type=int, default=1000, help="native vector steps per timed chunk")
-    parser.add_argument("--gym-seconds", type=float, default=3.0, help="seconds of Gymnasium steps per size")
-    parser.add_argument("--repeats", type=int, default=3, help="timed chunks per figure (the best is kept)")
-    parser.add_argument(
-        "--out", default=None, help="Markdown file (default: benchmarks/results/envs_<dev>.md)"
-    )
+    parser.add_argument("--steps", type=int, default=50, help="native vector steps per timed chunk")
+    parser.add_argument("--gym-seconds", type=float, default=4.0, help="seconds of Gymnasium steps per size")
+    parser.add_argument("--repeats", type=int, default=30, help="timed chunks per figure (the best is kept)")
+    parser.add_argument("--out", default=None, help="Markdown file (default: benchmarks/results/envs_<dev>.md)")
     args = parser.parse_args(argv)
     try:
         sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
@@ -136,8 +135,7 @@ def main(argv: list[str] | None = None) -> str:
         f"load average (1, 5, 15 min) at the end of the run: {load}",
         f"- python {platform.python_version()}, torch {torch.__version__}, gymnasium {gym.__version__}, "
         f"numpy {np.__version__}",
-        f"- native device: {device}"
-        + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""),
+        f"- native device: {device}" + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""),
         f"- command: `python {' '.join(['benchmarks/envs.py', *sys.argv[1:]])}`",
         f"- native: {args.steps} vector steps per chunk; Gymnasium: ~{args.gym_seconds:g} s per size; "
         f"best of {args.repeats} chunks; random actions drawn inside the timed loop.",

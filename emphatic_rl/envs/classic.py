@@ -60,14 +60,28 @@ class ClassicControlEnv(TensorEnv):
             )
         self.state = state.expand(self.num_envs, self.state_dim).clone()
 
-    def _uniform_state(self, low: float, high: float) -> torch.Tensor:
-        """``float64[N, state_dim]`` uniform in ``[low, high)`` from the env's generator (one torch op)."""
-        fresh = torch.empty(self.num_envs, self.state_dim, dtype=torch.float64, device=self.device)
+    def _fresh_states(self, count: int) -> torch.Tensor:
+        """``float64[count, state_dim]`` start states drawn from the env's generator."""
+        raise NotImplementedError
+
+    def _uniform(self, count: int, columns: int, low: float, high: float) -> torch.Tensor:
+        """``float64[count, columns]`` uniform in ``[low, high)`` from the env's generator (one torch op)."""
+        fresh = torch.empty(count, columns, dtype=torch.float64, device=self.device)
         return fresh.uniform_(low, high, generator=self.generator)
 
-    def _keep_or_replace(self, mask: torch.Tensor, fresh: torch.Tensor) -> None:
-        """``state[n] = fresh[n]`` where ``mask[n]``, without a device sync."""
-        self.state = torch.where(mask.unsqueeze(1), fresh, self.state)
+    def _reset_where(self, mask: torch.Tensor) -> None:
+        """Fresh start states where ``mask``.
+
+        On the CPU only the ended copies draw (finding them costs no device sync there, and drawing float64
+        numbers for every copy at every step would be the most expensive part of a step). On an accelerator
+        every copy draws and ``torch.where`` keeps the old state where ``mask`` is false: no host sync.
+        """
+        if self.device.type == "cpu":
+            index = mask.nonzero().squeeze(1)
+            if index.numel() > 0:
+                self.state = self.state.index_put((index,), self._fresh_states(index.numel()))
+        else:
+            self.state = torch.where(mask.unsqueeze(1), self._fresh_states(self.num_envs), self.state)
 
 
 # ====================================================================================== CartPole
@@ -113,15 +127,13 @@ class CartPole(ClassicControlEnv):
     ) -> None:
         self.sutton_barto_reward = bool(sutton_barto_reward)
         super().__init__(num_envs, device, max_episode_steps, check_actions)
-        self._force_of_action = torch.tensor(
-            [-self.FORCE_MAG, self.FORCE_MAG], dtype=torch.float64, device=self.device
-        )
+        self._force_of_action = torch.tensor([-self.FORCE_MAG, self.FORCE_MAG], dtype=torch.float64, device=self.device)
         self._thresholds = torch.tensor(
             [self.X_THRESHOLD, self.THETA_THRESHOLD_RADIANS], dtype=torch.float64, device=self.device
         )
 
-    def _reset_where(self, mask: torch.Tensor) -> None:
-        self._keep_or_replace(mask, self._uniform_state(-0.05, 0.05))
+    def _fresh_states(self, count: int) -> torch.Tensor:
+        return self._uniform(count, 4, -0.05, 0.05)
 
     def _transition(self, action: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         # Hot path (see benchmarks/envs.py): few torch ops, no device sync. Each component is computed
@@ -187,10 +199,10 @@ class MountainCar(ClassicControlEnv):
         self.goal_velocity = float(goal_velocity)
         super().__init__(num_envs, device, max_episode_steps, check_actions)
 
-    def _reset_where(self, mask: torch.Tensor) -> None:
-        position = self.uniform(self.num_envs, low=-0.6, high=-0.4, dtype=torch.float64)
-        fresh = torch.stack((position, torch.zeros_like(position)), dim=1)
-        self._keep_or_replace(mask, fresh)
+    def _fresh_states(self, count: int) -> torch.Tensor:
+        fresh = torch.zeros(count, 2, dtype=torch.float64, device=self.device)
+        fresh[:, 0].uniform_(-0.6, -0.4, generator=self.generator)  # position; velocity 0
+        return fresh
 
     def _transition(self, action: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         position, velocity = self.state.unbind(1)
@@ -272,8 +284,8 @@ class Acrobot(ClassicControlEnv):
         self.book_or_nips = book_or_nips
         super().__init__(num_envs, device, max_episode_steps, check_actions)
 
-    def _reset_where(self, mask: torch.Tensor) -> None:
-        self._keep_or_replace(mask, self._uniform_state(-0.1, 0.1).to(torch.float32).to(torch.float64))
+    def _fresh_states(self, count: int) -> torch.Tensor:
+        return self._uniform(count, 4, -0.1, 0.1).to(torch.float32).to(torch.float64)  # float32 like Gymnasium
 
     def _derivatives(
         self,
@@ -377,10 +389,11 @@ class Pendulum(ClassicControlEnv):
         self.g = float(g)
         super().__init__(num_envs, device, max_episode_steps, check_actions)
 
-    def _reset_where(self, mask: torch.Tensor) -> None:
-        high = torch.tensor([math.pi, 1.0], dtype=torch.float64, device=self.device)
-        fresh = self.uniform(self.num_envs, 2, low=0.0, high=1.0, dtype=torch.float64)
-        self._keep_or_replace(mask, -high + 2 * high * fresh)
+    def _fresh_states(self, count: int) -> torch.Tensor:
+        fresh = torch.empty(count, 2, dtype=torch.float64, device=self.device)
+        fresh[:, 0].uniform_(-math.pi, math.pi, generator=self.generator)  # theta
+        fresh[:, 1].uniform_(-1.0, 1.0, generator=self.generator)  # theta_dot
+        return fresh
 
     def _transition(self, action: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         th, thdot = self.state.unbind(1)
@@ -388,10 +401,7 @@ class Pendulum(ClassicControlEnv):
         u = action[:, 0].clamp(-self.MAX_TORQUE, self.MAX_TORQUE)  # float32, like Gymnasium
         angle = torch.remainder(th + math.pi, 2 * math.pi) - math.pi
         costs = angle**2 + 0.1 * thdot**2 + (0.001 * (u**2)).to(torch.float64)
-        newthdot = (
-            thdot
-            + (3 * g / (2 * length) * torch.sin(th) + (3.0 / (m * length**2) * u).to(torch.float64)) * dt
-        )
+        newthdot = thdot + (3 * g / (2 * length) * torch.sin(th) + (3.0 / (m * length**2) * u).to(torch.float64)) * dt
         newthdot = newthdot.clamp(-self.MAX_SPEED, self.MAX_SPEED)
         newth = th + newthdot * dt
         self.state = torch.stack((newth, newthdot), dim=1)
