@@ -225,7 +225,8 @@ def main() -> None:
         return
     machine = (
         f"{platform.processor() or platform.machine()}, {os.cpu_count()} logical CPUs, torch {torch.__version__} "
-        f"(1 thread), numpy {np.__version__}, Python {platform.python_version()}"
+        f"(1 thread), numpy {np.__version__}, Python {platform.python_version()}, "
+        f"load average at the end {os.getloadavg()[0]:.1f}"
     )
     text = "\n".join(
         [
@@ -239,7 +240,8 @@ def main() -> None:
             "ring (SB3-style layout, one `add` call per transition, full `next_obs` copy, bool obs at 1 byte per "
             "cell). Ring size about "
             f"{args.transitions} transitions (capacity = transitions // N rows). bytes/tr = storage per stored "
-            "transition. A shared 2-core machine: expect +-20% noise between runs.",
+            "transition. On a shared machine (load average above the core count) rates are noisy: compare ours and "
+            "the peer within a row, not across runs.",
             "",
             *lines,
             "",
