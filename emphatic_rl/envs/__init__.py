@@ -13,6 +13,7 @@ import emphatic_rl.envs.counterexamples  # noqa: F401,E402
 import emphatic_rl.envs.classic  # noqa: F401,E402
 import emphatic_rl.envs.puddle_world  # noqa: F401,E402
 import emphatic_rl.envs.gridworld  # noqa: F401,E402
+import emphatic_rl.envs.office  # noqa: F401,E402
 import emphatic_rl.envs.registration  # noqa: F401,E402  (Gymnasium ids; keep after the native env modules)
 import emphatic_rl.envs.minatar  # noqa: F401,E402
 
