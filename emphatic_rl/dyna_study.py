@@ -62,6 +62,7 @@ class StudyConfig:
     seed: int = 0
     value_map_p_h: float = 0.1
     metric: str = "online"
+    border_physics: str = "closed"
 
     def __post_init__(self) -> None:
         for key in ("seeds", "steps", "eval_every", "height", "width", "max_episode_steps"):
@@ -70,12 +71,12 @@ class StudyConfig:
                 raise ValueError(f"study.{key} must be an integer >= 1, got {value!r}")
         unknown = [v for v in self.variants if v not in VARIANTS]
         if unknown or not self.variants:
-            raise ValueError(
-                f"study.variants must be a non-empty list of {', '.join(VARIANTS)}; got {self.variants}"
-            )
+            raise ValueError(f"study.variants must be a non-empty list of {', '.join(VARIANTS)}; got {self.variants}")
         for p_h in self.hallucination_probabilities:
             if not 0.0 <= float(p_h) <= 1.0:
                 raise ValueError(f"study.hallucination_probabilities must lie in [0, 1], got {p_h!r}")
+        if self.border_physics not in ("closed", "open"):
+            raise ValueError(f"study.border_physics must be 'closed' or 'open', got {self.border_physics!r}")
         if self.metric not in ("online", "greedy"):
             raise ValueError(f"study.metric must be 'online' or 'greedy', got {self.metric!r}")
         if not self.hallucination_probabilities or not self.step_sizes:
@@ -145,10 +146,9 @@ def run_population(
         gamma=config.gamma,
         epsilon=config.epsilon,
         q_init=config.q_init,
+        border_physics=config.border_physics,
     )
-    agent = make_dyna_for_env(
-        env, population, options, seed=seed, step_size=alpha, hallucination_probability=p_h
-    )
+    agent = make_dyna_for_env(env, population, options, seed=seed, step_size=alpha, hallucination_probability=p_h)
     obs = env.reset(seed=seed)
     running = torch.zeros(population)
     window_sum = torch.zeros(population)
@@ -230,11 +230,7 @@ def mean_ci(values: torch.Tensor) -> tuple[float, float]:
     if n < 2:
         return mean, float("nan")
     df = n - 1
-    t = (
-        _T_975[df - 1]
-        if df <= 30
-        else (2.021 if df <= 40 else 2.000 if df <= 60 else 1.980 if df <= 120 else 1.960)
-    )
+    t = _T_975[df - 1] if df <= 30 else (2.021 if df <= 40 else 2.000 if df <= 60 else 1.980 if df <= 120 else 1.960)
     return mean, float(t * values.std(unbiased=True) / math.sqrt(n))
 
 
@@ -244,9 +240,7 @@ def run_study(config: StudyConfig, progress: bool = True) -> dict[str, Any]:
     seeds, p_hs, alphas = config.seeds, config.hallucination_probabilities, config.step_sizes
     # Members laid out [p_h, alpha, seed].
     grid_p_h = torch.tensor(p_hs, dtype=torch.float32).view(-1, 1, 1).expand(len(p_hs), len(alphas), seeds)
-    grid_alpha = (
-        torch.tensor(alphas, dtype=torch.float32).view(1, -1, 1).expand(len(p_hs), len(alphas), seeds)
-    )
+    grid_alpha = torch.tensor(alphas, dtype=torch.float32).view(1, -1, 1).expand(len(p_hs), len(alphas), seeds)
     runs: dict[str, Any] = {}
     jobs = [(variant, config.planning_steps, grid_p_h, grid_alpha) for variant in config.variants]
     if config.baseline:
@@ -271,9 +265,7 @@ def run_study(config: StudyConfig, progress: bool = True) -> dict[str, Any]:
             for key, value in result.items()
         }
         if progress:
-            print(
-                f"[dyna-study] {name}: {p_h.numel()} members, {time.time() - started:.1f}s", file=sys.stderr
-            )
+            print(f"[dyna-study] {name}: {p_h.numel()} members, {time.time() - started:.1f}s", file=sys.stderr)
     return runs
 
 
@@ -296,13 +288,9 @@ def summarise(config: StudyConfig, runs: dict[str, Any]) -> dict[str, Any]:
                 for metric in METRICS:
                     member_curve = result[f"{metric}_curve"][:, i, j]  # [evaluations, seeds]
                     row[f"{metric}_auc_mean"], row[f"{metric}_auc_ci"] = mean_ci(member_curve.mean(0))
-                    row[f"{metric}_final_mean"], row[f"{metric}_final_ci"] = mean_ci(
-                        member_curve[-last:].mean(0)
-                    )
+                    row[f"{metric}_final_mean"], row[f"{metric}_final_ci"] = mean_ci(member_curve[-last:].mean(0))
                     row[f"{metric}_curve_mean"] = member_curve.mean(1).tolist()
-                    row[f"{metric}_curve_ci"] = [
-                        mean_ci(member_curve[k])[1] for k in range(member_curve.shape[0])
-                    ]
+                    row[f"{metric}_curve_ci"] = [mean_ci(member_curve[k])[1] for k in range(member_curve.shape[0])]
                 for counter in PLANNING_COUNTERS[1:]:
                     row[f"fraction_{counter}"] = float(result[f"fraction_{counter}"][i, j].mean())
                 rows.append(row)
@@ -320,9 +308,7 @@ def _fmt(mean: float, ci: float) -> str:
 
 
 def _metric_cells(row: dict[str, Any]) -> str:
-    return " | ".join(
-        _fmt(row[f"{m}_{k}_mean"], row[f"{m}_{k}_ci"]) for m in METRICS for k in ("auc", "final")
-    )
+    return " | ".join(_fmt(row[f"{m}_{k}_mean"], row[f"{m}_{k}_ci"]) for m in METRICS for k in ("auc", "final"))
 
 
 def write_summary(config: StudyConfig, summary: dict[str, Any], out: Path, seconds: float) -> None:
@@ -337,6 +323,7 @@ def write_summary(config: StudyConfig, summary: dict[str, Any], out: Path, secon
         f"{config.steps} real steps, {config.height}x{config.width} interior (optimal return "
         f"{-(config.height + config.width - 2)}), planning steps {config.planning_steps}, n = "
         f"{config.rollout_length}, gamma {config.gamma}, epsilon {config.epsilon}, Q init {config.q_init}, "
+        f"border physics of the given model '{config.border_physics}', "
         f"step sizes swept {config.step_sizes}. Mean ± 95% CI (t) over seeds.",
         "",
         f"- **online**: mean return of the epsilon-greedy training episodes that ended in each {config.eval_every}-"
@@ -376,8 +363,7 @@ def write_summary(config: StudyConfig, summary: dict[str, Any], out: Path, secon
         lines.append(f"| {row['variant']} | {p_h} | {row['step_size']:g} | {_metric_cells(row)} |")
     lines += [
         "",
-        "Figures: `learning_curves_online.png`, `learning_curves_greedy.png`, `dose_response.png`, "
-        "`value_maps.png`.",
+        "Figures: `learning_curves_online.png`, `learning_curves_greedy.png`, `dose_response.png`, `value_maps.png`.",
         "",
     ]
     _atomic_write(out / "summary.md", "\n".join(lines))
@@ -469,9 +455,7 @@ def plot_value_maps(config: StudyConfig, runs: dict[str, Any], best: dict, out: 
     p_hs = config.hallucination_probabilities
     show = [0.0, config.value_map_p_h] if 0.0 in p_hs and config.value_map_p_h in p_hs else [p_hs[0]]
     names = [*config.variants] + ([BASELINE] if config.baseline else [])
-    figure, axes = plt.subplots(
-        len(show), len(names), figsize=(3.2 * len(names), 3.2 * len(show)), squeeze=False
-    )
+    figure, axes = plt.subplots(len(show), len(names), figsize=(3.2 * len(names), 3.2 * len(show)), squeeze=False)
     for row_index, p_h in enumerate(show):
         for column, name in enumerate(names):
             axis = axes[row_index][column]
@@ -510,9 +494,7 @@ def plot_value_maps(config: StudyConfig, runs: dict[str, Any], best: dict, out: 
                     color="w",
                     alpha=float(0.3 + 0.7 * agreement[cell]),
                 )
-            axis.add_patch(
-                plt.Rectangle((0.5, 0.5), env.width, env.height, fill=False, edgecolor="r", lw=1.5)
-            )
+            axis.add_patch(plt.Rectangle((0.5, 0.5), env.width, env.height, fill=False, edgecolor="r", lw=1.5))
             label = BASELINE if name == BASELINE else f"{name}\np_h={p_h:g}"
             axis.set_title(f"{label} (α={condition['step_size']:g})", fontsize=8)
             axis.set_xticks([])
@@ -528,9 +510,7 @@ def plot_value_maps(config: StudyConfig, runs: dict[str, Any], best: dict, out: 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m emphatic_rl.dyna_study", description=__doc__.split("\n")[0]
-    )
+    parser = argparse.ArgumentParser(prog="python -m emphatic_rl.dyna_study", description=__doc__.split("\n")[0])
     parser.add_argument("config", help="TOML file with a [study] table (experiments/dyna_gridworld.toml)")
     parser.add_argument("--out", default="experiments/results/dyna", help="output folder")
     parser.add_argument(
@@ -562,9 +542,7 @@ def main(argv: list[str] | None = None) -> int:
     _atomic_write(out / "results.json", json.dumps({"config": config.__dict__, **summary}, indent=1))
     write_summary(config, summary, out, seconds)
     plot(config, runs, summary, out)
-    print(
-        f"[dyna-study] wrote {out}/summary.md, results.json and figures in {seconds:.0f} s", file=sys.stderr
-    )
+    print(f"[dyna-study] wrote {out}/summary.md, results.json and figures in {seconds:.0f} s", file=sys.stderr)
     return 0
 
 

@@ -83,8 +83,7 @@ def _as_member_tensor(
         tensor = tensor.expand(population_size).clone()
     if tensor.numel() != population_size:
         raise ValueError(
-            f"{name} must be a scalar or have one value per member ({population_size}), "
-            f"got {tensor.numel()} values"
+            f"{name} must be a scalar or have one value per member ({population_size}), got {tensor.numel()} values"
         )
     bad_low = (tensor <= low) if low_open else (tensor < low)
     if not bool(torch.isfinite(tensor).all()) or bool((bad_low | (tensor > high)).any()):
@@ -106,6 +105,8 @@ class DynaOptions:
     - ``priority_threshold``: smallest ``|delta|`` that enters the queue (>= 0).
     - ``model``: ``given`` (the env's true dynamics with hallucinations at rate ``hallucination_probability``).
     - ``hallucination_probability``: ``p_h`` in ``[0, 1]``.
+    - ``border_physics``: how the given model moves from unreachable states, ``closed`` or ``open`` (see
+      :meth:`emphatic_rl.envs.gridworld.BorderedGridworld.model_transitions`).
     - ``q_init``: initial value of every ``Q`` entry.
     """
 
@@ -119,6 +120,7 @@ class DynaOptions:
     priority_threshold: float = 1e-4
     model: str = "given"
     hallucination_probability: float = 0.0
+    border_physics: str = "closed"
     q_init: float = 0.0
 
     def __post_init__(self) -> None:
@@ -133,9 +135,7 @@ class DynaOptions:
         if self.rollout_length < 1:
             raise ValueError(f"rollout_length (n) must be >= 1, got {self.rollout_length}")
         if self.search_control not in SEARCH_CONTROLS:
-            raise ValueError(
-                f"search_control must be one of {', '.join(SEARCH_CONTROLS)}; got {self.search_control!r}"
-            )
+            raise ValueError(f"search_control must be one of {', '.join(SEARCH_CONTROLS)}; got {self.search_control!r}")
         if self.search_control == "priority" and "successor" in self.variant:
             raise ValueError(
                 f"search_control 'priority' applies to predecessor variants only; variant "
@@ -143,6 +143,8 @@ class DynaOptions:
             )
         if self.model not in MODELS:
             raise ValueError(f"model must be one of {', '.join(MODELS)}; got {self.model!r}")
+        if self.border_physics not in ("closed", "open"):
+            raise ValueError(f"border_physics must be 'closed' or 'open'; got {self.border_physics!r}")
         if not self.priority_threshold >= 0:
             raise ValueError(f"priority_threshold must be >= 0, got {self.priority_threshold!r}")
         if not math.isfinite(self.q_init):
@@ -232,30 +234,22 @@ class DynaAgent(Agent):
         if real_state_mask is None:
             real_state_mask = torch.ones(num_states, dtype=torch.bool)
         if tuple(real_state_mask.shape) != (num_states,):
-            raise ValueError(
-                f"real_state_mask must have shape ({num_states},), got {tuple(real_state_mask.shape)}"
-            )
+            raise ValueError(f"real_state_mask must have shape ({num_states},), got {tuple(real_state_mask.shape)}")
         self.real_state_mask = real_state_mask.to(self.device).bool()
         self.generator = torch.Generator(device=self.device)
         self.generator.manual_seed(int(seed))
         self.members = torch.arange(population_size, device=self.device)
 
-        self.q = torch.full(
-            (population_size, num_states, num_actions), float(options.q_init), device=self.device
-        )
+        self.q = torch.full((population_size, num_states, num_actions), float(options.q_init), device=self.device)
         # Visited real pairs / states: a membership mask and an append-only list per member (uniform draws are
         # then one gather, no multinomial over the whole table).
-        self.visited_pair = torch.zeros(
-            population_size, num_states * num_actions, dtype=torch.bool, device=self.device
-        )
+        self.visited_pair = torch.zeros(population_size, num_states * num_actions, dtype=torch.bool, device=self.device)
         self.visited_pair_list = torch.zeros(
             population_size, num_states * num_actions, dtype=torch.int64, device=self.device
         )
         self.visited_pair_count = torch.zeros(population_size, dtype=torch.int64, device=self.device)
         self.visited_state = torch.zeros(population_size, num_states, dtype=torch.bool, device=self.device)
-        self.visited_state_list = torch.zeros(
-            population_size, num_states, dtype=torch.int64, device=self.device
-        )
+        self.visited_state_list = torch.zeros(population_size, num_states, dtype=torch.int64, device=self.device)
         self.visited_state_count = torch.zeros(population_size, dtype=torch.int64, device=self.device)
         self.priority = torch.zeros(population_size, num_states, device=self.device)
         #: ``bool[P, S]``: the queue entry of a state was last pushed from a model output (a simulated state).
@@ -272,13 +266,9 @@ class DynaAgent(Agent):
         probe_generator.manual_seed(0)
         state = torch.zeros(self.population_size, dtype=torch.int64, device=self.device)
         if "successor" in self.variant:
-            self._check_forward(
-                self.forward_model.sample_forward(state, state, probe_generator), check_range=True
-            )
+            self._check_forward(self.forward_model.sample_forward(state, state, probe_generator), check_range=True)
         else:
-            self._check_backward(
-                self.backward_model.sample_backward(state, probe_generator), check_range=True
-            )
+            self._check_backward(self.backward_model.sample_backward(state, probe_generator), check_range=True)
 
     def _check_fields(self, model: Any, sample: tuple, names: tuple[str, ...], check_range: bool) -> None:
         expected = (self.population_size,)
@@ -300,18 +290,14 @@ class DynaAgent(Agent):
                 if check_range:
                     limit = self.num_actions if field_name == "action" else self.num_states
                     if bool(((value < 0) | (value >= limit)).any()):
-                        raise ValueError(
-                            f"model {type(model).__name__} returned {field_name} outside 0..{limit - 1}"
-                        )
+                        raise ValueError(f"model {type(model).__name__} returned {field_name} outside 0..{limit - 1}")
 
     def _check_forward(self, sample, check_range: bool = False):
         self._check_fields(self.forward_model, sample, ("next_state", "reward", "terminal"), check_range)
         return sample
 
     def _check_backward(self, sample, check_range: bool = False):
-        self._check_fields(
-            self.backward_model, sample, ("previous_state", "action", "reward", "terminal"), check_range
-        )
+        self._check_fields(self.backward_model, sample, ("previous_state", "action", "reward", "terminal"), check_range)
         return sample
 
     # ------------------------------------------------------------------ acting
@@ -345,9 +331,7 @@ class DynaAgent(Agent):
     def _check_obs(self, obs: torch.Tensor) -> torch.Tensor:
         obs = torch.as_tensor(obs, device=self.device)
         if obs.dim() != 2 or obs.shape[0] != self.population_size:
-            raise ValueError(
-                f"dyna: obs must be int64[P={self.population_size}, E], got shape {tuple(obs.shape)}"
-            )
+            raise ValueError(f"dyna: obs must be int64[P={self.population_size}, E], got shape {tuple(obs.shape)}")
         return obs.long()
 
     # ------------------------------------------------------------------ learning
@@ -397,17 +381,11 @@ class DynaAgent(Agent):
         active = (~self.frozen).float().unsqueeze(1)
         bootstrap = self.q[member, next_obs].max(dim=-1).values * (~terminated.bool()).float()
         delta = reward.float() + self.gamma * bootstrap - self.q[member, obs, action]
-        self.q.index_put_(
-            (member, obs, action), self.step_size.unsqueeze(1) * delta * active, accumulate=True
-        )
+        self.q.index_put_((member, obs, action), self.step_size.unsqueeze(1) * delta * active, accumulate=True)
         pair = obs * self.num_actions + action
         for column in range(e):  # E is small (usually 1); one column at a time keeps the append lists unique
-            self._remember(
-                self.visited_pair, self.visited_pair_list, self.visited_pair_count, pair[:, column]
-            )
-            self._remember(
-                self.visited_state, self.visited_state_list, self.visited_state_count, obs[:, column]
-            )
+            self._remember(self.visited_pair, self.visited_pair_list, self.visited_pair_count, pair[:, column])
+            self._remember(self.visited_state, self.visited_state_list, self.visited_state_count, obs[:, column])
         if self.options.uses_priority_queue:
             self._push(
                 member.reshape(-1),
@@ -421,22 +399,16 @@ class DynaAgent(Agent):
         metrics.update(self.planning_statistics())
         return metrics
 
-    def _push(
-        self, member: torch.Tensor, state: torch.Tensor, priority: torch.Tensor, by_model: bool
-    ) -> None:
+    def _push(self, member: torch.Tensor, state: torch.Tensor, priority: torch.Tensor, by_model: bool) -> None:
         """Push ``state`` (``[B]``, with ``member [B]``) with ``priority [B]`` where it exceeds the threshold."""
         enter = priority > self.options.priority_threshold
         flat = member * self.num_states + state
         current = self.priority.view(-1)
-        current.scatter_reduce_(
-            0, flat, torch.where(enter, priority, torch.zeros_like(priority)), reduce="amax"
-        )
+        current.scatter_reduce_(0, flat, torch.where(enter, priority, torch.zeros_like(priority)), reduce="amax")
         provenance = self.pushed_by_model.view(-1)
         provenance[flat] = torch.where(enter, torch.full_like(enter, by_model), provenance[flat])
 
-    def _remember(
-        self, mask: torch.Tensor, items: torch.Tensor, count: torch.Tensor, item: torch.Tensor
-    ) -> None:
+    def _remember(self, mask: torch.Tensor, items: torch.Tensor, count: torch.Tensor, item: torch.Tensor) -> None:
         """Append ``item [P]`` to each member's list unless ``mask`` says it is already there."""
         new = ~mask[self.members, item]
         slot = count.clamp(max=items.shape[1] - 1)
@@ -550,9 +522,7 @@ class DynaAgent(Agent):
         performed = ~self.frozen
         if self.options.uses_priority_queue:
             self._push(self.members, sample.previous_state, delta.abs() * performed.float(), by_model=True)
-        self._count(
-            performed, torch.ones_like(bootstraps), sample.previous_state, state_simulated, state, bootstraps
-        )
+        self._count(performed, torch.ones_like(bootstraps), sample.previous_state, state_simulated, state, bootstraps)
 
     def _plan_multi_step_predecessor(self) -> None:
         real_state, _ = self._pop_state()  # the queue of this variant only ever holds real states
@@ -568,9 +538,7 @@ class DynaAgent(Agent):
                 value = value * bootstraps.float()
             value = sample.reward.float() + self.gamma * value
             self._apply(sample.previous_state, sample.action, value, alive)
-            self._count(
-                alive, torch.ones_like(alive), sample.previous_state, never_simulated, real_state, bootstraps
-            )
+            self._count(alive, torch.ones_like(alive), sample.previous_state, never_simulated, real_state, bootstraps)
             # Watkins-style truncation: a_k must be greedy at s_k for G_{k+1} to be a max-target.
             q_prev = self.q[self.members, sample.previous_state]
             greedy = q_prev.gather(1, sample.action.unsqueeze(1)).squeeze(1) >= q_prev.max(dim=1).values
@@ -644,10 +612,8 @@ def make_dyna_for_env(
 
     ``hallucination_probability`` overrides ``options.hallucination_probability`` (scalar or ``[P]``).
     """
-    p_h = (
-        options.hallucination_probability if hallucination_probability is None else hallucination_probability
-    )
-    model = given_model_of(env, p_h, population_size)
+    p_h = options.hallucination_probability if hallucination_probability is None else hallucination_probability
+    model = given_model_of(env, p_h, population_size, options.border_physics)
     return DynaAgent(
         env.num_states,
         env.num_actions,
@@ -675,9 +641,7 @@ def make_dyna(context: AgentContext, options: DynaOptions) -> DynaAgent:
     from emphatic_rl.envs import make_env
 
     if not context.env_name:
-        raise ValueError(
-            "agent 'dyna' needs the env name in its context (its given model is the env's dynamics)"
-        )
+        raise ValueError("agent 'dyna' needs the env name in its context (its given model is the env's dynamics)")
     env = make_env(context.env_name, num_envs=1, device=context.device)
     if not hasattr(env, "next_state_table"):
         raise ValueError(

@@ -16,10 +16,12 @@ Observation: the cell index, ``int64[N]`` (``observation_spec`` is a 0-d integer
 ``coordinates(index)`` turns indices into ``(row, col)`` for plots or function approximation.
 
 For planning (``emphatic_rl.agents.models``) the env exposes its *given* dynamics as tables, extended to border
-cells by one documented rule [IMPL]: the border ring is a second region with the same physics (moves stay inside
-their region; the interior and the ring are separated by walls in both directions). So a perfect model applied to
-a real state only ever returns real states, and a state the model hallucinated stays hallucinated under further
-model steps, forwards or backwards. ``real_state_mask`` says which indices are real, reachable states.
+cells by a documented rule [IMPL] (``model_transitions(border_physics)``). ``"closed"`` (default): the border ring
+is a second region with the same physics (moves stay inside their region; the interior and the ring are separated
+by walls in both directions), so a perfect model applied to a real state only ever returns real states, and a
+state the model hallucinated stays hallucinated under further model steps, forwards or backwards. ``"open"``: the
+model knows no wall between the ring and the interior once it is in the ring, so hallucinated states connect back
+to real ones (forward successors and backward predecessors). ``real_state_mask`` says which indices are real.
 """
 
 from __future__ import annotations
@@ -94,27 +96,26 @@ class BorderedGridworld(TensorEnv):
         #: ``int64[num_border]``: indices of the border cells.
         self.border_states = torch.nonzero(~interior).squeeze(1).to(self.device)
         next_state = torch.empty(self.num_states, self.num_actions, dtype=torch.int64)
+        open_next_state = torch.empty(self.num_states, self.num_actions, dtype=torch.int64)
         for action, (d_row, d_col) in enumerate(ACTION_OFFSETS):
             new_rows, new_cols = rows + d_row, cols + d_col
-            inside = (
-                (new_rows >= 0) & (new_rows < self.grid_rows) & (new_cols >= 0) & (new_cols < self.grid_cols)
-            )
-            target = new_rows.clamp(0, self.grid_rows - 1) * self.grid_cols + new_cols.clamp(
-                0, self.grid_cols - 1
-            )
+            inside = (new_rows >= 0) & (new_rows < self.grid_rows) & (new_cols >= 0) & (new_cols < self.grid_cols)
+            target = new_rows.clamp(0, self.grid_rows - 1) * self.grid_cols + new_cols.clamp(0, self.grid_cols - 1)
             same_region = inside & (interior[target] == interior)
             next_state[:, action] = torch.where(same_region, target, torch.arange(self.num_states))
+            open_next_state[:, action] = torch.where(inside, target, torch.arange(self.num_states))
         # The goal is terminal: nothing leaves it (the tables keep it absorbing for completeness).
         next_state[self.goal_state] = self.goal_state
+        open_next_state[self.goal_state] = self.goal_state
+        #: ``int64[S, A]``: moves on the whole grid with only the outer frame as walls (``border_physics="open"``).
+        self.open_next_state_table = open_next_state.to(self.device)
         #: ``int64[S, A]``: the given (true, extended) next state of every cell and action.
         self.next_state_table = next_state.to(self.device)
         #: ``bool[S, A]``: the transition ends the episode (it enters the goal from another cell).
         self.terminal_table = self.next_state_table == self.goal_state
         self.terminal_table[self.goal_state] = False
         #: ``float32[S, A]``: reward of every transition.
-        self.reward_table = torch.full(
-            (self.num_states, self.num_actions), self.step_reward, device=self.device
-        )
+        self.reward_table = torch.full((self.num_states, self.num_actions), self.step_reward, device=self.device)
         self.cell = torch.full((num_envs,), self.start_state, dtype=torch.int64, device=self.device)
 
     # ------------------------------------------------------------------ geometry helpers
@@ -129,6 +130,43 @@ class BorderedGridworld(TensorEnv):
     def is_real_state(self, index: torch.Tensor) -> torch.Tensor:
         """``bool[...]``: whether each cell index in ``index: int64[...]`` is a real, reachable state."""
         return self.real_state_mask[index]
+
+    def model_transitions(
+        self, border_physics: str = "closed"
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """The given model's dynamics: ``(forward int64[S, A], (source, action, target) int64[M] each)``.
+
+        Both agree with the true dynamics on every real state (forward from a real state, predecessors of a real
+        state). They differ only on unreachable (border) states, which a model reaches only by hallucinating:
+
+        - ``"closed"``: the border ring is a region of its own (moves stay inside it), so a hallucinated state
+          only ever leads to, and comes from, hallucinated states;
+        - ``"open"``: from a border cell the model moves on the whole grid with no wall between the ring and the
+          interior (forward, a hallucinated state can lead back into real states); the predecessors of a border
+          cell include the interior cells next to it (backward, a hallucinated state's predecessor can be real).
+
+        ``target[m]`` is reached from ``source[m]`` by ``action[m]``; the goal is never a source.
+        """
+        if border_physics not in ("closed", "open"):
+            raise ValueError(f"border_physics must be 'closed' or 'open', got {border_physics!r}")
+        sources = torch.arange(self.num_states, device=self.device).repeat_interleave(self.num_actions)
+        actions = torch.arange(self.num_actions, device=self.device).repeat(self.num_states)
+        not_goal = sources != self.goal_state
+        if border_physics == "closed":
+            targets = self.next_state_table.flatten()
+            keep = not_goal
+            return self.next_state_table, (sources[keep], actions[keep], targets[keep])
+        real_row = self.real_state_mask.unsqueeze(1)
+        forward = torch.where(real_row, self.next_state_table, self.open_next_state_table)
+        true_targets = self.next_state_table.flatten()
+        open_targets = self.open_next_state_table.flatten()
+        keep_true = not_goal & self.real_state_mask[sources] & self.real_state_mask[true_targets]
+        keep_open = not_goal & ~self.real_state_mask[open_targets]
+        return forward, (
+            torch.cat((sources[keep_true], sources[keep_open])),
+            torch.cat((actions[keep_true], actions[keep_open])),
+            torch.cat((true_targets[keep_true], open_targets[keep_open])),
+        )
 
     # ------------------------------------------------------------------ TensorEnv hooks
     def _reset_where(self, mask: torch.Tensor) -> None:

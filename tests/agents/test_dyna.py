@@ -90,9 +90,7 @@ def test_multi_step_predecessor_targets_bootstrap_from_the_real_state_and_trunca
     )
     agent = DynaAgent(6, 2, 1, options, backward_model=ChainModel())
     # The real step 0 --0--> 5 (terminal): its update pushes state 0, whose chain is 1, 2, 3.
-    agent.q[0, 2] = torch.tensor(
-        [5.0, 0.0]
-    )  # after Q(2, 1) is set to G_2 = -1.5, action 1 is not greedy at 2
+    agent.q[0, 2] = torch.tensor([5.0, 0.0])  # after Q(2, 1) is set to G_2 = -1.5, action 1 is not greedy at 2
     agent.observe(
         torch.tensor([[0]]),
         torch.tensor([[0]]),
@@ -171,6 +169,22 @@ def test_invariant_only_multi_step_predecessor_never_bootstraps_from_simulated_s
         assert (stats["fraction_real_toward_hallucinated"] > 0.05).all()
 
 
+@pytest.mark.parametrize("variant", ["one-step-predecessor", "multi-step-predecessor"])
+def test_open_border_physics_lets_one_step_predecessor_update_real_states_toward_hallucinated_ones(variant):
+    population = 4
+    env = BorderedGridworld(num_envs=population, height=4, width=4)
+    options = DynaOptions(variant=variant, planning_steps=5, step_size=0.5, border_physics="open")
+    agent = make_dyna_for_env(env, population, options, seed=2, hallucination_probability=0.2)
+    train(agent, env, 150)
+    stats = agent.planning_statistics()
+    if variant == "one-step-predecessor":
+        # A hallucinated border cell is popped, and its predecessor is a real edge cell: real -> hallucinated.
+        assert (stats["fraction_real_toward_hallucinated"] > 0).all()
+    else:
+        assert (stats["fraction_bootstrap_simulated"] == 0).all()
+        assert (stats["fraction_real_toward_hallucinated"] == 0).all()
+
+
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_with_a_perfect_model_every_variant_learns_the_shortest_path_at_least_as_fast_as_model_free(variant):
     population, steps = 8, 400
@@ -191,9 +205,7 @@ def test_with_a_perfect_model_every_variant_learns_the_shortest_path_at_least_as
             assert (stats["fraction_updated_hallucinated"] == 0).all()
     planned_reward, planned_greedy = returns[variant]
     free_reward, _ = returns["model-free"]
-    assert (planned_greedy == -6).all(), (
-        f"{variant} with a perfect model: greedy returns {planned_greedy.tolist()}"
-    )
+    assert (planned_greedy == -6).all(), f"{variant} with a perfect model: greedy returns {planned_greedy.tolist()}"
     # Total reward collected while learning (a higher sum = fewer steps wasted): planning is at least as fast.
     assert planned_reward.mean() >= free_reward.mean()
 
@@ -266,6 +278,7 @@ def test_per_member_p_h_and_step_size_and_act_log_prob():
         ({"variant": "two-step-sideways"}, "variant must be one of one-step-successor"),
         ({"step_size": 0.0}, r"step_size must be in \(0.0, 1.0\]"),
         ({"search_control": "priority"}, "predecessor variants only"),
+        ({"border_physics": "leaky"}, "border_physics must be 'closed' or 'open'"),
     ],
 )
 def test_bad_options_raise_one_clear_error(options, message):

@@ -78,3 +78,33 @@ def test_registry_and_state_dict_round_trip():
 def test_bad_options_raise_one_clear_error(options, message):
     with pytest.raises(ValueError, match=message):
         BorderedGridworld(**options)
+
+
+@pytest.mark.parametrize("border_physics", ["closed", "open"])
+def test_model_transitions_agree_with_the_true_dynamics_on_every_real_state(border_physics):
+    env = BorderedGridworld(height=4, width=3)
+    real = env.real_state_mask
+    forward, (source, action, target) = env.model_transitions(border_physics)
+    assert torch.equal(forward[real], env.next_state_table[real])
+    # Predecessor pairs of every real state: exactly the true ones (real sources, goal excluded).
+    true_pairs = {
+        (s, a, int(env.next_state_table[s, a]))
+        for s in range(env.num_states)
+        for a in range(4)
+        if s != env.goal_state and real[s]
+    }
+    model_real_pairs = {
+        (s, a, t) for s, a, t in zip(source.tolist(), action.tolist(), target.tolist(), strict=True) if real[t]
+    }
+    assert model_real_pairs == true_pairs
+    border_pairs = [(s, t) for s, t in zip(source.tolist(), target.tolist(), strict=True) if not real[t]]
+    corner_start = env.index_of(4, 1)  # bottom-left interior cell, next to the border below and to the left
+    below = env.index_of(5, 1)
+    if border_physics == "closed":
+        assert all(not real[s] for s, _ in border_pairs)
+        assert not real[forward[~real]].any()
+    else:
+        assert (corner_start, below) in border_pairs, "open: an interior cell precedes the border cell next to it"
+        assert int(forward[below, UP]) == corner_start, "open: from the border the model walks back inside"
+    with pytest.raises(ValueError, match="border_physics must be 'closed' or 'open'"):
+        env.model_transitions("porous")
