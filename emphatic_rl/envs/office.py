@@ -59,14 +59,17 @@ probabilities: ``env.behaviour_probabilities`` (option ``behaviour_probabilities
 ``FixedDiscreteBehaviour(env.behaviour_probabilities)`` from it. The value J23 used is unknown; the candidates
 (:data:`BEHAVIOUR_CANDIDATES`, also accepted by name) are
 
-- ``"notebook"`` (.2, .45, .3, .05), the default: the authors' notebook value; it reaches the top / bottom goals
-  in about .36 / .64 of the episodes that reach a goal;
+- ``"notebook"`` (.2, .45, .3, .05), the default: the authors' notebook value. On this layout an episode ends in
+  the top major / top minor / bottom minor / bottom major goal with probability .094 / .161 / .274 / .468 (time-out
+  .003; exact finite-horizon absorbing-chain values), i.e. top / bottom .256 / .744 of the goal visits. ``ace.md``
+  quotes .362 / .638 from the notebook; that figure is not reproduced by the layout as coded (nor by the older
+  two-goal version, .254), and its origin is unknown;
 - ``"script"`` (.2, .3, .3, .2), the default of the authors' sweep script;
 - ``"vo4"`` (.235, .3, .265, .2), noted "everything learns";
 - ``"vo5"`` (.15, .45, .35, .05), noted "nothing learns".
 
 Evaluation quirk of the original: its ``evaluate_policy`` feeds the *un-normalised* image (entries up to 5, norm
-about 10) to a softmax policy trained on unit-norm features, which makes the evaluated policy roughly 10x greedier
+9 to 13.6) to a softmax policy trained on unit-norm features, which makes the evaluated policy roughly 10x greedier
 than the policy that was trained. We evaluate the policy as trained, on normalised observations. To reproduce the
 original's numbers, evaluate on an env built with ``normalize_observation=False``.
 """
