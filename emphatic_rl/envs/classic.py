@@ -41,6 +41,8 @@ class ClassicControlEnv(TensorEnv):
         check_actions: bool,
     ) -> None:
         super().__init__(num_envs, device, max_episode_steps, check_actions)
+        #: draw start states only for the copies that ended (see ``_reset_where``)
+        self.draw_only_ended = self.device.type == "cpu"
         self.state = torch.zeros(num_envs, self.state_dim, dtype=torch.float64, device=self.device)
         self._reset_where(torch.ones(num_envs, dtype=torch.bool, device=self.device))
 
@@ -76,7 +78,7 @@ class ClassicControlEnv(TensorEnv):
         numbers for every copy at every step would be the most expensive part of a step). On an accelerator
         every copy draws and ``torch.where`` keeps the old state where ``mask`` is false: no host sync.
         """
-        if self.device.type == "cpu":
+        if self.draw_only_ended:
             index = mask.nonzero().squeeze(1)
             if index.numel() > 0:
                 self.state = self.state.index_put((index,), self._fresh_states(index.numel()))
