@@ -212,6 +212,31 @@ class DenseFeatures(Features):
         return x
 
 
+class TableFeatures(Features):
+    """Features looked up from a table by a one-hot state observation: ``obs [..., S] @ table [S, d]``.
+
+    For tabular MDPs observed as one-hot states (``observation="state"``): the actor can see aliased rows of
+    ``table`` while the critic sees the state itself (``table = I``). A zero observation (the terminal state) has zero
+    features.
+    """
+
+    binary = False
+
+    def __init__(self, table: torch.Tensor) -> None:
+        table = torch.as_tensor(table, dtype=torch.float32)
+        if table.dim() != 2:
+            raise ValueError(f"TableFeatures: table must be [S, d], got shape {tuple(table.shape)}")
+        self.table = table
+        self.num_features = table.shape[1]
+
+    def __call__(self, obs: torch.Tensor) -> torch.Tensor:
+        if obs.shape[-1] != self.table.shape[0]:
+            raise ValueError(
+                f"TableFeatures: expected one-hot states [..., {self.table.shape[0]}], got {tuple(obs.shape)}"
+            )
+        return obs.float() @ self.table.to(obs.device)
+
+
 # ---------------------------------------------------------------------- helpers on either layout
 def is_sparse(features: torch.Tensor) -> bool:
     """True for active indices (integer dtype), False for dense values."""

@@ -128,6 +128,7 @@ def build_run(config: TrainConfig) -> Run:
             seed=config.seed,
             total_steps=config.steps,
             env_name=config.env,
+            env=probe_env,
         ),
         **config.agent_options,
     )
@@ -194,10 +195,14 @@ def evaluate(run: Run, step: int) -> dict[str, torch.Tensor]:
         obs = result.obs
         if not bool(running.any()):
             break
-    return {
+    results = {
         "return": episode_return.view(population, episodes).mean(dim=1),
         "length": episode_length.view(population, episodes).float().mean(dim=1),
     }
+    exact_objective = getattr(agent, "exact_objective", None)
+    if callable(exact_objective):  # tabular MDPs: the exact J_mu of each member's policy
+        results["exact_J"] = exact_objective().float()
+    return results
 
 
 class _EpisodeStats:
@@ -356,7 +361,8 @@ def train(
             if (config.eval_every and step % config.eval_every == 0) or step == config.steps:
                 evaluation = evaluate(run, step)
                 last_eval = torch.where(diverged, math.nan, evaluation["return"].cpu())
-                logger.log(step, {"eval/return": last_eval, "eval/length": evaluation["length"]})
+                logger.log(step, {f"eval/{name}": value for name, value in evaluation.items() if name != "return"}
+                           | {"eval/return": last_eval})
 
             if (config.checkpoint_every and step % config.checkpoint_every == 0) or step == config.steps:
                 save_checkpoint(step)

@@ -97,7 +97,10 @@ class ActorCritic(Agent):
     """A population of linear softmax actor-critics (ACE / ACE-direct / OffPAC) learning from fixed-behaviour data.
 
     Args:
-        features: maps raw observations ``[..., *obs_shape]`` to active indices or dense features.
+        features: maps raw observations ``[..., *obs_shape]`` to active indices or dense features (the actor's).
+        critic_features: the critic's (and the learned emphasis's) features of the same observations; default
+            ``features``. Lets a tabular problem alias states for the actor only, or give an oracle critic the state.
+            Must be binary exactly when ``features`` is.
         num_actions: ``A``.
         population_size: ``P``.
         stream_of: ``int64[P]``, the behaviour stream in ``[0, R)`` of each learner (default ``arange(P)``).
@@ -127,6 +130,7 @@ class ActorCritic(Agent):
         num_actions: int,
         population_size: int = 1,
         *,
+        critic_features: Features | None = None,
         stream_of: torch.Tensor | Sequence[int] | None = None,
         num_streams: int | None = None,
         alpha_actor: Any = 0.01,
@@ -155,6 +159,13 @@ class ActorCritic(Agent):
             raise ValueError(
                 f"features must be an emphatic_rl.features.Features, got {type(features).__name__}"
             )
+        critic_features = features if critic_features is None else critic_features
+        if not isinstance(critic_features, Features):
+            raise ValueError(
+                f"critic_features must be an emphatic_rl.features.Features, got {type(critic_features).__name__}"
+            )
+        if bool(critic_features.binary) != bool(features.binary):
+            raise ValueError("critic_features must be binary (active indices) exactly when the actor's features are")
         if not isinstance(num_actions, int) or num_actions < 1:
             raise ValueError(f"num_actions must be an integer >= 1, got {num_actions!r}")
         if not isinstance(population_size, int) or population_size < 1:
@@ -220,6 +231,7 @@ class ActorCritic(Agent):
         # ---------------------------------------------------------------- build
         self.device = torch.device(device)
         self.features = features
+        self.critic_features = critic_features
         self.num_actions = num_actions
         self.population_size = P
         self.num_streams = num_streams
@@ -235,25 +247,31 @@ class ActorCritic(Agent):
         divisor = (
             float(features.num_active) if (self.sparse and divide_step_sizes and features.num_active) else 1.0
         )
+        critic_divisor = (
+            float(critic_features.num_active)
+            if (self.sparse and divide_step_sizes and critic_features.num_active)
+            else 1.0
+        )
         self.step_size_divisor = divisor
 
-        def per_step(alpha64: torch.Tensor) -> torch.Tensor:
-            return (alpha64 / divisor).float().to(self.device)
+        def per_step(alpha64: torch.Tensor, by: float = divisor) -> torch.Tensor:
+            return (alpha64 / by).float().to(self.device)
 
         self.alpha_actor = per_step(alpha_actor_64)
         self.eta = eta_64.float().to(self.device)
         self.critic_lambda = lambda_64.float().to(self.device)
         d = features.num_features
+        d_critic = critic_features.num_features
         self.policy = LinearSoftmaxPolicy(num_actions, d, P, device=self.device)
-        common = dict(num_features=d, population_size=P, device=self.device)
+        common = dict(num_features=d_critic, population_size=P, device=self.device)
         if critic == "oracle":
             self.critic: Critic = OracleCritic(value_function=oracle_values, **common)
         else:
             kwargs: dict[str, Any] = dict(
-                alpha=per_step(alpha_critic_64), trace_decay=self.critic_lambda, **common
+                alpha=per_step(alpha_critic_64, critic_divisor), trace_decay=self.critic_lambda, **common
             )
             if critic in ("tdc", "gtd", "tdrc", "gq"):
-                kwargs["alpha_h"] = per_step(alpha_h_64)
+                kwargs["alpha_h"] = per_step(alpha_h_64, critic_divisor)
             if critic == "tdrc":
                 kwargs["beta"] = tdrc_beta
             if critic == "gq":
@@ -263,7 +281,9 @@ class ActorCritic(Agent):
             FollowonTrace(P, normalize_emphasis, self.device) if emphasis == "followon" else None
         )
         self.learned_emphasis = (
-            LearnedEmphasis(d, P, per_step(alpha_emphasis_64), normalize_emphasis, self.device)
+            LearnedEmphasis(
+                d_critic, P, per_step(alpha_emphasis_64, critic_divisor), normalize_emphasis, self.device
+            )
             if emphasis == "learned"
             else None
         )
@@ -313,6 +333,8 @@ class ActorCritic(Agent):
         truncated: torch.Tensor,
         next_features: torch.Tensor,
         behaviour_log_prob: torch.Tensor,
+        critic_obs_features: torch.Tensor | None = None,
+        critic_next_features: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         """Advance all ``P`` learners by one transition of each of the ``R`` streams.
 
@@ -321,6 +343,8 @@ class ActorCritic(Agent):
             action: ``int64[R]``. reward: ``float[R]``. terminated, truncated: ``bool[R]``.
             next_features: ``x(S_{t+1})`` (the true next state, also at episode ends), like ``obs_features``.
             behaviour_log_prob: ``log mu(A_t|S_t)``, ``float[R]``.
+            critic_obs_features, critic_next_features: the critic's features of ``S_t`` and ``S_{t+1}`` when
+                they differ from the actor's (see ``critic_features``); default: the actor's.
 
         Returns metrics, each ``[P]``: ``td_error``, ``emphasis`` (``F_t``), ``emphatic_weighting`` (``M_t``),
         ``importance_ratio`` (``rho_t``).
@@ -350,6 +374,8 @@ class ActorCritic(Agent):
         streams = self.stream_of
         x_t = obs_features[streams]
         x_tp1 = next_features[streams]
+        c_t = x_t if critic_obs_features is None else critic_obs_features[streams]
+        c_tp1 = x_tp1 if critic_next_features is None else critic_next_features[streams]
         a_t = action.long()[streams]
         gamma_t = gamma_t_r[streams]
         gamma_tp1 = gamma_tp1_r[streams]
@@ -367,8 +393,8 @@ class ActorCritic(Agent):
             followon = self.followon_trace.step(interest_t, gamma_t, rho_t)
         elif self.emphasis == "learned":
             followon = self.learned_emphasis.step(
-                x_t,
-                x_tp1,
+                c_t,
+                c_tp1,
                 interest_t,
                 next_interest_r[streams],
                 gamma_t,
@@ -390,8 +416,8 @@ class ActorCritic(Agent):
         emphatic_weighting = (1 - self.eta) * interest_t + self.eta * followon
 
         transition = CriticTransition(
-            features=x_t,
-            next_features=x_tp1,
+            features=c_t,
+            next_features=c_tp1,
             reward=reward.to(dtype)[streams],
             gamma=gamma_t,
             next_gamma=gamma_tp1,
@@ -409,7 +435,7 @@ class ActorCritic(Agent):
             self.policy.add_grad_log_prob_(x_t, coef, probs_t, a_t)
         else:
             assert isinstance(self.critic, GQCritic)
-            q_values = self.critic.action_values(x_t)  # after this step's critic update (ace.md order)
+            q_values = self.critic.action_values(c_t)  # after this step's critic update (ace.md order)
             self.policy.add_all_actions_(x_t, self.alpha_actor * emphatic_weighting, probs_t, q_values)
 
         self.episode_start = terminated | truncated
@@ -427,14 +453,18 @@ class ActorCritic(Agent):
     def update(self, buffer: Any, env_step: int) -> dict[str, torch.Tensor]:
         """Learn from ``buffer.latest()`` (one row per stream, ``N = R``)."""
         batch = buffer.latest()
+        obs, next_obs = batch.obs.to(self.device), batch.next_obs.to(self.device)
+        separate_critic = self.critic_features is not self.features
         return self.update_step(
-            self.features(batch.obs.to(self.device)),
+            self.features(obs),
             batch.action.to(self.device),
             batch.reward.to(self.device),
             batch.terminated.to(self.device),
             batch.truncated.to(self.device),
-            self.features(batch.next_obs.to(self.device)),
+            self.features(next_obs),
             batch.behaviour_log_prob.to(self.device),
+            critic_obs_features=self.critic_features(obs) if separate_critic else None,
+            critic_next_features=self.critic_features(next_obs) if separate_critic else None,
         )
 
     # ------------------------------------------------------------------ acting and evaluation

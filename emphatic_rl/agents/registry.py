@@ -27,6 +27,7 @@ class AgentContext:
     - ``envs_per_member``: ``E``, env copies that feed each member (agents that act in the env).
     - ``num_streams``: ``R``, behaviour streams (agents that learn from a fixed behaviour).
     - ``device``, ``seed``, ``total_steps`` (steps per stream of the whole run).
+    - ``env``: a one-copy instance of the env, for agents that read more than its specs (tabular MDPs' features).
     """
 
     observation_spec: Spec
@@ -38,6 +39,7 @@ class AgentContext:
     seed: int
     total_steps: int
     env_name: str = ""
+    env: Any = None
 
 
 @dataclass(frozen=True)
