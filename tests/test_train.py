@@ -19,8 +19,9 @@ from emphatic_rl.config import TrainConfig
 from emphatic_rl.logging import read_metrics
 from emphatic_rl.train import build_run, train
 
-SMALL = ["--steps", "60", "--no-progress", "--set", "eval_every=30", "--set", "eval_episodes=2",
-         "--set", "log_every=30", "--set", "agent.learning_starts=20", "--set", "agent.batch_size=8"]
+SMALL = ["--agent", "dqn", "--env", "cartpole", "--steps", "60", "--no-progress", "--set", "eval_every=30",
+         "--set", "eval_episodes=2", "--set", "log_every=30", "--set", "agent.learning_starts=20",
+         "--set", "agent.batch_size=8"]
 
 
 def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
@@ -37,11 +38,14 @@ def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
         (["--set", "stepz=5"], "unknown config key 'stepz'; allowed: "),
         (["--steps", "0"], "steps must be an integer >= 1"),
         (["--steps", "-5"], "steps must be an integer >= 1"),
-        (["--set", "agent.learning_rate=0"], "learning_rate must be > 0"),
-        (["--set", "agent.learning_rate=-1e-3"], "learning_rate must be > 0"),
-        (["--set", "agent.nope=1"], "unknown option(s) nope for agent 'dqn'; allowed: "),
-        (["--env", "pendulum"], "agent 'dqn' needs a discrete action space"),
-        (["--set", "env.nope=3"], "unknown option(s) nope for env 'cartpole'"),
+        (["--agent", "dqn", "--set", "agent.learning_rate=0"], "learning_rate must be > 0"),
+        (["--agent", "dqn", "--set", "agent.learning_rate=-1e-3"], "learning_rate must be > 0"),
+        (["--agent", "dqn", "--set", "agent.nope=1"], "unknown option(s) nope for agent 'dqn'; allowed: "),
+        (["--agent", "dqn", "--env", "pendulum"], "agent 'dqn' needs a discrete action space"),
+        (["--agent", "dqn", "--set", "env.nope=3"], "unknown option(s) nope for env 'cartpole'"),
+        (["--agent", "ace", "--set", "agent.eta=1.5"], "eta"),
+        (["--agent", "ace", "--set", "agent.critic_lambda=-0.1"], "critic_lambda"),
+        (["--agent", "ace", "--set", 'agent.actor_update="all_actions"'], "needs critic 'gq'"),
     ],
 )
 def test_train_bad_input_is_one_line_and_writes_nothing(args, message, tmp_path, capsys):
@@ -91,7 +95,8 @@ def _metric_rows(path: Path) -> list[tuple]:
 
 def test_resume_is_bit_identical(tmp_path, capsys):
     """A run killed after its step-40 checkpoint and resumed ends exactly like an uninterrupted run."""
-    args = ["--steps", "80", "--no-progress", "--set", "eval_every=20", "--set", "eval_episodes=2",
+    args = ["--agent", "dqn", "--env", "cartpole", "--steps", "80", "--no-progress", "--set", "eval_every=20",
+            "--set", "eval_episodes=2",
             "--set", "log_every=10", "--set", "checkpoint_every=20", "--set", "agent.learning_starts=10",
             "--set", "agent.batch_size=8", "--set", "agent.target_update_every=15", "--num-envs", "3"]
     whole, part = tmp_path / "whole", tmp_path / "part"
@@ -204,3 +209,13 @@ def test_metrics_csv_is_tidy(tmp_path, capsys):
     assert header == ["step", "metric", "member", "value"]
     members = {member for _, name, member, _ in read_metrics(out / "metrics.csv") if name == "eval/return"}
     assert members == {0, 1}
+
+
+def test_default_run_pits_ace_against_offpac(tmp_path, capsys):
+    """`emphatic-rl train` with no agent/env/config runs the demo; here shortened, it still prints the verdict."""
+    out = tmp_path / "demo"
+    code, stdout, _ = run_cli(["train", "--out", str(out), "--steps", "600", "--no-progress"], capsys)
+    assert code == 0
+    verdict = [line for line in stdout.splitlines() if "ACE (eta = 1) reached exact J_mu" in line]
+    assert len(verdict) == 1 and verdict[0].startswith("emphatic-rl: ACE wins")
+    assert any(line.startswith("emphatic-rl: why: OffPAC") for line in stdout.splitlines())
