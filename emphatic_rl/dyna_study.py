@@ -347,10 +347,13 @@ def write_summary(config: StudyConfig, summary: dict[str, Any], out: Path, secon
         "## Planning instruments (fraction of planning value updates, best alpha)",
         "",
         "Columns: the updated entry is simulated / hallucinated; the target bootstraps from a simulated / "
-        "hallucinated state; a real (reachable) entry is updated toward a simulated / hallucinated state's value.",
+        "hallucinated state; a real (reachable) entry is updated toward a simulated / hallucinated state's value; "
+        "a real entry's target was computed through a hallucinated state (its bootstrap state, or a state on the "
+        "multi-step rollout / backward chain between the updated entry and the bootstrap state).",
         "",
-        "| variant | p_h | upd. sim. | upd. halluc. | boot. sim. | boot. halluc. | real->sim. | real->halluc. |",
-        "|---|---|---|---|---|---|---|---|",
+        "| variant | p_h | upd. sim. | upd. halluc. | boot. sim. | boot. halluc. | real->sim. | real->halluc. "
+        "| real via halluc. |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for row in sorted(summary["best"], key=lambda r: (r["variant"], r["p_h"] or 0)):
         if row["variant"] == BASELINE:
@@ -459,6 +462,9 @@ def plot_value_maps(config: StudyConfig, runs: dict[str, Any], best: dict, out: 
     for row_index, p_h in enumerate(show):
         for column, name in enumerate(names):
             axis = axes[row_index][column]
+            if name == BASELINE and row_index > 0:
+                axis.axis("off")  # the model-free agent has no model: one panel is enough
+                continue
             condition = best[(name, None if name == BASELINE else p_h)]
             i = 0 if name == BASELINE else p_hs.index(p_h)
             j = config.step_sizes.index(condition["step_size"])

@@ -31,7 +31,10 @@ priority queue that keeps one entry per state, the larger priority wins); poppin
 Instruments (dyna.md §5.1). For every planning value update the agent records, per member: whether the updated
 entry's state is simulated (a model output) and whether it is hallucinated (a model output that is not a real,
 reachable state, as the env's ``real_state_mask`` tells), and whether its target bootstraps from a simulated or a
-hallucinated state. ``planning_statistics()`` returns the fractions ``[P]``, and ``update`` reports them as metrics.
+hallucinated state; and whether a real entry's target was computed along a simulated path through a hallucinated
+state (``real_via_hallucinated``: bootstrapping from one, or a multi-step rollout/chain passing through one, which
+the multi-step predecessor variant can do when the model's hallucinated states connect back to real ones).
+``planning_statistics()`` returns the fractions ``[P]``, and ``update`` reports them as metrics.
 
 Population. ``Q: [P, S, A]``; every hyperparameter that is a rate (``step_size``, ``epsilon``, the model's
 ``p_h``) may be one value per member, so one run holds seeds x a p_h sweep. Acting takes ``obs: int64[P, E]``.
@@ -66,6 +69,7 @@ PLANNING_COUNTERS: tuple[str, ...] = (
     "bootstrap_hallucinated",
     "real_toward_simulated",
     "real_toward_hallucinated",
+    "real_via_hallucinated",
 )
 
 
@@ -465,9 +469,16 @@ class DynaAgent(Agent):
         bootstrap_simulated: torch.Tensor,
         bootstrap_state: torch.Tensor,
         bootstraps: torch.Tensor,
+        path_hallucinated: torch.Tensor | None = None,
     ) -> None:
-        """Accumulate the instruments of one batched planning update (all arguments ``[P]``)."""
+        """Accumulate the instruments of one batched planning update (all arguments ``[P]``).
+
+        ``path_hallucinated``: the target was computed along a simulated path that passed through a hallucinated
+        state before its bootstrap state (multi-step variants); the bootstrap state itself is counted separately.
+        """
         updated_real = self.real_state_mask[updated_state]
+        if path_hallucinated is None:
+            path_hallucinated = torch.zeros_like(performed)
         bootstrap_simulated = bootstrap_simulated & bootstraps
         bootstrap_hallucinated = bootstrap_simulated & ~self.real_state_mask[bootstrap_state]
         columns = torch.stack(
@@ -479,6 +490,7 @@ class DynaAgent(Agent):
                 bootstrap_hallucinated,
                 updated_real & bootstrap_simulated,
                 updated_real & bootstrap_hallucinated,
+                updated_real & (bootstrap_hallucinated | path_hallucinated),
             ),
             dim=1,
         )
@@ -500,8 +512,11 @@ class DynaAgent(Agent):
         ret = torch.zeros(self.population_size, device=self.device)
         discount = torch.ones(self.population_size, device=self.device)
         alive = torch.ones(self.population_size, dtype=torch.bool, device=self.device)
+        path_hallucinated = torch.zeros_like(alive)
         for k in range(length):
             sample = self._check_forward(self.forward_model.sample_forward(state, action, self.generator))
+            if k > 0:  # the state this step starts from lies on the path (the last one is the bootstrap state)
+                path_hallucinated = path_hallucinated | (alive & ~self.real_state_mask[state])
             ret = ret + torch.where(alive, discount * sample.reward.float(), torch.zeros_like(ret))
             discount = discount * self.gamma
             alive = alive & ~sample.terminal.bool()
@@ -511,7 +526,9 @@ class DynaAgent(Agent):
         target = ret + torch.where(alive, discount * self._max_q(state), torch.zeros_like(ret))
         self._apply(start_state, start_action, target)
         performed = ~self.frozen
-        self._count(performed, torch.zeros_like(alive), start_state, torch.ones_like(alive), state, alive)
+        self._count(
+            performed, torch.zeros_like(alive), start_state, torch.ones_like(alive), state, alive, path_hallucinated
+        )
 
     def _plan_one_step_predecessor(self) -> None:
         state, state_simulated = self._pop_state()
@@ -531,6 +548,7 @@ class DynaAgent(Agent):
         alive = ~self.frozen
         current = real_state
         never_simulated = torch.zeros_like(alive)
+        path_hallucinated = torch.zeros_like(alive)  # a chain state between the updated one and s is hallucinated
         for k in range(self.rollout_length):
             sample = self._check_backward(self.backward_model.sample_backward(current, self.generator))
             if k == 0:
@@ -538,7 +556,16 @@ class DynaAgent(Agent):
                 value = value * bootstraps.float()
             value = sample.reward.float() + self.gamma * value
             self._apply(sample.previous_state, sample.action, value, alive)
-            self._count(alive, torch.ones_like(alive), sample.previous_state, never_simulated, real_state, bootstraps)
+            self._count(
+                alive,
+                torch.ones_like(alive),
+                sample.previous_state,
+                never_simulated,
+                real_state,
+                bootstraps,
+                path_hallucinated,
+            )
+            path_hallucinated = path_hallucinated | ~self.real_state_mask[sample.previous_state]
             # Watkins-style truncation: a_k must be greedy at s_k for G_{k+1} to be a max-target.
             q_prev = self.q[self.members, sample.previous_state]
             greedy = q_prev.gather(1, sample.action.unsqueeze(1)).squeeze(1) >= q_prev.max(dim=1).values
@@ -633,26 +660,27 @@ def make_dyna_for_env(
     "dyna", DynaOptions, "tabular Dyna: one-/multi-step successor/predecessor planning (Hallucinating Value)"
 )
 def make_dyna(context: AgentContext, options: DynaOptions) -> DynaAgent:
-    """Registry factory: the env named in ``context`` must be a tabular env with dynamics tables.
+    """Registry factory: the run's env must be a tabular env with dynamics tables (``bordered-gridworld``).
 
-    The given model is built from ``make_env(context.env_name)`` with that env's default options, and its state
-    count is checked against the observation spec of the run.
+    The given model is the dynamics of ``context.env`` (the run's env, with its options) when the loop provides
+    it, else of ``make_env(context.env_name)`` with default options, checked against the run's observation spec.
     """
-    from emphatic_rl.envs import make_env
+    env = context.env
+    if env is None:
+        from emphatic_rl.envs import make_env
 
-    if not context.env_name:
-        raise ValueError("agent 'dyna' needs the env name in its context (its given model is the env's dynamics)")
-    env = make_env(context.env_name, num_envs=1, device=context.device)
+        if not context.env_name:
+            raise ValueError("agent 'dyna' needs the env (or its name) in its context: its model is the env's dynamics")
+        env = make_env(context.env_name, num_envs=1, device=context.device)
     if not hasattr(env, "next_state_table"):
         raise ValueError(
-            f"agent 'dyna' is tabular and needs an env with dynamics tables (e.g. "
-            f"'bordered-gridworld'); env {context.env_name!r} has none"
+            f"agent 'dyna' is tabular and needs an env with dynamics tables (e.g. 'bordered-gridworld'); "
+            f"env {context.env_name or type(env).__name__!r} has none"
         )
     spec_states = int(getattr(context.observation_spec, "high", -1)) + 1
     if spec_states != env.num_states:
         raise ValueError(
-            f"agent 'dyna': the run's env has {spec_states} states but the default "
-            f"{context.env_name!r} has {env.num_states}; a given model for non-default env options "
-            "is built with emphatic_rl.agents.dyna.make_dyna_for_env(env, ...)"
+            f"agent 'dyna': the run's env has {spec_states} states but the model's env has {env.num_states}; "
+            "build the agent with emphatic_rl.agents.dyna.make_dyna_for_env(env, ...)"
         )
     return make_dyna_for_env(env, context.population_size, options, seed=context.seed)
