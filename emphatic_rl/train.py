@@ -25,6 +25,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -291,18 +292,30 @@ def train(
         checkpoint = torch.load(out / CHECKPOINT_NAME, map_location=device, weights_only=False)
         start_step = checkpoint["step"]
         agent.load_state_dict(checkpoint["agent"])
-        env.load_state_dict(checkpoint["env"])
         buffer.load_state_dict(checkpoint["buffer"])
         loop_generator.set_state(checkpoint["loop_generator"])
         stats.load_state_dict(checkpoint["episode_stats"])
         diverged = checkpoint["diverged"]
         last_eval = checkpoint["last_eval"]
-        obs = checkpoint["obs"].to(device)
+        if checkpoint["env"] is not None:
+            env.load_state_dict(checkpoint["env"])
+            obs = checkpoint["obs"].to(device)
+        else:  # an env that cannot be snapshotted (gym:<id>): new episodes, so the resume is not bit-identical
+            print(f"emphatic-rl: env {config.env!r} cannot be restored from a checkpoint; resuming with new episodes")
+            obs = env.reset(seed=config.seed + start_step)
+            stats.episode_return.zero_()
+            stats.episode_length.zero_()
     else:
         atomic_write_bytes(out / CONFIG_NAME, json.dumps(config.to_dict(), indent=2, default=str).encode())
         obs = env.reset(seed=config.seed)
 
     logger = Logger(out, population, resume_step=start_step if resume else None)
+
+    def env_state() -> dict[str, Any] | None:
+        try:
+            return env.state_dict()
+        except NotImplementedError:  # e.g. Gymnasium envs behind the adapter
+            return None
 
     def save_checkpoint(step: int) -> None:
         atomic_torch_save(
@@ -310,7 +323,7 @@ def train(
                 "step": step,
                 "config": config.to_dict(),
                 "agent": agent.state_dict(),
-                "env": env.state_dict(),
+                "env": env_state(),
                 "buffer": buffer.state_dict(),
                 "loop_generator": loop_generator.get_state(),
                 "episode_stats": stats.state_dict(),
