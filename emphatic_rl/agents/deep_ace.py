@@ -1,0 +1,428 @@
+"""Deep discrete off-policy actor-critic with emphatic weightings on replayed data: deep ACE-direct and deep OffPAC.
+
+A population of ``P`` learners (seeds or settings) runs as one batched program, like ``dqn.py``: every network is a
+population network (``PopulationMinAtarNet`` for channel-last images ``[H, W, C]``, ``PopulationMLP`` otherwise) and
+one Adam (three parameter groups: actor, critic, emphasis) updates every member independently; gradients are clipped
+per member and per network.
+
+Networks (separate per head, not a shared torso): a softmax policy ``pi(.|s)`` (``A`` logits), a state-value critic
+``V(s)``, a learned emphasis ``fhat(s)`` (only when ``emphasis="learned"`` and ``eta > 0``), and target copies of ``V``
+and ``fhat`` refreshed every ``target_update_every`` iterations. Separate networks keep the emphasis regression (whose
+targets can be large) and the critic's squared error from steering the actor's features, and need no loss weights.
+
+One gradient step on a batch of replayed transitions ``(S_t, A_t, R_{t+1}, S_{t+1}, log mu(A_t|S_t))``, every
+tensor ``[P, B]`` (interest is uniform, ``i = 1``; ``gamma_{t+1} = 0`` on termination, ``gamma`` otherwise, so a
+truncated transition bootstraps from the true final observation)::
+
+    rho_t   = exp(log pi(A_t|S_t) - log mu(A_t|S_t))            # current pi, stored behaviour log-probability
+    critic  : 0.5 * min(rho_t, c) * (R + gamma_{t+1} V_target(S_{t+1}) - V(S_t))^2
+    delta_t = R + gamma_{t+1} V_target(S_{t+1}) - V(S_t)        # no gradient, critic before this step's update
+    F_t     = max(fhat(S_t), 0)                                 # read before this step's emphasis update
+    M_t     = (1 - eta) i_t + eta F_t
+    actor   : -min(rho_t, c) * M_t * delta_t * log pi(A_t|S_t) - entropy_coef * H(pi(.|S_t))
+    emphasis (backward TD, ace.md §2.3, semi-gradient, with a target network):
+        target  = i_{t+1} + gamma_{t+1} min(rho_t, c_f) fhat_target(S_t)
+                  (normalize_emphasis: (1 - gamma_{t+1}) i_{t+1} + gamma_{t+1} min(rho_t, c_f) fhat_target(S_t))
+        loss    = 0.5 * [not terminated] (fhat(S_{t+1}) - target)^2 + 0.5 * [S_t starts an episode] (fhat(S_t) - i_t)^2
+
+Choices (documented here because they bias or differ from the linear ACE of ``actor_critic.py``):
+
+- Critic: per-decision importance-weighted TD(0) for ``V_pi`` with the ratio clipped at ``c = rho_clip``. With
+  ``c >= max rho`` its expected update is off-policy TD(0) for ``pi`` under ``d_mu``; with clipping it evaluates
+  the policy ``pi_c ∝ min(pi, c mu)`` (the V-trace fixed point with rho-bar = c). A target network (hard copy)
+  stabilises the bootstrap.
+- Actor: the OffPAC / ACE sampled update with the same clipped ratio: clipping trades the unbiasedness of
+  ``E_mu[rho M delta grad ln pi]`` for bounded variance (``rho_clip = inf`` turns it off). Under uniform behaviour
+  ``rho <= A`` anyway; under epsilon-greedy ``rho`` can reach ``A / epsilon``.
+- Emphasis: ``fhat`` regresses toward the backward-TD target at ``S_{t+1}`` exactly as the linear ACE-direct does
+  (``emphasis.LearnedEmphasis``), including its two boundary rules: no update at a terminal ``S_{t+1}`` (it is never
+  acted upon) and ``fhat(S_0) <- i_0`` at episode starts (a start state is never anyone's ``S_{t+1}``). Whether a
+  replayed ``S_t`` starts an episode is read from the buffer (the previous row of its stream ended, or it is the
+  stream's first row); for the oldest stored row it is unknown and that row gets no start term. The bootstrap uses
+  a target copy of ``fhat`` (the deep analogue of reading ``fhat`` before its update), and its ratio has its own
+  clip ``emphasis_rho_clip``. ``F_t`` is clipped at 0 in ``M_t`` (the true emphatic ratio ``m / d_mu`` is
+  non-negative; an untrained ``fhat`` is not). With tabular features and no clipping the fixed point is
+  ``m / d_mu``.
+- Interest is uniform (the excursions objective). ``eta = 0`` is OffPAC (``M_t = 1``) and then no emphasis
+  network is trained.
+
+Behaviour (``behaviour`` option):
+
+- ``"fixed"``: the agent does not act (``acts_in_env = False``); the loop's fixed ``Behaviour`` (``--set
+  behaviour=uniform``, or the env default) writes ``R = num_envs`` streams and *every* member samples its batch
+  from the whole buffer (all streams). ``buffer_size`` is in transitions (``ceil(buffer_size / R)`` rows).
+- ``"epsilon-greedy"``: member ``p`` acts in its ``E`` env copies, greedily w.r.t. its own ``pi`` (argmax) with
+  probability ``1 - epsilon`` and uniformly otherwise; ``log mu = log(epsilon / A + (1 - epsilon) [a = argmax])`` is
+  recorded and used for ``rho``. Member ``p`` learns only from its own streams; ``buffer_size`` is per member.
+  ``epsilon`` decays linearly from ``epsilon_start`` to ``epsilon_end`` over ``epsilon_decay_steps`` iterations.
+
+Counting: ``env_step`` counts loop iterations; ``learning_starts``, ``train_every``, ``target_update_every`` and
+``epsilon_decay_steps`` are in iterations. Evaluation runs the target policy ``pi`` (``evaluation="sample"``) or
+its argmax (``"greedy"``), with its own generator so evaluation never moves the training RNG.
+
+Presets (registered names): ``deep-ace`` (eta 1, learned emphasis), ``deep-offpac`` (eta 0, no emphasis).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+from typing import Any
+
+import torch
+from torch import nn
+
+from emphatic_rl.agents.base import ActionOutput, Agent
+from emphatic_rl.agents.networks import finite_members, make_population_network
+from emphatic_rl.agents.registry import AgentContext, check_positive, check_unit_interval, register_agent
+from emphatic_rl.buffers.trajectory import TransitionBatch
+from emphatic_rl.envs.base import DiscreteSpec
+
+__all__ = ["DeepACE", "DeepACEOptions", "DeepOffPACOptions", "BEHAVIOURS", "EMPHASIS_KINDS", "EVALUATION_KINDS"]
+
+BEHAVIOURS = ("fixed", "epsilon-greedy")
+EMPHASIS_KINDS = ("learned", "none")
+INTEREST_KINDS = ("uniform",)
+EVALUATION_KINDS = ("sample", "greedy")
+
+
+@dataclass(frozen=True)
+class DeepACEOptions:
+    """Hyperparameters of ``deep-ace`` (see the module docstring for each one's role)."""
+
+    eta: float = 1.0
+    emphasis: str = "learned"
+    normalize_emphasis: bool = False
+    interest: str = "uniform"
+    behaviour: str = "fixed"
+    gamma: float = 0.99
+    actor_learning_rate: float = 3e-4
+    critic_learning_rate: float = 1e-3
+    emphasis_learning_rate: float = 1e-3
+    entropy_coef: float = 0.01
+    rho_clip: float = 2.0
+    emphasis_rho_clip: float = 2.0
+    buffer_size: int = 100_000
+    batch_size: int = 64
+    learning_starts: int = 1_000
+    train_every: int = 1
+    gradient_steps: int = 1
+    target_update_every: int = 250
+    epsilon_start: float = 1.0
+    epsilon_end: float = 0.1
+    epsilon_decay_steps: int = 10_000
+    evaluation: str = "sample"
+    hidden: tuple[int, ...] = (128, 128)
+    max_grad_norm: float = 10.0
+
+    def __post_init__(self) -> None:
+        for name, value, allowed in (
+            ("emphasis", self.emphasis, EMPHASIS_KINDS),
+            ("interest", self.interest, INTEREST_KINDS),
+            ("behaviour", self.behaviour, BEHAVIOURS),
+            ("evaluation", self.evaluation, EVALUATION_KINDS),
+        ):
+            if value not in allowed:
+                raise ValueError(f"unknown {name} {value!r}; allowed: {', '.join(allowed)}")
+        if not isinstance(self.eta, int | float) or isinstance(self.eta, bool):
+            raise ValueError(f"eta must be a number in [0, 1], got {self.eta!r}")
+        check_unit_interval("eta", self.eta)
+        check_unit_interval("gamma", self.gamma)
+        for name in ("actor_learning_rate", "critic_learning_rate", "emphasis_learning_rate", "rho_clip",
+                     "emphasis_rho_clip", "max_grad_norm"):
+            check_positive(name, getattr(self, name))
+        check_positive("entropy_coef", self.entropy_coef, allow_zero=True)
+        for name in ("buffer_size", "batch_size", "train_every", "gradient_steps", "target_update_every",
+                     "epsilon_decay_steps"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise ValueError(f"{name} must be an integer > 0, got {value!r}")
+            check_positive(name, value)
+        check_positive("learning_starts", self.learning_starts, allow_zero=True)
+        for name in ("epsilon_start", "epsilon_end"):
+            check_unit_interval(name, getattr(self, name))
+        object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
+
+
+@dataclass(frozen=True)
+class DeepOffPACOptions(DeepACEOptions):
+    """``deep-offpac``: ``DeepACEOptions`` with ``eta = 0`` and no emphasis network (``M_t = i_t = 1``)."""
+
+    eta: float = 0.0
+    emphasis: str = "none"
+
+
+class DeepACE(Agent):
+    """A population of ``P`` deep discrete actor-critics (ACE-direct / OffPAC) learning from replay.
+
+    Args:
+        context: run facts (specs, ``P``, ``E`` or ``R``, device, seed).
+        options: ``DeepACEOptions``.
+    """
+
+    name = "deep-ace"
+
+    def __init__(self, context: AgentContext, options: DeepACEOptions) -> None:
+        if not isinstance(context.action_spec, DiscreteSpec):
+            raise ValueError(
+                "agent 'deep-ace' needs a discrete action space; this env's actions are continuous"
+            )
+        self.options = options
+        self.device = context.device
+        self.population_size = context.population_size
+        self.num_actions = context.action_spec.n
+        self.acts_in_env = options.behaviour == "epsilon-greedy"
+        streams_per_member = context.envs_per_member if self.acts_in_env else context.num_streams
+        self.buffer_capacity = math.ceil(options.buffer_size / streams_per_member)
+        self.uses_emphasis = options.emphasis == "learned" and options.eta > 0.0
+        obs_shape = context.observation_spec.shape
+        P = self.population_size
+
+        def network(out_dim: int) -> nn.Module:
+            return make_population_network(P, obs_shape, out_dim, options.hidden).to(self.device)
+
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(context.seed)  # initialisation only; acting and sampling use self.generator
+            self.policy = network(self.num_actions)
+            self.critic = network(1)
+            self.critic_target = network(1)
+            self.emphasis = network(1) if self.uses_emphasis else None
+            self.emphasis_target = network(1) if self.uses_emphasis else None
+        self.critic_target.load_state_dict(self.critic.state_dict())
+        groups = [
+            {"params": list(self.policy.parameters()), "lr": options.actor_learning_rate},
+            {"params": list(self.critic.parameters()), "lr": options.critic_learning_rate},
+        ]
+        if self.emphasis is not None:
+            self.emphasis_target.load_state_dict(self.emphasis.state_dict())
+            groups.append({"params": list(self.emphasis.parameters()), "lr": options.emphasis_learning_rate})
+        self.optimizer = torch.optim.Adam(groups)
+        self.generator = torch.Generator(device=self.device)
+        self.generator.manual_seed(context.seed + 1)
+        self.evaluation_generator = torch.Generator(device=self.device)
+        self.evaluation_generator.manual_seed(context.seed + 3)
+        self.active = torch.ones(P, dtype=torch.bool, device=self.device)
+        self.gradient_updates = 0
+
+    # ------------------------------------------------------------------ networks
+    def _trained_networks(self) -> list[nn.Module]:
+        return [net for net in (self.policy, self.critic, self.emphasis) if net is not None]
+
+    def log_policy(self, obs: torch.Tensor) -> torch.Tensor:
+        """``log pi(.|s)``: ``[P, B, A]`` for ``obs: [P, B, *obs_shape]``."""
+        return torch.log_softmax(self.policy(obs), dim=-1)
+
+    # ------------------------------------------------------------------ acting
+    def epsilon(self, env_step: int) -> float:
+        o = self.options
+        fraction = min(1.0, env_step / o.epsilon_decay_steps)
+        return o.epsilon_start + fraction * (o.epsilon_end - o.epsilon_start)
+
+    def act(self, obs: torch.Tensor, env_step: int) -> ActionOutput:
+        """Epsilon-greedy on ``argmax pi`` (``behaviour="epsilon-greedy"``) or uniform random (``"fixed"``, for
+        completeness: the loop then uses its own ``Behaviour``). ``obs: [P, E, *obs_shape]``."""
+        epsilon = self.epsilon(env_step) if self.acts_in_env else 1.0
+        with torch.no_grad():
+            greedy = self.policy(obs).argmax(dim=-1)  # [P, E]
+        random_action = torch.randint(self.num_actions, greedy.shape, generator=self.generator, device=self.device)
+        explore = torch.rand(greedy.shape, generator=self.generator, device=self.device) < epsilon
+        action = torch.where(explore, random_action, greedy)
+        prob = epsilon / self.num_actions + (1.0 - epsilon) * (action == greedy).float()
+        return ActionOutput(action, prob.log())
+
+    @torch.no_grad()
+    def evaluation_action(self, obs: torch.Tensor) -> torch.Tensor:
+        """The target policy ``pi`` (sampled, or its argmax with ``evaluation="greedy"``) for ``obs: [P, E, ...]``."""
+        logits = self.policy(obs)
+        if self.options.evaluation == "greedy":
+            return logits.argmax(dim=-1)
+        probs = torch.softmax(logits, dim=-1).flatten(0, 1)
+        action = torch.multinomial(probs, 1, generator=self.evaluation_generator).squeeze(1)
+        return action.view(logits.shape[:2])
+
+    # ------------------------------------------------------------------ learning
+    def _sample(self, buffer: Any) -> tuple[Any, torch.Tensor]:
+        """A batch with leading dims ``[P, B]`` and ``episode_start: bool[P, B]`` (``S_t`` starts an episode).
+
+        Fixed behaviour: every member draws from all streams; epsilon-greedy: member ``p`` from its own streams.
+        """
+        P, B = self.population_size, self.options.batch_size
+        if self.acts_in_env:
+            batch = buffer.sample_transitions(B, self.generator, num_groups=P)
+        else:
+            flat = buffer.sample_transitions(P * B, self.generator)
+            batch = TransitionBatch(
+                **{f.name: getattr(flat, f.name).view(P, B, *getattr(flat, f.name).shape[1:])
+                   for f in fields(flat) if f.name != "extras"},
+                extras={name: value.view(P, B, *value.shape[1:]) for name, value in flat.extras.items()},
+            )
+        previous_time = batch.time_index - 1
+        known = previous_time >= buffer.oldest_time
+        previous = buffer.transitions_at(
+            previous_time.clamp(min=buffer.oldest_time).flatten(), batch.stream_index.flatten()
+        )
+        episode_start = (batch.time_index == 0) | (known & previous.done.view(batch.time_index.shape))
+        return batch, episode_start.view(P, B)
+
+    def losses(self, batch: Any, episode_start: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The members' losses and diagnostics for one batch (fields ``[P, B, ...]``).
+
+        Returns ``actor``, ``critic``, ``emphasis`` (``[P]``, differentiable; ``emphasis`` is zeros when no emphasis
+        network is trained) and, without gradient, ``rho``, ``delta``, ``followon`` (``F_t``), ``emphasis_weight``
+        (``M_t``), ``emphasis_target`` (``[P, B]``) and ``entropy`` (``[P]``).
+        """
+        o = self.options
+        P, B = episode_start.shape
+        action = batch.action.long().view(P, B)
+        reward = batch.reward.view(P, B)
+        not_terminated = (~batch.terminated.view(P, B)).float()
+        next_gamma = o.gamma * not_terminated  # gamma_{t+1}
+        interest = torch.ones_like(reward)  # uniform interest: i_t = i_{t+1} = 1
+
+        log_pi_all = self.log_policy(batch.obs)  # [P, B, A]
+        log_pi = log_pi_all.gather(-1, action.unsqueeze(-1)).squeeze(-1)
+        rho = (log_pi.detach() - batch.behaviour_log_prob.view(P, B)).exp()
+        rho_clipped = rho.clamp(max=o.rho_clip)
+
+        value = self.critic(batch.obs).squeeze(-1)  # [P, B]
+        with torch.no_grad():
+            critic_target = reward + next_gamma * self.critic_target(batch.next_obs).squeeze(-1)
+            delta = critic_target - value.detach()
+        critic_loss = (0.5 * rho_clipped * (critic_target - value).pow(2)).mean(dim=1)
+
+        zeros = torch.zeros(P, device=reward.device)
+        if self.emphasis is not None:
+            fhat_now = self.emphasis(batch.obs).squeeze(-1)  # [P, B]
+            fhat_next = self.emphasis(batch.next_obs).squeeze(-1)
+            with torch.no_grad():
+                followon = fhat_now.detach().clamp(min=0.0)
+                fhat_target_now = self.emphasis_target(batch.obs).squeeze(-1)
+                bootstrap = next_gamma * rho.clamp(max=o.emphasis_rho_clip) * fhat_target_now
+                base = (1.0 - next_gamma) * interest if o.normalize_emphasis else interest
+                emphasis_target = base + bootstrap
+            start = episode_start.float()
+            emphasis_loss = 0.5 * (
+                not_terminated * (fhat_next - emphasis_target).pow(2) + start * (fhat_now - interest).pow(2)
+            ).mean(dim=1)
+        else:
+            followon = interest
+            emphasis_target = torch.full_like(reward, math.nan)
+            emphasis_loss = zeros
+        emphasis_weight = (1.0 - o.eta) * interest + o.eta * followon  # M_t
+
+        probs = log_pi_all.exp()
+        entropy = -(probs * log_pi_all).sum(dim=-1).mean(dim=1)  # [P]
+        actor_weight = (rho_clipped * emphasis_weight * delta).detach()
+        actor_loss = -(actor_weight * log_pi).mean(dim=1) - o.entropy_coef * entropy
+        return {
+            "actor": actor_loss,
+            "critic": critic_loss,
+            "emphasis": emphasis_loss,
+            "rho": rho,
+            "delta": delta,
+            "followon": followon,
+            "emphasis_weight": emphasis_weight,
+            "emphasis_target": emphasis_target,
+            "entropy": entropy.detach(),
+            "value": value.detach(),
+        }
+
+    def update(self, buffer: Any, env_step: int) -> dict[str, torch.Tensor]:
+        o = self.options
+        metrics: dict[str, torch.Tensor] = {}
+        if env_step < o.learning_starts or env_step % o.train_every != 0:
+            return metrics
+        for _ in range(o.gradient_steps):
+            batch, episode_start = self._sample(buffer)
+            out = self.losses(batch, episode_start)
+            self.optimizer.zero_grad(set_to_none=True)
+            (out["actor"] + out["critic"] + out["emphasis"]).sum().backward()
+            for net in self._trained_networks():
+                self._mask_and_clip_member_gradients(net)
+            self.optimizer.step()
+            self.gradient_updates += 1
+            metrics = {
+                "actor_loss": out["actor"].detach(),
+                "critic_loss": out["critic"].detach(),
+                "emphasis_loss": out["emphasis"].detach(),
+                "rho_mean": out["rho"].mean(dim=1),
+                "emphasis_mean": out["followon"].mean(dim=1),
+                "entropy": out["entropy"],
+                "value_mean": out["value"].mean(dim=1),
+            }
+        if env_step % o.target_update_every == 0:
+            self.critic_target.load_state_dict(self.critic.state_dict())
+            if self.emphasis is not None:
+                self.emphasis_target.load_state_dict(self.emphasis.state_dict())
+        if self.acts_in_env:
+            metrics["epsilon"] = torch.full((self.population_size,), self.epsilon(env_step), device=self.device)
+        return metrics
+
+    def _mask_and_clip_member_gradients(self, net: nn.Module) -> None:
+        """Zero frozen members' gradients; clip each member's gradient of ``net`` to ``max_grad_norm`` on its own."""
+        grads = [p.grad for p in net.parameters() if p.grad is not None]
+        if not grads:
+            return
+        for g in grads:
+            g[~self.active] = 0.0
+        squared = torch.stack([g.flatten(1).pow(2).sum(dim=1) for g in grads]).sum(dim=0)  # [P]
+        scale = (self.options.max_grad_norm / (squared.sqrt() + 1e-6)).clamp(max=1.0)
+        for g in grads:
+            g.mul_(scale.view((-1,) + (1,) * (g.dim() - 1)))
+
+    def parameters_finite(self) -> torch.Tensor:
+        finite = finite_members(self.policy) & finite_members(self.critic)
+        if self.emphasis is not None:
+            finite &= finite_members(self.emphasis)
+        return finite
+
+    def freeze(self, members: torch.Tensor) -> None:
+        """Diverged members keep their parameters, get zero gradients and zeroed Adam moments from now on."""
+        members = members.to(self.device)
+        self.active &= ~members
+        for state in self.optimizer.state.values():
+            for key in ("exp_avg", "exp_avg_sq"):
+                if key in state:
+                    state[key][members] = 0.0
+
+    # ------------------------------------------------------------------ checkpointing
+    def state_dict(self) -> dict[str, Any]:
+        state = {
+            "policy": self.policy.state_dict(),
+            "critic": self.critic.state_dict(),
+            "critic_target": self.critic_target.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "generator": self.generator.get_state(),
+            "evaluation_generator": self.evaluation_generator.get_state(),
+            "active": self.active.clone(),
+            "gradient_updates": self.gradient_updates,
+        }
+        if self.emphasis is not None:
+            state["emphasis"] = self.emphasis.state_dict()
+            state["emphasis_target"] = self.emphasis_target.state_dict()
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.policy.load_state_dict(state["policy"])
+        self.critic.load_state_dict(state["critic"])
+        self.critic_target.load_state_dict(state["critic_target"])
+        if self.emphasis is not None:
+            self.emphasis.load_state_dict(state["emphasis"])
+            self.emphasis_target.load_state_dict(state["emphasis_target"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.generator.set_state(state["generator"])
+        self.evaluation_generator.set_state(state["evaluation_generator"])
+        self.active.copy_(state["active"])
+        self.gradient_updates = state["gradient_updates"]
+
+
+@register_agent("deep-ace", DeepACEOptions, "deep ACE-direct (learned emphasis network, eta 1) on replay, discrete")
+def make_deep_ace(context: AgentContext, options: DeepACEOptions) -> DeepACE:
+    return DeepACE(context, options)
+
+
+@register_agent("deep-offpac", DeepOffPACOptions, "deep OffPAC (deep-ace with eta 0) on replay, discrete actions")
+def make_deep_offpac(context: AgentContext, options: DeepOffPACOptions) -> DeepACE:
+    agent = DeepACE(context, options)
+    agent.name = "deep-offpac"
+    return agent
