@@ -1,0 +1,660 @@
+"""Deterministic policy gradients: deep DDPG with an optional learned emphasis (deep emphatic DPG), and linear DPG /
+emphatic DPG for the counterexample studies.
+
+The off-policy deterministic policy gradient theorem (ace.md §1, [N18] Thm 2) weights each state by the emphatic
+weighting ``m(s)``; DPG (Silver et al. 2014) and DDPG (Lillicrap et al. 2016) use ``d_mu(s) i(s)`` instead (the
+semi-gradient). Emphatic DPG multiplies the per-state actor update by ``M_t ~ m(S_t) / d_mu(S_t)``:
+
+    u += alpha_u M_t grad_u pi(S_t) grad_a q(S_t, a)|_{a = pi(S_t)}.
+
+Where ``M_t`` comes from. ACE's follow-on trace ``F_t = i_t + gamma_t rho_{t-1} F_{t-1}`` needs the importance ratio
+``rho = pi(A|S) / mu(A|S)``, and a deterministic ``pi`` has no density: the ratio is a Dirac delta, zero almost
+surely, so the trace is useless as it stands. Replacing ``pi`` by a narrow Gaussian of width ``sigma`` around
+``pi(s)`` gives finite ratios, but the trace *multiplies* them along a trajectory, so its variance grows like
+``(mu-width / sigma)^k`` and explodes as ``sigma -> 0``. The learned estimator (ACE-direct, ace.md §2.3) uses the
+ratio once per transition inside a regression target, ``f(S_{t+1}) <- i_{t+1} + gamma rho_t f(S_t)``; the
+regression averages the one-step ratios over the data, so its variance stays bounded and it generalises across
+states. That makes it the practical choice here: ``emphasis = "learned"`` trains a network ``f`` with that target,
+``rho_t`` taken between a Gaussian smoothing of the deterministic target policy (std ``emphasis_target_std`` times
+the action half-width) and the recorded behaviour log-probability, truncated at ``rho_clip``. On tabular problems
+the linear agents can use the oracle ``m / d_mu`` from the exact lab instead.
+
+Deep agent (``dpg``): actor ``pi(s) = centre + half_width tanh(net(s))`` (raw output when the box is unbounded),
+critic ``Q(s, a)``, target networks with Polyak averaging ``tau``, behaviour ``clip(pi(s) + N(0, (noise *
+half_width)^2))`` with its clipped-Gaussian log-probability written to the buffer (uniform actions before
+``learning_starts``). Critic target ``r + gamma (1 - terminated) Q'(s', pi'(s'))``; truncated transitions bootstrap
+from the true final observation. Actor loss ``-mean_B M_t Q(s_t, pi(s_t))`` with ``M_t = (1 - eta) + eta
+f(s_t)`` (``emphasis = "learned"``) or ``M_t = 1`` (``"none"``). The learned emphasis uses the normalised target
+``(1 - gamma) i + gamma rho f`` so that ``E_{d_mu}[f] = 1`` and ``f`` only reweights states (the normalisation
+rescales ``m`` by the constant ``1 - gamma``, i.e. a step size); interest is uniform (``i = 1``).
+
+Population: ``P`` independent learners as one batched program (``PopulationMLP``), member ``p`` acting in env copies
+``p*E ... p*E + E - 1`` and learning only from them, exactly as ``dqn``. Counting follows ``dqn`` (``env_step``
+counts loop iterations; ``buffer_size`` is transitions per member).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from emphatic_rl.agents.action_boxes import (
+    ActionBox,
+    clipped_gaussian_log_prob,
+    require_box,
+    sample_clipped_gaussian,
+)
+from emphatic_rl.agents.base import ActionOutput, Agent
+from emphatic_rl.agents.networks import PopulationMLP, finite_members
+from emphatic_rl.agents.registry import AgentContext, check_positive, check_unit_interval, register_agent
+
+EMPHASIS_CHOICES = ("none", "learned")
+
+
+@dataclass(frozen=True)
+class DDPGOptions:
+    """Hyperparameters of deep DDPG / emphatic DDPG (defaults tuned on native Pendulum, see experiments/results/dpg).
+
+    ``exploration_noise`` and ``emphasis_target_std`` are fractions of the action half-width. ``emphasis``:
+    ``"none"`` (DDPG) or ``"learned"`` (deep emphatic DPG, see the module docstring).
+    """
+
+    actor_learning_rate: float = 1e-3
+    critic_learning_rate: float = 1e-3
+    gamma: float = 0.99
+    tau: float = 0.005
+    buffer_size: int = 100_000
+    batch_size: int = 256
+    learning_starts: int = 1_000
+    train_every: int = 1
+    gradient_steps: int = 1
+    exploration_noise: float = 0.1
+    hidden: tuple[int, ...] = (64, 64)
+    max_grad_norm: float = 10.0
+    emphasis: str = "none"
+    eta: float = 1.0
+    emphasis_learning_rate: float = 3e-4
+    emphasis_target_std: float = 0.1
+    rho_clip: float = 5.0
+    emphasis_clip: float = 10.0
+
+    def __post_init__(self) -> None:
+        for name in ("actor_learning_rate", "critic_learning_rate", "emphasis_learning_rate", "tau"):
+            check_positive(name, getattr(self, name))
+        check_unit_interval("gamma", self.gamma)
+        check_unit_interval("tau", self.tau)
+        check_unit_interval("eta", self.eta)
+        for name in ("buffer_size", "batch_size", "train_every", "gradient_steps", "max_grad_norm"):
+            check_positive(name, getattr(self, name))
+        check_positive("learning_starts", self.learning_starts, allow_zero=True)
+        for name in ("exploration_noise", "emphasis_target_std", "rho_clip", "emphasis_clip"):
+            check_positive(name, getattr(self, name))
+        if self.emphasis not in EMPHASIS_CHOICES:
+            raise ValueError(f"emphasis must be one of {', '.join(EMPHASIS_CHOICES)}, got {self.emphasis!r}")
+        object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
+
+
+def _polyak_(target: nn.Module, online: nn.Module, tau: float) -> None:
+    with torch.no_grad():
+        for t, o in zip(target.parameters(), online.parameters(), strict=True):
+            t.lerp_(o, tau)
+
+
+def _clip_member_gradients_(parameters: list[nn.Parameter], active: torch.Tensor, max_norm: float) -> None:
+    """Zero frozen members' gradients and clip each member's gradient norm on its own (``[P]`` leading axis)."""
+    grads = [p.grad for p in parameters if p.grad is not None]
+    for g in grads:
+        g[~active] = 0.0
+    squared = torch.stack([g.flatten(1).pow(2).sum(dim=1) for g in grads]).sum(dim=0)  # [P]
+    scale = (max_norm / (squared.sqrt() + 1e-6)).clamp(max=1.0)
+    for g in grads:
+        g.mul_(scale.view((-1,) + (1,) * (g.dim() - 1)))
+
+
+class DDPG(Agent):
+    """A population of ``P`` DDPG learners, optionally emphatic. See the module docstring.
+
+    Args:
+        context: run facts (specs, ``P``, ``E``, device, seed).
+        options: ``DDPGOptions``.
+    """
+
+    name = "dpg"
+    acts_in_env = True
+
+    def __init__(self, context: AgentContext, options: DDPGOptions) -> None:
+        spec = require_box(context.action_spec, "dpg")
+        if len(context.observation_spec.shape) != 1:
+            raise ValueError(f"agent 'dpg' needs vector observations, got shape {context.observation_spec.shape}")
+        self.options = options
+        self.device = context.device
+        self.population_size = P = context.population_size
+        self.envs_per_member = context.envs_per_member
+        self.box = ActionBox.from_spec(spec, self.device)
+        self.buffer_capacity = math.ceil(options.buffer_size / context.envs_per_member)
+        obs_dim = context.observation_spec.shape[0]
+        action_dim = self.box.num_dims
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(context.seed)  # network initialisation only
+
+            def make(in_dim: int, out_dim: int) -> PopulationMLP:
+                return PopulationMLP(P, in_dim, out_dim, options.hidden).to(self.device)
+
+            self.actor, self.actor_target = make(obs_dim, action_dim), make(obs_dim, action_dim)
+            self.critic, self.critic_target = make(obs_dim + action_dim, 1), make(obs_dim + action_dim, 1)
+            if options.emphasis == "learned":
+                self.emphasis_net, self.emphasis_target = make(obs_dim, 1), make(obs_dim, 1)
+        self.actor_target.load_state_dict(self.actor.state_dict())
+        self.critic_target.load_state_dict(self.critic.state_dict())
+        self.actor_optimizer = torch.optim.Adam(self.actor.parameters(), lr=options.actor_learning_rate)
+        self.critic_optimizer = torch.optim.Adam(self.critic.parameters(), lr=options.critic_learning_rate)
+        self.emphasis_optimizer = None
+        if options.emphasis == "learned":
+            self.emphasis_target.load_state_dict(self.emphasis_net.state_dict())
+            self.emphasis_optimizer = torch.optim.Adam(
+                self.emphasis_net.parameters(), lr=options.emphasis_learning_rate
+            )
+        self.noise_std = options.exploration_noise * self.box.scale  # [A]
+        self.generator = torch.Generator(device=self.device)
+        self.generator.manual_seed(context.seed + 1)
+        self.active = torch.ones(P, dtype=torch.bool, device=self.device)
+        self.gradient_updates = 0
+
+    # ------------------------------------------------------------------ policy
+    def policy(self, obs: torch.Tensor, target: bool = False) -> torch.Tensor:
+        """Deterministic target-policy action ``[P, B, A]`` for ``obs [P, B, obs_dim]``."""
+        return self.box.squash((self.actor_target if target else self.actor)(obs))
+
+    def q_value(self, obs: torch.Tensor, action: torch.Tensor, target: bool = False) -> torch.Tensor:
+        """``Q(s, a)``: ``[P, B]``."""
+        net = self.critic_target if target else self.critic
+        return net(torch.cat([obs.float(), action], dim=-1)).squeeze(-1)
+
+    def act(self, obs: torch.Tensor, env_step: int) -> ActionOutput:
+        """Behaviour: uniform in the box before ``learning_starts`` (bounded boxes), then ``clip(pi(s) + noise)``;
+        returns ``action [P, E, A]`` and its log-probability ``[P, E]``."""
+        if env_step <= self.options.learning_starts and self.box.bounded:
+            return ActionOutput(*self.box.uniform(tuple(obs.shape[:2]), self.generator))
+        with torch.no_grad():
+            mean = self.policy(obs)
+        return ActionOutput(*sample_clipped_gaussian(mean, self.noise_std, self.box, self.generator))
+
+    def evaluation_action(self, obs: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return self.policy(obs)
+
+    # ------------------------------------------------------------------ learning
+    def update(self, buffer: Any, env_step: int) -> dict[str, torch.Tensor]:
+        o = self.options
+        metrics: dict[str, torch.Tensor] = {}
+        if env_step < o.learning_starts or env_step % o.train_every != 0:
+            return metrics
+        for _ in range(o.gradient_steps):
+            batch = buffer.sample_transitions(o.batch_size, self.generator, num_groups=self.population_size)
+            metrics = self.learn(batch)
+        return metrics
+
+    def learn(self, batch: Any) -> dict[str, torch.Tensor]:
+        """One gradient step of critic, emphasis (if learned) and actor on ``batch`` (fields ``[P, B, ...]``)."""
+        o = self.options
+        obs, next_obs = batch.obs.float(), batch.next_obs.float()
+        action = batch.action.float()
+        continuing = (~batch.terminated).float()
+        with torch.no_grad():
+            next_q = self.q_value(next_obs, self.policy(next_obs, target=True), target=True)
+            target = batch.reward + o.gamma * continuing * next_q
+        q_taken = self.q_value(obs, action)
+        critic_loss = (q_taken - target).square().mean(dim=1)  # [P]
+        self.critic_optimizer.zero_grad(set_to_none=True)
+        critic_loss.sum().backward()
+        _clip_member_gradients_(list(self.critic.parameters()), self.active, o.max_grad_norm)
+        self.critic_optimizer.step()
+
+        weights = torch.ones_like(batch.reward)
+        metrics: dict[str, torch.Tensor] = {}
+        if self.emphasis_optimizer is not None:
+            weights, emphasis_metrics = self._learn_emphasis(batch, obs, next_obs, action, continuing)
+            metrics.update(emphasis_metrics)
+
+        q_policy = self.q_value(obs, self.policy(obs))
+        actor_loss = -(weights * q_policy).mean(dim=1)  # [P]
+        self.actor_optimizer.zero_grad(set_to_none=True)
+        actor_loss.sum().backward()
+        _clip_member_gradients_(list(self.actor.parameters()), self.active, o.max_grad_norm)
+        self.actor_optimizer.step()
+        self.critic.zero_grad(set_to_none=True)  # the actor loss also reached the critic; drop those gradients
+
+        _polyak_(self.critic_target, self.critic, o.tau)
+        _polyak_(self.actor_target, self.actor, o.tau)
+        if self.emphasis_optimizer is not None:
+            _polyak_(self.emphasis_target, self.emphasis_net, o.tau)
+        self.gradient_updates += 1
+        metrics.update(
+            {
+                "critic_loss": critic_loss.detach(),
+                "actor_loss": actor_loss.detach(),
+                "q_mean": q_taken.detach().mean(dim=1),
+            }
+        )
+        return metrics
+
+    def _learn_emphasis(
+        self,
+        batch: Any,
+        obs: torch.Tensor,
+        next_obs: torch.Tensor,
+        action: torch.Tensor,
+        continuing: torch.Tensor,
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Backward-TD step of the emphasis network; returns the actor weights ``M_t [P, B]`` and metrics."""
+        o = self.options
+        with torch.no_grad():
+            smoothing_std = o.emphasis_target_std * self.box.scale
+            target_log_prob = clipped_gaussian_log_prob(self.policy(obs), smoothing_std, action, self.box)
+            rho = (target_log_prob - batch.behaviour_log_prob).exp().clamp(max=o.rho_clip)  # [P, B]
+            carried = self.emphasis_target(obs).squeeze(-1).clamp(min=0.0)
+            emphasis_target = (1 - o.gamma) + o.gamma * rho * carried  # normalised, uniform interest
+        prediction = self.emphasis_net(next_obs).squeeze(-1)
+        # a terminal S_{t+1} receives no emphasis flow (the next step starts a new episode): skip it
+        emphasis_loss = (continuing * (prediction - emphasis_target).square()).sum(1) / continuing.sum(1).clamp(
+            min=1
+        )
+        self.emphasis_optimizer.zero_grad(set_to_none=True)
+        emphasis_loss.sum().backward()
+        _clip_member_gradients_(list(self.emphasis_net.parameters()), self.active, o.max_grad_norm)
+        self.emphasis_optimizer.step()
+        with torch.no_grad():
+            emphasis = self.emphasis_net(obs).squeeze(-1).clamp(0.0, o.emphasis_clip)
+            weights = (1 - o.eta) + o.eta * emphasis
+        return weights, {
+            "emphasis_loss": emphasis_loss.detach(),
+            "emphasis_mean": emphasis.mean(dim=1),
+            "importance_ratio_mean": rho.mean(dim=1),
+        }
+
+    # ------------------------------------------------------------------ divergence and checkpoints
+    def _networks(self) -> dict[str, nn.Module]:
+        nets = {
+            "actor": self.actor,
+            "actor_target": self.actor_target,
+            "critic": self.critic,
+            "critic_target": self.critic_target,
+        }
+        if self.emphasis_optimizer is not None:
+            nets.update(emphasis_net=self.emphasis_net, emphasis_target=self.emphasis_target)
+        return nets
+
+    def _optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        optimizers = {"actor_optimizer": self.actor_optimizer, "critic_optimizer": self.critic_optimizer}
+        if self.emphasis_optimizer is not None:
+            optimizers["emphasis_optimizer"] = self.emphasis_optimizer
+        return optimizers
+
+    def parameters_finite(self) -> torch.Tensor:
+        finite = torch.ones(self.population_size, dtype=torch.bool, device=self.device)
+        for net in self._networks().values():
+            finite &= finite_members(net)
+        return finite.cpu()
+
+    def freeze(self, members: torch.Tensor) -> None:
+        """Diverged members get zero gradients from now on and zeroed Adam moments (so Adam does not move them)."""
+        members = members.to(self.device)
+        self.active &= ~members
+        for optimizer in self._optimizers().values():
+            for state in optimizer.state.values():
+                for key in ("exp_avg", "exp_avg_sq"):
+                    if key in state:
+                        state[key][members] = 0.0
+
+    def state_dict(self) -> dict[str, Any]:
+        state: dict[str, Any] = {name: net.state_dict() for name, net in self._networks().items()}
+        state.update({name: opt.state_dict() for name, opt in self._optimizers().items()})
+        state.update(
+            generator=self.generator.get_state(), active=self.active.clone(), gradient_updates=self.gradient_updates
+        )
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for name, net in self._networks().items():
+            net.load_state_dict(state[name])
+        for name, opt in self._optimizers().items():
+            opt.load_state_dict(state[name])
+        self.generator.set_state(state["generator"])
+        self.active.copy_(state["active"])
+        self.gradient_updates = state["gradient_updates"]
+
+
+@register_agent(
+    "dpg", DDPGOptions, "deep DDPG (target networks, Gaussian behaviour noise); emphasis='learned' for emphatic DPG"
+)
+def make_ddpg(context: AgentContext, options: DDPGOptions) -> DDPG:
+    return DDPG(context, options)
+
+
+# ====================================================================================================== linear DPG
+LINEAR_EMPHASIS_CHOICES = ("none", "oracle", "learned")
+LINEAR_CRITIC_CHOICES = ("compatible", "oracle")
+
+
+class LinearDPG:
+    """``P`` linear deterministic actors ``pi(s) = u . x(s)`` (one real action, ``u: [P, d]``, ``u_0 = 0``) with DPG's
+    actor update weighted by ``M_t`` (ace.md §2.4):
+
+        u += alpha_actor * M_t * grad_a q(S_t, a)|_{a = pi(S_t)} * x_t
+
+    Critics (``critic``):
+
+    - ``"compatible"``: COPDAC-Q (Silver et al. 2014), the off-policy linear action-value critic
+      ``Q(s, a) = (a - u.x) (w.x) + v.x``: ``delta = R + gamma_{t+1} v.x_{t+1} - Q(S_t, A_t)``,
+      ``w += alpha_critic delta (A_t - u.x_t) x_t``, ``v += alpha_value delta x_t``; then ``grad_a Q = w.x``.
+    - ``"oracle"``: ``grad_a q`` is passed in (the exact lab's, as in the N18 scripts).
+
+    Emphasis (``emphasis``; switches, one code path):
+
+    - ``"none"``: ``M_t = 1`` (DPG, the semi-gradient);
+    - ``"oracle"``: ``M_t`` is passed in (``m(S_t) / d_mu(S_t)`` from the exact lab: "true" emphatic DPG);
+    - ``"learned"``: ``M_t = (1 - eta) i_t + eta fhat(x_t)`` with ACE-direct's ``LearnedEmphasis`` (emphasis.py),
+      its ratio ``rho_t = N(A_t; pi(S_t), sigma^2) / mu(A_t|S_t)`` taken with a Gaussian smoothing of width
+      ``emphasis_target_std`` of the deterministic policy (see the module docstring for why a trace cannot be
+      used).
+
+    All step sizes are scalars (one value for the population) or ``[P]``.
+    """
+
+    def __init__(
+        self,
+        num_features: int,
+        population_size: int,
+        alpha_actor: Any,
+        *,
+        critic: str = "oracle",
+        emphasis: str = "none",
+        alpha_critic: Any = 0.1,
+        alpha_value: Any = 0.1,
+        alpha_emphasis: Any = 0.1,
+        emphasis_target_std: float = 0.3,
+        eta: Any = 1.0,
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
+        if critic not in LINEAR_CRITIC_CHOICES:
+            raise ValueError(f"critic must be one of {', '.join(LINEAR_CRITIC_CHOICES)}, got {critic!r}")
+        if emphasis not in LINEAR_EMPHASIS_CHOICES:
+            raise ValueError(f"emphasis must be one of {', '.join(LINEAR_EMPHASIS_CHOICES)}, got {emphasis!r}")
+        if not emphasis_target_std > 0:
+            raise ValueError(f"emphasis_target_std must be > 0, got {emphasis_target_std!r}")
+        P, d = population_size, num_features
+
+        def per_member(name: str, value: Any) -> torch.Tensor:
+            tensor = torch.as_tensor(value, dtype=dtype, device=device)
+            tensor = tensor.expand(P).clone() if tensor.dim() == 0 else tensor.clone()
+            if tuple(tensor.shape) != (P,):
+                raise ValueError(f"{name} must be a scalar or a tensor [P={P}], got shape {tuple(tensor.shape)}")
+            if bool((tensor < 0).any()):
+                raise ValueError(f"{name} must be >= 0")
+            return tensor
+
+        self.critic, self.emphasis = critic, emphasis
+        self.alpha_actor = per_member("alpha_actor", alpha_actor)
+        self.alpha_critic = per_member("alpha_critic", alpha_critic)
+        self.alpha_value = per_member("alpha_value", alpha_value)
+        self.eta = per_member("eta", eta)
+        self.emphasis_target_std = float(emphasis_target_std)
+        self.actor_weights = torch.zeros(P, d, dtype=dtype, device=device)  # u
+        self.advantage_weights = torch.zeros(P, d, dtype=dtype, device=device)  # w (compatible critic)
+        self.value_weights = torch.zeros(P, d, dtype=dtype, device=device)  # v (compatible critic)
+        self.learned_emphasis = None
+        if emphasis == "learned":
+            from emphatic_rl.agents.emphasis import LearnedEmphasis  # the other helper's ACE-direct estimator
+
+            self.learned_emphasis = LearnedEmphasis(d, P, alpha_emphasis, device=device)
+            self.learned_emphasis.weights = self.learned_emphasis.weights.to(dtype)
+            self.learned_emphasis.alpha = self.learned_emphasis.alpha.to(dtype)
+
+    def action(self, features: torch.Tensor) -> torch.Tensor:
+        """``pi(s) = u . x``: ``[P]`` for ``features [P, d]``."""
+        return (self.actor_weights * features).sum(-1)
+
+    def update_step(
+        self,
+        features: torch.Tensor,
+        action: torch.Tensor,
+        reward: torch.Tensor,
+        next_features: torch.Tensor,
+        gamma: torch.Tensor,
+        next_gamma: torch.Tensor,
+        behaviour_log_prob: torch.Tensor | None = None,
+        interest: torch.Tensor | None = None,
+        next_interest: torch.Tensor | None = None,
+        action_value_gradient: torch.Tensor | None = None,
+        emphatic_ratio: torch.Tensor | None = None,
+        active: torch.Tensor | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """One transition per learner, in the order of ace.md §2.1 (emphasis, critic, actor; all reads before writes).
+
+        ``features``/``next_features``: ``x_t``/``x_{t+1}`` ``[P, d]``; ``action``, ``reward``: ``[P]``;
+        ``gamma``/``next_gamma``: ``gamma_t`` (0 at an episode start) and ``gamma_{t+1}`` (0 on termination), ``[P]``;
+        ``behaviour_log_prob``: ``log mu(A_t|S_t)`` (needed for ``emphasis="learned"``); ``interest``: ``i_t``
+        (default 1); ``action_value_gradient``: ``grad_a q(S_t, pi(S_t))`` ``[P]`` (``critic="oracle"``);
+        ``emphatic_ratio``: ``m(S_t) / d_mu(S_t)`` ``[P]`` (``emphasis="oracle"``); ``active``: ``[P]`` mask of
+        learners still updating (others are left unchanged). Returns metrics ``[P]``.
+        """
+        ones = torch.ones_like(reward)
+        interest = ones if interest is None else interest
+        next_interest = ones if next_interest is None else next_interest
+        scale = ones if active is None else active.to(reward.dtype)
+        policy_action = self.action(features)
+        # ---- emphasis M_t
+        if self.emphasis == "none":
+            emphasis = interest
+        elif self.emphasis == "oracle":
+            if emphatic_ratio is None:
+                raise ValueError("emphasis='oracle' needs emphatic_ratio (m / d_mu at S_t)")
+            emphasis = (1 - self.eta) * interest + self.eta * emphatic_ratio
+        else:
+            if behaviour_log_prob is None:
+                raise ValueError("emphasis='learned' needs behaviour_log_prob")
+            std = torch.as_tensor(self.emphasis_target_std, dtype=reward.dtype)
+            z = (action - policy_action) / std
+            smoothed_log_prob = -0.5 * z.square() - std.log() - 0.5 * math.log(2 * math.pi)
+            rho = (smoothed_log_prob - behaviour_log_prob).exp()
+            followon = self.learned_emphasis.step(
+                features, next_features, interest, next_interest, gamma, next_gamma, rho,
+                episode_start=gamma == 0, next_is_boundary=next_gamma == 0,
+            )
+            emphasis = (1 - self.eta) * interest + self.eta * followon
+        # ---- critic
+        if self.critic == "oracle":
+            if action_value_gradient is None:
+                raise ValueError("critic='oracle' needs action_value_gradient (grad_a q at pi(S_t))")
+            dq_da = action_value_gradient
+            td_error = torch.zeros_like(reward)
+        else:
+            dq_da = (self.advantage_weights * features).sum(-1)
+            exploration = action - policy_action
+            q_taken = exploration * dq_da + (self.value_weights * features).sum(-1)
+            td_error = reward + next_gamma * (self.value_weights * next_features).sum(-1) - q_taken
+            self.advantage_weights += (scale * self.alpha_critic * td_error * exploration).unsqueeze(-1) * features
+            self.value_weights += (scale * self.alpha_value * td_error).unsqueeze(-1) * features
+        # ---- actor
+        self.actor_weights += (scale * self.alpha_actor * emphasis * dq_da).unsqueeze(-1) * features
+        return {"emphasis": emphasis, "action_value_gradient": dq_da, "td_error": td_error}
+
+
+class BatchedContinuousOracle:
+    """Exact quantities of a ``ContinuousLab`` (float64) for ``P`` linear policies at once, without a loop over ``P``.
+
+    Policies are given by their per-state mean actions ``mean [P, S]`` and, for Gaussian policies, ``std [P]``
+    (``None`` for deterministic). The members' actions become the quadrature axis of the MDP's functions.
+    """
+
+    def __init__(self, lab: Any) -> None:
+        self.lab = lab
+        self.mdp = lab.mdp
+        self.num_states = lab.num_states
+        self.features = lab.features  # [S, d]
+
+    def _actions(self, mean: torch.Tensor, std: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Actions ``[S, P * K]`` and quadrature weights ``[K]``."""
+        P, S = mean.shape
+        if std is None:
+            return mean.T.contiguous(), torch.ones(1, dtype=mean.dtype)
+        nodes, weights = self.lab.nodes, self.lab.node_weights
+        actions = mean.T.unsqueeze(-1) + std.view(1, P, 1) * nodes  # [S, P, K]
+        return actions.reshape(S, -1), weights
+
+    def transition(self, mean: torch.Tensor, std: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``P_{pi,gamma} [P, S, S]`` and ``r_pi [P, S]``."""
+        P, S = mean.shape
+        actions, weights = self._actions(mean, std)
+        K = weights.shape[0]
+        probs = self.mdp.next_state_probs(actions).view(S, P, K, S)
+        rewards = self.mdp.expected_reward(actions).view(S, P, K)
+        P_pg = torch.einsum("k,spkt,st->pst", weights, probs, self.mdp.discount)
+        return P_pg, torch.einsum("k,spk->ps", weights, rewards)
+
+    def values(self, mean: torch.Tensor, std: torch.Tensor | None = None) -> torch.Tensor:
+        """``v_pi [P, S]``."""
+        P_pg, r_pi = self.transition(mean, std)
+        eye = torch.eye(self.num_states, dtype=mean.dtype)
+        return torch.linalg.solve(eye - P_pg, r_pi.unsqueeze(-1)).squeeze(-1)
+
+    def objective(self, mean: torch.Tensor, std: torch.Tensor | None = None) -> torch.Tensor:
+        """``J_mu [P]``."""
+        return self.values(mean, std) @ self.lab.interest_weights
+
+    def emphatic_ratio(self, mean: torch.Tensor, std: torch.Tensor | None = None) -> torch.Tensor:
+        """``m(s) / d_mu(s) [P, S]`` (``m = (I - P_{pi,gamma}^T)^{-1} d_i``; the lab's d_mu is exact)."""
+        P_pg, _ = self.transition(mean, std)
+        eye = torch.eye(self.num_states, dtype=mean.dtype)
+        m = torch.linalg.solve((eye - P_pg).transpose(1, 2), self.lab.interest_weights.expand_as(mean).unsqueeze(-1))
+        return m.squeeze(-1) / self.lab.d_mu.clamp_min(1e-300)
+
+    def action_value_gradient(self, mean: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+        """``grad_a q(s, a)|_{a = mean[p, s]}`` with ``v = values [P, S]`` held fixed: ``[P, S]``."""
+        action = mean.T.detach().clone().requires_grad_(True)  # [S, P]
+        probs = self.mdp.next_state_probs(action)  # [S, P, S]
+        q = self.mdp.expected_reward(action) + torch.einsum("spt,st,pt->sp", probs, self.mdp.discount, values)
+        (gradient,) = torch.autograd.grad(q.sum(), action)
+        return gradient.T
+
+
+@dataclass
+class SampledDPGResult:
+    """``objective [V, R, C]``: exact ``J`` of every run's policy at ``C`` checkpoints (``checkpoint_episodes``) for
+    variants ``V`` (emphasis modes); ``final_actor [V, R, d]``."""
+
+    variants: list[str]
+    checkpoint_episodes: list[int]
+    objective: torch.Tensor
+    final_actor: torch.Tensor
+
+
+def run_sampled_linear_dpg(
+    lab: Any,
+    variants: tuple[str, ...] = ("none", "oracle"),
+    alpha: float = 0.1,
+    episodes: int = 2000,
+    runs: int = 10,
+    seed: int = 0,
+    checkpoints: int = 20,
+    critic: str = "oracle",
+    alpha_critic: float = 0.1,
+    alpha_emphasis: float = 0.1,
+) -> SampledDPGResult:
+    """Sampled linear DPG / emphatic DPG on a ``ContinuousLab``'s MDP (deterministic policy), ``V * R`` learners
+    batched in float64, each with its own behaviour stream (ace.md §4.1 fig5 protocol).
+
+    ``variants``: emphasis modes of ``LinearDPG`` (``"none"`` = DPG with ``M = 1``, ``"oracle"`` = ``M = m / d_mu``,
+    ``"learned"``). The critic is the oracle ``grad_a q`` of the current policy (as in the N18 scripts) or the
+    compatible COPDAC-Q critic. A learner stops after ``episodes`` terminal transitions.
+    """
+    if getattr(lab, "policy_kind", None) != "deterministic":
+        raise ValueError("run_sampled_linear_dpg needs a ContinuousLab with policy='deterministic'")
+    for name in variants:
+        if name not in LINEAR_EMPHASIS_CHOICES:
+            raise ValueError(f"unknown variant {name!r}; allowed: {', '.join(LINEAR_EMPHASIS_CHOICES)}")
+    if not alpha > 0:
+        raise ValueError(f"alpha must be positive, got {alpha!r}")
+    V, R = len(variants), runs
+    mdp, oracle = lab.mdp, BatchedContinuousOracle(lab)
+    X = lab.features
+    d = X.shape[1]
+    learners = [
+        LinearDPG(d, R, alpha, critic=critic, emphasis=v, alpha_critic=alpha_critic, alpha_value=alpha_critic,
+                  alpha_emphasis=alpha_emphasis, dtype=DTYPE64)
+        for v in variants
+    ]
+    generator = torch.Generator().manual_seed(int(seed))
+    sampler = _ContinuousSampler(mdp, generator)
+    state = sampler.start(V * R)
+    gamma_t = torch.zeros(V * R, dtype=DTYPE64)
+    episodes_done = torch.zeros(V * R, dtype=torch.int64)
+    marks = sorted({max(1, round(episodes * (k + 1) / checkpoints)) for k in range(checkpoints)})
+    objective = torch.full((V * R, len(marks)), float("nan"), dtype=DTYPE64)
+    limit = 100 * episodes * max(1, mdp.num_states)
+    for _ in range(limit):
+        active = episodes_done < episodes
+        if not bool(active.any()):
+            break
+        u = torch.cat([learner.actor_weights for learner in learners])  # [V R, d]
+        mean = u @ X.T  # [V R, S]
+        action, log_mu, reward, next_state, gamma_next = sampler.step(state)
+        need_oracle = critic == "oracle" or "oracle" in variants
+        dq_da = ratio = None
+        if need_oracle:
+            arange = torch.arange(V * R)
+            if critic == "oracle":
+                dq_da = oracle.action_value_gradient(mean, oracle.values(mean).detach())[arange, state]
+            if "oracle" in variants:
+                ratio = oracle.emphatic_ratio(mean)[arange, state]
+        for index, learner in enumerate(learners):
+            rows = slice(index * R, (index + 1) * R)
+            learner.update_step(
+                X[state[rows]], action[rows], reward[rows], X[next_state[rows]], gamma_t[rows], gamma_next[rows],
+                behaviour_log_prob=log_mu[rows],
+                action_value_gradient=None if dq_da is None else dq_da[rows],
+                emphatic_ratio=None if ratio is None else ratio[rows],
+                active=active[rows],
+            )
+        ended = (gamma_next == 0) & active
+        episodes_done += ended.long()
+        for k, mark in enumerate(marks):
+            hit = ended & (episodes_done == mark)
+            if bool(hit.any()):
+                u_now = torch.cat([learner.actor_weights for learner in learners])
+                objective[hit, k] = oracle.objective(u_now[hit] @ X.T)
+        gamma_t, state = gamma_next, next_state
+    final_actor = torch.cat([learner.actor_weights for learner in learners]).view(V, R, d)
+    return SampledDPGResult(list(variants), marks, objective.view(V, R, -1), final_actor)
+
+
+DTYPE64 = torch.float64
+
+
+class _ContinuousSampler:
+    """Batched sampling of a ``ContinuousActionMDP``'s Gaussian behaviour process (float64, CPU)."""
+
+    def __init__(self, mdp: Any, generator: torch.Generator) -> None:
+        self.mdp, self.generator = mdp, generator
+
+    def start(self, n: int) -> torch.Tensor:
+        return torch.multinomial(self.mdp.start.expand(n, -1), 1, generator=self.generator).squeeze(1)
+
+    def step(self, state: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """``(action, log mu(action|state), reward, next_state, gamma_{t+1})``, each ``[N]``."""
+        mdp, n = self.mdp, state.shape[0]
+        mean, std = mdp.behaviour_mean[state], mdp.behaviour_std[state]
+        action = mean + std * torch.randn(n, dtype=DTYPE64, generator=self.generator)
+        z = (action - mean) / std
+        log_mu = -0.5 * z.square() - std.log() - 0.5 * math.log(2 * math.pi)
+        actions = action.unsqueeze(0).expand(mdp.num_states, n)
+        arange = torch.arange(n)
+        probs = mdp.next_state_probs(actions)[state, arange]  # [N, S]
+        reward = mdp.expected_reward(actions)[state, arange]
+        next_state = torch.multinomial(probs.clamp_min(0), 1, generator=self.generator).squeeze(1)
+        return action, log_mu, reward, next_state, mdp.discount[state, next_state]
