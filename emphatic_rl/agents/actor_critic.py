@@ -479,6 +479,13 @@ class ActorCritic(Agent):
         features = self.features(obs.to(self.device))
         if self.evaluation == "greedy":
             return self.policy.greedy(features)
+        if self._any_frozen:
+            # diverged (frozen) members may hold a non-finite theta: draw their actions uniformly so the others can
+            # still be evaluated (the training loop reports NaN for the diverged members' returns)
+            probs = self.policy.probs(features)
+            probs = torch.where(torch.isfinite(probs).all(-1, keepdim=True), probs, 1.0 / self.num_actions)
+            flat = probs.reshape(-1, self.num_actions)
+            return torch.multinomial(flat, 1, generator=self.generator).view(probs.shape[:-1])
         return self.policy.sample(features, self.generator)
 
     def action_probabilities(self, obs: torch.Tensor) -> torch.Tensor:
