@@ -243,3 +243,12 @@ def test_deterministic_policy_gradient_theorem_on_random_mdps(seed, S, d, intere
     # eta = 0 is the semi-gradient DPG weighting
     assert torch.allclose(lab.expected_update("emphatic-dpg", u, eta=0.0), lab.expected_update("dpg", u))
     assert math.isfinite(float(lab.objective(u)))
+
+
+@pytest.mark.slow
+def test_deep_dpg_solves_native_pendulum_within_30k_steps(tmp_path):
+    """Priority (a) of issue 6: mean evaluation return better than -200 within 30k steps (defaults, 2 seeds)."""
+    config = TrainConfig(agent="dpg", env="pendulum", steps=30_000, population_size=2, eval_every=5_000,
+                         eval_episodes=10, eval_max_steps=200, checkpoint_every=0, log_every=1_000, progress=False)
+    result = train(config, tmp_path / "run")
+    assert float(result.final_eval_return.mean()) > -200
