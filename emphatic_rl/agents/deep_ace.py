@@ -242,7 +242,8 @@ class DeepACE(Agent):
 
     # ------------------------------------------------------------------ learning
     def _sample(self, buffer: Any) -> tuple[Any, torch.Tensor]:
-        """A batch with leading dims ``[P, B]`` and ``episode_start: bool[P, B]`` (``S_t`` starts an episode).
+        """A batch with leading dims ``[P, B]`` and ``episode_start: bool[P, B]`` (``S_t`` starts an episode; all
+        False when no emphasis network is trained, the only user).
 
         Fixed behaviour: every member draws from all streams; epsilon-greedy: member ``p`` from its own streams.
         """
@@ -256,6 +257,8 @@ class DeepACE(Agent):
                    for f in fields(flat) if f.name != "extras"},
                 extras={name: value.view(P, B, *value.shape[1:]) for name, value in flat.extras.items()},
             )
+        if self.emphasis is None:  # only the emphasis regression needs episode starts
+            return batch, torch.zeros(P, B, dtype=torch.bool, device=self.device)
         previous_time = batch.time_index - 1
         known = previous_time >= buffer.oldest_time
         previous = buffer.transitions_at(
