@@ -76,16 +76,24 @@ PLANNING_COUNTERS: tuple[str, ...] = (
 def _as_member_tensor(
     name: str,
     value: float | list[float] | tuple[float, ...] | torch.Tensor,
-    population_size: int,
+    population_size: int | None,
     low: float,
     high: float,
     low_open: bool = False,
 ) -> torch.Tensor:
-    """A rate as ``float32[P]`` (scalar or one per member), each value in its allowed range, or one clear error."""
-    tensor = torch.as_tensor(value, dtype=torch.float32).flatten()
+    """A rate as ``float32[P]`` (scalar or one per member), each value in its allowed range, or one clear error.
+
+    ``population_size=None`` checks only the range (any number of values).
+    """
+    try:
+        tensor = torch.as_tensor(value, dtype=torch.float32).flatten()
+    except (TypeError, ValueError, RuntimeError):
+        raise ValueError(f"{name} must be a number or a list of numbers, got {value!r}") from None
+    if population_size is None:  # range check only
+        population_size = tensor.numel()
     if tensor.numel() == 1:
         tensor = tensor.expand(population_size).clone()
-    if tensor.numel() != population_size:
+    if tensor.numel() != population_size or tensor.numel() == 0:
         raise ValueError(
             f"{name} must be a scalar or have one value per member ({population_size}), got {tensor.numel()} values"
         )
@@ -104,6 +112,8 @@ class DynaOptions:
     - ``planning_steps``: planning steps per real step (>= 0; 0 is the model-free Q-learning baseline).
     - ``rollout_length``: ``n`` of the multi-step variants (>= 1; ignored by the one-step variants).
     - ``step_size``: ``alpha`` in ``(0, 1]``; ``gamma`` in ``[0, 1]``; ``epsilon``: exploration in ``[0, 1]``.
+      ``step_size``, ``epsilon`` and ``hallucination_probability`` are a number, or a list with one value per
+      member (so one run can sweep them).
     - ``search_control``: ``default`` (uniform visited pairs for successor variants, the priority queue for
       predecessor variants), ``uniform`` or ``priority`` (predecessor variants only).
     - ``priority_threshold``: smallest ``|delta|`` that enters the queue (>= 0).
@@ -117,13 +127,13 @@ class DynaOptions:
     variant: str = "one-step-successor"
     planning_steps: int = 5
     rollout_length: int = 3
-    step_size: float = 0.5
+    step_size: float | tuple[float, ...] = 0.5
     gamma: float = 0.95
-    epsilon: float = 0.1
+    epsilon: float | tuple[float, ...] = 0.1
     search_control: str = "default"
     priority_threshold: float = 1e-4
     model: str = "given"
-    hallucination_probability: float = 0.0
+    hallucination_probability: float | tuple[float, ...] = 0.0
     border_physics: str = "closed"
     q_init: float = 0.0
 
@@ -153,11 +163,16 @@ class DynaOptions:
             raise ValueError(f"priority_threshold must be >= 0, got {self.priority_threshold!r}")
         if not math.isfinite(self.q_init):
             raise ValueError(f"q_init must be finite, got {self.q_init!r}")
-        # Rates: one clear error each (the agent checks per-member overrides again).
-        _as_member_tensor("step_size", self.step_size, 1, 0.0, 1.0, low_open=True)
+        # Rates: one clear error each. step_size, epsilon and p_h may be lists (one value per member; the agent
+        # checks the count against P).
+        _as_member_tensor("step_size", self.step_size, None, 0.0, 1.0, low_open=True)
         _as_member_tensor("gamma", self.gamma, 1, 0.0, 1.0)
-        _as_member_tensor("epsilon", self.epsilon, 1, 0.0, 1.0)
-        _as_member_tensor("hallucination_probability (p_h)", self.hallucination_probability, 1, 0.0, 1.0)
+        _as_member_tensor("epsilon", self.epsilon, None, 0.0, 1.0)
+        _as_member_tensor("hallucination_probability (p_h)", self.hallucination_probability, None, 0.0, 1.0)
+        for key in ("step_size", "epsilon", "hallucination_probability"):
+            value = getattr(self, key)
+            if isinstance(value, list):
+                object.__setattr__(self, key, tuple(value))
 
     @property
     def uses_priority_queue(self) -> bool:

@@ -292,6 +292,18 @@ def test_bad_options_raise_one_clear_error(options, message):
         DynaOptions(**options)
 
 
+def test_options_may_hold_one_rate_per_member():
+    env = BorderedGridworld(num_envs=3)
+    options = DynaOptions(hallucination_probability=[0.0, 0.5, 1.0], step_size=[0.1, 0.2, 0.3])
+    agent = make_dyna_for_env(env, 3, options)
+    assert agent.forward_model.hallucination_probability.tolist() == [0.0, 0.5, 1.0]
+    assert torch.allclose(agent.step_size, torch.tensor([0.1, 0.2, 0.3]))
+    with pytest.raises(ValueError, match=r"p_h\) must be in \[0.0, 1.0\]"):
+        DynaOptions(hallucination_probability=[0.1, 2.0])
+    with pytest.raises(ValueError, match="one value per member"):
+        make_dyna_for_env(BorderedGridworld(num_envs=2), 2, options)
+
+
 def test_per_member_p_h_outside_unit_interval_or_of_wrong_length_is_rejected():
     env = BorderedGridworld(num_envs=2)
     with pytest.raises(ValueError, match=r"p_h\) must be in \[0, 1\]"):
