@@ -1,0 +1,427 @@
+"""``emphatic-rl sweep STUDY.toml``: a study (variants x hyperparameter grid x runs) as a few batched population runs.
+
+A study TOML::
+
+    name = "j23-mountain-car"      # optional; default the file's stem
+    runs = 5                       # behaviour streams R = independent runs
+    full_runs = 30                 # optional: runs with --full
+    max_population = 400           # optional: largest batch P; bigger variants are split into chunks of settings
+
+    [base]                         # a TrainConfig table (see emphatic_rl/config.py), shared by every variant
+    env = "mountain-car"
+    steps = 30000
+    eval_every = 2000
+    [base.env_options]
+    max_episode_steps = 100000000
+    [base.agent_options]           # options common to every variant (agents ace / ace-direct / offpac)
+    critic = "etd"
+
+    [full_base]                    # optional: base overrides with --full (e.g. steps = 100000)
+
+    [grid]                         # per-member hyperparameters: every combination is one setting
+    alpha_actor = [1.0, 0.25]
+    alpha_critic = [0.125]
+
+    [full_grid]                    # optional: the grid with --full (default: [grid])
+
+    [[variants]]
+    name = "offpac"
+    agent = "offpac"
+    [[variants]]
+    name = "ace-direct-uniform"
+    agent = "ace-direct"
+    agent_options = { interest = "uniform" }
+    grid = { alpha_emphasis = [0.25, 0.0625] }        # merged over [grid] for this variant ([] drops a key)
+    full_grid = { alpha_emphasis = [1.0, 0.5, 0.25] }  # merged over [full_grid] with --full
+
+    [report]                       # read by `emphatic-rl report` (optional)
+    split = ["eta"]                # report each value of these grid keys as its own variant
+    reference = { offpac = -255.1 }  # a number to print next to each variant (e.g. the paper's)
+    reference_label = "ace.md §4.2"
+
+Layout of one variant (one population run): ``C`` settings (the grid's combinations) x ``R`` runs, ``P = C * R``
+members; member ``p = c * R + r`` is setting ``c`` fed by behaviour stream ``r`` (``stream_of[p] = r``). With a
+fixed behaviour policy the data depend only on the seed, so every setting of every variant learns from exactly the
+same ``R`` streams of experience (the papers' protocol: data generated once and shared by all algorithms).
+
+If ``C * R > max_population`` the settings are split into chunks of at most ``max_population // R`` settings, each
+its own run folder ``<variant>/chunk-<k>`` (same seed, so the same data); ``members.json`` holds global setting
+indices, so ``report`` does not care.
+
+Everything (every key, every value, every variant's env and agent) is checked by building each variant's ``Run``
+before any variant starts. Outputs, in ``--out``: ``sweep.json`` (the resolved study) and per run folder the usual
+``metrics.csv``/``config.json``/``checkpoint.pt`` plus ``members.json`` (member -> setting values and run index) and
+``done.json`` when finished. Re-running the same command skips finished folders and resumes unfinished ones from
+their checkpoint.
+
+The evaluation is the training loop's: ``eval_episodes`` rollouts from the env's start distribution (the *episodic*
+objective of ace.md §4.2), capped at ``eval_max_steps``; the *excursions* objective is not implemented here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import itertools
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from emphatic_rl.config import ConfigError, TrainConfig, apply_overrides, load_config_file, parse_set_arguments
+
+#: Hyperparameters that the linear actor-critic agents take as one value per population member, with their ranges.
+PER_MEMBER_KEYS: dict[str, tuple[float, float | None, bool]] = {
+    # key: (low, high, low_open)
+    "alpha_actor": (0.0, None, True),
+    "alpha_critic": (0.0, None, True),
+    "alpha_h": (0.0, None, True),
+    "alpha_emphasis": (0.0, None, True),
+    "critic_lambda": (0.0, 1.0, False),
+    "eta": (0.0, 1.0, False),
+}
+STUDY_KEYS = (
+    "name", "runs", "full_runs", "max_population", "base", "full_base", "grid", "full_grid", "variants", "report",
+)
+VARIANT_KEYS = ("name", "agent", "agent_options", "grid", "full_grid")
+SWEEP_AGENTS = ("ace", "ace-direct", "offpac")
+MEMBERS_NAME = "members.json"
+DONE_NAME = "done.json"
+SWEEP_NAME = "sweep.json"
+
+
+@dataclass
+class Variant:
+    """One algorithm of a study: an agent, its options and its grid (already merged with the study's)."""
+
+    name: str
+    agent: str
+    agent_options: dict[str, Any]
+    grid: dict[str, list[float]]
+
+
+@dataclass
+class Study:
+    name: str
+    runs: int
+    max_population: int | None
+    base: dict[str, Any]
+    variants: list[Variant]
+    report: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Chunk:
+    """One population run: settings ``setting_indices`` of a variant, each with ``runs`` members."""
+
+    variant: Variant
+    folder: str
+    setting_indices: list[int]
+    settings: list[dict[str, float]]
+    config: TrainConfig
+
+
+def _check_table(value: Any, where: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where} must be a table, got {value!r}")
+    return value
+
+
+def _check_int(value: Any, where: str, minimum: int = 1) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise ConfigError(f"{where} must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def check_grid(grid: dict[str, Any], where: str = "grid") -> dict[str, list[float]]:
+    """Check that ``grid`` maps per-member keys to non-empty lists of numbers in range; returns a clean copy.
+
+    An empty list means "no such key" (used to drop a key of the study grid in one variant).
+    """
+    grid = _check_table(grid, where)
+    clean: dict[str, list[float]] = {}
+    for key, values in grid.items():
+        if key not in PER_MEMBER_KEYS:
+            raise ConfigError(
+                f"{where} key {key!r} is not a per-member hyperparameter; allowed: {', '.join(PER_MEMBER_KEYS)}"
+            )
+        if isinstance(values, (int, float)) and not isinstance(values, bool):
+            values = [values]
+        if not isinstance(values, list) or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in values
+        ):
+            raise ConfigError(f"{where}.{key} must be a number or a list of numbers, got {values!r}")
+        low, high, low_open = PER_MEMBER_KEYS[key]
+        for v in values:
+            bad = not math.isfinite(v) or (v <= low if low_open else v < low) or (high is not None and v > high)
+            if bad:
+                allowed = f"{'(' if low_open else '['}{low}, {'inf)' if high is None else f'{high}]'}"
+                raise ConfigError(f"{where}.{key} value {v!r} is outside {allowed}")
+        if len(set(values)) != len(values):
+            raise ConfigError(f"{where}.{key} has repeated values: {values!r}")
+        if values:
+            clean[key] = [float(v) for v in values]
+    return clean
+
+
+def expand_grid(grid: dict[str, list[float]]) -> list[dict[str, float]]:
+    """Every combination of the grid's values, the first key varying slowest (an empty grid is one setting)."""
+    keys = list(grid)
+    return [dict(zip(keys, combo, strict=True)) for combo in itertools.product(*(grid[k] for k in keys))]
+
+
+def member_layout(num_settings: int, runs: int) -> list[tuple[int, int]]:
+    """``[(setting, run)]`` for members ``p = setting * runs + run``; ``stream_of[p] = run``."""
+    return [(c, r) for c in range(num_settings) for r in range(runs)]
+
+
+def load_study(path: str | Path, full: bool = False, base_overrides: dict[str, Any] | None = None) -> Study:
+    """Read and check a study TOML (shapes and names; agents and envs are checked by ``plan_study``)."""
+    data = load_config_file(path)
+    unknown = [k for k in data if k not in STUDY_KEYS]
+    if unknown:
+        raise ConfigError(f"unknown study key {unknown[0]!r} in {str(path)!r}; allowed: {', '.join(STUDY_KEYS)}")
+    name = data.get("name", Path(path).stem)
+    if not isinstance(name, str) or not name:
+        raise ConfigError(f"name must be a non-empty string, got {name!r}")
+    runs = _check_int(data.get("full_runs", data.get("runs", 1)) if full else data.get("runs", 1), "runs")
+    max_population = data.get("max_population")
+    if max_population is not None:
+        _check_int(max_population, "max_population")
+    base = copy.deepcopy(_check_table(data.get("base", {}), "[base]"))
+    if full:
+        base.update(copy.deepcopy(_check_table(data.get("full_base", {}), "[full_base]")))
+    if base_overrides:
+        base = _apply_base_overrides(base, base_overrides)
+    for key in ("agent", "population_size", "num_envs"):
+        if key in base:
+            raise ConfigError(
+                f"[base] must not set {key!r}: the agent comes from each variant, population_size = runs x settings "
+                "and num_envs = runs"
+            )
+    per_member_in_base = [k for k in base.get("agent_options", {}) if k in PER_MEMBER_KEYS]
+    study_grid = check_grid(data.get("grid", {}), "[grid]")
+    if full and "full_grid" in data:
+        study_grid = check_grid(data["full_grid"], "[full_grid]")
+    raw_variants = data.get("variants")
+    if not isinstance(raw_variants, list) or not raw_variants:
+        raise ConfigError("a study needs at least one [[variants]] table (name, agent, agent_options)")
+    variants: list[Variant] = []
+    for index, raw in enumerate(raw_variants):
+        raw = _check_table(raw, f"variants[{index}]")
+        bad = [k for k in raw if k not in VARIANT_KEYS]
+        if bad:
+            raise ConfigError(f"unknown key {bad[0]!r} in variants[{index}]; allowed: {', '.join(VARIANT_KEYS)}")
+        vname = raw.get("name")
+        if not isinstance(vname, str) or not vname or "/" in vname:
+            raise ConfigError(f"variants[{index}].name must be a non-empty string without '/', got {vname!r}")
+        if any(v.name == vname for v in variants):
+            raise ConfigError(f"variant name {vname!r} is used twice")
+        agent = raw.get("agent")
+        if agent not in SWEEP_AGENTS:
+            raise ConfigError(
+                f"variant {vname!r}: agent {agent!r} is not sweepable; allowed: {', '.join(SWEEP_AGENTS)}"
+            )
+        options = {**copy.deepcopy(base.get("agent_options", {})), **_check_table(raw.get("agent_options", {}),
+                                                                                   f"variant {vname!r} agent_options")}
+        grid = dict(study_grid)
+        # --full: the variant's full_grid merged over the study's [full_grid]; a variant without full_grid gets the
+        # study's [full_grid] as it is (its reduced grid only when the study has no [full_grid] either)
+        if full and ("full_grid" in raw or "full_grid" in data):
+            variant_grid_key = "full_grid"
+        else:
+            variant_grid_key = "grid"
+        extra = check_grid(raw.get(variant_grid_key, {}), f"variant {vname!r} {variant_grid_key}")
+        for key in raw.get(variant_grid_key, {}):
+            grid.pop(key, None)
+        grid.update(extra)
+        for key in ("stream_of",):
+            if key in options:
+                raise ConfigError(f"variant {vname!r}: {key} is set by the sweep (member p reads stream p % runs)")
+        clash = [k for k in grid if k in options]
+        if clash:
+            where = "[base.agent_options]" if clash[0] in per_member_in_base else f"variant {vname!r} agent_options"
+            raise ConfigError(
+                f"variant {vname!r}: {clash[0]!r} is both in the grid and in {where}; set it in one place"
+            )
+        variants.append(Variant(vname, agent, options, grid))
+    report = _check_table(data.get("report", {}), "[report]")
+    return Study(name, runs, max_population, base, variants, report)
+
+
+def _apply_base_overrides(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    probe = TrainConfig()
+    apply_overrides(probe, {k: v for k, v in overrides.items()})  # unknown keys: one clear error
+    base = copy.deepcopy(base)
+    for key, value in overrides.items():
+        if key.startswith("agent."):
+            base.setdefault("agent_options", {})[key[len("agent."):]] = value
+        elif key.startswith("env."):
+            base.setdefault("env_options", {})[key[len("env."):]] = value
+        else:
+            base[key] = value
+    return base
+
+
+def _chunks_of(num_settings: int, runs: int, max_population: int | None) -> list[list[int]]:
+    if max_population is None or num_settings * runs <= max_population:
+        return [list(range(num_settings))]
+    per_chunk = max(1, max_population // runs)
+    return [list(range(s, min(s + per_chunk, num_settings))) for s in range(0, num_settings, per_chunk)]
+
+
+def plan_study(study: Study) -> list[Chunk]:
+    """The population runs of ``study``: one per variant (or per chunk of settings). Builds nothing."""
+    chunks: list[Chunk] = []
+    for variant in study.variants:
+        settings = expand_grid(variant.grid)
+        groups = _chunks_of(len(settings), study.runs, study.max_population)
+        for k, indices in enumerate(groups):
+            chunk_settings = [settings[i] for i in indices]
+            P = len(chunk_settings) * study.runs
+            options = dict(variant.agent_options)
+            for key in variant.grid:
+                options[key] = [setting[key] for setting in chunk_settings for _ in range(study.runs)]
+            options["stream_of"] = [r for _ in chunk_settings for r in range(study.runs)]
+            config = TrainConfig()
+            apply_overrides(config, {k: copy.deepcopy(v) for k, v in study.base.items() if k != "agent_options"})
+            config.agent = variant.agent
+            config.agent_options = options
+            config.num_envs = study.runs
+            config.population_size = P
+            folder = variant.name if len(groups) == 1 else f"{variant.name}/chunk-{k}"
+            chunks.append(Chunk(variant, folder, indices, chunk_settings, config))
+    return chunks
+
+
+def validate_study(chunks: list[Chunk]) -> None:
+    """Build every chunk's ``Run`` (env, agent, behaviour): any bad key or value fails here, before any training."""
+    from emphatic_rl.train import build_run
+
+    for chunk in chunks:
+        try:
+            build_run(chunk.config)
+        except (ConfigError, ValueError) as error:
+            raise ConfigError(f"variant {chunk.variant.name!r}: {error}") from None
+
+
+def members_record(study: Study, chunk: Chunk) -> dict[str, Any]:
+    """What ``members.json`` holds: member -> (global setting index, run index, grid values)."""
+    members = []
+    for p, (c, r) in enumerate(member_layout(len(chunk.settings), study.runs)):
+        members.append({"member": p, "setting": chunk.setting_indices[c], "run": r, "values": chunk.settings[c]})
+    return {
+        "study": study.name,
+        "variant": chunk.variant.name,
+        "agent": chunk.variant.agent,
+        "agent_options": {k: v for k, v in chunk.variant.agent_options.items()},
+        "grid": chunk.variant.grid,
+        "runs": study.runs,
+        "members": members,
+    }
+
+
+def run_study(study: Study, out_dir: str | Path, progress: bool = False, log=print) -> list[Path]:
+    """Validate every variant, then train each chunk (skipping finished ones, resuming unfinished ones)."""
+    from emphatic_rl.logging import atomic_write_bytes
+    from emphatic_rl.train import CHECKPOINT_NAME, build_run, prepare_out_dir, train
+
+    chunks = plan_study(study)
+    validate_study(chunks)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    resolved = {
+        "name": study.name,
+        "runs": study.runs,
+        "max_population": study.max_population,
+        "base": study.base,
+        "variants": [dataclasses.asdict(v) for v in study.variants],
+        "report": study.report,
+    }
+    previous = out / SWEEP_NAME
+    if previous.is_file():
+        old = json.loads(previous.read_text())
+        if old.get("base") != json.loads(json.dumps(study.base)) or old.get("runs") != study.runs:
+            raise ConfigError(
+                f"{str(out)!r} holds a sweep with another base config or run count; use another --out"
+            )
+    atomic_write_bytes(previous, json.dumps(resolved, indent=2).encode())
+    folders = []
+    for chunk in chunks:
+        folder = out / chunk.folder
+        folders.append(folder)
+        if (folder / DONE_NAME).is_file():
+            log(f"emphatic-rl sweep: {chunk.folder}: already finished, skipped")
+            continue
+        config = copy.deepcopy(chunk.config)
+        config.progress = progress
+        resume = (folder / CHECKPOINT_NAME).is_file()
+        if not resume and (folder / "metrics.csv").exists():
+            (folder / "metrics.csv").unlink()  # killed before its first checkpoint: start over
+        prepare_out_dir(folder, resume=resume)
+        atomic_write_bytes(folder / MEMBERS_NAME, json.dumps(members_record(study, chunk), indent=1).encode())
+        log(f"emphatic-rl sweep: {chunk.folder}: {'resuming' if resume else 'training'} {config.agent}, "
+            f"{len(chunk.settings)} settings x {study.runs} runs = P {config.population_size}, {config.steps} steps")
+        start = time.perf_counter()
+        result = train(config, folder, resume=resume, run=build_run(config))
+        seconds = time.perf_counter() - start
+        atomic_write_bytes(
+            folder / DONE_NAME,
+            json.dumps({"steps": result.steps, "seconds": seconds,
+                        "diverged": result.diverged.nonzero().flatten().tolist()}).encode(),
+        )
+        log(f"emphatic-rl sweep: {chunk.folder}: done in {seconds:.0f} s; "
+            f"{int(result.diverged.sum())} of {config.population_size} members diverged")
+    return folders
+
+
+# ---------------------------------------------------------------------------------------------------- CLI
+def add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("study", help="a study TOML (see emphatic_rl/sweep.py and experiments/*.toml)")
+    parser.add_argument("--out", help="results folder; default runs/sweeps/<study name>[-full]")
+    parser.add_argument("--full", action="store_true", help="the full protocol: [full_grid], full_runs, [full_base]")
+    parser.add_argument("--only", action="append", default=[], metavar="VARIANT",
+                        help="run only this variant (repeatable)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a [base] key: steps=2000, env.max_episode_steps=500, agent.critic=\"etd\"")
+    parser.add_argument("--runs", type=int, help="override the number of runs")
+    parser.add_argument("--dry-run", action="store_true", help="validate and print the plan, train nothing")
+    parser.add_argument("--progress", action="store_true", help="progress bars")
+
+
+def run_sweep(args: argparse.Namespace) -> int:
+    """The ``sweep`` command. Returns the exit code (2 for a user mistake, before any work)."""
+    try:
+        study = load_study(args.study, full=args.full, base_overrides=parse_set_arguments(args.set))
+        if args.runs is not None:
+            study.runs = _check_int(args.runs, "--runs")
+        if args.only:
+            names = [v.name for v in study.variants]
+            missing = [n for n in args.only if n not in names]
+            if missing:
+                raise ConfigError(f"--only {missing[0]!r} is not a variant of this study; allowed: {', '.join(names)}")
+            study.variants = [v for v in study.variants if v.name in args.only]
+        chunks = plan_study(study)
+        validate_study(chunks)
+    except (ConfigError, ValueError) as error:
+        print(f"emphatic-rl: error: {error}", file=sys.stderr)
+        return 2
+    out = Path(args.out or f"runs/sweeps/{study.name}{'-full' if args.full else ''}")
+    for chunk in chunks:
+        print(f"  {chunk.folder}: {chunk.config.agent}, {len(chunk.settings)} settings x {study.runs} runs "
+              f"= P {chunk.config.population_size}; grid "
+              + ", ".join(f"{k} ({len(v)})" if len(v) > 4 else f"{k} {v}" for k, v in chunk.variant.grid.items()))
+    if args.dry_run:
+        print(f"emphatic-rl sweep: plan valid ({len(chunks)} population runs); nothing trained")
+        return 0
+    try:
+        run_study(study, out, progress=args.progress, log=lambda m: print(m, flush=True))
+    except ConfigError as error:
+        print(f"emphatic-rl: error: {error}", file=sys.stderr)
+        return 2
+    print(f"emphatic-rl sweep: results in {out}; next: emphatic-rl report {out}")
+    return 0

@@ -1,0 +1,184 @@
+"""``emphatic-rl sweep``: grid expansion, member mapping, validation before any work, shared behaviour data."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from emphatic_rl.cli import main
+from emphatic_rl.config import ConfigError
+from emphatic_rl.logging import read_metrics
+from emphatic_rl.sweep import expand_grid, load_study, member_layout, plan_study, run_study, validate_study
+
+TINY = """
+name = "tiny"
+runs = 2
+
+[base]
+env = "counterexample-three-state"
+steps = 40
+eval_every = 20
+eval_episodes = 1
+eval_max_steps = 5
+log_every = 20
+checkpoint_every = 40
+progress = false
+[base.env_options]
+observation = "state"
+[base.agent_options]
+critic = "oracle"
+
+[grid]
+alpha_actor = [0.5, 0.2]
+
+[[variants]]
+name = "offpac"
+agent = "offpac"
+
+[[variants]]
+name = "ace-eta"
+agent = "ace"
+grid = { eta = [0.0, 1.0] }
+"""
+
+
+def write(tmp_path: Path, text: str, name: str = "study.toml") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def test_expand_grid_is_the_product_first_key_slowest():
+    settings = expand_grid({"alpha_actor": [1.0, 2.0], "eta": [0.0, 0.5, 1.0]})
+    assert len(settings) == 6
+    assert settings[0] == {"alpha_actor": 1.0, "eta": 0.0}
+    assert settings[2] == {"alpha_actor": 1.0, "eta": 1.0}
+    assert settings[3] == {"alpha_actor": 2.0, "eta": 0.0}
+    assert expand_grid({}) == [{}]
+
+
+def test_member_layout_and_per_member_options(tmp_path):
+    study = load_study(write(tmp_path, TINY))
+    chunks = plan_study(study)
+    assert [c.folder for c in chunks] == ["offpac", "ace-eta"]
+    ace = chunks[1]
+    # 2 alphas x 2 etas = 4 settings, x 2 runs: P = 8, member p = setting * runs + run
+    assert ace.config.population_size == 8 and ace.config.num_envs == 2
+    assert member_layout(4, 2)[5] == (2, 1)
+    options = ace.config.agent_options
+    assert options["stream_of"] == [0, 1] * 4
+    assert options["alpha_actor"] == [0.5, 0.5, 0.5, 0.5, 0.2, 0.2, 0.2, 0.2]
+    assert options["eta"] == [0.0, 0.0, 1.0, 1.0, 0.0, 0.0, 1.0, 1.0]
+    assert options["critic"] == "oracle"  # common agent options from [base.agent_options]
+
+
+def test_chunks_split_settings_and_keep_global_indices(tmp_path):
+    study = load_study(write(tmp_path, TINY.replace("runs = 2", "runs = 2\nmax_population = 4")))
+    chunks = [c for c in plan_study(study) if c.variant.name == "ace-eta"]
+    assert [c.folder for c in chunks] == ["ace-eta/chunk-0", "ace-eta/chunk-1"]
+    assert [c.setting_indices for c in chunks] == [[0, 1], [2, 3]]
+    assert all(c.config.population_size == 4 for c in chunks)
+
+
+def test_full_uses_full_grid_runs_and_base(tmp_path):
+    text = TINY.replace("runs = 2", "runs = 2\nfull_runs = 3") + (
+        "\n[full_base]\nsteps = 60\n\n[full_grid]\nalpha_actor = [0.1, 0.2, 0.3]\n"
+    )
+    study = load_study(write(tmp_path, text), full=True)
+    assert study.runs == 3 and study.base["steps"] == 60
+    offpac, ace = plan_study(study)
+    assert offpac.config.population_size == 3 * 3
+    assert ace.variant.grid == {"alpha_actor": [0.1, 0.2, 0.3]}  # the variant's reduced grid is not used
+
+
+@pytest.mark.parametrize(
+    ("replace", "by", "message"),
+    [
+        ("alpha_actor = [0.5, 0.2]", "gamma = [0.9]",
+         "'gamma' is not a per-member hyperparameter; allowed: alpha_actor"),
+        ("eta = [0.0, 1.0]", "eta = [0.0, 1.5]", "eta value 1.5 is outside [0.0, 1.0]"),
+        ("alpha_actor = [0.5, 0.2]", "critic_lambda = [-0.1]", "critic_lambda value -0.1 is outside [0.0, 1.0]"),
+        ("alpha_actor = [0.5, 0.2]", "alpha_actor = [0.0]", "alpha_actor value 0.0 is outside (0.0, inf)"),
+        ('name = "ace-eta"', 'name = "offpac"', "variant name 'offpac' is used twice"),
+        ('agent = "ace"', 'agent = "dqn"', "agent 'dqn' is not sweepable"),
+        ("runs = 2", "runs = 0", "runs must be an integer >= 1"),
+        ('name = "tiny"', 'name = "tiny"\nbogus = 1', "unknown study key 'bogus'"),
+        ('env = "counterexample-three-state"', 'env = "counterexample-three-state"\nnum_envs = 3',
+         "[base] must not set 'num_envs'"),
+        ('grid = { eta = [0.0, 1.0] }', 'grid = { eta = [0.0, 1.0] }\nagent_options = { eta = 1.0 }',
+         "'eta' is both in the grid and in variant 'ace-eta' agent_options"),
+    ],
+)
+def test_bad_study_is_one_clear_error(tmp_path, replace, by, message):
+    assert replace in TINY
+    with pytest.raises(ConfigError) as error:
+        load_study(write(tmp_path, TINY.replace(replace, by)))
+    assert message in str(error.value)
+
+
+def test_every_variant_is_validated_before_any_runs(tmp_path, capsys):
+    # the second variant is bad (all-actions needs the gq critic): nothing may be trained, not even the first
+    text = TINY + (
+        '\n[[variants]]\nname = "all-actions"\nagent = "ace"\nagent_options = { actor_update = "all_actions" }\n'
+    )
+    study = load_study(write(tmp_path, text))
+    with pytest.raises(ConfigError, match="variant 'all-actions': actor_update 'all_actions' needs critic 'gq'"):
+        validate_study(plan_study(study))
+    out = tmp_path / "out"
+    code = main(["sweep", str(tmp_path / "study.toml"), "--out", str(out)])
+    assert code == 2
+    assert "needs critic 'gq'" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_unknown_agent_option_is_caught_before_work(tmp_path):
+    study = load_study(write(tmp_path, TINY.replace('critic = "oracle"', 'critic = "oracle"\nbogus_option = 1')))
+    with pytest.raises(ConfigError, match="bogus_option"):
+        validate_study(plan_study(study))
+
+
+def test_tiny_sweep_shares_data_and_maps_members(tmp_path):
+    study = load_study(write(tmp_path, TINY))
+    out = tmp_path / "out"
+    messages: list[str] = []
+    run_study(study, out, log=messages.append)
+    record = json.loads((out / "ace-eta" / "members.json").read_text())
+    assert record["runs"] == 2 and len(record["members"]) == 8
+    assert record["members"][5] == {"member": 5, "setting": 2, "run": 1, "values": {"alpha_actor": 0.2, "eta": 0.0}}
+    assert (out / "ace-eta" / "done.json").is_file() and (out / "sweep.json").is_file()
+
+    def exact_j(folder: str) -> dict[tuple[int, int], float]:
+        return {(s, m): v for s, name, m, v in read_metrics(out / folder / "metrics.csv") if name == "eval/exact_J"}
+
+    offpac, ace = exact_j("offpac"), exact_j("ace-eta")
+    assert {m for _, m in offpac} == set(range(4)) and {m for _, m in ace} == set(range(8))
+    # OffPAC is ACE with eta = 0: same behaviour data (same seed, stream_of = run) -> identical learning, member for
+    # member (offpac member alpha 0.2/run 1 = 3; ace-eta member alpha 0.2/eta 0/run 1 = 5)
+    for step in (20, 40):
+        assert offpac[(step, 0)] == ace[(step, 0)]
+        assert offpac[(step, 3)] == ace[(step, 5)]
+    # and eta = 1 learns differently from eta = 0 on the same data
+    assert any(ace[(40, m)] != ace[(40, m - 2)] for m in (2, 3, 6, 7))
+
+    # a second call skips finished folders
+    messages.clear()
+    run_study(study, out, log=messages.append)
+    assert all("already finished, skipped" in m for m in messages) and len(messages) == 2
+
+
+def test_cli_dry_run_trains_nothing(tmp_path, capsys):
+    out = tmp_path / "out"
+    code = main(["sweep", str(write(tmp_path, TINY)), "--out", str(out), "--dry-run", "--set", "steps=10"])
+    assert code == 0
+    assert "plan valid (2 population runs)" in capsys.readouterr().out
+    assert not out.exists()
+
+
+def test_cli_only_and_bad_override(tmp_path, capsys):
+    path = write(tmp_path, TINY)
+    assert main(["sweep", str(path), "--only", "nope", "--dry-run"]) == 2
+    assert "--only 'nope' is not a variant of this study; allowed: offpac, ace-eta" in capsys.readouterr().err
+    assert main(["sweep", str(path), "--set", "stepz=10", "--dry-run"]) == 2
+    assert "unknown config key 'stepz'" in capsys.readouterr().err
