@@ -237,3 +237,47 @@ def test_cli_train_on_minatar_breakout(tmp_path, capsys):
 
     names = {name for _, name, *_ in read_metrics(tmp_path / "run" / "metrics.csv")}
     assert {"actor_loss", "critic_loss", "emphasis_loss", "rho_mean", "eval/return"} <= names
+
+
+def test_learned_emphasis_network_fits_m_over_d_mu_on_replayed_tabular_data():
+    """One-hot states, a fixed uniform target policy, behaviour (0.7, 0.3): fhat trained on replayed transitions
+    (boundary rules included) reaches the exact m / d_mu of the episodic MDP of test_ace_emphasis.py."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("ace_emphasis_problem", Path(__file__).with_name(
+        "test_ace_emphasis.py"))
+    problem = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(problem)
+    MU, NUM_STATES, episodic_problem, exact_emphasis = (  # noqa: N806
+        problem.MU, problem.NUM_STATES, problem.episodic_problem, problem.exact_emphasis)
+    transitions, start = episodic_problem()
+    expected, _ = exact_emphasis(transitions, start)  # gamma 0.8
+    streams, rows = 64, 250
+    g = torch.Generator().manual_seed(0)
+    buffer = TrajectoryBuffer(capacity=rows, num_streams=streams, obs_shape=(NUM_STATES + 1,), obs_dtype=torch.float32)
+    eye = torch.eye(NUM_STATES + 1)
+    state = torch.multinomial(start.float().expand(streams, -1), 1, generator=g).squeeze(1)
+    for _ in range(rows):
+        action = torch.multinomial(MU.expand(streams, -1), 1, generator=g).squeeze(1)
+        next_state = torch.multinomial(transitions[state, action].float(), 1, generator=g).squeeze(1)
+        terminated = next_state == NUM_STATES
+        buffer.add(eye[state], action, torch.zeros(streams), terminated, torch.zeros(streams, dtype=torch.bool),
+                   eye[next_state], MU.log()[action])
+        restart = torch.multinomial(start.float().expand(streams, -1), 1, generator=g).squeeze(1)
+        state = torch.where(terminated, restart, next_state)
+    context = AgentContext(BoxSpec((NUM_STATES + 1,), 0.0, 1.0), DiscreteSpec(2), 1, streams, streams,
+                           torch.device("cpu"), seed=0, total_steps=1)
+    agent = DeepACE(context, DeepACEOptions(
+        hidden=(), gamma=0.8, emphasis_rho_clip=math.inf, actor_learning_rate=1e-12, emphasis_learning_rate=0.02,
+        batch_size=512, learning_starts=0, target_update_every=20, buffer_size=streams * rows))
+    with torch.no_grad():
+        for parameter in agent.policy.parameters():
+            parameter.zero_()  # uniform target policy, held fixed by the vanishing actor step
+    average = torch.zeros(NUM_STATES)
+    for step in range(1, 1001):
+        agent.update(buffer, step)
+        if step > 700:
+            average += agent.emphasis(eye[:NUM_STATES].unsqueeze(0)).detach()[0, :, 0] / 300
+    assert torch.allclose(average.double(), expected, rtol=0.08), (average, expected)
+    assert (expected - 1).abs().max() > 0.3  # the emphasis is not trivially the interest
