@@ -216,18 +216,6 @@ def build_parser() -> argparse.ArgumentParser:
         report_parser = commands.add_parser("report", help="best settings, curves with CIs, report.md of a sweep")
         add_report_arguments(report_parser)
         report_parser.set_defaults(handler=lambda a: run_report(a))
-    try:
-        from emphatic_rl.report import add_report_arguments, run_report
-        from emphatic_rl.sweep import add_sweep_arguments, run_sweep
-    except ImportError:
-        pass
-    else:
-        sweep_parser = commands.add_parser("sweep", help="run a study TOML: variants x grid x runs as populations")
-        add_sweep_arguments(sweep_parser)
-        sweep_parser.set_defaults(handler=lambda a: run_sweep(a))
-        report_parser = commands.add_parser("report", help="best settings, curves with CIs, report.md of a sweep")
-        add_report_arguments(report_parser)
-        report_parser.set_defaults(handler=lambda a: run_report(a))
     return parser
 
 
