@@ -7,11 +7,12 @@ set, uniform random actions, observation produced every step, finished episodes 
 - ``reference loop``: ``N`` ``minatar.Environment`` objects stepped in a Python loop (``act`` + ``state``);
 - ``gymnasium sync``: ``gymnasium.vector.SyncVectorEnv`` of ``MinAtar/<Game>-v0``.
 
-Slow peers at large ``N`` are timed over few batch steps (at least one; each measurement runs until
-``--min-time`` seconds have passed). Run:
+Native and reference take turns in interleaved rounds, so load from other jobs on a shared machine hits both
+alike; rates are given per wall-clock second and per second of this process's CPU time. Slow peers at large
+``N`` are timed over few batch steps (at least one per round). Run:
 
     .venv/bin/python benchmarks/minatar.py                      # writes benchmarks/results/minatar_cpu.md
-    .venv/bin/python benchmarks/minatar.py --games breakout --sizes 1 64 --min-time 0.2 --no-write
+    .venv/bin/python benchmarks/minatar.py --games breakout --sizes 1024 --min-time 0.5 --no-write
 """
 
 from __future__ import annotations
@@ -45,19 +46,23 @@ def import_reference():
     return minatar
 
 
-def measure(batch_step: Callable[[], None], num_envs: int, min_time: float) -> float:
-    """Environment steps per second of ``batch_step`` (which advances ``num_envs`` copies once)."""
-    batch_step()  # warm-up
-    calls, start = 0, time.perf_counter()
+def measure(batch_step: Callable[[], None], num_envs: int, min_time: float) -> tuple[float, float]:
+    """Steps per second of ``batch_step`` (which advances ``num_envs`` copies once): ``(wall, cpu)``.
+
+    ``wall`` divides by elapsed wall-clock time, ``cpu`` by this process's CPU time (user + system, kernel page
+    faults included), which other jobs on a loaded machine barely disturb. Runs at least one call.
+    """
+    calls, wall_start, cpu_start = 0, time.perf_counter(), time.process_time()
     while True:
         batch_step()
         calls += 1
-        elapsed = time.perf_counter() - start
-        if elapsed >= min_time:
-            return calls * num_envs / elapsed
+        wall = time.perf_counter() - wall_start
+        if wall >= min_time:
+            cpu = max(time.process_time() - cpu_start, 1e-9)
+            return calls * num_envs / wall, calls * num_envs / cpu
 
 
-def native_rate(game: str, num_envs: int, min_time: float) -> float:
+def native_stepper(game: str, num_envs: int) -> Callable[[], None]:
     env = make_env("minatar-" + game.replace("_", "-"), num_envs)
     env.reset(seed=0)
     generator = torch.Generator().manual_seed(0)
@@ -68,10 +73,10 @@ def native_rate(game: str, num_envs: int, min_time: float) -> float:
         env.step(actions[counter[0] % 64])
         counter[0] += 1
 
-    return measure(batch_step, num_envs, min_time)
+    return batch_step
 
 
-def reference_rate(game: str, num_envs: int, min_time: float) -> float:
+def reference_stepper(game: str, num_envs: int) -> Callable[[], None]:
     minatar = import_reference()
     envs = []
     for i in range(num_envs):
@@ -89,10 +94,10 @@ def reference_rate(game: str, num_envs: int, min_time: float) -> float:
                 env.reset()
             env.state()
 
-    return measure(batch_step, num_envs, min_time)
+    return batch_step
 
 
-def gymnasium_rate(game: str, num_envs: int, min_time: float) -> float:
+def gymnasium_stepper(game: str, num_envs: int) -> Callable[[], None]:
     minatar = import_reference()
     gym_id = f"MinAtar/{game.title().replace('_', '')}-v0"
     if gym_id not in gym.registry:
@@ -104,53 +109,92 @@ def gymnasium_rate(game: str, num_envs: int, min_time: float) -> float:
     def batch_step() -> None:
         vector_env.step(rng.integers(0, 6, num_envs))
 
-    rate = measure(batch_step, num_envs, min_time)
-    vector_env.close()
-    return rate
+    return batch_step
+
+
+def interleaved_rates(
+    steppers: dict[str, tuple[Callable[[], None], int]], num_envs: int, min_time: float, rounds: int
+) -> dict[str, tuple[float, float]]:
+    """Best ``(wall, cpu)`` rate of each peer over ``rounds`` rounds of ``min_time / rounds`` s each.
+
+    Peers take turns within every round (native, reference, ...), so a burst of load from other jobs hits
+    them alike; the best chunk of each is the least disturbed one. ``steppers[name] = (batch_step, threads)``.
+    """
+    best = {name: (0.0, 0.0) for name in steppers}
+    for batch_step, threads in steppers.values():  # warm-up
+        torch.set_num_threads(threads)
+        batch_step()
+    for _ in range(rounds):
+        for name, (batch_step, threads) in steppers.items():
+            torch.set_num_threads(threads)
+            wall, cpu = measure(batch_step, num_envs, min_time / rounds)
+            best[name] = (max(best[name][0], wall), max(best[name][1], cpu))
+    return best
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--games", nargs="+", default=list(GAMES), choices=GAMES)
     parser.add_argument("--sizes", nargs="+", type=int, default=list(SIZES))
-    parser.add_argument("--min-time", type=float, default=0.5, help="seconds per measurement (default 0.5)")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    parser.add_argument("--min-time", type=float, default=1.0, help="seconds per peer and size (default 1)")
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds per measurement (default 5)")
+    parser.add_argument("--threads", nargs="+", type=int, default=[1, 2], help="torch threads (default 1 2)")
+    parser.add_argument("--no-gymnasium", action="store_true", help="skip the gymnasium SyncVectorEnv peer")
     parser.add_argument("--no-write", action="store_true", help=f"do not write {RESULTS}")
     args = parser.parse_args()
-    if any(n < 1 for n in args.sizes) or args.min_time <= 0 or args.threads < 1:
-        parser.error("--sizes must be >= 1, --min-time > 0 and --threads >= 1")
-    torch.set_num_threads(args.threads)
+    if any(n < 1 for n in args.sizes) or args.min_time <= 0 or any(t < 1 for t in args.threads) or args.rounds < 1:
+        parser.error("--sizes must be >= 1, --min-time > 0, --threads >= 1 and --rounds >= 1")
 
+    native_names = [f"native {t}t" for t in args.threads]
     header = (
-        "| game | N | native steps/s | reference loop steps/s | gymnasium sync steps/s "
-        "| native / reference | native / gymnasium |\n|---|---:|---:|---:|---:|---:|---:|"
+        "| game | N | "
+        + " | ".join(f"{name} steps/s (cpu)" for name in native_names)
+        + " | reference loop steps/s (cpu) | "
+        + ("gymnasium sync steps/s (cpu) | " if not args.no_gymnasium else "")
+        + " | ".join(f"{name} / reference wall (cpu)" for name in native_names)
+        + " |\n|---|---:|"
+        + "---:|" * (2 * len(native_names) + 1 + (not args.no_gymnasium))
     )
     rows = []
     print(header, flush=True)
     for game in args.games:
         for num_envs in args.sizes:
-            native = native_rate(game, num_envs, args.min_time)
-            reference = reference_rate(game, num_envs, args.min_time)
-            vector = gymnasium_rate(game, num_envs, args.min_time)
-            row = (
-                f"| {game} | {num_envs} | {native:,.0f} | {reference:,.0f} | {vector:,.0f} "
-                f"| {native / reference:.1f}x | {native / vector:.1f}x |"
-            )
+            steppers: dict[str, tuple[Callable[[], None], int]] = {}
+            for threads, name in zip(args.threads, native_names, strict=True):
+                steppers[name] = (native_stepper(game, num_envs), threads)
+            steppers["reference"] = (reference_stepper(game, num_envs), 1)
+            if not args.no_gymnasium:
+                steppers["gymnasium"] = (gymnasium_stepper(game, num_envs), 1)
+            rates = interleaved_rates(steppers, num_envs, args.min_time, args.rounds)
+            reference = rates["reference"]
+            cells = [f"{rates[name][0]:,.0f} ({rates[name][1]:,.0f})" for name in steppers]
+            ratios = [
+                f"{rates[name][0] / reference[0]:.1f}x ({rates[name][1] / reference[1]:.1f}x)" for name in native_names
+            ]
+            row = f"| {game} | {num_envs} | " + " | ".join(cells + ratios) + " |"
             rows.append(row)
             print(row, flush=True)
 
     if not args.no_write:
         cpu = platform.processor() or platform.machine()
+        try:
+            load = ", load average {:.1f} / {:.1f} / {:.1f} at the end".format(*os.getloadavg())
+        except OSError:
+            load = ""
+        command = " ".join(["benchmarks/minatar.py", *sys.argv[1:]])
         text = "\n".join(
             [
                 "# MinAtar: native batched env vs the reference `minatar` (CPU)",
                 "",
-                f"Machine: {cpu}, {os.cpu_count()} logical CPUs, torch {torch.__version__} with "
-                f"{args.threads} thread(s), numpy {np.__version__}, gymnasium {gym.__version__}.",
+                f"Machine: {cpu}, {os.cpu_count()} logical CPUs{load}; torch {torch.__version__}, "
+                f"numpy {np.__version__}, gymnasium {gym.__version__}.",
                 "Protocol: sticky actions 0.1, difficulty ramping on, 6 actions, uniform random actions, observation"
-                " every step, finished episodes reset. Environment steps per second (N copies x batch steps / s).",
-                f"Each figure: at least {args.min_time} s of stepping after one warm-up batch step.",
-                f"Command: `.venv/bin/python benchmarks/minatar.py --min-time {args.min_time}`",
+                " every step, finished episodes reset. Environment steps per second (N copies x batch steps / s);",
+                "in parentheses the same per second of this process's CPU time (user + system), which the other"
+                " jobs on a shared machine disturb far less than wall-clock time.",
+                f"Peers take turns in {args.rounds} interleaved rounds ({args.min_time} s per peer in all); each"
+                " figure is the peer's best round. `native Kt`: torch with K threads.",
+                f"Command: `.venv/bin/python {command}`",
                 "",
                 header,
                 *rows,

@@ -106,6 +106,11 @@ class TensorEnv(ABC):
     action_spec: Spec
     #: names of the tensor attributes that hold the per-copy state (saved by ``state_dict``).
     state_names: tuple[str, ...] = ()
+    #: ``True`` when ``_observe()`` is a deterministic function of each copy's own state and ``_reset_where``
+    #: leaves the other copies' state untouched: after the autoreset, ``_observe()`` then already equals
+    #: ``final_obs`` on the copies that did not end, and ``step`` skips the per-copy select (a broadcast
+    #: ``where`` over the whole observation, costly for large image observations on CPU).
+    observation_depends_only_on_state: bool = False
 
     def __init__(
         self,
@@ -161,7 +166,10 @@ class TensorEnv(ABC):
         done = terminated | truncated
         self._reset_where(done)
         self.elapsed_steps.masked_fill_(done, 0)
-        obs = torch.where(done.view((-1,) + (1,) * (final_obs.dim() - 1)), self._observe(), final_obs)
+        if self.observation_depends_only_on_state:
+            obs = self._observe()  # equal to final_obs where not done (see the attribute)
+        else:
+            obs = torch.where(done.view((-1,) + (1,) * (final_obs.dim() - 1)), self._observe(), final_obs)
         return StepResult(obs, reward, terminated, truncated, final_obs)
 
     def validate_action(self, action: torch.Tensor) -> torch.Tensor:

@@ -96,7 +96,8 @@ def set_state_from_reference(env, refs: list) -> None:
             env.ball_x[n], env.ball_y[n], env.ball_dir[n] = game.ball_x, game.ball_y, game.ball_dir
             env.paddle_x[n], env.last_x[n], env.last_y[n] = game.pos, game.last_x, game.last_y
             env.strike[n] = game.strike
-            env.bricks[n] = torch.as_tensor(game.brick_map != 0)
+            assert not game.brick_map[0].any() and not game.brick_map[4:].any()
+            env.bricks[n] = torch.as_tensor(game.brick_map[1:4] != 0).flatten()
         elif env.game == "freeway":
             env.chicken_y[n], env.move_timer[n], env.terminate_timer[n] = (
                 game.pos,

@@ -12,7 +12,16 @@ from __future__ import annotations
 
 import torch
 
-from emphatic_rl.envs.minatar.common import DOWN, LEFT, RIGHT, UP, MinAtarEnv, paint
+from emphatic_rl.envs.minatar.common import (
+    DOWN,
+    LEFT,
+    RIGHT,
+    UP,
+    MinAtarEnv,
+    canvas_to_observation,
+    draw,
+    new_canvas,
+)
 from emphatic_rl.envs.registry import register_env
 
 RAMP_INTERVAL = 100
@@ -55,7 +64,12 @@ class MinAtarAsterix(MinAtarEnv):
         self.entity_alive = torch.zeros(n, NUM_SLOTS, dtype=torch.bool, device=dev)
         self.entity_right = torch.zeros(n, NUM_SLOTS, dtype=torch.bool, device=dev)
         self.entity_gold = torch.zeros(n, NUM_SLOTS, dtype=torch.bool, device=dev)
-        self._slot_rows = torch.arange(1, NUM_SLOTS + 1, device=dev).expand(n, NUM_SLOTS)
+        # contiguous constants: stride-0 (expanded) operands take slow paths on CPU
+        self._slot_rows = torch.arange(1, NUM_SLOTS + 1, device=dev).repeat(n, 1)
+        self._slot_row_cells = self._slot_rows * 10
+        self._trail_channel = torch.full((n, NUM_SLOTS), 2, dtype=torch.int64, device=dev)
+        self._zero_channel = torch.zeros(n, 1, dtype=torch.int64, device=dev)
+        self._player_on = torch.ones(n, 1, dtype=torch.bool, device=dev)
 
     def _reset_where(self, mask: torch.Tensor) -> None:
         self.player_x = torch.where(mask, 5, self.player_x)
@@ -131,11 +145,13 @@ class MinAtarAsterix(MinAtarEnv):
         return reward, terminal
 
     def _observe(self) -> torch.Tensor:
-        n = self.num_envs
-        player = paint(n, self.player_y, self.player_x)
-        enemy = paint(n, self._slot_rows, self.entity_x, self.entity_alive & ~self.entity_gold)
-        gold = paint(n, self._slot_rows, self.entity_x, self.entity_alive & self.entity_gold)
         back_x = torch.where(self.entity_right, self.entity_x - 1, self.entity_x + 1)
         trail_shown = self.entity_alive & (back_x >= 0) & (back_x <= 9)
-        trail = paint(n, self._slot_rows, back_x.clamp(0, 9), trail_shown)
-        return torch.stack((player, enemy, trail, gold), dim=-1)
+        player = (self.player_y * 10 + self.player_x).unsqueeze(1)
+        cells = torch.cat((player, self._slot_row_cells + self.entity_x, self._slot_row_cells + back_x.clamp(0, 9)), 1)
+        entity_channel = 1 + 2 * self.entity_gold.long()  # enemy 1, gold 3
+        channels = torch.cat((self._zero_channel, entity_channel, self._trail_channel), 1)
+        on = torch.cat((self._player_on, self.entity_alive, trail_shown), 1)
+        canvas = new_canvas(self.num_envs, 4, self.device)
+        draw(canvas, cells, channels, 4, on)
+        return canvas_to_observation(canvas, 4)

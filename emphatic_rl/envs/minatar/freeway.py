@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from emphatic_rl.envs.minatar.common import DOWN, UP, MinAtarEnv, paint
+from emphatic_rl.envs.minatar.common import DOWN, UP, MinAtarEnv, canvas_to_observation, draw, new_canvas
 from emphatic_rl.envs.registry import register_env
 
 PLAYER_SPEED = 3
@@ -39,7 +39,12 @@ class MinAtarFreeway(MinAtarEnv):
         self.car_x = torch.zeros(n, NUM_CARS, dtype=torch.int64, device=dev)
         self.car_timer = torch.zeros(n, NUM_CARS, dtype=torch.int64, device=dev)
         self.car_speed = torch.ones(n, NUM_CARS, dtype=torch.int64, device=dev)
-        self._car_rows = torch.arange(1, NUM_CARS + 1, device=dev).expand(n, NUM_CARS)
+        self._car_rows = torch.arange(1, NUM_CARS + 1, device=dev).repeat(n, 1)  # contiguous: stride-0 is slow
+        self._car_row_cells = self._car_rows * 10
+        self._chicken_column_cell = torch.full((n, 1), 4, dtype=torch.int64, device=dev)
+        # channel of each drawn point: chicken (0), the 8 cars (1), then the 8 trails (1 + speed, set per step)
+        self._point_channels = torch.ones(n, 1 + 2 * NUM_CARS, dtype=torch.int64, device=dev)
+        self._point_channels[:, 0] = 0
 
     def _draw_car_speeds(self, mask: torch.Tensor) -> torch.Tensor:
         """Signed speeds ``int64[N, 8]`` as the reference draws them (magnitudes first, then directions)."""
@@ -78,8 +83,11 @@ class MinAtarFreeway(MinAtarEnv):
         car_x_before = self.car_x
         car_x = torch.where(moves, (car_x_before + self.car_speed.sign()) % 10, car_x_before)
         self.car_timer = torch.where(moves, self.car_speed.abs(), car_timer - 1)
-        in_chicken_row = self._car_rows == y.unsqueeze(1)
-        hit = (in_chicken_row & ((car_x_before == 4) | (car_x == 4))).any(1)
+        car_in_row = (y - 1).clamp(0, NUM_CARS - 1).unsqueeze(1)  # rows 1..8 hold cars 0..7
+        in_car_row = (y >= 1) & (y <= NUM_CARS)
+        before = car_x_before.gather(1, car_in_row).squeeze(1)
+        after = car_x.gather(1, car_in_row).squeeze(1)
+        hit = in_car_row & ((before == 4) | (after == 4))
         self.car_x = car_x
         self.chicken_y = torch.where(hit, 9, y)
 
@@ -88,11 +96,11 @@ class MinAtarFreeway(MinAtarEnv):
         return crossed, self.terminate_timer < 0
 
     def _observe(self) -> torch.Tensor:
-        n = self.num_envs
-        chicken = paint(n, self.chicken_y, self._ints(4))
-        car = paint(n, self._car_rows, self.car_x)
-        right = self.car_speed > 0
-        back_x = torch.where(right, self.car_x - 1, self.car_x + 1) % 10
-        magnitude = self.car_speed.abs()
-        trails = [paint(n, self._car_rows, back_x, magnitude == s) for s in range(1, 6)]
-        return torch.stack([chicken, car, *trails], dim=-1)
+        back_x = (self.car_x + 10 - self.car_speed.sign()) % 10  # the trail: one cell behind each car
+        chicken = self.chicken_y.unsqueeze(1) * 10 + self._chicken_column_cell
+        cells = torch.cat((chicken, self._car_row_cells + self.car_x, self._car_row_cells + back_x), dim=1)
+        channels = self._point_channels.clone()
+        channels[:, 1 + NUM_CARS :] += self.car_speed.abs()
+        canvas = new_canvas(self.num_envs, 7, self.device)
+        draw(canvas, cells, channels, 7)
+        return canvas_to_observation(canvas, 7)
