@@ -276,7 +276,17 @@ def write_report(
     out = Path(out_dir) if out_dir else root
     out.mkdir(parents=True, exist_ok=True)
     digits = _digits(results)
-    references = options.get("reference", {})
+    # [report] reference (+ reference_label) is for the default metric; reference_by_metric.<metric> (a table with
+    # values and an optional "label") for others, e.g. eval/excursions_return
+    by_metric = options.get("reference_by_metric", {}).get(metric)
+    if by_metric is not None:
+        references = {k: v for k, v in by_metric.items() if k != "label"}
+        reference_label = by_metric.get("label", "reference")
+    elif metric == options.get("metric", metric) and not metric.startswith("eval/excursions"):
+        references = options.get("reference", {})
+        reference_label = options.get("reference_label", "reference")
+    else:
+        references, reference_label = {}, "reference"
     summaries = {name: summarise_settings(vr, select) for name, vr in results.items()}
     bests = {name: best_setting(s) for name, s in summaries.items()}
 
@@ -313,7 +323,7 @@ def write_report(
     ref_col = bool(references)
     header = "| variant | best hyperparameters | AUC | final | eligible settings |"
     if ref_col:
-        header += f" {options.get('reference_label', 'reference')} |"
+        header += f" {reference_label} |"
     md += [header, "|" + "---|" * (header.count("|") - 1)]
     for name, best in bests.items():
         total = len(summaries[name])

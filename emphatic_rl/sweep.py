@@ -72,6 +72,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from emphatic_rl.config import ConfigError, TrainConfig, apply_overrides, load_config_file, parse_set_arguments
 
 #: Hyperparameters that the linear actor-critic agents take as one value per population member, with their ranges.
@@ -86,7 +88,10 @@ PER_MEMBER_KEYS: dict[str, tuple[float, float | None, bool]] = {
 }
 STUDY_KEYS = (
     "name", "runs", "full_runs", "max_population", "base", "full_base", "grid", "full_grid", "variants", "report",
+    "excursions",
 )
+EXCURSION_KEYS = ("starts", "full_starts", "spacing")
+EXCURSIONS_METRIC = "eval/excursions_return"
 VARIANT_KEYS = ("name", "agent", "agent_options", "grid", "full_grid")
 SWEEP_AGENTS = ("ace", "ace-direct", "offpac")
 MEMBERS_NAME = "members.json"
@@ -112,6 +117,8 @@ class Study:
     base: dict[str, Any]
     variants: list[Variant]
     report: dict[str, Any] = field(default_factory=dict)
+    #: excursions objective: ``(number of start states, behaviour steps before each)``, or None (episodic only)
+    excursions: tuple[int, int] | None = None
 
 
 @dataclass
@@ -250,7 +257,16 @@ def load_study(path: str | Path, full: bool = False, base_overrides: dict[str, A
             )
         variants.append(Variant(vname, agent, options, grid))
     report = _check_table(data.get("report", {}), "[report]")
-    return Study(name, runs, max_population, base, variants, report)
+    excursions = None
+    if "excursions" in data:
+        table = _check_table(data["excursions"], "[excursions]")
+        bad = [k for k in table if k not in EXCURSION_KEYS]
+        if bad:
+            raise ConfigError(f"unknown key {bad[0]!r} in [excursions]; allowed: {', '.join(EXCURSION_KEYS)}")
+        starts = table.get("full_starts", table.get("starts", 50)) if full else table.get("starts", 50)
+        excursions = (_check_int(starts, "[excursions] starts"), _check_int(table.get("spacing", 1000),
+                                                                             "[excursions] spacing"))
+    return Study(name, runs, max_population, base, variants, report, excursions)
 
 
 def _apply_base_overrides(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
@@ -367,7 +383,11 @@ def run_study(study: Study, out_dir: str | Path, progress: bool = False, log=pri
         log(f"emphatic-rl sweep: {chunk.folder}: {'resuming' if resume else 'training'} {config.agent}, "
             f"{len(chunk.settings)} settings x {study.runs} runs = P {config.population_size}, {config.steps} steps")
         start = time.perf_counter()
-        result = train(config, folder, resume=resume, run=build_run(config))
+        run = build_run(config)
+        if study.excursions is None:
+            result = train(config, folder, resume=resume, run=run)
+        else:
+            result = _train_with_excursions(study, config, folder, resume, run)
         seconds = time.perf_counter() - start
         atomic_write_bytes(
             folder / DONE_NAME,
@@ -377,6 +397,41 @@ def run_study(study: Study, out_dir: str | Path, progress: bool = False, log=pri
         log(f"emphatic-rl sweep: {chunk.folder}: done in {seconds:.0f} s; "
             f"{int(result.diverged.sum())} of {config.population_size} members diverged")
     return folders
+
+
+def _train_with_excursions(study: Study, config: TrainConfig, folder: Path, resume: bool, run: Any) -> Any:
+    """Train in segments of ``eval_every`` steps (each a resume of the last, bit-identical to one call), evaluating
+    the excursions objective after each and appending ``eval/excursions_return`` rows to ``metrics.csv``."""
+    from emphatic_rl.train import CHECKPOINT_NAME, train
+
+    num_starts, spacing = study.excursions
+    starts = excursion_start_states(config, num_starts, spacing)
+    period = config.eval_every or config.steps
+    ends = list(range(period, config.steps + 1, period))
+    if not ends or ends[-1] != config.steps:
+        ends.append(config.steps)
+    done_step = 0
+    if resume:
+        done_step = int(torch.load(folder / CHECKPOINT_NAME, map_location="cpu", weights_only=False)["step"])
+    result = None
+    for end in ends:
+        if end <= done_step:
+            continue
+        segment = copy.deepcopy(config)
+        segment.steps = end
+        result = train(segment, folder, resume=resume, run=run)
+        resume = True
+        values = evaluate_excursions(run, starts, end).cpu()
+        values = torch.where(result.diverged, float("nan"), values)
+        with (folder / "metrics.csv").open("a", newline="") as f:
+            f.write("".join(f"{end},{EXCURSIONS_METRIC},{p},{float(v)!r}\r\n" for p, v in enumerate(values.tolist())))
+    if result is None:  # every segment was already trained (killed before done.json)
+        result = train(config, folder, resume=True, run=run)
+    from emphatic_rl.logging import atomic_write_bytes
+    from emphatic_rl.train import CONFIG_NAME
+
+    atomic_write_bytes(folder / CONFIG_NAME, json.dumps(config.to_dict(), indent=2, default=str).encode())
+    return result
 
 
 # ---------------------------------------------------------------------------------------------------- CLI
@@ -425,3 +480,58 @@ def run_sweep(args: argparse.Namespace) -> int:
         return 2
     print(f"emphatic-rl sweep: results in {out}; next: emphatic-rl report {out}")
     return 0
+
+
+# ---------------------------------------------------------------------------------------------------- excursions
+def excursion_start_states(config: TrainConfig, num_starts: int, spacing: int) -> dict[str, Any]:
+    """States drawn from the behaviour's data (ace.md §4.2, the excursions objective).
+
+    ``num_starts`` independent behaviour trajectories (env copies) from the start distribution, each run for
+    ``spacing`` steps with their own seed (not the training data's); their final states are the start states. (The
+    authors take every ``spacing``-th state of one separate behaviour trajectory; both sample ``d_mu``
+    approximately.) Returns the env's state tensors ``{name: [num_starts, ...]}``.
+    """
+    from emphatic_rl.envs import make_env
+    from emphatic_rl.train import _make_behaviour
+
+    env = make_env(config.env, num_envs=num_starts, device=config.device, **config.env_options)
+    if not env.state_names:
+        raise ConfigError(f"env {config.env!r} exposes no state tensors (state_names); no excursions objective")
+    behaviour = _make_behaviour(config, env)
+    generator = torch.Generator(device=env.device)
+    generator.manual_seed(config.seed + 7_777_777)
+    obs = env.reset(seed=config.seed + 7_777_777)
+    with torch.no_grad():
+        for _ in range(spacing):
+            action, _ = behaviour.act(obs, generator)
+            obs = env.step(action).obs
+    return {name: getattr(env, name).clone() for name in env.state_names}
+
+
+@torch.no_grad()
+def evaluate_excursions(run: Any, starts: dict[str, Any], step: int) -> Any:
+    """Mean undiscounted return ``[P]`` of each member's target policy, one rollout from every start state, each
+    capped at ``eval_max_steps``. Copies are member-major: member ``p`` owns copies ``p*S ... p*S + S - 1``."""
+    from emphatic_rl.envs import make_env
+
+    config, agent = run.config, run.agent
+    num_starts = next(iter(starts.values())).shape[0]
+    P = config.population_size
+    env = make_env(config.env, num_envs=P * num_starts, device=run.device, **config.env_options)
+    env.reset(seed=(config.seed * 1_000_003 + step + 12_345) % (2**63))
+    for name, value in starts.items():
+        state = getattr(env, name)
+        state.copy_(value.to(run.device).repeat(P, *([1] * (value.dim() - 1))))
+    env.elapsed_steps.zero_()
+    obs = env._observe()
+    episode_return = torch.zeros(env.num_envs, device=run.device)
+    running = torch.ones(env.num_envs, dtype=torch.bool, device=run.device)
+    for _ in range(config.eval_max_steps):
+        action = agent.evaluation_action(obs.view(P, num_starts, *obs.shape[1:]))
+        result = env.step(action.reshape(env.num_envs, *action.shape[2:]))
+        episode_return += torch.where(running, result.reward, 0.0)
+        running &= ~(result.terminated | result.truncated)
+        obs = result.obs
+        if not bool(running.any()):
+            break
+    return episode_return.view(P, num_starts).mean(dim=1)

@@ -178,3 +178,13 @@ def test_sweep_then_report_end_to_end(tmp_path, capsys):
     text = (out / "report.md").read_text()
     assert "metric `eval/exact_J`" in text and "| offpac |" in text and "| ace |" in text
     assert text.index("| offpac |") < text.index("| ace |")  # the study's order
+
+
+def test_reference_by_metric(tmp_path):
+    write_synthetic_variant(tmp_path / "v", "v", SETTINGS[:1], synthetic_curves()[:1], metric="eval/excursions_return")
+    (tmp_path / "sweep.json").write_text(json.dumps({"name": "s", "report": {
+        "reference": {"v": -1.0}, "reference_label": "episodic paper",
+        "reference_by_metric": {"eval/excursions_return": {"label": "excursions paper", "v": -2.0}},
+    }}))
+    text = write_report(tmp_path, tmp_path / "r", metric="eval/excursions_return").read_text()
+    assert "excursions paper" in text and "| -2.0 |" in text and "episodic paper" not in text

@@ -182,3 +182,30 @@ def test_cli_only_and_bad_override(tmp_path, capsys):
     assert "--only 'nope' is not a variant of this study; allowed: offpac, ace-eta" in capsys.readouterr().err
     assert main(["sweep", str(path), "--set", "stepz=10", "--dry-run"]) == 2
     assert "unknown config key 'stepz'" in capsys.readouterr().err
+
+
+def test_excursions_segments_match_one_run_and_log_the_objective(tmp_path):
+    text = TINY.replace("runs = 2", "runs = 2\n[excursions]\nstarts = 3\nspacing = 5")
+    study = load_study(write(tmp_path, text))
+    assert study.excursions == (3, 5)
+    run_study(study, tmp_path / "exc", log=lambda m: None)
+    plain = load_study(write(tmp_path, TINY, "plain.toml"))
+    run_study(plain, tmp_path / "plain", log=lambda m: None)
+
+    def rows(root: str, metric: str) -> dict[tuple[int, int], float]:
+        return {(s, m): v for s, name, m, v in read_metrics(tmp_path / root / "ace-eta" / "metrics.csv")
+                if name == metric}
+
+    # training in eval_every segments (resume) is bit-identical to one call
+    assert rows("exc", "eval/exact_J") == rows("plain", "eval/exact_J")
+    excursions = rows("exc", "eval/excursions_return")
+    assert sorted({s for s, _ in excursions}) == [20, 40] and len(excursions) == 16
+    # the three-state MDP's rewards are 0, 1 or 2 per episode; rollouts may start in the aliased states
+    assert all(0.0 <= v <= 2.0 for v in excursions.values())
+    assert json.loads((tmp_path / "exc" / "ace-eta" / "config.json").read_text())["steps"] == 40
+
+
+def test_bad_excursions_table(tmp_path):
+    text = TINY.replace("runs = 2", "runs = 2\n[excursions]\nstart = 3")
+    with pytest.raises(ConfigError, match="unknown key 'start' in \\[excursions\\]; allowed: starts, full_starts"):
+        load_study(write(tmp_path, text))
