@@ -312,6 +312,8 @@ def write_report(
         f"{int(any_vr.steps[-1])}), metric `{metric}`"
         + (f" ({base.get('eval_episodes', '?')} rollouts per member, capped at {base.get('eval_max_steps', '?')} steps)"
            if metric == "eval/return" else "")
+        + (" (the excursions objective: one rollout from each of a fixed set of states drawn from the behaviour's "
+           f"data, capped at {base.get('eval_max_steps', '?')} steps)" if metric == "eval/excursions_return" else "")
         + "."
     )
     md.append(

@@ -34,6 +34,10 @@ A study TOML::
     grid = { alpha_emphasis = [0.25, 0.0625] }        # merged over [grid] for this variant ([] drops a key)
     full_grid = { alpha_emphasis = [1.0, 0.5, 0.25] }  # merged over [full_grid] with --full
 
+    [excursions]                   # optional: also evaluate the excursions objective (ace.md §4.2)
+    starts = 20                    # start states (full_starts with --full), each after `spacing` behaviour steps
+    spacing = 1000
+
     [report]                       # read by `emphatic-rl report` (optional)
     split = ["eta"]                # report each value of these grid keys as its own variant
     reference = { offpac = -255.1 }  # a number to print next to each variant (e.g. the paper's)
@@ -54,8 +58,13 @@ before any variant starts. Outputs, in ``--out``: ``sweep.json`` (the resolved s
 ``done.json`` when finished. Re-running the same command skips finished folders and resumes unfinished ones from
 their checkpoint.
 
-The evaluation is the training loop's: ``eval_episodes`` rollouts from the env's start distribution (the *episodic*
-objective of ace.md §4.2), capped at ``eval_max_steps``; the *excursions* objective is not implemented here.
+Evaluation. The training loop's: ``eval_episodes`` rollouts from the env's start distribution (the *episodic*
+objective of ace.md §4.2), capped at ``eval_max_steps`` (``eval/return``; tabular MDPs also log the exact
+``eval/exact_J``). With ``[excursions]``, also the *excursions* objective (``eval/excursions_return``): after every
+``eval_every`` steps, one rollout of the target policy from each of ``starts`` states drawn from the behaviour's data
+(final states of independent behaviour trajectories of ``spacing`` steps, not the training data), set through the
+env's ``state_names`` tensors. To evaluate between steps the variant is trained in ``eval_every`` segments, each a
+resume of the last (bit-identical to one call, tested).
 """
 
 from __future__ import annotations
