@@ -158,8 +158,10 @@ def test_continuous_lab_theorem_deterministic_and_gaussian(values):
     gaussian = ContinuousLab(mdp, "gaussian")
     theta = torch.tensor([values[0], values[1], values[2] / 3], dtype=D)
     true = gaussian.true_gradient(theta)
-    assert torch.allclose(gaussian.expected_update("ace", theta), true, atol=1e-8)
-    assert torch.allclose(gaussian.expected_update("all-actions", theta), true, atol=1e-8)
+    # The Gaussian expectations use 64-node Gauss-Hermite quadrature; the score-function form and autograd of the
+    # quadrature objective agree to the quadrature error (up to ~1e-7 at std = e), far below any estimator's bias.
+    assert torch.allclose(gaussian.expected_update("ace", theta), true, atol=1e-6)
+    assert torch.allclose(gaussian.expected_update("all-actions", theta), true, atol=1e-6)
 
 
 def test_dpg_counterexample_behaviour_distribution_is_exact():
