@@ -1,0 +1,397 @@
+"""Deep Gaussian ACE / OffPAC on replay, for continuous (Box) actions: ``gaussian-ace`` and ``gaussian-offpac``.
+
+The continuous-action sibling of ``deep_ace.py`` (same losses, same emphasis regression, same population layout as
+``dpg.py``). A population of ``P`` learners runs as one batched program (``PopulationMLP`` networks, one Adam with
+three parameter groups; gradients clipped per member and per network).
+
+Networks (separate, no shared torso):
+
+- policy: one MLP with ``2A`` outputs, a mean head and a std head. ``mean = centre + half_width tanh(raw_mean)``
+  on a bounded box (``raw_mean`` unbounded otherwise) and ``std = half_width (softplus(raw_std + b) + min_std)``
+  with ``b`` chosen so that ``raw_std = 0`` gives ``std = init_std half_width``: positive by construction, floored
+  at ``min_std`` half-widths. ``pi(.|s) = clip(N(mean, std^2))`` to the box (action_boxes.py's bounds rule);
+  its log-probability is the clipped-Gaussian one (the density inside the box, the tail mass on a bound), summed
+  over action dimensions.
+- critic ``V(s)`` and its target copy (Polyak ``tau``);
+- emphasis ``fhat(s)`` and its target copy (only when ``emphasis="learned"`` and ``eta > 0``).
+
+Behaviour: member ``p`` acts in its ``E`` env copies with its *own* current Gaussian (``acts_in_env = True``), so
+``mu`` is the policy of the iteration that stored the transition, and its log-probability is written to the buffer
+(uniform actions in the box before ``learning_starts``, with log-density ``-log(box volume)``). Replayed data are
+therefore off-policy for the current ``pi`` by the policy's drift, and ``rho`` corrects for it. Evaluation runs the
+mean action (deterministic).
+
+One gradient step on replayed transitions ``(S_t, A_t, R_{t+1}, S_{t+1}, log mu(A_t|S_t))``, all ``[P, B]``,
+uniform interest ``i = 1``, ``gamma_{t+1} = 0`` on termination (truncation bootstraps from the true final
+observation)::
+
+    rho_t   = exp(log pi(A_t|S_t) - log mu(A_t|S_t))          # densities; current pi, stored behaviour log-prob
+    critic  : 0.5 min(rho_t, c) (R + gamma_{t+1} V_target(S_{t+1}) - V(S_t))^2
+    delta_t = R + gamma_{t+1} V_target(S_{t+1}) - V(S_t)      # no gradient
+    F_t     = max(fhat(S_t), 0)                               # read before this step's emphasis update
+    M_t     = (1 - eta) i_t + eta F_t
+    actor   : -min(rho_t, c) M_t delta_t log pi(A_t|S_t) - entropy_coef H(pi(.|S_t))   (H of the unclipped Gaussian)
+    emphasis (backward TD, ace.md §2.3, semi-gradient, target network), normalised by default:
+        target = (1 - gamma_{t+1}) i_{t+1} + gamma_{t+1} min(rho_t, c_f) fhat_target(S_t)
+                 (normalize_emphasis=False: i_{t+1} + gamma_{t+1} min(rho_t, c_f) fhat_target(S_t))
+        loss   = 0.5 [not terminated] (fhat(S_{t+1}) - target)^2 + 0.5 [S_t starts an episode] (fhat(S_t) - i_t)^2
+
+Choices (each one biases or departs from the linear ACE of ace.md §2.1; documented here):
+
+- ``rho`` is clipped at ``c = rho_clip`` in the critic and the actor (a density ratio of two Gaussians is unbounded;
+  ``rho_clip = inf`` turns clipping off). With clipping the critic evaluates ``pi_c ∝ min(pi, c mu)`` (V-trace's
+  fixed point) and the actor trades the unbiasedness of ``E_mu[rho M delta grad ln pi] = grad J`` for bounded
+  variance. The emphasis bootstrap has its own clip ``emphasis_rho_clip``.
+- The emphasis target is *normalised* by default: with ``gamma = 0.99`` and uniform interest the unnormalised
+  ``m / d_mu`` is about ``1 / (1 - gamma) = 100``, an actor step size multiplier; normalising divides ``m`` by the
+  constant ``1 / (1 - gamma)`` so that ``E_{d_mu}[fhat] ~ 1`` and ``fhat`` only reweights states (as in ``dpg``).
+- ``F_t`` is clipped at 0 (``m / d_mu >= 0``; an untrained ``fhat`` need not be).
+- The boundary rules of the emphasis regression and the way episode starts are read from the buffer are those of
+  ``deep_ace.py`` (no update at a terminal ``S_{t+1}``; ``fhat(S_0) <- i_0``; the oldest stored row gets no start
+  term).
+- ``eta = 0`` is OffPAC (``M_t = 1``; no emphasis network is built).
+
+Counting follows ``dqn`` / ``dpg`` (``env_step`` counts loop iterations; ``buffer_size`` is transitions per member).
+Presets: ``gaussian-ace`` (eta 1, learned emphasis) and ``gaussian-offpac`` (eta 0).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from emphatic_rl.agents.action_boxes import ActionBox, clipped_gaussian_log_prob, require_box
+from emphatic_rl.agents.base import ActionOutput, Agent
+from emphatic_rl.agents.networks import PopulationMLP, finite_members
+from emphatic_rl.agents.registry import AgentContext, check_positive, check_unit_interval, register_agent
+
+__all__ = ["GaussianACE", "GaussianACEOptions", "GaussianOffPACOptions", "EMPHASIS_KINDS"]
+
+EMPHASIS_KINDS = ("learned", "none")
+
+
+@dataclass(frozen=True)
+class GaussianACEOptions:
+    """Hyperparameters of ``gaussian-ace`` (see the module docstring). ``init_std`` and ``min_std`` are fractions of
+    the action half-width (of 1 on an unbounded box)."""
+
+    eta: float = 1.0
+    emphasis: str = "learned"
+    normalize_emphasis: bool = True
+    gamma: float = 0.99
+    actor_learning_rate: float = 3e-4
+    critic_learning_rate: float = 1e-3
+    emphasis_learning_rate: float = 1e-3
+    entropy_coef: float = 0.0
+    rho_clip: float = 2.0
+    emphasis_rho_clip: float = 2.0
+    init_std: float = 0.5
+    min_std: float = 0.05
+    tau: float = 0.005
+    buffer_size: int = 100_000
+    batch_size: int = 256
+    learning_starts: int = 1_000
+    train_every: int = 1
+    gradient_steps: int = 1
+    hidden: tuple[int, ...] = (64, 64)
+    max_grad_norm: float = 10.0
+
+    def __post_init__(self) -> None:
+        if self.emphasis not in EMPHASIS_KINDS:
+            raise ValueError(f"unknown emphasis {self.emphasis!r}; allowed: {', '.join(EMPHASIS_KINDS)}")
+        if not isinstance(self.eta, int | float) or isinstance(self.eta, bool):
+            raise ValueError(f"eta must be a number in [0, 1], got {self.eta!r}")
+        check_unit_interval("eta", self.eta)
+        check_unit_interval("gamma", self.gamma)
+        check_unit_interval("tau", self.tau)
+        for name in ("actor_learning_rate", "critic_learning_rate", "emphasis_learning_rate", "rho_clip",
+                     "emphasis_rho_clip", "init_std", "min_std", "tau", "max_grad_norm"):
+            check_positive(name, getattr(self, name))
+        if not self.init_std > self.min_std:
+            raise ValueError(f"init_std must be > min_std, got init_std={self.init_std!r}, min_std={self.min_std!r}")
+        check_positive("entropy_coef", self.entropy_coef, allow_zero=True)
+        for name in ("buffer_size", "batch_size", "train_every", "gradient_steps"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise ValueError(f"{name} must be an integer > 0, got {value!r}")
+            check_positive(name, value)
+        check_positive("learning_starts", self.learning_starts, allow_zero=True)
+        object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
+
+
+@dataclass(frozen=True)
+class GaussianOffPACOptions(GaussianACEOptions):
+    """``gaussian-offpac``: ``GaussianACEOptions`` with ``eta = 0`` and no emphasis network (``M_t = 1``)."""
+
+    eta: float = 0.0
+    emphasis: str = "none"
+
+
+def _polyak_(target: nn.Module, online: nn.Module, tau: float) -> None:
+    with torch.no_grad():
+        for t, o in zip(target.parameters(), online.parameters(), strict=True):
+            t.lerp_(o, tau)
+
+
+class GaussianACE(Agent):
+    """A population of ``P`` deep Gaussian actor-critics (ACE-direct / OffPAC) learning from replay.
+
+    Args:
+        context: run facts (specs, ``P``, ``E``, device, seed).
+        options: ``GaussianACEOptions``.
+    """
+
+    name = "gaussian-ace"
+    acts_in_env = True
+
+    def __init__(self, context: AgentContext, options: GaussianACEOptions) -> None:
+        spec = require_box(context.action_spec, self.name)
+        if len(context.observation_spec.shape) != 1:
+            raise ValueError(
+                f"agent {self.name!r} needs vector observations, got shape {context.observation_spec.shape}"
+            )
+        self.options = options
+        self.device = context.device
+        self.population_size = P = context.population_size
+        self.box = ActionBox.from_spec(spec, self.device)
+        self.buffer_capacity = math.ceil(options.buffer_size / context.envs_per_member)
+        self.uses_emphasis = options.emphasis == "learned" and options.eta > 0.0
+        obs_dim, action_dim = context.observation_spec.shape[0], self.box.num_dims
+        # softplus(b) + min_std = init_std  =>  b = softplus^{-1}(init_std - min_std)
+        gap = options.init_std - options.min_std
+        self.std_offset = gap + math.log(-math.expm1(-gap))
+
+        def network(out_dim: int) -> PopulationMLP:
+            return PopulationMLP(P, obs_dim, out_dim, options.hidden).to(self.device)
+
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(context.seed)  # initialisation only; acting and sampling use self.generator
+            self.policy_net = network(2 * action_dim)
+            self.critic = network(1)
+            self.critic_target = network(1)
+            self.emphasis = network(1) if self.uses_emphasis else None
+            self.emphasis_target = network(1) if self.uses_emphasis else None
+        self.critic_target.load_state_dict(self.critic.state_dict())
+        groups = [
+            {"params": list(self.policy_net.parameters()), "lr": options.actor_learning_rate},
+            {"params": list(self.critic.parameters()), "lr": options.critic_learning_rate},
+        ]
+        if self.emphasis is not None:
+            self.emphasis_target.load_state_dict(self.emphasis.state_dict())
+            groups.append({"params": list(self.emphasis.parameters()), "lr": options.emphasis_learning_rate})
+        self.optimizer = torch.optim.Adam(groups)
+        self.generator = torch.Generator(device=self.device)
+        self.generator.manual_seed(context.seed + 1)
+        self.active = torch.ones(P, dtype=torch.bool, device=self.device)
+        self.gradient_updates = 0
+
+    # ------------------------------------------------------------------ policy
+    def distribution(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(mean, std)`` of ``pi(.|s)``, each ``[P, B, A]``, for ``obs: [P, B, obs_dim]``."""
+        raw_mean, raw_std = self.policy_net(obs).chunk(2, dim=-1)
+        mean = self.box.squash(raw_mean)
+        std = self.box.scale * (nn.functional.softplus(raw_std + self.std_offset) + self.options.min_std)
+        return mean, std
+
+    def log_prob(self, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        """``log pi(action|obs)`` (clipped-Gaussian, summed over ``A``): ``[P, B]``."""
+        mean, std = self.distribution(obs)
+        return clipped_gaussian_log_prob(mean, std, action, self.box)
+
+    def act(self, obs: torch.Tensor, env_step: int) -> ActionOutput:
+        """Behaviour ``mu`` = the member's current Gaussian (clipped to the box); uniform in a bounded box before
+        ``learning_starts``. ``obs: [P, E, obs_dim]`` -> ``action [P, E, A]``, ``log_prob [P, E]``."""
+        if env_step <= self.options.learning_starts and self.box.bounded:
+            return ActionOutput(*self.box.uniform(tuple(obs.shape[:2]), self.generator))
+        with torch.no_grad():
+            mean, std = self.distribution(obs)
+            noise = torch.randn(mean.shape, generator=self.generator, device=mean.device)
+            action = self.box.clip(mean + std * noise)
+            return ActionOutput(action, clipped_gaussian_log_prob(mean, std, action, self.box))
+
+    @torch.no_grad()
+    def evaluation_action(self, obs: torch.Tensor) -> torch.Tensor:
+        """The mean action ``[P, E, A]`` (in the box by construction)."""
+        return self.distribution(obs)[0]
+
+    # ------------------------------------------------------------------ learning
+    def _sample(self, buffer: Any) -> tuple[Any, torch.Tensor]:
+        """Member ``p``'s batch from its own streams (fields ``[P, B, ...]``) and ``episode_start: bool[P, B]``
+        (``S_t`` starts an episode; read from the buffer only when an emphasis network is trained)."""
+        P, B = self.population_size, self.options.batch_size
+        batch = buffer.sample_transitions(B, self.generator, num_groups=P)
+        if self.emphasis is None:
+            return batch, torch.zeros(P, B, dtype=torch.bool, device=self.device)
+        previous_time = batch.time_index - 1
+        known = previous_time >= buffer.oldest_time
+        previous = buffer.transitions_at(
+            previous_time.clamp(min=buffer.oldest_time).flatten(), batch.stream_index.flatten()
+        )
+        episode_start = (batch.time_index == 0) | (known & previous.done.view(batch.time_index.shape))
+        return batch, episode_start.view(P, B)
+
+    def losses(self, batch: Any, episode_start: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The members' losses and diagnostics for one batch (fields ``[P, B, ...]``, ``action [P, B, A]``).
+
+        Returns ``actor``, ``critic``, ``emphasis`` (``[P]``, differentiable; ``emphasis`` is zeros without an
+        emphasis network) and, without gradient, ``rho``, ``delta``, ``followon`` (``F_t``), ``emphasis_weight``
+        (``M_t``), ``emphasis_target``, ``value`` (``[P, B]``), ``std`` (``[P]``, mean over batch and dims).
+        """
+        o = self.options
+        P, B = episode_start.shape
+        action = batch.action.float().view(P, B, -1)
+        reward = batch.reward.view(P, B)
+        not_terminated = (~batch.terminated.view(P, B)).float()
+        next_gamma = o.gamma * not_terminated  # gamma_{t+1}
+        interest = torch.ones_like(reward)  # uniform interest
+
+        mean, std = self.distribution(batch.obs)
+        log_pi = clipped_gaussian_log_prob(mean, std, action, self.box)  # [P, B]
+        rho = (log_pi.detach() - batch.behaviour_log_prob.view(P, B)).exp()
+        rho_clipped = rho.clamp(max=o.rho_clip)
+
+        value = self.critic(batch.obs).squeeze(-1)
+        with torch.no_grad():
+            critic_target = reward + next_gamma * self.critic_target(batch.next_obs).squeeze(-1)
+            delta = critic_target - value.detach()
+        critic_loss = (0.5 * rho_clipped * (critic_target - value).pow(2)).mean(dim=1)
+
+        if self.emphasis is not None:
+            fhat_now = self.emphasis(batch.obs).squeeze(-1)
+            fhat_next = self.emphasis(batch.next_obs).squeeze(-1)
+            with torch.no_grad():
+                followon = fhat_now.detach().clamp(min=0.0)
+                bootstrap = next_gamma * rho.clamp(max=o.emphasis_rho_clip) * self.emphasis_target(
+                    batch.obs
+                ).squeeze(-1)
+                base = (1.0 - next_gamma) * interest if o.normalize_emphasis else interest
+                emphasis_target = base + bootstrap
+            start = episode_start.float()
+            emphasis_loss = 0.5 * (
+                not_terminated * (fhat_next - emphasis_target).pow(2) + start * (fhat_now - interest).pow(2)
+            ).mean(dim=1)
+        else:
+            followon = interest
+            emphasis_target = torch.full_like(reward, math.nan)
+            emphasis_loss = torch.zeros(P, device=reward.device)
+        emphasis_weight = (1.0 - o.eta) * interest + o.eta * followon  # M_t
+
+        entropy = (std.log() + 0.5 + 0.5 * math.log(2 * math.pi)).sum(-1).mean(dim=1)  # [P], unclipped Gaussian
+        actor_weight = (rho_clipped * emphasis_weight * delta).detach()
+        actor_loss = -(actor_weight * log_pi).mean(dim=1) - o.entropy_coef * entropy
+        return {
+            "actor": actor_loss,
+            "critic": critic_loss,
+            "emphasis": emphasis_loss,
+            "rho": rho,
+            "delta": delta,
+            "followon": followon,
+            "emphasis_weight": emphasis_weight,
+            "emphasis_target": emphasis_target,
+            "value": value.detach(),
+            "std": std.detach().mean(dim=(1, 2)),
+        }
+
+    def update(self, buffer: Any, env_step: int) -> dict[str, torch.Tensor]:
+        o = self.options
+        metrics: dict[str, torch.Tensor] = {}
+        if env_step < o.learning_starts or env_step % o.train_every != 0:
+            return metrics
+        for _ in range(o.gradient_steps):
+            batch, episode_start = self._sample(buffer)
+            out = self.losses(batch, episode_start)
+            self.optimizer.zero_grad(set_to_none=True)
+            (out["actor"] + out["critic"] + out["emphasis"]).sum().backward()
+            for net in self._trained_networks():
+                self._mask_and_clip_member_gradients(net)
+            self.optimizer.step()
+            _polyak_(self.critic_target, self.critic, o.tau)
+            if self.emphasis is not None:
+                _polyak_(self.emphasis_target, self.emphasis, o.tau)
+            self.gradient_updates += 1
+            metrics = {
+                "actor_loss": out["actor"].detach(),
+                "critic_loss": out["critic"].detach(),
+                "emphasis_loss": out["emphasis"].detach(),
+                "rho_mean": out["rho"].mean(dim=1),
+                "emphasis_mean": out["followon"].mean(dim=1),
+                "policy_std": out["std"],
+                "value_mean": out["value"].mean(dim=1),
+            }
+        return metrics
+
+    def _trained_networks(self) -> list[nn.Module]:
+        return [net for net in (self.policy_net, self.critic, self.emphasis) if net is not None]
+
+    def _mask_and_clip_member_gradients(self, net: nn.Module) -> None:
+        """Zero frozen members' gradients; clip each member's gradient of ``net`` to ``max_grad_norm`` on its own."""
+        grads = [p.grad for p in net.parameters() if p.grad is not None]
+        if not grads:
+            return
+        for g in grads:
+            g[~self.active] = 0.0
+        squared = torch.stack([g.flatten(1).pow(2).sum(dim=1) for g in grads]).sum(dim=0)  # [P]
+        scale = (self.options.max_grad_norm / (squared.sqrt() + 1e-6)).clamp(max=1.0)
+        for g in grads:
+            g.mul_(scale.view((-1,) + (1,) * (g.dim() - 1)))
+
+    # ------------------------------------------------------------------ divergence and checkpoints
+    def parameters_finite(self) -> torch.Tensor:
+        finite = finite_members(self.policy_net) & finite_members(self.critic)
+        if self.emphasis is not None:
+            finite &= finite_members(self.emphasis)
+        return finite.cpu()
+
+    def freeze(self, members: torch.Tensor) -> None:
+        """Diverged members keep their parameters, get zero gradients and zeroed Adam moments from now on."""
+        members = members.to(self.device)
+        self.active &= ~members
+        for state in self.optimizer.state.values():
+            for key in ("exp_avg", "exp_avg_sq"):
+                if key in state:
+                    state[key][members] = 0.0
+
+    def _networks(self) -> dict[str, nn.Module]:
+        nets = {"policy": self.policy_net, "critic": self.critic, "critic_target": self.critic_target}
+        if self.emphasis is not None:
+            nets.update(emphasis=self.emphasis, emphasis_target=self.emphasis_target)
+        return nets
+
+    def state_dict(self) -> dict[str, Any]:
+        state: dict[str, Any] = {name: net.state_dict() for name, net in self._networks().items()}
+        state.update(
+            optimizer=self.optimizer.state_dict(),
+            generator=self.generator.get_state(),
+            active=self.active.clone(),
+            gradient_updates=self.gradient_updates,
+        )
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for name, net in self._networks().items():
+            net.load_state_dict(state[name])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.generator.set_state(state["generator"])
+        self.active.copy_(state["active"])
+        self.gradient_updates = state["gradient_updates"]
+
+
+@register_agent(
+    "gaussian-ace", GaussianACEOptions,
+    "deep Gaussian ACE-direct on replay (learned emphasis net; eta 0 = OffPAC), continuous actions",
+)
+def make_gaussian_ace(context: AgentContext, options: GaussianACEOptions) -> GaussianACE:
+    return GaussianACE(context, options)
+
+
+@register_agent(
+    "gaussian-offpac", GaussianOffPACOptions, "deep Gaussian OffPAC (gaussian-ace with eta 0) on replay, continuous"
+)
+def make_gaussian_offpac(context: AgentContext, options: GaussianOffPACOptions) -> GaussianACE:
+    agent = GaussianACE(context, options)
+    agent.name = "gaussian-offpac"
+    return agent
