@@ -209,3 +209,17 @@ def test_bad_excursions_table(tmp_path):
     text = TINY.replace("runs = 2", "runs = 2\n[excursions]\nstart = 3")
     with pytest.raises(ConfigError, match="unknown key 'start' in \\[excursions\\]; allowed: starts, full_starts"):
         load_study(write(tmp_path, text))
+
+
+@pytest.mark.slow
+def test_n18_study_reproduces_offpac_wrong_ace_right(tmp_path):
+    """The committed N18 study (fig1 variants only): OffPAC ends near 0.87, ACE near 1.2 (ace.md §4.1)."""
+    from emphatic_rl.report import best_setting, load_results, summarise_settings
+
+    path = Path(__file__).resolve().parents[1] / "experiments" / "n18_three_state.toml"
+    assert main(["sweep", str(path), "--out", str(tmp_path), "--only", "offpac", "--only", "ace"]) == 0
+    results, metric = load_results(tmp_path)
+    assert metric == "eval/exact_J"
+    final = {name: best_setting(summarise_settings(vr, "final")).final[0] for name, vr in results.items()}
+    assert 0.85 < final["offpac"] < 0.88
+    assert final["ace"] > 1.15
