@@ -138,6 +138,36 @@ def set_state_from_reference(env, refs: list) -> None:
             env.aliens[n] = torch.as_tensor(game.alien_map != 0)
             env.friendly_bullets[n] = torch.as_tensor(game.f_bullet_map != 0)
             env.enemy_bullets[n] = torch.as_tensor(game.e_bullet_map != 0)
+        elif env.game == "seaquest":
+            scalars = {
+                "oxygen": game.oxygen,
+                "diver_count": game.diver_count,
+                "sub_x": game.sub_x,
+                "sub_y": game.sub_y,
+                "sub_right": bool(game.sub_or),
+                "enemy_spawn_speed": game.e_spawn_speed,
+                "enemy_spawn_timer": game.e_spawn_timer,
+                "diver_spawn_timer": game.d_spawn_timer,
+                "move_speed": game.move_speed,
+                "ramp_index": game.ramp_index,
+                "shot_timer": game.shot_timer,
+                "surfaced": bool(game.surface),
+            }
+            for name, value in scalars.items():
+                getattr(env, name)[n] = value
+            reference_lists = {
+                "friendly_bullets": game.f_bullets,
+                "enemy_bullets": game.e_bullets,
+                "fish": game.e_fish,
+                "subs": game.e_subs,
+                "divers": game.divers,
+            }
+            for name, entries in reference_lists.items():
+                slot_list = env.lists[name]
+                assert len(entries) <= slot_list.capacity
+                slot_list.length[n] = len(entries)
+                for k, entry in enumerate(entries):
+                    slot_list.data[n, k] = torch.tensor([int(v) for v in entry])
         else:
             raise NotImplementedError(env.game)
 
@@ -150,6 +180,7 @@ GAME_OF = {
     "minatar-freeway": "freeway",
     "minatar-asterix": "asterix",
     "minatar-space-invaders": "space_invaders",
+    "minatar-seaquest": "seaquest",
 }
 
 
@@ -183,6 +214,12 @@ def _policy(name: str, obs: torch.Tensor, rng: np.random.Generator, action_set: 
         preferred = np.where(target < cannon_x, 1, np.where(target > cannon_x, 3, 5))
     elif name == "mostly_fire":  # Space Invaders: kill aliens (triggers speed-ups and new waves)
         preferred = np.full(n, 5)
+    elif name == "surface_often":  # Seaquest: mostly up (surfacing, with and without divers)
+        preferred = np.full(n, 2)
+    elif name == "stay_down":  # Seaquest: dive and shoot, never surface (the oxygen runs out)
+        preferred = np.where(
+            rng.random(n) < 0.5, 5, np.where(rng.random(n) < 0.5, 4, np.where(rng.random(n) < 0.5, 1, 3))
+        )
     if preferred is not None:
         index = np.array([action_set.index(a) if a in action_set else -1 for a in preferred])
         actions = np.where((rng.random(n) < 0.7) & (index >= 0), index, actions)
@@ -358,9 +395,7 @@ def test_space_invaders_parity(sticky, minimal):
 
 @pytest.mark.parametrize("ramping", [True, False])
 def test_space_invaders_parity_long_waves(ramping):
-    counts = run_parity(
-        "minatar-space-invaders", seeds=[4, 5], steps=2000, ramping=ramping, policy="mostly_fire"
-    )
+    counts = run_parity("minatar-space-invaders", seeds=[4, 5], steps=2000, ramping=ramping, policy="mostly_fire")
     assert counts["reward"] >= 300, counts
 
 
@@ -393,3 +428,72 @@ def test_space_invaders_parity_last_aliens_and_new_waves(ramping, interval, kept
     )
     if kept == 1:
         assert (counts["max_ramp"] >= 1) if ramping else (counts["max_ramp"] == 0), counts
+
+
+# ----------------------------------------------------------------------------------------------------
+# Seaquest
+
+
+@pytest.mark.parametrize("sticky", [0.0, 0.1])
+@pytest.mark.parametrize("minimal", [False, True])
+def test_seaquest_parity_random_policy(sticky, minimal):
+    counts = run_parity("minatar-seaquest", seeds=[0, 1, 2, 3], steps=400, sticky=sticky, minimal=minimal)
+    assert counts["episodes"] >= 4, counts
+
+
+def test_seaquest_parity_oxygen_runs_out():
+    def low_oxygen(ref):
+        ref.env.oxygen = 30
+        ref.env.sub_y = 4
+        ref.env.surface = False
+
+    counts = run_parity(
+        "minatar-seaquest", seeds=[40, 41, 42, 43], steps=200, policy="stay_down", warmup_steps=2, ref_setup=low_oxygen
+    )
+    assert counts["episodes"] >= 4, counts
+
+
+@pytest.mark.parametrize("divers", [0, 1, 3, 6])
+def test_seaquest_parity_surfacing(divers):
+    """Surfacing with no divers (terminal), some (one leaves, oxygen refilled, ramp) or 6 (bonus, count to -1)."""
+
+    def dive_with_divers(ref):
+        ref.env.diver_count = divers
+        ref.env.sub_y = 2
+        ref.env.surface = False
+        ref.env.oxygen = 150
+
+    counts = run_parity(
+        "minatar-seaquest",
+        seeds=[50, 51, 52, 53],
+        steps=300,
+        policy="surface_often",
+        warmup_steps=1,
+        ref_setup=dive_with_divers,
+    )
+    if divers == 0:
+        assert counts["episodes"] >= 4, counts
+    else:
+        assert counts["max_ramp"] >= 1, counts
+    if divers == 6:
+        assert counts["reward"] >= 4 * 7, counts  # the full-crew bonus oxygen * 10 // 200 (7 at oxygen 150)
+
+
+@pytest.mark.parametrize("ramping", [True, False])
+def test_seaquest_parity_late_difficulty(ramping):
+    """The fastest ramp level: an enemy spawns every frame (stacked enemies, long lists, many enemy bullets)."""
+
+    def fastest(ref):
+        ref.env.e_spawn_speed, ref.env.move_speed, ref.env.ramp_index = 1, 2, 19
+        ref.env.e_spawn_timer = 0
+        ref.env.diver_count = 5
+        ref.env.oxygen = 200
+
+    counts = run_parity(
+        "minatar-seaquest", seeds=[60, 61, 62], steps=300, ramping=ramping, warmup_steps=3, ref_setup=fastest
+    )
+    assert counts["episodes"] >= 3, counts
+
+
+def test_seaquest_parity_from_reference_state():
+    run_parity("minatar-seaquest", seeds=[70, 71, 72], steps=400, warmup_steps=57, sticky=0.1)

@@ -14,6 +14,7 @@ from emphatic_rl.envs.minatar.common import (
     make_minatar_env,
 )
 from emphatic_rl.envs.minatar.freeway import MinAtarFreeway
+from emphatic_rl.envs.minatar.seaquest import MinAtarSeaquest
 from emphatic_rl.envs.minatar.space_invaders import MinAtarSpaceInvaders
 
 __all__ = [
@@ -23,6 +24,7 @@ __all__ = [
     "MinAtarBreakout",
     "MinAtarEnv",
     "MinAtarFreeway",
+    "MinAtarSeaquest",
     "MinAtarSpaceInvaders",
     "RandomSource",
     "make_minatar_env",
