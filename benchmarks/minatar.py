@@ -31,7 +31,7 @@ import torch
 
 from emphatic_rl.envs import make_env
 
-GAMES = ("breakout", "freeway", "asterix", "space_invaders")
+GAMES = ("breakout", "freeway", "asterix", "space_invaders", "seaquest")
 SIZES = (1, 64, 1024, 8192)
 RESULTS = Path(__file__).parent / "results" / "minatar_cpu.md"
 

@@ -15,6 +15,7 @@ NAMES = {
     "minatar-breakout": (4, 3),
     "minatar-freeway": (7, 3),
     "minatar-space-invaders": (6, 4),
+    "minatar-seaquest": (10, 6),
 }
 
 
@@ -125,11 +126,13 @@ def test_asterix_spawns_gold_one_third_of_the_time():
     assert torch.allclose(slots, torch.full((8,), 1 / 8), atol=0.025)
 
 
-@pytest.mark.parametrize("game", ["Breakout", "Asterix", "Freeway", "SpaceInvaders"])
-def test_gymnasium_ids(game):
+@pytest.mark.parametrize(
+    "game, num_minimal", [("Breakout", 3), ("Asterix", 5), ("Freeway", 3), ("SpaceInvaders", 4), ("Seaquest", 6)]
+)
+def test_gymnasium_ids(game, num_minimal):
     full = gym.make(f"emphatic_rl/MinAtar-{game}-v0")
     minimal = gym.make(f"emphatic_rl/MinAtar-{game}-v1")
-    assert full.action_space.n == 6 and minimal.action_space.n < 6
+    assert full.action_space.n == 6 and minimal.action_space.n == num_minimal
     obs, _ = full.reset(seed=0)
     assert obs.shape[:2] == (10, 10) and obs.dtype == bool
     obs, reward, terminated, truncated, _ = full.step(0)
