@@ -3,7 +3,8 @@
 - DPG with M = 1 vs emphatic DPG with M = m / d_mu (oracle, exact d_mu), oracle grad_a q critic;
 - linear Gaussian ACE with eta in {0, 0.5, 1} (oracle v critic, sampled follow-on trace).
 
-Run: python experiments/dpg_counterexample.py [--quick]; writes experiments/results/dpg/counterexample.{png,md,json}.
+Run: python experiments/dpg_counterexample.py [--quick | --episodes N --runs R];
+writes experiments/results/dpg/counterexample.{png,md,json}.
 """
 
 from __future__ import annotations
@@ -29,10 +30,13 @@ def ci95(x: torch.Tensor) -> tuple[float, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--quick", action="store_true", help="400 episodes x 4 runs (a smoke run)")
+    parser.add_argument("--episodes", type=int, default=None, help="episodes per run (default 2000)")
+    parser.add_argument("--runs", type=int, default=None, help="independent runs per method (default 10)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     episodes, runs = (400, 4) if args.quick else (2000, 10)
+    episodes, runs = args.episodes or episodes, args.runs or runs
     dpg_alpha, gauss_alpha = 0.1, 0.02
     mdp = dpg_counterexample_mdp()
     det, gauss = ContinuousLab(mdp, "deterministic"), ContinuousLab(mdp, "gaussian")

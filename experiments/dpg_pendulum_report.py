@@ -1,17 +1,22 @@
-"""Table and figure of deep DDPG vs deep emphatic DPG on native Pendulum from `emphatic-rl train` run folders.
+"""Table and figure of the native-Pendulum comparison (DDPG, emphatic DDPG, Gaussian ACE, Gaussian OffPAC) from
+`emphatic-rl train` run folders, each a population run (population member = seed).
 
-Usage: python experiments/dpg_pendulum_report.py LABEL=RUN_DIR [LABEL=RUN_DIR ...]
-Writes experiments/results/dpg/pendulum.png and pendulum_table.md (eval return per seed = population member).
+Usage: python experiments/dpg_pendulum_report.py LABEL=RUN_DIR [LABEL=RUN_DIR ...] [--steps N]
+Reads ``eval/return`` (mean of the evaluation episodes, per member) from each ``metrics.csv``; only evaluation steps
+that every run has reached are compared (``--steps`` caps them further). Writes experiments/results/dpg/pendulum.png
+and pendulum_table.md. Intervals are 95% Student-t intervals over seeds (members).
 """
 
 from __future__ import annotations
 
+import argparse
 import csv
-import sys
 from collections import defaultdict
 from pathlib import Path
 
 OUT = Path(__file__).parent / "results" / "dpg"
+# two-sided 95% Student-t quantiles t_{0.975, df}, df = 1..10 (more seeds: the normal 1.96 is close enough)
+T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
 
 
 def read_eval(run_dir: Path) -> dict[int, dict[int, float]]:
@@ -24,32 +29,67 @@ def read_eval(run_dir: Path) -> dict[int, dict[int, float]]:
     return dict(sorted(table.items()))
 
 
-def main(pairs: list[str]) -> None:
+def mean_ci(values):  # values: [seeds] numpy array -> (mean, half width of the 95% t interval)
+    import numpy as np
+
+    n = values.shape[0]
+    if n < 2:
+        return float(values.mean()), 0.0
+    return float(values.mean()), float(T975.get(n - 1, 1.96) * values.std(ddof=1) / np.sqrt(n))
+
+
+def main(argv: list[str] | None = None) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
 
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("runs", nargs="+", help="LABEL=RUN_DIR")
+    parser.add_argument("--steps", type=int, default=None, help="compare evaluations up to this step only")
+    args = parser.parse_args(argv)
     OUT.mkdir(parents=True, exist_ok=True)
-    lines = ["| variant | seeds | steps | final eval return (mean ± 95% CI) | per seed | first step with mean > -200 |",
-             "|---|---|---|---|---|---|"]
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for pair in pairs:
+    runs = []
+    for pair in args.runs:
         label, _, path = pair.partition("=")
-        evals = read_eval(Path(path))
-        steps = np.array(list(evals))
-        values = np.array([[v for _, v in sorted(row.items())] for row in evals.values()])  # [C, seeds]
-        mean = values.mean(1)
-        half = 1.96 * values.std(1, ddof=1) / np.sqrt(values.shape[1]) if values.shape[1] > 1 else 0 * mean
+        evals = {s: row for s, row in read_eval(Path(path)).items() if row}
+        runs.append((label, evals))
+    common = set.intersection(*(set(evals) for _, evals in runs))
+    if args.steps is not None:
+        common = {s for s in common if s <= args.steps}
+    if not common:
+        raise SystemExit("no evaluation step is common to every run")
+    last = max(common)
+    lines = [
+        f"Native Pendulum, evaluation return (mean of 10 episodes, mean action / deterministic policy) at step {last}",
+        "",
+        "| variant | seeds | final eval return (mean ± 95% CI) | best eval return (mean ± 95% CI) | final per seed |"
+        " first step with mean > -200 |",
+        "|---|---|---|---|---|---|",
+    ]
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for label, evals in runs:
+        steps = np.array(sorted(s for s in evals if s <= last))
+        values = np.array([[v for _, v in sorted(evals[s].items())] for s in steps])  # [C, seeds]
+        curve = [mean_ci(row) for row in values]
+        mean = np.array([m for m, _ in curve])
+        half = np.array([h for _, h in curve])
         ax.plot(steps, mean, marker="o", ms=3, label=label)
         ax.fill_between(steps, mean - half, mean + half, alpha=0.2)
+        final_mean, final_half = mean_ci(values[-1])
+        best_mean, best_half = mean_ci(values.max(axis=0))
         solved = steps[mean > -200]
         per_seed = ", ".join(f"{v:.0f}" for v in values[-1])
-        lines.append(f"| {label} | {values.shape[1]} | {steps[-1]} | {mean[-1]:.1f} ± {half[-1]:.1f} | {per_seed} | "
-                     f"{solved[0] if solved.size else 'not yet'} |")
+        lines.append(
+            f"| {label} | {values.shape[1]} | {final_mean:.1f} ± {final_half:.1f} | {best_mean:.1f} ± {best_half:.1f}"
+            f" | {per_seed} | {solved[0] if solved.size else 'not reached'} |"
+        )
     ax.axhline(-200, color="k", ls=":", lw=0.8)
-    ax.set_xlabel("environment steps")
+    ax.set_xlabel("environment steps (per seed)")
     ax.set_ylabel("evaluation return (10 episodes)")
-    ax.set_title("native Pendulum")
-    ax.legend()
+    ax.set_title("native Pendulum: mean over 5 seeds, 95% t-interval")
+    ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(OUT / "pendulum.png", dpi=120)
     (OUT / "pendulum_table.md").write_text("\n".join(lines) + "\n")
@@ -57,4 +97,4 @@ def main(pairs: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    main()
