@@ -35,6 +35,7 @@ import tomllib
 import torch
 
 from emphatic_rl.agents.dyna import PLANNING_COUNTERS, VARIANTS, DynaOptions, make_dyna_for_env
+from emphatic_rl.buffers.trajectory import TrajectoryBuffer
 from emphatic_rl.envs.gridworld import ACTION_OFFSETS, BorderedGridworld
 
 BASELINE = "model-free"
@@ -63,6 +64,10 @@ class StudyConfig:
     value_map_p_h: float = 0.1
     metric: str = "online"
     border_physics: str = "closed"
+    value_function: str = "tabular"
+    hidden: int = 64
+    learning_rate: float = 1e-3
+    replay_batch: int = 16
 
     def __post_init__(self) -> None:
         for key in ("seeds", "steps", "eval_every", "height", "width", "max_episode_steps"):
@@ -77,6 +82,17 @@ class StudyConfig:
                 raise ValueError(f"study.hallucination_probabilities must lie in [0, 1], got {p_h!r}")
         if self.border_physics not in ("closed", "open"):
             raise ValueError(f"study.border_physics must be 'closed' or 'open', got {self.border_physics!r}")
+        if self.value_function == "mlp" and len(self.step_sizes) != 1:
+            raise ValueError(
+                "study.step_sizes is the tabular alpha sweep; with value_function = 'mlp' give one entry "
+                f"(it is unused; the network learns with study.learning_rate), got {self.step_sizes}"
+            )
+        DynaOptions(
+            value_function=self.value_function,
+            hidden=self.hidden,
+            learning_rate=self.learning_rate,
+            replay_batch=self.replay_batch,
+        )
         if self.metric not in ("online", "greedy"):
             raise ValueError(f"study.metric must be 'online' or 'greedy', got {self.metric!r}")
         if not self.hallucination_probabilities or not self.step_sizes:
@@ -147,6 +163,10 @@ def run_population(
         epsilon=config.epsilon,
         q_init=config.q_init,
         border_physics=config.border_physics,
+        value_function=config.value_function,
+        hidden=config.hidden,
+        learning_rate=config.learning_rate,
+        replay_batch=config.replay_batch,
     )
     agent = make_dyna_for_env(env, population, options, seed=seed, step_size=alpha, hallucination_probability=p_h)
     obs = env.reset(seed=seed)
@@ -157,16 +177,31 @@ def run_population(
     online = torch.full((population,), -float(config.max_episode_steps) * abs(env.step_reward))
     online_curve = [online.clone()]
     greedy_curve = [greedy_return(env, agent.q, config.max_episode_steps)]
+    buffer = None
+    if config.value_function == "mlp":
+        buffer = TrajectoryBuffer(config.steps, population, (), torch.int64)
     for step in range(1, config.steps + 1):
-        action, _ = agent.act(obs.view(population, 1), step)
+        action, log_prob = agent.act(obs.view(population, 1), step)
         result = env.step(action.view(population))
-        agent.observe(
-            obs.view(population, 1),
-            action,
-            result.reward.view(population, 1),
-            result.final_obs.view(population, 1),
-            result.terminated.view(population, 1),
-        )
+        if buffer is not None:  # the network's direct update replays real transitions from the buffer
+            buffer.add(
+                obs,
+                action.view(-1),
+                result.reward,
+                result.terminated,
+                result.truncated,
+                result.final_obs,
+                log_prob.view(-1),
+            )
+            agent.update(buffer, step)
+        else:
+            agent.observe(
+                obs.view(population, 1),
+                action,
+                result.reward.view(population, 1),
+                result.final_obs.view(population, 1),
+                result.terminated.view(population, 1),
+            )
         running += result.reward
         done = result.terminated | result.truncated
         window_sum += torch.where(done, running, torch.zeros_like(running))

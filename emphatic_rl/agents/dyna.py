@@ -42,6 +42,7 @@ Population. ``Q: [P, S, A]``; every hyperparameter that is a rate (``step_size``
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -60,6 +61,7 @@ VARIANTS: tuple[str, ...] = (
 )
 SEARCH_CONTROLS: tuple[str, ...] = ("default", "uniform", "priority")
 MODELS: tuple[str, ...] = ("given",)
+VALUE_FUNCTIONS: tuple[str, ...] = ("tabular", "mlp")
 #: names of the planning counters, in the order of ``DynaAgent.planning_counts`` columns.
 PLANNING_COUNTERS: tuple[str, ...] = (
     "updates",
@@ -121,7 +123,11 @@ class DynaOptions:
     - ``hallucination_probability``: ``p_h`` in ``[0, 1]``.
     - ``border_physics``: how the given model moves from unreachable states, ``closed`` or ``open`` (see
       :meth:`emphatic_rl.envs.gridworld.BorderedGridworld.model_transitions`).
-    - ``q_init``: initial value of every ``Q`` entry.
+    - ``q_init``: initial value of every ``Q`` entry (tabular).
+    - ``value_function``: ``tabular`` (``Q[P, S, A]``, step size ``alpha``) or ``mlp`` (a 2 x ``hidden`` ReLU
+      network per member on the env's state features, Adam with ``learning_rate``; every value update, real or
+      planned, is one gradient step on the squared TD error; the direct update replays ``replay_batch`` real
+      transitions per member from the loop's ``TrajectoryBuffer``, which keeps ``buffer_size`` transitions).
     """
 
     variant: str = "one-step-successor"
@@ -136,6 +142,11 @@ class DynaOptions:
     hallucination_probability: float | tuple[float, ...] = 0.0
     border_physics: str = "closed"
     q_init: float = 0.0
+    value_function: str = "tabular"
+    hidden: int = 64
+    learning_rate: float = 1e-3
+    replay_batch: int = 16
+    buffer_size: int = 10_000
 
     def __post_init__(self) -> None:
         if self.variant not in VARIANTS:
@@ -161,6 +172,14 @@ class DynaOptions:
             raise ValueError(f"border_physics must be 'closed' or 'open'; got {self.border_physics!r}")
         if not self.priority_threshold >= 0:
             raise ValueError(f"priority_threshold must be >= 0, got {self.priority_threshold!r}")
+        if self.value_function not in VALUE_FUNCTIONS:
+            raise ValueError(f"value_function must be one of {', '.join(VALUE_FUNCTIONS)}; got {self.value_function!r}")
+        for key in ("hidden", "replay_batch", "buffer_size"):
+            value = getattr(self, key)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{key} must be an integer >= 1, got {value!r}")
+        if not (isinstance(self.learning_rate, (int, float)) and self.learning_rate > 0):
+            raise ValueError(f"learning_rate must be > 0, got {self.learning_rate!r}")
         if not math.isfinite(self.q_init):
             raise ValueError(f"q_init must be finite, got {self.q_init!r}")
         # Rates: one clear error each. step_size, epsilon and p_h may be lists (one value per member; the agent
@@ -193,6 +212,7 @@ class DynaAgent(Agent):
         backward_model: a ``BackwardModel`` (predecessor variants).
         real_state_mask: ``bool[S]``, which states are real and reachable (for the instruments); ``None``: all.
         step_size, epsilon: optional per-member overrides, ``float32[P]``.
+        features: ``float32[S, F]`` state features of the ``mlp`` value function (default: one-hot states).
         seed: seeds the agent's generator (exploration, search control, model sampling).
         device: torch device.
 
@@ -216,6 +236,7 @@ class DynaAgent(Agent):
         epsilon: torch.Tensor | None = None,
         seed: int = 0,
         device: torch.device | str = "cpu",
+        features: torch.Tensor | None = None,
     ) -> None:
         for key, value in (
             ("num_states", num_states),
@@ -275,8 +296,59 @@ class DynaAgent(Agent):
         self.pushed_by_model = torch.zeros(population_size, num_states, dtype=torch.bool, device=self.device)
         self.planning_counts = torch.zeros(population_size, len(PLANNING_COUNTERS), device=self.device)
         self.frozen = torch.zeros(population_size, dtype=torch.bool, device=self.device)
+        self.uses_network = options.value_function == "mlp"
+        if self.uses_network:
+            self._build_network(features)
         if self.planning_steps > 0:
             self._probe_models()
+
+    # ------------------------------------------------------------------ the MLP value function
+    def _build_network(self, features: torch.Tensor | None) -> None:
+        """A 2-hidden-layer ReLU network per member: weights ``[P, fan_in, fan_out]``, biases ``[P, fan_out]``."""
+        if features is None:
+            features = torch.eye(self.num_states)
+        if features.dim() != 2 or features.shape[0] != self.num_states:
+            raise ValueError(f"features must be [S={self.num_states}, F], got shape {tuple(features.shape)}")
+        self.features = features.float().to(self.device)
+        sizes = (self.features.shape[1], self.options.hidden, self.options.hidden, self.num_actions)
+        self.network: list[torch.Tensor] = []
+        for fan_in, fan_out in zip(sizes[:-1], sizes[1:], strict=True):
+            bound = 1.0 / math.sqrt(fan_in)
+            for shape in ((fan_in, fan_out), (fan_out,)):
+                draw = torch.rand((self.population_size, *shape), generator=self.generator, device=self.device)
+                self.network.append(((2 * draw - 1) * bound).requires_grad_(True))
+        self.optimizer = torch.optim.Adam(self.network, lr=self.options.learning_rate)
+        self._any_frozen = False
+        self._refresh_q()
+
+    def _network_q(self, x: torch.Tensor) -> torch.Tensor:
+        """``x: [P, B, F]`` -> ``Q: [P, B, A]``."""
+        w1, b1, w2, b2, w3, b3 = self.network
+        hidden = torch.relu(torch.baddbmm(b1.unsqueeze(1), x, w1))
+        hidden = torch.relu(torch.baddbmm(b2.unsqueeze(1), hidden, w2))
+        return torch.baddbmm(b3.unsqueeze(1), hidden, w3)
+
+    def _refresh_q(self) -> None:
+        """Recompute the cached table ``self.q [P, S, A]`` from the network (S is small)."""
+        with torch.no_grad():
+            self.q = self._network_q(self.features.expand(self.population_size, -1, -1)).contiguous()
+
+    def _gradient_step(
+        self, state: torch.Tensor, action: torch.Tensor, target: torch.Tensor, weight: torch.Tensor
+    ) -> None:
+        """One Adam step per member on ``0.5 mean_b weight (target - Q(state, action))^2`` (all ``[P, B]``)."""
+        frozen_copy = [t.detach().clone() for t in self.network] if self._any_frozen else None
+        q = self._network_q(self.features[state]).gather(-1, action.unsqueeze(-1)).squeeze(-1)
+        loss = 0.5 * (weight * (target.detach() - q).square()).mean(dim=1).sum()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        if frozen_copy is not None:
+            with torch.no_grad():
+                for tensor, old in zip(self.network, frozen_copy, strict=True):
+                    mask = self.frozen.view(-1, *([1] * (tensor.dim() - 1)))
+                    tensor.copy_(torch.where(mask, old, tensor))
+        self._refresh_q()
 
     # ------------------------------------------------------------------ model output checks
     def _probe_models(self) -> None:
@@ -371,12 +443,19 @@ class DynaAgent(Agent):
             raise ValueError(f"dyna.update: the latest step has none of the fields {names}")
 
         shape = (self.population_size, -1)
+        replay = None
+        if self.uses_network and hasattr(buffer, "sample_transitions"):
+            batch = buffer.sample_transitions(
+                self.options.replay_batch, self.generator, num_groups=self.population_size
+            )
+            replay = (batch.obs, batch.action, batch.reward, batch.next_obs, batch.terminated)
         return self.observe(
             field("obs").reshape(shape),
             field("action").reshape(shape),
             field("reward").reshape(shape),
             field("final_obs", "next_obs").reshape(shape),
             field("terminated").reshape(shape),
+            replay=replay,
         )
 
     def observe(
@@ -386,11 +465,14 @@ class DynaAgent(Agent):
         reward: torch.Tensor,
         next_obs: torch.Tensor,
         terminated: torch.Tensor,
+        replay: tuple[torch.Tensor, ...] | None = None,
     ) -> dict[str, torch.Tensor]:
         """One real step for every member: direct update, bookkeeping, then planning.
 
         Args (all ``[P, E]``): ``obs`` (state indices), ``action``, ``reward``, ``next_obs`` (the true ``S_{t+1}``,
-        i.e. ``StepResult.final_obs``), ``terminated``.
+        i.e. ``StepResult.final_obs``), ``terminated``. ``replay`` (``mlp`` only): real transitions
+        ``(obs, action, reward, next_obs, terminated)``, each ``[P, B]``, for the direct update instead of the
+        latest step.
 
         Returns: metrics, each ``[P]``: ``td_error`` (mean absolute real TD error) and the planning fractions.
         """
@@ -400,7 +482,16 @@ class DynaAgent(Agent):
         active = (~self.frozen).float().unsqueeze(1)
         bootstrap = self.q[member, next_obs].max(dim=-1).values * (~terminated.bool()).float()
         delta = reward.float() + self.gamma * bootstrap - self.q[member, obs, action]
-        self.q.index_put_((member, obs, action), self.step_size.unsqueeze(1) * delta * active, accumulate=True)
+        if not self.uses_network:
+            self.q.index_put_((member, obs, action), self.step_size.unsqueeze(1) * delta * active, accumulate=True)
+        else:
+            if replay is None:
+                replay = (obs, action, reward, next_obs, terminated)
+            r_obs, r_action, r_reward, r_next, r_terminated = (t.reshape(p, -1) for t in replay)
+            r_member = self.members.unsqueeze(1).expand_as(r_obs)
+            r_next_value = self.q[r_member, r_next.long()].max(dim=-1).values * (~r_terminated.bool()).float()
+            r_target = r_reward.float() + self.gamma * r_next_value
+            self._gradient_step(r_obs.long(), r_action.long(), r_target, active.expand_as(r_target))
         pair = obs * self.num_actions + action
         for column in range(e):  # E is small (usually 1); one column at a time keeps the append lists unique
             self._remember(self.visited_pair, self.visited_pair_list, self.visited_pair_count, pair[:, column])
@@ -473,7 +564,10 @@ class DynaAgent(Agent):
         """``Q[p, state, action] += alpha (target - Q)`` where ``mask`` (and not frozen); returns ``delta [P]``."""
         delta = target - self.q[self.members, state, action]
         keep = ~self.frozen if mask is None else (mask & ~self.frozen)
-        self.q[self.members, state, action] += self.step_size * delta * keep.float()
+        if self.uses_network:
+            self._gradient_step(state.unsqueeze(1), action.unsqueeze(1), target.unsqueeze(1), keep.float().unsqueeze(1))
+        else:
+            self.q[self.members, state, action] += self.step_size * delta * keep.float()
         return delta
 
     def _count(
@@ -602,10 +696,15 @@ class DynaAgent(Agent):
 
     # ------------------------------------------------------------------ loop hooks and checkpoints
     def parameters_finite(self) -> torch.Tensor:
-        return torch.isfinite(self.q).flatten(1).all(dim=1).cpu()
+        finite = torch.isfinite(self.q).flatten(1).all(dim=1)
+        if self.uses_network:
+            for tensor in self.network:
+                finite &= torch.isfinite(tensor.detach()).flatten(1).all(dim=1)
+        return finite.cpu()
 
     def freeze(self, members: torch.Tensor) -> None:
         self.frozen |= members.to(self.device).bool()
+        self._any_frozen = bool(self.frozen.any())
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -621,6 +720,14 @@ class DynaAgent(Agent):
             "planning_counts": self.planning_counts.clone(),
             "frozen": self.frozen.clone(),
             "generator": self.generator.get_state(),
+            **(
+                {
+                    "network": [t.detach().clone() for t in self.network],
+                    "optimizer": copy.deepcopy(self.optimizer.state_dict()),
+                }
+                if self.uses_network
+                else {}
+            ),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -639,6 +746,23 @@ class DynaAgent(Agent):
         ):
             getattr(self, key).copy_(state[key].to(self.device))
         self.generator.set_state(state["generator"])
+        if self.uses_network:
+            with torch.no_grad():
+                for tensor, saved in zip(self.network, state["network"], strict=True):
+                    tensor.copy_(saved.to(self.device))
+            self.optimizer.load_state_dict(state["optimizer"])
+            self._any_frozen = bool(self.frozen.any())
+            self._refresh_q()
+
+
+def state_features(env: Any) -> torch.Tensor:
+    """``float32[S, 2]``: the cells' ``(row, col)`` scaled to ``[-1, 1]`` over the full grid (border included), so a
+    network generalises between neighbouring cells, and between the border ring and the interior edge."""
+    if not hasattr(env, "coordinates"):
+        return torch.eye(env.num_states)
+    coordinates = env.coordinates(torch.arange(env.num_states, device=env.device)).float()
+    scale = torch.tensor([env.grid_rows - 1, env.grid_cols - 1], dtype=torch.float32, device=env.device)
+    return 2 * coordinates / scale - 1
 
 
 def make_dyna_for_env(
@@ -668,6 +792,7 @@ def make_dyna_for_env(
         epsilon=epsilon,
         seed=seed,
         device=env.device,
+        features=state_features(env) if options.value_function == "mlp" else None,
     )
 
 
@@ -698,4 +823,7 @@ def make_dyna(context: AgentContext, options: DynaOptions) -> DynaAgent:
             f"agent 'dyna': the run's env has {spec_states} states but the model's env has {env.num_states}; "
             "build the agent with emphatic_rl.agents.dyna.make_dyna_for_env(env, ...)"
         )
-    return make_dyna_for_env(env, context.population_size, options, seed=context.seed)
+    agent = make_dyna_for_env(env, context.population_size, options, seed=context.seed)
+    if options.value_function == "mlp":
+        agent.buffer_capacity = math.ceil(options.buffer_size / context.envs_per_member)
+    return agent

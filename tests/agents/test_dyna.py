@@ -285,6 +285,8 @@ def test_per_member_p_h_and_step_size_and_act_log_prob():
         ({"step_size": 0.0}, r"step_size must be in \(0.0, 1.0\]"),
         ({"search_control": "priority"}, "predecessor variants only"),
         ({"border_physics": "leaky"}, "border_physics must be 'closed' or 'open'"),
+        ({"value_function": "cnn"}, "value_function must be one of tabular, mlp"),
+        ({"hidden": 0}, "hidden must be an integer >= 1"),
     ],
 )
 def test_bad_options_raise_one_clear_error(options, message):
@@ -379,3 +381,64 @@ def test_dyna_runs_in_the_generic_training_loop_with_env_options_and_two_envs_pe
     assert isinstance(run.agent, DynaAgent) and run.agent.q.shape == (2, 5 * 5, 4)
     result = train(config, tmp_path / "run", run=run)
     assert (result.final_eval_return == -4).all(), "greedy policy of the 3x3 grid: 4 steps to the goal"
+
+
+# ---------------------------------------------------------------------------------------------- MLP value function
+def test_mlp_value_updates_are_gradient_steps_toward_the_target_and_generalise_over_coordinates():
+    env = BorderedGridworld(num_envs=2, height=3, width=3)
+    options = DynaOptions(value_function="mlp", learning_rate=1e-2, planning_steps=0, hidden=16)
+    agent = make_dyna_for_env(env, 2, options, seed=0)
+    assert agent.features.shape == (env.num_states, 2)
+    state = torch.tensor([env.start_state, env.goal_state - 1])
+    action = torch.tensor([1, 2])
+    target = torch.tensor([-3.0, 2.0])
+    neighbour_before = agent.q[0, env.start_state + 1, 1].item()
+    for _ in range(150):
+        agent._apply(state, action, target)
+    assert torch.allclose(agent.q[agent.members, state, action], target, atol=0.05)
+    # A neighbouring cell moved with it (shared weights), unlike a table.
+    assert abs(agent.q[0, env.start_state + 1, 1].item() - neighbour_before) > 0.5
+
+
+def test_mlp_dyna_learns_the_small_grid_with_replay_from_the_trajectory_buffer_and_resumes_exactly():
+    from emphatic_rl.buffers.trajectory import TrajectoryBuffer
+
+    population = 4
+    env = BorderedGridworld(num_envs=population, height=3, width=3, max_episode_steps=30)
+    options = DynaOptions(
+        variant="multi-step-predecessor", value_function="mlp", learning_rate=3e-3, planning_steps=2,
+        hidden=32, replay_batch=8,
+    )  # fmt: skip
+    agent = make_dyna_for_env(env, population, options, seed=0)
+    buffer = TrajectoryBuffer(400, population, (), torch.int64)
+    obs = env.reset(seed=0)
+
+    def run(steps):
+        nonlocal obs
+        for step in range(steps):
+            action, log_prob = agent.act(obs.view(population, 1), step)
+            result = env.step(action.view(population))
+            buffer.add(
+                obs,
+                action.view(-1),
+                result.reward,
+                result.terminated,
+                result.truncated,
+                result.final_obs,
+                log_prob.view(-1),
+            )
+            agent.update(buffer, step)
+            obs = result.obs
+
+    run(300)
+    assert (greedy_return(env, agent.q) == -4).all()
+    assert agent.parameters_finite().all()
+    saved = agent.state_dict()
+    generator = agent.generator.get_state()
+    state = torch.full((population,), env.start_state)
+    agent._apply(state, torch.zeros(population, dtype=torch.long), torch.full((population,), 5.0))
+    after_first = agent.q.clone()
+    agent.load_state_dict(saved)
+    agent.generator.set_state(generator)
+    agent._apply(state, torch.zeros(population, dtype=torch.long), torch.full((population,), 5.0))
+    assert torch.equal(agent.q, after_first)
