@@ -15,6 +15,7 @@ def load_agents() -> None:
     from emphatic_rl.agents import ace, dqn  # noqa: F401
     from emphatic_rl.agents import deep_ace  # noqa: F401
     from emphatic_rl.agents import dpg  # noqa: F401
+    from emphatic_rl.agents import dyna  # noqa: F401
     from emphatic_rl.agents import deep_gaussian  # noqa: F401
 
 
