@@ -122,8 +122,18 @@ def _choose_metric(folders: list[Path]) -> str:
     return "eval/return"
 
 
-def load_results(directory: str | Path, metric: str | None = None) -> tuple[dict[str, VariantResults], str]:
-    """Every variant under ``directory`` (from ``members.json`` + ``metrics.csv``) and the metric used.
+def unfinished_folders(directory: str | Path) -> list[Path]:
+    """Run folders under ``directory`` that a sweep started but did not finish (no ``done.json``)."""
+    return sorted(p.parent for p in Path(directory).rglob("members.json") if not (p.parent / "done.json").is_file())
+
+
+def load_results(
+    directory: str | Path, metric: str | None = None, include_unfinished: bool = False
+) -> tuple[dict[str, VariantResults], str]:
+    """Every finished variant under ``directory`` (from ``members.json`` + ``metrics.csv``) and the metric used.
+
+    Folders without ``done.json`` (a sweep still running, or killed) are skipped unless ``include_unfinished``;
+    a variant split in chunks is reported only if every chunk finished.
 
     Raises:
         ConfigError: no sweep results there, or a folder's files do not fit together.
@@ -132,6 +142,15 @@ def load_results(directory: str | Path, metric: str | None = None) -> tuple[dict
     if not root.is_dir():
         raise ConfigError(f"{str(root)!r} is not a folder")
     folders = sorted(p.parent for p in root.rglob("members.json") if (p.parent / "metrics.csv").is_file())
+    if not include_unfinished:
+        unfinished = set(unfinished_folders(root))
+        unfinished_variants = {json.loads((f / "members.json").read_text())["variant"] for f in unfinished}
+        folders = [
+            f
+            for f in folders
+            if f not in unfinished
+            and json.loads((f / "members.json").read_text())["variant"] not in unfinished_variants
+        ]
     if not folders:
         raise ConfigError(f"{str(root)!r} holds no sweep results (run folders with members.json and metrics.csv)")
     metric = metric or _choose_metric(folders)
@@ -257,6 +276,7 @@ def write_report(
     metric: str | None = None,
     select: str | None = None,
     split: list[str] | None = None,
+    include_unfinished: bool = False,
 ) -> Path:
     """Write ``report.md``, ``summary.csv``, ``curves.png``, ``sensitivity.png``; returns the report's path."""
     root = Path(directory)
@@ -269,7 +289,8 @@ def write_report(
     if select not in SELECT_KINDS:
         raise ConfigError(f"unknown selection {select!r}; allowed: {', '.join(SELECT_KINDS)}")
     split = split if split else list(options.get("split", []))
-    raw, metric = load_results(root, metric)
+    raw, metric = load_results(root, metric, include_unfinished)
+    unfinished = [] if include_unfinished else unfinished_folders(root)
     order = [v["name"] for v in study.get("variants", [])]  # the study's order, then any others
     raw = {name: raw[name] for name in sorted(raw, key=lambda n: (order.index(n) if n in order else len(order), n))}
     results = split_variants(raw, split)
@@ -339,6 +360,9 @@ def write_report(
             ref = references.get(name)
             row += f" {ref if ref is not None else ''} |"
         md.append(row)
+    if unfinished:
+        md += ["", "Not reported (run folders without done.json: still running or killed): "
+               + ", ".join(f"`{f.relative_to(root)}`" for f in unfinished) + "."]
     md += ["", "![learning curves of the best settings](curves.png)", "",
            "![sensitivity to the actor step size](sensitivity.png)", ""]
     baseline = options.get("baseline")
@@ -427,12 +451,14 @@ def add_report_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--select", choices=SELECT_KINDS, help="rank settings by auc (default) or final value")
     parser.add_argument("--split", action="append", default=[], metavar="KEY",
                         help="report each value of this grid key as its own variant (repeatable)")
+    parser.add_argument("--include-unfinished", action="store_true",
+                        help="also report run folders without done.json (a running or killed sweep)")
 
 
 def run_report(args: argparse.Namespace) -> int:
     """The ``report`` command. Returns the exit code (2 for a user mistake)."""
     try:
-        path = write_report(args.directory, args.out, args.metric, args.select, args.split)
+        path = write_report(args.directory, args.out, args.metric, args.select, args.split, args.include_unfinished)
     except ConfigError as error:
         print(f"emphatic-rl: error: {error}", file=sys.stderr)
         return 2

@@ -43,7 +43,8 @@ def test_mean_ci_by_hand():
 
 
 def write_synthetic_variant(folder: Path, variant: str, settings: list[dict], curves: np.ndarray,
-                            diverged_members: tuple[int, ...] = (), metric: str = "eval/return") -> None:
+                            diverged_members: tuple[int, ...] = (), metric: str = "eval/return",
+                            finished: bool = True) -> None:
     """A run folder as `sweep` writes it: ``curves [C, R, K]`` at steps 10, 20, ... for members c * R + r."""
     folder.mkdir(parents=True)
     C, R, K = curves.shape
@@ -59,6 +60,8 @@ def write_synthetic_variant(folder: Path, variant: str, settings: list[dict], cu
                 lines.append(f"{step},{metric},{p},{float(curves[c, r, k])!r}")
         lines.append(f"{step},time/steps_per_second,-1,100.0")
     (folder / "metrics.csv").write_text("\n".join(lines) + "\n")
+    if finished:
+        (folder / "done.json").write_text("{}")
 
 
 SETTINGS = [{"alpha_actor": 1.0, "eta": 0.0}, {"alpha_actor": 0.5, "eta": 0.0}, {"alpha_actor": 1.0, "eta": 1.0}]
@@ -188,3 +191,13 @@ def test_reference_by_metric(tmp_path):
     }}))
     text = write_report(tmp_path, tmp_path / "r", metric="eval/excursions_return").read_text()
     assert "excursions paper" in text and "| -2.0 |" in text and "episodic paper" not in text
+
+
+def test_unfinished_folders_are_skipped_and_named(tmp_path):
+    write_synthetic_variant(tmp_path / "done", "done", SETTINGS[:1], synthetic_curves()[:1])
+    write_synthetic_variant(tmp_path / "running", "running", SETTINGS[:1], synthetic_curves()[:1], finished=False)
+    assert sorted(load_results(tmp_path)[0]) == ["done"]
+    assert sorted(load_results(tmp_path, include_unfinished=True)[0]) == ["done", "running"]
+    text = write_report(tmp_path).read_text()
+    assert "| done |" in text and "| running |" not in text
+    assert "Not reported (run folders without done.json: still running or killed): `running`." in text
