@@ -34,7 +34,17 @@ reachable state, as the env's ``real_state_mask`` tells), and whether its target
 hallucinated state; and whether a real entry's target was computed along a simulated path through a hallucinated
 state (``real_via_hallucinated``: bootstrapping from one, or a multi-step rollout/chain passing through one, which
 the multi-step predecessor variant can do when the model's hallucinated states connect back to real ones).
-``planning_statistics()`` returns the fractions ``[P]``, and ``update`` reports them as metrics.
+``planning_statistics()`` returns the fractions ``[P]``, and ``update`` reports them as metrics, together with
+``fraction_model_outputs_hallucinated``: the fraction of all states the models returned during planning that are
+not real (for a learned model, how often it hallucinates).
+
+Models. ``model = "given"``: the env's true dynamics with hallucinations injected at rate ``p_h``
+(:func:`emphatic_rl.agents.models.given_model_of`). ``model = "learned"``: a learned neural forward and backward
+model per member (:class:`emphatic_rl.agents.learned_models.LearnedTabularModel`: categorical distributions over
+all cells, the unreachable ring included), trained by ``model_train_steps`` Adam steps per real step on
+``model_batch`` real transitions per member replayed uniformly from the agent's own model replay (the last
+``model_replay_size`` real transitions of each member). It hallucinates by itself (untrained or badly fitted
+``(s, a)`` pairs put mass on border cells); ``p_h`` must then be 0.
 
 Population. ``Q: [P, S, A]``; every hyperparameter that is a rate (``step_size``, ``epsilon``, the model's
 ``p_h``) may be one value per member, so one run holds seeds x a p_h sweep. Acting takes ``obs: int64[P, E]``.
@@ -50,6 +60,7 @@ from typing import Any
 import torch
 
 from emphatic_rl.agents.base import ActionOutput, Agent
+from emphatic_rl.agents.learned_models import LearnedTabularModel
 from emphatic_rl.agents.models import BackwardModel, ForwardModel, given_model_of
 from emphatic_rl.agents.registry import AgentContext, register_agent
 
@@ -60,7 +71,8 @@ VARIANTS: tuple[str, ...] = (
     "multi-step-predecessor",
 )
 SEARCH_CONTROLS: tuple[str, ...] = ("default", "uniform", "priority")
-MODELS: tuple[str, ...] = ("given",)
+MODELS: tuple[str, ...] = ("given", "learned")
+MODEL_FEATURES: tuple[str, ...] = ("one-hot", "coordinates")
 VALUE_FUNCTIONS: tuple[str, ...] = ("tabular", "mlp")
 #: names of the planning counters, in the order of ``DynaAgent.planning_counts`` columns.
 PLANNING_COUNTERS: tuple[str, ...] = (
@@ -119,7 +131,13 @@ class DynaOptions:
     - ``search_control``: ``default`` (uniform visited pairs for successor variants, the priority queue for
       predecessor variants), ``uniform`` or ``priority`` (predecessor variants only).
     - ``priority_threshold``: smallest ``|delta|`` that enters the queue (>= 0).
-    - ``model``: ``given`` (the env's true dynamics with hallucinations at rate ``hallucination_probability``).
+    - ``model``: ``given`` (the env's true dynamics with hallucinations at rate ``hallucination_probability``) or
+      ``learned`` (neural forward/backward models trained from replayed real transitions; ``p_h`` must be 0).
+    - ``model_hidden`` (width of the learned models' 2 hidden layers), ``model_learning_rate`` (Adam),
+      ``model_batch`` (transitions per member per training step), ``model_train_steps`` (training steps per real
+      step), ``model_replay_size`` (real transitions kept per member for model training), ``model_features``
+      (``one-hot`` cells or ``coordinates``: ``(row, col)`` in ``[-1, 1]``), ``model_sampling`` (``sample`` from
+      the predicted distributions, or ``mode``: arg-max): options of ``model = "learned"`` only.
     - ``hallucination_probability``: ``p_h`` in ``[0, 1]``.
     - ``border_physics``: how the given model moves from unreachable states, ``closed`` or ``open`` (see
       :meth:`emphatic_rl.envs.gridworld.BorderedGridworld.model_transitions`).
@@ -147,6 +165,13 @@ class DynaOptions:
     learning_rate: float = 1e-3
     replay_batch: int = 16
     buffer_size: int = 10_000
+    model_hidden: int = 64
+    model_learning_rate: float = 3e-3
+    model_batch: int = 32
+    model_train_steps: int = 1
+    model_replay_size: int = 5000
+    model_features: str = "one-hot"
+    model_sampling: str = "sample"
 
     def __post_init__(self) -> None:
         if self.variant not in VARIANTS:
@@ -174,12 +199,26 @@ class DynaOptions:
             raise ValueError(f"priority_threshold must be >= 0, got {self.priority_threshold!r}")
         if self.value_function not in VALUE_FUNCTIONS:
             raise ValueError(f"value_function must be one of {', '.join(VALUE_FUNCTIONS)}; got {self.value_function!r}")
-        for key in ("hidden", "replay_batch", "buffer_size"):
+        for key in (
+            "hidden",
+            "replay_batch",
+            "buffer_size",
+            "model_hidden",
+            "model_batch",
+            "model_train_steps",
+            "model_replay_size",
+        ):
             value = getattr(self, key)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{key} must be an integer >= 1, got {value!r}")
-        if not (isinstance(self.learning_rate, (int, float)) and self.learning_rate > 0):
-            raise ValueError(f"learning_rate must be > 0, got {self.learning_rate!r}")
+        for key in ("learning_rate", "model_learning_rate"):
+            value = getattr(self, key)
+            if not (isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0):
+                raise ValueError(f"{key} must be > 0, got {value!r}")
+        if self.model_features not in MODEL_FEATURES:
+            raise ValueError(f"model_features must be one of {', '.join(MODEL_FEATURES)}; got {self.model_features!r}")
+        if self.model_sampling not in ("sample", "mode"):
+            raise ValueError(f"model_sampling must be 'sample' or 'mode'; got {self.model_sampling!r}")
         if not math.isfinite(self.q_init):
             raise ValueError(f"q_init must be finite, got {self.q_init!r}")
         # Rates: one clear error each. step_size, epsilon and p_h may be lists (one value per member; the agent
@@ -192,6 +231,13 @@ class DynaOptions:
             value = getattr(self, key)
             if isinstance(value, list):
                 object.__setattr__(self, key, tuple(value))
+        if self.model == "learned" and bool(
+            (torch.as_tensor(self.hallucination_probability, dtype=torch.float32) != 0).any()
+        ):
+            raise ValueError(
+                "hallucination_probability (p_h) injects errors into the given model only; with model='learned' "
+                f"it must be 0, got {self.hallucination_probability!r}"
+            )
 
     @property
     def uses_priority_queue(self) -> bool:
@@ -296,11 +342,63 @@ class DynaAgent(Agent):
         self.pushed_by_model = torch.zeros(population_size, num_states, dtype=torch.bool, device=self.device)
         self.planning_counts = torch.zeros(population_size, len(PLANNING_COUNTERS), device=self.device)
         self.frozen = torch.zeros(population_size, dtype=torch.bool, device=self.device)
+        #: ``[P, 2]``: states returned by the models during planning, and how many of them were not real.
+        self.model_output_counts = torch.zeros(population_size, 2, device=self.device)
         self.uses_network = options.value_function == "mlp"
         if self.uses_network:
             self._build_network(features)
+        self._build_model_replay()
         if self.planning_steps > 0:
             self._probe_models()
+
+    # ------------------------------------------------------------------ learned models: training data
+    def _build_model_replay(self) -> None:
+        """A learned model (anything with ``train_step``) is trained from a per-member ring of real transitions:
+        ``model_replay_states int64[P, C, 3]`` (``obs, action, next_obs``), ``model_replay_values float32[P, C, 2]``
+        (``reward, terminated``)."""
+        models = {id(m): m for m in (self.forward_model, self.backward_model) if hasattr(m, "train_step")}
+        self.learned_models = list(models.values())
+        capacity = self.options.model_replay_size if self.learned_models else 1
+        p = self.population_size
+        self.model_replay_states = torch.zeros(p, capacity, 3, dtype=torch.int64, device=self.device)
+        self.model_replay_values = torch.zeros(p, capacity, 2, device=self.device)
+        self.model_replay_cursor = torch.zeros((), dtype=torch.int64)
+        self.model_replay_size = torch.zeros((), dtype=torch.int64)
+
+    def _train_models(
+        self,
+        obs: torch.Tensor,
+        action: torch.Tensor,
+        reward: torch.Tensor,
+        next_obs: torch.Tensor,
+        terminated: torch.Tensor,
+    ) -> dict[str, torch.Tensor]:
+        """Store the real step (all ``[P, E]``) in the model replay, then ``model_train_steps`` training steps of
+        every learned model on ``model_batch`` uniformly replayed transitions per member."""
+        if not self.learned_models:
+            return {}
+        capacity = self.model_replay_states.shape[1]
+        e = obs.shape[1]
+        slots = (int(self.model_replay_cursor) + torch.arange(e)) % capacity
+        self.model_replay_states[:, slots.to(self.device)] = torch.stack((obs, action, next_obs), dim=-1)
+        self.model_replay_values[:, slots.to(self.device)] = torch.stack((reward.float(), terminated.float()), -1)
+        self.model_replay_cursor.fill_((int(self.model_replay_cursor) + e) % capacity)
+        self.model_replay_size.fill_(min(int(self.model_replay_size) + e, capacity))
+        losses: dict[str, torch.Tensor] = {}
+        for _ in range(self.options.model_train_steps):
+            index = torch.randint(
+                int(self.model_replay_size),
+                (self.population_size, self.options.model_batch),
+                generator=self.generator,
+                device=self.device,
+            )
+            states = self.model_replay_states.gather(1, index.unsqueeze(-1).expand(-1, -1, 3))
+            values = self.model_replay_values.gather(1, index.unsqueeze(-1).expand(-1, -1, 2))
+            for model in self.learned_models:
+                losses = model.train_step(
+                    states[..., 0], states[..., 1], values[..., 0], states[..., 2], values[..., 1].bool()
+                )
+        return {f"model_{key}": value for key, value in losses.items()}
 
     # ------------------------------------------------------------------ the MLP value function
     def _build_network(self, features: torch.Tensor | None) -> None:
@@ -385,11 +483,21 @@ class DynaAgent(Agent):
 
     def _check_forward(self, sample, check_range: bool = False):
         self._check_fields(self.forward_model, sample, ("next_state", "reward", "terminal"), check_range)
+        if not check_range:
+            self._count_model_output(sample.next_state)
         return sample
 
     def _check_backward(self, sample, check_range: bool = False):
         self._check_fields(self.backward_model, sample, ("previous_state", "action", "reward", "terminal"), check_range)
+        if not check_range:
+            self._count_model_output(sample.previous_state)
         return sample
+
+    def _count_model_output(self, state: torch.Tensor) -> None:
+        """Count the model outputs ``state int64[P]`` of active members, and the hallucinated ones."""
+        active = (~self.frozen).float()
+        self.model_output_counts[:, 0] += active
+        self.model_output_counts[:, 1] += active * (~self.real_state_mask[state]).float()
 
     # ------------------------------------------------------------------ acting
     def _greedy_ties_random(self, q_values: torch.Tensor) -> torch.Tensor:
@@ -503,9 +611,10 @@ class DynaAgent(Agent):
                 delta.abs().reshape(-1) * active.expand(p, e).reshape(-1),
                 by_model=False,
             )
+        model_metrics = self._train_models(obs, action, reward, next_obs, terminated)
         for _ in range(self.planning_steps):
             self._plan()
-        metrics = {"td_error": delta.abs().mean(dim=1)}
+        metrics = {"td_error": delta.abs().mean(dim=1), **model_metrics}
         metrics.update(self.planning_statistics())
         return metrics
 
@@ -689,10 +798,13 @@ class DynaAgent(Agent):
         stats = {"planning_updates": updates.clone()}
         for column, counter in enumerate(PLANNING_COUNTERS[1:], start=1):
             stats[f"fraction_{counter}"] = self.planning_counts[:, column] / safe
+        outputs = self.model_output_counts[:, 0].clamp(min=1.0)
+        stats["fraction_model_outputs_hallucinated"] = self.model_output_counts[:, 1] / outputs
         return stats
 
     def reset_statistics(self) -> None:
         self.planning_counts.zero_()
+        self.model_output_counts.zero_()
 
     # ------------------------------------------------------------------ loop hooks and checkpoints
     def parameters_finite(self) -> torch.Tensor:
@@ -700,10 +812,14 @@ class DynaAgent(Agent):
         if self.uses_network:
             for tensor in self.network:
                 finite &= torch.isfinite(tensor.detach()).flatten(1).all(dim=1)
+        for model in self.learned_models:
+            finite &= model.parameters_finite().to(finite.device)
         return finite.cpu()
 
     def freeze(self, members: torch.Tensor) -> None:
         self.frozen |= members.to(self.device).bool()
+        for model in self.learned_models:
+            model.freeze(members)
         self._any_frozen = bool(self.frozen.any())
 
     def state_dict(self) -> dict[str, Any]:
@@ -718,8 +834,20 @@ class DynaAgent(Agent):
             "priority": self.priority.clone(),
             "pushed_by_model": self.pushed_by_model.clone(),
             "planning_counts": self.planning_counts.clone(),
+            "model_output_counts": self.model_output_counts.clone(),
             "frozen": self.frozen.clone(),
             "generator": self.generator.get_state(),
+            **(
+                {
+                    "learned_models": [model.state_dict() for model in self.learned_models],
+                    "model_replay_states": self.model_replay_states.clone(),
+                    "model_replay_values": self.model_replay_values.clone(),
+                    "model_replay_cursor": self.model_replay_cursor.clone(),
+                    "model_replay_size": self.model_replay_size.clone(),
+                }
+                if self.learned_models
+                else {}
+            ),
             **(
                 {
                     "network": [t.detach().clone() for t in self.network],
@@ -746,6 +874,13 @@ class DynaAgent(Agent):
         ):
             getattr(self, key).copy_(state[key].to(self.device))
         self.generator.set_state(state["generator"])
+        if "model_output_counts" in state:
+            self.model_output_counts.copy_(state["model_output_counts"].to(self.device))
+        if self.learned_models:
+            for model, saved in zip(self.learned_models, state["learned_models"], strict=True):
+                model.load_state_dict(saved)
+            for key in ("model_replay_states", "model_replay_values", "model_replay_cursor", "model_replay_size"):
+                getattr(self, key).copy_(state[key])
         if self.uses_network:
             with torch.no_grad():
                 for tensor, saved in zip(self.network, state["network"], strict=True):
@@ -765,6 +900,26 @@ def state_features(env: Any) -> torch.Tensor:
     return 2 * coordinates / scale - 1
 
 
+def learned_model_of(env: Any, population_size: int, options: DynaOptions, seed: int = 0) -> LearnedTabularModel:
+    """The untrained learned forward/backward model of a tabular env (``DynaOptions.model = "learned"``).
+
+    Input features: ``one-hot`` cells (``[S, S]``) or ``coordinates`` (``state_features``, ``[S, 2]``); the flags
+    come from ``env.real_state_mask``.
+    """
+    features = torch.eye(env.num_states) if options.model_features == "one-hot" else state_features(env)
+    return LearnedTabularModel(
+        features,
+        env.num_actions,
+        population_size,
+        hidden=(options.model_hidden, options.model_hidden),
+        learning_rate=options.model_learning_rate,
+        sampling=options.model_sampling,
+        real_state_mask=env.real_state_mask,
+        seed=seed + 7919,  # its own stream: not the agent's generator, nor the MLP value function's weights
+        device=env.device,
+    )
+
+
 def make_dyna_for_env(
     env: Any,
     population_size: int,
@@ -779,7 +934,12 @@ def make_dyna_for_env(
     ``hallucination_probability`` overrides ``options.hallucination_probability`` (scalar or ``[P]``).
     """
     p_h = options.hallucination_probability if hallucination_probability is None else hallucination_probability
-    model = given_model_of(env, p_h, population_size, options.border_physics)
+    if options.model == "learned":
+        if bool((torch.as_tensor(p_h, dtype=torch.float32) != 0).any()):
+            raise ValueError("hallucination_probability (p_h) must be 0 with model='learned' (it is the given model's)")
+        model = learned_model_of(env, population_size, options, seed=seed)
+    else:
+        model = given_model_of(env, p_h, population_size, options.border_physics)
     return DynaAgent(
         env.num_states,
         env.num_actions,
