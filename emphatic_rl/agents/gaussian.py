@@ -15,7 +15,7 @@ Per step, in the order of ace.md §2.1 (all reads with ``theta`` before this ste
 
 with ``grad_u ln pi = (a - mean) / std^2 x`` and ``grad_log_std ln pi = ((a - mean) / std)^2 - 1``.
 
-Not done here (see the issue-6 report): a deep Gaussian ACE / OffPAC agent on replay.
+The deep Gaussian ACE / OffPAC agent on replay (``gaussian-ace``, ``gaussian-offpac``) is in deep_gaussian.py.
 """
 
 from __future__ import annotations
