@@ -247,8 +247,13 @@ def test_deterministic_policy_gradient_theorem_on_random_mdps(seed, S, d, intere
 
 @pytest.mark.slow
 def test_deep_dpg_solves_native_pendulum_within_30k_steps(tmp_path):
-    """Priority (a) of issue 6: mean evaluation return better than -200 within 30k steps (defaults, 2 seeds)."""
-    config = TrainConfig(agent="dpg", env="pendulum", steps=30_000, population_size=2, eval_every=5_000,
-                         eval_episodes=10, eval_max_steps=200, checkpoint_every=0, log_every=1_000, progress=False)
+    """Priority (a) of issue 6: mean evaluation return better than -200 within 30k steps. The run is that of
+    experiments/dpg_pendulum.toml (defaults, P = 5 seeds as one population, seed 0) stopped at 8000 steps, where the
+    measured study run (experiments/results/dpg/pendulum_table.md) has mean -162.8 (it first passes -200 at 6000
+    steps: -149.4); 8000 steps leave a 37-point margin and take minutes, not the hour 30k steps take on 2 shared
+    cores."""
+    config = TrainConfig(agent="dpg", env="pendulum", steps=8_000, seed=0, population_size=5, num_envs=1,
+                         eval_every=2_000, eval_episodes=10, eval_max_steps=200, checkpoint_every=0, log_every=1_000,
+                         progress=False, agent_options={"emphasis": "none"})
     result = train(config, tmp_path / "run")
     assert float(result.final_eval_return.mean()) > -200
