@@ -68,6 +68,17 @@ class StudyConfig:
     hidden: int = 64
     learning_rate: float = 1e-3
     replay_batch: int = 16
+    model: str = "given"  # "learned": neural forward/backward models (p_h must be [0.0]); see DynaOptions
+    model_hidden: int = 64
+    model_learning_rate: float = 3e-3
+    model_batch: int = 32
+    model_features: str = "one-hot"
+    model_sampling: str = "sample"
+
+    def model_options(self) -> dict[str, Any]:
+        """The ``DynaOptions`` keys of the model."""
+        keys = ("model", "model_hidden", "model_learning_rate", "model_batch", "model_features", "model_sampling")
+        return {key: getattr(self, key) for key in keys}
 
     def __post_init__(self) -> None:
         for key in ("seeds", "steps", "eval_every", "height", "width", "max_episode_steps"):
@@ -93,6 +104,12 @@ class StudyConfig:
             learning_rate=self.learning_rate,
             replay_batch=self.replay_batch,
         )
+        DynaOptions(**self.model_options())
+        if self.model == "learned" and any(float(p_h) != 0.0 for p_h in self.hallucination_probabilities):
+            raise ValueError(
+                "study.hallucination_probabilities must be [0.0] with model = 'learned' (p_h is the given model's "
+                f"injected error), got {self.hallucination_probabilities}"
+            )
         if self.metric not in ("online", "greedy"):
             raise ValueError(f"study.metric must be 'online' or 'greedy', got {self.metric!r}")
         if not self.hallucination_probabilities or not self.step_sizes:
@@ -167,6 +184,7 @@ def run_population(
         hidden=config.hidden,
         learning_rate=config.learning_rate,
         replay_batch=config.replay_batch,
+        **config.model_options(),
     )
     agent = make_dyna_for_env(env, population, options, seed=seed, step_size=alpha, hallucination_probability=p_h)
     obs = env.reset(seed=seed)
@@ -326,7 +344,7 @@ def summarise(config: StudyConfig, runs: dict[str, Any]) -> dict[str, Any]:
                     row[f"{metric}_final_mean"], row[f"{metric}_final_ci"] = mean_ci(member_curve[-last:].mean(0))
                     row[f"{metric}_curve_mean"] = member_curve.mean(1).tolist()
                     row[f"{metric}_curve_ci"] = [mean_ci(member_curve[k])[1] for k in range(member_curve.shape[0])]
-                for counter in PLANNING_COUNTERS[1:]:
+                for counter in (*PLANNING_COUNTERS[1:], "model_outputs_hallucinated"):
                     row[f"fraction_{counter}"] = float(result[f"fraction_{counter}"][i, j].mean())
                 rows.append(row)
     key_metric = f"{config.metric}_auc_mean"
@@ -358,7 +376,14 @@ def write_summary(config: StudyConfig, summary: dict[str, Any], out: Path, secon
         f"{config.steps} real steps, {config.height}x{config.width} interior (optimal return "
         f"{-(config.height + config.width - 2)}), planning steps {config.planning_steps}, n = "
         f"{config.rollout_length}, gamma {config.gamma}, epsilon {config.epsilon}, Q init {config.q_init}, "
-        f"border physics of the given model '{config.border_physics}', "
+        f"model '{config.model}'"
+        + (
+            f" (hidden {config.model_hidden}, lr {config.model_learning_rate}, batch {config.model_batch}, "
+            f"features {config.model_features}, sampling {config.model_sampling}), "
+            if config.model == "learned"
+            else ", "
+        )
+        + f"border physics of the given model '{config.border_physics}', "
         f"step sizes swept {config.step_sizes}. Mean ± 95% CI (t) over seeds.",
         "",
         f"- **online**: mean return of the epsilon-greedy training episodes that ended in each {config.eval_every}-"
@@ -384,16 +409,19 @@ def write_summary(config: StudyConfig, summary: dict[str, Any], out: Path, secon
         "Columns: the updated entry is simulated / hallucinated; the target bootstraps from a simulated / "
         "hallucinated state; a real (reachable) entry is updated toward a simulated / hallucinated state's value; "
         "a real entry's target was computed through a hallucinated state (its bootstrap state, or a state on the "
-        "multi-step rollout / backward chain between the updated entry and the bootstrap state).",
+        "multi-step rollout / backward chain between the updated entry and the bootstrap state). Last column: "
+        "the fraction of all states the model returned during planning that are not real.",
         "",
         "| variant | p_h | upd. sim. | upd. halluc. | boot. sim. | boot. halluc. | real->sim. | real->halluc. "
-        "| real via halluc. |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| real via halluc. | model outputs halluc. |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in sorted(summary["best"], key=lambda r: (r["variant"], r["p_h"] or 0)):
         if row["variant"] == BASELINE:
             continue
-        values = " | ".join(f"{row[f'fraction_{c}']:.3f}" for c in PLANNING_COUNTERS[1:])
+        values = " | ".join(
+            f"{row[f'fraction_{c}']:.3f}" for c in (*PLANNING_COUNTERS[1:], "model_outputs_hallucinated")
+        )
         lines.append(f"| {row['variant']} | {row['p_h']:g} | {values} |")
     lines += ["", "## All step sizes", "", *header]
     for row in summary["rows"]:

@@ -272,3 +272,17 @@ def test_bad_input_raises_one_clear_error():
         vector.sample_forward(torch.zeros(3, 2), torch.zeros(3, dtype=torch.long))
     with pytest.raises(ValueError, match="knows bordered-gridworld, cartpole and puddle-world"):
         LearnedVectorModel(4, 2, 3, env_name="catcher")
+
+
+def test_study_runner_with_the_learned_model_writes_the_hallucination_column_and_rejects_p_h(tmp_path, capsys):
+    from emphatic_rl.dyna_study import main
+
+    config = "experiments/dyna_learned_gridworld.toml"
+    tiny = ["--set", "seeds=2", "--set", "steps=40", "--set", "eval_every=20", "--set", "height=3", "--set", "width=3"]
+    tiny += ["--set", 'variants=["one-step-successor"]']
+    assert main([config, "--out", str(tmp_path / "run"), *tiny]) == 0
+    summary = (tmp_path / "run" / "summary.md").read_text()
+    assert "model 'learned'" in summary and "model outputs halluc." in summary
+    assert main([config, "--out", str(tmp_path / "bad"), "--set", "hallucination_probabilities=[0.0, 0.1]"]) == 2
+    assert "must be [0.0] with model = 'learned'" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
