@@ -73,7 +73,7 @@ import torch
 from torch import nn
 
 from emphatic_rl.agents.base import ActionOutput, Agent
-from emphatic_rl.agents.networks import finite_members, make_population_network
+from emphatic_rl.agents.networks import finite_members, make_population_network, mask_and_clip_member_gradients_
 from emphatic_rl.agents.registry import AgentContext, check_positive, check_unit_interval, register_agent
 from emphatic_rl.buffers.trajectory import TransitionBatch
 from emphatic_rl.envs.base import DiscreteSpec
@@ -341,7 +341,7 @@ class DeepACE(Agent):
             self.optimizer.zero_grad(set_to_none=True)
             (out["actor"] + out["critic"] + out["emphasis"]).sum().backward()
             for net in self._trained_networks():
-                self._mask_and_clip_member_gradients(net)
+                mask_and_clip_member_gradients_(net.parameters(), self.active, self.options.max_grad_norm)
             self.optimizer.step()
             self.gradient_updates += 1
             metrics = {
@@ -360,18 +360,6 @@ class DeepACE(Agent):
         if self.acts_in_env:
             metrics["epsilon"] = torch.full((self.population_size,), self.epsilon(env_step), device=self.device)
         return metrics
-
-    def _mask_and_clip_member_gradients(self, net: nn.Module) -> None:
-        """Zero frozen members' gradients; clip each member's gradient of ``net`` to ``max_grad_norm`` on its own."""
-        grads = [p.grad for p in net.parameters() if p.grad is not None]
-        if not grads:
-            return
-        for g in grads:
-            g[~self.active] = 0.0
-        squared = torch.stack([g.flatten(1).pow(2).sum(dim=1) for g in grads]).sum(dim=0)  # [P]
-        scale = (self.options.max_grad_norm / (squared.sqrt() + 1e-6)).clamp(max=1.0)
-        for g in grads:
-            g.mul_(scale.view((-1,) + (1,) * (g.dim() - 1)))
 
     def parameters_finite(self) -> torch.Tensor:
         finite = finite_members(self.policy) & finite_members(self.critic)

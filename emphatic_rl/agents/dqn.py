@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from emphatic_rl.agents.base import ActionOutput, Agent
-from emphatic_rl.agents.networks import finite_members, make_population_network
+from emphatic_rl.agents.networks import finite_members, make_population_network, mask_and_clip_member_gradients_
 from emphatic_rl.agents.registry import AgentContext, check_positive, check_unit_interval, register_agent
 from emphatic_rl.envs.base import DiscreteSpec
 
@@ -146,7 +146,7 @@ class DQN(Agent):
             member_loss = nn.functional.smooth_l1_loss(q_taken, target, reduction="none").mean(dim=1)  # [P]
             self.optimizer.zero_grad(set_to_none=True)
             member_loss.sum().backward()
-            self._mask_and_clip_member_gradients()
+            mask_and_clip_member_gradients_(self.q_network.parameters(), self.active, o.max_grad_norm)
             self.optimizer.step()
             self.gradient_updates += 1
             metrics = {"loss": member_loss.detach(), "q_mean": q_taken.detach().mean(dim=1)}
@@ -154,17 +154,6 @@ class DQN(Agent):
             self.target_network.load_state_dict(self.q_network.state_dict())
         metrics["epsilon"] = torch.full((self.population_size,), self.epsilon(env_step), device=self.device)
         return metrics
-
-    def _mask_and_clip_member_gradients(self) -> None:
-        """Zero the gradients of frozen members; clip each member's gradient to ``max_grad_norm`` on its own (a
-        global norm would couple members)."""
-        grads = [p.grad for p in self.q_network.parameters() if p.grad is not None]
-        for g in grads:
-            g[~self.active] = 0.0
-        squared = torch.stack([g.flatten(1).pow(2).sum(dim=1) for g in grads]).sum(dim=0)  # [P]
-        scale = (self.options.max_grad_norm / (squared.sqrt() + 1e-6)).clamp(max=1.0)
-        for g in grads:
-            g.mul_(scale.view((-1,) + (1,) * (g.dim() - 1)))
 
     def parameters_finite(self) -> torch.Tensor:
         return finite_members(self.q_network)

@@ -109,3 +109,24 @@ def finite_members(module: nn.Module) -> torch.Tensor:
     for p in params:
         finite &= torch.isfinite(p.detach()).flatten(1).all(dim=1)
     return finite
+
+
+def mask_and_clip_member_gradients_(parameters, active: torch.Tensor, max_norm: float) -> None:
+    """Zero the gradients of inactive (frozen) members and clip each member's gradient norm to ``max_norm`` on its
+    own (a global norm would couple the members). Every parameter has leading axis ``P``; ``active: bool[P]``."""
+    grads = [p.grad for p in parameters if p.grad is not None]
+    if not grads:
+        return
+    for g in grads:
+        g[~active] = 0.0
+    squared = torch.stack([g.flatten(1).pow(2).sum(dim=1) for g in grads]).sum(dim=0)  # [P]
+    scale = (max_norm / (squared.sqrt() + 1e-6)).clamp(max=1.0)
+    for g in grads:
+        g.mul_(scale.view((-1,) + (1,) * (g.dim() - 1)))
+
+
+@torch.no_grad()
+def polyak_update_(target: nn.Module, online: nn.Module, tau: float) -> None:
+    """``target <- (1 - tau) target + tau online``, parameter by parameter (``tau = 1`` copies)."""
+    for t, o in zip(target.parameters(), online.parameters(), strict=True):
+        t.lerp_(o, tau)
