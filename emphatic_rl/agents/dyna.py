@@ -43,8 +43,8 @@ Models. ``model = "given"``: the env's true dynamics with hallucinations injecte
 model per member (:class:`emphatic_rl.agents.learned_models.LearnedTabularModel`: categorical distributions over
 all cells, the unreachable ring included), trained by ``model_train_steps`` Adam steps per real step on
 ``model_batch`` real transitions per member replayed uniformly from the agent's own model replay (the last
-``model_replay_size`` real transitions of each member). It hallucinates by itself (untrained or badly fitted
-``(s, a)`` pairs put mass on border cells); ``p_h`` must then be 0.
+``model_replay_size`` real transitions of each member); only the direction the variant plans with is trained. It
+hallucinates by itself (untrained or badly fitted ``(s, a)`` pairs put mass on border cells); ``p_h`` must be 0.
 
 Population. ``Q: [P, S, A]``; every hyperparameter that is a rate (``step_size``, ``epsilon``, the model's
 ``p_h``) may be one value per member, so one run holds seeds x a p_h sweep. Acting takes ``obs: int64[P, E]``.
@@ -358,6 +358,8 @@ class DynaAgent(Agent):
         (``reward, terminated``)."""
         models = {id(m): m for m in (self.forward_model, self.backward_model) if hasattr(m, "train_step")}
         self.learned_models = list(models.values())
+        #: which learned models the variant plans with, and so trains (an unused direction is not trained).
+        self.model_directions = ("forward",) if "successor" in self.variant else ("backward",)
         capacity = self.options.model_replay_size if self.learned_models else 1
         p = self.population_size
         self.model_replay_states = torch.zeros(p, capacity, 3, dtype=torch.int64, device=self.device)
@@ -396,7 +398,12 @@ class DynaAgent(Agent):
             values = self.model_replay_values.gather(1, index.unsqueeze(-1).expand(-1, -1, 2))
             for model in self.learned_models:
                 losses = model.train_step(
-                    states[..., 0], states[..., 1], values[..., 0], states[..., 2], values[..., 1].bool()
+                    states[..., 0],
+                    states[..., 1],
+                    values[..., 0],
+                    states[..., 2],
+                    values[..., 1].bool(),
+                    directions=self.model_directions,
                 )
         return {f"model_{key}": value for key, value in losses.items()}
 

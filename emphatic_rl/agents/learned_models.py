@@ -49,6 +49,12 @@ from emphatic_rl.agents.models import BackwardModel, BackwardSample, ForwardMode
 from emphatic_rl.agents.networks import PopulationMLP
 
 SAMPLINGS: tuple[str, ...] = ("sample", "mode")
+DIRECTIONS: tuple[str, ...] = ("forward", "backward")
+
+
+def _check_directions(directions: tuple[str, ...]) -> None:
+    if not directions or any(d not in DIRECTIONS for d in directions):
+        raise ValueError(f"directions must be a non-empty subset of {DIRECTIONS}, got {directions!r}")
 
 
 class VectorForwardSample(NamedTuple):
@@ -251,11 +257,14 @@ class LearnedTabularModel(_PopulationModelBase, ForwardModel, BackwardModel):
         reward: torch.Tensor,
         next_obs: torch.Tensor,
         terminated: torch.Tensor,
+        directions: tuple[str, ...] = DIRECTIONS,
     ) -> dict[str, torch.Tensor]:
-        """One Adam step of both models on real transitions, all ``[P, B]`` (``obs``/``next_obs`` state indices).
+        """One Adam step of the models named in ``directions`` (``forward``, ``backward``) on real transitions, all
+        ``[P, B]`` (``obs``/``next_obs`` state indices).
 
-        Returns ``forward_loss`` and ``backward_loss``, ``[P]`` each (before the step).
+        Returns ``forward_loss`` / ``backward_loss``, ``[P]`` each (before the step), for the trained directions.
         """
+        _check_directions(directions)
         self._check_batch(obs, action, reward, next_obs, terminated, ())
         obs, action, next_obs = obs.long(), action.long(), next_obs.long()
         reward, terminated = reward.float(), terminated.float()
@@ -263,23 +272,26 @@ class LearnedTabularModel(_PopulationModelBase, ForwardModel, BackwardModel):
             raise ValueError(f"model training states must lie in 0..{self.num_states - 1}")
         ce = nn.functional.cross_entropy
         bce = nn.functional.binary_cross_entropy_with_logits
-        next_logits, reward_hat, terminal_logit = self.forward_heads(obs, action)
-        forward_loss = (
-            ce(next_logits.transpose(1, 2), next_obs, reduction="none")
-            + (reward_hat - reward).square()
-            + bce(terminal_logit, terminated, reduction="none")
-        ).mean(dim=1)
-        action_logits, previous_logits, reward_back, terminal_back = self.backward_heads(next_obs)
-        index = action[..., None]
-        previous_logits = previous_logits.gather(2, index[..., None].expand(*index.shape, self.num_states)).squeeze(2)
-        backward_loss = (
-            ce(action_logits.transpose(1, 2), action, reduction="none")
-            + ce(previous_logits.transpose(1, 2), obs, reduction="none")
-            + (reward_back.gather(2, index).squeeze(2) - reward).square()
-            + bce(terminal_back, terminated, reduction="none")
-        ).mean(dim=1)
-        self._optimise(forward_loss + backward_loss)
-        return {"forward_loss": forward_loss.detach(), "backward_loss": backward_loss.detach()}
+        losses: dict[str, torch.Tensor] = {}
+        if "forward" in directions:
+            next_logits, reward_hat, terminal_logit = self.forward_heads(obs, action)
+            losses["forward_loss"] = (
+                ce(next_logits.transpose(1, 2), next_obs, reduction="none")
+                + (reward_hat - reward).square()
+                + bce(terminal_logit, terminated, reduction="none")
+            ).mean(dim=1)
+        if "backward" in directions:
+            action_logits, previous_logits, reward_back, terminal_back = self.backward_heads(next_obs)
+            index = action[..., None]
+            previous_logits = previous_logits.gather(2, index[..., None].expand(*index.shape, self.num_states))
+            losses["backward_loss"] = (
+                ce(action_logits.transpose(1, 2), action, reduction="none")
+                + ce(previous_logits.squeeze(2).transpose(1, 2), obs, reduction="none")
+                + (reward_back.gather(2, index).squeeze(2) - reward).square()
+                + bce(terminal_back, terminated, reduction="none")
+            ).mean(dim=1)
+        self._optimise(sum(losses.values()))
+        return {key: value.detach() for key, value in losses.items()}
 
     # ------------------------------------------------------------------ sampling (the ForwardModel/BackwardModel API)
     def _check_state(self, state: torch.Tensor, name: str = "state") -> torch.Tensor:
@@ -435,34 +447,40 @@ class LearnedVectorModel(_PopulationModelBase):
         reward: torch.Tensor,
         next_obs: torch.Tensor,
         terminated: torch.Tensor,
+        directions: tuple[str, ...] = DIRECTIONS,
     ) -> dict[str, torch.Tensor]:
         """One Adam step on real transitions: ``obs, next_obs [P, B, D]``, ``action, reward, terminated [P, B]``.
 
-        Updates the running observation statistics first. Returns ``forward_loss``, ``backward_loss`` ``[P]``.
+        Updates the running observation statistics first. Returns ``forward_loss`` / ``backward_loss`` ``[P]`` for
+        the trained ``directions``.
         """
+        _check_directions(directions)
         self._check_batch(obs, action, reward, next_obs, terminated, (self.obs_dim,))
         obs, next_obs, action = obs.float(), next_obs.float(), action.long()
         reward, terminated = reward.float(), terminated.float()
         self._update_statistics(torch.cat((obs, next_obs), dim=1))
         std = self.std.unsqueeze(1)
         bce = nn.functional.binary_cross_entropy_with_logits
-        next_hat, reward_hat, terminal_logit = self.forward_heads(obs, action)
-        forward_loss = (
-            ((next_hat - next_obs) / std).square().sum(-1)
-            + (reward_hat - reward).square()
-            + bce(terminal_logit, terminated, reduction="none")
-        ).mean(dim=1)
-        action_logits, previous, reward_back, terminal_back = self.backward_heads(next_obs)
-        index = action[..., None]
-        previous = previous.gather(2, index[..., None].expand(*index.shape, self.obs_dim)).squeeze(2)
-        backward_loss = (
-            nn.functional.cross_entropy(action_logits.transpose(1, 2), action, reduction="none")
-            + ((previous - obs) / std).square().sum(-1)
-            + (reward_back.gather(2, index).squeeze(2) - reward).square()
-            + bce(terminal_back, terminated, reduction="none")
-        ).mean(dim=1)
-        self._optimise(forward_loss + backward_loss)
-        return {"forward_loss": forward_loss.detach(), "backward_loss": backward_loss.detach()}
+        losses: dict[str, torch.Tensor] = {}
+        if "forward" in directions:
+            next_hat, reward_hat, terminal_logit = self.forward_heads(obs, action)
+            losses["forward_loss"] = (
+                ((next_hat - next_obs) / std).square().sum(-1)
+                + (reward_hat - reward).square()
+                + bce(terminal_logit, terminated, reduction="none")
+            ).mean(dim=1)
+        if "backward" in directions:
+            action_logits, previous, reward_back, terminal_back = self.backward_heads(next_obs)
+            index = action[..., None]
+            previous = previous.gather(2, index[..., None].expand(*index.shape, self.obs_dim)).squeeze(2)
+            losses["backward_loss"] = (
+                nn.functional.cross_entropy(action_logits.transpose(1, 2), action, reduction="none")
+                + ((previous - obs) / std).square().sum(-1)
+                + (reward_back.gather(2, index).squeeze(2) - reward).square()
+                + bce(terminal_back, terminated, reduction="none")
+            ).mean(dim=1)
+        self._optimise(sum(losses.values()))
+        return {key: value.detach() for key, value in losses.items()}
 
     def _check_vector_state(self, state: torch.Tensor) -> torch.Tensor:
         if not isinstance(state, torch.Tensor) or tuple(state.shape) != (self.population_size, self.obs_dim):

@@ -286,3 +286,28 @@ def test_study_runner_with_the_learned_model_writes_the_hallucination_column_and
     assert main([config, "--out", str(tmp_path / "bad"), "--set", "hallucination_probabilities=[0.0, 0.1]"]) == 2
     assert "must be [0.0] with model = 'learned'" in capsys.readouterr().err
     assert not (tmp_path / "bad").exists()
+
+
+def test_the_agent_trains_only_the_direction_its_variant_plans_with():
+    env = BorderedGridworld(num_envs=1, height=3, width=3)
+    for variant, trained, untouched in (
+        ("one-step-successor", "forward_net", "backward_net"),
+        ("multi-step-predecessor", "backward_net", "forward_net"),
+    ):
+        agent = make_dyna_for_env(env, 1, DynaOptions(variant=variant, model="learned", planning_steps=1))
+        model = agent.forward_model
+        before = {
+            name: [p.detach().clone() for p in getattr(model, name).parameters()] for name in (trained, untouched)
+        }
+        step = (torch.tensor([[6]]), torch.tensor([[1]]), torch.tensor([[-1.0]]), torch.tensor([[7]]))
+        metrics = agent.observe(*step, torch.tensor([[False]]))
+        assert f"model_{trained.split('_')[0]}_loss" in metrics
+        changed = [
+            not torch.equal(p, q) for p, q in zip(getattr(model, trained).parameters(), before[trained], strict=True)
+        ]
+        assert all(changed)
+        assert all(
+            torch.equal(p, q) for p, q in zip(getattr(model, untouched).parameters(), before[untouched], strict=True)
+        )
+    with pytest.raises(ValueError, match="directions must be a non-empty subset"):
+        model.train_step(*(torch.zeros(1, 2, dtype=torch.long),) * 5, directions=("sideways",))
