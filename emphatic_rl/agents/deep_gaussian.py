@@ -66,7 +66,7 @@ from torch import nn
 
 from emphatic_rl.agents.action_boxes import ActionBox, clipped_gaussian_log_prob, require_box
 from emphatic_rl.agents.base import ActionOutput, Agent
-from emphatic_rl.agents.networks import PopulationMLP, finite_members
+from emphatic_rl.agents.networks import PopulationMLP, finite_members, mask_and_clip_member_gradients_, polyak_update_
 from emphatic_rl.agents.registry import AgentContext, check_positive, check_unit_interval, register_agent
 
 __all__ = ["GaussianACE", "GaussianACEOptions", "GaussianOffPACOptions", "EMPHASIS_KINDS"]
@@ -129,12 +129,6 @@ class GaussianOffPACOptions(GaussianACEOptions):
 
     eta: float = 0.0
     emphasis: str = "none"
-
-
-def _polyak_(target: nn.Module, online: nn.Module, tau: float) -> None:
-    with torch.no_grad():
-        for t, o in zip(target.parameters(), online.parameters(), strict=True):
-            t.lerp_(o, tau)
 
 
 class GaussianACE(Agent):
@@ -307,11 +301,11 @@ class GaussianACE(Agent):
             self.optimizer.zero_grad(set_to_none=True)
             (out["actor"] + out["critic"] + out["emphasis"]).sum().backward()
             for net in self._trained_networks():
-                self._mask_and_clip_member_gradients(net)
+                mask_and_clip_member_gradients_(net.parameters(), self.active, self.options.max_grad_norm)
             self.optimizer.step()
-            _polyak_(self.critic_target, self.critic, o.tau)
+            polyak_update_(self.critic_target, self.critic, o.tau)
             if self.emphasis is not None:
-                _polyak_(self.emphasis_target, self.emphasis, o.tau)
+                polyak_update_(self.emphasis_target, self.emphasis, o.tau)
             self.gradient_updates += 1
             metrics = {
                 "actor_loss": out["actor"].detach(),
@@ -327,17 +321,6 @@ class GaussianACE(Agent):
     def _trained_networks(self) -> list[nn.Module]:
         return [net for net in (self.policy_net, self.critic, self.emphasis) if net is not None]
 
-    def _mask_and_clip_member_gradients(self, net: nn.Module) -> None:
-        """Zero frozen members' gradients; clip each member's gradient of ``net`` to ``max_grad_norm`` on its own."""
-        grads = [p.grad for p in net.parameters() if p.grad is not None]
-        if not grads:
-            return
-        for g in grads:
-            g[~self.active] = 0.0
-        squared = torch.stack([g.flatten(1).pow(2).sum(dim=1) for g in grads]).sum(dim=0)  # [P]
-        scale = (self.options.max_grad_norm / (squared.sqrt() + 1e-6)).clamp(max=1.0)
-        for g in grads:
-            g.mul_(scale.view((-1,) + (1,) * (g.dim() - 1)))
 
     # ------------------------------------------------------------------ divergence and checkpoints
     def parameters_finite(self) -> torch.Tensor:

@@ -49,7 +49,7 @@ from emphatic_rl.agents.action_boxes import (
     sample_clipped_gaussian,
 )
 from emphatic_rl.agents.base import ActionOutput, Agent
-from emphatic_rl.agents.networks import PopulationMLP, finite_members
+from emphatic_rl.agents.networks import PopulationMLP, finite_members, mask_and_clip_member_gradients_, polyak_update_
 from emphatic_rl.agents.registry import AgentContext, check_positive, check_unit_interval, register_agent
 
 EMPHASIS_CHOICES = ("none", "learned")
@@ -96,23 +96,6 @@ class DDPGOptions:
         if self.emphasis not in EMPHASIS_CHOICES:
             raise ValueError(f"emphasis must be one of {', '.join(EMPHASIS_CHOICES)}, got {self.emphasis!r}")
         object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
-
-
-def _polyak_(target: nn.Module, online: nn.Module, tau: float) -> None:
-    with torch.no_grad():
-        for t, o in zip(target.parameters(), online.parameters(), strict=True):
-            t.lerp_(o, tau)
-
-
-def _clip_member_gradients_(parameters: list[nn.Parameter], active: torch.Tensor, max_norm: float) -> None:
-    """Zero frozen members' gradients and clip each member's gradient norm on its own (``[P]`` leading axis)."""
-    grads = [p.grad for p in parameters if p.grad is not None]
-    for g in grads:
-        g[~active] = 0.0
-    squared = torch.stack([g.flatten(1).pow(2).sum(dim=1) for g in grads]).sum(dim=0)  # [P]
-    scale = (max_norm / (squared.sqrt() + 1e-6)).clamp(max=1.0)
-    for g in grads:
-        g.mul_(scale.view((-1,) + (1,) * (g.dim() - 1)))
 
 
 class DDPG(Agent):
@@ -211,7 +194,7 @@ class DDPG(Agent):
         critic_loss = (q_taken - target).square().mean(dim=1)  # [P]
         self.critic_optimizer.zero_grad(set_to_none=True)
         critic_loss.sum().backward()
-        _clip_member_gradients_(list(self.critic.parameters()), self.active, o.max_grad_norm)
+        mask_and_clip_member_gradients_(list(self.critic.parameters()), self.active, o.max_grad_norm)
         self.critic_optimizer.step()
 
         weights = torch.ones_like(batch.reward)
@@ -224,14 +207,14 @@ class DDPG(Agent):
         actor_loss = -(weights * q_policy).mean(dim=1)  # [P]
         self.actor_optimizer.zero_grad(set_to_none=True)
         actor_loss.sum().backward()
-        _clip_member_gradients_(list(self.actor.parameters()), self.active, o.max_grad_norm)
+        mask_and_clip_member_gradients_(list(self.actor.parameters()), self.active, o.max_grad_norm)
         self.actor_optimizer.step()
         self.critic.zero_grad(set_to_none=True)  # the actor loss also reached the critic; drop those gradients
 
-        _polyak_(self.critic_target, self.critic, o.tau)
-        _polyak_(self.actor_target, self.actor, o.tau)
+        polyak_update_(self.critic_target, self.critic, o.tau)
+        polyak_update_(self.actor_target, self.actor, o.tau)
         if self.emphasis_optimizer is not None:
-            _polyak_(self.emphasis_target, self.emphasis_net, o.tau)
+            polyak_update_(self.emphasis_target, self.emphasis_net, o.tau)
         self.gradient_updates += 1
         metrics.update(
             {
@@ -265,7 +248,7 @@ class DDPG(Agent):
         )
         self.emphasis_optimizer.zero_grad(set_to_none=True)
         emphasis_loss.sum().backward()
-        _clip_member_gradients_(list(self.emphasis_net.parameters()), self.active, o.max_grad_norm)
+        mask_and_clip_member_gradients_(list(self.emphasis_net.parameters()), self.active, o.max_grad_norm)
         self.emphasis_optimizer.step()
         with torch.no_grad():
             emphasis = self.emphasis_net(obs).squeeze(-1).clamp(0.0, o.emphasis_clip)
