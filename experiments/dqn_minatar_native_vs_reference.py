@@ -1,0 +1,87 @@
+"""DQN on native batched MinAtar Breakout against DQN on the reference `minatar` Breakout (through the Gymnasium
+adapter), same seeds and hyperparameters, 5 seeds each as one population run.
+
+    python experiments/dqn_minatar_native_vs_reference.py --steps 15000 --out runs/dqn-minatar
+    python experiments/dqn_minatar_native_vs_reference.py --report-only --out runs/dqn-minatar \
+        --results experiments/results/dqn-minatar-native-vs-reference
+
+Both envs: full action set (6 actions), sticky actions 0.1, difficulty ramping on (the reference's defaults;
+`gym:MinAtar/Breakout-v0` is the reference with the full action set). Evaluation: greedy policy, 10 episodes per seed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from pathlib import Path
+
+from emphatic_rl.config import TrainConfig
+from emphatic_rl.logging import read_metrics
+
+ENVS = {"native": "minatar-breakout", "reference": "gym:MinAtar/Breakout-v0"}
+
+
+def run(name: str, steps: int, out: Path, seeds: int) -> None:
+    from emphatic_rl.train import build_run, train
+
+    config = TrainConfig(agent="dqn", env=ENVS[name], steps=steps, population_size=seeds, eval_every=2500,
+                         eval_episodes=10, progress=False, agent_options={"learning_starts": 1000})
+    train(config, out / name, run=build_run(config))
+
+
+def t_interval(values: list[float]) -> tuple[float, float]:
+    """Mean and the half-width of a 95% t-interval (t quantiles for up to 10 samples)."""
+    t95 = {2: 12.71, 3: 4.30, 4: 3.18, 5: 2.78, 6: 2.57, 7: 2.45, 8: 2.36, 9: 2.31, 10: 2.26}
+    n = len(values)
+    mean = sum(values) / n
+    if n < 2:
+        return mean, math.nan
+    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+    return mean, t95.get(n, 1.96) * sd / math.sqrt(n)
+
+
+def report(out: Path, results: Path) -> str:
+    curves: dict[str, dict[int, list[float]]] = {}
+    for name in ENVS:
+        by_step: dict[int, dict[int, float]] = {}
+        for step, metric, member, value in read_metrics(out / name / "metrics.csv"):
+            if metric == "eval/return":
+                by_step.setdefault(step, {})[member] = value
+        curves[name] = {step: [v for _, v in sorted(members.items())] for step, members in sorted(by_step.items())}
+    lines = [
+        "# DQN: native batched MinAtar Breakout vs the reference `minatar` Breakout",
+        "",
+        "Command: `python experiments/dqn_minatar_native_vs_reference.py --steps 15000 --out runs/dqn-minatar` (then",
+        "`--report-only`). 5 seeds each as one population run, identical DQN options (defaults, learning from step",
+        "1000), full action set, sticky actions 0.1, difficulty ramping on; greedy evaluation, 10 episodes per seed.",
+        "",
+        "| step | native: mean +- 95% CI | reference: mean +- 95% CI | native per seed | reference per seed |",
+        "|---:|---|---|---|---|",
+    ]
+    for step in sorted(set(curves["native"]) & set(curves["reference"])):
+        a, b = curves["native"][step], curves["reference"][step]
+        (ma, ha), (mb, hb) = t_interval(a), t_interval(b)
+        lines.append(f"| {step} | {ma:.2f} +- {ha:.2f} | {mb:.2f} +- {hb:.2f} | "
+                     f"{', '.join(f'{v:.1f}' for v in a)} | {', '.join(f'{v:.1f}' for v in b)} |")
+    text = "\n".join(lines) + "\n"
+    results.mkdir(parents=True, exist_ok=True)
+    (results / "README.md").write_text(text)
+    return text
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--steps", type=int, default=15000)
+    parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--out", type=Path, default=Path("runs/dqn-minatar"))
+    parser.add_argument("--results", type=Path, default=Path("experiments/results/dqn-minatar-native-vs-reference"))
+    parser.add_argument("--report-only", action="store_true")
+    args = parser.parse_args()
+    if not args.report_only:
+        for name in ENVS:
+            run(name, args.steps, args.out, args.seeds)
+    print(report(args.out, args.results))
+
+
+if __name__ == "__main__":
+    main()
