@@ -13,7 +13,11 @@ A config file looks like::
     [env_options]            # keys checked against the env's constructor
     max_episode_steps = 500
 
-``--set`` keys: a top-level field (``steps=5000``), or ``agent.<option>`` / ``env.<option>``.
+    [eval_env_options]       # optional: options of the evaluation env only, over env_options
+    max_episode_steps = 1000
+
+``--set`` keys: a top-level field (``steps=5000``), or ``agent.<option>`` / ``env.<option>`` /
+``eval_env.<option>``.
 """
 
 from __future__ import annotations
@@ -66,9 +70,16 @@ class TrainConfig:
     num_threads: int = 1
     agent_options: dict[str, Any] = field(default_factory=dict)
     env_options: dict[str, Any] = field(default_factory=dict)
+    #: options of the evaluation env that differ from ``env_options`` (merged over them), e.g. another time limit,
+    #: or ``normalize_observation = false`` to reproduce the Virtual Office authors' evaluation quirk.
+    eval_env_options: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def evaluation_env_options(self) -> dict[str, Any]:
+        """The options of the evaluation env: ``env_options`` with ``eval_env_options`` merged over them."""
+        return {**self.env_options, **self.eval_env_options}
 
 
 class ConfigError(ValueError):
@@ -93,14 +104,16 @@ def apply_overrides(config: TrainConfig, overrides: dict[str, Any]) -> TrainConf
             config.agent_options[key[len("agent."):]] = value
         elif key.startswith("env."):
             config.env_options[key[len("env."):]] = value
-        elif key in ("agent_options", "env_options"):
+        elif key.startswith("eval_env."):
+            config.eval_env_options[key[len("eval_env."):]] = value
+        elif key in ("agent_options", "env_options", "eval_env_options"):
             if not isinstance(value, dict):
                 raise ConfigError(f"{key} must be a table of options, got {value!r}")
             getattr(config, key).update(value)
         elif key in _FIELDS:
             setattr(config, key, value)
         else:
-            allowed = ", ".join(list(TOP_LEVEL_KEYS_DOC) + ["agent.<option>", "env.<option>"])
+            allowed = ", ".join(list(TOP_LEVEL_KEYS_DOC) + ["agent.<option>", "env.<option>", "eval_env.<option>"])
             raise ConfigError(f"unknown config key {key!r}; allowed: {allowed}")
     return config
 

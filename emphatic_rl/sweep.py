@@ -287,6 +287,8 @@ def _apply_base_overrides(base: dict[str, Any], overrides: dict[str, Any]) -> di
             base.setdefault("agent_options", {})[key[len("agent."):]] = value
         elif key.startswith("env."):
             base.setdefault("env_options", {})[key[len("env."):]] = value
+        elif key.startswith("eval_env."):
+            base.setdefault("eval_env_options", {})[key[len("eval_env."):]] = value
         else:
             base[key] = value
     return base
@@ -526,7 +528,7 @@ def evaluate_excursions(run: Any, starts: dict[str, Any], step: int) -> Any:
     config, agent = run.config, run.agent
     num_starts = next(iter(starts.values())).shape[0]
     P = config.population_size
-    env = make_env(config.env, num_envs=P * num_starts, device=run.device, **config.env_options)
+    env = make_env(config.env, num_envs=P * num_starts, device=run.device, **config.evaluation_env_options())
     env.reset(seed=(config.seed * 1_000_003 + step + 12_345) % (2**63))
     for name, value in starts.items():
         state = getattr(env, name)

@@ -136,7 +136,10 @@ def build_run(config: TrainConfig) -> Run:
     num_envs = config.population_size * config.num_envs if agent.acts_in_env else config.num_envs
     env = make_env(config.env, num_envs=num_envs, device=device, **config.env_options)
     eval_env = make_env(
-        config.env, num_envs=config.population_size * config.eval_episodes, device=device, **config.env_options
+        config.env,
+        num_envs=config.population_size * config.eval_episodes,
+        device=device,
+        **config.evaluation_env_options(),
     )
     behaviour = None if agent.acts_in_env else _make_behaviour(config, env)
     spec = env.observation_spec

@@ -43,6 +43,7 @@ def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
         (["--agent", "dqn", "--set", "agent.nope=1"], "unknown option(s) nope for agent 'dqn'; allowed: "),
         (["--agent", "dqn", "--env", "pendulum"], "agent 'dqn' needs a discrete action space"),
         (["--agent", "dqn", "--set", "env.nope=3"], "unknown option(s) nope for env 'cartpole'"),
+        (["--agent", "dqn", "--set", "eval_env.nope=3"], "unknown option(s) nope for env 'cartpole'"),
         (["--agent", "ace", "--set", "agent.eta=1.5"], "eta"),
         (["--agent", "ace", "--set", "agent.critic_lambda=-0.1"], "critic_lambda"),
         (["--agent", "ace", "--set", 'agent.actor_update="all_actions"'], "needs critic 'gq'"),
@@ -219,3 +220,23 @@ def test_default_run_pits_ace_against_offpac(tmp_path, capsys):
     verdict = [line for line in stdout.splitlines() if "ACE (eta = 1) reached exact J_mu" in line]
     assert len(verdict) == 1 and verdict[0].startswith("emphatic-rl: ACE wins")
     assert any(line.startswith("emphatic-rl: why: OffPAC") for line in stdout.splitlines())
+
+
+def test_eval_env_options_apply_to_the_evaluation_env_only():
+    config = TrainConfig(
+        agent="offpac", env="virtual-office", steps=10, progress=False, checkpoint_every=0,
+        eval_env_options={"normalize_observation": False},
+    )
+    run = build_run(config)
+    assert run.env.normalize_observation is True
+    assert run.eval_env.normalize_observation is False
+    with pytest.raises(ValueError, match="normalize_observation"):
+        build_run(TrainConfig(agent="offpac", env="virtual-office", eval_env_options={"normalize_observation": 3}))
+
+
+def test_set_eval_env_option(tmp_path, capsys):
+    from emphatic_rl.config import apply_overrides
+
+    config = apply_overrides(TrainConfig(), {"eval_env.max_episode_steps": 50, "env.max_episode_steps": 200})
+    assert config.evaluation_env_options() == {"max_episode_steps": 50}
+    assert config.env_options == {"max_episode_steps": 200}
