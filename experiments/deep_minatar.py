@@ -14,10 +14,10 @@ actor-critics, greedy Q for DQN) for ``eval_episodes`` episodes per member every
 Curves show the mean over seeds with a 95% Student-t confidence interval; the table gives the final evaluation and
 the mean over the last third of the evaluations.
 
-Budget (default, reduced for a shared, heavily loaded 2-core CPU): 4,000 iterations x 2 env copies = 8,000 frames
-per member, 500 iterations before learning, then one gradient step (batch 32) every 2 iterations (1,750 steps), 3 seeds;
-epsilon 1 -> 0.1 over 2,000 iterations; evaluation every 500 iterations (Freeway: 1,000, its episodes are 2,500
-frames). ``--full`` switches to the
+Budget (default, reduced for a 2-core CPU): 25,000 iterations x 2 env copies = 50,000 frames per member, 1,000
+iterations before learning, then one gradient step (batch 32) every 2 iterations (12,000 steps), replay of all 50,000
+transitions, 5 seeds; epsilon 1 -> 0.1 over 10,000 iterations; evaluation (5 episodes) every 2,500 iterations
+(Freeway: 5,000, its episodes are 2,500 frames). ``--full`` switches to the
 MinAtar paper's scale (5M frames per member: 5,000,000 iterations with 1 env copy, 100k replay, batch 32, a step
 every iteration, target update every 1,000, epsilon over 100k, learning starts 5,000), far beyond a CPU.
 
@@ -60,8 +60,8 @@ def budget(full: bool, steps: int | None = None) -> dict:
         return dict(steps=5_000_000, num_envs=1, train_every=1, batch_size=32, buffer_size=100_000,
                     learning_starts=5_000, target_update_every=1_000, epsilon_decay_steps=100_000,
                     eval_every=100_000, eval_episodes=10, minimal_action_set=False)
-    return dict(steps=4_000, num_envs=2, train_every=2, batch_size=32, buffer_size=8_000, learning_starts=500,
-                target_update_every=250, epsilon_decay_steps=2_000, eval_every=500, eval_episodes=3,
+    return dict(steps=25_000, num_envs=2, train_every=2, batch_size=32, buffer_size=50_000, learning_starts=1_000,
+                target_update_every=500, epsilon_decay_steps=10_000, eval_every=2_500, eval_episodes=5,
                 minimal_action_set=True)
 
 
@@ -173,7 +173,7 @@ def main() -> None:
     parser.add_argument("--games", nargs="+", default=list(GAMES), choices=GAMES)
     parser.add_argument("--regimes", nargs="+", default=list(REGIMES), choices=REGIMES)
     parser.add_argument("--agents", nargs="+", default=list(AGENTS), choices=AGENTS)
-    parser.add_argument("--seeds", type=int, default=3, help="population size P (one seed per member)")
+    parser.add_argument("--seeds", type=int, default=5, help="population size P (one seed per member)")
     parser.add_argument("--full", action="store_true", help="the MinAtar paper's 5M-frame protocol (not for a CPU)")
     parser.add_argument("--steps", type=int, default=None, help="override the iterations per run (smoke tests)")
     parser.add_argument("--out", type=Path, default=RESULTS)
