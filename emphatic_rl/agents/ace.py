@@ -9,7 +9,7 @@ Features (``features = "auto"``):
 
 - ``mountain-car``: tile coding as the authors specify (ace.md §3.4): 4x4 tiles (5x5 internally), 8 tilings, a bias
   feature: 201 features, 9 active. Step sizes are divided by 9.
-- ``puddle-world``: 2x2 tiles, 2 tilings, bias (ace.md §3.5): 19 features, 3 active.
+- ``puddle-world`` and ``puddle-world-gaussian``: 2x2 tiles, 2 tilings, bias (ace.md §3.5): 19 features, 3 active.
 - tabular MDPs observed as one-hot states (``--set env.observation="state"``): the actor sees the MDP's (possibly
   aliased) actor features, the critic the MDP's critic features, or the state itself for the ``oracle`` critic
   (exact ``v_pi`` from the exact lab). Observed as features (``"actor"``, the default), actor and critic share them.
@@ -40,6 +40,7 @@ FEATURE_KINDS = ("auto", "tile", "dense", "dense-normalized", "tabular")
 TILE_LAYOUTS: dict[str, tuple[tuple[float, ...], tuple[float, ...], tuple[int, ...], int]] = {
     "mountain-car": ((-1.2, -0.07), (0.6, 0.07), (4, 4), 8),
     "puddle-world": ((0.0, 0.0), (1.0, 1.0), (2, 2), 2),
+    "puddle-world-gaussian": ((0.0, 0.0), (1.0, 1.0), (2, 2), 2),  # the earlier gym_puddle env, same features
 }
 
 

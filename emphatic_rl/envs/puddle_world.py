@@ -25,7 +25,7 @@ import torch
 from emphatic_rl.envs.base import BoxSpec, DiscreteSpec, TensorEnv
 from emphatic_rl.envs.registry import register_env
 
-__all__ = ["PuddleWorld", "distance_to_segment", "PUDDLE_SEGMENTS", "PUDDLE_RADIUS"]
+__all__ = ["PuddleWorld", "GaussianPuddleWorld", "GAUSSIAN_PUDDLES", "distance_to_segment", "PUDDLE_SEGMENTS", "PUDDLE_RADIUS"]
 
 #: ``((x0, y0), (x1, y1))`` of each puddle's centre segment.
 PUDDLE_SEGMENTS: tuple[tuple[tuple[float, float], tuple[float, float]], ...] = (
@@ -110,6 +110,80 @@ class PuddleWorld(TensorEnv):
         self.position = (self.position + self.moves[action] + noise).clamp(0.0, 1.0)
         terminated = (self.position >= GOAL).all(dim=1)
         reward = torch.where(terminated, -1.0, -1.0 - self.puddle_penalty(self.position))
+        return reward, terminated
+
+    def _observe(self) -> torch.Tensor:
+        return self.position.clone()
+
+
+#: The Gaussian puddles of the earlier ``gym_puddle`` environment: ``(centre x, centre y, width x, width y)``.
+GAUSSIAN_PUDDLES: tuple[tuple[float, float, float, float], ...] = (
+    (0.3, 0.6, 0.1, 0.03),
+    (0.4, 0.5, 0.03, 0.1),
+    (0.8, 0.9, 0.03, 0.1),
+)
+
+
+@register_env("puddle-world-gaussian")
+class GaussianPuddleWorld(TensorEnv):
+    """The *earlier* Puddle World of the ACE code base: ``gym_puddle``'s ``PuddleWorld-v0`` (ace.md §3.5).
+
+    ace.md §3.5 says the ACE repository's earlier sweeps used this environment (EhsanEI/gym-puddle, version
+    ``1aa537f``) and that which of the two J23's Puddle World figures come from cannot be confirmed; it is here so
+    that both can be run with the same agents. The rules, written from that version's description:
+
+    - State and observation ``[x, y]`` in ``[0, 1]^2`` (float32), ``obs: [N, 2]``; start fixed at ``(0.2, 0.4)``
+      (outside every puddle).
+    - 5 actions: ``0: left (-x)``, ``1: right (+x)``, ``2: down (-y)``, ``3: up (+y)``, ``4: no move``; a move of
+      0.05 along its axis, plus noise ``U(-0.025, 0.025)`` on both coordinates; the position is clipped to
+      ``[0, 1]``.
+    - Reward at the new position: ``-1 - 2 * sum_p N(x; cx_p, wx_p) * N(y; cy_p, wy_p)`` with the Gaussian densities
+      of :data:`GAUSSIAN_PUDDLES` (about -107 at a puddle's centre), also on the terminal step.
+    - Terminal when ``|x - 1| + |y - 1| < 0.1``.
+
+    Time limit ``max_episode_steps=1000`` by default, as :class:`PuddleWorld` (the original has none).
+    """
+
+    name = "puddle-world-gaussian"
+    state_names = ("position",)
+    observation_spec = BoxSpec((2,), low=0.0, high=1.0)
+    action_spec = DiscreteSpec(5)
+
+    def __init__(
+        self,
+        num_envs: int = 1,
+        device: torch.device | str = "cpu",
+        max_episode_steps: int | None = 1000,
+        check_actions: bool = True,
+    ) -> None:
+        super().__init__(num_envs, device, max_episode_steps, check_actions)
+        #: ``[5, 2]`` displacement of each action: left, right, down, up, none.
+        self.moves = torch.tensor(
+            [[-STEP_SIZE, 0.0], [STEP_SIZE, 0.0], [0.0, -STEP_SIZE], [0.0, STEP_SIZE], [0.0, 0.0]],
+            dtype=torch.float32,
+            device=self.device,
+        )
+        puddles = torch.tensor(GAUSSIAN_PUDDLES, dtype=torch.float32, device=self.device)  # [P, 4]
+        self.puddle_centres = puddles[:, :2]
+        self.puddle_widths = puddles[:, 2:]
+        self.start = torch.tensor([0.2, 0.4], dtype=torch.float32, device=self.device)
+        self.position = torch.zeros(num_envs, 2, dtype=torch.float32, device=self.device)
+        self._reset_where(torch.ones(num_envs, dtype=torch.bool, device=self.device))
+
+    def puddle_penalty(self, position: torch.Tensor) -> torch.Tensor:
+        """``2 * sum_p N(x; cx, wx) N(y; cy, wy)`` for ``position: [N, 2]``; returns ``[N]`` (>= 0)."""
+        scaled = (position.unsqueeze(1) - self.puddle_centres) / self.puddle_widths  # [N, P, 2]
+        density = torch.exp(-0.5 * scaled.square()) / (self.puddle_widths * (2.0 * torch.pi) ** 0.5)
+        return 2.0 * density.prod(dim=-1).sum(dim=-1)
+
+    def _reset_where(self, mask: torch.Tensor) -> None:
+        self.position = torch.where(mask.unsqueeze(1), self.start, self.position)
+
+    def _transition(self, action: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        noise = self.uniform(self.num_envs, 2, low=-0.025, high=0.025)
+        self.position = (self.position + self.moves[action] + noise).clamp(0.0, 1.0)
+        reward = -1.0 - self.puddle_penalty(self.position)
+        terminated = (1.0 - self.position).abs().sum(dim=1) < 0.1
         return reward, terminated
 
     def _observe(self) -> torch.Tensor:

@@ -2,15 +2,16 @@
 
 ``import emphatic_rl`` (or ``import emphatic_rl.envs``) registers:
 
-====================================  ==================  ==================
-Gymnasium id                          native env          time limit
-====================================  ==================  ==================
-``emphatic_rl/CartPole-v1``           ``cartpole``        500
-``emphatic_rl/MountainCar-v0``        ``mountain-car``    200
-``emphatic_rl/Acrobot-v1``            ``acrobot``         500
-``emphatic_rl/Pendulum-v1``           ``pendulum``        200
-``emphatic_rl/PuddleWorld-v0``        ``puddle-world``    1000
-====================================  ==================  ==================
+======================================  =========================  ==========
+Gymnasium id                            native env                 time limit
+======================================  =========================  ==========
+``emphatic_rl/CartPole-v1``             ``cartpole``               500
+``emphatic_rl/MountainCar-v0``          ``mountain-car``           200
+``emphatic_rl/Acrobot-v1``              ``acrobot``                500
+``emphatic_rl/Pendulum-v1``             ``pendulum``               200
+``emphatic_rl/PuddleWorld-v0``          ``puddle-world``           1000
+``emphatic_rl/PuddleWorldGaussian-v0``  ``puddle-world-gaussian``  1000
+======================================  =========================  ==========
 
 :class:`NativeGymEnv` runs the native ``TensorEnv`` with ``num_envs=1`` on the CPU and converts to numpy.
 
@@ -148,3 +149,4 @@ register_gymnasium_env("emphatic_rl/MountainCar-v0", "mountain-car")
 register_gymnasium_env("emphatic_rl/Acrobot-v1", "acrobot")
 register_gymnasium_env("emphatic_rl/Pendulum-v1", "pendulum")
 register_gymnasium_env("emphatic_rl/PuddleWorld-v0", "puddle-world")
+register_gymnasium_env("emphatic_rl/PuddleWorldGaussian-v0", "puddle-world-gaussian")

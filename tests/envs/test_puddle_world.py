@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from emphatic_rl.envs import make_env
-from emphatic_rl.envs.puddle_world import PuddleWorld, distance_to_segment
+from emphatic_rl.envs.puddle_world import GaussianPuddleWorld, PuddleWorld, distance_to_segment
 
 
 def test_distance_to_segment_known_points():
@@ -135,3 +135,59 @@ def test_state_dict_round_trip_and_bad_input():
         env.step(torch.tensor([0, 1, 2, 4]))
     with pytest.raises(ValueError, match=r"action has shape \(4, 1\), expected \(4,\)"):
         env.step(torch.zeros(4, 1, dtype=torch.int64))
+
+
+# ---------------------------------------------------------------- the earlier gym_puddle world (Gaussian puddles)
+
+
+def _gaussian_reward(x: float, y: float) -> float:
+    """The Gaussian-puddle reward written out with ``math`` (an independent check of the batched version)."""
+    penalty = 0.0
+    for cx, cy, wx, wy in ((0.3, 0.6, 0.1, 0.03), (0.4, 0.5, 0.03, 0.1), (0.8, 0.9, 0.03, 0.1)):
+        gx = math.exp(-((x - cx) ** 2) / (2 * wx**2)) / (wx * math.sqrt(2 * math.pi))
+        gy = math.exp(-((y - cy) ** 2) / (2 * wy**2)) / (wy * math.sqrt(2 * math.pi))
+        penalty += 2.0 * gx * gy
+    return -1.0 - penalty
+
+
+def test_gaussian_puddle_world_rules():
+    env = GaussianPuddleWorld(num_envs=5, max_episode_steps=None)
+    assert torch.equal(env.reset(seed=0), torch.tensor([[0.2, 0.4]] * 5))
+    assert env.action_spec.n == 5
+    # each action moves 0.05 along its axis, plus noise of at most 0.025 per coordinate
+    result = env.step(torch.arange(5))
+    expected = torch.tensor([[0.15, 0.4], [0.25, 0.4], [0.2, 0.35], [0.2, 0.45], [0.2, 0.4]])
+    assert (result.obs - expected).abs().max() <= 0.025 + 1e-6
+    for n in range(5):
+        x, y = result.obs[n].tolist()
+        assert result.reward[n].item() == pytest.approx(_gaussian_reward(x, y), rel=1e-5)
+    assert not result.terminated.any()
+
+
+def test_gaussian_puddle_rewards_and_goal():
+    env = GaussianPuddleWorld(num_envs=1)
+    # about -107 at the first puddle's centre (2 / (2 pi 0.1 0.03) = 106.1, plus a little of the second puddle)
+    assert env.puddle_penalty(torch.tensor([[0.3, 0.6]])).item() == pytest.approx(-1.0 - _gaussian_reward(0.3, 0.6))
+    assert -1.0 - _gaussian_reward(0.3, 0.6) == pytest.approx(106.35, abs=0.05)
+    generator = torch.Generator().manual_seed(0)
+    points = torch.rand(50, 2, generator=generator)
+    penalties = env.puddle_penalty(points)
+    for point, penalty in zip(points.tolist(), penalties.tolist(), strict=True):
+        assert -1.0 - penalty == pytest.approx(_gaussian_reward(*point), rel=1e-5, abs=1e-6)
+    # the goal: L1 distance to (1, 1) below 0.1 after the move
+    env.position = torch.tensor([[0.93, 0.97]])
+    result = env.step(torch.tensor([4]))  # no move; noise of at most 0.025 keeps the L1 distance below 0.1
+    assert result.terminated.item()
+    env.position = torch.tensor([[0.8, 0.8]])
+    assert not env.step(torch.tensor([4])).terminated.item()
+
+
+def test_gaussian_puddle_world_runs_with_the_ace_agents(tmp_path):
+    from emphatic_rl.config import TrainConfig
+    from emphatic_rl.train import train
+
+    config = TrainConfig(agent="ace-direct", env="puddle-world-gaussian", steps=200, population_size=2,
+                         eval_every=100, eval_episodes=2, eval_max_steps=50, progress=False, checkpoint_every=0,
+                         log_every=100)
+    result = train(config, tmp_path / "run")
+    assert torch.isfinite(result.final_eval_return).all()
