@@ -25,7 +25,14 @@ import torch
 from emphatic_rl.envs.base import BoxSpec, DiscreteSpec, TensorEnv
 from emphatic_rl.envs.registry import register_env
 
-__all__ = ["PuddleWorld", "GaussianPuddleWorld", "GAUSSIAN_PUDDLES", "distance_to_segment", "PUDDLE_SEGMENTS", "PUDDLE_RADIUS"]
+__all__ = [
+    "PuddleWorld",
+    "GaussianPuddleWorld",
+    "GAUSSIAN_PUDDLES",
+    "distance_to_segment",
+    "PUDDLE_SEGMENTS",
+    "PUDDLE_RADIUS",
+]
 
 #: ``((x0, y0), (x1, y1))`` of each puddle's centre segment.
 PUDDLE_SEGMENTS: tuple[tuple[tuple[float, float], tuple[float, float]], ...] = (
