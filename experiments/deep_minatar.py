@@ -54,8 +54,11 @@ T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 
 
 
 def budget(full: bool, steps: int | None = None) -> dict:
-    if steps is not None:
-        return {**budget(full), "steps": steps, "learning_starts": min(steps // 2, 1_000), "eval_every": steps // 2}
+    if steps is not None:  # the default budget's proportions at another length
+        b = budget(full)
+        return {**b, "steps": steps, "buffer_size": steps * b["num_envs"], "learning_starts": min(steps // 10, 1_000),
+                "eval_every": max(steps // 10, 1), "epsilon_decay_steps": max(2 * steps // 5, 1),
+                "target_update_every": min(b["target_update_every"], max(steps // 50, 1))}
     if full:
         return dict(steps=5_000_000, num_envs=1, train_every=1, batch_size=32, buffer_size=100_000,
                     learning_starts=5_000, target_update_every=1_000, epsilon_decay_steps=100_000,
