@@ -46,7 +46,8 @@ from emphatic_rl.logging import read_metrics
 from emphatic_rl.train import train
 
 RESULTS = Path(__file__).resolve().parent / "results" / "deep_minatar"
-GAMES = ("breakout", "freeway")
+GAMES = ("breakout", "freeway")  # the study's default games
+ALL_GAMES = ("asterix", "breakout", "freeway", "seaquest", "space_invaders")  # any may be passed with --games
 REGIMES = ("uniform", "epsilon-greedy")
 AGENTS = ("deep-ace", "deep-offpac", "dqn")
 # Student-t 97.5% quantiles by degrees of freedom (95% two-sided CI of a mean).
@@ -79,7 +80,8 @@ def run_config(game: str, regime: str, agent: str, seeds: int, b: dict, full: bo
                    "actor_learning_rate": 5e-4, "critic_learning_rate": 1e-3, "emphasis_learning_rate": 1e-3,
                    "entropy_coef": 0.01, "rho_clip": 2.0, "emphasis_rho_clip": 2.0, "gamma": 0.99}
     return TrainConfig(
-        agent=agent, env=f"minatar-{game}", steps=b["steps"], seed=0, num_envs=b["num_envs"], population_size=seeds,
+        agent=agent, env="minatar-" + game.replace("_", "-"), steps=b["steps"], seed=0, num_envs=b["num_envs"],
+        population_size=seeds,
         behaviour="uniform",
         eval_every=b["eval_every"] * (2 if game == "freeway" and not full else 1), eval_episodes=b["eval_episodes"],
         eval_max_steps=2_500 if game == "freeway" else 1_000, checkpoint_every=0, log_every=500, progress=False,
@@ -173,7 +175,7 @@ def report(args) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--games", nargs="+", default=list(GAMES), choices=GAMES)
+    parser.add_argument("--games", nargs="+", default=list(GAMES), choices=ALL_GAMES)
     parser.add_argument("--regimes", nargs="+", default=list(REGIMES), choices=REGIMES)
     parser.add_argument("--agents", nargs="+", default=list(AGENTS), choices=AGENTS)
     parser.add_argument("--seeds", type=int, default=5, help="population size P (one seed per member)")

@@ -45,3 +45,11 @@ def test_mean_ci_is_the_student_t_interval(study):
     mean, half = study.mean_ci(values)
     assert torch.allclose(mean, torch.tensor([2.0, 4.0]))
     assert torch.allclose(half, torch.tensor([4.303 * 1.0 / math.sqrt(3), 0.0]))
+
+
+def test_every_minatar_game_builds_for_the_study(study):
+    b = study.budget(False, steps=100)
+    minimal = {"asterix": 5, "breakout": 3, "freeway": 3, "seaquest": 6, "space_invaders": 4}
+    for game in study.ALL_GAMES:
+        run = build_run(study.run_config(game, "epsilon-greedy", "deep-ace", 2, b))
+        assert run.env.action_spec.n == minimal[game]
