@@ -143,8 +143,12 @@ def report(args) -> None:
     lines = ["| game | data | agent | final eval return (95% CI) | mean of last third of evals | wall s |",
              "|---|---|---|---|---|---|"]
     for game in args.games:
-        figure, axes = plt.subplots(1, len(args.regimes), figsize=(5 * len(args.regimes), 3.6), squeeze=False)
-        for axis, regime in zip(axes[0], args.regimes, strict=True):
+        regimes = [r for r in args.regimes if any((args.out / f"{game}_{r}_{a}" / "metrics.csv").exists()
+                                                  for a in args.agents)]  # a panel per regime that was run
+        if not regimes:
+            continue
+        figure, axes = plt.subplots(1, len(regimes), figsize=(5 * len(regimes), 3.6), squeeze=False)
+        for axis, regime in zip(axes[0], regimes, strict=True):
             for agent in args.agents:
                 out = args.out / f"{game}_{regime}_{agent}"
                 if not (out / "metrics.csv").exists():
