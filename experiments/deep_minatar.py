@@ -177,6 +177,29 @@ def report(args) -> None:
     print(table)
 
 
+@torch.no_grad()
+def random_baselines(games, episodes: int = 500, max_steps: int = 1_000, seed: int = 1) -> None:
+    """Print the uniform random policy's mean return per game (the study's env settings), with a 95% normal CI."""
+    from emphatic_rl.envs import make_env
+
+    for game in games:
+        cap = 2_500 if game == "freeway" else max_steps
+        env = make_env("minatar-" + game.replace("_", "-"), episodes, minimal_action_set=True, check_actions=False)
+        env.reset(seed=seed)
+        generator = torch.Generator().manual_seed(seed)
+        returns = torch.zeros(episodes)
+        running = torch.ones(episodes, dtype=torch.bool)
+        for _ in range(cap):
+            result = env.step(torch.randint(0, env.action_spec.n, (episodes,), generator=generator))
+            returns += torch.where(running, result.reward, 0.0)
+            running &= ~(result.terminated | result.truncated)
+            if not bool(running.any()):
+                break
+        half = 1.96 * float(returns.std()) / math.sqrt(episodes)
+        print(f"{game}: uniform random policy {float(returns.mean()):.2f} ± {half:.2f} "
+              f"({episodes} episodes capped at {cap} steps)", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--games", nargs="+", default=list(GAMES), choices=ALL_GAMES)
@@ -187,10 +210,15 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=None, help="override the iterations per run (smoke tests)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--report-only", action="store_true")
+    parser.add_argument("--random-baselines", action="store_true",
+                        help="print the uniform random policy's return on --games and exit")
     args = parser.parse_args()
     if args.seeds < 1:
         parser.error(f"--seeds must be >= 1, got {args.seeds}")
     torch.set_num_threads(1)
+    if args.random_baselines:
+        random_baselines(args.games)
+        return
     args.out.mkdir(parents=True, exist_ok=True)
     if not args.report_only:
         run_all(args)
