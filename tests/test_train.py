@@ -234,7 +234,7 @@ def test_eval_env_options_apply_to_the_evaluation_env_only():
         build_run(TrainConfig(agent="offpac", env="virtual-office", eval_env_options={"normalize_observation": 3}))
 
 
-def test_set_eval_env_option(tmp_path, capsys):
+def test_set_eval_env_option():
     from emphatic_rl.config import apply_overrides
 
     config = apply_overrides(TrainConfig(), {"eval_env.max_episode_steps": 50, "env.max_episode_steps": 200})
