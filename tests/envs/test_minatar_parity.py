@@ -47,10 +47,17 @@ class RecordingRandom:
 
 
 class ReplaySource:
-    """A native ``RandomSource`` that returns the recorded reference draws, copy by copy."""
+    """A native ``RandomSource`` that returns the recorded reference draws, copy by copy.
+
+    Torch backend: each masked draw pops the next recorded draw of each copy. Numba backend: :meth:`pool` hands
+    each copy all its queued draws at once, an integer ``k`` in ``[low, high)`` encoded as the uniform number
+    ``(k - low + 0.5) / (high - low)`` that the kernels decode back to ``k``; :meth:`assert_consumed` then checks
+    the kernel's record of what it drew (count and bounds) against the reference's.
+    """
 
     def __init__(self, num_envs: int) -> None:
         self.queues: list[deque] = [deque() for _ in range(num_envs)]
+        self.pooled: list[list[tuple[int, int]]] | None = None  # bounds handed out by the last pool() per copy
 
     def _pop(self, n: int, kind: str):
         assert self.queues[n], f"copy {n}: native drew a {kind} the reference did not draw"
@@ -74,9 +81,34 @@ class ReplaySource:
             out[n] = torch.as_tensor(value, dtype=torch.int64).reshape(shape[1:])
         return out
 
-    def assert_consumed(self) -> None:
+    def pool(self, num_envs, width):
+        out = torch.zeros((num_envs, width), dtype=torch.float64)
+        self.pooled = []
+        for n, queue in enumerate(self.queues):
+            bounds_used = []
+            while queue:
+                kind, bounds, value = queue.popleft()
+                for v in np.asarray(value).flatten().tolist():
+                    assert len(bounds_used) < width, f"copy {n}: the reference drew more than the pool width {width}"
+                    if kind == "rand":
+                        out[n, len(bounds_used)] = v
+                        bounds_used.append((0, 0))
+                    else:
+                        low, high = bounds
+                        out[n, len(bounds_used)] = (v - low + 0.5) / (high - low)
+                        bounds_used.append((low, high))
+            self.pooled.append(bounds_used)
+        return out
+
+    def assert_consumed(self, env=None) -> None:
         left = [(n, list(q)) for n, q in enumerate(self.queues) if q]
         assert not left, f"the reference drew numbers the native env did not use: {left[:2]}"
+        if self.pooled is not None:
+            for n, expected in enumerate(self.pooled):
+                used = int(env.last_draws_used[n])
+                drawn = [tuple(b) for b in env.last_draw_bounds[n, :used].tolist()]
+                assert drawn == expected, f"copy {n}: the kernel drew {drawn}, the reference {expected}"
+            self.pooled = None
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -236,6 +268,7 @@ def run_parity(
     policy: str = "uniform",
     warmup_steps: int = 0,
     ref_setup=None,
+    backend: str = "torch",
 ) -> dict[str, int]:
     """Drive reference and native side by side for ``steps`` steps; assert equality at every step.
 
@@ -246,9 +279,16 @@ def run_parity(
     """
     game = GAME_OF[env_name]
     num_envs = len(seeds)
+    if backend == "numba" and make_env(env_name, 1, backend="torch").kernel_module is None:
+        pytest.skip(f"{env_name} has no compiled kernel")
     refs = _reference_envs(game, seeds, sticky, ramping)
     env = make_env(
-        env_name, num_envs, sticky_action_prob=sticky, difficulty_ramping=ramping, minimal_action_set=minimal
+        env_name,
+        num_envs,
+        sticky_action_prob=sticky,
+        difficulty_ramping=ramping,
+        minimal_action_set=minimal,
+        backend=backend,
     )
     source = ReplaySource(num_envs)
     env.random_source = source
@@ -261,7 +301,7 @@ def run_parity(
         ref.reset()
         source.queues[n].extend(ref.random.log)
     obs = env.reset()
-    source.assert_consumed()
+    source.assert_consumed(env)
     if warmup_steps or ref_setup:
         warm_rng = np.random.default_rng(seeds[0] + 2000)
         for ref in refs:
@@ -292,7 +332,7 @@ def run_parity(
             term_ref.append(done)
             source.queues[n].extend(ref.random.log)
         result = env.step(torch.as_tensor(actions))
-        source.assert_consumed()
+        source.assert_consumed(env)
         where = f"{env_name} step {t}"
         final_ref = torch.as_tensor(np.stack(final_ref))
         if not torch.equal(result.final_obs, final_ref):
@@ -313,57 +353,75 @@ def run_parity(
 # Tests
 
 
+@pytest.fixture(params=["torch", "numba"])
+def backend(request):
+    """Every parity test runs against both backends of the native games."""
+    return request.param
+
+
 @pytest.mark.parametrize("sticky", [0.0, 0.1])
 @pytest.mark.parametrize("minimal", [False, True])
-def test_breakout_parity_random_policy(sticky, minimal):
-    counts = run_parity("minatar-breakout", seeds=[0, 1, 2, 3], steps=400, sticky=sticky, minimal=minimal)
+def test_breakout_parity_random_policy(sticky, minimal, backend):
+    counts = run_parity(
+        "minatar-breakout", backend=backend, seeds=[0, 1, 2, 3], steps=400, sticky=sticky, minimal=minimal
+    )
     assert counts["episodes"] >= 4
 
 
-def test_breakout_parity_long_episodes_clear_the_wall():
-    counts = run_parity("minatar-breakout", seeds=[5, 6, 7], steps=1500, policy="track_ball")
+def test_breakout_parity_long_episodes_clear_the_wall(backend):
+    counts = run_parity("minatar-breakout", backend=backend, seeds=[5, 6, 7], steps=1500, policy="track_ball")
     assert counts["reward"] >= 60, counts  # at least one full wall (30 bricks) cleared and refilled somewhere
 
 
-def test_breakout_parity_from_reference_state():
-    run_parity("minatar-breakout", seeds=[11, 12, 13], steps=300, warmup_steps=37, sticky=0.1)
+def test_breakout_parity_from_reference_state(backend):
+    run_parity("minatar-breakout", backend=backend, seeds=[11, 12, 13], steps=300, warmup_steps=37, sticky=0.1)
 
 
 @pytest.mark.parametrize("sticky", [0.0, 0.1])
 @pytest.mark.parametrize("minimal", [False, True])
-def test_freeway_parity(sticky, minimal):
+def test_freeway_parity(sticky, minimal, backend):
     counts = run_parity(
-        "minatar-freeway", seeds=[0, 1, 2], steps=600, sticky=sticky, minimal=minimal, policy="mostly_up"
+        "minatar-freeway",
+        backend=backend,
+        seeds=[0, 1, 2],
+        steps=600,
+        sticky=sticky,
+        minimal=minimal,
+        policy="mostly_up",
     )
     assert counts["reward"] >= 10
 
 
-def test_freeway_parity_through_time_limit():
-    counts = run_parity("minatar-freeway", seeds=[3, 4], steps=2600, policy="mostly_up")
+def test_freeway_parity_through_time_limit(backend):
+    counts = run_parity("minatar-freeway", backend=backend, seeds=[3, 4], steps=2600, policy="mostly_up")
     assert counts["episodes"] == 2  # the 2500-frame limit ends the episode as a termination
 
 
-def test_freeway_parity_from_reference_state():
-    run_parity("minatar-freeway", seeds=[21, 22], steps=300, warmup_steps=123, sticky=0.1, policy="mostly_up")
+def test_freeway_parity_from_reference_state(backend):
+    run_parity(
+        "minatar-freeway", backend=backend, seeds=[21, 22], steps=300, warmup_steps=123, sticky=0.1, policy="mostly_up"
+    )
 
 
 @pytest.mark.parametrize("sticky", [0.0, 0.1])
 @pytest.mark.parametrize("minimal", [False, True])
-def test_asterix_parity(sticky, minimal):
-    counts = run_parity("minatar-asterix", seeds=[0, 1, 2, 3], steps=500, sticky=sticky, minimal=minimal)
+def test_asterix_parity(sticky, minimal, backend):
+    counts = run_parity(
+        "minatar-asterix", backend=backend, seeds=[0, 1, 2, 3], steps=500, sticky=sticky, minimal=minimal
+    )
     assert counts["episodes"] >= 4 and counts["reward"] >= 4, counts
 
 
 @pytest.mark.parametrize("ramping", [True, False])
-def test_asterix_parity_long_ramping(ramping):
+def test_asterix_parity_long_ramping(ramping, backend):
     # the reference's spawn/move intervals ramp every ~100 frames; long copies reach several ramps
-    counts = run_parity("minatar-asterix", seeds=[7, 8], steps=1500, ramping=ramping)
+    counts = run_parity("minatar-asterix", backend=backend, seeds=[7, 8], steps=1500, ramping=ramping)
     assert counts["episodes"] >= 10
     assert (counts["max_ramp"] >= 1) if ramping else (counts["max_ramp"] == 0), counts
 
 
 @pytest.mark.parametrize("level", [(4, 2, 7, 3), (2, 1, 9, 0), (1, 1, 10, 50)])
-def test_asterix_parity_late_difficulty(level):
+def test_asterix_parity_late_difficulty(level, backend):
     """Start at late ramp levels (spawn interval, move interval, ramp index, ramp timer), up to the last."""
 
     def jump(ref):
@@ -371,19 +429,22 @@ def test_asterix_parity_late_difficulty(level):
         ref.env.spawn_timer = min(ref.env.spawn_timer, level[0])
         ref.env.move_timer = min(ref.env.move_timer, level[1])
 
-    counts = run_parity("minatar-asterix", seeds=[9, 10, 11], steps=300, ref_setup=jump, warmup_steps=3)
+    counts = run_parity(
+        "minatar-asterix", backend=backend, seeds=[9, 10, 11], steps=300, ref_setup=jump, warmup_steps=3
+    )
     assert counts["episodes"] >= 3 and counts["max_ramp"] >= level[2]
 
 
-def test_asterix_parity_from_reference_state():
-    run_parity("minatar-asterix", seeds=[31, 32, 33], steps=300, warmup_steps=41, sticky=0.1)
+def test_asterix_parity_from_reference_state(backend):
+    run_parity("minatar-asterix", backend=backend, seeds=[31, 32, 33], steps=300, warmup_steps=41, sticky=0.1)
 
 
 @pytest.mark.parametrize("sticky", [0.0, 0.1])
 @pytest.mark.parametrize("minimal", [False, True])
-def test_space_invaders_parity(sticky, minimal):
+def test_space_invaders_parity(sticky, minimal, backend):
     counts = run_parity(
         "minatar-space-invaders",
+        backend=backend,
         seeds=[0, 1, 2],
         steps=500,
         sticky=sticky,
@@ -394,15 +455,17 @@ def test_space_invaders_parity(sticky, minimal):
 
 
 @pytest.mark.parametrize("ramping", [True, False])
-def test_space_invaders_parity_long_waves(ramping):
-    counts = run_parity("minatar-space-invaders", seeds=[4, 5], steps=2000, ramping=ramping, policy="mostly_fire")
+def test_space_invaders_parity_long_waves(ramping, backend):
+    counts = run_parity(
+        "minatar-space-invaders", backend=backend, seeds=[4, 5], steps=2000, ramping=ramping, policy="mostly_fire"
+    )
     assert counts["reward"] >= 300, counts
 
 
 @pytest.mark.parametrize("kept", [1, 3])
 @pytest.mark.parametrize("ramping", [True, False])
 @pytest.mark.parametrize("interval", [12, 7])
-def test_space_invaders_parity_last_aliens_and_new_waves(ramping, interval, kept):
+def test_space_invaders_parity_last_aliens_and_new_waves(ramping, interval, kept, backend):
     """Few aliens left (they speed up, to one move per frame for the last), a wave cleared at once by a bullet
     about to hit the last alien, a new wave at the ramped speed, the ramp's end (interval 7 -> 6 -> stays 6)."""
 
@@ -419,6 +482,7 @@ def test_space_invaders_parity_last_aliens_and_new_waves(ramping, interval, kept
 
     counts = run_parity(
         "minatar-space-invaders",
+        backend=backend,
         seeds=[6, 7, 8],
         steps=400,
         ramping=ramping,
@@ -436,25 +500,33 @@ def test_space_invaders_parity_last_aliens_and_new_waves(ramping, interval, kept
 
 @pytest.mark.parametrize("sticky", [0.0, 0.1])
 @pytest.mark.parametrize("minimal", [False, True])
-def test_seaquest_parity_random_policy(sticky, minimal):
-    counts = run_parity("minatar-seaquest", seeds=[0, 1, 2, 3], steps=400, sticky=sticky, minimal=minimal)
+def test_seaquest_parity_random_policy(sticky, minimal, backend):
+    counts = run_parity(
+        "minatar-seaquest", backend=backend, seeds=[0, 1, 2, 3], steps=400, sticky=sticky, minimal=minimal
+    )
     assert counts["episodes"] >= 4, counts
 
 
-def test_seaquest_parity_oxygen_runs_out():
+def test_seaquest_parity_oxygen_runs_out(backend):
     def low_oxygen(ref):
         ref.env.oxygen = 30
         ref.env.sub_y = 4
         ref.env.surface = False
 
     counts = run_parity(
-        "minatar-seaquest", seeds=[40, 41, 42, 43], steps=200, policy="stay_down", warmup_steps=2, ref_setup=low_oxygen
+        "minatar-seaquest",
+        backend=backend,
+        seeds=[40, 41, 42, 43],
+        steps=200,
+        policy="stay_down",
+        warmup_steps=2,
+        ref_setup=low_oxygen,
     )
     assert counts["episodes"] >= 4, counts
 
 
 @pytest.mark.parametrize("divers", [0, 1, 3, 6])
-def test_seaquest_parity_surfacing(divers):
+def test_seaquest_parity_surfacing(divers, backend):
     """Surfacing with no divers (terminal), some (one leaves, oxygen refilled, ramp) or 6 (bonus, count to -1)."""
 
     def dive_with_divers(ref):
@@ -465,6 +537,7 @@ def test_seaquest_parity_surfacing(divers):
 
     counts = run_parity(
         "minatar-seaquest",
+        backend=backend,
         seeds=[50, 51, 52, 53],
         steps=300,
         policy="surface_often",
@@ -480,7 +553,7 @@ def test_seaquest_parity_surfacing(divers):
 
 
 @pytest.mark.parametrize("ramping", [True, False])
-def test_seaquest_parity_late_difficulty(ramping):
+def test_seaquest_parity_late_difficulty(ramping, backend):
     """The fastest ramp level: an enemy spawns every frame (stacked enemies, long lists, many enemy bullets)."""
 
     def fastest(ref):
@@ -490,10 +563,16 @@ def test_seaquest_parity_late_difficulty(ramping):
         ref.env.oxygen = 200
 
     counts = run_parity(
-        "minatar-seaquest", seeds=[60, 61, 62], steps=300, ramping=ramping, warmup_steps=3, ref_setup=fastest
+        "minatar-seaquest",
+        backend=backend,
+        seeds=[60, 61, 62],
+        steps=300,
+        ramping=ramping,
+        warmup_steps=3,
+        ref_setup=fastest,
     )
     assert counts["episodes"] >= 3, counts
 
 
-def test_seaquest_parity_from_reference_state():
-    run_parity("minatar-seaquest", seeds=[70, 71, 72], steps=400, warmup_steps=57, sticky=0.1)
+def test_seaquest_parity_from_reference_state(backend):
+    run_parity("minatar-seaquest", backend=backend, seeds=[70, 71, 72], steps=400, warmup_steps=57, sticky=0.1)

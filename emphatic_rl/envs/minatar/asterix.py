@@ -71,7 +71,7 @@ class MinAtarAsterix(MinAtarEnv):
         self._zero_channel = torch.zeros(n, 1, dtype=torch.int64, device=dev)
         self._player_on = torch.ones(n, 1, dtype=torch.bool, device=dev)
 
-    def _reset_where(self, mask: torch.Tensor) -> None:
+    def _reset_where_torch(self, mask: torch.Tensor) -> None:
         self.player_x = torch.where(mask, 5, self.player_x)
         self.player_y = torch.where(mask, 5, self.player_y)
         self.entity_alive = self.entity_alive & ~mask.unsqueeze(1)
@@ -144,7 +144,7 @@ class MinAtarAsterix(MinAtarEnv):
             self.ramp_timer = torch.where(stepping, RAMP_INTERVAL, self.ramp_timer - counting.long())
         return reward, terminal
 
-    def _observe(self) -> torch.Tensor:
+    def _observe_torch(self) -> torch.Tensor:
         back_x = torch.where(self.entity_right, self.entity_x - 1, self.entity_x + 1)
         trail_shown = self.entity_alive & (back_x >= 0) & (back_x <= 9)
         player = (self.player_y * 10 + self.player_x).unsqueeze(1)

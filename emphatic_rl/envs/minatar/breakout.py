@@ -33,6 +33,7 @@ class MinAtarBreakout(MinAtarEnv):
     game = "breakout"
     channels = ("paddle", "ball", "trail", "brick")
     minimal_actions = ("n", "l", "r")
+    kernel_module = "emphatic_rl.envs.minatar.kernels.breakout"
     game_state_names = ("ball_x", "ball_y", "ball_dir", "paddle_x", "last_x", "last_y", "strike", "bricks")
 
     def _allocate_state(self) -> None:
@@ -49,7 +50,7 @@ class MinAtarBreakout(MinAtarEnv):
         self._point_channels = torch.arange(3, device=dev).repeat(n, 1)  # paddle, ball, trail
         self._ones_3 = torch.ones(n, 3, dtype=torch.uint8, device=dev)
 
-    def _reset_where(self, mask: torch.Tensor) -> None:
+    def _reset_where_torch(self, mask: torch.Tensor) -> None:
         start_right = self.random_source.integers(0, 2, (self.num_envs,), mask).bool()
         ball_x = torch.where(start_right, 9, 0)
         self.ball_x = torch.where(mask, ball_x, self.ball_x)
@@ -103,7 +104,7 @@ class MinAtarBreakout(MinAtarEnv):
         self.ball_dir = direction
         return breaks, terminal
 
-    def _observe(self) -> torch.Tensor:
+    def _observe_torch(self) -> torch.Tensor:
         canvas = new_canvas(self.num_envs, 4, self.device)
         canvas.scatter_(1, self._brick_cells * 4 + 3, self.bricks)  # distinct cells: a plain scatter
         points = torch.stack(

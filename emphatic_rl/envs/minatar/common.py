@@ -23,19 +23,31 @@ Protocol (what every number measured with these envs means)
   Freeway's 2500-frame limit is part of that game in the reference and is reported as ``terminated``, as the
   reference does.
 
+Backends: every game exists twice, held to the reference by the same parity tests. ``backend="torch"`` steps all
+copies with batched torch operations (any device: the path for GPUs). ``backend="numba"`` steps them with a
+compiled per-copy kernel (:mod:`emphatic_rl.envs.minatar.kernels`, CPU only): on CPU a batched step is a few
+hundred small torch operations whose fixed cost (2-8 us each) dominates at any batch size, while the kernel does
+a copy's step in tens of nanoseconds. ``backend="auto"`` (default) takes numba on CPU and torch elsewhere. The
+kernels are compiled on first use (a few seconds per game, then cached next to the source).
+
 Randomness: every random number a game uses is drawn through ``env.random_source`` (a :class:`RandomSource`).
 The default, :class:`GeneratorRandomSource`, draws from the env's ``torch.Generator`` (so ``state_dict`` round
 trips continue bit-identically). The parity tests swap in a source that replays the reference's numpy draws;
-for that, every draw names which copies actually use it (``mask``), in the order the reference draws.
+for that, every torch draw names which copies actually use it (``mask``), in the order the reference draws, and
+the numba kernels take a pool of uniform numbers per copy (``RandomSource.pool``) that they use in that order.
+The two backends use the generator differently, so the same seed gives different (equally valid) episodes.
 """
 
 from __future__ import annotations
 
+import importlib
+from types import ModuleType
 from typing import Protocol
 
+import numpy as np
 import torch
 
-from emphatic_rl.envs.base import BoxSpec, DiscreteSpec, TensorEnv
+from emphatic_rl.envs.base import BoxSpec, DiscreteSpec, StepResult, TensorEnv
 
 #: The reference's full action set, in order: noop, left, up, right, down, fire.
 FULL_ACTIONS: tuple[str, ...] = ("n", "l", "u", "r", "d", "f")
@@ -56,10 +68,13 @@ class RandomSource(Protocol):
         """Uniform numbers in ``[0, 1)`` of ``shape`` (``shape[0] == N``)."""
         ...
 
-    def integers(
-        self, low: int, high: int | torch.Tensor, shape: tuple[int, ...], mask: torch.Tensor
-    ) -> torch.Tensor:
+    def integers(self, low: int, high: int | torch.Tensor, shape: tuple[int, ...], mask: torch.Tensor) -> torch.Tensor:
         """Integers uniform in ``[low, high)``, ``int64`` of ``shape``; ``high`` is an int or ``int64[N]``."""
+        ...
+
+    def pool(self, num_envs: int, width: int) -> torch.Tensor:
+        """``float64[num_envs, width]`` uniform numbers in ``[0, 1)`` for the compiled kernels (row ``n``: copy ``n``'s
+        draws of one call, used from the left; unused entries are ignored)."""
         ...
 
 
@@ -72,9 +87,7 @@ class GeneratorRandomSource:
     def uniform(self, shape: tuple[int, ...], mask: torch.Tensor) -> torch.Tensor:
         return torch.rand(shape, generator=self.env.generator, device=self.env.device)
 
-    def integers(
-        self, low: int, high: int | torch.Tensor, shape: tuple[int, ...], mask: torch.Tensor
-    ) -> torch.Tensor:
+    def integers(self, low: int, high: int | torch.Tensor, shape: tuple[int, ...], mask: torch.Tensor) -> torch.Tensor:
         if isinstance(high, int):
             return torch.randint(low, high, shape, generator=self.env.generator, device=self.env.device)
         span = (high - low).clamp(min=1).to(torch.float32)
@@ -84,10 +97,11 @@ class GeneratorRandomSource:
         offset = torch.minimum((draw * span).long(), span.long() - 1)
         return low + offset
 
+    def pool(self, num_envs: int, width: int) -> torch.Tensor:
+        return torch.rand((num_envs, width), generator=self.env.generator, device=self.env.device, dtype=torch.float64)
 
-def paint(
-    num_envs: int, rows: torch.Tensor, cols: torch.Tensor, mask: torch.Tensor | None = None
-) -> torch.Tensor:
+
+def paint(num_envs: int, rows: torch.Tensor, cols: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
     """A ``bool[N, 10, 10]`` plane with ``True`` at ``(rows[n, k], cols[n, k])`` where ``mask[n, k]``.
 
     ``rows``, ``cols``: ``int64[N]`` or ``int64[N, K]``; cells outside the masked set are left ``False``.
@@ -141,6 +155,22 @@ def canvas_to_observation(canvas: torch.Tensor, num_channels: int) -> torch.Tens
     return canvas.view(canvas.shape[0], 10, 10, num_channels).view(torch.bool)
 
 
+BACKENDS: tuple[str, ...] = ("auto", "torch", "numba")
+
+
+def _flat_bytes(obs: torch.Tensor) -> np.ndarray:
+    """``bool[N, 10, 10, C]`` as the ``uint8[N, 100 * C]`` array the kernels write (``[n, cell * C + channel]``)."""
+    return obs.view(obs.shape[0], -1).view(torch.uint8).numpy()
+
+
+def _numba_available() -> bool:
+    try:
+        import numba  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 class MinAtarEnv(TensorEnv):
     """Base class of the batched MinAtar games (see the module docstring for the protocol).
 
@@ -151,12 +181,16 @@ class MinAtarEnv(TensorEnv):
         set instead of all 6 actions. max_episode_steps: time limit reported as ``truncated``; ``None``
         (default, as the reference) for none.
         check_actions: validate every action against the action set (one device sync per step).
+        backend: ``"auto"`` (default: ``"numba"`` on CPU when numba is installed, else ``"torch"``), ``"torch"``
+        (batched torch operations, any device) or ``"numba"`` (compiled per-copy kernels, CPU only).
     """
 
     game: str = ""
     channels: tuple[str, ...] = ()
     minimal_actions: tuple[str, ...] = ()
     game_state_names: tuple[str, ...] = ()
+    #: module of the game's compiled kernels (``None``: torch only).
+    kernel_module: str | None = None
     observation_depends_only_on_state = True
 
     def __init__(
@@ -168,6 +202,7 @@ class MinAtarEnv(TensorEnv):
         minimal_action_set: bool = False,
         max_episode_steps: int | None = None,
         check_actions: bool = True,
+        backend: str = "auto",
     ) -> None:
         if (
             isinstance(sticky_action_prob, bool)
@@ -179,21 +214,33 @@ class MinAtarEnv(TensorEnv):
             raise ValueError(f"difficulty_ramping must be True or False, got {difficulty_ramping!r}")
         if not isinstance(minimal_action_set, bool):
             raise ValueError(f"minimal_action_set must be True or False, got {minimal_action_set!r}")
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {', '.join(map(repr, BACKENDS))}, got {backend!r}")
         super().__init__(num_envs, device, max_episode_steps, check_actions)
+        if backend == "numba":
+            if self.device.type != "cpu":
+                raise ValueError(f"backend 'numba' runs on CPU only, got device {self.device}; use 'torch' or 'auto'")
+            if not _numba_available():
+                raise ValueError("backend 'numba' needs the numba package (pip install numba); use 'torch' or 'auto'")
+        if backend == "auto":
+            compiled = self.device.type == "cpu" and self.kernel_module is not None and _numba_available()
+            backend = "numba" if compiled else "torch"
+        #: the backend in use: ``"torch"`` or ``"numba"``.
+        self.backend = backend
         self.sticky_action_prob = float(sticky_action_prob)
         self.ramping = difficulty_ramping
         self.minimal_action_set = minimal_action_set
         names = self.minimal_actions if minimal_action_set else FULL_ACTIONS
         #: full-set index of each of this env's actions: ``int64[num_actions]``.
-        self.action_set = torch.tensor(
-            [FULL_ACTIONS.index(a) for a in names], dtype=torch.int64, device=self.device
-        )
+        self.action_set = torch.tensor([FULL_ACTIONS.index(a) for a in names], dtype=torch.int64, device=self.device)
         self.action_spec = DiscreteSpec(len(names))
         self.observation_spec = BoxSpec((10, 10, len(self.channels)), 0.0, 1.0, torch.bool)
         self.state_names = ("last_action",) + self.game_state_names
         self.random_source: RandomSource = GeneratorRandomSource(self)
         self.last_action = torch.zeros(num_envs, dtype=torch.int64, device=self.device)
         self._allocate_state()
+        if self.backend == "numba":
+            self._setup_kernels()
         self.reset()
 
     # ------------------------------------------------------------------ game hooks
@@ -202,7 +249,16 @@ class MinAtarEnv(TensorEnv):
         raise NotImplementedError
 
     def _game_step(self, action: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """One reference ``Env.act`` per copy; ``action``: full-set ``int64[N]``. Returns reward, terminal."""
+        """One reference ``Env.act`` per copy (torch backend); ``action``: full-set ``int64[N]``. Returns reward,
+        terminal."""
+        raise NotImplementedError
+
+    def _reset_where_torch(self, mask: torch.Tensor) -> None:
+        """The torch backend's ``_reset_where``."""
+        raise NotImplementedError
+
+    def _observe_torch(self) -> torch.Tensor:
+        """The torch backend's ``_observe``."""
         raise NotImplementedError
 
     # ------------------------------------------------------------------ TensorEnv hooks
@@ -210,6 +266,22 @@ class MinAtarEnv(TensorEnv):
         """Start a new episode in every copy and clear the sticky previous action to noop."""
         self.last_action.zero_()
         return super().reset(seed)
+
+    def _reset_where(self, mask: torch.Tensor) -> None:
+        if self.backend == "torch":
+            self._reset_where_torch(mask)
+            return
+        draws = self.random_source.pool(self.num_envs, self._kernels.MAX_DRAWS_PER_RESET)
+        self._kernels.reset_kernel(
+            mask.numpy(), draws.numpy(), self.last_draw_bounds, self.last_draws_used, *self._kernel_state
+        )
+
+    def _observe(self) -> torch.Tensor:
+        if self.backend == "torch":
+            return self._observe_torch()
+        obs = torch.empty((self.num_envs, 10, 10, len(self.channels)), dtype=torch.bool)
+        self._kernels.render_kernel(_flat_bytes(obs), *self._kernel_state)
+        return obs
 
     def _transition(self, action: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         full_action = self.action_set[action]
@@ -220,14 +292,55 @@ class MinAtarEnv(TensorEnv):
         reward, terminal = self._game_step(full_action)
         return reward.to(torch.float32), terminal
 
+    def step(self, action: torch.Tensor) -> StepResult:
+        """Advance every copy by one step (see :meth:`TensorEnv.step`); the numba backend does it in one kernel call."""
+        if self.backend == "torch":
+            return super().step(action)
+        action = self.validate_action(action)
+        n, shape = self.num_envs, (self.num_envs, 10, 10, len(self.channels))
+        draws = self.random_source.pool(n, self._kernels.MAX_DRAWS_PER_STEP)
+        obs, final_obs = torch.empty(shape, dtype=torch.bool), torch.empty(shape, dtype=torch.bool)
+        reward = torch.empty(n, dtype=torch.float32)
+        terminated, truncated = torch.empty(n, dtype=torch.bool), torch.empty(n, dtype=torch.bool)
+        self._kernels.step_kernel(
+            action.numpy(),
+            self._action_set_array,
+            self.sticky_action_prob,
+            self.last_action.numpy(),
+            self.elapsed_steps.numpy(),
+            self.max_episode_steps or 0,
+            self.ramping,
+            draws.numpy(),
+            self.last_draw_bounds,
+            self.last_draws_used,
+            _flat_bytes(final_obs),
+            _flat_bytes(obs),
+            reward.numpy(),
+            terminated.numpy(),
+            truncated.numpy(),
+            *self._kernel_state,
+        )
+        return StepResult(obs, reward, terminated, truncated, final_obs)
+
+    # ------------------------------------------------------------------ numba backend
+    def _setup_kernels(self) -> None:
+        """Import the game's kernels and take numpy views of the state tensors (kept for the env's lifetime: the
+        numba backend changes the state in place only, so ``state_dict``/``load_state_dict`` see the same memory)."""
+        self._kernels: ModuleType = importlib.import_module(self.kernel_module)
+        self._kernel_state = tuple(getattr(self, name).numpy() for name in self.game_state_names)
+        self._action_set_array = self.action_set.numpy()
+        width = max(self._kernels.MAX_DRAWS_PER_STEP, self._kernels.MAX_DRAWS_PER_RESET)
+        #: numba backend, last call: ``(low, high)`` of each draw copy ``n`` made (``(0, 0)``: a plain uniform).
+        self.last_draw_bounds = np.zeros((self.num_envs, width, 2), dtype=np.int64)
+        #: numba backend, last call: how many pool numbers each copy used.
+        self.last_draws_used = np.zeros(self.num_envs, dtype=np.int64)
+
     def _ints(self, value: int) -> torch.Tensor:
         """``int64[N]`` filled with ``value``."""
         return torch.full((self.num_envs,), value, dtype=torch.int64, device=self.device)
 
 
-def make_minatar_env(
-    game: str, num_envs: int = 1, device: torch.device | str = "cpu", **options
-) -> MinAtarEnv:
+def make_minatar_env(game: str, num_envs: int = 1, device: torch.device | str = "cpu", **options) -> MinAtarEnv:
     """Build the native batched MinAtar ``game`` (one of :data:`GAMES`); options as :class:`MinAtarEnv`."""
     from emphatic_rl.envs.registry import ENV_REGISTRY
 

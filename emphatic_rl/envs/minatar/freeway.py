@@ -53,7 +53,7 @@ class MinAtarFreeway(MinAtarEnv):
         # The reference takes sign(u - 0.5); u == 0.5 exactly (probability 2**-53) is treated as +1 here.
         return torch.where(direction_draw < 0.5, -magnitude, magnitude)
 
-    def _reset_where(self, mask: torch.Tensor) -> None:
+    def _reset_where_torch(self, mask: torch.Tensor) -> None:
         speed = self._draw_car_speeds(mask)
         cars = mask.unsqueeze(1)
         self.car_speed = torch.where(cars, speed, self.car_speed)
@@ -95,7 +95,7 @@ class MinAtarFreeway(MinAtarEnv):
         self.terminate_timer = self.terminate_timer - 1
         return crossed, self.terminate_timer < 0
 
-    def _observe(self) -> torch.Tensor:
+    def _observe_torch(self) -> torch.Tensor:
         back_x = (self.car_x + 10 - self.car_speed.sign()) % 10  # the trail: one cell behind each car
         chicken = self.chicken_y.unsqueeze(1) * 10 + self._chicken_column_cell
         cells = torch.cat((chicken, self._car_row_cells + self.car_x, self._car_row_cells + back_x), dim=1)

@@ -164,7 +164,7 @@ class MinAtarSeaquest(MinAtarEnv):
         self._gauge_cells = torch.arange(90, 100, device=dev).repeat(n, 1)
         self._gauge_columns = torch.arange(10, device=dev)
 
-    def _reset_where(self, mask: torch.Tensor) -> None:
+    def _reset_where_torch(self, mask: torch.Tensor) -> None:
         values = {
             "oxygen": MAX_OXYGEN,
             "diver_count": 0,
@@ -376,7 +376,7 @@ class MinAtarSeaquest(MinAtarEnv):
             self.ramp_index = self.ramp_index + ramps.long()
         return reward, terminal
 
-    def _observe(self) -> torch.Tensor:
+    def _observe_torch(self) -> torch.Tensor:
         lists = self.lists
         cells, channels, on = [], [], []
 

@@ -71,7 +71,7 @@ class MinAtarSpaceInvaders(MinAtarEnv):
         self._map_index = (torch.arange(100, device=dev) * 6 + torch.arange(1, 6, device=dev).view(5, 1)).view(1, 500)
         self._map_index = self._map_index.repeat(n, 1)
 
-    def _reset_where(self, mask: torch.Tensor) -> None:
+    def _reset_where_torch(self, mask: torch.Tensor) -> None:
         n = self.num_envs
         keep = (~mask).to(torch.uint8).view(n, 1, 1)
         self.cannon_x = torch.where(mask, 5, self.cannon_x)
@@ -152,7 +152,7 @@ class MinAtarSpaceInvaders(MinAtarEnv):
         self.cannon_x = x
         return reward, terminal
 
-    def _observe(self) -> torch.Tensor:
+    def _observe_torch(self) -> torch.Tensor:
         n = self.num_envs
         aliens = self.aliens.view(n, 100)
         to_left = (self.alien_dir < 0).to(torch.uint8).unsqueeze(1)

@@ -1,0 +1,54 @@
+"""Helpers shared by the compiled game kernels: drawing from the uniform pool, sticky actions, the time limit.
+
+Every draw a kernel makes is recorded in ``draw_log[n, k] = (low, high)``: the bounds of an integer draw
+(``low + floor(u * (high - low))``), or ``(0, 0)`` for a plain uniform draw. ``draws_used[n]`` is how many
+numbers copy ``n`` took from its row of the pool. The parity tests read both to check that a kernel draws what
+the reference draws, in the same order.
+"""
+
+from __future__ import annotations
+
+from numba import njit
+
+NOOP, LEFT, UP, RIGHT, DOWN, FIRE = range(6)
+
+
+@njit(cache=True)
+def draw_uniform(draws, draw_log, n, cursor):
+    """The next uniform number of copy ``n`` and the advanced cursor."""
+    draw_log[n, cursor, 0] = 0
+    draw_log[n, cursor, 1] = 0
+    return draws[n, cursor], cursor + 1
+
+
+@njit(cache=True)
+def draw_integer(draws, draw_log, n, cursor, low, high):
+    """An integer uniform in ``[low, high)`` from copy ``n``'s next uniform number, and the advanced cursor."""
+    draw_log[n, cursor, 0] = low
+    draw_log[n, cursor, 1] = high
+    span = high - low
+    return low + min(int(draws[n, cursor] * span), span - 1), cursor + 1
+
+
+@njit(cache=True)
+def sticky_action(n, actions, action_set, last_action, sticky_prob, draws, draw_log, cursor):
+    """The reference ``Environment.act``: repeat the previous full-set action with probability ``sticky_prob``."""
+    u, cursor = draw_uniform(draws, draw_log, n, cursor)
+    action = action_set[actions[n]]
+    if u < sticky_prob:
+        action = last_action[n]
+    last_action[n] = action
+    return action, cursor
+
+
+@njit(cache=True)
+def end_of_step(n, terminal, elapsed, max_steps, terminated, truncated):
+    """Count the step, apply the time limit (``max_steps <= 0``: none); return whether copy ``n``'s episode ended."""
+    elapsed[n] += 1
+    cut = max_steps > 0 and elapsed[n] >= max_steps and not terminal
+    terminated[n] = terminal
+    truncated[n] = cut
+    if terminal or cut:
+        elapsed[n] = 0
+        return True
+    return False
