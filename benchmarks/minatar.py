@@ -3,7 +3,10 @@
 Peers, measured in the same run with the same protocol (sticky actions 0.1, difficulty ramping on, full action
 set, uniform random actions, observation produced every step, finished episodes reset):
 
-- ``native``: our ``TensorEnv`` with ``N`` copies (one ``step`` call per batch step, actions checked);
+- ``native numba``: our ``TensorEnv`` with ``N`` copies, compiled CPU kernels (``backend="numba"``, the CPU
+  default; one ``step`` call per batch step, actions checked);
+- ``native torch Kt``: the same env on batched torch operations (``backend="torch"``, the GPU path) with ``K``
+  torch threads (on ``--device cuda`` the only native peer);
 - ``reference loop``: ``N`` ``minatar.Environment`` objects stepped in a Python loop (``act`` + ``state``);
 - ``gymnasium sync``: ``gymnasium.vector.SyncVectorEnv`` of ``MinAtar/<Game>-v0``.
 
@@ -13,6 +16,7 @@ alike; rates are given per wall-clock second and per second of this process's CP
 
     .venv/bin/python benchmarks/minatar.py                      # writes benchmarks/results/minatar_cpu.md
     .venv/bin/python benchmarks/minatar.py --games breakout --sizes 1024 --min-time 0.5 --no-write
+    python benchmarks/minatar.py --device cuda                  # writes benchmarks/results/minatar_cuda.md
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ from emphatic_rl.envs import make_env
 
 GAMES = ("breakout", "freeway", "asterix", "space_invaders", "seaquest")
 SIZES = (1, 64, 1024, 8192)
-RESULTS = Path(__file__).parent / "results" / "minatar_cpu.md"
+RESULTS_DIR = Path(__file__).parent / "results"
 
 
 def import_reference():
@@ -46,27 +50,32 @@ def import_reference():
     return minatar
 
 
-def measure(batch_step: Callable[[], None], num_envs: int, min_time: float) -> tuple[float, float]:
+def measure(
+    batch_step: Callable[[], None], num_envs: int, min_time: float, synchronize: Callable[[], None] = lambda: None
+) -> tuple[float, float]:
     """Steps per second of ``batch_step`` (which advances ``num_envs`` copies once): ``(wall, cpu)``.
 
     ``wall`` divides by elapsed wall-clock time, ``cpu`` by this process's CPU time (user + system, kernel page
     faults included), which other jobs on a loaded machine barely disturb. Runs at least one call.
+    ``synchronize`` waits for queued device work (CUDA) before the clock is read.
     """
+    synchronize()
     calls, wall_start, cpu_start = 0, time.perf_counter(), time.process_time()
     while True:
         batch_step()
         calls += 1
+        synchronize()
         wall = time.perf_counter() - wall_start
         if wall >= min_time:
             cpu = max(time.process_time() - cpu_start, 1e-9)
             return calls * num_envs / wall, calls * num_envs / cpu
 
 
-def native_stepper(game: str, num_envs: int) -> Callable[[], None]:
-    env = make_env("minatar-" + game.replace("_", "-"), num_envs)
+def native_stepper(game: str, num_envs: int, backend: str, device: str) -> Callable[[], None]:
+    env = make_env("minatar-" + game.replace("_", "-"), num_envs, backend=backend, device=device)
     env.reset(seed=0)
     generator = torch.Generator().manual_seed(0)
-    actions = torch.randint(0, 6, (64, num_envs), generator=generator)
+    actions = torch.randint(0, 6, (64, num_envs), generator=generator).to(device)
     counter = [0]
 
     def batch_step() -> None:
@@ -113,7 +122,11 @@ def gymnasium_stepper(game: str, num_envs: int) -> Callable[[], None]:
 
 
 def interleaved_rates(
-    steppers: dict[str, tuple[Callable[[], None], int]], num_envs: int, min_time: float, rounds: int
+    steppers: dict[str, tuple[Callable[[], None], int]],
+    num_envs: int,
+    min_time: float,
+    rounds: int,
+    synchronize: Callable[[], None] = lambda: None,
 ) -> dict[str, tuple[float, float]]:
     """Best ``(wall, cpu)`` rate of each peer over ``rounds`` rounds of ``min_time / rounds`` s each.
 
@@ -127,7 +140,7 @@ def interleaved_rates(
     for _ in range(rounds):
         for name, (batch_step, threads) in steppers.items():
             torch.set_num_threads(threads)
-            wall, cpu = measure(batch_step, num_envs, min_time / rounds)
+            wall, cpu = measure(batch_step, num_envs, min_time / rounds, synchronize)
             best[name] = (max(best[name][0], wall), max(best[name][1], cpu))
     return best
 
@@ -138,14 +151,36 @@ def main() -> None:
     parser.add_argument("--sizes", nargs="+", type=int, default=list(SIZES))
     parser.add_argument("--min-time", type=float, default=1.0, help="seconds per peer and size (default 1)")
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds per measurement (default 5)")
-    parser.add_argument("--threads", nargs="+", type=int, default=[1, 2], help="torch threads (default 1 2)")
+    parser.add_argument(
+        "--threads", nargs="+", type=int, default=[1, 2], help="torch threads of the torch backend (default 1 2)"
+    )
+    parser.add_argument(
+        "--backends", nargs="+", default=["numba", "torch"], choices=["numba", "torch"], help="native backends"
+    )
+    parser.add_argument("--device", default="cpu", help="device of the native env (default cpu; cuda: torch only)")
     parser.add_argument("--no-gymnasium", action="store_true", help="skip the gymnasium SyncVectorEnv peer")
-    parser.add_argument("--no-write", action="store_true", help=f"do not write {RESULTS}")
+    parser.add_argument("--no-write", action="store_true", help="do not write benchmarks/results/minatar_<device>.md")
     args = parser.parse_args()
     if any(n < 1 for n in args.sizes) or args.min_time <= 0 or any(t < 1 for t in args.threads) or args.rounds < 1:
         parser.error("--sizes must be >= 1, --min-time > 0, --threads >= 1 and --rounds >= 1")
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device is available")
+    backends = [b for b in args.backends if device.type == "cpu" or b == "torch"]
+    if not backends:
+        parser.error(f"no backend left for --device {args.device} (numba runs on CPU only)")
+    synchronize = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    results = RESULTS_DIR / f"minatar_{device.type}.md"
 
-    native_names = [f"native {t}t" for t in args.threads]
+    # native peers: name -> (backend, torch threads)
+    native_peers = {}
+    for backend in backends:
+        if backend == "numba":
+            native_peers["native numba"] = ("numba", 1)
+        else:
+            for threads in args.threads:
+                native_peers[f"native torch {threads}t"] = ("torch", threads)
+    native_names = list(native_peers)
     header = (
         "| game | N | "
         + " | ".join(f"{name} steps/s (cpu)" for name in native_names)
@@ -160,12 +195,12 @@ def main() -> None:
     for game in args.games:
         for num_envs in args.sizes:
             steppers: dict[str, tuple[Callable[[], None], int]] = {}
-            for threads, name in zip(args.threads, native_names, strict=True):
-                steppers[name] = (native_stepper(game, num_envs), threads)
+            for name, (backend, threads) in native_peers.items():
+                steppers[name] = (native_stepper(game, num_envs, backend, args.device), threads)
             steppers["reference"] = (reference_stepper(game, num_envs), 1)
             if not args.no_gymnasium:
                 steppers["gymnasium"] = (gymnasium_stepper(game, num_envs), 1)
-            rates = interleaved_rates(steppers, num_envs, args.min_time, args.rounds)
+            rates = interleaved_rates(steppers, num_envs, args.min_time, args.rounds, synchronize)
             reference = rates["reference"]
             cells = [f"{rates[name][0]:,.0f} ({rates[name][1]:,.0f})" for name in steppers]
             ratios = [
@@ -177,6 +212,8 @@ def main() -> None:
 
     if not args.no_write:
         cpu = platform.processor() or platform.machine()
+        if device.type == "cuda":
+            cpu += f" with {torch.cuda.get_device_name(device)}"
         try:
             load = ", load average {:.1f} / {:.1f} / {:.1f} at the end".format(*os.getloadavg())
         except OSError:
@@ -184,7 +221,7 @@ def main() -> None:
         command = " ".join(["benchmarks/minatar.py", *sys.argv[1:]])
         text = "\n".join(
             [
-                "# MinAtar: native batched env vs the reference `minatar` (CPU)",
+                f"# MinAtar: native batched env ({device.type}) vs the reference `minatar` (CPU)",
                 "",
                 f"Machine: {cpu}, {os.cpu_count()} logical CPUs{load}; torch {torch.__version__}, "
                 f"numpy {np.__version__}, gymnasium {gym.__version__}.",
@@ -193,7 +230,8 @@ def main() -> None:
                 "in parentheses the same per second of this process's CPU time (user + system), which the other"
                 " jobs on a shared machine disturb far less than wall-clock time.",
                 f"Peers take turns in {args.rounds} interleaved rounds ({args.min_time} s per peer in all); each"
-                " figure is the peer's best round. `native Kt`: torch with K threads.",
+                " figure is the peer's best round. `native numba`: compiled kernels (the CPU default);"
+                " `native torch Kt`: batched torch operations with K torch threads.",
                 f"Command: `.venv/bin/python {command}`",
                 "",
                 header,
@@ -201,11 +239,11 @@ def main() -> None:
                 "",
             ]
         )
-        RESULTS.parent.mkdir(parents=True, exist_ok=True)
-        temporary = RESULTS.with_suffix(".md.tmp")
+        results.parent.mkdir(parents=True, exist_ok=True)
+        temporary = results.with_suffix(".md.tmp")
         temporary.write_text(text)
-        temporary.replace(RESULTS)
-        print(f"wrote {RESULTS}")
+        temporary.replace(results)
+        print(f"wrote {results}")
 
 
 if __name__ == "__main__":

@@ -216,12 +216,14 @@ class MinAtarEnv(TensorEnv):
             raise ValueError(f"minimal_action_set must be True or False, got {minimal_action_set!r}")
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {', '.join(map(repr, BACKENDS))}, got {backend!r}")
-        super().__init__(num_envs, device, max_episode_steps, check_actions)
         if backend == "numba":
-            if self.device.type != "cpu":
-                raise ValueError(f"backend 'numba' runs on CPU only, got device {self.device}; use 'torch' or 'auto'")
+            if torch.device(device).type != "cpu":
+                raise ValueError(f"backend 'numba' runs on CPU only, got device {device!r}; use 'torch' or 'auto'")
             if not _numba_available():
                 raise ValueError("backend 'numba' needs the numba package (pip install numba); use 'torch' or 'auto'")
+            if self.kernel_module is None:
+                raise ValueError(f"{type(self).__name__} has no compiled kernels; use backend 'torch' or 'auto'")
+        super().__init__(num_envs, device, max_episode_steps, check_actions)
         if backend == "auto":
             compiled = self.device.type == "cpu" and self.kernel_module is not None and _numba_available()
             backend = "numba" if compiled else "torch"
