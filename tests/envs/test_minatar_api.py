@@ -100,7 +100,8 @@ def test_time_limit_is_truncation_and_freeway_limit_is_termination(backend):
     results = [env.step(torch.zeros(3, dtype=torch.int64)) for _ in range(5)]
     assert results[-1].truncated.all() and not results[-1].terminated.any()
     assert not any(r.truncated.any() for r in results[:-1])
-    freeway = make_env("minatar-freeway", 2, backend=backend)  # default: no truncation limit; the game ends itself at 2501
+    # default: no truncation limit; the game ends itself at 2501
+    freeway = make_env("minatar-freeway", 2, backend=backend)
     freeway.reset(seed=0)
     ends = [freeway.step(torch.zeros(2, dtype=torch.int64)) for _ in range(2501)]
     assert ends[-1].terminated.all() and not any(r.terminated.any() for r in ends[:-1])

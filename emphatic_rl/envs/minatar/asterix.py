@@ -38,6 +38,7 @@ class MinAtarAsterix(MinAtarEnv):
     game = "asterix"
     channels = ("player", "enemy", "trail", "gold")
     minimal_actions = ("n", "l", "u", "r", "d")
+    kernel_module = "emphatic_rl.envs.minatar.kernels.asterix"
     game_state_names = (
         "player_x",
         "player_y",

@@ -98,7 +98,19 @@ class GeneratorRandomSource:
         return low + offset
 
     def pool(self, num_envs: int, width: int) -> torch.Tensor:
-        return torch.rand((num_envs, width), generator=self.env.generator, device=self.env.device, dtype=torch.float64)
+        """On CPU with numba: one 63-bit key from the generator, expanded by a compiled SplitMix64 counter
+        (:func:`~emphatic_rl.envs.minatar.kernels.common.fill_uniform`; ~20x cheaper than ``torch.rand`` for the
+        33-wide Freeway pool); elsewhere ``torch.rand``."""
+        if self.env.device.type != "cpu" or not _numba_available():
+            return torch.rand(
+                (num_envs, width), generator=self.env.generator, device=self.env.device, dtype=torch.float64
+            )
+        from emphatic_rl.envs.minatar.kernels.common import fill_uniform
+
+        key = int(torch.randint(0, 2**63 - 1, (), generator=self.env.generator))
+        out = torch.empty((num_envs, width), dtype=torch.float64)
+        fill_uniform(out.numpy(), key)
+        return out
 
 
 def paint(num_envs: int, rows: torch.Tensor, cols: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:

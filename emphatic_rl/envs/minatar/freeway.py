@@ -30,6 +30,7 @@ class MinAtarFreeway(MinAtarEnv):
     channels = ("chicken", "car", "speed1", "speed2", "speed3", "speed4", "speed5")
     minimal_actions = ("n", "u", "d")
     game_state_names = ("chicken_y", "move_timer", "terminate_timer", "car_x", "car_timer", "car_speed")
+    kernel_module = "emphatic_rl.envs.minatar.kernels.freeway"
 
     def _allocate_state(self) -> None:
         n, dev = self.num_envs, self.device

@@ -35,6 +35,7 @@ class MinAtarSpaceInvaders(MinAtarEnv):
 
     name = "minatar-space-invaders"
     game = "space_invaders"
+    kernel_module = "emphatic_rl.envs.minatar.kernels.space_invaders"
     channels = ("cannon", "alien", "alien_left", "alien_right", "friendly_bullet", "enemy_bullet")
     minimal_actions = ("n", "l", "r", "f")
     game_state_names = (

@@ -8,6 +8,7 @@ the reference draws, in the same order.
 
 from __future__ import annotations
 
+import numpy as np
 from numba import njit
 
 NOOP, LEFT, UP, RIGHT, DOWN, FIRE = range(6)
@@ -52,3 +53,25 @@ def end_of_step(n, terminal, elapsed, max_steps, terminated, truncated):
         elapsed[n] = 0
         return True
     return False
+
+
+@njit(cache=True)
+def fill_uniform(out, key):
+    """Fill ``out`` (C-contiguous ``float64[N, K]``) with uniform numbers in ``[0, 1)``.
+
+    SplitMix64 of the counter ``key + (i + 1) * golden`` for entry ``i`` in row-major order, the top 53 bits as
+    the fraction. ``key`` (an int in ``[0, 2**63)``) is drawn from the env's torch generator once per call, so
+    the numbers follow the generator's state (seeding, ``state_dict``).
+    """
+    flat = out.reshape(-1)  # C-contiguous: a view
+    golden = np.uint64(0x9E3779B97F4A7C15)
+    mix1 = np.uint64(0xBF58476D1CE4E5B9)
+    mix2 = np.uint64(0x94D049BB133111EB)
+    z = np.uint64(key)
+    scale = 1.0 / 9007199254740992.0  # 2 ** -53
+    for i in range(flat.size):
+        z += golden
+        x = (z ^ (z >> np.uint64(30))) * mix1
+        x = (x ^ (x >> np.uint64(27))) * mix2
+        x = x ^ (x >> np.uint64(31))
+        flat[i] = np.int64(x >> np.uint64(11)) * scale
