@@ -120,6 +120,7 @@ class MinAtarSeaquest(MinAtarEnv):
         "diver",
     )
     minimal_actions = ("n", "l", "u", "r", "d", "f")
+    kernel_module = "emphatic_rl.envs.minatar.kernels.seaquest"
     capacities = {"friendly_bullets": 4, "enemy_bullets": 48, "fish": 32, "subs": 32, "divers": 4}
     list_fields = {"friendly_bullets": 3, "enemy_bullets": 3, "fish": 4, "subs": 5, "divers": 4}
     scalar_names = (

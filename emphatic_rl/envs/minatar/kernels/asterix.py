@@ -19,6 +19,7 @@ from numba import njit
 
 from emphatic_rl.envs.minatar.kernels.common import (
     DOWN,
+    KERNEL_OPTIONS,
     LEFT,
     RIGHT,
     UP,
@@ -37,7 +38,7 @@ INIT_MOVE_INTERVAL = 5
 NUM_SLOTS = 8
 
 
-@njit(cache=True, inline="always")
+@njit(**KERNEL_OPTIONS, inline="always")
 def _reset_copy(
     n, player_x, player_y, entity_x, entity_alive, entity_right, entity_gold,
     spawn_speed, spawn_timer, move_speed, move_timer, ramp_timer, ramp_index,
@@ -54,7 +55,7 @@ def _reset_copy(
     ramp_index[n] = 0
 
 
-@njit(cache=True, inline="always")
+@njit(**KERNEL_OPTIONS, inline="always")
 def _render_copy(n, obs, player_x, player_y, entity_x, entity_alive, entity_right, entity_gold):
     for i in range(400):
         obs[n, i] = 0
@@ -69,7 +70,7 @@ def _render_copy(n, obs, player_x, player_y, entity_x, entity_alive, entity_righ
                 obs[n, (row_cell + back_x) * 4 + 2] = 1
 
 
-@njit(cache=True)
+@njit(**KERNEL_OPTIONS)
 def reset_kernel(
     mask, draws, draw_log, draws_used, player_x, player_y, entity_x, entity_alive, entity_right, entity_gold,
     spawn_speed, spawn_timer, move_speed, move_timer, ramp_timer, ramp_index,
@@ -83,7 +84,7 @@ def reset_kernel(
         draws_used[n] = 0
 
 
-@njit(cache=True)
+@njit(**KERNEL_OPTIONS)
 def render_kernel(
     obs, player_x, player_y, entity_x, entity_alive, entity_right, entity_gold,
     spawn_speed, spawn_timer, move_speed, move_timer, ramp_timer, ramp_index,
@@ -92,7 +93,7 @@ def render_kernel(
         _render_copy(n, obs, player_x, player_y, entity_x, entity_alive, entity_right, entity_gold)
 
 
-@njit(cache=True)
+@njit(**KERNEL_OPTIONS)
 def step_kernel(
     actions, action_set, sticky_prob, last_action, elapsed, max_steps, ramping,
     draws, draw_log, draws_used, final_obs, obs, reward, terminated, truncated,

@@ -9,7 +9,14 @@ from __future__ import annotations
 
 from numba import njit
 
-from emphatic_rl.envs.minatar.kernels.common import LEFT, RIGHT, draw_integer, end_of_step, sticky_action
+from emphatic_rl.envs.minatar.kernels.common import (
+    KERNEL_OPTIONS,
+    LEFT,
+    RIGHT,
+    draw_integer,
+    end_of_step,
+    sticky_action,
+)
 
 MAX_DRAWS_PER_STEP = 2
 MAX_DRAWS_PER_RESET = 1
@@ -22,7 +29,7 @@ _FLIP_Y = (3, 2, 1, 0)
 _FLIP_XY = (2, 3, 0, 1)
 
 
-@njit(cache=True)
+@njit(**KERNEL_OPTIONS, inline="always")
 def _reset_copy(n, draws, draw_log, cursor, ball_x, ball_y, ball_dir, paddle_x, last_x, last_y, strike, bricks):
     start_right, cursor = draw_integer(draws, draw_log, n, cursor, 0, 2)
     ball_x[n] = 9 if start_right == 1 else 0
@@ -37,7 +44,7 @@ def _reset_copy(n, draws, draw_log, cursor, ball_x, ball_y, ball_dir, paddle_x, 
     return cursor
 
 
-@njit(cache=True)
+@njit(**KERNEL_OPTIONS, inline="always")
 def _step_copy(n, action, ball_x, ball_y, ball_dir, paddle_x, last_x, last_y, strike, bricks):
     if action == LEFT:
         paddle_x[n] = max(0, paddle_x[n] - 1)
@@ -81,7 +88,7 @@ def _step_copy(n, action, ball_x, ball_y, ball_dir, paddle_x, last_x, last_y, st
     return reward, terminal
 
 
-@njit(cache=True)
+@njit(**KERNEL_OPTIONS, inline="always")
 def _render_copy(n, obs, ball_x, ball_y, ball_dir, paddle_x, last_x, last_y, strike, bricks):
     for i in range(400):
         obs[n, i] = 0
@@ -92,7 +99,7 @@ def _render_copy(n, obs, ball_x, ball_y, ball_dir, paddle_x, last_x, last_y, str
         obs[n, (10 + i) * 4 + 3] = bricks[n, i]
 
 
-@njit(cache=True)
+@njit(**KERNEL_OPTIONS)
 def reset_kernel(mask, draws, draw_log, draws_used, ball_x, ball_y, ball_dir, paddle_x, last_x, last_y, strike, bricks):
     for n in range(mask.shape[0]):
         cursor = 0
@@ -103,13 +110,13 @@ def reset_kernel(mask, draws, draw_log, draws_used, ball_x, ball_y, ball_dir, pa
         draws_used[n] = cursor
 
 
-@njit(cache=True)
+@njit(**KERNEL_OPTIONS)
 def render_kernel(obs, ball_x, ball_y, ball_dir, paddle_x, last_x, last_y, strike, bricks):
     for n in range(obs.shape[0]):
         _render_copy(n, obs, ball_x, ball_y, ball_dir, paddle_x, last_x, last_y, strike, bricks)
 
 
-@njit(cache=True)
+@njit(**KERNEL_OPTIONS)
 def step_kernel(
     actions, action_set, sticky_prob, last_action, elapsed, max_steps, ramping,
     draws, draw_log, draws_used, final_obs, obs, reward, terminated, truncated,

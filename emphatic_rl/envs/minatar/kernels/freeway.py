@@ -13,6 +13,7 @@ from numba import njit
 
 from emphatic_rl.envs.minatar.kernels.common import (
     DOWN,
+    KERNEL_OPTIONS,
     UP,
     draw_integer,
     draw_uniform,
@@ -30,7 +31,7 @@ MAX_DRAWS_PER_STEP = 1 + 2 * NUM_CARS + 2 * NUM_CARS
 MAX_DRAWS_PER_RESET = 2 * NUM_CARS
 
 
-@njit(cache=True)
+@njit(**KERNEL_OPTIONS)
 def _randomize_cars(n, draws, draw_log, cursor, car_timer, car_speed):
     """The reference ``_randomize_cars``: 8 magnitudes in ``1..5``, then 8 uniforms for the directions.
 
@@ -48,7 +49,7 @@ def _randomize_cars(n, draws, draw_log, cursor, car_timer, car_speed):
     return cursor
 
 
-@njit(cache=True)
+@njit(**KERNEL_OPTIONS)
 def _reset_copy(n, draws, draw_log, cursor, chicken_y, move_timer, terminate_timer, car_x, car_timer, car_speed):
     cursor = _randomize_cars(n, draws, draw_log, cursor, car_timer, car_speed)
     for k in range(NUM_CARS):
@@ -59,7 +60,7 @@ def _reset_copy(n, draws, draw_log, cursor, chicken_y, move_timer, terminate_tim
     return cursor
 
 
-@njit(cache=True)
+@njit(**KERNEL_OPTIONS)
 def _move_chicken(n, action, chicken_y, move_timer):
     """The chicken's move; returns whether it reached the top row (left there: the caller scores and re-draws)."""
     y, timer = chicken_y[n], move_timer[n]
@@ -75,7 +76,7 @@ def _move_chicken(n, action, chicken_y, move_timer):
     return y == 0
 
 
-@njit(cache=True)
+@njit(**KERNEL_OPTIONS)
 def _move_cars(n, chicken_y, move_timer, terminate_timer, car_x, car_timer, car_speed):
     """The cars' moves and the timers (after :func:`_move_chicken`; row 0 there means the chicken crossed and goes
     back to the bottom). Returns whether the episode's 2500 frames are over.
@@ -108,7 +109,7 @@ def _move_cars(n, chicken_y, move_timer, terminate_timer, car_x, car_timer, car_
     return time_left < 0
 
 
-@njit(cache=True)
+@njit(**KERNEL_OPTIONS)
 def _render_copy(n, obs, chicken_y, move_timer, terminate_timer, car_x, car_timer, car_speed):
     for i in range(OBS_SIZE):
         obs[n, i] = 0
@@ -127,7 +128,7 @@ def _render_copy(n, obs, chicken_y, move_timer, terminate_timer, car_x, car_time
         obs[n, (row_cell + back_x) * NUM_CHANNELS + 1 + magnitude] = 1
 
 
-@njit(cache=True)
+@njit(**KERNEL_OPTIONS)
 def reset_kernel(
     mask, draws, draw_log, draws_used, chicken_y, move_timer, terminate_timer, car_x, car_timer, car_speed
 ):
@@ -140,13 +141,13 @@ def reset_kernel(
         draws_used[n] = cursor
 
 
-@njit(cache=True)
+@njit(**KERNEL_OPTIONS)
 def render_kernel(obs, chicken_y, move_timer, terminate_timer, car_x, car_timer, car_speed):
     for n in range(obs.shape[0]):
         _render_copy(n, obs, chicken_y, move_timer, terminate_timer, car_x, car_timer, car_speed)
 
 
-@njit(cache=True)
+@njit(**KERNEL_OPTIONS)
 def step_kernel(
     actions, action_set, sticky_prob, last_action, elapsed, max_steps, ramping,
     draws, draw_log, draws_used, final_obs, obs, reward, terminated, truncated,

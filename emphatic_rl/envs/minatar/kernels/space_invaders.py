@@ -6,6 +6,8 @@
 Draws per step and copy: 1 (sticky action); the game itself and its reset draw nothing. Observations are written
 flat: ``obs[n, cell * 6 + channel]`` (``uint8[N, 600]``, every entry written) with ``cell = row * 10 + col``;
 channels cannon 0, alien 1, alien_left 2, alien_right 3, friendly_bullet 4, enemy_bullet 5.
+
+Compiled with plain ``cache=True``, not ``KERNEL_OPTIONS``: the reshaped views need numba's reference counting.
 """
 
 from __future__ import annotations
