@@ -1,5 +1,5 @@
 """Would ``torch.compile`` make native MinAtar fast enough on CPU? A probe on Breakout (the figures behind the
-``torch.compile`` paragraph of ``benchmarks/results/minatar_cpu.md``).
+``torch.compile`` table in ``benchmarks/results/minatar_compile_probe.md``; the torch backend).
 
 Measured, microseconds per batch step of ``N`` copies (1 thread, best of ``--rounds``):
 
@@ -64,10 +64,10 @@ def pure_step_fn(env) -> Callable:
         full_action = torch.where(uniforms[:, 0] < 0.1, last_action, action)
         v = view_of(state, uniforms, first=2)
         reward, terminal = game._game_step(v, full_action)
-        final_obs = game._observe(v)
+        final_obs = game._observe_torch(v)
         v.random_source.next = 1
-        game._reset_where(v, terminal)
-        return {k: getattr(v, k) for k in STATE}, reward, terminal, final_obs, game._observe(v), full_action
+        game._reset_where_torch(v, terminal)
+        return {k: getattr(v, k) for k in STATE}, reward, terminal, final_obs, game._observe_torch(v), full_action
 
     return step
 
@@ -115,7 +115,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     n = args.num_envs
-    env = make_env("minatar-breakout", n, check_actions=False)
+    env = make_env("minatar-breakout", n, check_actions=False, backend="torch")
     env.reset(seed=0)
     actions = torch.randint(0, 6, (64, n), generator=torch.Generator().manual_seed(0))
     counter = [0]

@@ -7,6 +7,9 @@ every draw, in order, per copy; the native env gets a :class:`ReplaySource` that
 the same order). With the draws matched, observation, reward and termination must agree exactly at every step,
 including the autoreset.
 
+Both backends of the native games (``torch``, ``numba``) run every test (the ``backend`` fixture); the numba
+kernels take the replayed draws as a per-copy pool and report what they drew (see :class:`ReplaySource`).
+
 Starting states: either both reset (the reset draws are replayed too), or :func:`set_state_from_reference`
 copies the reference's internal state into the native tensors after the reference has been played forward on
 its own.
