@@ -155,3 +155,21 @@ def test_gymnasium_ids(game, num_minimal):
     assert obs.shape[:2] == (10, 10) and obs.dtype == bool
     obs, reward, terminated, truncated, _ = full.step(0)
     assert isinstance(reward, float) and truncated is False
+
+
+@pytest.mark.parametrize("game", ["asterix", "breakout", "freeway", "seaquest", "space_invaders"])
+def test_kernel_constants_match_the_torch_game(game):
+    """The numba kernels keep their own copies of the game's constants (numba's cache only watches the kernel's own
+    file, so an imported constant could go stale in a cached kernel); they must equal the torch module's."""
+    import importlib
+
+    torch_module = importlib.import_module(f"emphatic_rl.envs.minatar.{game}")
+    kernel_module = importlib.import_module(f"emphatic_rl.envs.minatar.kernels.{game}")
+    shared = [
+        name
+        for name in vars(kernel_module)
+        if name.lstrip("_").isupper() and name in vars(torch_module) and not isinstance(vars(kernel_module)[name], type)
+    ]
+    assert shared, f"no shared constants found for {game}"
+    for name in shared:
+        assert getattr(kernel_module, name) == getattr(torch_module, name), name
