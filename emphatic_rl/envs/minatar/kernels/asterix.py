@@ -6,11 +6,9 @@ Draws per step and copy: 1 (sticky action) + at most 3 (a spawn: side, gold, the
 is free); the reset draws nothing. Observations are written flat: ``obs[n, cell * 4 + channel]`` (``uint8[N, 400]``,
 every entry written) with ``cell = row * 10 + col``; channels player 0, enemy 1, trail 2, gold 3.
 
-``step_kernel`` does a copy's whole step in its own body (spawn, move, contact, ramp, render) instead of calling
-helpers that take the state arrays: with such helpers inlined (``inline="always"``) numba left 14 atomic
-incref/decref pairs in every iteration, which cost more than the game step (kernel 150 us instead of 60 us at N = 1024;
-plain helper calls were slower still). Helpers stay where they run rarely (the reset) or in simple loops whose
-reference counting numba prunes (``render_kernel``).
+``step_kernel`` does a copy's game step in its own body (spawn, move, contact, ramp) and calls the inlined
+``_reset_copy`` / ``_render_copy`` helpers. Written when the kernels still had numba's reference counting (helpers
+binding the state arrays then cost 14 atomic incref/decref pairs per copy); with ``KERNEL_OPTIONS`` they cost nothing.
 """
 
 from __future__ import annotations
@@ -176,28 +174,13 @@ def step_kernel(
                 ramp_timer[n] = RAMP_INTERVAL
         reward[n] = gained
 
-        # the final observation (as _render_copy)
-        for i in range(400):
-            final_obs[n, i] = 0
-        final_obs[n, (y * 10 + x) * 4] = 1
-        for k in range(NUM_SLOTS):
-            if entity_alive[n, k]:
-                ex = entity_x[n, k]
-                row_cell = (k + 1) * 10
-                final_obs[n, (row_cell + ex) * 4 + (3 if entity_gold[n, k] else 1)] = 1
-                back_x = ex - 1 if entity_right[n, k] else ex + 1
-                if 0 <= back_x <= 9:
-                    final_obs[n, (row_cell + back_x) * 4 + 2] = 1
-
+        _render_copy(n, final_obs, player_x, player_y, entity_x, entity_alive, entity_right, entity_gold)
         if end_of_step(n, terminal, elapsed, max_steps, terminated, truncated):
             _reset_copy(
                 n, player_x, player_y, entity_x, entity_alive, entity_right, entity_gold,
                 spawn_speed, spawn_timer, move_speed, move_timer, ramp_timer, ramp_index,
             )  # fmt: skip
-            # the start frame: the player alone at (5, 5) (_render_copy of the reset state)
-            for i in range(400):
-                obs[n, i] = 0
-            obs[n, (5 * 10 + 5) * 4] = 1
+            _render_copy(n, obs, player_x, player_y, entity_x, entity_alive, entity_right, entity_gold)
         else:
             for i in range(400):
                 obs[n, i] = final_obs[n, i]
