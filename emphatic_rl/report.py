@@ -365,15 +365,17 @@ def write_report(
                + ", ".join(f"`{f.relative_to(root)}`" for f in unfinished) + "."]
     md += ["", "![learning curves of the best settings](curves.png)", "",
            "![sensitivity to the actor step size](sensitivity.png)", ""]
-    baseline = options.get("baseline")
-    if baseline in bests and bests[baseline] is not None:
+    for baseline, compared in _baseline_groups(options.get("baseline"), list(bests)).items():
+        if bests.get(baseline) is None or not compared:
+            continue
         md.append(f"Against `{baseline}` (score = {'AUC' if select == 'auc' else 'final value'}; the 95% intervals "
                   "of the best settings):")
         md.append("")
         base_best = bests[baseline]
         base_pair = base_best.auc if select == "auc" else base_best.final
-        for name, best in bests.items():
-            if name == baseline or best is None:
+        for name in compared:
+            best = bests[name]
+            if best is None:
                 continue
             pair = best.auc if select == "auc" else best.final
             lo, hi = pair[0] - pair[1], pair[0] + pair[1]
@@ -388,6 +390,30 @@ def write_report(
         md.append("")
     atomic_write_bytes(out / "report.md", ("\n".join(md) + "\n").encode())
     return out / "report.md"
+
+
+def _baseline_groups(baseline: str | list[str] | None, names: list[str]) -> dict[str, list[str]]:
+    """Which variants each baseline is compared with.
+
+    ``[report] baseline`` is one variant name (every other variant is compared with it) or a list of names: then a
+    variant is compared with the baseline that ends with the same ``-suffix`` (``offpac-tdrc`` for
+    ``ace-direct-uniform-tdrc``), else with the first baseline. Split variants (``name[key=value]``) match by the
+    part before ``[``.
+    """
+    if baseline is None:
+        return {}
+    baselines = [baseline] if isinstance(baseline, str) else baseline
+    if not isinstance(baselines, list) or not baselines or not all(isinstance(b, str) for b in baselines):
+        raise ConfigError(f"[report] baseline must be a variant name or a list of names, got {baseline!r}")
+    groups: dict[str, list[str]] = {b: [] for b in baselines}
+    for name in names:
+        if name in groups:
+            continue
+        stem = name.split("[", 1)[0]
+        suffix = stem.rsplit("-", 1)[-1] if "-" in stem else None
+        same_suffix = [b for b in baselines if suffix is not None and b.split("[", 1)[0].endswith(f"-{suffix}")]
+        groups[same_suffix[0] if same_suffix else baselines[0]].append(name)
+    return groups
 
 
 def _plot_curves(results, bests, metric, path: Path, title: str) -> None:

@@ -33,6 +33,11 @@ A study TOML::
     agent_options = { interest = "uniform" }
     grid = { alpha_emphasis = [0.25, 0.0625] }        # merged over [grid] for this variant ([] drops a key)
     full_grid = { alpha_emphasis = [1.0, 0.5, 0.25] }  # merged over [full_grid] with --full
+    [[variants]]
+    name = "ace-ideal-uniform"
+    agent = "ace"
+    agent_options = { emphasis = "ideal" }
+    full_only = true                                    # run only with --full (default false)
 
     [excursions]                   # optional: also evaluate the excursions objective (ace.md §4.2)
     starts = 20                    # start states (full_starts with --full), each after `spacing` behaviour steps
@@ -101,7 +106,7 @@ STUDY_KEYS = (
 )
 EXCURSION_KEYS = ("starts", "full_starts", "spacing")
 EXCURSIONS_METRIC = "eval/excursions_return"
-VARIANT_KEYS = ("name", "agent", "agent_options", "grid", "full_grid")
+VARIANT_KEYS = ("name", "agent", "agent_options", "grid", "full_grid", "full_only")
 SWEEP_AGENTS = ("ace", "ace-direct", "offpac")
 MEMBERS_NAME = "members.json"
 DONE_NAME = "done.json"
@@ -226,6 +231,8 @@ def load_study(path: str | Path, full: bool = False, base_overrides: dict[str, A
     raw_variants = data.get("variants")
     if not isinstance(raw_variants, list) or not raw_variants:
         raise ConfigError("a study needs at least one [[variants]] table (name, agent, agent_options)")
+    if not full and all(isinstance(v, dict) and v.get("full_only") is True for v in raw_variants):
+        raise ConfigError("every variant has full_only = true; run the study with --full or make one variant reduced")
     variants: list[Variant] = []
     for index, raw in enumerate(raw_variants):
         raw = _check_table(raw, f"variants[{index}]")
@@ -237,6 +244,9 @@ def load_study(path: str | Path, full: bool = False, base_overrides: dict[str, A
             raise ConfigError(f"variants[{index}].name must be a non-empty string without '/', got {vname!r}")
         if any(v.name == vname for v in variants):
             raise ConfigError(f"variant name {vname!r} is used twice")
+        full_only = raw.get("full_only", False)
+        if not isinstance(full_only, bool):
+            raise ConfigError(f"variant {vname!r}: full_only must be true or false, got {full_only!r}")
         agent = raw.get("agent")
         if agent not in SWEEP_AGENTS:
             raise ConfigError(
@@ -264,6 +274,8 @@ def load_study(path: str | Path, full: bool = False, base_overrides: dict[str, A
             raise ConfigError(
                 f"variant {vname!r}: {clash[0]!r} is both in the grid and in {where}; set it in one place"
             )
+        if full_only and not full:
+            continue  # its keys are checked above; its agent options when it runs (--full)
         variants.append(Variant(vname, agent, options, grid))
     report = _check_table(data.get("report", {}), "[report]")
     excursions = None

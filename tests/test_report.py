@@ -154,6 +154,20 @@ def test_report_files_and_table(tmp_path):
     assert len(summary) == 1 + 4
 
 
+def test_baseline_list_compares_each_variant_with_the_baseline_of_its_suffix():
+    from emphatic_rl.report import _baseline_groups
+
+    names = ["offpac-etd", "ace-direct-etd", "offpac-tdrc", "ace-direct-tdrc", "ace[eta=1]", "other-td"]
+    assert _baseline_groups(["offpac-etd", "offpac-tdrc"], names) == {
+        "offpac-etd": ["ace-direct-etd", "ace[eta=1]", "other-td"],
+        "offpac-tdrc": ["ace-direct-tdrc"],
+    }
+    assert _baseline_groups("offpac-tdrc", names)["offpac-tdrc"] == [n for n in names if n != "offpac-tdrc"]
+    assert _baseline_groups(None, names) == {}
+    with pytest.raises(ConfigError, match="baseline must be a variant name or a list of names, got 3"):
+        _baseline_groups(3, names)
+
+
 def test_report_cli_errors(tmp_path, capsys):
     assert main(["report", str(tmp_path / "missing")]) == 2
     assert "is not a folder" in capsys.readouterr().err

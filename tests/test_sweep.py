@@ -93,6 +93,19 @@ def test_full_uses_full_grid_runs_and_base(tmp_path):
     assert ace.variant.grid == {"alpha_actor": [0.1, 0.2, 0.3]}  # the variant's reduced grid is not used
 
 
+def test_full_only_variant_runs_only_with_full(tmp_path):
+    text = TINY + (
+        '\n[[variants]]\nname = "ideal"\nagent = "ace"\nagent_options = { emphasis = "ideal" }\nfull_only = true\n'
+    )
+    assert [v.name for v in load_study(write(tmp_path, text)).variants] == ["offpac", "ace-eta"]
+    assert [v.name for v in load_study(write(tmp_path, text), full=True).variants] == ["offpac", "ace-eta", "ideal"]
+    only_full = TINY.replace('agent = "offpac"', 'agent = "offpac"\nfull_only = true').replace(
+        'agent = "ace"', 'agent = "ace"\nfull_only = true'
+    )
+    with pytest.raises(ConfigError, match="every variant has full_only = true; run the study with --full"):
+        load_study(write(tmp_path, only_full))
+
+
 @pytest.mark.parametrize(
     ("replace", "by", "message"),
     [
@@ -104,6 +117,7 @@ def test_full_uses_full_grid_runs_and_base(tmp_path):
         ('name = "ace-eta"', 'name = "offpac"', "variant name 'offpac' is used twice"),
         ('agent = "ace"', 'agent = "dqn"', "agent 'dqn' is not sweepable"),
         ("runs = 2", "runs = 0", "runs must be an integer >= 1"),
+        ('agent = "offpac"', 'agent = "offpac"\nfull_only = 1', "variant 'offpac': full_only must be true or false"),
         ('name = "tiny"', 'name = "tiny"\nbogus = 1', "unknown study key 'bogus'"),
         ('env = "counterexample-three-state"', 'env = "counterexample-three-state"\nnum_envs = 3',
          "[base] must not set 'num_envs'"),
