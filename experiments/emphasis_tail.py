@@ -1,0 +1,93 @@
+"""How heavy-tailed is the emphasis F_t that ACE's actor and the ETD critic use? A diagnostic for a study's variants.
+
+Trains the study's variants exactly as ``emphatic-rl sweep`` would (same configs, same behaviour streams; no
+evaluation, nothing written but the table) and records, per setting and per window of steps, the distribution of
+the per-step emphasis ``F_t`` over all runs of that setting: quantiles, the largest value and the share of the
+window's total emphasis carried by its largest 1% of steps. With the ETD critic, ``F_t`` (times rho_t) scales every
+critic step, so a share near 1 means that a few steps make most of the critic's learning.
+
+    python experiments/emphasis_tail.py experiments/results/j23-puddle-world/emphasis-tail/pw_etd.toml \
+        --out experiments/results/j23-puddle-world/emphasis-tail/pw_etd.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import torch
+
+from emphatic_rl.sweep import load_study, plan_study
+from emphatic_rl.train import build_run
+
+QUANTILES = (0.5, 0.9, 0.99, 0.999)
+
+
+def window_rows(emphasis: torch.Tensor, setting_of: torch.Tensor) -> list[tuple[int, list[float], float, float]]:
+    """Per setting: ``(setting, quantiles, max, top-1% share)`` of ``emphasis [T, P]`` pooled over its members."""
+    rows = []
+    for setting in setting_of.unique().tolist():
+        values = emphasis[:, setting_of == setting].flatten().double()
+        values = values[torch.isfinite(values)]
+        if values.numel() == 0:
+            rows.append((setting, [float("nan")] * len(QUANTILES), float("nan"), float("nan")))
+            continue
+        quantiles = torch.quantile(values, torch.tensor(QUANTILES, dtype=torch.float64)).tolist()
+        top = values.sort(descending=True).values
+        share = float(top[: max(1, top.numel() // 100)].sum() / top.sum()) if float(top.sum()) > 0 else float("nan")
+        rows.append((setting, quantiles, float(values.max()), share))
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("study", help="a study TOML (emphatic-rl sweep format)")
+    parser.add_argument("--only", nargs="*", help="variant names (default: all)")
+    parser.add_argument("--window", type=int, default=20000, help="steps per window (default 20000)")
+    parser.add_argument("--out", help="write the Markdown table here as well")
+    args = parser.parse_args()
+
+    torch.set_num_threads(1)
+    study = load_study(args.study)
+    lines = [
+        f"Emphasis F_t fed to the critic, `{args.study}` ({study.runs} runs per setting, pooled), "
+        f"per window of {args.window} steps. Reproduce: `python experiments/emphasis_tail.py {args.study}`.",
+        "",
+        "| variant | setting | steps | F q50 | q90 | q99 | q99.9 | max | share of the top 1% of steps |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for chunk in plan_study(study):
+        if args.only and chunk.variant.name not in args.only:
+            continue
+        config = chunk.config
+        run = build_run(config)
+        env, agent, buffer = run.env, run.agent, run.buffer
+        setting_of = torch.arange(config.population_size) // study.runs  # member p = setting * runs + run
+        generator = torch.Generator(device=run.device)
+        generator.manual_seed(config.seed + 2)  # the training loop's behaviour generator (emphatic_rl.train)
+        obs = env.reset(seed=config.seed)
+        window: list[torch.Tensor] = []
+        started = time.perf_counter()
+        for step in range(1, config.steps + 1):
+            action, log_prob = run.behaviour.act(obs, generator)
+            result = env.step(action)
+            buffer.add(obs, action, result.reward, result.terminated, result.truncated, result.final_obs, log_prob)
+            window.append(agent.update(buffer, step)["emphasis"].detach().cpu())
+            obs = result.obs
+            if step % args.window == 0 or step == config.steps:
+                for setting, quantiles, largest, share in window_rows(torch.stack(window), setting_of):
+                    values = ", ".join(f"{k} = {v:g}" for k, v in chunk.settings[setting].items())
+                    cells = " | ".join(f"{q:.3g}" for q in quantiles)
+                    lines.append(f"| {chunk.variant.name} | {values} | {step - len(window) + 1}-{step} | {cells} | "
+                                 f"{largest:.3g} | {share:.2f} |")
+                print(lines[-1], f"({time.perf_counter() - started:.0f} s)", flush=True)
+                window = []
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if args.out:
+        Path(args.out).write_text(text)
+
+
+if __name__ == "__main__":
+    main()
