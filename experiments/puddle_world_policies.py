@@ -1,8 +1,8 @@
 """Puddle World reference policies, and the action map of learned linear policies (the figures in
 ``experiments/results/j23-puddle-world/README.md``).
 
-- Reference returns (undiscounted, from the start distribution, capped at 1000 steps, ``--episodes`` rollouts): the
-  uniform policy, "up to y = 0.9, then right, then up", and "right, then up".
+- Reference returns and episode lengths (undiscounted, from the start distribution, capped at 1000 steps,
+  ``--episodes`` rollouts): the uniform policy, "up to y = 0.9, then right, then up", and "right, then up".
 - ``--run DIR``: for a finished linear actor-critic run on ``puddle-world`` (a sweep variant folder, e.g.
   ``runs/sweeps/pw-probe/offpac``), the most likely action and its probability on a 7 x 7 grid of states for the
   first members (rows from y = 0.95 at the top to y = 0.05), read from ``checkpoint.pt``.
@@ -27,20 +27,25 @@ ACTION_LETTERS = "UDRL"
 
 
 @torch.no_grad()
-def mean_return(policy: Callable[[torch.Tensor, torch.Generator], torch.Tensor], episodes: int, seed: int) -> float:
+def mean_return_and_length(
+    policy: Callable[[torch.Tensor, torch.Generator], torch.Tensor], episodes: int, seed: int
+) -> tuple[float, float]:
+    """Mean undiscounted return and mean episode length of ``policy`` from the start, capped at 1000 steps."""
     env = make_env("puddle-world", episodes, max_episode_steps=1000)
     obs = env.reset(seed=seed)
     generator = torch.Generator().manual_seed(seed)
     returns = torch.zeros(episodes)
+    lengths = torch.zeros(episodes)
     running = torch.ones(episodes, dtype=torch.bool)
     for _ in range(1000):
         result = env.step(policy(obs, generator))
         returns += torch.where(running, result.reward, 0.0)
+        lengths += running.float()
         running &= ~(result.terminated | result.truncated)
         obs = result.obs
         if not bool(running.any()):
             break
-    return float(returns.mean())
+    return float(returns.mean()), float(lengths.mean())
 
 
 def reference_policies(episodes: int, seed: int) -> None:
@@ -55,7 +60,8 @@ def reference_policies(episodes: int, seed: int) -> None:
 
     for name, policy in (("uniform", uniform), ("up to y = 0.9, then right, then up", up_then_right),
                          ("right, then up", right_then_up)):
-        print(f"{name}: {mean_return(policy, episodes, seed):.1f} ({episodes} rollouts, cap 1000)")
+        mean, length = mean_return_and_length(policy, episodes, seed)
+        print(f"{name}: return {mean:.1f}, length {length:.1f} ({episodes} rollouts, cap 1000)")
 
 
 def action_maps(run: Path, members: list[int]) -> None:
