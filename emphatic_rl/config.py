@@ -23,11 +23,10 @@ A config file looks like::
 from __future__ import annotations
 
 import dataclasses
+import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-import tomllib
 
 TOP_LEVEL_KEYS_DOC = {
     "agent": "agent name (see `emphatic-rl list`)",

@@ -27,11 +27,11 @@ import math
 import os
 import sys
 import time
+import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import tomllib
 import torch
 
 from emphatic_rl.agents.dyna import PLANNING_COUNTERS, VARIANTS, DynaOptions, make_dyna_for_env
