@@ -234,6 +234,7 @@ def load_study(path: str | Path, full: bool = False, base_overrides: dict[str, A
     if not full and all(isinstance(v, dict) and v.get("full_only") is True for v in raw_variants):
         raise ConfigError("every variant has full_only = true; run the study with --full or make one variant reduced")
     variants: list[Variant] = []
+    names: set[str] = set()  # every variant's, full_only ones included
     for index, raw in enumerate(raw_variants):
         raw = _check_table(raw, f"variants[{index}]")
         bad = [k for k in raw if k not in VARIANT_KEYS]
@@ -242,8 +243,9 @@ def load_study(path: str | Path, full: bool = False, base_overrides: dict[str, A
         vname = raw.get("name")
         if not isinstance(vname, str) or not vname or "/" in vname:
             raise ConfigError(f"variants[{index}].name must be a non-empty string without '/', got {vname!r}")
-        if any(v.name == vname for v in variants):
+        if vname in names:
             raise ConfigError(f"variant name {vname!r} is used twice")
+        names.add(vname)
         full_only = raw.get("full_only", False)
         if not isinstance(full_only, bool):
             raise ConfigError(f"variant {vname!r}: full_only must be true or false, got {full_only!r}")

@@ -104,6 +104,8 @@ def test_full_only_variant_runs_only_with_full(tmp_path):
     )
     with pytest.raises(ConfigError, match="every variant has full_only = true; run the study with --full"):
         load_study(write(tmp_path, only_full))
+    with pytest.raises(ConfigError, match="variant name 'offpac' is used twice"):  # even when skipped
+        load_study(write(tmp_path, text.replace('name = "ideal"', 'name = "offpac"')))
 
 
 @pytest.mark.parametrize(
