@@ -25,6 +25,10 @@ truncated transition bootstraps from the true final observation)::
                   (normalize_emphasis: (1 - gamma_{t+1}) i_{t+1} + gamma_{t+1} min(rho_t, c_f) fhat_target(S_t))
         loss    = 0.5 * [not terminated] (fhat(S_{t+1}) - target)^2 + 0.5 * [S_t starts an episode] (fhat(S_t) - i_t)^2
 
+The equations (``F_t``, ``M_t``, the emphasis target and loss, the actor's ``rho M delta``) are those of
+``emphatic_rl.emphatic``, where each is defined once; this module only chooses their inputs (clipped ratios, target
+networks, the options below).
+
 Choices (documented here because they bias or differ from the linear ACE of ``actor_critic.py``):
 
 - Critic: per-decision importance-weighted TD(0) for ``V_pi`` with the ratio clipped at ``c = rho_clip``. With
@@ -38,11 +42,13 @@ Choices (documented here because they bias or differ from the linear ACE of ``ac
   (``emphasis.LearnedEmphasis``), including its two boundary rules: no update at a terminal ``S_{t+1}`` (it is never
   acted upon) and ``fhat(S_0) <- i_0`` at episode starts (a start state is never anyone's ``S_{t+1}``). Whether a
   replayed ``S_t`` starts an episode is read from the buffer (the previous row of its stream ended, or it is the
-  stream's first row); for the oldest stored row it is unknown and that row gets no start term. The bootstrap uses
-  a target copy of ``fhat`` (the deep analogue of reading ``fhat`` before its update), and its ratio has its own
-  clip ``emphasis_rho_clip``. ``F_t`` is clipped at 0 in ``M_t`` (the true emphatic ratio ``m / d_mu`` is
-  non-negative; an untrained ``fhat`` is not). With tabular features and no clipping the fixed point is
-  ``m / d_mu``.
+  stream's first row); for the oldest stored row it is unknown and that row gets no start term. The start-state
+  term is the option ``fit_start_state`` (default ``True``, as the linear ACE-direct; ``dpg``'s DDPG defaults to
+  ``False``). The bootstrap uses a target copy of ``fhat`` (the deep analogue of reading ``fhat`` before its
+  update), and its ratio has its own clip ``emphasis_rho_clip``. With ``clip_followon_at_zero`` (default ``True``)
+  ``F_t`` is clipped at 0 in ``M_t`` (the true emphatic ratio ``m / d_mu`` is non-negative; an untrained ``fhat``
+  is not); the linear agent does not clip (``False`` here is the same rule). With tabular features and no
+  clipping the fixed point is ``m / d_mu``.
 - Interest is uniform (the excursions objective). ``eta = 0`` is OffPAC (``M_t = 1``) and then no emphasis
   network is trained.
 
@@ -74,11 +80,32 @@ from torch import nn
 
 from emphatic_rl.agents.base import ActionOutput, Agent
 from emphatic_rl.agents.networks import finite_members, make_population_network, mask_and_clip_member_gradients_
-from emphatic_rl.agents.registry import AgentContext, check_positive, check_unit_interval, register_agent
+from emphatic_rl.agents.registry import (
+    AgentContext,
+    check_positive,
+    check_switches,
+    check_unit_interval,
+    register_agent,
+)
 from emphatic_rl.buffers.trajectory import TransitionBatch
+from emphatic_rl.emphatic import (
+    actor_coefficient,
+    emphatic_weighting,
+    learned_emphasis_loss,
+    learned_emphasis_start_target,
+    learned_emphasis_target,
+)
 from emphatic_rl.envs.base import DiscreteSpec
 
-__all__ = ["DeepACE", "DeepACEOptions", "DeepOffPACOptions", "BEHAVIOURS", "EMPHASIS_KINDS", "EVALUATION_KINDS"]
+__all__ = [
+    "DeepACE",
+    "DeepACEOptions",
+    "DeepOffPACOptions",
+    "BEHAVIOURS",
+    "EMPHASIS_KINDS",
+    "EVALUATION_KINDS",
+    "replayed_episode_starts",
+]
 
 BEHAVIOURS = ("fixed", "epsilon-greedy")
 EMPHASIS_KINDS = ("learned", "none")
@@ -93,6 +120,8 @@ class DeepACEOptions:
     eta: float = 1.0
     emphasis: str = "learned"
     normalize_emphasis: bool = False
+    fit_start_state: bool = True
+    clip_followon_at_zero: bool = True
     interest: str = "uniform"
     behaviour: str = "fixed"
     gamma: float = 0.99
@@ -128,6 +157,7 @@ class DeepACEOptions:
             raise ValueError(f"eta must be a number in [0, 1], got {self.eta!r}")
         check_unit_interval("eta", self.eta)
         check_unit_interval("gamma", self.gamma)
+        check_switches(self, ("fit_start_state", "clip_followon_at_zero"))
         for name in ("actor_learning_rate", "critic_learning_rate", "emphasis_learning_rate", "rho_clip",
                      "emphasis_rho_clip", "max_grad_norm"):
             check_positive(name, getattr(self, name))
@@ -150,6 +180,17 @@ class DeepOffPACOptions(DeepACEOptions):
 
     eta: float = 0.0
     emphasis: str = "none"
+
+
+def replayed_episode_starts(buffer: Any, batch: Any) -> torch.Tensor:
+    """``bool`` of ``batch.time_index``'s shape: the replayed ``S_t`` starts an episode (the stream's first row, or
+    the previous row of its stream ended). Unknown, hence ``False``, for the oldest stored row."""
+    previous_time = batch.time_index - 1
+    known = previous_time >= buffer.oldest_time
+    previous = buffer.transitions_at(
+        previous_time.clamp(min=buffer.oldest_time).flatten(), batch.stream_index.flatten()
+    )
+    return (batch.time_index == 0) | (known & previous.done.view(batch.time_index.shape))
 
 
 class DeepACE(Agent):
@@ -243,7 +284,7 @@ class DeepACE(Agent):
     # ------------------------------------------------------------------ learning
     def _sample(self, buffer: Any) -> tuple[Any, torch.Tensor]:
         """A batch with leading dims ``[P, B]`` and ``episode_start: bool[P, B]`` (``S_t`` starts an episode; all
-        False when no emphasis network is trained, the only user).
+        False when no emphasis network is trained or ``fit_start_state`` is off: its only user is the start term).
 
         Fixed behaviour: every member draws from all streams; epsilon-greedy: member ``p`` from its own streams.
         """
@@ -257,22 +298,17 @@ class DeepACE(Agent):
                    for f in fields(flat) if f.name != "extras"},
                 extras={name: value.view(P, B, *value.shape[1:]) for name, value in flat.extras.items()},
             )
-        if self.emphasis is None:  # only the emphasis regression needs episode starts
+        if self.emphasis is None or not self.options.fit_start_state:  # only the start term needs episode starts
             return batch, torch.zeros(P, B, dtype=torch.bool, device=self.device)
-        previous_time = batch.time_index - 1
-        known = previous_time >= buffer.oldest_time
-        previous = buffer.transitions_at(
-            previous_time.clamp(min=buffer.oldest_time).flatten(), batch.stream_index.flatten()
-        )
-        episode_start = (batch.time_index == 0) | (known & previous.done.view(batch.time_index.shape))
-        return batch, episode_start.view(P, B)
+        return batch, replayed_episode_starts(buffer, batch).view(P, B)
 
     def losses(self, batch: Any, episode_start: torch.Tensor) -> dict[str, torch.Tensor]:
         """The members' losses and diagnostics for one batch (fields ``[P, B, ...]``).
 
         Returns ``actor``, ``critic``, ``emphasis`` (``[P]``, differentiable; ``emphasis`` is zeros when no emphasis
-        network is trained) and, without gradient, ``rho``, ``delta``, ``followon`` (``F_t``), ``emphasis_weight``
-        (``M_t``), ``emphasis_target`` (``[P, B]``) and ``entropy`` (``[P]``).
+        network is trained) and, without gradient, ``rho``, ``delta``, ``followon`` (``F_t``), ``emphatic_weighting``
+        (``M_t``), ``emphasis_target`` (``[P, B]``) and ``entropy`` (``[P]``). ``episode_start`` is ignored when
+        ``fit_start_state`` is off.
         """
         o = self.options
         P, B = episode_start.shape
@@ -298,24 +334,28 @@ class DeepACE(Agent):
             fhat_now = self.emphasis(batch.obs).squeeze(-1)  # [P, B]
             fhat_next = self.emphasis(batch.next_obs).squeeze(-1)
             with torch.no_grad():
-                followon = fhat_now.detach().clamp(min=0.0)
+                followon = fhat_now.detach()
+                if o.clip_followon_at_zero:
+                    followon = followon.clamp(min=0.0)
                 fhat_target_now = self.emphasis_target(batch.obs).squeeze(-1)
-                bootstrap = next_gamma * rho.clamp(max=o.emphasis_rho_clip) * fhat_target_now
-                base = (1.0 - next_gamma) * interest if o.normalize_emphasis else interest
-                emphasis_target = base + bootstrap
-            start = episode_start.float()
-            emphasis_loss = 0.5 * (
-                not_terminated * (fhat_next - emphasis_target).pow(2) + start * (fhat_now - interest).pow(2)
-            ).mean(dim=1)
+                emphasis_rho = rho.clamp(max=o.emphasis_rho_clip)
+                emphasis_target = learned_emphasis_target(
+                    interest, next_gamma, emphasis_rho, fhat_target_now, normalize=o.normalize_emphasis
+                )
+            per_sample = not_terminated * learned_emphasis_loss(fhat_next, emphasis_target)
+            if o.fit_start_state:  # gamma_0 = 0 at a start: the target is i_0 either way
+                start_target = learned_emphasis_start_target(interest, 0.0, normalize=o.normalize_emphasis)
+                per_sample = per_sample + episode_start.float() * learned_emphasis_loss(fhat_now, start_target)
+            emphasis_loss = per_sample.mean(dim=1)
         else:
             followon = interest
             emphasis_target = torch.full_like(reward, math.nan)
             emphasis_loss = zeros
-        emphasis_weight = (1.0 - o.eta) * interest + o.eta * followon  # M_t
+        weighting = emphatic_weighting(interest, followon, o.eta)  # M_t
 
         probs = log_pi_all.exp()
         entropy = -(probs * log_pi_all).sum(dim=-1).mean(dim=1)  # [P]
-        actor_weight = (rho_clipped * emphasis_weight * delta).detach()
+        actor_weight = actor_coefficient(rho_clipped, weighting, delta).detach()
         actor_loss = -(actor_weight * log_pi).mean(dim=1) - o.entropy_coef * entropy
         return {
             "actor": actor_loss,
@@ -324,7 +364,7 @@ class DeepACE(Agent):
             "rho": rho,
             "delta": delta,
             "followon": followon,
-            "emphasis_weight": emphasis_weight,
+            "emphatic_weighting": weighting,
             "emphasis_target": emphasis_target,
             "entropy": entropy.detach(),
             "value": value.detach(),

@@ -36,6 +36,9 @@ observation)::
                  (normalize_emphasis=False: i_{t+1} + gamma_{t+1} min(rho_t, c_f) fhat_target(S_t))
         loss   = 0.5 [not terminated] (fhat(S_{t+1}) - target)^2 + 0.5 [S_t starts an episode] (fhat(S_t) - i_t)^2
 
+The equations themselves (``F_t``, ``M_t``, the emphasis target and loss, the actor's ``rho M delta``) live in
+``emphatic_rl.emphatic``, once for every agent; this module chooses their inputs (clipped ratios, target networks).
+
 Choices (each one biases or departs from the linear ACE of ace.md §2.1; documented here):
 
 - ``rho`` is clipped at ``c = rho_clip`` in the critic and the actor (a density ratio of two Gaussians is unbounded;
@@ -45,10 +48,11 @@ Choices (each one biases or departs from the linear ACE of ace.md §2.1; documen
 - The emphasis target is *normalised* by default: with ``gamma = 0.99`` and uniform interest the unnormalised
   ``m / d_mu`` is about ``1 / (1 - gamma) = 100``, an actor step size multiplier; normalising divides ``m`` by the
   constant ``1 / (1 - gamma)`` so that ``E_{d_mu}[fhat] ~ 1`` and ``fhat`` only reweights states (as in ``dpg``).
-- ``F_t`` is clipped at 0 (``m / d_mu >= 0``; an untrained ``fhat`` need not be).
+- ``F_t`` is clipped at 0 (``m / d_mu >= 0``; an untrained ``fhat`` need not be) with ``clip_followon_at_zero``
+  (default ``True``; the linear agent does not clip, as ``False`` here).
 - The boundary rules of the emphasis regression and the way episode starts are read from the buffer are those of
-  ``deep_ace.py`` (no update at a terminal ``S_{t+1}``; ``fhat(S_0) <- i_0``; the oldest stored row gets no start
-  term).
+  ``deep_ace.py`` (no update at a terminal ``S_{t+1}``; ``fhat(S_0) <- i_0`` with ``fit_start_state``, default
+  ``True``; the oldest stored row gets no start term).
 - ``eta = 0`` is OffPAC (``M_t = 1``; no emphasis network is built).
 
 Counting follows ``dqn`` / ``dpg`` (``env_step`` counts loop iterations; ``buffer_size`` is transitions per member).
@@ -66,8 +70,22 @@ from torch import nn
 
 from emphatic_rl.agents.action_boxes import ActionBox, clipped_gaussian_log_prob, require_box
 from emphatic_rl.agents.base import ActionOutput, Agent
+from emphatic_rl.agents.deep_ace import replayed_episode_starts
 from emphatic_rl.agents.networks import PopulationMLP, finite_members, mask_and_clip_member_gradients_, polyak_update_
-from emphatic_rl.agents.registry import AgentContext, check_positive, check_unit_interval, register_agent
+from emphatic_rl.agents.registry import (
+    AgentContext,
+    check_positive,
+    check_switches,
+    check_unit_interval,
+    register_agent,
+)
+from emphatic_rl.emphatic import (
+    actor_coefficient,
+    emphatic_weighting,
+    learned_emphasis_loss,
+    learned_emphasis_start_target,
+    learned_emphasis_target,
+)
 
 __all__ = ["GaussianACE", "GaussianACEOptions", "GaussianOffPACOptions", "EMPHASIS_KINDS"]
 
@@ -82,6 +100,8 @@ class GaussianACEOptions:
     eta: float = 1.0
     emphasis: str = "learned"
     normalize_emphasis: bool = True
+    fit_start_state: bool = True
+    clip_followon_at_zero: bool = True
     gamma: float = 0.99
     actor_learning_rate: float = 3e-4
     critic_learning_rate: float = 1e-3
@@ -108,6 +128,7 @@ class GaussianACEOptions:
         check_unit_interval("eta", self.eta)
         check_unit_interval("gamma", self.gamma)
         check_unit_interval("tau", self.tau)
+        check_switches(self, ("fit_start_state", "clip_followon_at_zero"))
         for name in ("actor_learning_rate", "critic_learning_rate", "emphasis_learning_rate", "rho_clip",
                      "emphasis_rho_clip", "init_std", "min_std", "tau", "max_grad_norm"):
             check_positive(name, getattr(self, name))
@@ -215,25 +236,20 @@ class GaussianACE(Agent):
     # ------------------------------------------------------------------ learning
     def _sample(self, buffer: Any) -> tuple[Any, torch.Tensor]:
         """Member ``p``'s batch from its own streams (fields ``[P, B, ...]``) and ``episode_start: bool[P, B]``
-        (``S_t`` starts an episode; read from the buffer only when an emphasis network is trained)."""
+        (``S_t`` starts an episode; read from the buffer only when an emphasis network fits start states)."""
         P, B = self.population_size, self.options.batch_size
         batch = buffer.sample_transitions(B, self.generator, num_groups=P)
-        if self.emphasis is None:
+        if self.emphasis is None or not self.options.fit_start_state:
             return batch, torch.zeros(P, B, dtype=torch.bool, device=self.device)
-        previous_time = batch.time_index - 1
-        known = previous_time >= buffer.oldest_time
-        previous = buffer.transitions_at(
-            previous_time.clamp(min=buffer.oldest_time).flatten(), batch.stream_index.flatten()
-        )
-        episode_start = (batch.time_index == 0) | (known & previous.done.view(batch.time_index.shape))
-        return batch, episode_start.view(P, B)
+        return batch, replayed_episode_starts(buffer, batch).view(P, B)
 
     def losses(self, batch: Any, episode_start: torch.Tensor) -> dict[str, torch.Tensor]:
         """The members' losses and diagnostics for one batch (fields ``[P, B, ...]``, ``action [P, B, A]``).
 
         Returns ``actor``, ``critic``, ``emphasis`` (``[P]``, differentiable; ``emphasis`` is zeros without an
-        emphasis network) and, without gradient, ``rho``, ``delta``, ``followon`` (``F_t``), ``emphasis_weight``
+        emphasis network) and, without gradient, ``rho``, ``delta``, ``followon`` (``F_t``), ``emphatic_weighting``
         (``M_t``), ``emphasis_target``, ``value`` (``[P, B]``), ``std`` (``[P]``, mean over batch and dims).
+        ``episode_start`` is ignored when ``fit_start_state`` is off.
         """
         o = self.options
         P, B = episode_start.shape
@@ -258,24 +274,27 @@ class GaussianACE(Agent):
             fhat_now = self.emphasis(batch.obs).squeeze(-1)
             fhat_next = self.emphasis(batch.next_obs).squeeze(-1)
             with torch.no_grad():
-                followon = fhat_now.detach().clamp(min=0.0)
-                bootstrap = next_gamma * rho.clamp(max=o.emphasis_rho_clip) * self.emphasis_target(
-                    batch.obs
-                ).squeeze(-1)
-                base = (1.0 - next_gamma) * interest if o.normalize_emphasis else interest
-                emphasis_target = base + bootstrap
-            start = episode_start.float()
-            emphasis_loss = 0.5 * (
-                not_terminated * (fhat_next - emphasis_target).pow(2) + start * (fhat_now - interest).pow(2)
-            ).mean(dim=1)
+                followon = fhat_now.detach()
+                if o.clip_followon_at_zero:
+                    followon = followon.clamp(min=0.0)
+                emphasis_rho = rho.clamp(max=o.emphasis_rho_clip)
+                fhat_target_now = self.emphasis_target(batch.obs).squeeze(-1)
+                emphasis_target = learned_emphasis_target(
+                    interest, next_gamma, emphasis_rho, fhat_target_now, normalize=o.normalize_emphasis
+                )
+            per_sample = not_terminated * learned_emphasis_loss(fhat_next, emphasis_target)
+            if o.fit_start_state:  # gamma_0 = 0 at a start: the target is i_0 either way
+                start_target = learned_emphasis_start_target(interest, 0.0, normalize=o.normalize_emphasis)
+                per_sample = per_sample + episode_start.float() * learned_emphasis_loss(fhat_now, start_target)
+            emphasis_loss = per_sample.mean(dim=1)
         else:
             followon = interest
             emphasis_target = torch.full_like(reward, math.nan)
             emphasis_loss = torch.zeros(P, device=reward.device)
-        emphasis_weight = (1.0 - o.eta) * interest + o.eta * followon  # M_t
+        weighting = emphatic_weighting(interest, followon, o.eta)  # M_t
 
         entropy = (std.log() + 0.5 + 0.5 * math.log(2 * math.pi)).sum(-1).mean(dim=1)  # [P], unclipped Gaussian
-        actor_weight = (rho_clipped * emphasis_weight * delta).detach()
+        actor_weight = actor_coefficient(rho_clipped, weighting, delta).detach()
         actor_loss = -(actor_weight * log_pi).mean(dim=1) - o.entropy_coef * entropy
         return {
             "actor": actor_loss,
@@ -284,7 +303,7 @@ class GaussianACE(Agent):
             "rho": rho,
             "delta": delta,
             "followon": followon,
-            "emphasis_weight": emphasis_weight,
+            "emphatic_weighting": weighting,
             "emphasis_target": emphasis_target,
             "value": value.detach(),
             "std": std.detach().mean(dim=(1, 2)),

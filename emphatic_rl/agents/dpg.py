@@ -24,9 +24,21 @@ critic ``Q(s, a)``, target networks with Polyak averaging ``tau``, behaviour ``c
 half_width)^2))`` with its clipped-Gaussian log-probability written to the buffer (uniform actions before
 ``learning_starts``). Critic target ``r + gamma (1 - terminated) Q'(s', pi'(s'))``; truncated transitions bootstrap
 from the true final observation. Actor loss ``-mean_B M_t Q(s_t, pi(s_t))`` with ``M_t = (1 - eta) + eta
-f(s_t)`` (``emphasis = "learned"``) or ``M_t = 1`` (``"none"``). The learned emphasis uses the normalised target
-``(1 - gamma) i + gamma rho f`` so that ``E_{d_mu}[f] = 1`` and ``f`` only reweights states (the normalisation
-rescales ``m`` by the constant ``1 - gamma``, i.e. a step size); interest is uniform (``i = 1``).
+F_t``, ``F_t = min(max(f(s_t), 0), emphasis_clip)`` (``emphasis = "learned"``) or ``M_t = 1`` (``"none"``). The
+learned emphasis uses the normalised target ``(1 - gamma) i + gamma rho max(f'(s_t), 0)`` (``f'`` the target copy)
+so that ``E_{d_mu}[f] = 1`` and ``f`` only reweights states (the normalisation rescales ``m`` by the constant
+``1 - gamma``, i.e. a step size); interest is uniform (``i = 1``). Where it differs from the deep discrete and
+Gaussian agents (``deep_ace``, ``deep_gaussian``), it says so in an option or here:
+
+- ``fit_start_state`` (default ``False``): no start-state term ``f(S_0) <- i_0``, only the backward-TD rule at
+  non-terminal ``S_{t+1}`` (the other agents default to ``True``); ``True`` adds the squared start-state error of
+  the replayed ``S_t`` that start an episode (read from the buffer as ``deep_ace`` does).
+- ``clip_followon_at_zero`` (default ``True``): ``f`` is clipped at 0 where it is used as ``F`` (in ``M_t`` and in
+  the bootstrap of the target); ``F_t`` is also capped at ``emphasis_clip`` in ``M_t``.
+- The emphasis loss is the squared error (twice ``emphatic.learned_emphasis_loss``) averaged over the rows that
+  carry a term, and ``M_t`` is read after this step's emphasis update; the learning rates were tuned this way.
+
+The equations (``M_t``, the emphasis target and loss) are those of ``emphatic_rl.emphatic``, defined there once.
 
 Population: ``P`` independent learners as one batched program (``PopulationMLP``), member ``p`` acting in env copies
 ``p*E ... p*E + E - 1`` and learning only from them, exactly as ``dqn``. Counting follows ``dqn`` (``env_step``
@@ -49,8 +61,21 @@ from emphatic_rl.agents.action_boxes import (
     sample_clipped_gaussian,
 )
 from emphatic_rl.agents.base import ActionOutput, Agent
+from emphatic_rl.agents.deep_ace import replayed_episode_starts
 from emphatic_rl.agents.networks import PopulationMLP, finite_members, mask_and_clip_member_gradients_, polyak_update_
-from emphatic_rl.agents.registry import AgentContext, check_positive, check_unit_interval, register_agent
+from emphatic_rl.agents.registry import (
+    AgentContext,
+    check_positive,
+    check_switches,
+    check_unit_interval,
+    register_agent,
+)
+from emphatic_rl.emphatic import (
+    emphatic_weighting,
+    learned_emphasis_loss,
+    learned_emphasis_start_target,
+    learned_emphasis_target,
+)
 
 EMPHASIS_CHOICES = ("none", "learned")
 
@@ -60,7 +85,8 @@ class DDPGOptions:
     """Hyperparameters of deep DDPG / emphatic DDPG (defaults tuned on native Pendulum, see experiments/results/dpg).
 
     ``exploration_noise`` and ``emphasis_target_std`` are fractions of the action half-width. ``emphasis``:
-    ``"none"`` (DDPG) or ``"learned"`` (deep emphatic DPG, see the module docstring).
+    ``"none"`` (DDPG) or ``"learned"`` (deep emphatic DPG, see the module docstring, also for ``fit_start_state``
+    and ``clip_followon_at_zero``).
     """
 
     actor_learning_rate: float = 1e-3
@@ -81,6 +107,8 @@ class DDPGOptions:
     emphasis_target_std: float = 0.1
     rho_clip: float = 5.0
     emphasis_clip: float = 10.0
+    fit_start_state: bool = False
+    clip_followon_at_zero: bool = True
 
     def __post_init__(self) -> None:
         for name in ("actor_learning_rate", "critic_learning_rate", "emphasis_learning_rate", "tau"):
@@ -88,6 +116,7 @@ class DDPGOptions:
         check_unit_interval("gamma", self.gamma)
         check_unit_interval("tau", self.tau)
         check_unit_interval("eta", self.eta)
+        check_switches(self, ("fit_start_state", "clip_followon_at_zero"))
         for name in ("buffer_size", "batch_size", "train_every", "gradient_steps", "max_grad_norm"):
             check_positive(name, getattr(self, name))
         check_positive("learning_starts", self.learning_starts, allow_zero=True)
@@ -178,12 +207,21 @@ class DDPG(Agent):
             return metrics
         for _ in range(o.gradient_steps):
             batch = buffer.sample_transitions(o.batch_size, self.generator, num_groups=self.population_size)
-            metrics = self.learn(batch)
+            episode_start = None
+            if self.emphasis_optimizer is not None and o.fit_start_state:
+                episode_start = replayed_episode_starts(buffer, batch)
+            metrics = self.learn(batch, episode_start)
         return metrics
 
-    def learn(self, batch: Any) -> dict[str, torch.Tensor]:
-        """One gradient step of critic, emphasis (if learned) and actor on ``batch`` (fields ``[P, B, ...]``)."""
+    def learn(self, batch: Any, episode_start: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """One gradient step of critic, emphasis (if learned) and actor on ``batch`` (fields ``[P, B, ...]``).
+
+        ``episode_start``: ``bool[P, B]``, the replayed ``S_t`` starts an episode; needed with a learned emphasis
+        and ``fit_start_state``, unused otherwise.
+        """
         o = self.options
+        if self.emphasis_optimizer is not None and o.fit_start_state and episode_start is None:
+            raise ValueError("fit_start_state needs episode_start (bool [P, B]: the replayed S_t starts an episode)")
         obs, next_obs = batch.obs.float(), batch.next_obs.float()
         action = batch.action.float()
         continuing = (~batch.terminated).float()
@@ -200,7 +238,7 @@ class DDPG(Agent):
         weights = torch.ones_like(batch.reward)
         metrics: dict[str, torch.Tensor] = {}
         if self.emphasis_optimizer is not None:
-            weights, emphasis_metrics = self._learn_emphasis(batch, obs, next_obs, action, continuing)
+            weights, emphasis_metrics = self._learn_emphasis(batch, obs, next_obs, action, continuing, episode_start)
             metrics.update(emphasis_metrics)
 
         q_policy = self.q_value(obs, self.policy(obs))
@@ -232,6 +270,7 @@ class DDPG(Agent):
         next_obs: torch.Tensor,
         action: torch.Tensor,
         continuing: torch.Tensor,
+        episode_start: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Backward-TD step of the emphasis network; returns the actor weights ``M_t [P, B]`` and metrics."""
         o = self.options
@@ -239,20 +278,30 @@ class DDPG(Agent):
             smoothing_std = o.emphasis_target_std * self.box.scale
             target_log_prob = clipped_gaussian_log_prob(self.policy(obs), smoothing_std, action, self.box)
             rho = (target_log_prob - batch.behaviour_log_prob).exp().clamp(max=o.rho_clip)  # [P, B]
-            carried = self.emphasis_target(obs).squeeze(-1).clamp(min=0.0)
-            emphasis_target = (1 - o.gamma) + o.gamma * rho * carried  # normalised, uniform interest
+            carried = self.emphasis_target(obs).squeeze(-1)
+            if o.clip_followon_at_zero:
+                carried = carried.clamp(min=0.0)
+            # normalised, uniform interest i = 1; a terminal S_{t+1} is masked out of the loss below
+            emphasis_target = learned_emphasis_target(1.0, o.gamma, rho, carried, normalize=True)
         prediction = self.emphasis_net(next_obs).squeeze(-1)
-        # a terminal S_{t+1} receives no emphasis flow (the next step starts a new episode): skip it
-        emphasis_loss = (continuing * (prediction - emphasis_target).square()).sum(1) / continuing.sum(1).clamp(
-            min=1
-        )
+        # a terminal S_{t+1} receives no emphasis flow (the next step starts a new episode): skip it. The loss is the
+        # squared error, twice learned_emphasis_loss (the scale the learning rate was tuned at).
+        squared_error = continuing * (2 * learned_emphasis_loss(prediction, emphasis_target))
+        if o.fit_start_state:  # f(S_0) <- i_0 (gamma_0 = 0 at a start, so normalised or not the target is i_0)
+            start = episode_start.to(prediction.dtype)
+            start_target = learned_emphasis_start_target(1.0, 0.0, normalize=True)
+            start_error = start * (2 * learned_emphasis_loss(self.emphasis_net(obs).squeeze(-1), start_target))
+            emphasis_loss = (squared_error + start_error).sum(1) / (continuing + start).sum(1).clamp(min=1)
+        else:
+            emphasis_loss = squared_error.sum(1) / continuing.sum(1).clamp(min=1)
         self.emphasis_optimizer.zero_grad(set_to_none=True)
         emphasis_loss.sum().backward()
         mask_and_clip_member_gradients_(list(self.emphasis_net.parameters()), self.active, o.max_grad_norm)
         self.emphasis_optimizer.step()
         with torch.no_grad():
-            emphasis = self.emphasis_net(obs).squeeze(-1).clamp(0.0, o.emphasis_clip)
-            weights = (1 - o.eta) + o.eta * emphasis
+            emphasis = self.emphasis_net(obs).squeeze(-1)  # F_t
+            emphasis = emphasis.clamp(0.0 if o.clip_followon_at_zero else None, o.emphasis_clip)
+            weights = emphatic_weighting(1.0, emphasis, o.eta)  # M_t, uniform interest
         return weights, {
             "emphasis_loss": emphasis_loss.detach(),
             "emphasis_mean": emphasis.mean(dim=1),
@@ -338,8 +387,9 @@ class LinearDPG:
 
     Emphasis (``emphasis``; switches, one code path):
 
-    - ``"none"``: ``M_t = 1`` (DPG, the semi-gradient);
-    - ``"oracle"``: ``M_t`` is passed in (``m(S_t) / d_mu(S_t)`` from the exact lab: "true" emphatic DPG);
+    - ``"none"``: ``M_t = i_t`` (1 by default: DPG, the semi-gradient);
+    - ``"oracle"``: ``F_t = m(S_t) / d_mu(S_t)`` is passed in (from the exact lab: "true" emphatic DPG) and
+      ``M_t = (1 - eta) i_t + eta F_t``;
     - ``"learned"``: ``M_t = (1 - eta) i_t + eta fhat(x_t)`` with ACE-direct's ``LearnedEmphasis`` (emphasis.py),
       its ratio ``rho_t = N(A_t; pi(S_t), sigma^2) / mu(A_t|S_t)`` taken with a Gaussian smoothing of width
       ``emphasis_target_std`` of the deterministic policy (see the module docstring for why a trace cannot be
@@ -424,20 +474,22 @@ class LinearDPG:
         ``behaviour_log_prob``: ``log mu(A_t|S_t)`` (needed for ``emphasis="learned"``); ``interest``: ``i_t``
         (default 1); ``action_value_gradient``: ``grad_a q(S_t, pi(S_t))`` ``[P]`` (``critic="oracle"``);
         ``emphatic_ratio``: ``m(S_t) / d_mu(S_t)`` ``[P]`` (``emphasis="oracle"``); ``active``: ``[P]`` mask of
-        learners still updating (others are left unchanged). Returns metrics ``[P]``.
+        learners still updating (others are left unchanged). Returns metrics ``[P]``: ``emphasis`` (``F_t``: ``i_t``,
+        the oracle ratio or ``fhat(x_t)``), ``emphatic_weighting`` (``M_t``), ``action_value_gradient``, ``td_error``.
         """
         ones = torch.ones_like(reward)
         interest = ones if interest is None else interest
         next_interest = ones if next_interest is None else next_interest
         scale = ones if active is None else active.to(reward.dtype)
         policy_action = self.action(features)
-        # ---- emphasis M_t
+        # ---- emphasis: F_t and M_t
         if self.emphasis == "none":
-            emphasis = interest
+            followon = weighting = interest  # M_t = i_t whatever eta
         elif self.emphasis == "oracle":
             if emphatic_ratio is None:
                 raise ValueError("emphasis='oracle' needs emphatic_ratio (m / d_mu at S_t)")
-            emphasis = (1 - self.eta) * interest + self.eta * emphatic_ratio
+            followon = emphatic_ratio
+            weighting = emphatic_weighting(interest, followon, self.eta)
         else:
             if behaviour_log_prob is None:
                 raise ValueError("emphasis='learned' needs behaviour_log_prob")
@@ -449,7 +501,7 @@ class LinearDPG:
                 features, next_features, interest, next_interest, gamma, next_gamma, rho,
                 episode_start=gamma == 0, next_is_boundary=next_gamma == 0,
             )
-            emphasis = (1 - self.eta) * interest + self.eta * followon
+            weighting = emphatic_weighting(interest, followon, self.eta)
         # ---- critic
         if self.critic == "oracle":
             if action_value_gradient is None:
@@ -464,8 +516,13 @@ class LinearDPG:
             self.advantage_weights += (scale * self.alpha_critic * td_error * exploration).unsqueeze(-1) * features
             self.value_weights += (scale * self.alpha_value * td_error).unsqueeze(-1) * features
         # ---- actor
-        self.actor_weights += (scale * self.alpha_actor * emphasis * dq_da).unsqueeze(-1) * features
-        return {"emphasis": emphasis, "action_value_gradient": dq_da, "td_error": td_error}
+        self.actor_weights += (scale * self.alpha_actor * weighting * dq_da).unsqueeze(-1) * features
+        return {
+            "emphasis": followon,
+            "emphatic_weighting": weighting,
+            "action_value_gradient": dq_da,
+            "td_error": td_error,
+        }
 
 
 class BatchedContinuousOracle:

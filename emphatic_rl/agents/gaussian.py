@@ -13,7 +13,8 @@ Per step, in the order of ace.md §2.1 (all reads with ``theta`` before this ste
     delta_t = R_{t+1} + gamma_{t+1} v(S_{t+1}) - v(S_t)      (oracle v_pi of the current policy)
     theta  += alpha rho_t M_t delta_t grad_theta ln pi(A_t|S_t)
 
-with ``grad_u ln pi = (a - mean) / std^2 x`` and ``grad_log_std ln pi = ((a - mean) / std)^2 - 1``.
+with ``grad_u ln pi = (a - mean) / std^2 x`` and ``grad_log_std ln pi = ((a - mean) / std)^2 - 1``. ``M_t`` and
+``rho_t M_t delta_t`` are computed by ``emphatic_rl.emphatic`` (where every emphatic equation is defined once).
 
 The deep Gaussian ACE / OffPAC agent on replay (``gaussian-ace``, ``gaussian-offpac``) is in deep_gaussian.py.
 """
@@ -28,6 +29,7 @@ import torch
 
 from emphatic_rl.agents.dpg import BatchedContinuousOracle, _ContinuousSampler
 from emphatic_rl.agents.emphasis import FollowonTrace
+from emphatic_rl.emphatic import actor_coefficient, emphatic_weighting
 
 DTYPE64 = torch.float64
 
@@ -103,11 +105,12 @@ def run_sampled_gaussian_ace(
             rho = rho.clamp(max=rho_clip)
         interest = torch.ones(N, dtype=DTYPE64)
         followon = trace.step(interest, gamma_t, rho)
-        emphasis = (1 - eta) * interest + eta * followon
+        weighting = emphatic_weighting(interest, followon, eta)  # M_t
         v = oracle.values(mean_all, log_std.exp())
         delta = reward + gamma_next * v[arange, next_state] - v[arange, state]
         z = (action - mean) / log_std.exp()
-        coefficient = torch.where(active, alpha * rho * emphasis * delta, 0.0)
+        # alpha rho_t M_t delta_t, with the step size folded into the ratio (the product's order as before)
+        coefficient = torch.where(active, actor_coefficient(alpha * rho, weighting, delta), 0.0)
         u = u + (coefficient * z / log_std.exp()).unsqueeze(-1) * x
         log_std = log_std + coefficient * (z.square() - 1)
         ended = (gamma_next == 0) & active

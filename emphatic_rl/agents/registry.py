@@ -103,3 +103,12 @@ def check_positive(name: str, value: float, allow_zero: bool = False) -> None:
 def check_unit_interval(name: str, value: float) -> None:
     if not 0.0 <= value <= 1.0:
         raise ValueError(f"{name} must be in [0, 1], got {value!r}")
+
+
+def check_switches(options: Any, names: tuple[str, ...]) -> None:
+    """One clear error unless each named option of ``options`` is a ``bool`` (switches such as the emphatic
+    ``fit_start_state`` / ``clip_followon_at_zero`` are Python bools, constant per agent)."""
+    for name in names:
+        value = getattr(options, name)
+        if not isinstance(value, bool):
+            raise ValueError(f"{name} must be true or false, got {value!r}")

@@ -43,6 +43,10 @@ ln pi`` with the closed-form softmax score), the ``all-actions`` one by autograd
 q(s, a)`` with ``w`` and ``q`` held fixed, and ``true`` by autograd through the linear solve: three
 independent code paths, which the tests compare (the off-policy policy gradient theorem says ``ace`` with eta
 = 1 equals ``true``).
+
+The weightings are the expected forms of the sampled equations of ``emphatic_rl.emphatic`` and call them:
+``m_eta = emphatic_weighting(d_i, m, eta)`` (``d_mu E[M_t | s]`` with ``d_mu E[i_t | s] = d_i`` and
+``d_mu E[F_t | s] = m``) and the ACE-direct weighting ``emphatic_weighting(d_i, d_mu fhat, eta)``.
 """
 
 from __future__ import annotations
@@ -55,6 +59,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from emphatic_rl.emphatic import emphatic_weighting
 from emphatic_rl.envs.tabular import ContinuousActionMDP, TabularMDP
 
 DTYPE = torch.float64
@@ -187,7 +192,7 @@ class Lab:
         P_pg, _ = self.policy_transition(theta)
         eye = torch.eye(self.num_states, dtype=DTYPE)
         m = torch.linalg.solve((eye - P_pg).T, self.interest_weights)
-        return eta * m + (1.0 - eta) * self.interest_weights
+        return emphatic_weighting(self.interest_weights, m, eta)  # (1 - eta) d_i + eta m
 
     def followon_expectation(self, theta: Any) -> torch.Tensor:
         """``E_mu[F_t | S_t = s] = m(s) / d_mu(s)`` (NaN where ``d_mu(s) = 0``), shape ``[S]``."""
@@ -208,6 +213,10 @@ class Lab:
         b = X.T @ self.interest_weights
         phi = torch.linalg.lstsq(A, b.unsqueeze(1)).solution.squeeze(1)
         return X @ phi
+
+    def learned_emphatic_weighting(self, theta: Any, eta: float = 1.0) -> torch.Tensor:
+        """ACE-direct's actor weighting ``[S] = (1 - eta) d_i + eta d_mu fhat`` (``fhat``: ``learned_emphasis``)."""
+        return emphatic_weighting(self.interest_weights, self.d_mu * self.learned_emphasis(theta), eta)
 
     def expected_update(self, estimator: str, theta: Any, eta: float = 1.0) -> torch.Tensor:
         """Expected update of ``estimator`` at ``theta`` (shape ``theta_shape``); ``true`` is the gradient."""
@@ -353,7 +362,7 @@ class DiscreteLab(Lab):
         if estimator == "offpac":
             return self.interest_weights
         if estimator == "ace-direct":
-            return (1.0 - eta) * self.interest_weights + eta * self.d_mu * self.learned_emphasis(theta)
+            return self.learned_emphatic_weighting(theta, eta)
         return self.emphatic_weighting(theta, eta)
 
     def _expected_update(self, estimator: str, theta: torch.Tensor, eta: float) -> torch.Tensor:
@@ -521,7 +530,7 @@ class ContinuousLab(Lab):
         if estimator in ("offpac", "dpg"):
             weights = self.interest_weights
         elif estimator == "ace-direct":
-            weights = (1.0 - eta) * self.interest_weights + eta * self.d_mu * self.learned_emphasis(theta)
+            weights = self.learned_emphatic_weighting(theta, eta)
         else:
             weights = self.emphatic_weighting(theta, eta)
         if estimator in ("dpg", "emphatic-dpg"):

@@ -10,7 +10,8 @@ runs.
   over runs and ``eta`` values as tensors, in the exact order of ace.md §2.1. It reproduces the N18 figure-1
   protocol (ace.md §4.1).
 
-Both use the true critic (``v_pi``, ``q_pi`` of the current policy), as the N18 oracle-critic scripts do.
+Both use the true critic (``v_pi``, ``q_pi`` of the current policy), as the N18 oracle-critic scripts do. The
+sampled equations (``F_t``, ``M_t``, ``rho_t M_t delta_t``) are those of ``emphatic_rl.emphatic``, defined there once.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
+from emphatic_rl.emphatic import actor_coefficient, emphatic_weighting, followon_trace
 from emphatic_rl.envs.tabular import TabularMDP
 from emphatic_rl.exact.lab import DTYPE, DiscreteLab
 
@@ -158,14 +160,14 @@ def monte_carlo_updates(
         action, next_state, reward, gamma_next = sampler.step(state)
         i_t = sampler.interest(state, gamma_t)
         rho = pi[state, action] / mdp.behaviour[state, action]
-        followon = i_t + gamma_t * rho_prev * followon
-        emphasis = (1.0 - eta) * i_t + eta * followon
+        followon = followon_trace(i_t, gamma_t, rho_prev, followon)  # F_t
+        weighting = emphatic_weighting(i_t, followon, eta)  # M_t
         if estimator == "all-actions":
-            update = emphasis[:, None, None] * all_actions_term[state]
+            update = weighting[:, None, None] * all_actions_term[state]
         else:
-            weight = i_t if estimator == "offpac" else emphasis
+            weight = i_t if estimator == "offpac" else weighting
             delta = reward + gamma_next * v[next_state] - v[state]
-            update = (rho * weight * delta)[:, None, None] * score[state, action]
+            update = actor_coefficient(rho, weight, delta)[:, None, None] * score[state, action]
         if t >= burn_in:
             stream_sum += update
             square_sum += (update**2).sum(0)
@@ -261,14 +263,15 @@ def run_sampled_ace(
         action, next_state, reward, gamma_next = sampler.step(state)
         i_t = sampler.interest(state, gamma_t)
         rho = pi_s.gather(1, action.unsqueeze(1)).squeeze(1) / mdp.behaviour[state, action]
-        followon = i_t + gamma_t * rho_prev * followon
-        emphasis = (1.0 - eta) * i_t + eta * followon
+        followon = followon_trace(i_t, gamma_t, rho_prev, followon)  # F_t
+        weighting = emphatic_weighting(i_t, followon, eta)  # M_t
         policy = torch.softmax(torch.einsum("sd,pad->psa", X, theta), dim=-1)
         v = lab.batched_values(policy)  # oracle critic, [P, S]
         arange = torch.arange(P)
         delta = reward + gamma_next * v[arange, next_state] - v[arange, state]
         score = (eye_actions[action] - pi_s).unsqueeze(-1) * x.unsqueeze(1)  # [P, A, d]
-        theta = theta + (alpha * active * rho * emphasis * delta)[:, None, None] * score
+        # alpha [active] rho_t M_t delta_t, the step size and the mask folded into the ratio (the product's order)
+        theta = theta + actor_coefficient(alpha * active * rho, weighting, delta)[:, None, None] * score
         episodes_done += (gamma_next == 0).to(torch.int64)
         gamma_t, rho_prev, state = gamma_next, rho, next_state
         steps += 1

@@ -107,7 +107,7 @@ def test_ace_actor_gradient_weights_each_sample_by_the_learned_emphasis(eta):
     out, grad_weight, grad_bias = _actor_gradient(agent, batch, episode_start)
     emphasis_weight = (1 - eta) + eta * followon
     update_weight, update_bias, _, _ = _hand_update(agent, batch, behaviour_prob, emphasis_weight)
-    assert torch.allclose(out["emphasis_weight"], emphasis_weight, atol=1e-5)
+    assert torch.allclose(out["emphatic_weighting"], emphasis_weight, atol=1e-5)
     assert torch.allclose(-grad_weight, update_weight, atol=1e-5)
     assert torch.allclose(-grad_bias, update_bias, atol=1e-5)
 
@@ -140,6 +140,33 @@ def test_emphasis_target_and_loss_are_the_backward_td_of_ace_md(normalize):
     fhat_now = _linear(agent.emphasis, batch.obs)[..., 0]
     loss = 0.5 * ((~batch.terminated).float() * (fhat_next - target) ** 2 + episode_start.float() * (fhat_now - 1) ** 2)
     assert torch.allclose(out["emphasis"], loss.mean(dim=1), atol=1e-5)
+
+
+def test_fit_start_state_off_drops_only_the_start_term():
+    """``fit_start_state=False`` (DDPG's default): only the backward-TD term at non-terminal S_{t+1}."""
+    on, off = _linear_agent(eta=1.0), _linear_agent(eta=1.0, fit_start_state=False)
+    batch, episode_start, _ = _batch()
+    out_on, out_off = on.losses(batch, episode_start), off.losses(batch, episode_start)
+    fhat_next = _linear(off.emphasis, batch.next_obs)[..., 0]
+    fhat_now = _linear(off.emphasis, batch.obs)[..., 0]
+    backward = 0.5 * (~batch.terminated).float() * (fhat_next - out_off["emphasis_target"]) ** 2
+    start = 0.5 * episode_start.float() * (fhat_now - 1) ** 2
+    assert torch.allclose(out_off["emphasis"], backward.mean(dim=1), atol=1e-5)
+    assert torch.allclose(out_on["emphasis"], (backward + start).mean(dim=1), atol=1e-5)
+    assert not torch.allclose(out_on["emphasis"], out_off["emphasis"])
+
+
+def test_clip_followon_at_zero_off_uses_the_raw_fhat():
+    """``clip_followon_at_zero=False`` (the linear agent's rule): ``F_t = fhat(S_t)``, negative values included."""
+    agent = _linear_agent(eta=0.5, clip_followon_at_zero=False)
+    batch, episode_start, _ = _batch()
+    fhat = _linear(agent.emphasis, batch.obs)[..., 0]
+    assert (fhat < 0).any()
+    out = agent.losses(batch, episode_start)
+    assert torch.allclose(out["followon"], fhat, atol=1e-6)
+    assert torch.allclose(out["emphatic_weighting"], 0.5 + 0.5 * fhat, atol=1e-6)
+    with pytest.raises(ValueError, match="clip_followon_at_zero must be true or false"):
+        get_agent_entry("deep-ace").build_options({"clip_followon_at_zero": 1})
 
 
 def test_critic_loss_is_rho_weighted_td0_toward_the_target_critic():

@@ -161,7 +161,7 @@ def test_ace_actor_gradient_is_minus_rho_m_delta_grad_log_pi(eta):
     emphasis_weight = (1 - eta) + eta * fhat.clamp(min=0.0)
     out, grad_weight, grad_bias = _actor_gradient(agent, batch, episode_start)
     update_weight, update_bias, _, _ = _hand_actor_update(agent, batch, emphasis_weight)
-    assert torch.allclose(out["emphasis_weight"], emphasis_weight, atol=1e-6)
+    assert torch.allclose(out["emphatic_weighting"], emphasis_weight, atol=1e-6)
     assert torch.allclose(-grad_weight, update_weight, atol=1e-5)
     assert torch.allclose(-grad_bias, update_bias, atol=1e-5)
 
@@ -193,6 +193,20 @@ def test_emphasis_loss_is_the_backward_td_of_ace_md(normalize):
     expected = 0.5 * ((~batch.terminated).float() * (fhat_next - target) ** 2
                       + episode_start.float() * (fhat_now - 1) ** 2).mean(1)
     assert torch.allclose(out["emphasis"], expected, atol=1e-5)
+
+
+def test_fit_start_state_and_clip_followon_switches():
+    """``fit_start_state=False`` drops the start term only; ``clip_followon_at_zero=False`` gives ``F_t = fhat``."""
+    agent = _linear_agent(eta=0.5, fit_start_state=False, clip_followon_at_zero=False)
+    batch, episode_start = _batch()
+    out = agent.losses(batch, episode_start)
+    fhat_next = _linear(agent.emphasis, batch.next_obs)[..., 0]
+    fhat_now = _linear(agent.emphasis, batch.obs)[..., 0]
+    expected = 0.5 * ((~batch.terminated).float() * (fhat_next - out["emphasis_target"]) ** 2).mean(1)
+    assert torch.allclose(out["emphasis"], expected, atol=1e-5)
+    assert (fhat_now < 0).any()
+    assert torch.allclose(out["followon"], fhat_now, atol=1e-6)
+    assert torch.allclose(out["emphatic_weighting"], 0.5 + 0.5 * fhat_now, atol=1e-6)
 
 
 # ---------------------------------------------------------------------------------------------- loop, resume, CLI

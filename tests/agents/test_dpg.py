@@ -114,6 +114,40 @@ def test_learned_emphasis_update_runs_and_weights_are_positive():
     assert any(not torch.equal(a, b) for a, b in zip(before, agent.actor.parameters(), strict=True))
 
 
+def test_learned_emphasis_switches_fit_start_state_and_clip_followon_at_zero():
+    """DDPG's defaults (no start-state term, F clipped at 0) are options; the other choices give other losses."""
+    ctx = AgentContext(BoxSpec((3,), -8.0, 8.0), BoxSpec((1,), -2.0, 2.0), 2, 2, 4, torch.device("cpu"), 0, 1000)
+    losses = {}
+    for fit in (False, True):
+        agent = make_agent("dpg", ctx, emphasis="learned", learning_starts=50, hidden=[16], batch_size=64,
+                           fit_start_state=fit)
+        assert agent.options.fit_start_state is fit and agent.options.clip_followon_at_zero
+        buffer = _fill(agent, 2, steps=60)
+        batch = buffer.sample_transitions(64, torch.Generator().manual_seed(0), num_groups=2)
+        start = torch.zeros(2, 64, dtype=torch.bool)
+        start[:, ::4] = True  # as if these rows started episodes
+        if fit:
+            with pytest.raises(ValueError, match="fit_start_state needs episode_start"):
+                agent.learn(batch)
+        losses[fit] = agent.learn(batch, start)["emphasis_loss"]
+    assert not torch.allclose(losses[False], losses[True])
+    raw = make_agent("dpg", ctx, emphasis="learned", learning_starts=50, hidden=[16], batch_size=32,
+                     clip_followon_at_zero=False)
+    with torch.no_grad():
+        raw.emphasis_net.layers[-1].bias.fill_(-5.0)  # fhat < 0 everywhere
+    metrics = raw.learn(_fill(raw, 2, steps=60).sample_transitions(32, torch.Generator().manual_seed(1), num_groups=2))
+    assert float(metrics["emphasis_mean"].max()) < 0.0  # F_t = fhat(S_t), not clipped at 0
+
+
+def test_linear_dpg_reports_followon_and_emphatic_weighting():
+    learner = LinearDPG(1, 2, 0.1, emphasis="oracle", eta=0.25, dtype=D)
+    x, ones = torch.ones(2, 1, dtype=D), torch.ones(2, dtype=D)
+    ratio = torch.tensor([2.0, 4.0], dtype=D)
+    m = learner.update_step(x, ones, ones, x, ones, ones, action_value_gradient=ones, emphatic_ratio=ratio)
+    assert m["emphasis"].tolist() == [2.0, 4.0]  # F_t
+    assert m["emphatic_weighting"].tolist() == [0.75 + 0.25 * 2.0, 0.75 + 0.25 * 4.0]  # M_t
+
+
 def test_frozen_member_does_not_move():
     ctx = AgentContext(BoxSpec((3,), -8.0, 8.0), BoxSpec((1,), -2.0, 2.0), 2, 2, 4, torch.device("cpu"), 0, 1000)
     agent = make_agent("dpg", ctx, learning_starts=10, hidden=[16], batch_size=32, emphasis="learned")
