@@ -120,11 +120,7 @@ HOME = "emphatic_rl/emphatic.py"
 
 # switched by the linear-engine work: these modules still write the equations themselves; remove each entry when its
 # module calls emphatic_rl.emphatic (the check then covers it).
-PENDING = {
-    "emphatic_rl/agents/actor_critic.py",
-    "emphatic_rl/agents/critics.py",
-    "emphatic_rl/agents/emphasis.py",
-}
+PENDING: set[str] = set()  # modules still to be switched to emphatic_rl.emphatic (none left)
 
 ETA = re.compile(r"(^|_)eta$", re.IGNORECASE)  # eta, self.eta, o.eta, m_eta; not theta, beta, zeta
 LAMBDA = re.compile(r"(^|_)(lambda_?|lam|lmbda|trace_decay)$", re.IGNORECASE)

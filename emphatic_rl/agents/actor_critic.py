@@ -41,20 +41,54 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 
 from emphatic_rl.agents.base import ActionOutput, Agent
 from emphatic_rl.agents.critics import CRITICS, Critic, CriticTransition, GQCritic, OracleCritic, make_critic
 from emphatic_rl.agents.emphasis import FollowonTrace, IdealTrace, LearnedEmphasis
 from emphatic_rl.agents.policies import LinearSoftmaxPolicy
+from emphatic_rl.emphatic import actor_coefficient, emphatic_weighting
 from emphatic_rl.features import Features
 
-__all__ = ["ActorCritic", "PRESETS", "preset_settings", "EMPHASIS_KINDS", "INTEREST_KINDS", "ACTOR_UPDATES"]
+__all__ = [
+    "ActorCritic",
+    "PRESETS",
+    "preset_settings",
+    "EMPHASIS_KINDS",
+    "INTEREST_KINDS",
+    "ACTOR_UPDATES",
+    "BACKENDS",
+    "DTYPES",
+    "numba_unsupported",
+]
 
 EMPHASIS_KINDS = ("none", "followon", "learned", "ideal")
 INTEREST_KINDS = ("uniform", "episodic")
 ACTOR_UPDATES = ("sampled", "all_actions")
 EVALUATION_KINDS = ("sample", "greedy")
+BACKENDS = ("auto", "torch", "numba")
+DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "float64": torch.float64}
+#: what the compiled CPU kernels cover (``emphatic_rl.agents.linear_kernels``); the rest runs on torch
+NUMBA_CRITICS = ("td", "tdc", "gtd", "tdrc", "etd")
+NUMBA_EMPHASIS = ("none", "followon", "learned")
+
+
+def numba_unsupported(
+    device: torch.device, binary_features: bool, critic: str, emphasis: str, actor_update: str
+) -> str | None:
+    """Why the numba backend cannot run these settings (one phrase), or None when it can."""
+    if device.type != "cpu":
+        return f"the numba backend runs on CPU only, not on device {str(device)!r}; use backend 'torch' or 'auto'"
+    if not binary_features:
+        return "the numba backend needs binary features (tile coding, one-hot); dense features run on 'torch'"
+    if critic not in NUMBA_CRITICS:
+        return f"the numba backend covers critics {', '.join(NUMBA_CRITICS)}, not {critic!r}; use 'torch'"
+    if emphasis not in NUMBA_EMPHASIS:
+        return f"the numba backend covers emphasis {', '.join(NUMBA_EMPHASIS)}, not {emphasis!r}; use 'torch'"
+    if actor_update != "sampled":
+        return f"the numba backend covers actor_update 'sampled', not {actor_update!r}; use 'torch'"
+    return None
 
 PRESETS: dict[str, dict[str, Any]] = {
     "ace": {"emphasis": "followon", "eta": 1.0, "interest": "uniform"},
@@ -117,6 +151,15 @@ class ActorCritic(Agent):
         divide_step_sizes: divide step sizes by the number of active binary features.
         ideal_history_cap: steps of episode history kept per stream for ``emphasis="ideal"``.
         evaluation: ``"sample"`` (draw from the softmax target policy, default) or ``"greedy"``.
+        fit_stream_start: ACE-direct: also fit ``fhat(S_0) <- i_0`` at the first state of each stream (default
+            True). The authors' code fits a start state only after an episode end (their ``F_0 = 0``); False
+            reproduces it.
+        dtype: ``"float64"`` (default) or ``"float32"`` (or the torch dtypes): the learners' weights, traces and
+            step sizes. float64 is what the authors compute in; on CPU it costs the numba kernel nothing measurable
+            at ``lambda = 0`` and doubles the state's memory (see ``benchmarks/results/populations_cpu.md``).
+        backend: ``"auto"`` (default: the compiled numba kernel on CPU when it covers the settings, else torch),
+            ``"numba"`` (CPU only; binary features, critics td / tdc / gtd / tdrc / etd, emphasis none /
+            followon / learned, the sampled actor update) or ``"torch"`` (everything; the path for GPUs).
         seed: seeds the agent's generator (used only by ``evaluation_action``).
         device: torch device.
     """
@@ -151,6 +194,9 @@ class ActorCritic(Agent):
         divide_step_sizes: bool = True,
         ideal_history_cap: int = 1000,
         evaluation: str = "sample",
+        fit_stream_start: bool = True,
+        dtype: torch.dtype | str = "float64",
+        backend: str = "auto",
         seed: int = 0,
         device: torch.device | str = "cpu",
     ) -> None:
@@ -211,6 +257,23 @@ class ActorCritic(Agent):
         eta_64 = _hyperparameter(eta, "eta", P, 0.0, 1.0, low_open=False)
         if not tdrc_beta >= 0:
             raise ValueError(f"tdrc_beta must be >= 0, got {tdrc_beta!r}")
+        if isinstance(dtype, str):
+            if dtype not in DTYPES:
+                raise ValueError(f"unknown dtype {dtype!r}; allowed: {', '.join(DTYPES)}")
+            dtype = DTYPES[dtype]
+        if dtype not in DTYPES.values():
+            raise ValueError(f"unknown dtype {dtype!r}; allowed: {', '.join(DTYPES)}")
+        if backend not in BACKENDS:
+            raise ValueError(f"unknown backend {backend!r}; allowed: {', '.join(BACKENDS)}")
+        try:
+            device_t = torch.device(device)
+        except RuntimeError:
+            raise ValueError(f"device {device!r} is not a torch device") from None
+        why_not_numba = numba_unsupported(device_t, bool(features.binary), critic, emphasis, actor_update)
+        if backend == "numba" and why_not_numba is not None:
+            raise ValueError(why_not_numba)
+        if backend == "auto":
+            backend = "torch" if why_not_numba is not None else "numba"
         if stream_of is None:
             stream_of_t = torch.arange(P)
         else:
@@ -229,7 +292,9 @@ class ActorCritic(Agent):
             raise ValueError(f"stream_of entries must lie in [0, num_streams={num_streams})")
 
         # ---------------------------------------------------------------- build
-        self.device = torch.device(device)
+        self.device = device_t
+        self.dtype = dtype
+        self.backend = backend
         self.features = features
         self.critic_features = critic_features
         self.num_actions = num_actions
@@ -255,15 +320,15 @@ class ActorCritic(Agent):
         self.step_size_divisor = divisor
 
         def per_step(alpha64: torch.Tensor, by: float = divisor) -> torch.Tensor:
-            return (alpha64 / by).float().to(self.device)
+            return (alpha64 / by).to(dtype=dtype, device=self.device)
 
         self.alpha_actor = per_step(alpha_actor_64)
-        self.eta = eta_64.float().to(self.device)
-        self.critic_lambda = lambda_64.float().to(self.device)
+        self.eta = eta_64.to(dtype=dtype, device=self.device)
+        self.critic_lambda = lambda_64.to(dtype=dtype, device=self.device)
         d = features.num_features
         d_critic = critic_features.num_features
-        self.policy = LinearSoftmaxPolicy(num_actions, d, P, device=self.device)
-        common = dict(num_features=d_critic, population_size=P, device=self.device)
+        self.policy = LinearSoftmaxPolicy(num_actions, d, P, device=self.device, dtype=dtype)
+        common = dict(num_features=d_critic, population_size=P, device=self.device, dtype=dtype)
         if critic == "oracle":
             self.critic: Critic = OracleCritic(value_function=oracle_values, **common)
         else:
@@ -277,12 +342,19 @@ class ActorCritic(Agent):
             if critic == "gq":
                 kwargs["num_actions"] = num_actions
             self.critic = make_critic(critic, **kwargs)
+        self.normalize_emphasis = bool(normalize_emphasis)
         self.followon_trace = (
-            FollowonTrace(P, normalize_emphasis, self.device) if emphasis == "followon" else None
+            FollowonTrace(P, normalize_emphasis, self.device, dtype) if emphasis == "followon" else None
         )
         self.learned_emphasis = (
             LearnedEmphasis(
-                d_critic, P, per_step(alpha_emphasis_64, critic_divisor), normalize_emphasis, self.device
+                d_critic,
+                P,
+                per_step(alpha_emphasis_64, critic_divisor),
+                normalize_emphasis,
+                self.device,
+                dtype,
+                fit_stream_start=fit_stream_start,
             )
             if emphasis == "learned"
             else None
@@ -298,9 +370,15 @@ class ActorCritic(Agent):
                 self.gamma,
                 ideal_history_cap,
                 self.device,
+                value_dtype=dtype,
             )
         # gamma_t = 0 at the start of the stream: every stream starts an episode
         self.episode_start = torch.ones(num_streams, dtype=torch.bool, device=self.device)
+        self.stream_start = torch.ones(num_streams, dtype=torch.bool, device=self.device)
+        self.fit_stream_start = bool(fit_stream_start)
+        self.tdrc_beta = float(tdrc_beta)
+        if self.backend == "numba":
+            self._setup_numba()
         self.frozen = torch.zeros(P, dtype=torch.bool, device=self.device)
         self._any_frozen = False
         self.generator = torch.Generator(device=self.device)
@@ -360,14 +438,30 @@ class ActorCritic(Agent):
                 "update_step: features must be int64 active indices for binary feature maps and "
                 "float values for dense ones"
             )
+        if self.backend == "numba":
+            return self._numba_step(
+                obs_features,
+                action,
+                reward,
+                terminated,
+                truncated,
+                next_features,
+                behaviour_log_prob,
+                critic_obs_features,
+                critic_next_features,
+            )
         saved = [t.clone() for t in self._member_tensors()] if self._any_frozen else None
-        dtype = torch.float32
+        dtype = self.dtype
+        obs_features, next_features, critic_obs_features, critic_next_features = (
+            None if f is None else self._as_dtype(f)
+            for f in (obs_features, next_features, critic_obs_features, critic_next_features)
+        )
         terminated = terminated.to(torch.bool)
         truncated = truncated.to(torch.bool)
         start_r = self.episode_start
         ends_flow_r = (terminated | truncated) if self.timeout_as_terminal else terminated
-        gamma_t_r = torch.where(start_r, 0.0, self.gamma).to(dtype)
-        gamma_tp1_r = torch.where(ends_flow_r, 0.0, self.gamma).to(dtype)
+        gamma_t_r = torch.where(start_r, 0.0, torch.tensor(self.gamma, dtype=dtype, device=self.device))
+        gamma_tp1_r = torch.where(ends_flow_r, 0.0, torch.tensor(self.gamma, dtype=dtype, device=self.device))
         interest_r = self._interest(gamma_t_r)
         next_interest_r = self._interest(gamma_tp1_r)
 
@@ -402,6 +496,7 @@ class ActorCritic(Agent):
                 rho_t,
                 start_r[streams],
                 ends_flow_r[streams],
+                stream_start=self.stream_start[streams],
             )
         else:
             followon = self.ideal_trace.step(
@@ -413,7 +508,7 @@ class ActorCritic(Agent):
                 interest_r,
                 start_r,
             )
-        emphatic_weighting = (1 - self.eta) * interest_t + self.eta * followon
+        weighting = emphatic_weighting(interest_t, followon, self.eta)
 
         transition = CriticTransition(
             features=c_t,
@@ -431,14 +526,15 @@ class ActorCritic(Agent):
         td_error = self.critic.td_error(transition)  # critic weights BEFORE the critic update
         self.critic.update(transition, td_error)
         if self.actor_update == "sampled":
-            coef = self.alpha_actor * rho_t * emphatic_weighting * td_error
+            coef = self.alpha_actor * actor_coefficient(rho_t, weighting, td_error)
             self.policy.add_grad_log_prob_(x_t, coef, probs_t, a_t)
         else:
             assert isinstance(self.critic, GQCritic)
             q_values = self.critic.action_values(c_t)  # after this step's critic update (ace.md order)
-            self.policy.add_all_actions_(x_t, self.alpha_actor * emphatic_weighting, probs_t, q_values)
+            self.policy.add_all_actions_(x_t, self.alpha_actor * weighting, probs_t, q_values)
 
         self.episode_start = terminated | truncated
+        self.stream_start.fill_(False)
         if saved is not None:
             for tensor, old in zip(self._member_tensors(), saved, strict=True):
                 mask = self.frozen.view(-1, *([1] * (tensor.dim() - 1)))
@@ -446,9 +542,145 @@ class ActorCritic(Agent):
         return {
             "td_error": td_error,
             "emphasis": followon,
-            "emphatic_weighting": emphatic_weighting,
+            "emphatic_weighting": weighting,
             "importance_ratio": rho_t,
         }
+
+    def _as_dtype(self, features: torch.Tensor) -> torch.Tensor:
+        """Dense features in the learners' dtype; active indices unchanged."""
+        return features.to(self.dtype) if features.dtype.is_floating_point else features
+
+    # ------------------------------------------------------------------ the numba backend
+    def _setup_numba(self) -> None:
+        """Numpy views (shared memory) of the state tensors and the kernel's constants."""
+        from emphatic_rl.agents import linear_kernels as kernels
+
+        P, dtype = self.population_size, self.dtype
+        empty_rows = torch.zeros(P, 0, dtype=dtype)
+        critic = self.critic
+        self._kernels = kernels
+        self._trace_coef = torch.zeros(P, dtype=dtype)
+        self._correction_scale = torch.ones(P, dtype=dtype)
+        self._last_critic_index: torch.Tensor | None = None
+        self._state_is_lazy = False
+        self._alpha_critic = getattr(critic, "alpha")
+        self._alpha_h = getattr(critic, "alpha_h", self._alpha_critic)
+        learned = self.learned_emphasis
+        self._alpha_emphasis = learned.alpha if learned is not None else torch.zeros(P, dtype=dtype)
+        self._numba_state = dict(
+            theta=self.policy.theta,
+            weights=critic.weights,
+            trace=getattr(critic, "trace", empty_rows),
+            correction=getattr(critic, "correction", empty_rows),
+            fhat=learned.weights if learned is not None else empty_rows,
+            previous_followon=self.followon_trace.previous_followon if self.followon_trace else torch.zeros(P, dtype=dtype),
+            previous_rho=self.followon_trace.previous_rho if self.followon_trace else torch.ones(P, dtype=dtype),
+        )
+        self._numba_codes = (
+            kernels.CRITIC_CODES[self.critic_name],
+            kernels.EMPHASIS_CODES[self.emphasis],
+            kernels.INTEREST_CODES[self.interest],
+        )
+
+    def _numba_step(
+        self,
+        obs_features: torch.Tensor,
+        action: torch.Tensor,
+        reward: torch.Tensor,
+        terminated: torch.Tensor,
+        truncated: torch.Tensor,
+        next_features: torch.Tensor,
+        behaviour_log_prob: torch.Tensor,
+        critic_obs_features: torch.Tensor | None,
+        critic_next_features: torch.Tensor | None,
+    ) -> dict[str, torch.Tensor]:
+        def array(tensor: torch.Tensor, dtype: Any) -> np.ndarray:
+            return np.ascontiguousarray(tensor.detach().cpu().numpy(), dtype=dtype)
+
+        x_t = array(obs_features, np.int64)
+        x_tp1 = array(next_features, np.int64)
+        c_t = x_t if critic_obs_features is None else array(critic_obs_features, np.int64)
+        c_tp1 = x_tp1 if critic_next_features is None else array(critic_next_features, np.int64)
+        terminated_t = terminated.detach().to(torch.bool).cpu()
+        truncated_t = truncated.detach().to(torch.bool).cpu()
+        state = self._numba_state
+        out_dtype = self.dtype
+        P = self.population_size
+        outputs = [torch.empty(P, dtype=out_dtype) for _ in range(4)]
+        critic_code, emphasis_code, interest_code = self._numba_codes
+        self._kernels.population_step(
+            x_t,
+            x_tp1,
+            c_t,
+            c_tp1,
+            array(action, np.int64),
+            array(reward, np.float64),
+            terminated_t.numpy(),
+            truncated_t.numpy(),
+            self.episode_start.numpy(),
+            self.stream_start.numpy(),
+            array(behaviour_log_prob, np.float64),
+            self.stream_of.numpy(),
+            self.frozen.numpy(),
+            self.alpha_actor.numpy(),
+            self._alpha_critic.numpy(),
+            self._alpha_h.numpy(),
+            self._alpha_emphasis.numpy(),
+            self.critic_lambda.numpy(),
+            self.eta.numpy(),
+            state["theta"].numpy(),
+            state["weights"].numpy(),
+            state["trace"].numpy(),
+            self._trace_coef.numpy(),
+            state["correction"].numpy(),
+            self._correction_scale.numpy(),
+            state["fhat"].numpy(),
+            state["previous_followon"].numpy(),
+            state["previous_rho"].numpy(),
+            self.gamma,
+            self.tdrc_beta if self.critic_name == "tdrc" else 0.0,
+            critic_code,
+            emphasis_code,
+            interest_code,
+            self.normalize_emphasis,
+            self.timeout_as_terminal,
+            self.fit_stream_start,
+            *(out.numpy() for out in outputs),
+        )
+        self._last_critic_index = torch.from_numpy(c_t)
+        self._state_is_lazy = True
+        self.episode_start = terminated_t | truncated_t
+        self.stream_start.fill_(False)
+        td_error, followon, weighting, rho = outputs
+        return {
+            "td_error": td_error,
+            "emphasis": followon,
+            "emphatic_weighting": weighting,
+            "importance_ratio": rho,
+        }
+
+    def sync_state(self) -> None:
+        """Write the numba backend's lazily kept state into the state tensors.
+
+        With ``lambda = 0`` the kernel keeps each trace as a scalar times the last step's features, and TDRC's
+        ``h`` as a scale times raw weights; ``state_dict``, ``parameters_finite`` and ``freeze`` call this first.
+        Call it before reading ``agent.critic.trace`` / ``agent.critic.correction`` directly. A no-op on torch.
+        """
+        if self.backend != "numba" or not self._state_is_lazy:
+            return
+        state = self._numba_state
+        if state["trace"].shape[1] and self._last_critic_index is not None:
+            self._kernels.materialize_sparse_traces(
+                state["trace"].numpy(),
+                self._trace_coef.numpy(),
+                self.critic_lambda.numpy(),
+                self._last_critic_index.numpy(),
+                self.stream_of.numpy(),
+                self.frozen.numpy(),
+            )
+        if state["correction"].shape[1]:
+            self._kernels.materialize_correction(state["correction"].numpy(), self._correction_scale.numpy())
+        self._state_is_lazy = False
 
     def update(self, buffer: Any, env_step: int) -> dict[str, torch.Tensor]:
         """Learn from ``buffer.latest()`` (one row per stream, ``N = R``)."""
@@ -476,7 +708,7 @@ class ActorCritic(Agent):
     def evaluation_action(self, obs: torch.Tensor) -> torch.Tensor:
         """Target-policy actions ``int64[P, E]`` for ``obs: [P, E, *obs_shape]``: a draw from the softmax policy
         (``evaluation="sample"``, using the agent's generator) or its argmax (``"greedy"``)."""
-        features = self.features(obs.to(self.device))
+        features = self._as_dtype(self.features(obs.to(self.device)))
         if self.evaluation == "greedy":
             return self.policy.greedy(features)
         if self._any_frozen:
@@ -490,11 +722,12 @@ class ActorCritic(Agent):
 
     def action_probabilities(self, obs: torch.Tensor) -> torch.Tensor:
         """``pi(.|s)`` for ``obs: [P, E, *obs_shape]``: ``[P, E, A]``."""
-        return self.policy.probs(self.features(obs.to(self.device)))
+        return self.policy.probs(self._as_dtype(self.features(obs.to(self.device))))
 
     # ------------------------------------------------------------------ divergence
     def _member_tensors(self) -> list[torch.Tensor]:
         """Every per-learner state tensor (leading axis ``P``)."""
+        self.sync_state()
         tensors = [self.policy.theta, *self.critic.tensors()]
         for module in (self.followon_trace, self.learned_emphasis):
             if module is not None:
@@ -515,15 +748,18 @@ class ActorCritic(Agent):
             raise ValueError(
                 f"freeze: members must be bool[P={self.population_size}], got {tuple(members.shape)}"
             )
+        self.sync_state()  # the numba kernel skips frozen members from now on: their state must be written out
         self.frozen |= members
         self._any_frozen = bool(self.frozen.any())
 
     # ------------------------------------------------------------------ checkpointing
     def state_dict(self) -> dict[str, Any]:
+        self.sync_state()
         state: dict[str, Any] = {
             "theta": self.policy.theta.clone(),
             "critic": self.critic.state_dict(),
             "episode_start": self.episode_start.clone(),
+            "stream_start": self.stream_start.clone(),
             "frozen": self.frozen.clone(),
             "generator": self.generator.get_state(),
         }
@@ -540,6 +776,8 @@ class ActorCritic(Agent):
         self.policy.theta.copy_(state["theta"])
         self.critic.load_state_dict(state["critic"])
         self.episode_start.copy_(state["episode_start"])
+        # checkpoints from before this field: a run that has a checkpoint has taken steps
+        self.stream_start.copy_(state.get("stream_start", torch.zeros_like(self.stream_start)))
         self.frozen.copy_(state["frozen"])
         self._any_frozen = bool(self.frozen.any())
         self.generator.set_state(state["generator"])
@@ -550,3 +788,6 @@ class ActorCritic(Agent):
         ):
             if module is not None:
                 module.load_state_dict(state[key])
+        if self.backend == "numba":
+            self._correction_scale.fill_(1.0)  # the loaded h is plain
+            self._state_is_lazy = False

@@ -30,6 +30,7 @@ from typing import Any, NamedTuple
 
 import torch
 
+from emphatic_rl.emphatic import critic_emphasis
 from emphatic_rl.features import action_values, add_action_scaled_, add_scaled_, linear_value
 
 __all__ = [
@@ -72,8 +73,10 @@ class CriticTransition(NamedTuple):
     policy_theta: torch.Tensor | None = None
 
 
-def _population_tensor(value: Any, population_size: int, name: str, device: torch.device) -> torch.Tensor:
-    tensor = torch.as_tensor(value, dtype=torch.float32, device=device)
+def _population_tensor(
+    value: Any, population_size: int, name: str, device: torch.device, dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
+    tensor = torch.as_tensor(value, dtype=dtype, device=device)
     if tensor.dim() == 0:
         tensor = tensor.expand(population_size).clone()
     if tuple(tensor.shape) != (population_size,):
@@ -109,13 +112,15 @@ class Critic:
         alpha: Any,
         trace_decay: Any = 0.0,
         device: torch.device | str = "cpu",
+        dtype: torch.dtype = torch.float32,
     ) -> None:
         self.device = torch.device(device)
         self.num_features = num_features
         self.population_size = population_size
-        self.alpha = _population_tensor(alpha, population_size, "alpha", self.device)
-        self.trace_decay = _population_tensor(trace_decay, population_size, "trace_decay", self.device)
-        self.weights = torch.zeros(population_size, num_features, device=self.device)
+        self.dtype = dtype
+        self.alpha = _population_tensor(alpha, population_size, "alpha", self.device, dtype)
+        self.trace_decay = _population_tensor(trace_decay, population_size, "trace_decay", self.device, dtype)
+        self.weights = torch.zeros(population_size, num_features, device=self.device, dtype=dtype)
 
     def value(self, features: torch.Tensor) -> torch.Tensor:
         """``v(s) = w . x(s)``: ``[P]`` for features ``[P, K|d]``."""
@@ -165,8 +170,9 @@ class TDCritic(Critic):
         alpha: Any,
         trace_decay: Any = 0.0,
         device: torch.device | str = "cpu",
+        dtype: torch.dtype = torch.float32,
     ) -> None:
-        super().__init__(num_features, population_size, alpha, trace_decay, device)
+        super().__init__(num_features, population_size, alpha, trace_decay, device, dtype)
         self.trace = torch.zeros_like(self.weights)
 
     def update(self, transition: CriticTransition, td_error: torch.Tensor) -> None:
@@ -187,13 +193,14 @@ class TDCCritic(Critic):
         alpha: Any,
         trace_decay: Any = 0.0,
         device: torch.device | str = "cpu",
+        dtype: torch.dtype = torch.float32,
         alpha_h: Any = None,
     ) -> None:
-        super().__init__(num_features, population_size, alpha, trace_decay, device)
+        super().__init__(num_features, population_size, alpha, trace_decay, device, dtype)
         self.alpha_h = (
             self.alpha.clone()
             if alpha_h is None
-            else _population_tensor(alpha_h, population_size, "alpha_h", self.device)
+            else _population_tensor(alpha_h, population_size, "alpha_h", self.device, dtype)
         )
         self.trace = torch.zeros_like(self.weights)
         self.correction = torch.zeros_like(self.weights)  # h
@@ -233,13 +240,14 @@ class TDRCCritic(TDCCritic):
         alpha: Any,
         trace_decay: Any = 0.0,
         device: torch.device | str = "cpu",
+        dtype: torch.dtype = torch.float32,
         alpha_h: Any = None,
         beta: float = 1.0,
     ) -> None:
-        super().__init__(num_features, population_size, alpha, trace_decay, device, alpha_h=alpha_h)
+        super().__init__(num_features, population_size, alpha, trace_decay, device, dtype, alpha_h=alpha_h)
         if not beta >= 0:
             raise ValueError(f"TDRC beta must be >= 0, got {beta!r}")
-        self.beta = torch.full((population_size,), float(beta), device=self.device)
+        self.beta = torch.full((population_size,), float(beta), device=self.device, dtype=dtype)
 
     def _correction_decay(self) -> torch.Tensor:
         return self.beta
@@ -259,12 +267,13 @@ class ETDCritic(Critic):
         alpha: Any,
         trace_decay: Any = 0.0,
         device: torch.device | str = "cpu",
+        dtype: torch.dtype = torch.float32,
     ) -> None:
-        super().__init__(num_features, population_size, alpha, trace_decay, device)
+        super().__init__(num_features, population_size, alpha, trace_decay, device, dtype)
         self.trace = torch.zeros_like(self.weights)
 
     def update(self, transition: CriticTransition, td_error: torch.Tensor) -> None:
-        emphasis = self.trace_decay * transition.interest + (1 - self.trace_decay) * transition.followon
+        emphasis = critic_emphasis(transition.interest, transition.followon, self.trace_decay)
         self._decay_and_add_trace(self.trace, transition, emphasis)
         self.weights.add_((self.alpha * td_error)[:, None] * self.trace)
 
@@ -287,17 +296,18 @@ class GQCritic(Critic):
         alpha: Any,
         trace_decay: Any = 0.0,
         device: torch.device | str = "cpu",
+        dtype: torch.dtype = torch.float32,
         alpha_h: Any = None,
         num_actions: int = 2,
     ) -> None:
-        super().__init__(num_features, population_size, alpha, trace_decay, device)
+        super().__init__(num_features, population_size, alpha, trace_decay, device, dtype)
         self.alpha_h = (
             self.alpha.clone()
             if alpha_h is None
-            else _population_tensor(alpha_h, population_size, "alpha_h", self.device)
+            else _population_tensor(alpha_h, population_size, "alpha_h", self.device, dtype)
         )
         self.num_actions = num_actions
-        self.weights = torch.zeros(population_size, num_actions, num_features, device=self.device)
+        self.weights = torch.zeros(population_size, num_actions, num_features, device=self.device, dtype=dtype)
         self.trace = torch.zeros_like(self.weights)
         self.correction = torch.zeros_like(self.weights)
 
@@ -350,6 +360,7 @@ class OracleCritic(Critic):
         population_size: int,
         value_function: Callable[[torch.Tensor], Any],
         device: torch.device | str = "cpu",
+        dtype: torch.dtype = torch.float32,
     ) -> None:
         super().__init__(num_features, population_size, 1.0, 0.0, device)
         if not callable(value_function):
@@ -366,7 +377,7 @@ class OracleCritic(Critic):
         return lifted
 
     def exact_values(self, theta: torch.Tensor) -> torch.Tensor:
-        values = torch.as_tensor(self.value_function(theta)).to(device=self.device, dtype=torch.float32)
+        values = torch.as_tensor(self.value_function(theta)).to(device=self.device, dtype=self.dtype)
         if values.shape != (self.population_size, self.num_features):
             raise ValueError(
                 f"oracle value_function must return v [P={self.population_size}, "

@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from emphatic_rl.emphatic import followon_trace, learned_emphasis_start_target, learned_emphasis_target
 from emphatic_rl.features import add_scaled_, linear_value
 
 
@@ -31,17 +32,20 @@ class FollowonTrace:
     state_names = ("previous_followon", "previous_rho")
 
     def __init__(
-        self, population_size: int, normalize: bool = False, device: torch.device | str = "cpu"
+        self,
+        population_size: int,
+        normalize: bool = False,
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype = torch.float32,
     ) -> None:
         self.normalize = normalize
-        self.previous_followon = torch.zeros(population_size, device=device)  # F_{-1} = 0
-        self.previous_rho = torch.ones(population_size, device=device)  # rho_{-1} = 1
+        self.previous_followon = torch.zeros(population_size, device=device, dtype=dtype)  # F_{-1} = 0
+        self.previous_rho = torch.ones(population_size, device=device, dtype=dtype)  # rho_{-1} = 1
 
     def step(self, interest: torch.Tensor, gamma: torch.Tensor, rho: torch.Tensor) -> torch.Tensor:
         """Return ``F_t`` (``[P]``) from ``i_t``, ``gamma_t`` and the stored ``rho_{t-1}``, ``F_{t-1}``; then
         store ``F_t`` and ``rho_t`` (``rho``, this step's ratio) for the next step."""
-        carried = gamma * self.previous_rho * self.previous_followon
-        followon = ((1 - gamma) * interest if self.normalize else interest) + carried
+        followon = followon_trace(interest, gamma, self.previous_rho, self.previous_followon, self.normalize)
         self.previous_followon.copy_(followon)
         self.previous_rho.copy_(rho)
         return followon
@@ -74,11 +78,16 @@ class LearnedEmphasis:
     start *before* reading ``F_t``, which is where the paper's code had applied that update. With tabular features
     the fixed point is then exactly ``m / d_mu`` over the states the actor updates at.
 
+    The authors' code never fits the stream's very first state (it fits a start state only through the target
+    after an episode end); ``fit_stream_start=False`` reproduces that, ``True`` (default) fits every episode start,
+    the stream's first one included.
+
     Args:
         num_features: ``d``.
         population_size: ``P``.
         alpha: step size ``alpha_v``, scalar or ``[P]`` (already divided by the number of active features).
         normalize: use the normalised target.
+        fit_stream_start: also fit ``fhat(S_0) <- i_0`` at the first state of each stream (default True).
     """
 
     state_names = ("weights",)
@@ -90,11 +99,14 @@ class LearnedEmphasis:
         alpha: Any,
         normalize: bool = False,
         device: torch.device | str = "cpu",
+        dtype: torch.dtype = torch.float32,
+        fit_stream_start: bool = True,
     ) -> None:
         self.normalize = normalize
-        alpha = torch.as_tensor(alpha, dtype=torch.float32, device=device)
+        self.fit_stream_start = bool(fit_stream_start)
+        alpha = torch.as_tensor(alpha, dtype=dtype, device=device)
         self.alpha = alpha.expand(population_size).clone() if alpha.dim() == 0 else alpha.clone()
-        self.weights = torch.zeros(population_size, num_features, device=device)
+        self.weights = torch.zeros(population_size, num_features, device=device, dtype=dtype)
 
     def estimate(self, features: torch.Tensor) -> torch.Tensor:
         """``fhat(x)``: ``[P]`` for features ``[P, K|d]``."""
@@ -111,19 +123,24 @@ class LearnedEmphasis:
         rho: torch.Tensor,
         episode_start: torch.Tensor,
         next_is_boundary: torch.Tensor,
+        stream_start: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """One step for every learner; returns ``F_t = fhat(x_t)`` (``[P]``).
 
         ``features``/``next_features``: ``x_t``/``x_{t+1}``; ``interest``/``next_interest``: ``i_t``/``i_{t+1}``;
         ``gamma``/``next_gamma``: ``gamma_t``/``gamma_{t+1}``; ``rho``: ``rho_t``; ``episode_start``: ``bool[P]``,
-        ``S_t`` starts an episode; ``next_is_boundary``: ``bool[P]``, the transition ends the emphasis flow.
+        ``S_t`` starts an episode; ``next_is_boundary``: ``bool[P]``, the transition ends the emphasis flow;
+        ``stream_start``: ``bool[P]``, ``S_t`` is the stream's first state (only read with
+        ``fit_stream_start=False``).
         """
-        start_target = (1 - gamma) * interest if self.normalize else interest
-        start_error = torch.where(episode_start, start_target - self.estimate(features), 0.0)
+        fit_start = episode_start
+        if not self.fit_stream_start and stream_start is not None:
+            fit_start = episode_start & ~stream_start
+        start_target = learned_emphasis_start_target(interest, gamma, self.normalize)
+        start_error = torch.where(fit_start, start_target - self.estimate(features), 0.0)
         add_scaled_(self.weights, features, self.alpha * start_error)
         followon = self.estimate(features)
-        carried = next_gamma * rho * followon
-        target = ((1 - next_gamma) * next_interest if self.normalize else next_interest) + carried
+        target = learned_emphasis_target(next_interest, next_gamma, rho, followon, self.normalize)
         error = torch.where(next_is_boundary, 0.0, target - self.estimate(next_features))
         add_scaled_(self.weights, next_features, self.alpha * error)
         return followon
@@ -174,19 +191,20 @@ class IdealTrace:
         gamma: float,
         history_cap: int = 1000,
         device: torch.device | str = "cpu",
+        value_dtype: torch.dtype = torch.float32,
     ) -> None:
         if not isinstance(history_cap, int) or history_cap < 1:
             raise ValueError(f"ideal_history_cap must be an integer >= 1, got {history_cap!r}")
         self.stream_of = stream_of
         self.gamma = gamma
         self.cap = history_cap
-        dtype = torch.int64 if sparse else torch.float32
+        dtype = torch.int64 if sparse else value_dtype
         self.history_features = torch.zeros(
             num_streams, history_cap, *feature_shape, dtype=dtype, device=device
         )
         self.history_actions = torch.zeros(num_streams, history_cap, dtype=torch.int64, device=device)
-        self.history_behaviour_log_prob = torch.zeros(num_streams, history_cap, device=device)
-        self.history_interest = torch.zeros(num_streams, history_cap, device=device)
+        self.history_behaviour_log_prob = torch.zeros(num_streams, history_cap, device=device, dtype=value_dtype)
+        self.history_interest = torch.zeros(num_streams, history_cap, device=device, dtype=value_dtype)
         self.history_length = torch.zeros(num_streams, dtype=torch.int64, device=device)
         self.step_count = torch.zeros((), dtype=torch.int64, device=device)
         self._ages = torch.arange(1, history_cap + 1, device=device)

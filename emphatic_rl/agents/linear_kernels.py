@@ -1,0 +1,290 @@
+"""Compiled (numba) population step of the linear actor-critic: the CPU backend of ``ActorCritic``.
+
+One call advances all ``P`` learners by one transition of each of the ``R`` behaviour streams, fused: interest and
+discounts, ``rho_t``, the emphasis ``F_t`` (none / follow-on trace / learned ``fhat``), ``M_t``, ``delta_t``, the
+critic (TD, TDC/GTD, TDRC, ETD, each with lambda traces) and the sampled actor update. Scalars are computed in float64
+whatever the state's dtype (float32 state is rounded when stored). It works in place on the
+numpy views of the agent's torch state tensors (shared memory), so checkpoints, freezing and the torch evaluation
+code see the same numbers.
+
+The emphatic equations (``F_t``, ``M_t``, ``M^c_t``, the learned-emphasis targets, the actor coefficient) are the
+functions of ``emphatic_rl.emphatic``, compiled here unchanged; the critic update lines are this backend's copy of
+``emphatic_rl.agents.critics`` (the torch backend), and the tests hold both to the same reference traces.
+
+Cost. Features are binary (active indices, ``K`` per state). A learner whose critic has ``lambda = 0`` touches only
+the ``K`` active entries of each vector: its eligibility trace is ``z_t = c_t x_t`` (``c_t = rho_t`` or
+``rho_t M^c_t``), kept as the scalar ``c_t`` and the stream's indices and written out densely only when the state
+is read (``materialize_sparse_traces``). TDRC's decay of ``h`` by ``(1 - alpha_h beta)`` at every step would touch
+all ``d`` entries; those learners keep ``h = h_scale * h_raw`` and decay the scalar instead (``h_raw`` is rescaled
+when ``h_scale`` gets small, and written back as ``h`` whenever the state is read: ``materialize_correction``).
+A learner with ``lambda > 0`` keeps a dense trace and pays ``O(d)`` per step.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+from emphatic_rl.emphatic import (
+    actor_coefficient,
+    critic_emphasis,
+    emphatic_weighting,
+    followon_trace,
+    learned_emphasis_start_target,
+    learned_emphasis_target,
+)
+
+__all__ = [
+    "CRITIC_CODES",
+    "EMPHASIS_CODES",
+    "INTEREST_CODES",
+    "population_step",
+    "materialize_sparse_traces",
+    "materialize_correction",
+]
+
+#: critic name -> kernel code (GQ, the oracle and dense features run on the torch backend only)
+CRITIC_CODES = {"td": 0, "tdc": 1, "gtd": 1, "tdrc": 2, "etd": 3}
+#: emphasis name -> kernel code (the ideal trace runs on the torch backend only)
+EMPHASIS_CODES = {"none": 0, "followon": 1, "learned": 2}
+INTEREST_CODES = {"uniform": 0, "episodic": 1}
+
+_inline = numba.njit(inline="always", cache=True)
+_followon_trace = _inline(followon_trace)
+_emphatic_weighting = _inline(emphatic_weighting)
+_critic_emphasis = _inline(critic_emphasis)
+_learned_emphasis_target = _inline(learned_emphasis_target)
+_learned_emphasis_start_target = _inline(learned_emphasis_start_target)
+_actor_coefficient = _inline(actor_coefficient)
+
+#: ``h_raw`` is rescaled into ``h`` when ``h_scale`` falls below this (float32 and float64 alike)
+_SCALE_FLOOR = 1e-12
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _sparse_sum(vector, indices):
+    total = 0.0
+    for k in range(indices.shape[0]):
+        total += vector[indices[k]]
+    return total
+
+
+@numba.njit(cache=True, nogil=True)
+def population_step(
+    # per stream [R]
+    actor_index,  # int64[R, K]: x(S_t), the actor's active features
+    actor_next_index,  # int64[R, K]: x(S_{t+1})
+    critic_index,  # int64[R, Kc]: the critic's (and fhat's) features of S_t
+    critic_next_index,  # int64[R, Kc]
+    action,  # int64[R]
+    reward,  # float[R]
+    terminated,  # bool[R]
+    truncated,  # bool[R]
+    episode_start,  # bool[R]: S_t is the first state of an episode (gamma_t = 0)
+    stream_start,  # bool[R]: S_t is the first state of the stream
+    behaviour_log_prob,  # float[R]: log mu(A_t|S_t)
+    # per learner [P]
+    stream_of,
+    frozen,
+    alpha_actor,
+    alpha_critic,
+    alpha_h,
+    alpha_emphasis,
+    trace_decay,
+    eta,
+    # state (in place)
+    theta,  # [P, A, d]
+    weights,  # [P, dc]: critic w
+    trace,  # [P, dc]: dense trace (learners with lambda > 0)
+    trace_coef,  # [P]: z = trace_coef * x(S_t) for learners with lambda = 0
+    correction,  # [P, dc]: h_raw (TDC / TDRC)
+    correction_scale,  # [P]: h = correction_scale * h_raw
+    fhat,  # [P, dc]: learned emphasis weights
+    previous_followon,  # [P]
+    previous_rho,  # [P]
+    # constants
+    gamma,
+    beta,
+    critic_code,
+    emphasis_code,
+    interest_code,
+    normalize,
+    timeout_as_terminal,
+    fit_stream_start,
+    # outputs [P]
+    out_td_error,
+    out_followon,
+    out_weighting,
+    out_rho,
+):
+    num_learners, num_actions, _ = theta.shape
+    num_active = actor_index.shape[1]
+    num_critic_active = critic_index.shape[1]
+    zero = 0.0
+    one = 1.0
+    logits = np.empty(num_actions, dtype=np.float64)
+    gradient = np.empty(num_actions, dtype=np.float64)
+    for p in range(num_learners):
+        if frozen[p]:
+            out_td_error[p] = np.nan
+            out_followon[p] = np.nan
+            out_weighting[p] = np.nan
+            out_rho[p] = np.nan
+            continue
+        r = stream_of[p]
+        x_t = actor_index[r]
+        c_t = critic_index[r]
+        c_tp1 = critic_next_index[r]
+        a_t = action[r]
+        ends_flow = terminated[r] or (timeout_as_terminal and truncated[r])
+        gamma_t = zero if episode_start[r] else gamma
+        gamma_tp1 = zero if ends_flow else gamma
+        if interest_code == 0:
+            interest_t = one
+            next_interest = one
+        else:
+            interest_t = one if gamma_t == zero else zero
+            next_interest = one if gamma_tp1 == zero else zero
+
+        # rho_t with theta before this step's updates
+        for a in range(num_actions):
+            total = zero
+            for k in range(num_active):
+                total += theta[p, a, x_t[k]]
+            logits[a] = total
+        largest = logits[0]
+        for a in range(1, num_actions):
+            largest = max(largest, logits[a])
+        normalizer = zero
+        for a in range(num_actions):
+            logits[a] -= largest
+            normalizer += np.exp(logits[a])
+        log_normalizer = np.log(normalizer)  # log pi(a|S_t) = logits[a] - log_normalizer (as torch's log_softmax)
+        rho = np.exp((logits[a_t] - log_normalizer) - behaviour_log_prob[r])
+
+        # F_t
+        if emphasis_code == 0:
+            followon = interest_t
+        elif emphasis_code == 1:
+            followon = _followon_trace(interest_t, gamma_t, previous_rho[p], previous_followon[p], normalize)
+            previous_followon[p] = followon
+            previous_rho[p] = rho
+        else:
+            step = alpha_emphasis[p]
+            if episode_start[r] and (fit_stream_start or not stream_start[r]):
+                start_error = _learned_emphasis_start_target(interest_t, gamma_t, normalize) - _sparse_sum(
+                    fhat[p], c_t
+                )
+                for k in range(num_critic_active):
+                    fhat[p, c_t[k]] += step * start_error
+            followon = _sparse_sum(fhat[p], c_t)
+            if not ends_flow:
+                target = _learned_emphasis_target(next_interest, gamma_tp1, rho, followon, normalize)
+                error = target - _sparse_sum(fhat[p], c_tp1)
+                for k in range(num_critic_active):
+                    fhat[p, c_tp1[k]] += step * error
+        weighting = _emphatic_weighting(interest_t, followon, eta[p])
+
+        # delta_t with the critic weights before the critic update
+        td_error = reward[r] + gamma_tp1 * _sparse_sum(weights[p], c_tp1) - _sparse_sum(weights[p], c_t)
+
+        # the critic
+        lam = trace_decay[p]
+        alpha = alpha_critic[p]
+        feature_scale = _critic_emphasis(interest_t, followon, lam) if critic_code == 3 else one
+        if lam == zero:
+            coef = rho * feature_scale  # z_t = coef * x(S_t)
+            trace_coef[p] = coef
+            step = alpha * td_error
+            for k in range(num_critic_active):
+                weights[p, c_t[k]] += step * coef
+            if critic_code == 1 or critic_code == 2:
+                scale = correction_scale[p]
+                h_dot_x = scale * _sparse_sum(correction[p], c_t)
+                trace_dot_h = coef * h_dot_x
+                next_coef = -alpha * gamma_tp1 * trace_dot_h
+                for k in range(num_critic_active):
+                    weights[p, c_tp1[k]] += next_coef
+                step_h = alpha_h[p]
+                if critic_code == 2:
+                    scale = scale * (one - step_h * beta)
+                    if scale < _SCALE_FLOOR:
+                        for j in range(correction.shape[1]):
+                            correction[p, j] *= scale
+                        scale = one
+                    correction_scale[p] = scale
+                added = (step_h * td_error * coef - step_h * h_dot_x) / scale
+                for k in range(num_critic_active):
+                    correction[p, c_t[k]] += added
+        else:
+            decay = rho * gamma_t * lam
+            for j in range(trace.shape[1]):
+                trace[p, j] *= decay
+            added = rho * feature_scale
+            for k in range(num_critic_active):
+                trace[p, c_t[k]] += added
+            step = alpha * td_error
+            if critic_code == 0 or critic_code == 3:
+                for j in range(weights.shape[1]):
+                    weights[p, j] += step * trace[p, j]
+            else:
+                scale = correction_scale[p]
+                if scale != one:  # a learner that had lambda = 0 before a checkpoint: keep h plain from now on
+                    for j in range(correction.shape[1]):
+                        correction[p, j] *= scale
+                    correction_scale[p] = one
+                trace_dot_h = zero
+                for j in range(trace.shape[1]):
+                    trace_dot_h += trace[p, j] * correction[p, j]
+                h_dot_x = _sparse_sum(correction[p], c_t)
+                for j in range(weights.shape[1]):
+                    weights[p, j] += step * trace[p, j]
+                next_coef = -alpha * gamma_tp1 * (one - lam) * trace_dot_h
+                for k in range(num_critic_active):
+                    weights[p, c_tp1[k]] += next_coef
+                step_h = alpha_h[p]
+                keep = one - step_h * beta if critic_code == 2 else one
+                step_delta = step_h * td_error
+                for j in range(correction.shape[1]):
+                    correction[p, j] = correction[p, j] * keep + step_delta * trace[p, j]
+                for k in range(num_critic_active):
+                    correction[p, c_t[k]] += -step_h * h_dot_x
+
+        # the actor: theta += alpha_actor rho_t M_t delta_t grad ln pi(A_t|S_t)
+        coef_actor = alpha_actor[p] * _actor_coefficient(rho, weighting, td_error)
+        for a in range(num_actions):
+            probability = np.exp(logits[a] - log_normalizer)
+            gradient[a] = coef_actor * ((one if a == a_t else zero) - probability)
+        for a in range(num_actions):
+            for k in range(num_active):
+                theta[p, a, x_t[k]] += gradient[a]
+
+        out_td_error[p] = td_error
+        out_followon[p] = followon
+        out_weighting[p] = weighting
+        out_rho[p] = rho
+
+
+@numba.njit(cache=True, nogil=True)
+def materialize_sparse_traces(trace, trace_coef, trace_decay, critic_index, stream_of, frozen):
+    """Write ``z = trace_coef * x(S_t)`` densely for the learners with ``lambda = 0`` (``critic_index``: the
+    critic's active features of the last step's ``S_t``, per stream)."""
+    for p in range(trace.shape[0]):
+        if trace_decay[p] != 0.0 or frozen[p]:
+            continue
+        for j in range(trace.shape[1]):
+            trace[p, j] = 0.0
+        indices = critic_index[stream_of[p]]
+        for k in range(indices.shape[0]):
+            trace[p, indices[k]] += trace_coef[p]
+
+
+@numba.njit(cache=True, nogil=True)
+def materialize_correction(correction, correction_scale):
+    """``h = h_scale * h_raw`` written back into ``correction``; ``h_scale = 1``."""
+    for p in range(correction.shape[0]):
+        scale = correction_scale[p]
+        if scale != 1.0:
+            for j in range(correction.shape[1]):
+                correction[p, j] *= scale
+            correction_scale[p] = 1.0
