@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from emphatic_rl.agents.actor_critic import ActorCritic, preset_settings
+from emphatic_rl.agents.actor_critic import BACKENDS, DTYPES, ActorCritic, preset_settings
 from emphatic_rl.agents.registry import AgentContext, register_agent
 from emphatic_rl.envs.base import DiscreteSpec
 from emphatic_rl.envs.tabular import TabularEnv
@@ -71,10 +71,19 @@ class ActorCriticOptions:
     num_tilings: int | None = None
     stream_of: list[int] | None = None
     ideal_history_cap: int = 1000
+    fit_stream_start: bool = True
+    dtype: str = "float64"
+    backend: str = "auto"
 
     def __post_init__(self) -> None:
         if self.features not in FEATURE_KINDS:
             raise ValueError(f"unknown features {self.features!r}; allowed: {', '.join(FEATURE_KINDS)}")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"unknown dtype {self.dtype!r}; allowed: {', '.join(DTYPES)}")
+        if self.backend not in BACKENDS:
+            raise ValueError(f"unknown backend {self.backend!r}; allowed: {', '.join(BACKENDS)}")
+        if not isinstance(self.fit_stream_start, bool):
+            raise ValueError(f"fit_stream_start must be true or false, got {self.fit_stream_start!r}")
         if self.gamma is not None and not 0.0 <= self.gamma <= 1.0:
             raise ValueError(f"gamma must be in [0, 1], got {self.gamma!r}")
 
@@ -156,7 +165,7 @@ def build_actor_critic(preset: str, context: AgentContext, options: ActorCriticO
         lab = DiscreteLab(tabular.mdp, settings.get("interest", "uniform"))
 
         def oracle_values(theta: torch.Tensor) -> torch.Tensor:
-            policy = torch.softmax(torch.einsum("sd,pad->psa", lab.features, theta.detach().double().cpu()), -1)
+            policy = torch.softmax(torch.einsum("sd,pad->psa", lab.features.double(), theta.detach().double().cpu()), -1)
             return lab.batched_values(policy).float().to(theta.device)
 
     agent = ActorCritic(
@@ -179,6 +188,9 @@ def build_actor_critic(preset: str, context: AgentContext, options: ActorCriticO
         timeout_as_terminal=options.timeout_as_terminal,
         ideal_history_cap=options.ideal_history_cap,
         evaluation=options.evaluation,
+        fit_stream_start=options.fit_stream_start,
+        dtype=options.dtype,
+        backend=options.backend,
         seed=context.seed,
         device=context.device,
         **settings,

@@ -74,6 +74,56 @@ NUMBA_CRITICS = ("td", "tdc", "gtd", "tdrc", "etd")
 NUMBA_EMPHASIS = ("none", "followon", "learned")
 
 
+def available_memory_bytes() -> int | None:
+    """Memory this process can still take: ``MemAvailable`` of ``/proc/meminfo`` (Linux), else physical memory."""
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        import os
+
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def state_memory_bytes(
+    population_size: int,
+    num_actions: int,
+    num_features: int,
+    num_critic_features: int,
+    num_streams: int,
+    dtype: torch.dtype,
+    critic: str,
+    emphasis: str,
+    ideal_feature_width: int,
+    ideal_history_cap: int,
+) -> int:
+    """Bytes of the learners' state: ``theta``, the critic's vectors and traces, ``fhat``, the ideal trace's history."""
+    item = torch.empty((), dtype=dtype).element_size()
+    vectors = {"td": 2, "etd": 2, "tdc": 3, "gtd": 3, "tdrc": 3, "gq": 3 * num_actions, "oracle": 1}.get(critic, 3)
+    vectors += 1 if emphasis == "learned" else 0
+    per_learner = num_actions * num_features + vectors * num_critic_features + 8
+    ideal = num_streams * ideal_history_cap * (ideal_feature_width + 3) if emphasis == "ideal" else 0
+    return item * (population_size * per_learner + ideal)
+
+
+def check_state_memory(*args: Any) -> None:
+    """Raise one ``ValueError`` when the state (``state_memory_bytes(*args)``) exceeds the memory available."""
+    needed = state_memory_bytes(*args)
+    available = available_memory_bytes()
+    if available is not None and needed > available:
+        raise ValueError(
+            f"a population of {args[0]} learners needs about {needed / 2**30:.1f} GiB of state but this machine has "
+            f"{available / 2**30:.1f} GiB available; use fewer learners (smaller grid, fewer runs, or max_population "
+            "in a study) or dtype 'float32'"
+        )
+
+
 def numba_unsupported(
     device: torch.device, binary_features: bool, critic: str, emphasis: str, actor_update: str
 ) -> str | None:
@@ -241,22 +291,6 @@ class ActorCritic(Agent):
             )
         if not (isinstance(gamma, (int, float)) and 0.0 <= gamma <= 1.0):
             raise ValueError(f"gamma must be a number in [0, 1], got {gamma!r}")
-        P = population_size
-        alpha_actor_64 = _hyperparameter(alpha_actor, "alpha_actor", P, 0.0, None, low_open=True)
-        alpha_critic_64 = _hyperparameter(alpha_critic, "alpha_critic", P, 0.0, None, low_open=True)
-        alpha_h_64 = (
-            alpha_critic_64.clone()
-            if alpha_h is None
-            else _hyperparameter(alpha_h, "alpha_h", P, 0.0, None, low_open=True)
-        )
-        if emphasis == "learned":
-            if alpha_emphasis is None:
-                raise ValueError("emphasis 'learned' (ACE-direct) needs alpha_emphasis > 0")
-            alpha_emphasis_64 = _hyperparameter(alpha_emphasis, "alpha_emphasis", P, 0.0, None, low_open=True)
-        lambda_64 = _hyperparameter(critic_lambda, "critic_lambda", P, 0.0, 1.0, low_open=False)
-        eta_64 = _hyperparameter(eta, "eta", P, 0.0, 1.0, low_open=False)
-        if not tdrc_beta >= 0:
-            raise ValueError(f"tdrc_beta must be >= 0, got {tdrc_beta!r}")
         if isinstance(dtype, str):
             if dtype not in DTYPES:
                 raise ValueError(f"unknown dtype {dtype!r}; allowed: {', '.join(DTYPES)}")
@@ -274,6 +308,35 @@ class ActorCritic(Agent):
             raise ValueError(why_not_numba)
         if backend == "auto":
             backend = "torch" if why_not_numba is not None else "numba"
+        check_state_memory(
+            population_size,
+            num_actions,
+            features.num_features,
+            critic_features.num_features,
+            num_streams or 1,
+            dtype,
+            critic,
+            emphasis,
+            features.num_active if emphasis == "ideal" and features.binary else features.num_features,
+            ideal_history_cap,
+        )
+        P = population_size
+        alpha_actor_64 = _hyperparameter(alpha_actor, "alpha_actor", P, 0.0, None, low_open=True)
+        alpha_critic_64 = _hyperparameter(alpha_critic, "alpha_critic", P, 0.0, None, low_open=True)
+        alpha_h_64 = (
+            alpha_critic_64.clone()
+            if alpha_h is None
+            else _hyperparameter(alpha_h, "alpha_h", P, 0.0, None, low_open=True)
+        )
+        if emphasis == "learned":
+            if alpha_emphasis is None:
+                raise ValueError("emphasis 'learned' (ACE-direct) needs alpha_emphasis > 0")
+            alpha_emphasis_64 = _hyperparameter(alpha_emphasis, "alpha_emphasis", P, 0.0, None, low_open=True)
+        lambda_64 = _hyperparameter(critic_lambda, "critic_lambda", P, 0.0, 1.0, low_open=False)
+        eta_64 = _hyperparameter(eta, "eta", P, 0.0, 1.0, low_open=False)
+        if not tdrc_beta >= 0:
+            raise ValueError(f"tdrc_beta must be >= 0, got {tdrc_beta!r}")
+
         if stream_of is None:
             stream_of_t = torch.arange(P)
         else:
@@ -377,10 +440,10 @@ class ActorCritic(Agent):
         self.stream_start = torch.ones(num_streams, dtype=torch.bool, device=self.device)
         self.fit_stream_start = bool(fit_stream_start)
         self.tdrc_beta = float(tdrc_beta)
-        if self.backend == "numba":
-            self._setup_numba()
         self.frozen = torch.zeros(P, dtype=torch.bool, device=self.device)
         self._any_frozen = False
+        if self.backend == "numba":
+            self._setup_numba()
         self.generator = torch.Generator(device=self.device)
         self.generator.manual_seed(int(seed))
 
@@ -552,34 +615,69 @@ class ActorCritic(Agent):
 
     # ------------------------------------------------------------------ the numba backend
     def _setup_numba(self) -> None:
-        """Numpy views (shared memory) of the state tensors and the kernel's constants."""
+        """Lay the state out for the kernel and keep numpy views of it (shared memory with the torch tensors).
+
+        Memory layout (the tensors keep their documented shapes as strided views): ``theta`` lives in a
+        ``[P, d, A]`` block (the ``A`` weights of one feature share a cache line), and the critic's ``w``, TDC/TDRC's
+        ``h`` and the learned ``fhat`` in one ``[P, d_c, V]`` block (the vectors read at one feature share a cache
+        line). At large ``P`` the kernel is bound by memory traffic: each learner-step touches a few cache lines per
+        active feature instead of one per vector.
+        """
         from emphatic_rl.agents import linear_kernels as kernels
 
         P, dtype = self.population_size, self.dtype
-        empty_rows = torch.zeros(P, 0, dtype=dtype)
-        critic = self.critic
+        critic, learned = self.critic, self.learned_emphasis
+        theta = self.policy.theta
+        block = torch.zeros(P, theta.shape[2], theta.shape[1], dtype=dtype, device=self.device)
+        block.copy_(theta.permute(0, 2, 1))
+        self.policy.theta = block.permute(0, 2, 1)
+        vectors = [("weights", critic)]
+        if hasattr(critic, "correction"):
+            vectors.append(("correction", critic))
+        if learned is not None:
+            vectors.append(("weights", learned))
+        shared = torch.zeros(P, critic.weights.shape[1], len(vectors), dtype=dtype, device=self.device)
+        for slot, (name, owner) in enumerate(vectors):
+            shared[:, :, slot] = getattr(owner, name)
+            setattr(owner, name, shared[:, :, slot])
+        empty_rows = np.zeros((P, 0), dtype=np.float64 if dtype == torch.float64 else np.float32)
         self._kernels = kernels
         self._trace_coef = torch.zeros(P, dtype=dtype)
         self._correction_scale = torch.ones(P, dtype=dtype)
         self._last_critic_index: torch.Tensor | None = None
         self._state_is_lazy = False
-        self._alpha_critic = getattr(critic, "alpha")
-        self._alpha_h = getattr(critic, "alpha_h", self._alpha_critic)
-        learned = self.learned_emphasis
-        self._alpha_emphasis = learned.alpha if learned is not None else torch.zeros(P, dtype=dtype)
+        alpha_critic = critic.alpha
+        alpha_h = getattr(critic, "alpha_h", alpha_critic)
+        alpha_emphasis = learned.alpha if learned is not None else torch.zeros(P, dtype=dtype)
+        followon = self.followon_trace
         self._numba_state = dict(
-            theta=self.policy.theta,
-            weights=critic.weights,
-            trace=getattr(critic, "trace", empty_rows),
-            correction=getattr(critic, "correction", empty_rows),
-            fhat=learned.weights if learned is not None else empty_rows,
-            previous_followon=self.followon_trace.previous_followon if self.followon_trace else torch.zeros(P, dtype=dtype),
-            previous_rho=self.followon_trace.previous_rho if self.followon_trace else torch.ones(P, dtype=dtype),
+            theta=self.policy.theta.numpy(),
+            weights=critic.weights.numpy(),
+            trace=critic.trace.numpy() if hasattr(critic, "trace") else empty_rows,
+            correction=critic.correction.numpy() if hasattr(critic, "correction") else empty_rows,
+            fhat=learned.weights.numpy() if learned is not None else empty_rows,
+            previous_followon=(followon.previous_followon if followon else torch.zeros(P, dtype=dtype)).numpy(),
+            previous_rho=(followon.previous_rho if followon else torch.ones(P, dtype=dtype)).numpy(),
         )
-        self._numba_codes = (
+        self._numba_learners = (
+            self.stream_of.numpy(),
+            self.frozen.numpy(),
+            self.alpha_actor.numpy(),
+            alpha_critic.numpy(),
+            alpha_h.numpy(),
+            alpha_emphasis.numpy(),
+            self.critic_lambda.numpy(),
+            self.eta.numpy(),
+        )
+        self._numba_constants = (
+            self.gamma,
+            self.tdrc_beta if self.critic_name == "tdrc" else 0.0,
             kernels.CRITIC_CODES[self.critic_name],
             kernels.EMPHASIS_CODES[self.emphasis],
             kernels.INTEREST_CODES[self.interest],
+            self.normalize_emphasis,
+            self.timeout_as_terminal,
+            self.fit_stream_start,
         )
 
     def _numba_step(
@@ -604,10 +702,8 @@ class ActorCritic(Agent):
         terminated_t = terminated.detach().to(torch.bool).cpu()
         truncated_t = truncated.detach().to(torch.bool).cpu()
         state = self._numba_state
-        out_dtype = self.dtype
-        P = self.population_size
-        outputs = [torch.empty(P, dtype=out_dtype) for _ in range(4)]
-        critic_code, emphasis_code, interest_code = self._numba_codes
+        outputs = torch.empty(4, self.population_size, dtype=self.dtype)
+        out = outputs.numpy()
         self._kernels.population_step(
             x_t,
             x_tp1,
@@ -620,38 +716,27 @@ class ActorCritic(Agent):
             self.episode_start.numpy(),
             self.stream_start.numpy(),
             array(behaviour_log_prob, np.float64),
-            self.stream_of.numpy(),
-            self.frozen.numpy(),
-            self.alpha_actor.numpy(),
-            self._alpha_critic.numpy(),
-            self._alpha_h.numpy(),
-            self._alpha_emphasis.numpy(),
-            self.critic_lambda.numpy(),
-            self.eta.numpy(),
-            state["theta"].numpy(),
-            state["weights"].numpy(),
-            state["trace"].numpy(),
+            *self._numba_learners,
+            state["theta"],
+            state["weights"],
+            state["trace"],
             self._trace_coef.numpy(),
-            state["correction"].numpy(),
+            state["correction"],
             self._correction_scale.numpy(),
-            state["fhat"].numpy(),
-            state["previous_followon"].numpy(),
-            state["previous_rho"].numpy(),
-            self.gamma,
-            self.tdrc_beta if self.critic_name == "tdrc" else 0.0,
-            critic_code,
-            emphasis_code,
-            interest_code,
-            self.normalize_emphasis,
-            self.timeout_as_terminal,
-            self.fit_stream_start,
-            *(out.numpy() for out in outputs),
+            state["fhat"],
+            state["previous_followon"],
+            state["previous_rho"],
+            *self._numba_constants,
+            out[0],
+            out[1],
+            out[2],
+            out[3],
         )
         self._last_critic_index = torch.from_numpy(c_t)
         self._state_is_lazy = True
         self.episode_start = terminated_t | truncated_t
         self.stream_start.fill_(False)
-        td_error, followon, weighting, rho = outputs
+        td_error, followon, weighting, rho = outputs.unbind(0)
         return {
             "td_error": td_error,
             "emphasis": followon,
@@ -659,28 +744,39 @@ class ActorCritic(Agent):
             "importance_ratio": rho,
         }
 
-    def sync_state(self) -> None:
-        """Write the numba backend's lazily kept state into the state tensors.
-
-        With ``lambda = 0`` the kernel keeps each trace as a scalar times the last step's features, and TDRC's
-        ``h`` as a scale times raw weights; ``state_dict``, ``parameters_finite`` and ``freeze`` call this first.
-        Call it before reading ``agent.critic.trace`` / ``agent.critic.correction`` directly. A no-op on torch.
-        """
+    def _write_out_traces(self) -> None:
+        """numba: write the ``lambda = 0`` learners' traces (kept as a scalar times the last step's features)
+        densely into ``critic.trace``. The kernel never reads those entries, so this changes no result."""
         if self.backend != "numba" or not self._state_is_lazy:
             return
         state = self._numba_state
         if state["trace"].shape[1] and self._last_critic_index is not None:
             self._kernels.materialize_sparse_traces(
-                state["trace"].numpy(),
+                state["trace"],
                 self._trace_coef.numpy(),
                 self.critic_lambda.numpy(),
                 self._last_critic_index.numpy(),
                 self.stream_of.numpy(),
                 self.frozen.numpy(),
             )
-        if state["correction"].shape[1]:
-            self._kernels.materialize_correction(state["correction"].numpy(), self._correction_scale.numpy())
         self._state_is_lazy = False
+
+    def _lazy_correction(self) -> bool:
+        return self.backend == "numba" and bool(self._numba_state["correction"].shape[1])
+
+    def sync_state(self) -> None:
+        """Write the numba backend's lazily kept state into the state tensors.
+
+        With ``lambda = 0`` the kernel keeps each trace as a scalar times the last step's features, and TDRC's
+        ``h`` as a scale times raw weights (``critic.correction`` holds the raw weights between calls). Call this
+        before reading ``agent.critic.trace`` / ``agent.critic.correction`` directly (``state_dict`` needs no call:
+        it writes out copies and leaves the kernel's representation alone, so a resumed run continues
+        bit-identically). Writing ``h`` out rounds it once: a run that calls this continues with that rounding.
+        A no-op on the torch backend.
+        """
+        self._write_out_traces()
+        if self._lazy_correction():
+            self._kernels.materialize_correction(self._numba_state["correction"], self._correction_scale.numpy())
 
     def update(self, buffer: Any, env_step: int) -> dict[str, torch.Tensor]:
         """Learn from ``buffer.latest()`` (one row per stream, ``N = R``)."""
@@ -726,8 +822,9 @@ class ActorCritic(Agent):
 
     # ------------------------------------------------------------------ divergence
     def _member_tensors(self) -> list[torch.Tensor]:
-        """Every per-learner state tensor (leading axis ``P``)."""
-        self.sync_state()
+        """Every per-learner state tensor (leading axis ``P``). numba: TDRC's ``h`` as its raw weights (finite
+        exactly when ``h`` is: its scale lies in (0, 1])."""
+        self._write_out_traces()
         tensors = [self.policy.theta, *self.critic.tensors()]
         for module in (self.followon_trace, self.learned_emphasis):
             if module is not None:
@@ -748,16 +845,17 @@ class ActorCritic(Agent):
             raise ValueError(
                 f"freeze: members must be bool[P={self.population_size}], got {tuple(members.shape)}"
             )
-        self.sync_state()  # the numba kernel skips frozen members from now on: their state must be written out
+        self._write_out_traces()  # the kernel skips frozen members from now on: their traces must be written out
         self.frozen |= members
         self._any_frozen = bool(self.frozen.any())
 
     # ------------------------------------------------------------------ checkpointing
     def state_dict(self) -> dict[str, Any]:
-        self.sync_state()
+        self._write_out_traces()
+        critic_state = self.critic.state_dict()
         state: dict[str, Any] = {
             "theta": self.policy.theta.clone(),
-            "critic": self.critic.state_dict(),
+            "critic": critic_state,
             "episode_start": self.episode_start.clone(),
             "stream_start": self.stream_start.clone(),
             "frozen": self.frozen.clone(),
@@ -770,6 +868,11 @@ class ActorCritic(Agent):
         ):
             if module is not None:
                 state[key] = module.state_dict()
+        if self._lazy_correction():
+            # h itself for readers and other backends; the raw weights and scale for an exact resume
+            raw = critic_state["correction"]
+            critic_state["correction"] = raw * self._correction_scale[:, None]
+            state["numba_correction"] = {"raw": raw, "scale": self._correction_scale.clone()}
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -789,5 +892,8 @@ class ActorCritic(Agent):
             if module is not None:
                 module.load_state_dict(state[key])
         if self.backend == "numba":
-            self._correction_scale.fill_(1.0)  # the loaded h is plain
             self._state_is_lazy = False
+            self._correction_scale.fill_(1.0)  # the loaded h is plain ...
+            if self._lazy_correction() and "numba_correction" in state:  # ... unless this backend wrote it
+                self.critic.correction.copy_(state["numba_correction"]["raw"])
+                self._correction_scale.copy_(state["numba_correction"]["scale"])
