@@ -459,6 +459,132 @@ def _train_with_excursions(study: Study, config: TrainConfig, folder: Path, resu
     return result
 
 
+# ---------------------------------------------------------------------------------------------------- estimate
+@dataclass
+class ChunkEstimate:
+    """Estimated seconds of one chunk, extrapolated from a short calibration of its own population.
+
+    ``setup_seconds``: building the Run, the first two training steps and the first evaluation (compilation).
+    ``train_seconds``: seconds per training step (measured) x steps. ``eval_seconds``: an upper bound, every
+    evaluation episode running to ``eval_max_steps``: ``evaluations`` x (seconds per evaluation call + cap x
+    seconds per evaluation step of the ``P x eval_episodes`` copies, scaled by width for the excursion rollouts).
+    """
+
+    train_seconds: float
+    eval_seconds: float
+    step_seconds: float
+    evaluations: int
+    calibration_seconds: float
+    #: building the Run and the first (compiling) training step and evaluation, which a real run pays too
+    setup_seconds: float = 0.0
+
+    @property
+    def total_seconds(self) -> float:
+        return self.setup_seconds + self.train_seconds + self.eval_seconds
+
+
+def _calibration_key(chunk: Chunk) -> str:
+    """Chunks with the same key cost the same per step (the same agent, options, population and evaluation)."""
+    config = chunk.config.to_dict()
+    config["agent_options"] = {k: (len(v) if k in PER_MEMBER_KEYS or k == "stream_of" else v)
+                               for k, v in config["agent_options"].items()}
+    return json.dumps({k: v for k, v in config.items() if k != "steps"}, sort_keys=True, default=str)
+
+
+def estimate_chunk(chunk: Chunk, excursions: tuple[int, int] | None, budget_seconds: float = 0.5,
+                   max_steps: int = 200, rates: dict[str, Any] | None = None) -> ChunkEstimate:
+    """Estimate a chunk's run time without training it: build its ``Run`` (the full population), time up to
+    ``max_steps`` training steps (about ``budget_seconds``, at least 3, after 2 warm-up steps that include any
+    compilation) and two short evaluations (``eval_max_steps`` 2 and 12, every member's ``eval_episodes``
+    copies) with the untrained policy, then extrapolate. Writes nothing. ``rates`` caches the measured rates
+    per ``_calibration_key``."""
+    import dataclasses as dc
+
+    from emphatic_rl.train import build_run, evaluate
+
+    start = time.perf_counter()
+    config = chunk.config
+    key = _calibration_key(chunk)
+    if rates is not None and key in rates:
+        step_seconds, call_seconds, eval_step_seconds, setup_seconds = rates[key]
+    else:
+        config = copy.deepcopy(config)
+        config.progress = False
+        run = build_run(config)
+        env, agent, buffer, behaviour = run.env, run.agent, run.buffer, run.behaviour
+        if agent.acts_in_env or behaviour is None:
+            raise ConfigError(f"variant {chunk.variant.name!r}: no time estimate for an agent that acts in the env")
+        generator = torch.Generator(device=run.device)
+        generator.manual_seed(config.seed + 2)
+        obs = env.reset(seed=config.seed)
+
+        def train_steps(count: int, first: int) -> None:
+            nonlocal obs
+            for step in range(first, first + count):
+                action, log_prob = behaviour.act(obs, generator)
+                result = env.step(action)
+                buffer.add(obs, action, result.reward, result.terminated, result.truncated, result.final_obs,
+                           log_prob)
+                agent.update(buffer, step)
+                obs = result.obs
+
+        with torch.no_grad():
+            train_steps(2, 1)  # warm-up: compilation, first allocations
+            setup_seconds = time.perf_counter() - start
+            timed, begin = 0, time.perf_counter()
+            while timed < max_steps and (timed < 3 or time.perf_counter() - begin < budget_seconds):
+                train_steps(1, 3 + timed)
+                timed += 1
+            step_seconds = (time.perf_counter() - begin) / timed
+
+        def evaluation_seconds(cap: int) -> float:
+            capped = dc.replace(run, config=dc.replace(config, eval_max_steps=min(cap, config.eval_max_steps)))
+            begin = time.perf_counter()
+            evaluate(capped, 0)
+            return time.perf_counter() - begin
+
+        setup_seconds += evaluation_seconds(2)  # warm-up (compilation)
+        short, long = evaluation_seconds(2), evaluation_seconds(12)
+        eval_step_seconds = max(long - short, 0.0) / 10
+        call_seconds = max(short - 2 * eval_step_seconds, 0.0)
+        if rates is not None:
+            rates[key] = (step_seconds, call_seconds, eval_step_seconds, setup_seconds)
+    evaluations = math.ceil(config.steps / config.eval_every) if config.eval_every else 1
+    per_evaluation = call_seconds + config.eval_max_steps * eval_step_seconds
+    if excursions is not None:  # one rollout from each start: the same per-copy cost, width S instead of E
+        per_evaluation *= 1 + excursions[0] / config.eval_episodes
+    return ChunkEstimate(step_seconds * config.steps, evaluations * per_evaluation, step_seconds, evaluations,
+                         time.perf_counter() - start, setup_seconds)
+
+
+def _minutes(seconds: float) -> str:
+    return f"{seconds / 60:.1f} min" if seconds >= 60 else f"{seconds:.0f} s" if seconds >= 1 else f"{seconds:.2f} s"
+
+
+def print_estimate(study: Study, chunks: list[Chunk], budget_seconds: float = 0.5) -> float:
+    """Print each chunk's estimated time and the study's total; returns the total in seconds."""
+    rates: dict[str, Any] = {}
+    total = calibration = 0.0
+    for chunk in chunks:
+        estimate = estimate_chunk(chunk, study.excursions, budget_seconds, rates=rates)
+        calibration += estimate.calibration_seconds
+        total += estimate.total_seconds
+        config = chunk.config
+        print(f"  {chunk.folder}: estimated ~{_minutes(estimate.total_seconds)}: setup ~"
+              f"{_minutes(estimate.setup_seconds)}, training ~{_minutes(estimate.train_seconds)} ({config.steps} "
+              f"steps x {estimate.step_seconds * 1e3:.3g} ms for P {config.population_size}), evaluation "
+              f"<= {_minutes(estimate.eval_seconds)}")
+    config = chunks[0].config
+    evaluations = math.ceil(config.steps / config.eval_every) if config.eval_every else 1
+    bound = f"{config.eval_episodes} episodes"
+    if study.excursions is not None:
+        bound += f" + {study.excursions[0]} excursion starts"
+    print(f"emphatic-rl sweep: estimated ~{_minutes(total)} in all (from a {calibration:.0f}-second calibration; "
+          f"evaluation bounded by {evaluations} evaluations x ({bound}) per member x {config.eval_max_steps} "
+          "steps, every episode at the cap; logging and checkpoints not counted)")
+    return total
+
+
 # ---------------------------------------------------------------------------------------------------- CLI
 def add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("study", help="a study TOML (see emphatic_rl/sweep.py and experiments/*.toml)")
@@ -469,7 +595,11 @@ def add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a [base] key: steps=2000, env.max_episode_steps=500, agent.critic=\"etd\"")
     parser.add_argument("--runs", type=int, help="override the number of runs")
-    parser.add_argument("--dry-run", action="store_true", help="validate and print the plan, train nothing")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="validate and print the plan and an estimated run time (from a short calibration of "
+                        "each population run: a few training steps and evaluation steps), train nothing")
+    parser.add_argument("--calibrate", type=float, default=0.5, metavar="SECONDS",
+                        help="--dry-run: seconds of training steps timed per population run (default 0.5)")
     parser.add_argument("--progress", action="store_true", help="progress bars")
 
 
@@ -497,6 +627,11 @@ def run_sweep(args: argparse.Namespace) -> int:
               + ", ".join(f"{k} ({len(v)})" if len(v) > 4 else f"{k} {v}" for k, v in chunk.variant.grid.items()))
     if args.dry_run:
         print(f"emphatic-rl sweep: plan valid ({len(chunks)} population runs); nothing trained")
+        try:
+            print_estimate(study, chunks, args.calibrate)
+        except (ConfigError, ValueError) as error:
+            print(f"emphatic-rl: error: {error}", file=sys.stderr)
+            return 2
         return 0
     try:
         run_study(study, out, progress=args.progress, log=lambda m: print(m, flush=True))

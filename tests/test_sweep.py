@@ -192,6 +192,20 @@ def test_cli_dry_run_trains_nothing(tmp_path, capsys):
     assert not out.exists()
 
 
+def test_cli_dry_run_prints_an_estimate_from_a_calibration(tmp_path, capsys):
+    out = tmp_path / "out"
+    path = write(tmp_path, TINY.replace("runs = 2", "runs = 2\n[excursions]\nstarts = 3\nspacing = 5"))
+    code = main(["sweep", str(path), "--out", str(out), "--dry-run", "--calibrate", "0.05"])
+    assert code == 0
+    lines = capsys.readouterr().out.splitlines()
+    per_chunk = [line for line in lines if line.strip().startswith(("offpac: estimated ~", "ace-eta: estimated ~"))]
+    assert len(per_chunk) == 2 and all("training ~" in line and "evaluation <= " in line for line in per_chunk)
+    total = [line for line in lines if line.startswith("emphatic-rl sweep: estimated ~")]
+    assert len(total) == 1
+    assert "-second calibration; evaluation bounded by 2 evaluations x (1 episodes + 3 excursion starts)" in total[0]
+    assert not out.exists()  # no run folder, nothing trained
+
+
 def test_cli_only_and_bad_override(tmp_path, capsys):
     path = write(tmp_path, TINY)
     assert main(["sweep", str(path), "--only", "nope", "--dry-run"]) == 2
