@@ -111,3 +111,29 @@ def test_sparse_helpers_match_dense_algebra():
     assert torch.allclose(
         add_action_scaled_(theta.clone(), indices, coef_a), add_action_scaled_(theta.clone(), dense, coef_a)
     )
+
+
+def test_tile_coder_cpu_kernel_equals_the_torch_ops() -> None:
+    """The compiled CPU path of ``TileCoder.__call__`` gives the torch path's indices, edges and non-finite values
+    included, for float32 and float64 observations of any leading shape."""
+    import torch
+
+    from emphatic_rl.features import TileCoder
+
+    generator = torch.Generator().manual_seed(0)
+    for low, high, tiles, tilings, bias in (
+        ((-1.2, -0.07), (0.6, 0.07), (4, 4), 8, True),
+        ((0.0, 0.0), (1.0, 1.0), (2, 2), 2, True),
+        ((0.0, -1.0, 2.0), (1.0, 1.0, 3.0), (3, 5, 2), 4, False),
+    ):
+        coder = TileCoder(low, high, tiles, tilings, bias=bias)
+        span = torch.tensor(high, dtype=torch.float64) - torch.tensor(low, dtype=torch.float64)
+        obs = torch.rand(20_000, len(low), generator=generator, dtype=torch.float64) * 1.2 * span + (
+            torch.tensor(low, dtype=torch.float64) - 0.1 * span
+        )
+        width = span / torch.tensor(tiles, dtype=torch.float64)
+        boundaries = torch.tensor(low, dtype=torch.float64) + width * torch.arange(5, dtype=torch.float64)[:, None]
+        special = torch.tensor([[float("nan")] * len(low), [float("inf")] * len(low), [-float("inf")] * len(low)])
+        obs = torch.cat([obs, boundaries, special.double()])
+        for observations in (obs, obs.float(), obs[:600].reshape(20, 30, len(low))):
+            assert torch.equal(coder(observations), coder._torch_indices(observations))

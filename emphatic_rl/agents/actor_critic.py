@@ -642,42 +642,55 @@ class ActorCritic(Agent):
             setattr(owner, name, shared[:, :, slot])
         empty_rows = np.zeros((P, 0), dtype=np.float64 if dtype == torch.float64 else np.float32)
         self._kernels = kernels
-        self._trace_coef = torch.zeros(P, dtype=dtype)
-        self._correction_scale = torch.ones(P, dtype=dtype)
         self._last_critic_index: torch.Tensor | None = None
         self._state_is_lazy = False
-        alpha_critic = critic.alpha
-        alpha_h = getattr(critic, "alpha_h", alpha_critic)
+        # per-learner vectors packed into two blocks (the agent's and its modules' tensors become rows of them)
+        alpha_h = getattr(critic, "alpha_h", critic.alpha)
         alpha_emphasis = learned.alpha if learned is not None else torch.zeros(P, dtype=dtype)
+        hyperparameters = torch.stack(
+            [self.alpha_actor, critic.alpha, alpha_h, alpha_emphasis, self.critic_lambda, self.eta]
+        ).contiguous()
+        self.alpha_actor, critic.alpha = hyperparameters[0], hyperparameters[1]
+        if hasattr(critic, "alpha_h"):
+            critic.alpha_h = hyperparameters[2]
+        if learned is not None:
+            learned.alpha = hyperparameters[3]
+        self.critic_lambda = critic.trace_decay = hyperparameters[4]
+        self.eta = hyperparameters[5]
         followon = self.followon_trace
+        scalars = torch.zeros(4, P, dtype=dtype)
+        scalars[1] = 1.0  # h_scale
+        scalars[3] = 1.0  # rho_{-1}
+        if followon is not None:
+            scalars[2], scalars[3] = followon.previous_followon, followon.previous_rho
+            followon.previous_followon, followon.previous_rho = scalars[2], scalars[3]
+        self._trace_coef, self._correction_scale = scalars[0], scalars[1]
+        flags = torch.zeros(4, self.num_streams, dtype=torch.bool)  # terminated, truncated, episode/stream start
+        flags[2], flags[3] = self.episode_start, self.stream_start
+        self.episode_start, self.stream_start = flags[2], flags[3]
+        self._numba_flags = flags.numpy()
         self._numba_state = dict(
             theta=self.policy.theta.numpy(),
             weights=critic.weights.numpy(),
             trace=critic.trace.numpy() if hasattr(critic, "trace") else empty_rows,
             correction=critic.correction.numpy() if hasattr(critic, "correction") else empty_rows,
             fhat=learned.weights.numpy() if learned is not None else empty_rows,
-            previous_followon=(followon.previous_followon if followon else torch.zeros(P, dtype=dtype)).numpy(),
-            previous_rho=(followon.previous_rho if followon else torch.ones(P, dtype=dtype)).numpy(),
+            scalars=scalars.numpy(),
         )
-        self._numba_learners = (
-            self.stream_of.numpy(),
-            self.frozen.numpy(),
-            self.alpha_actor.numpy(),
-            alpha_critic.numpy(),
-            alpha_h.numpy(),
-            alpha_emphasis.numpy(),
-            self.critic_lambda.numpy(),
-            self.eta.numpy(),
-        )
+        self._numba_learners = (self.stream_of.numpy(), self.frozen.numpy(), hyperparameters.numpy())
         self._numba_constants = (
-            self.gamma,
-            self.tdrc_beta if self.critic_name == "tdrc" else 0.0,
-            kernels.CRITIC_CODES[self.critic_name],
-            kernels.EMPHASIS_CODES[self.emphasis],
-            kernels.INTEREST_CODES[self.interest],
-            self.normalize_emphasis,
-            self.timeout_as_terminal,
-            self.fit_stream_start,
+            np.array([self.gamma, self.tdrc_beta if self.critic_name == "tdrc" else 0.0]),
+            np.array(
+                [
+                    kernels.CRITIC_CODES[self.critic_name],
+                    kernels.EMPHASIS_CODES[self.emphasis],
+                    kernels.INTEREST_CODES[self.interest],
+                    self.normalize_emphasis,
+                    self.timeout_as_terminal,
+                    self.fit_stream_start,
+                ],
+                dtype=np.int64,
+            ),
         )
 
     def _numba_step(
@@ -693,49 +706,43 @@ class ActorCritic(Agent):
         critic_next_features: torch.Tensor | None,
     ) -> dict[str, torch.Tensor]:
         def array(tensor: torch.Tensor, dtype: Any) -> np.ndarray:
-            return np.ascontiguousarray(tensor.detach().cpu().numpy(), dtype=dtype)
+            values = tensor.numpy() if tensor.device.type == "cpu" and not tensor.requires_grad else (
+                tensor.detach().cpu().numpy()
+            )
+            return values if values.dtype == dtype and values.flags.c_contiguous else (
+                np.ascontiguousarray(values, dtype=dtype)
+            )
 
         x_t = array(obs_features, np.int64)
         x_tp1 = array(next_features, np.int64)
         c_t = x_t if critic_obs_features is None else array(critic_obs_features, np.int64)
         c_tp1 = x_tp1 if critic_next_features is None else array(critic_next_features, np.int64)
-        terminated_t = terminated.detach().to(torch.bool).cpu()
-        truncated_t = truncated.detach().to(torch.bool).cpu()
+        flags = self._numba_flags
+        flags[0] = array(terminated, np.bool_)
+        flags[1] = array(truncated, np.bool_)
         state = self._numba_state
         outputs = torch.empty(4, self.population_size, dtype=self.dtype)
-        out = outputs.numpy()
-        self._kernels.population_step(
+        self._kernels.population_step_packed(
             x_t,
             x_tp1,
             c_t,
             c_tp1,
             array(action, np.int64),
             array(reward, np.float64),
-            terminated_t.numpy(),
-            truncated_t.numpy(),
-            self.episode_start.numpy(),
-            self.stream_start.numpy(),
+            flags,
             array(behaviour_log_prob, np.float64),
             *self._numba_learners,
             state["theta"],
             state["weights"],
             state["trace"],
-            self._trace_coef.numpy(),
             state["correction"],
-            self._correction_scale.numpy(),
             state["fhat"],
-            state["previous_followon"],
-            state["previous_rho"],
+            state["scalars"],
             *self._numba_constants,
-            out[0],
-            out[1],
-            out[2],
-            out[3],
+            outputs.numpy(),
         )
         self._last_critic_index = torch.from_numpy(c_t)
         self._state_is_lazy = True
-        self.episode_start = terminated_t | truncated_t
-        self.stream_start.fill_(False)
         td_error, followon, weighting, rho = outputs.unbind(0)
         return {
             "td_error": td_error,
@@ -753,7 +760,7 @@ class ActorCritic(Agent):
         if state["trace"].shape[1] and self._last_critic_index is not None:
             self._kernels.materialize_sparse_traces(
                 state["trace"],
-                self._trace_coef.numpy(),
+                state["scalars"][0],
                 self.critic_lambda.numpy(),
                 self._last_critic_index.numpy(),
                 self.stream_of.numpy(),
@@ -776,7 +783,7 @@ class ActorCritic(Agent):
         """
         self._write_out_traces()
         if self._lazy_correction():
-            self._kernels.materialize_correction(self._numba_state["correction"], self._correction_scale.numpy())
+            self._kernels.materialize_correction(self._numba_state["correction"], self._numba_state["scalars"][1])
 
     def update(self, buffer: Any, env_step: int) -> dict[str, torch.Tensor]:
         """Learn from ``buffer.latest()`` (one row per stream, ``N = R``)."""

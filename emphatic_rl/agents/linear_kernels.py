@@ -39,6 +39,7 @@ __all__ = [
     "EMPHASIS_CODES",
     "INTEREST_CODES",
     "population_step",
+    "population_step_packed",
     "materialize_sparse_traces",
     "materialize_correction",
 ]
@@ -263,6 +264,79 @@ def population_step(
         out_followon[p] = followon
         out_weighting[p] = weighting
         out_rho[p] = rho
+
+
+@numba.njit(cache=True, nogil=True)
+def population_step_packed(
+    actor_index,
+    actor_next_index,
+    critic_index,
+    critic_next_index,
+    action,
+    reward,
+    stream_flags,  # bool[4, R]: terminated, truncated, episode_start, stream_start
+    behaviour_log_prob,
+    stream_of,
+    frozen,
+    hyperparameters,  # [6, P]: alpha_actor, alpha_critic, alpha_h, alpha_emphasis, trace_decay, eta
+    theta,
+    weights,
+    trace,
+    correction,
+    fhat,
+    scalars,  # [4, P]: trace_coef, correction_scale, previous_followon, previous_rho
+    float_constants,  # [2]: gamma, beta
+    int_constants,  # [6]: critic code, emphasis code, interest code, normalize, timeout_as_terminal, fit_stream_start
+    out,  # [4, P]: td_error, followon, weighting, rho
+):
+    """``population_step`` with its per-learner vectors and constants packed (fewer arguments: the dispatch of a
+    compiled call costs per argument, and at small ``P`` that is most of a step). Afterwards sets
+    ``episode_start = terminated | truncated`` and ``stream_start = False`` for the next step."""
+    population_step(
+        actor_index,
+        actor_next_index,
+        critic_index,
+        critic_next_index,
+        action,
+        reward,
+        stream_flags[0],
+        stream_flags[1],
+        stream_flags[2],
+        stream_flags[3],
+        behaviour_log_prob,
+        stream_of,
+        frozen,
+        hyperparameters[0],
+        hyperparameters[1],
+        hyperparameters[2],
+        hyperparameters[3],
+        hyperparameters[4],
+        hyperparameters[5],
+        theta,
+        weights,
+        trace,
+        scalars[0],
+        correction,
+        scalars[1],
+        fhat,
+        scalars[2],
+        scalars[3],
+        float_constants[0],
+        float_constants[1],
+        int_constants[0],
+        int_constants[1],
+        int_constants[2],
+        int_constants[3] != 0,
+        int_constants[4] != 0,
+        int_constants[5] != 0,
+        out[0],
+        out[1],
+        out[2],
+        out[3],
+    )
+    for r in range(stream_flags.shape[1]):
+        stream_flags[2, r] = stream_flags[0, r] or stream_flags[1, r]
+        stream_flags[3, r] = False
 
 
 @numba.njit(cache=True, nogil=True)
