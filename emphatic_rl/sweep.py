@@ -669,11 +669,16 @@ def excursion_start_states(config: TrainConfig, num_starts: int, spacing: int) -
 
 
 @torch.no_grad()
-def evaluate_excursions(run: Any, starts: dict[str, Any], step: int) -> Any:
+def evaluate_excursions(run: Any, starts: dict[str, Any], step: int, backend: str = "auto") -> Any:
     """Mean undiscounted return ``[P]`` of each member's target policy, one rollout from every start state, each
-    capped at ``eval_max_steps``. Copies are member-major: member ``p`` owns copies ``p*S ... p*S + S - 1``."""
+    capped at ``eval_max_steps``. Copies are member-major: member ``p`` owns copies ``p*S ... p*S + S - 1``.
+    ``backend``: as ``train.evaluate``'s (``"auto"``: the compiled rollouts where they apply, else torch)."""
+    from emphatic_rl.agents.linear_rollouts import fused_excursions
     from emphatic_rl.envs import make_env
 
+    fused = fused_excursions(run, starts, step, backend)
+    if fused is not None:
+        return fused
     config, agent = run.config, run.agent
     num_starts = next(iter(starts.values())).shape[0]
     P = config.population_size

@@ -182,9 +182,19 @@ def load_run_config(out_dir: str | Path) -> TrainConfig:
 
 
 @torch.no_grad()
-def evaluate(run: Run, step: int) -> dict[str, torch.Tensor]:
-    """Run ``eval_episodes`` episodes per member with the target policy. Returns ``return`` and ``length``, ``[P]``."""
+def evaluate(run: Run, step: int, backend: str = "auto") -> dict[str, torch.Tensor]:
+    """Run ``eval_episodes`` episodes per member with the target policy. Returns ``return`` and ``length``, ``[P]``.
+
+    ``backend``: ``"auto"`` runs the compiled rollouts of ``emphatic_rl.agents.linear_rollouts`` where they apply
+    (CPU, linear actor-critic with tile coding, Mountain Car / Puddle World; frozen members NaN), else the torch
+    loop below; ``"torch"`` / ``"numba"`` force one.
+    """
+    from emphatic_rl.agents.linear_rollouts import fused_evaluate
+
     config, env, agent = run.config, run.eval_env, run.agent
+    results = fused_evaluate(run, step, backend)
+    if results is not None:
+        return results
     population, episodes = config.population_size, config.eval_episodes
     obs = env.reset(seed=(config.seed * 1_000_003 + step) % (2**63))
     episode_return = torch.zeros(env.num_envs, device=run.device)
