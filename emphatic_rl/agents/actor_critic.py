@@ -70,7 +70,7 @@ EVALUATION_KINDS = ("sample", "greedy")
 BACKENDS = ("auto", "torch", "numba")
 DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "float64": torch.float64}
 #: what the compiled CPU kernels cover (``emphatic_rl.agents.linear_kernels``); the rest runs on torch
-NUMBA_CRITICS = ("td", "tdc", "gtd", "tdrc", "etd")
+NUMBA_CRITICS = ("td", "tdc", "gtd", "tdrc", "etd", "gq")
 NUMBA_EMPHASIS = ("none", "followon", "learned")
 
 
@@ -136,8 +136,6 @@ def numba_unsupported(
         return f"the numba backend covers critics {', '.join(NUMBA_CRITICS)}, not {critic!r}; use 'torch'"
     if emphasis not in NUMBA_EMPHASIS:
         return f"the numba backend covers emphasis {', '.join(NUMBA_EMPHASIS)}, not {emphasis!r}; use 'torch'"
-    if actor_update != "sampled":
-        return f"the numba backend covers actor_update 'sampled', not {actor_update!r}; use 'torch'"
     return None
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -631,16 +629,23 @@ class ActorCritic(Agent):
         block = torch.zeros(P, theta.shape[2], theta.shape[1], dtype=dtype, device=self.device)
         block.copy_(theta.permute(0, 2, 1))
         self.policy.theta = block.permute(0, 2, 1)
-        vectors = [("weights", critic)]
-        if hasattr(critic, "correction"):
+        action_values = isinstance(critic, GQCritic)
+        vectors = [] if action_values else [("weights", critic)]
+        if hasattr(critic, "correction") and not action_values:
             vectors.append(("correction", critic))
         if learned is not None:
             vectors.append(("weights", learned))
-        shared = torch.zeros(P, critic.weights.shape[1], len(vectors), dtype=dtype, device=self.device)
+        d_critic = self.critic_features.num_features
+        shared = torch.zeros(P, d_critic, max(1, len(vectors)), dtype=dtype, device=self.device)
         for slot, (name, owner) in enumerate(vectors):
             shared[:, :, slot] = getattr(owner, name)
             setattr(owner, name, shared[:, :, slot])
         empty_rows = np.zeros((P, 0), dtype=np.float64 if dtype == torch.float64 else np.float32)
+        if action_values:  # GQ: q weights, trace and h as one [3, P, A, d_c] block
+            action_block = torch.stack([critic.weights, critic.trace, critic.correction]).contiguous()
+            critic.weights, critic.trace, critic.correction = action_block.unbind(0)
+        else:
+            action_block = torch.zeros(3, P, 0, 0, dtype=dtype)
         self._kernels = kernels
         self._last_critic_index: torch.Tensor | None = None
         self._state_is_lazy = False
@@ -671,10 +676,11 @@ class ActorCritic(Agent):
         self._numba_flags = flags.numpy()
         self._numba_state = dict(
             theta=self.policy.theta.numpy(),
-            weights=critic.weights.numpy(),
-            trace=critic.trace.numpy() if hasattr(critic, "trace") else empty_rows,
-            correction=critic.correction.numpy() if hasattr(critic, "correction") else empty_rows,
+            weights=empty_rows if action_values else critic.weights.numpy(),
+            trace=critic.trace.numpy() if hasattr(critic, "trace") and not action_values else empty_rows,
+            correction=critic.correction.numpy() if hasattr(critic, "correction") and not action_values else empty_rows,
             fhat=learned.weights.numpy() if learned is not None else empty_rows,
+            action_block=action_block.numpy(),
             scalars=scalars.numpy(),
         )
         self._numba_learners = (self.stream_of.numpy(), self.frozen.numpy(), hyperparameters.numpy())
@@ -737,6 +743,7 @@ class ActorCritic(Agent):
             state["trace"],
             state["correction"],
             state["fhat"],
+            state["action_block"],
             state["scalars"],
             *self._numba_constants,
             outputs.numpy(),

@@ -44,8 +44,8 @@ __all__ = [
     "materialize_correction",
 ]
 
-#: critic name -> kernel code (GQ, the oracle and dense features run on the torch backend only)
-CRITIC_CODES = {"td": 0, "tdc": 1, "gtd": 1, "tdrc": 2, "etd": 3}
+#: critic name -> kernel code (GQ goes with the all-actions actor; the oracle and dense features run on torch only)
+CRITIC_CODES = {"td": 0, "tdc": 1, "gtd": 1, "tdrc": 2, "etd": 3, "gq": 4}
 #: emphasis name -> kernel code (the ideal trace runs on the torch backend only)
 EMPHASIS_CODES = {"none": 0, "followon": 1, "learned": 2}
 INTEREST_CODES = {"uniform": 0, "episodic": 1}
@@ -101,6 +101,9 @@ def population_step(
     correction,  # [P, dc]: h_raw (TDC / TDRC)
     correction_scale,  # [P]: h = correction_scale * h_raw
     fhat,  # [P, dc]: learned emphasis weights
+    action_weights,  # [P, A, dc]: GQ's q weights
+    action_trace,  # [P, A, dc]: GQ's trace
+    action_correction,  # [P, A, dc]: GQ's h
     previous_followon,  # [P]
     previous_rho,  # [P]
     # constants
@@ -125,6 +128,8 @@ def population_step(
     one = 1.0
     logits = np.empty(num_actions, dtype=np.float64)
     gradient = np.empty(num_actions, dtype=np.float64)
+    next_probs = np.empty(num_actions, dtype=np.float64)
+    q_values = np.empty(num_actions, dtype=np.float64)
     for p in range(num_learners):
         if frozen[p]:
             out_td_error[p] = np.nan
@@ -186,76 +191,133 @@ def population_step(
                     fhat[p, c_tp1[k]] += step * error
         weighting = _emphatic_weighting(interest_t, followon, eta[p])
 
-        # delta_t with the critic weights before the critic update
-        td_error = reward[r] + gamma_tp1 * _sparse_sum(weights[p], c_tp1) - _sparse_sum(weights[p], c_t)
-
-        # the critic
         lam = trace_decay[p]
         alpha = alpha_critic[p]
-        feature_scale = _critic_emphasis(interest_t, followon, lam) if critic_code == 3 else one
-        if lam == zero:
-            coef = rho * feature_scale  # z_t = coef * x(S_t)
-            trace_coef[p] = coef
-            step = alpha * td_error
+        if critic_code == 4:
+            # GQ(lambda) with state-action features x(s, a) = x(s) in block a
+            x_tp1 = actor_next_index[r]
+            for a in range(num_actions):
+                total = zero
+                for k in range(num_active):
+                    total += theta[p, a, x_tp1[k]]
+                next_probs[a] = total
+            largest_next = next_probs[0]
+            for a in range(1, num_actions):
+                largest_next = max(largest_next, next_probs[a])
+            normalizer_next = zero
+            for a in range(num_actions):
+                next_probs[a] = np.exp(next_probs[a] - largest_next)
+                normalizer_next += next_probs[a]
+            next_value = zero
+            for a in range(num_actions):
+                next_probs[a] /= normalizer_next
+                next_value += next_probs[a] * _sparse_sum(action_weights[p, a], c_tp1)
+            td_error = reward[r] + gamma_tp1 * next_value - _sparse_sum(action_weights[p, a_t], c_t)
+            decay = rho * gamma_t * lam
+            trace_dot_h = zero
+            for a in range(num_actions):
+                for j in range(action_trace.shape[2]):
+                    action_trace[p, a, j] *= decay
             for k in range(num_critic_active):
-                weights[p, c_t[k]] += step * coef
-            if critic_code == 1 or critic_code == 2:
-                scale = correction_scale[p]
-                h_dot_x = scale * _sparse_sum(correction[p], c_t)
-                trace_dot_h = coef * h_dot_x
-                next_coef = -alpha * gamma_tp1 * trace_dot_h
+                action_trace[p, a_t, c_t[k]] += rho
+            for a in range(num_actions):
+                for j in range(action_trace.shape[2]):
+                    trace_dot_h += action_trace[p, a, j] * action_correction[p, a, j]
+            h_taken = _sparse_sum(action_correction[p, a_t], c_t)
+            step = alpha * td_error
+            step_h = alpha_h[p] * td_error
+            for a in range(num_actions):
+                for j in range(action_trace.shape[2]):
+                    action_weights[p, a, j] += step * action_trace[p, a, j]
+            coef = -alpha * gamma_tp1 * (one - lam) * trace_dot_h
+            for a in range(num_actions):
                 for k in range(num_critic_active):
-                    weights[p, c_tp1[k]] += next_coef
-                step_h = alpha_h[p]
-                if critic_code == 2:
-                    scale = scale * (one - step_h * beta)
-                    if scale < _SCALE_FLOOR:
+                    action_weights[p, a, c_tp1[k]] += coef * next_probs[a]
+            for a in range(num_actions):
+                for j in range(action_trace.shape[2]):
+                    action_correction[p, a, j] += step_h * action_trace[p, a, j]
+            for k in range(num_critic_active):
+                action_correction[p, a_t, c_t[k]] += -alpha_h[p] * h_taken
+        else:
+            # delta_t with the critic weights before the critic update
+            td_error = reward[r] + gamma_tp1 * _sparse_sum(weights[p], c_tp1) - _sparse_sum(weights[p], c_t)
+
+            # the critic
+            feature_scale = _critic_emphasis(interest_t, followon, lam) if critic_code == 3 else one
+            if lam == zero:
+                coef = rho * feature_scale  # z_t = coef * x(S_t)
+                trace_coef[p] = coef
+                step = alpha * td_error
+                for k in range(num_critic_active):
+                    weights[p, c_t[k]] += step * coef
+                if critic_code == 1 or critic_code == 2:
+                    scale = correction_scale[p]
+                    h_dot_x = scale * _sparse_sum(correction[p], c_t)
+                    trace_dot_h = coef * h_dot_x
+                    next_coef = -alpha * gamma_tp1 * trace_dot_h
+                    for k in range(num_critic_active):
+                        weights[p, c_tp1[k]] += next_coef
+                    step_h = alpha_h[p]
+                    if critic_code == 2:
+                        scale = scale * (one - step_h * beta)
+                        if scale < _SCALE_FLOOR:
+                            for j in range(correction.shape[1]):
+                                correction[p, j] *= scale
+                            scale = one
+                        correction_scale[p] = scale
+                    added = (step_h * td_error * coef - step_h * h_dot_x) / scale
+                    for k in range(num_critic_active):
+                        correction[p, c_t[k]] += added
+            else:
+                decay = rho * gamma_t * lam
+                for j in range(trace.shape[1]):
+                    trace[p, j] *= decay
+                added = rho * feature_scale
+                for k in range(num_critic_active):
+                    trace[p, c_t[k]] += added
+                step = alpha * td_error
+                if critic_code == 0 or critic_code == 3:
+                    for j in range(weights.shape[1]):
+                        weights[p, j] += step * trace[p, j]
+                else:
+                    scale = correction_scale[p]
+                    if scale != one:  # a learner that had lambda = 0 before a checkpoint: keep h plain from now on
                         for j in range(correction.shape[1]):
                             correction[p, j] *= scale
-                        scale = one
-                    correction_scale[p] = scale
-                added = (step_h * td_error * coef - step_h * h_dot_x) / scale
-                for k in range(num_critic_active):
-                    correction[p, c_t[k]] += added
-        else:
-            decay = rho * gamma_t * lam
-            for j in range(trace.shape[1]):
-                trace[p, j] *= decay
-            added = rho * feature_scale
-            for k in range(num_critic_active):
-                trace[p, c_t[k]] += added
-            step = alpha * td_error
-            if critic_code == 0 or critic_code == 3:
-                for j in range(weights.shape[1]):
-                    weights[p, j] += step * trace[p, j]
-            else:
-                scale = correction_scale[p]
-                if scale != one:  # a learner that had lambda = 0 before a checkpoint: keep h plain from now on
+                        correction_scale[p] = one
+                    trace_dot_h = zero
+                    for j in range(trace.shape[1]):
+                        trace_dot_h += trace[p, j] * correction[p, j]
+                    h_dot_x = _sparse_sum(correction[p], c_t)
+                    for j in range(weights.shape[1]):
+                        weights[p, j] += step * trace[p, j]
+                    next_coef = -alpha * gamma_tp1 * (one - lam) * trace_dot_h
+                    for k in range(num_critic_active):
+                        weights[p, c_tp1[k]] += next_coef
+                    step_h = alpha_h[p]
+                    keep = one - step_h * beta if critic_code == 2 else one
+                    step_delta = step_h * td_error
                     for j in range(correction.shape[1]):
-                        correction[p, j] *= scale
-                    correction_scale[p] = one
-                trace_dot_h = zero
-                for j in range(trace.shape[1]):
-                    trace_dot_h += trace[p, j] * correction[p, j]
-                h_dot_x = _sparse_sum(correction[p], c_t)
-                for j in range(weights.shape[1]):
-                    weights[p, j] += step * trace[p, j]
-                next_coef = -alpha * gamma_tp1 * (one - lam) * trace_dot_h
-                for k in range(num_critic_active):
-                    weights[p, c_tp1[k]] += next_coef
-                step_h = alpha_h[p]
-                keep = one - step_h * beta if critic_code == 2 else one
-                step_delta = step_h * td_error
-                for j in range(correction.shape[1]):
-                    correction[p, j] = correction[p, j] * keep + step_delta * trace[p, j]
-                for k in range(num_critic_active):
-                    correction[p, c_t[k]] += -step_h * h_dot_x
+                        correction[p, j] = correction[p, j] * keep + step_delta * trace[p, j]
+                    for k in range(num_critic_active):
+                        correction[p, c_t[k]] += -step_h * h_dot_x
 
-        # the actor: theta += alpha_actor rho_t M_t delta_t grad ln pi(A_t|S_t)
-        coef_actor = alpha_actor[p] * _actor_coefficient(rho, weighting, td_error)
-        for a in range(num_actions):
-            probability = np.exp(logits[a] - log_normalizer)
-            gradient[a] = coef_actor * ((one if a == a_t else zero) - probability)
+        if critic_code == 4:
+            # all actions: theta += alpha_actor M_t sum_a pi(a|S_t) q(S_t, a) grad ln pi(a|S_t), q after the update
+            baseline = zero
+            for a in range(num_actions):
+                q_values[a] = _sparse_sum(action_weights[p, a], c_t)
+                baseline += np.exp(logits[a] - log_normalizer) * q_values[a]
+            coef_all = alpha_actor[p] * weighting
+            for a in range(num_actions):
+                probability = np.exp(logits[a] - log_normalizer)
+                gradient[a] = coef_all * probability * (q_values[a] - baseline)
+        else:
+            # sampled: theta += alpha_actor rho_t M_t delta_t grad ln pi(A_t|S_t)
+            coef_actor = alpha_actor[p] * _actor_coefficient(rho, weighting, td_error)
+            for a in range(num_actions):
+                probability = np.exp(logits[a] - log_normalizer)
+                gradient[a] = coef_actor * ((one if a == a_t else zero) - probability)
         for a in range(num_actions):
             for k in range(num_active):
                 theta[p, a, x_t[k]] += gradient[a]
@@ -284,6 +346,7 @@ def population_step_packed(
     trace,
     correction,
     fhat,
+    action_block,  # [3, P, A, dc]: GQ's q weights, trace and h (empty for the state-value critics)
     scalars,  # [4, P]: trace_coef, correction_scale, previous_followon, previous_rho
     float_constants,  # [2]: gamma, beta
     int_constants,  # [6]: critic code, emphasis code, interest code, normalize, timeout_as_terminal, fit_stream_start
@@ -319,6 +382,9 @@ def population_step_packed(
         correction,
         scalars[1],
         fhat,
+        action_block[0],
+        action_block[1],
+        action_block[2],
         scalars[2],
         scalars[3],
         float_constants[0],

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from emphatic_rl.agents.actor_critic import ActorCritic
-from emphatic_rl.features import OneHotFeatures, TileCoder
+from emphatic_rl.features import DenseFeatures, OneHotFeatures, TileCoder
 
 TILES = TileCoder((-1.2, -0.07), (0.6, 0.07), (4, 4), 8)
 STREAMS = 3
@@ -100,6 +100,9 @@ SETTINGS = [
     dict(critic="etd", emphasis="learned", fit_stream_start=False, interest="episodic"),
     dict(critic="tdrc", emphasis="followon", tdrc_beta=0.0),
     dict(critic="gtd", emphasis="followon", alpha_h=[0.01, 0.02, 0.03, 0.04, 0.05, 0.06]),
+    dict(critic="gq", actor_update="all_actions", emphasis="followon"),
+    dict(critic="gq", actor_update="all_actions", emphasis="learned", interest="episodic"),
+    dict(critic="gq", actor_update="all_actions", emphasis="none", alpha_h=0.05),
 ]
 
 
@@ -197,9 +200,9 @@ def test_tdrc_scale_renormalises_over_long_runs() -> None:
 def test_auto_picks_numba_on_cpu_and_torch_where_the_kernel_does_not_reach() -> None:
     assert make("auto", torch.float64).backend == "numba"
     assert make("auto", torch.float64, emphasis="ideal").backend == "torch"
-    assert make("auto", torch.float64, critic="gq", actor_update="all_actions").backend == "torch"
-    dense = ActorCritic(OneHotFeatures(4), 2, 1, backend="auto")
-    assert dense.backend in ("numba", "torch")
+    assert make("auto", torch.float64, critic="gq", actor_update="all_actions").backend == "numba"
+    assert ActorCritic(OneHotFeatures(4), 2, 1, backend="auto").backend == "numba"  # one-hot: binary
+    assert ActorCritic(DenseFeatures(2), 2, 1, backend="auto").backend == "torch"
 
 
 @pytest.mark.parametrize(
@@ -210,10 +213,14 @@ def test_auto_picks_numba_on_cpu_and_torch_where_the_kernel_does_not_reach() -> 
         (dict(dtype=torch.int32), "unknown dtype"),
         (dict(backend="numba", device="meta"), "the numba backend runs on CPU only"),
         (dict(backend="numba", emphasis="ideal"), "the numba backend covers emphasis"),
-        (dict(backend="numba", critic="gq", actor_update="all_actions"), "the numba backend covers critics"),
+        (dict(backend="numba", critic="oracle", oracle_values=lambda theta: theta), "the numba backend covers critics"),
     ],
 )
 def test_bad_backend_or_dtype_is_one_clear_error(kwargs, message: str) -> None:
+    if kwargs.get("critic") == "oracle":  # the oracle needs one-hot state features
+        with pytest.raises(ValueError, match=message):
+            ActorCritic(OneHotFeatures(4), 2, 2, **kwargs)
+        return
     settings = dict(dtype=torch.float64, backend="auto")
     settings.update(kwargs)
     backend, dtype = settings.pop("backend"), settings.pop("dtype")
