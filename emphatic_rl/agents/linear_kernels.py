@@ -70,6 +70,26 @@ def _sparse_sum(vector, indices):
     return total
 
 
+@numba.njit(cache=True, nogil=True, inline="always")
+def _shifted_logits(theta, p, indices, out):
+    """``out[a] = theta_{p,a} . x - max_b theta_{p,b} . x`` for active ``indices``; returns ``sum_a exp(out[a])``
+    (the steps of torch's ``log_softmax`` / ``softmax``)."""
+    num_actions = out.shape[0]
+    for a in range(num_actions):
+        total = 0.0
+        for k in range(indices.shape[0]):
+            total += theta[p, a, indices[k]]
+        out[a] = total
+    largest = out[0]
+    for a in range(1, num_actions):
+        largest = max(largest, out[a])
+    normalizer = 0.0
+    for a in range(num_actions):
+        out[a] -= largest
+        normalizer += np.exp(out[a])
+    return normalizer
+
+
 @numba.njit(cache=True, nogil=True)
 def population_step(
     # per stream [R]
@@ -153,19 +173,7 @@ def population_step(
             next_interest = one if gamma_tp1 == zero else zero
 
         # rho_t with theta before this step's updates
-        for a in range(num_actions):
-            total = zero
-            for k in range(num_active):
-                total += theta[p, a, x_t[k]]
-            logits[a] = total
-        largest = logits[0]
-        for a in range(1, num_actions):
-            largest = max(largest, logits[a])
-        normalizer = zero
-        for a in range(num_actions):
-            logits[a] -= largest
-            normalizer += np.exp(logits[a])
-        log_normalizer = np.log(normalizer)  # log pi(a|S_t) = logits[a] - log_normalizer (as torch's log_softmax)
+        log_normalizer = np.log(_shifted_logits(theta, p, x_t, logits))  # log pi(a|S_t) = logits[a] - log_normalizer
         rho = np.exp((logits[a_t] - log_normalizer) - behaviour_log_prob[r])
 
         # F_t
@@ -195,22 +203,10 @@ def population_step(
         alpha = alpha_critic[p]
         if critic_code == 4:
             # GQ(lambda) with state-action features x(s, a) = x(s) in block a
-            x_tp1 = actor_next_index[r]
-            for a in range(num_actions):
-                total = zero
-                for k in range(num_active):
-                    total += theta[p, a, x_tp1[k]]
-                next_probs[a] = total
-            largest_next = next_probs[0]
-            for a in range(1, num_actions):
-                largest_next = max(largest_next, next_probs[a])
-            normalizer_next = zero
-            for a in range(num_actions):
-                next_probs[a] = np.exp(next_probs[a] - largest_next)
-                normalizer_next += next_probs[a]
+            normalizer_next = _shifted_logits(theta, p, actor_next_index[r], next_probs)
             next_value = zero
             for a in range(num_actions):
-                next_probs[a] /= normalizer_next
+                next_probs[a] = np.exp(next_probs[a]) / normalizer_next  # pi(a|S_{t+1}), as torch's softmax
                 next_value += next_probs[a] * _sparse_sum(action_weights[p, a], c_tp1)
             td_error = reward[r] + gamma_tp1 * next_value - _sparse_sum(action_weights[p, a_t], c_t)
             decay = rho * gamma_t * lam
