@@ -71,9 +71,9 @@ def _sparse_sum(vector, indices):
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
-def _shifted_logits(theta, p, indices, out):
-    """``out[a] = theta_{p,a} . x - max_b theta_{p,b} . x`` for active ``indices``; returns ``sum_a exp(out[a])``
-    (the steps of torch's ``log_softmax`` / ``softmax``)."""
+def _shifted_logits(theta, p, indices, out, exps):
+    """``out[a] = theta_{p,a} . x - max_b theta_{p,b} . x`` for active ``indices`` and ``exps[a] = exp(out[a])``;
+    returns ``sum_a exps[a]`` (the steps of torch's ``log_softmax`` / ``softmax``)."""
     num_actions = out.shape[0]
     for a in range(num_actions):
         total = 0.0
@@ -86,7 +86,8 @@ def _shifted_logits(theta, p, indices, out):
     normalizer = 0.0
     for a in range(num_actions):
         out[a] -= largest
-        normalizer += np.exp(out[a])
+        exps[a] = np.exp(out[a])
+        normalizer += exps[a]
     return normalizer
 
 
@@ -149,6 +150,7 @@ def population_step(
     logits = np.empty(num_actions, dtype=np.float64)
     gradient = np.empty(num_actions, dtype=np.float64)
     next_probs = np.empty(num_actions, dtype=np.float64)
+    probs = np.empty(num_actions, dtype=np.float64)
     q_values = np.empty(num_actions, dtype=np.float64)
     for p in range(num_learners):
         if frozen[p]:
@@ -173,7 +175,10 @@ def population_step(
             next_interest = one if gamma_tp1 == zero else zero
 
         # rho_t with theta before this step's updates
-        log_normalizer = np.log(_shifted_logits(theta, p, x_t, logits))  # log pi(a|S_t) = logits[a] - log_normalizer
+        normalizer = _shifted_logits(theta, p, x_t, logits, probs)
+        for a in range(num_actions):
+            probs[a] /= normalizer  # pi(a|S_t), as torch's softmax
+        log_normalizer = np.log(normalizer)  # log pi(a|S_t) = logits[a] - log_normalizer, as torch's log_softmax
         rho = np.exp((logits[a_t] - log_normalizer) - behaviour_log_prob[r])
 
         # F_t
@@ -203,10 +208,10 @@ def population_step(
         alpha = alpha_critic[p]
         if critic_code == 4:
             # GQ(lambda) with state-action features x(s, a) = x(s) in block a
-            normalizer_next = _shifted_logits(theta, p, actor_next_index[r], next_probs)
+            normalizer_next = _shifted_logits(theta, p, actor_next_index[r], q_values, next_probs)
             next_value = zero
             for a in range(num_actions):
-                next_probs[a] = np.exp(next_probs[a]) / normalizer_next  # pi(a|S_{t+1}), as torch's softmax
+                next_probs[a] /= normalizer_next  # pi(a|S_{t+1}), as torch's softmax
                 next_value += next_probs[a] * _sparse_sum(action_weights[p, a], c_tp1)
             td_error = reward[r] + gamma_tp1 * next_value - _sparse_sum(action_weights[p, a_t], c_t)
             decay = rho * gamma_t * lam
@@ -303,17 +308,15 @@ def population_step(
             baseline = zero
             for a in range(num_actions):
                 q_values[a] = _sparse_sum(action_weights[p, a], c_t)
-                baseline += np.exp(logits[a] - log_normalizer) * q_values[a]
+                baseline += probs[a] * q_values[a]
             coef_all = alpha_actor[p] * weighting
             for a in range(num_actions):
-                probability = np.exp(logits[a] - log_normalizer)
-                gradient[a] = coef_all * probability * (q_values[a] - baseline)
+                gradient[a] = coef_all * probs[a] * (q_values[a] - baseline)
         else:
             # sampled: theta += alpha_actor rho_t M_t delta_t grad ln pi(A_t|S_t)
             coef_actor = alpha_actor[p] * _actor_coefficient(rho, weighting, td_error)
             for a in range(num_actions):
-                probability = np.exp(logits[a] - log_normalizer)
-                gradient[a] = coef_actor * ((one if a == a_t else zero) - probability)
+                gradient[a] = coef_actor * ((one if a == a_t else zero) - probs[a])
         for a in range(num_actions):
             for k in range(num_active):
                 theta[p, a, x_t[k]] += gradient[a]
