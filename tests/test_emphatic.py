@@ -118,8 +118,7 @@ def test_numba_follow_on_recursion_matches_python_and_the_hand_values():
 PACKAGE = Path(emphatic.__file__).resolve().parent
 HOME = "emphatic_rl/emphatic.py"
 
-# switched by the linear-engine work: these modules still write the equations themselves; remove each entry when its
-# module calls emphatic_rl.emphatic (the check then covers it).
+# modules allowed to write the equations themselves while they are being switched to emphatic_rl.emphatic
 PENDING: set[str] = set()  # modules still to be switched to emphatic_rl.emphatic (none left)
 
 ETA = re.compile(r"(^|_)eta$", re.IGNORECASE)  # eta, self.eta, o.eta, m_eta; not theta, beta, zeta
