@@ -203,8 +203,9 @@ class ActorCritic(Agent):
             True). The authors' code fits a start state only after an episode end (their ``F_0 = 0``); False
             reproduces it.
         dtype: ``"float64"`` (default) or ``"float32"`` (or the torch dtypes): the learners' weights, traces and
-            step sizes. float64 is what the authors compute in; on CPU it costs the numba kernel nothing measurable
-            at ``lambda = 0`` and doubles the state's memory (see ``benchmarks/results/populations_cpu.md``).
+            step sizes. float64 is what the authors compute in and what the reference traces hold to 1e-10; it
+            doubles the state's memory and costs the numba kernel ~10-25% per learner-step at large ``P`` (see
+            ``benchmarks/results/populations_cpu.md``); float32 drifts where a critic diverges.
         backend: ``"auto"`` (default: the compiled numba kernel on CPU when it covers the settings, else torch),
             ``"numba"`` (CPU only; binary features, critics td / tdc / gtd / tdrc / etd, emphasis none /
             followon / learned, the sampled actor update) or ``"torch"`` (everything; the path for GPUs).
