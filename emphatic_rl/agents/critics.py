@@ -1,9 +1,10 @@
-"""Linear off-policy critics with eligibility traces, batched over a population ``P`` (ace.md §2.5).
+"""Linear off-policy critics with eligibility traces, batched over a population ``P`` (the critics of the ACE
+experiments of Graves, Imani, Kumaraswamy and White 2023; TDRC: Ghiassian et al. 2020).
 
 Every critic keeps weights ``[P, d]`` (GQ: ``[P, A, d]``) and dense traces of the same shape. Features are active
 indices ``int64[P, K]`` (binary features; updates of the weights through the features touch only the active
 entries) or dense ``float[P, d]``. Step sizes and ``lambda`` are tensors ``[P]``; the caller has already divided
-step sizes by the number of active features where it wants that (ace.md §2.1 point 5).
+step sizes by the number of active features where it wants that (as the authors' code does with tile coding).
 
 The update lines, with ``x_t = x(S_t)``, ``delta_t`` computed with the weights *before* the update, ``lambda`` the
 critic's trace decay, ``gamma_t`` the discount into ``S_t`` (0 at episode starts) and ``gamma_{t+1}`` the discount
@@ -229,7 +230,7 @@ class TDCCritic(Critic):
 
 class TDRCCritic(TDCCritic):
     """TDRC(lambda): TDC with the regularised correction ``h += alpha_h delta z - alpha_h beta h -
-    alpha_h (h.x_t) x_t``; ``beta = 1`` and ``alpha_h = alpha_w`` by default (ace.md §2.5)."""
+    alpha_h (h.x_t) x_t``; ``beta = 1`` and ``alpha_h = alpha_w`` by default (TDRC's published defaults)."""
 
     name = "tdrc"
 

@@ -20,7 +20,7 @@ truncated transition bootstraps from the true final observation)::
     F_t     = max(fhat(S_t), 0)                                 # read before this step's emphasis update
     M_t     = (1 - eta) i_t + eta F_t
     actor   : -min(rho_t, c) * M_t * delta_t * log pi(A_t|S_t) - entropy_coef * H(pi(.|S_t))
-    emphasis (backward TD, ace.md §2.3, semi-gradient, with a target network):
+    emphasis (ACE-direct's backward TD, Graves et al. 2023; semi-gradient, with a target network):
         target  = i_{t+1} + gamma_{t+1} min(rho_t, c_f) fhat_target(S_t)
                   (normalize_emphasis: (1 - gamma_{t+1}) i_{t+1} + gamma_{t+1} min(rho_t, c_f) fhat_target(S_t))
         loss    = 0.5 * [not terminated] (fhat(S_{t+1}) - target)^2 + 0.5 * [S_t starts an episode] (fhat(S_t) - i_t)^2

@@ -31,7 +31,7 @@ observation)::
     F_t     = max(fhat(S_t), 0)                               # read before this step's emphasis update
     M_t     = (1 - eta) i_t + eta F_t
     actor   : -min(rho_t, c) M_t delta_t log pi(A_t|S_t) - entropy_coef H(pi(.|S_t))   (H of the unclipped Gaussian)
-    emphasis (backward TD, ace.md §2.3, semi-gradient, target network), normalised by default:
+    emphasis (ACE-direct's backward TD, Graves et al. 2023; semi-gradient, target network), normalised by default:
         target = (1 - gamma_{t+1}) i_{t+1} + gamma_{t+1} min(rho_t, c_f) fhat_target(S_t)
                  (normalize_emphasis=False: i_{t+1} + gamma_{t+1} min(rho_t, c_f) fhat_target(S_t))
         loss   = 0.5 [not terminated] (fhat(S_{t+1}) - target)^2 + 0.5 [S_t starts an episode] (fhat(S_t) - i_t)^2
@@ -39,7 +39,7 @@ observation)::
 The equations themselves (``F_t``, ``M_t``, the emphasis target and loss, the actor's ``rho M delta``) live in
 ``emphatic_rl.emphatic``, once for every agent; this module chooses their inputs (clipped ratios, target networks).
 
-Choices (each one biases or departs from the linear ACE of ace.md §2.1; documented here):
+Choices (each one biases or departs from the linear ACE of ``emphatic_rl.agents.actor_critic``; documented here):
 
 - ``rho`` is clipped at ``c = rho_clip`` in the critic and the actor (a density ratio of two Gaussians is unbounded;
   ``rho_clip = inf`` turns clipping off). With clipping the critic evaluates ``pi_c ∝ min(pi, c mu)`` (V-trace's
