@@ -39,14 +39,14 @@ A study TOML::
     agent_options = { emphasis = "ideal" }
     full_only = true                                    # run only with --full (default false)
 
-    [excursions]                   # optional: also evaluate the excursions objective (ace.md §4.2)
+    [excursions]                   # optional: also evaluate the excursions objective (J23)
     starts = 20                    # start states (full_starts with --full), each after `spacing` behaviour steps
     spacing = 1000
 
     [report]                       # read by `emphatic-rl report` (optional)
     split = ["eta"]                # report each value of these grid keys as its own variant
     reference = { offpac = -255.1 }  # a number to print next to each variant (e.g. the paper's)
-    reference_label = "ace.md §4.2"
+    reference_label = "J23 paper"
 
 Layout of one variant (one population run): ``C`` settings (the grid's combinations) x ``R`` runs, ``P = C * R``
 members; member ``p = c * R + r`` is setting ``c`` fed by behaviour stream ``r`` (``stream_of[p] = r``). With a
@@ -64,7 +64,7 @@ before any variant starts. Outputs, in ``--out``: ``sweep.json`` (the resolved s
 their checkpoint.
 
 Evaluation. The training loop's: ``eval_episodes`` rollouts from the env's start distribution (the *episodic*
-objective of ace.md §4.2), capped at ``eval_max_steps`` (``eval/return``; tabular MDPs also log the exact
+objective of J23), capped at ``eval_max_steps`` (``eval/return``; tabular MDPs also log the exact
 ``eval/exact_J``). With ``[excursions]``, also the *excursions* objective (``eval/excursions_return``): after every
 ``eval_every`` steps, one rollout of the target policy from each of ``starts`` states drawn from the behaviour's data
 (final states of independent behaviour trajectories of ``spacing`` steps, not the training data), set through the
@@ -644,7 +644,7 @@ def run_sweep(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------------------------------------------- excursions
 def excursion_start_states(config: TrainConfig, num_starts: int, spacing: int) -> dict[str, Any]:
-    """States drawn from the behaviour's data (ace.md §4.2, the excursions objective).
+    """States drawn from the behaviour's data (the excursions objective of Graves et al. 2023).
 
     ``num_starts`` independent behaviour trajectories (env copies) from the start distribution, each run for
     ``spacing`` steps with their own seed (not the training data's); their final states are the start states. (The

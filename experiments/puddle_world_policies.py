@@ -67,7 +67,7 @@ def reference_policies(episodes: int, seed: int) -> None:
 def action_maps(run: Path, members: list[int]) -> None:
     checkpoint = torch.load(run / "checkpoint.pt", map_location="cpu", weights_only=False)
     theta = checkpoint["agent"]["theta"].double()  # [P, actions, features]
-    features = TileCoder((0.0, 0.0), (1.0, 1.0), (2, 2), 2)  # the agents' Puddle World tiling (ace.md §3.5)
+    features = TileCoder((0.0, 0.0), (1.0, 1.0), (2, 2), 2)  # the agents' Puddle World tiling (docs/environments.md)
     grid = torch.linspace(0.05, 0.95, 7)
     points = torch.stack(torch.meshgrid(grid, grid, indexing="xy"), dim=-1).reshape(-1, 2)
     x = features.dense(points).double()

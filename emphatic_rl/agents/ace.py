@@ -7,9 +7,10 @@ member (default: member ``p`` reads stream ``p % R``).
 
 Features (``features = "auto"``):
 
-- ``mountain-car``: tile coding as the authors specify (ace.md §3.4): 4x4 tiles (5x5 internally), 8 tilings, a bias
+- ``mountain-car``: tile coding as in the authors' code (docs/environments.md): 4x4 tiles (5x5 internally), 8 tilings, a
+bias
   feature: 201 features, 9 active. Step sizes are divided by 9.
-- ``puddle-world`` and ``puddle-world-gaussian``: 2x2 tiles, 2 tilings, bias (ace.md §3.5): 19 features, 3 active.
+- ``puddle-world`` and ``puddle-world-gaussian``: 2x2 tiles, 2 tilings, bias (the authors' code): 19 features, 3 active.
 - tabular MDPs observed as one-hot states (``--set env.observation="state"``): the actor sees the MDP's (possibly
   aliased) actor features, the critic the MDP's critic features, or the state itself for the ``oracle`` critic
   (exact ``v_pi`` from the exact lab). Observed as features (``"actor"``, the default), actor and critic share them.
@@ -36,7 +37,8 @@ from emphatic_rl.features import DenseFeatures, Features, TableFeatures, TileCod
 
 FEATURE_KINDS = ("auto", "tile", "dense", "dense-normalized", "tabular")
 
-#: Tile-coding layouts of ace.md §3.4-3.5: (low, high, tiles per dim, tilings).
+#: Tile-coding layouts of the J23 code (Mountain Car, Puddle World; docs/environments.md): (low, high, tiles per dim,
+#: tilings).
 TILE_LAYOUTS: dict[str, tuple[tuple[float, ...], tuple[float, ...], tuple[int, ...], int]] = {
     "mountain-car": ((-1.2, -0.07), (0.6, 0.07), (4, 4), 8),
     "puddle-world": ((0.0, 0.0), (1.0, 1.0), (2, 2), 2),

@@ -1,7 +1,8 @@
 """Learned (neural) environment models for Dyna: forward ``(s, a) -> (s', r, terminal)`` and backward
 ``(s', a) -> s`` (predecessor), one network pair per population member, trained from replayed real transitions.
 
-Design [IMPL; dyna.md §2 "Models [NF]", §3]. Both models are *action-headed* population MLPs
+Design (our choice: the paper does not say how its models are parameterised). Both models are *action-headed* population
+MLPs
 (:class:`~emphatic_rl.agents.networks.PopulationMLP`, ``[P, B, ...]``): the input is the state alone and the output
 holds one head per action, so ``(s, a) -> ...`` is one network pass and a gather along the action axis.
 

@@ -1,4 +1,4 @@
-"""Puddle World, batched, as in the ACE experiments (the ``pw.py`` version; see ``specs/ace.md`` section 3.5).
+"""Puddle World, batched, as in the ACE experiments (the authors' ``pw.py`` version; see docs/environments.md).
 
 The agent moves in the unit square towards the top-right corner while avoiding two capsule-shaped puddles.
 
@@ -133,9 +133,9 @@ GAUSSIAN_PUDDLES: tuple[tuple[float, float, float, float], ...] = (
 
 @register_env("puddle-world-gaussian")
 class GaussianPuddleWorld(TensorEnv):
-    """The *earlier* Puddle World of the ACE code base: ``gym_puddle``'s ``PuddleWorld-v0`` (ace.md §3.5).
+    """The *earlier* Puddle World of the ACE code base: ``gym_puddle``'s ``PuddleWorld-v0``.
 
-    ace.md §3.5 says the ACE repository's earlier sweeps used this environment (EhsanEI/gym-puddle, version
+    The ACE repository's earlier sweeps used this environment (EhsanEI/gym-puddle, version
     ``1aa537f``) and that which of the two J23's Puddle World figures come from cannot be confirmed; it is here so
     that both can be run with the same agents. The rules, written from that version's description:
 

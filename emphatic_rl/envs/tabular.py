@@ -5,7 +5,8 @@ The description (:class:`TabularMDP`) is a plain dataclass of float64 tensors; t
 
 How termination is represented
 ------------------------------
-The MDP is written in the *unified* (White 2017) form used by ACE (ace.md §1): a transition-dependent discount
+The MDP is written in the *unified* (White 2017) form used by ACE (docs/algorithms/actor-critic.md): a
+transition-dependent discount
 ``gamma[s, a, s']`` and a transition tensor ``P[s, a, s']`` whose rows **sum to 1 over real states**. A
 transition with ``gamma[s, a, s'] == 0`` is a **terminal transition**: the episode ends there and ``s'`` is
 the first state of the next episode (the restart). So ``P`` describes the whole behaviour process, episodic
@@ -316,7 +317,7 @@ class TabularGymEnv(gymnasium.Env):
 class ContinuousActionMDP:
     """A finite-state MDP with one real action per step, described by differentiable float64 functions.
 
-    Used by the DPG counterexample (ace.md §3.3) and by the exact lab's deterministic / Gaussian policies.
+    Used by the DPG counterexample (Imani et al. 2018) and by the exact lab's deterministic / Gaussian policies.
 
     Fields (``S`` states):
         next_state_probs: ``f(action: float64[S, K]) -> [S, K, S]``, ``Pr(s' | s, a)`` for action ``action[s,

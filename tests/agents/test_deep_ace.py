@@ -125,7 +125,7 @@ def test_rho_clip_bounds_the_actor_and_critic_ratio():
 
 @pytest.mark.parametrize("normalize", [False, True])
 def test_emphasis_target_and_loss_are_the_backward_td_of_ace_md(normalize):
-    """target = i_{t+1} + gamma_{t+1} rho_t fhat_target(x_t) (ace.md §2.3), regressed at x_{t+1}; no update at a
+    """target = i_{t+1} + gamma_{t+1} rho_t fhat_target(x_t) (Graves et al. 2023), regressed at x_{t+1}; no update at a
     terminal x_{t+1}; fhat(S_0) regressed to i_0 at episode starts."""
     agent = _linear_agent(eta=1.0, normalize_emphasis=normalize, emphasis_rho_clip=1.5)
     batch, episode_start, behaviour_prob = _batch()
