@@ -76,7 +76,8 @@ class TileCoder(Features):
     Puddle World (``tiles_per_dim=(2, 2)``, 2 tilings, bias): 2 * 9 + 1 = 19 features, 3 active.
 
     Args:
-        low, high: the box bounds, one per dimension (``high > low``).
+        low: the box's lower bounds, one per dimension.
+        high: the box's upper bounds, one per dimension (``high > low``).
         tiles_per_dim: ``n_d`` per dimension (integers >= 1).
         num_tilings: number of offset tilings (>= 1).
         bias: append an always-active bias feature.

@@ -188,13 +188,19 @@ class ActorCritic(Agent):
         population_size: ``P``.
         stream_of: ``int64[P]``, the behaviour stream in ``[0, R)`` of each learner (default ``arange(P)``).
         num_streams: ``R`` (default ``max(stream_of) + 1``).
-        alpha_actor, alpha_critic, alpha_h, alpha_emphasis: step sizes ``> 0``, scalars or ``[P]``. ``alpha_h``
-            (TDC/TDRC/GQ auxiliary weights) defaults to ``alpha_critic`` (TDRC's rule); ``alpha_emphasis``
-            (``fhat``) is required for ``emphasis="learned"``.
+        alpha_actor: the actor's step size ``> 0``, scalar or ``[P]`` (as are the other step sizes).
+        alpha_critic: the critic's step size.
+        alpha_h: the step size of the TDC/TDRC/GQ auxiliary weights; defaults to ``alpha_critic`` (TDRC's rule).
+        alpha_emphasis: the step size of ACE-direct's ``fhat``; required for ``emphasis="learned"``.
         critic_lambda: critic trace decay in ``[0, 1]``, scalar or ``[P]``.
         eta: OffPAC (0) to ACE (1) interpolation in ``[0, 1]``, scalar or ``[P]``.
         gamma: discount in ``[0, 1]`` (one value for the population).
-        emphasis, normalize_emphasis, interest, actor_update, critic, timeout_as_terminal: see the module doc.
+        emphasis: ``"none"``, ``"followon"``, ``"learned"`` or ``"ideal"`` (see the module doc).
+        normalize_emphasis: the normalised follow-on trace / emphasis target.
+        interest: ``"uniform"`` or ``"episodic"``.
+        actor_update: ``"sampled"`` or ``"all_actions"``.
+        critic: ``"td"``, ``"tdc"``, ``"gtd"``, ``"tdrc"``, ``"etd"``, ``"gq"`` or ``"oracle"``.
+        timeout_as_terminal: treat a time-out like a termination (``gamma_{t+1} = 0``).
         tdrc_beta: TDRC's regulariser (1.0).
         oracle_values: for ``critic="oracle"``: ``theta [P, A, d] -> v [P, S]`` (one-hot state features).
         divide_step_sizes: divide step sizes by the number of active binary features.

@@ -261,7 +261,8 @@ class DynaAgent(Agent):
         forward_model: a ``ForwardModel`` (successor variants).
         backward_model: a ``BackwardModel`` (predecessor variants).
         real_state_mask: ``bool[S]``, which states are real and reachable (for the instruments); ``None``: all.
-        step_size, epsilon: optional per-member overrides, ``float32[P]``.
+        step_size: optional per-member override of the step size, ``float32[P]``.
+        epsilon: optional per-member override of the exploration rate, ``float32[P]``.
         features: ``float32[S, F]`` state features of the ``mlp`` value function (default: one-hot states).
         seed: seeds the agent's generator (exploration, search control, model sampling).
         device: torch device.

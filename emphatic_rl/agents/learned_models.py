@@ -354,7 +354,10 @@ class LearnedVectorModel(_PopulationModelBase):
         population_size: ``P``.
         env_name: the env whose validity region flags samples (``cartpole``, ``puddle-world``, see
             :func:`~emphatic_rl.agents.models.is_real_state`); ``None``: samples carry ``is_real = None``.
-        hidden, learning_rate, seed, device: as for ``LearnedTabularModel``.
+        hidden: as for ``LearnedTabularModel``.
+        learning_rate: as for ``LearnedTabularModel``.
+        seed: as for ``LearnedTabularModel``.
+        device: as for ``LearnedTabularModel``.
     """
 
     def __init__(

@@ -51,7 +51,8 @@ def distance_to_segment(points: torch.Tensor, start: torch.Tensor, end: torch.Te
 
     Args:
         points: ``[N, 2]``.
-        start, end: ``[2]`` (or broadcastable to ``[..., 2]``), the segment's end points (``start != end``).
+        start: ``[2]`` (or broadcastable to ``[..., 2]``), the segment's first end point.
+        end: the segment's other end point, same shape (``start != end``).
 
     Returns:
         ``[N]``: distance to the nearest point of the segment (the projection clamped to the segment).

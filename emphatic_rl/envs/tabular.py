@@ -65,8 +65,7 @@ class TabularMDP:
         name: a short label.
 
     Raises:
-        ValueError: on any shape mismatch, rows of ``P``/``mu``/``pi`` not summing to 1, negative
-        probabilities,
+        ValueError: on any shape mismatch, rows of ``P``/``mu``/``pi`` not summing to 1, negative probabilities,
             discounts outside ``[0, 1]`` or negative interest (one message naming the field).
     """
 
@@ -185,8 +184,7 @@ class TabularEnv(TensorEnv):
         observation: what ``obs`` holds: ``"actor"`` (actor features, ``float32[N, d_a]``, the default),
             ``"critic"`` (``float32[N, d_c]``) or ``"state"`` (one-hot state, ``float32[N, S]``). The terminal
             state observes as zeros.
-        max_episode_steps: optional time limit (reported as ``truncated``; the next state is drawn from
-        ``d0``).
+        max_episode_steps: optional time limit (reported as ``truncated``; the next state is drawn from ``d0``).
 
     The current state indices are ``env.state: int64[N]``; ``env.last_discount: float32[N]`` is the discount
     ``gamma(S_t, A_t, S_{t+1})`` of the last transition, for tasks whose discount is not just "0 at

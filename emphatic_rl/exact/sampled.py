@@ -123,8 +123,7 @@ def monte_carlo_updates(
     Args:
         lab: the exact lab of the MDP (its interest is used for ``i_t``).
         theta: ``[A, d_a]``, held fixed.
-        estimator: ``"offpac"`` (``rho_t i_t delta_t grad ln pi``), ``"ace"`` (``rho_t M_t delta_t grad ln
-        pi``,
+        estimator: ``"offpac"`` (``rho_t i_t delta_t grad ln pi``), ``"ace"`` (``rho_t M_t delta_t grad ln pi``,
             ``M_t = (1 - eta) i_t + eta F_t``) or ``"all-actions"`` (``M_t sum_a grad pi(a|S_t) q(S_t, a)``).
         num_streams: independent behaviour streams (batched); each starts at ``d0`` with ``gamma_0 = 0``.
         num_steps: samples kept per stream, after ``burn_in`` steps that bring the stream and its trace to
