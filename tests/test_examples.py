@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import sys
 from pathlib import Path
 
@@ -60,6 +61,18 @@ def test_load_trained_agent(tmp_path, capsys):
     # A folder that is not a run: one line, exit code 2.
     assert module.main(["--run", str(tmp_path)]) == 2
     assert "is not a run folder" in capsys.readouterr().err
+
+
+def test_the_example_train_config_trains(tmp_path, capsys):
+    from emphatic_rl.cli import main
+
+    out = tmp_path / "run"
+    argv = ["train", "--config", str(EXAMPLES / "train_config.toml"), "--steps", "30", "--out", str(out)]
+    argv += ["--no-progress", "--set", "eval_every=30", "--set", "eval_episodes=1", "--set", "eval_max_steps=20"]
+    assert main(argv) == 0
+    config = json.loads((out / "config.json").read_text())
+    assert (config["agent"], config["env"], config["population_size"]) == ("ace-direct", "mountain-car", 15)
+    assert len(config["agent_options"]["alpha_actor"]) == 15
 
 
 def test_examples_reject_bad_sizes(capsys):
