@@ -4,12 +4,12 @@ Reads every run folder under ``DIR`` that has a ``members.json`` (written by ``e
 ``metrics.csv``. The curve of a member is its ``eval/exact_J`` (when the env is a tabular MDP) or ``eval/return``
 at each evaluation step.
 
-Selection (as in the papers' protocols: J23 = Graves, Imani, Kumaraswamy and White 2023 ranks settings by the
-area under the curve, N18 = Imani, Graves and White 2018 by the final value). For setting ``c`` and run ``r``, the run's
-score is the area under its curve, the
-mean over checkpoints (``select = "auc"``, J23), or its last value (``select = "final"``, N18). A run that diverged
-(its ``diverged`` flag was ever set, or a curve value is NaN) makes its whole setting ineligible, as with the
-authors' ``nanargmax`` over run means. The best setting of a variant maximises the mean score over runs.
+Selection (as in the papers' protocols: J23 = Graves, Imani, Kumaraswamy and White 2023 ranks settings by the area under
+the curve, N18 = Imani, Graves and White 2018 by the final value). For setting ``c`` and run ``r``, the run's score is
+the area under its curve, the mean over checkpoints (``select = "auc"``, J23), or its last value (``select = "final"``,
+N18). A run that diverged (its ``diverged`` flag was ever set, or a curve value is NaN) makes its whole setting
+ineligible, as with the authors' ``nanargmax`` over run means. The best setting of a variant maximises the mean score
+over runs.
 
 Confidence intervals are 95% t-intervals over runs: ``mean +- t_{0.975, n-1} * sd / sqrt(n)``.
 

@@ -8,8 +8,7 @@ member (default: member ``p`` reads stream ``p % R``).
 Features (``features = "auto"``):
 
 - ``mountain-car``: tile coding as in the authors' code (docs/environments.md): 4x4 tiles (5x5 internally), 8 tilings, a
-bias
-  feature: 201 features, 9 active. Step sizes are divided by 9.
+  bias feature: 201 features, 9 active. Step sizes are divided by 9.
 - ``puddle-world`` and ``puddle-world-gaussian``: 2x2 tiles, 2 tilings, bias (the authors' code): 19 features, 3 active.
 - tabular MDPs observed as one-hot states (``--set env.observation="state"``): the actor sees the MDP's (possibly
   aliased) actor features, the critic the MDP's critic features, or the state itself for the ``oracle`` critic

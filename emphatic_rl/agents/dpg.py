@@ -2,8 +2,7 @@
 emphatic DPG for the counterexample studies.
 
 The off-policy deterministic policy gradient theorem (Imani, Graves and White 2018, Thm. 2) weights each state by the
-emphatic
-weighting ``m(s)``; DPG (Silver et al. 2014) and DDPG (Lillicrap et al. 2016) use ``d_mu(s) i(s)`` instead (the
+emphatic weighting ``m(s)``; DPG (Silver et al. 2014) and DDPG (Lillicrap et al. 2016) use ``d_mu(s) i(s)`` instead (the
 semi-gradient). Emphatic DPG multiplies the per-state actor update by ``M_t ~ m(S_t) / d_mu(S_t)``:
 
     u += alpha_u M_t grad_u pi(S_t) grad_a q(S_t, a)|_{a = pi(S_t)}.

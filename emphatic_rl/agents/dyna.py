@@ -4,10 +4,9 @@ One agent, switches for the variant (docs/algorithms/hallucinated-value.md). Our
 tagged: [inferred] from the paper and standard Dyna, [ours] our choice where the paper is silent:
 
 Common loop [inferred: Dyna-Q, Sutton and Barto 2018, Sec. 8.2]. Each real step: act epsilon-greedily on ``Q``; one
-direct Q-learning update on the
-real transition ``(s, a, r, s')``; remember ``(s, a)`` as visited and push ``s`` onto the search-control queue with
-priority ``|delta|``; then ``planning_steps`` planning steps. ``planning_steps = 0`` is the model-free baseline
-(plain Q-learning) from the same agent.
+direct Q-learning update on the real transition ``(s, a, r, s')``; remember ``(s, a)`` as visited and push ``s`` onto
+the search-control queue with priority ``|delta|``; then ``planning_steps`` planning steps. ``planning_steps = 0`` is
+the model-free baseline (plain Q-learning) from the same agent.
 
 Planning step per variant (``n`` = ``rollout_length``):
 
@@ -32,15 +31,14 @@ Terminal handling: no bootstrap past a transition the model marks terminal. Prio
 priority queue that keeps one entry per state, the larger priority wins); popping takes the arg-max and clears it.
 
 Instruments (the invariant the paper's hypothesis rests on). For every planning value update the agent records, per
-member: whether the updated
-entry's state is simulated (a model output) and whether it is hallucinated (a model output that is not a real,
-reachable state, as the env's ``real_state_mask`` tells), and whether its target bootstraps from a simulated or a
-hallucinated state; and whether a real entry's target was computed along a simulated path through a hallucinated
-state (``real_via_hallucinated``: bootstrapping from one, or a multi-step rollout/chain passing through one, which
-the multi-step predecessor variant can do when the model's hallucinated states connect back to real ones).
+member: whether the updated entry's state is simulated (a model output) and whether it is hallucinated (a model output
+that is not a real, reachable state, as the env's ``real_state_mask`` tells), and whether its target bootstraps from a
+simulated or a hallucinated state; and whether a real entry's target was computed along a simulated path through a
+hallucinated state (``real_via_hallucinated``: bootstrapping from one, or a multi-step rollout/chain passing through
+one, which the multi-step predecessor variant can do when the model's hallucinated states connect back to real ones).
 ``planning_statistics()`` returns the fractions ``[P]``, and ``update`` reports them as metrics, together with
-``fraction_model_outputs_hallucinated``: the fraction of all states the models returned during planning that are
-not real (for a learned model, how often it hallucinates).
+``fraction_model_outputs_hallucinated``: the fraction of all states the models returned during planning that are not
+real (for a learned model, how often it hallucinates).
 
 Models. ``model = "given"``: the env's true dynamics with hallucinations injected at rate ``p_h``
 (:func:`emphatic_rl.agents.models.given_model_of`). ``model = "learned"``: a learned neural forward and backward

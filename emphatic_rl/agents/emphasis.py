@@ -157,8 +157,8 @@ class LearnedEmphasis:
 
 class IdealTrace:
     """The "ideal" follow-on trace (of the authors' Puddle World code): at every step, ``F_t`` is recomputed over the
-    current episode
-    with the **current** policy, ``F_t = i_t + sum_{j >= 1} i_{t-j} prod_{k=t-j}^{t-1} gamma rho_k(theta_now)``.
+    current episode with the **current** policy, ``F_t = i_t + sum_{j >= 1} i_{t-j} prod_{k=t-j}^{t-1} gamma
+    rho_k(theta_now)``.
 
     It keeps a bounded per-stream history of the current episode: the last ``history_cap`` steps' features,
     actions, behaviour log-probabilities and interest (ring buffers ``[R, cap, ...]``). In episodes longer than the

@@ -2,8 +2,7 @@
 ``(s', a) -> s`` (predecessor), one network pair per population member, trained from replayed real transitions.
 
 Design (our choice: the paper does not say how its models are parameterised). Both models are *action-headed* population
-MLPs
-(:class:`~emphatic_rl.agents.networks.PopulationMLP`, ``[P, B, ...]``): the input is the state alone and the output
+MLPs (:class:`~emphatic_rl.agents.networks.PopulationMLP`, ``[P, B, ...]``): the input is the state alone and the output
 holds one head per action, so ``(s, a) -> ...`` is one network pass and a gather along the action axis.
 
 ``LearnedTabularModel`` (tabular states, e.g. the Bordered Gridworld, ``S`` cells including the unreachable ring):

@@ -12,12 +12,11 @@ instruments work for a given model with injected error and for a learned model t
 
 ``GivenTabularModel`` is the given model of a tabular env (the true dynamics tables, e.g. of
 :class:`~emphatic_rl.envs.gridworld.BorderedGridworld`) with controllable error (our construction for the hypothesis):
-with probability
-``hallucination_probability[p]`` (``p_h``, one value per member, so one run holds a whole p_h sweep) each model
-query independently returns a *hallucinated* state instead of the true outcome, drawn uniformly from the env's
-unreachable states (the border ring). Forward: the next state is replaced (the reward stays the step reward,
-never terminal). Backward: the predecessor is replaced by a uniform unreachable state with a uniform action (the
-reward is the step reward, the transition is not terminal-entering unless the queried state is terminal).
+with probability ``hallucination_probability[p]`` (``p_h``, one value per member, so one run holds a whole p_h sweep)
+each model query independently returns a *hallucinated* state instead of the true outcome, drawn uniformly from the
+env's unreachable states (the border ring). Forward: the next state is replaced (the reward stays the step reward, never
+terminal). Backward: the predecessor is replaced by a uniform unreachable state with a uniform action (the reward is the
+step reward, the transition is not terminal-entering unless the queried state is terminal).
 """
 
 from __future__ import annotations

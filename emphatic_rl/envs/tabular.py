@@ -6,14 +6,13 @@ The description (:class:`TabularMDP`) is a plain dataclass of float64 tensors; t
 How termination is represented
 ------------------------------
 The MDP is written in the *unified* (White 2017) form used by ACE (docs/algorithms/actor-critic.md): a
-transition-dependent discount
-``gamma[s, a, s']`` and a transition tensor ``P[s, a, s']`` whose rows **sum to 1 over real states**. A
-transition with ``gamma[s, a, s'] == 0`` is a **terminal transition**: the episode ends there and ``s'`` is
-the first state of the next episode (the restart). So ``P`` describes the whole behaviour process, episodic
-restarts included, and the stationary distribution ``d_mu`` of ``sum_a mu(a|s) P[s, a, s']`` is the one the
-objective uses. An episodic task puts its restart distribution in the rows of its terminal transitions
-(usually ``d0``), e.g. "s1 --a0--> terminal" becomes ``P[s1, a0, :] = d0`` with ``gamma[s1, a0, :] = 0``. The
-``d0`` field is the distribution of the very first state of a stream (and of a reset after a time-out).
+transition-dependent discount ``gamma[s, a, s']`` and a transition tensor ``P[s, a, s']`` whose rows **sum to 1 over
+real states**. A transition with ``gamma[s, a, s'] == 0`` is a **terminal transition**: the episode ends there and
+``s'`` is the first state of the next episode (the restart). So ``P`` describes the whole behaviour process, episodic
+restarts included, and the stationary distribution ``d_mu`` of ``sum_a mu(a|s) P[s, a, s']`` is the one the objective
+uses. An episodic task puts its restart distribution in the rows of its terminal transitions (usually ``d0``), e.g. "s1
+--a0--> terminal" becomes ``P[s1, a0, :] = d0`` with ``gamma[s1, a0, :] = 0``. The ``d0`` field is the distribution of
+the very first state of a stream (and of a reset after a time-out).
 
 As a ``TensorEnv``, a terminal transition reports ``terminated = True``; ``final_obs`` is the observation of
 the (featureless) terminal state, a zero vector, and ``obs`` is the restart state ``s'`` drawn from ``P``.
