@@ -442,7 +442,7 @@ class LinearDPG:
         self.value_weights = torch.zeros(P, d, dtype=dtype, device=device)  # v (compatible critic)
         self.learned_emphasis = None
         if emphasis == "learned":
-            from emphatic_rl.agents.emphasis import LearnedEmphasis  # the other helper's ACE-direct estimator
+            from emphatic_rl.agents.emphasis import LearnedEmphasis  # ACE-direct's linear learned emphasis
 
             self.learned_emphasis = LearnedEmphasis(d, P, alpha_emphasis, device=device)
             self.learned_emphasis.weights = self.learned_emphasis.weights.to(dtype)
