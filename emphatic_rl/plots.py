@@ -119,8 +119,15 @@ def reference_lines(
 def legend_outside(ax: Any, fontsize: int = 8, title: str | None = None) -> None:
     """The legend to the right of the axes (save with ``bbox_inches="tight"`` so it is kept)."""
     if ax.get_legend_handles_labels()[0]:
-        ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0, fontsize=fontsize, title=title,
-                  title_fontsize=fontsize, frameon=False)
+        ax.legend(
+            loc="upper left",
+            bbox_to_anchor=(1.02, 1.0),
+            borderaxespad=0.0,
+            fontsize=fontsize,
+            title=title,
+            title_fontsize=fontsize,
+            frameon=False,
+        )
 
 
 def shared_norm(arrays: Sequence[Any]) -> Any:
