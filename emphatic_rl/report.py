@@ -41,6 +41,8 @@ from emphatic_rl.logging import atomic_write_bytes
 from emphatic_rl.stats import mean_ci, t_interval
 
 SELECT_KINDS = ("auc", "final")
+#: the divergence flag's name, and its name in run folders written before the namespaced names
+DIVERGED_METRICS = ("train/diverged", "diverged")
 @dataclass
 class VariantResults:
     """One variant's evaluation curves: ``curves [C, R, K]`` (NaN where a member diverged) at ``steps [K]``."""
@@ -81,7 +83,7 @@ def _read_member_curves(
                 member = int(row[2])
                 if 0 <= member < num_members:
                     by_step.setdefault(int(row[0]), {})[member] = float(row[3])
-            elif name == "diverged":
+            elif name in DIVERGED_METRICS:
                 member = int(row[2])
                 if 0 <= member < num_members and float(row[3]) > 0:
                     diverged[member] = True
