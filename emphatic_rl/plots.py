@@ -90,11 +90,11 @@ def plot_band(
 ) -> None:
     """A mean curve with its interval band ``mean +- half`` (skipped where ``half`` is NaN).
 
-    Markers: about ``markers`` per curve, shifted by ``index`` so that equal curves of different variants still show
-    every variant's marker.
+    Markers: about ``markers`` per curve (at least every third point), shifted by ``index`` so that equal curves of
+    different variants still show each variant's marker.
     """
     x, mean = np.asarray(x), np.asarray(mean, dtype=np.float64)
-    every = max(1, len(x) // markers)
+    every = max(3, len(x) // markers) if len(x) >= 6 else 1  # room to shift markers on all but tiny curves
     start = (index * max(1, every // 4)) % every
     ax.plot(x, mean, label=label, markevery=(start, every), markersize=4, lw=1.4, **style)
     if half is not None:
@@ -147,3 +147,37 @@ def save(fig: Any, path: Any, dpi: int = 110) -> None:
     plt = figure()
     fig.savefig(path, dpi=dpi, bbox_inches="tight")
     plt.close(fig)
+
+
+def plot_performance_profiles(
+    ax: Any,
+    scores: Mapping[str, Any],
+    taus: Sequence[float] | np.ndarray,
+    confidence: float = CONFIDENCE,
+    reps: int = 2000,
+) -> None:
+    """Performance profiles (rliable's run-score distributions) of several variants on one axis.
+
+    Args:
+        ax: a matplotlib axis.
+        scores: ``{variant: scores [runs, tasks]}`` (normalised so that tasks compare).
+        taus: thresholds ``[K]``.
+        confidence, reps: of the stratified-bootstrap band (:func:`emphatic_rl.stats.performance_profile`).
+    """
+    from emphatic_rl.stats import performance_profile
+
+    styles = variant_styles(list(scores))
+    taus = np.asarray(taus, dtype=np.float64)
+    runs = set()
+    for index, (name, values) in enumerate(scores.items()):
+        profile, low, high = performance_profile(values, taus, confidence, reps)
+        plot_band(ax, taus, profile, None, name, styles[name], index)
+        ax.fill_between(taus, low, high, alpha=0.15, color=styles[name]["color"], lw=0)
+        runs.add(np.asarray(values).shape[0])
+    n = min(runs) if runs else 0
+    ax.set_xlabel("normalised score τ")
+    ax.set_ylabel("fraction of runs with score > τ")
+    ax.set_title(
+        f"performance profiles ({100 * confidence:g}% stratified-bootstrap bands, n = {n} runs per task)", fontsize=10
+    )
+    legend_outside(ax)
