@@ -23,7 +23,7 @@ import torch
 
 from emphatic_rl.config import TrainConfig
 from emphatic_rl.logging import read_metrics
-from emphatic_rl.report import mean_ci
+from emphatic_rl.stats import mean_ci
 from emphatic_rl.train import build_run, train
 
 
@@ -49,7 +49,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def t_interval(values: torch.Tensor) -> float:
-    """Half-width of the 95% t-interval of the mean over runs (the library's report statistics)."""
+    """Half-width of the 95% t-interval of the mean over runs (emphatic_rl.stats: scipy's t quantile)."""
     return mean_ci(values.double().numpy())[1]
 
 
