@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -171,8 +172,12 @@ def test_sweep_shows_progress_by_default_and_can_turn_it_off():
 
 # ------------------------------------------------------------------------------------------------------ the wheel
 def _build_wheel(folder: Path) -> Path:
+    """``pip wheel . --no-deps`` on a copy of the repository (a build in place would leave ``build/`` behind)."""
+    source = folder / "source"
+    skip = shutil.ignore_patterns(".*", "build", "dist", "*.egg-info", "__pycache__", "runs", "results")
+    shutil.copytree(ROOT, source, symlinks=True, ignore=skip)
     completed = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", str(ROOT), "--no-deps", "-w", str(folder), "-q"],
+        [sys.executable, "-m", "pip", "wheel", str(source), "--no-deps", "-w", str(folder), "-q"],
         capture_output=True,
         text=True,
         timeout=600,

@@ -22,6 +22,7 @@ IDS = {
     "emphatic_rl/Pendulum-v1": ("Pendulum-v1", 200),
     "emphatic_rl/PuddleWorld-v0": (None, 1000),
     "emphatic_rl/PuddleWorldGaussian-v0": (None, 1000),
+    "emphatic_rl/BorderedGridworld-v0": (None, 100),
 }
 
 

@@ -127,6 +127,19 @@ def test_rgb_array_frames(gym_id):
     assert env.metadata["render_fps"] > 0
 
 
+def test_every_id_has_the_vector_entry_point_and_renderable_ones_pass_the_env_checker():
+    from gymnasium.utils.env_checker import check_env
+
+    ours = [gym_id for gym_id in gym.registry if gym_id.startswith("emphatic_rl/")]
+    assert set(RENDERABLE_IDS) <= set(ours)
+    for gym_id in ours:
+        assert gym.spec(gym_id).vector_entry_point == "emphatic_rl.envs.registration:NativeVectorEnv"
+    for gym_id in ("emphatic_rl/CartPole-v1", "emphatic_rl/MinAtar-Breakout-v1"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            check_env(gym.make(gym_id, render_mode="rgb_array").unwrapped)
+
+
 def test_render_after_a_terminal_step_shows_the_final_state():
     env = gym.make("emphatic_rl/BorderedGridworld-v0", render_mode="rgb_array", height=2, width=2)
     env.reset(seed=0)
