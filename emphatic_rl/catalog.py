@@ -33,7 +33,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-__all__ = ["build_catalog", "load_catalog", "CATALOG_FILE"]
+__all__ = ["build_catalog", "load_catalog", "merge_live_registrations", "CATALOG_FILE"]
 
 CATALOG_FILE = "catalog.json"
 _PROBE = "probe-value"
@@ -189,14 +189,45 @@ def build_catalog(compatibility: bool = True) -> dict[str, Any]:
 
 
 def load_catalog() -> dict[str, Any]:
-    """The shipped ``catalog.json`` (agents and envs; studies are read from the shipped TOMLs)."""
+    """The shipped ``catalog.json`` (agents and envs, plus any registered since in this process: see
+    :func:`merge_live_registrations`; studies are read from the shipped TOMLs)."""
     from emphatic_rl.studies import find_studies
 
-    catalog = json.loads(resources.files("emphatic_rl").joinpath(CATALOG_FILE).read_text())
+    catalog = merge_live_registrations(json.loads(resources.files("emphatic_rl").joinpath(CATALOG_FILE).read_text()))
     catalog["studies"] = {
         info.name: {"kind": info.kind, "description": info.description, "command": info.command, "file": info.path.name}
         for info in find_studies()
     }
+    return catalog
+
+
+def merge_live_registrations(catalog: dict[str, Any]) -> dict[str, Any]:
+    """Add agents and envs registered in this process but not in the shipped file (plugins imported before
+    ``list``), with their descriptions and options; their compatibility is not probed. Imports nothing."""
+    agents = sys.modules.get("emphatic_rl.agents.registry")
+    if agents is not None:
+        for name, entry in agents.AGENT_REGISTRY.items():
+            if name not in catalog["agents"]:
+                defaults = entry.default_options()
+                fields = [(f.name, f.type, defaults[f.name]) for f in dataclasses.fields(entry.options_class)]
+                catalog["agents"][name] = {
+                    "description": _one_line(entry.description),
+                    "options": _option_rows(fields, lambda option: None),
+                }
+    envs = sys.modules.get("emphatic_rl.envs.registry")
+    if envs is not None:
+        for name, entry in envs.ENV_REGISTRY.items():
+            if name not in catalog["envs"]:
+                defaults = entry.options()
+                parameters = inspect.signature(entry.factory).parameters
+                fields = [(key, parameters[key].annotation, defaults[key]) for key in defaults]
+                catalog["envs"][name] = {
+                    "description": _one_line(entry.description),
+                    "options": _option_rows(fields, lambda option: None),
+                    "actions": "?",
+                    "observations": "?",
+                    "gymnasium_ids": [],
+                }
     return catalog
 
 

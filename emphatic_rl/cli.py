@@ -188,11 +188,15 @@ def _format_option(key: str, row: dict) -> str:
 
 
 def _describe_agent(name: str, entry: dict) -> list[str]:
-    lines = [f"agent {name}: {entry['description']}", "  runs on: " + (", ".join(entry.get("runs_on", [])) or "-")]
+    runs_on = ", ".join(entry["runs_on"]) or "-" if "runs_on" in entry else "not checked (registered in this process)"
+    lines = [f"agent {name}: {entry['description']}", f"  runs on: {runs_on}"]
     not_on = entry.get("not_on", {})
     if not_on:
         lines.append("  does not run on:")
-        lines += [f"      {env}: {reason}" for env, reason in not_on.items()]
+        by_reason: dict[str, list[str]] = {}
+        for env, reason in not_on.items():  # one line per reason (the env's name in it made generic)
+            by_reason.setdefault(reason.replace(f"'{env}'", "'<env>'"), []).append(env)
+        lines += [f"      {', '.join(envs)}: {reason}" for reason, envs in by_reason.items()]
     lines.append("  options (--set agent.KEY=VALUE; default, type, allowed values):")
     lines += [_format_option(key, row) for key, row in entry["options"].items()]
     return lines

@@ -125,6 +125,25 @@ def test_shipped_catalog_matches_the_registries():
             assert json.loads(json.dumps(entry)) == stored, f"{name}: run python -m emphatic_rl.catalog"
 
 
+def test_list_shows_agents_registered_in_the_process(capsys):
+    """A plugin registered before `list` runs (e.g. imported by the user) is listed with its options."""
+    from dataclasses import dataclass
+
+    from emphatic_rl.agents.registry import AGENT_REGISTRY, register_agent
+
+    @dataclass
+    class PluginOptions:
+        mode: str = "fast"
+
+    register_agent("plugin-agent-for-list", PluginOptions, "a plugin agent")(lambda context, options: None)
+    try:
+        assert main(["list", "plugin-agent-for-list"]) == 0
+        text = capsys.readouterr().out
+        assert "agent plugin-agent-for-list: a plugin agent" in text and "mode = 'fast'  (str)" in text
+    finally:
+        AGENT_REGISTRY.pop("plugin-agent-for-list")
+
+
 @pytest.mark.slow
 def test_shipped_catalog_is_up_to_date_with_compatibility():
     completed = subprocess.run(
