@@ -264,3 +264,13 @@ def test_sb3_make_vec_env_and_dqn_learn_on_our_cartpole():
     assert action.shape == (2,)
     assert vec_env.render().ndim == 3  # SB3's tiled frame of both copies
     vec_env.close()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_make_vec_on_cuda_returns_numpy():
+    envs = gym.make_vec("emphatic_rl/MinAtar-Breakout-v1", num_envs=8, device="cuda")
+    obs, _ = envs.reset(seed=0)
+    assert isinstance(obs, np.ndarray) and obs.shape == (8, 10, 10, 4)
+    for _ in range(20):
+        obs, reward, terminated, truncated, info = envs.step(envs.action_space.sample())
+    assert isinstance(reward, np.ndarray) and reward.dtype == np.float32
