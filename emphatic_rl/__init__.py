@@ -11,32 +11,16 @@ from __future__ import annotations
 import importlib
 import importlib.abc
 import importlib.machinery
+import importlib.util
 import sys
 from typing import Any
 
 __version__ = "0.1.0"
 
-_SUBMODULES = {
-    "agents",
-    "buffers",
-    "cli",
-    "config",
-    "emphatic",
-    "envs",
-    "exact",
-    "features",
-    "gradients",
-    "logging",
-    "report",
-    "studies",
-    "sweep",
-    "train",
-}
-
 
 def __getattr__(name: str) -> Any:
-    """``emphatic_rl.envs`` and the other subpackages, imported on first access."""
-    if name in _SUBMODULES:
+    """``emphatic_rl.envs`` and the other submodules, imported on first access."""
+    if not name.startswith("_") and importlib.util.find_spec(f"{__name__}.{name}") is not None:
         return importlib.import_module(f"{__name__}.{name}")
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
