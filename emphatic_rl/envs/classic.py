@@ -129,6 +129,7 @@ class ClassicControlEnv(CompiledBackendMixin, TensorEnv):
         self._restart_rows = kernels.restart_rows
         self._ended = np.zeros(self.num_envs, dtype=np.int64)  # the copies whose episode ended, in order
         self._all_rows = np.arange(self.num_envs, dtype=np.int64)
+        self._obs_shape = (self.num_envs, *self.observation_spec.shape)
         self._state_seen: torch.Tensor | None = None
         self._elapsed_seen: torch.Tensor | None = None
 
@@ -158,22 +159,23 @@ class ClassicControlEnv(CompiledBackendMixin, TensorEnv):
         if self._backend != "numba":
             return super().step(action)
         actions = self._action_array(action)
-        n, shape = self.num_envs, (self.num_envs, *self.observation_spec.shape)
-        obs, final_obs = torch.empty(shape), torch.empty(shape)
-        reward = torch.empty(n)
-        terminated, truncated = torch.empty(n, dtype=torch.bool), torch.empty(n, dtype=torch.bool)
-        state, obs_np = self._state_array(), obs.numpy()
-        count = self._run_step_kernel(
-            actions, state, final_obs.numpy(), obs_np, reward.numpy(), terminated.numpy(), truncated.numpy()
-        )
+        n, shape = self.num_envs, self._obs_shape
+        # outputs allocated by numpy and wrapped (one tensor object each: the cheapest fresh tensors on the CPU)
+        obs, final_obs = np.empty(shape, np.float32), np.empty(shape, np.float32)
+        reward, terminated, truncated = np.empty(n, np.float32), np.empty(n, np.bool_), np.empty(n, np.bool_)
+        state = self._state_array()
+        count = self._run_step_kernel(actions, state, final_obs, obs, reward, terminated, truncated)
         if count < 0:
             self._raise_bad_action(actions, -1 - count)
         if count or not self.draw_only_ended:
             # the same draws as the torch backend's _reset_where: one row per ended copy (in order), or one per copy
             fresh = self._fresh_states(count if self.draw_only_ended else n)
             self._restart_rows(self._ended, count, fresh.numpy(), not self.draw_only_ended, state)
-            self._observe_kernel(self._ended, count, state, obs_np)
-        return StepResult(obs, reward, terminated, truncated, final_obs)
+            self._observe_kernel(self._ended, count, state, obs)
+        from_numpy = torch.from_numpy
+        return StepResult(
+            from_numpy(obs), from_numpy(reward), from_numpy(terminated), from_numpy(truncated), from_numpy(final_obs)
+        )
 
     def _run_step_kernel(self, actions, state, final_obs, obs, reward, terminated, truncated) -> int:
         return self._step_kernel(

@@ -171,9 +171,9 @@ class PuddleWorld(CompiledBackendMixin, TensorEnv):
         self._noise.normal_(generator=self.generator)
         self._fresh.uniform_(generator=self.generator)
         n = self.num_envs
-        obs, final_obs = torch.empty(n, 2), torch.empty(n, 2)
-        reward = torch.empty(n)
-        terminated, truncated = torch.empty(n, dtype=torch.bool), torch.empty(n, dtype=torch.bool)
+        # outputs allocated by numpy and wrapped (one tensor object each: the cheapest fresh tensors on the CPU)
+        obs, final_obs = np.empty((n, 2), np.float32), np.empty((n, 2), np.float32)
+        reward, terminated, truncated = np.empty(n, np.float32), np.empty(n, np.bool_), np.empty(n, np.bool_)
         elapsed = self.elapsed_steps
         if elapsed is not self._elapsed_seen:
             self._elapsed_seen, self._elapsed_np = elapsed, elapsed.numpy()
@@ -185,14 +185,17 @@ class PuddleWorld(CompiledBackendMixin, TensorEnv):
             self._elapsed_np,
             self.max_episode_steps or 0,
             self._segments,
-            final_obs.numpy(),
-            obs.numpy(),
-            reward.numpy(),
-            terminated.numpy(),
-            truncated.numpy(),
+            final_obs,
+            obs,
+            reward,
+            terminated,
+            truncated,
             self._ended,
         )
-        return StepResult(obs, reward, terminated, truncated, final_obs)
+        from_numpy = torch.from_numpy
+        return StepResult(
+            from_numpy(obs), from_numpy(reward), from_numpy(terminated), from_numpy(truncated), from_numpy(final_obs)
+        )
 
 
 #: The Gaussian puddles of the earlier ``gym_puddle`` environment: ``(centre x, centre y, width x, width y)``.
