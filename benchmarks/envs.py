@@ -38,8 +38,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import gymnax_peer  # sets XLA's single-thread flags before jax is imported
 import gymnasium as gym
+import gymnax_peer  # sets XLA's single-thread flags before jax is imported
 import numpy as np
 import torch
 
@@ -56,15 +56,17 @@ SIZES = (1, 64, 1024, 8192)
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 
-def rate(batch_step: Callable[[], None], num_envs: int, seconds: float) -> float:
-    """Env steps per second of ``batch_step`` over about ``seconds`` (at least one call)."""
-    calls, start = 0, time.perf_counter()
+def rate(batch_step: Callable[[], None], num_envs: int, seconds: float) -> tuple[float, float]:
+    """Env steps per second of ``batch_step`` over about ``seconds`` (at least one call): per wall-clock second and
+    per second of this process's CPU time (all its threads), which other jobs on a shared machine disturb less."""
+    calls, start, cpu_start = 0, time.perf_counter(), time.process_time()
     while True:
         batch_step()
         calls += 1
         elapsed = time.perf_counter() - start
         if elapsed >= seconds:
-            return calls * num_envs / elapsed
+            cpu = max(time.process_time() - cpu_start, 1e-9)
+            return calls * num_envs / elapsed, calls * num_envs / cpu
 
 
 def action_batches(name: str, num_envs: int, num_actions: int) -> np.ndarray:
@@ -138,11 +140,11 @@ def load_average() -> str:
 
 def median_rates(
     steppers: dict[str, Callable[[], None]], num_envs: int, seconds: float, rounds: int
-) -> dict[str, float]:
-    """Median over ``rounds`` interleaved rounds of each peer's env steps per second."""
+) -> dict[str, tuple[float, float]]:
+    """Median over ``rounds`` interleaved rounds of each peer's env steps per second: ``(wall, cpu)``."""
     for batch_step in steppers.values():  # warm-up
         batch_step()
-    rates: dict[str, list[float]] = {name: [] for name in steppers}
+    rates: dict[str, list[tuple[float, float]]] = {name: [] for name in steppers}
     for _ in range(rounds):
         for name, batch_step in steppers.items():
             gc.collect()
@@ -151,7 +153,24 @@ def median_rates(
                 rates[name].append(rate(batch_step, num_envs, seconds))
             finally:
                 gc.enable()
-    return {name: statistics.median(values) for name, values in rates.items()}
+    return {
+        name: (statistics.median(v[0] for v in values), statistics.median(v[1] for v in values))
+        for name, values in rates.items()
+    }
+
+
+def rate_cell(medians: dict[str, tuple[float, float]], key: str, suffix: str = "") -> str:
+    if key not in medians:
+        return "-"
+    wall, cpu = medians[key]
+    return f"{wall:,.0f} ({cpu:,.0f}){suffix}"
+
+
+def ratio_cell(medians: dict[str, tuple[float, float]], key: str) -> str:
+    if key not in medians:
+        return "-"
+    (ours_wall, ours_cpu), (wall, cpu) = medians["ours"], medians[key]
+    return f"{ours_wall / wall:.1f}x ({ours_cpu / cpu:.1f}x)"
 
 
 def fixed_costs(names: list[str], sizes: list[int], seconds: float, rounds: int) -> list[str]:
@@ -166,7 +185,7 @@ def fixed_costs(names: list[str], sizes: list[int], seconds: float, rounds: int)
             if name in GYM_IDS:
                 steppers["gymnasium"] = gymnasium_stepper(name, num_envs)[0]
             medians = median_rates(steppers, num_envs, seconds, rounds)
-            us = {key: 1e6 * num_envs / value for key, value in medians.items()}
+            us = {key: 1e6 * num_envs / value[0] for key, value in medians.items()}
             kernel = f"{us['kernel']:.1f}" if "kernel" in us else "-"
             checks = f"{us['ours'] - us['kernel']:.1f}" if "kernel" in us else "-"
             gym_cell = f"{us['gymnasium']:.1f}" if "gymnasium" in us else "-"
@@ -210,17 +229,10 @@ def main(argv: list[str] | None = None) -> None:
                 if use_gymnax:
                     steppers["gymnax"] = gymnax_peer.gymnax_stepper(GYM_IDS[name], num_envs)
             medians = median_rates(steppers, num_envs, args.seconds, args.rounds)
-
-            def cell(key: str, suffix: str = "") -> str:
-                return f"{medians[key]:,.0f}{suffix}" if key in medians else "-"
-
-            def ratio(key: str) -> str:
-                return f"{medians['ours'] / medians[key]:.1f}x" if key in medians else "-"
-
             row = (
-                f"| {name} | {num_envs} | {cell('ours')} | {cell('torch')} | "
-                f"{cell('gymnasium', f' ({kind})' if kind else '')} | {cell('gymnax')} | "
-                f"{ratio('gymnasium')} | {ratio('gymnax')} |"
+                f"| {name} | {num_envs} | {rate_cell(medians, 'ours')} | {rate_cell(medians, 'torch')} | "
+                f"{rate_cell(medians, 'gymnasium', f' {kind}' if kind else '')} | {rate_cell(medians, 'gymnax')} | "
+                f"{ratio_cell(medians, 'gymnasium')} | {ratio_cell(medians, 'gymnax')} |"
             )
             rows.append(row)
             print(row, flush=True)
@@ -263,7 +275,8 @@ def main(argv: list[str] | None = None) -> None:
             "loop; Gymnasium has no batched MountainCar, Acrobot or Pendulum); gymnax: `jit(vmap(step))` with the "
             "action sampled inside, after compilation, each call waited for",
             "",
-            "Env steps per second:",
+            "Env steps per second, per wall-clock second and (in parentheses) per second of the process's CPU "
+            "time; Gymnasium's kind of vector env after its figure:",
             "",
             header,
             *rows,
