@@ -29,7 +29,14 @@ from numba import njit
 
 from emphatic_rl.envs.classic import Acrobot, CartPole, MountainCar, Pendulum
 from emphatic_rl.envs.minatar.kernels.common import KERNEL_OPTIONS
-from emphatic_rl.envs.puddle_world import GOAL, PUDDLE_PENALTY, PUDDLE_RADIUS, PUDDLE_SEGMENTS, STEP_SIZE
+from emphatic_rl.envs.puddle_world import (
+    GOAL,
+    NOISE_STD,
+    PUDDLE_PENALTY,
+    PUDDLE_RADIUS,
+    PUDDLE_SEGMENTS,
+    STEP_SIZE,
+)
 
 # Module-level constants are frozen into the compiled code.
 CP_GRAVITY = CartPole.GRAVITY
@@ -70,6 +77,7 @@ PW_STEP = STEP_SIZE
 PW_RADIUS = PUDDLE_RADIUS
 PW_PENALTY = PUDDLE_PENALTY
 PW_GOAL = GOAL
+PW_NOISE_STD = NOISE_STD
 # Puddle segments (start x, start y, end x, end y), as the float32 numbers the torch env computes with.
 PW_SEGMENTS = np.array([[*start, *end] for start, end in PUDDLE_SEGMENTS], dtype=np.float32)
 PW_START_LOW = (0.3, 0.7)  # x ~ U[0.3, 0.4), y ~ U[0.7, 0.8)
@@ -364,9 +372,9 @@ def _segment_distance(px, py, sx, sy, ex, ey):
 
 @njit(inline="always", **KERNEL_OPTIONS)
 def puddle_world_dynamics(x, y, action, noise_x, noise_y, segments):
-    """One Puddle World step from the float32 position ``(x, y)`` with the standard normal draws ``noise_x``,
-    ``noise_y`` (scaled by 0.01 here), in the torch env's float32 order of operations. ``segments``: the puddles'
-    ``float32[P, 4]`` (start x, y, end x, y). Returns ``(x, y, reward, terminated)``."""
+    """One Puddle World step from the float32 position ``(x, y)`` with the float32 noise ``noise_x``, ``noise_y``
+    (already scaled: ``0.01 * z`` for standard normal ``z``), in the torch env's float32 order of operations.
+    ``segments``: the puddles' ``float32[P, 4]`` (start x, y, end x, y). Returns ``(x, y, reward, terminated)``."""
     zero, one, step = np.float32(0.0), np.float32(1.0), np.float32(PW_STEP)
     move_x, move_y = zero, zero
     if action == 0:
@@ -377,8 +385,8 @@ def puddle_world_dynamics(x, y, action, noise_x, noise_y, segments):
         move_x = step
     else:
         move_x = -step
-    x = min(max(x + move_x + np.float32(0.01) * noise_x, zero), one)
-    y = min(max(y + move_y + np.float32(0.01) * noise_y, zero), one)
+    x = min(max(x + move_x + noise_x, zero), one)
+    y = min(max(y + move_y + noise_y, zero), one)
     goal = np.float32(PW_GOAL)
     if x >= goal and y >= goal:
         return x, y, np.float32(-1.0), True
@@ -399,9 +407,10 @@ def puddle_world_step(
     :func:`first_bad_action` before the draws."""
     count = 0
     low_x, low_y, width = np.float32(PW_START_LOW[0]), np.float32(PW_START_LOW[1]), np.float32(PW_START_WIDTH)
+    std = np.float32(PW_NOISE_STD)
     for n in range(position.shape[0]):
         x, y, r, terminal = puddle_world_dynamics(
-            position[n, 0], position[n, 1], actions[n], noise[n, 0], noise[n, 1], segments
+            position[n, 0], position[n, 1], actions[n], std * noise[n, 0], std * noise[n, 1], segments
         )
         final_obs[n, 0], final_obs[n, 1] = x, y
         reward[n] = r
