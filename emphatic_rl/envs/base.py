@@ -81,6 +81,9 @@ class StepResult(NamedTuple):
     - ``terminated``: ``bool[N]``, the episode reached a terminal state (do not bootstrap).
     - ``truncated``: ``bool[N]``, the episode was cut by the time limit (bootstrap from ``final_obs``).
     - ``final_obs``: ``[N, *obs_shape]``, the true next observation ``S_{t+1}`` of this transition.
+
+    Every ``step`` returns new tensors (on every backend): a later step never overwrites them, so a loop may keep
+    ``obs`` for the next transition or store the fields without copying.
     """
 
     obs: torch.Tensor
