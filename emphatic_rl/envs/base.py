@@ -30,7 +30,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Self
 
 import numpy as np
 import torch
@@ -266,7 +266,7 @@ class CompiledBackendMixin:
         """The backend in use: ``"torch"`` or ``"numba"``."""
         return self._backend
 
-    def set_backend(self, backend: str):
+    def set_backend(self, backend: str) -> Self:
         """Step with ``backend`` from now on: ``"auto"`` (numba on CPU when installed, else torch), ``"torch"`` or
         ``"numba"`` (CPU only). Returns the env."""
         if backend not in BACKENDS:
