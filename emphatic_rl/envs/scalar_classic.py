@@ -4,7 +4,7 @@ At ``num_envs = 1`` a batched torch env pays torch's per-operation overhead (a f
 ops per step) for four numbers of state. These classes step one copy with Python's ``math`` on ``float`` (IEEE
 double, the same as the batched env's float64 tensors), in the same expression order as
 :mod:`emphatic_rl.envs.classic` (itself Gymnasium's order), so that from the same state and action they give the
-same next state, reward and termination as the batched env. ``tests/envs/test_scalar_classic.py`` checks this step
+same next state, reward and termination as the batched env. ``tests/envs/test_gymnasium_citizenship.py`` checks this step
 for step against the batched env, resets included.
 
 Start states come from the batched env itself: each scalar env holds a one-copy batched env ``native`` and takes
