@@ -77,7 +77,9 @@ def make_steps(count: int, num_envs: int, obs_shape, obs_dtype, actions: int, se
             final_obs=draw_obs(),
         )
         done = (step["terminated"] | step["truncated"]).numpy()
-        infos = [{"TimeLimit.truncated": bool(t)} if d else {} for d, t in zip(done, step["truncated"].numpy())]
+        infos = [
+            {"TimeLimit.truncated": bool(t)} if d else {} for d, t in zip(done, step["truncated"].numpy(), strict=True)
+        ]
         sb3 = dict(
             obs=step["obs"].numpy(),
             next_obs=step["final_obs"].numpy(),
@@ -219,9 +221,12 @@ def main() -> None:
         f"(1 thread), numpy {np.__version__}, stable-baselines3 {stable_baselines3.__version__}, Python "
         f"{platform.python_version()}; load average {load_before:.1f} at the start, {os.getloadavg()[0]:.1f} at the end"
     )
-    command = "python benchmarks/buffer.py" + (
-        "" if args.transitions == 100_000 else f" --transitions {args.transitions}"
-    ) + ("" if args.rounds == 7 else f" --rounds {args.rounds}") + ("" if args.seconds == 0.25 else f" --seconds {args.seconds}")
+    command = (
+        "python benchmarks/buffer.py"
+        + ("" if args.transitions == 100_000 else f" --transitions {args.transitions}")
+        + ("" if args.rounds == 7 else f" --rounds {args.rounds}")
+        + ("" if args.seconds == 0.25 else f" --seconds {args.seconds}")
+    )
     text = "\n".join(
         [
             "# TrajectoryBuffer against Stable-Baselines3's ReplayBuffer on CPU",

@@ -545,7 +545,12 @@ class TrajectoryBuffer:
         )
 
     def _checked(self, name: str, value: Any, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
-        if type(value) is torch.Tensor and value.dtype is dtype and value.shape == shape and value.device == self._device:
+        if (
+            type(value) is torch.Tensor
+            and value.dtype is dtype
+            and value.shape == shape
+            and value.device == self._device
+        ):
             return value  # the common case, checked in a few attribute reads
         if not isinstance(value, torch.Tensor):
             try:
@@ -689,8 +694,17 @@ class TrajectoryBuffer:
         if len(lead) == 1:
             extras = {name: store.index_select(0, flat) for name, store in self._extras_flat.items()}
             return TransitionBatch(
-                obs, action, reward, terminated, truncated, next_obs, behaviour_log_prob, interest, time_index,
-                stream_index, extras,
+                obs,
+                action,
+                reward,
+                terminated,
+                truncated,
+                next_obs,
+                behaviour_log_prob,
+                interest,
+                time_index,
+                stream_index,
+                extras,
             )
 
         def shaped(x: torch.Tensor) -> torch.Tensor:
@@ -750,7 +764,9 @@ class TrajectoryBuffer:
         # The valid physical rows are [0, len): a uniform flat position over them is a uniform transition.
         if num_groups is None:
             flat = torch.randint(0, self._size * N, (batch_size,), generator=generator, device=self._device)
-            return self._gather_numba(flat, flat.shape, batch_size, N) if self.backend == "numba" else self._gather(flat)
+            return (
+                self._gather_numba(flat, flat.shape, batch_size, N) if self.backend == "numba" else self._gather(flat)
+            )
         if not isinstance(num_groups, int) or isinstance(num_groups, bool) or num_groups < 1 or N % num_groups:
             raise ValueError(
                 "TrajectoryBuffer.sample_transitions: num_groups must be a positive divisor of "
