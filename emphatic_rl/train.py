@@ -234,6 +234,8 @@ class _EpisodeStats:
     def record(self, reward: torch.Tensor, done: torch.Tensor) -> None:
         self.episode_return += reward
         self.episode_length += 1
+        if self.episode_return.device.type == "cpu" and not done.any():
+            return  # on CPU the check is free (no device sync) and skips the bookkeeping of most steps
         done_f = done.float()
         self.window_return_sum.index_add_(0, self.member_of_env, self.episode_return * done_f)
         self.window_length_sum.index_add_(0, self.member_of_env, self.episode_length * done_f)

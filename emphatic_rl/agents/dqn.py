@@ -166,7 +166,7 @@ class DQN(Agent):
             else:
                 member_loss, q_taken = self._autograd_gradient(batch.obs, batch.action, target)
             self._clip_member_gradients()
-            self.optimizer.step()
+            self._adam_step()
             self.gradient_updates += 1
             metrics = {"loss": member_loss, "q_mean": q_taken.mean(dim=1)}
         if env_step % o.target_update_every == 0:
@@ -206,6 +206,35 @@ class DQN(Agent):
         P = self.population_size
         torch.cat([g.reshape(P, -1) for g in grads], dim=1, out=self.flat_parameters.grad)
         return member_loss.detach(), q_taken.detach()
+
+    def _adam_step(self) -> None:
+        """``optimizer.step()``; with fused Adam, after the first step, the fused kernel is called directly on the
+        optimiser's own state (the same update without ``Optimizer.step``'s per-call bookkeeping, which costs more
+        than the kernel at these sizes)."""
+        state = self.optimizer.state.get(self.flat_parameters)
+        group = self.optimizer.param_groups[0]
+        if not group.get("fused") or not state or group["amsgrad"] or group["weight_decay"] or group["maximize"]:
+            self.optimizer.step()
+            return
+        beta1, beta2 = group["betas"]
+        state["step"].add_(1)
+        torch._fused_adam_(
+            [self.flat_parameters],
+            [self.flat_parameters.grad],
+            [state["exp_avg"]],
+            [state["exp_avg_sq"]],
+            [],
+            [state["step"]],
+            amsgrad=False,
+            lr=group["lr"],
+            beta1=beta1,
+            beta2=beta2,
+            weight_decay=0.0,
+            eps=group["eps"],
+            maximize=False,
+            grad_scale=None,
+            found_inf=None,
+        )
 
     def _clip_member_gradients(self) -> None:
         """Clip each member's gradient norm to ``max_grad_norm`` on its own; frozen members get zero gradients."""

@@ -659,12 +659,15 @@ class TrajectoryBuffer:
         M = draws.shape[0]
         cells, width = math.prod(self.obs_shape), math.prod(self.action_shape)
         obs_dtype, action_dtype = self._np_dtypes
-        obs = np.empty((M, *self.obs_shape), dtype=obs_dtype)
-        next_obs = np.empty((M, *self.obs_shape), dtype=obs_dtype)
-        action = np.empty((M, *self.action_shape), dtype=action_dtype)
-        scalars = np.empty((M, 3), dtype=np.float32)
-        ends = np.empty((M, 2), dtype=np.bool_)
-        index = np.empty((M, 3), dtype=np.int64)  # time, stream, flat position
+        obs = np.empty((*lead, *self.obs_shape), dtype=obs_dtype)  # allocated in the lead shape: no reshapes after
+        next_obs = np.empty((*lead, *self.obs_shape), dtype=obs_dtype)
+        action = np.empty((*lead, *self.action_shape), dtype=action_dtype)
+        scalars = np.empty((*lead, 3), dtype=np.float32)
+        ends = np.empty((*lead, 2), dtype=np.bool_)
+        index = np.empty((*lead, 3), dtype=np.int64)  # time, stream, flat position
+        flat_obs, flat_next_obs = obs.reshape(M, cells), next_obs.reshape(M, cells)
+        if self.packs_obs:
+            flat_obs, flat_next_obs = flat_obs.view(np.uint8), flat_next_obs.view(np.uint8)
         kernels.gather(
             _numpy(draws),
             group_batch,
@@ -679,49 +682,35 @@ class TrajectoryBuffer:
             self._np_final_store,
             self._np_final_slot,
             self._np_row_time,
-            obs.reshape(M, cells).view(np.uint8) if self.packs_obs else obs.reshape(M, cells),
-            next_obs.reshape(M, cells).view(np.uint8) if self.packs_obs else next_obs.reshape(M, cells),
+            flat_obs,
+            flat_next_obs,
             action.reshape(M, width),
-            scalars,
-            ends,
-            index,
+            scalars.reshape(M, 3),
+            ends.reshape(M, 2),
+            index.reshape(M, 3),
         )
-        obs, next_obs, action = torch.from_numpy(obs), torch.from_numpy(next_obs), torch.from_numpy(action)
-        scalars, ends, index = torch.from_numpy(scalars), torch.from_numpy(ends), torch.from_numpy(index)
-        reward, behaviour_log_prob, interest = scalars.unbind(1)
-        terminated, truncated = ends.unbind(1)
-        time_index, stream_index, flat = index.unbind(1)
-        if len(lead) == 1:
-            extras = {name: store.index_select(0, flat) for name, store in self._extras_flat.items()}
-            return TransitionBatch(
-                obs,
-                action,
-                reward,
-                terminated,
-                truncated,
-                next_obs,
-                behaviour_log_prob,
-                interest,
-                time_index,
-                stream_index,
-                extras,
-            )
-
-        def shaped(x: torch.Tensor) -> torch.Tensor:
-            return x.reshape(*lead, *x.shape[1:])
-
+        reward, behaviour_log_prob, interest = torch.from_numpy(scalars).unbind(-1)
+        terminated, truncated = torch.from_numpy(ends).unbind(-1)
+        time_index, stream_index, flat = torch.from_numpy(index).unbind(-1)
+        extras = {}
+        if self._extras_flat:
+            flat_index = flat.reshape(-1)
+            extras = {
+                name: store.index_select(0, flat_index).reshape(*lead, *store.shape[1:])
+                for name, store in self._extras_flat.items()
+            }
         return TransitionBatch(
-            obs=shaped(obs),
-            action=shaped(action),
-            reward=shaped(reward),
-            terminated=shaped(terminated),
-            truncated=shaped(truncated),
-            next_obs=shaped(next_obs),
-            behaviour_log_prob=shaped(behaviour_log_prob),
-            interest=shaped(interest),
-            time_index=shaped(time_index),
-            stream_index=shaped(stream_index),
-            extras={name: shaped(store.index_select(0, flat)) for name, store in self._extras_flat.items()},
+            torch.from_numpy(obs),
+            torch.from_numpy(action),
+            reward,
+            terminated,
+            truncated,
+            torch.from_numpy(next_obs),
+            behaviour_log_prob,
+            interest,
+            time_index,
+            stream_index,
+            extras,
         )
 
     def _flat_from_logical(self, logical: torch.Tensor, stream: torch.Tensor) -> torch.Tensor:
