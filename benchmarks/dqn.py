@@ -20,7 +20,9 @@ mean-squared error and no clipping, as CleanRL writes it).
 Speed: each round runs the three back to back (order rotating), ``--steps`` env steps each, timed around the training
 call only (construction excluded); the table gives medians over rounds and the median per-round ratios. Single
 thread (``torch.set_num_threads(1)``). Learning: ``--seeds`` seeds per framework, ``--learning-steps`` env steps,
-then 10 greedy evaluation episodes; the mean final return with a 95% t-interval over seeds.
+then 10 greedy evaluation episodes; the mean final return with a 95% t-interval over seeds. Our seeds run as one
+population of independent learners (own initialisation, env copy, replay streams and updates: the library's way to
+run seeds); SB3's as one run per seed.
 """
 
 from __future__ import annotations
@@ -60,8 +62,11 @@ T_975 = {2: 12.706, 3: 4.303, 4: 3.182, 5: 2.776, 6: 2.571, 7: 2.447, 8: 2.365, 
 
 
 # ----------------------------------------------------------------------------------------------------------- ours
-def run_ours(steps: int, decay_steps: int, seed: int, eval_episodes: int = 1) -> tuple[float, float]:
-    """Train; return (seconds in ``train``, final greedy evaluation return)."""
+def run_ours(
+    steps: int, decay_steps: int, seed: int, eval_episodes: int = 1, population: int = 1
+) -> tuple[float, list[float]]:
+    """Train ``population`` independent learners in one run; return (seconds in ``train``, final greedy evaluation
+    return of each)."""
     from emphatic_rl.config import TrainConfig
     from emphatic_rl.train import build_run, train
 
@@ -70,6 +75,7 @@ def run_ours(steps: int, decay_steps: int, seed: int, eval_episodes: int = 1) ->
         env="cartpole",
         steps=steps,
         seed=seed,
+        population_size=population,
         eval_every=0,
         eval_episodes=eval_episodes,
         checkpoint_every=0,
@@ -82,7 +88,7 @@ def run_ours(steps: int, decay_steps: int, seed: int, eval_episodes: int = 1) ->
         start = time.perf_counter()
         result = train(config, Path(folder) / "run", run=run)
         seconds = time.perf_counter() - start
-    return seconds, float(result.final_eval_return[0])
+    return seconds, result.final_eval_return.tolist()
 
 
 # ----------------------------------------------------------------------------------------------------------- SB3
@@ -248,24 +254,30 @@ def interval(values: list[float]) -> str:
     return f"{mean:.1f} ± {half:.1f}"
 
 
-def learning(steps: int, seeds: int) -> list[str]:
-    finals: dict[str, list[float]] = {"ours": [], "SB3": []}
-    seconds: dict[str, list[float]] = {"ours": [], "SB3": []}
-    for seed in range(seeds):
-        for name in finals:
-            runner = RUNNERS[name]
-            took, final = runner(steps, 10_000, seed=seed, eval_episodes=10)
-            finals[name].append(final)
-            seconds[name].append(took)
-            print(f"seed {seed} {name}: final return {final:.1f} ({steps / took:.0f} steps/s)", flush=True)
+def learning(steps: int, seeds: int, frameworks: list[str]) -> list[str]:
+    """Ours: the ``seeds`` learners as one population run (independent members: own network initialisation, env
+    copy, replay streams and updates; the library's way to run seeds). SB3: one run per seed."""
+    finals: dict[str, list[float]] = {}
+    rates: dict[str, float] = {}
+    if "ours" in frameworks:
+        took, finals["ours"] = run_ours(steps, 10_000, seed=0, eval_episodes=10, population=seeds)
+        rates["ours"] = steps / took
+        print(f"ours: final returns {finals['ours']} ({steps / took:.0f} steps/s of {seeds} learners)", flush=True)
+    if "SB3" in frameworks:
+        finals["SB3"], per_seed_rates = [], []
+        for seed in range(seeds):
+            took, final = run_sb3(steps, 10_000, seed=seed, eval_episodes=10)
+            finals["SB3"].append(final)
+            per_seed_rates.append(steps / took)
+            print(f"SB3 seed {seed}: final return {final:.1f} ({steps / took:.0f} steps/s)", flush=True)
+        rates["SB3"] = statistics.median(per_seed_rates)
     lines = [
-        "| loop | final greedy return, mean ± 95% t-interval | per seed | steps/s (median) |",
+        "| loop | final greedy return, mean ± 95% t-interval | per seed | steps/s |",
         "|---|---|---|---|",
     ]
-    for name in finals:
-        per_seed = ", ".join(f"{v:.0f}" for v in finals[name])
-        rate = statistics.median(steps / t for t in seconds[name])
-        lines.append(f"| {name} | {interval(finals[name])} | {per_seed} | {rate:.0f} |")
+    for name, values in finals.items():
+        per_seed = ", ".join(f"{v:.0f}" for v in values)
+        lines.append(f"| {name} | {interval(values)} | {per_seed} | {rates[name]:.0f} |")
     return lines
 
 
@@ -276,6 +288,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--learning-steps", type=int, default=30_000)
     parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--frameworks", nargs="+", default=["ours", "SB3"], choices=["ours", "SB3"])
     parser.add_argument("--output", type=Path, default=None, help="write a markdown report here")
     args = parser.parse_args()
     if args.steps <= SETTINGS["learning_starts"] or args.learning_steps <= SETTINGS["learning_starts"]:
@@ -290,7 +303,7 @@ def main() -> None:
         print("\n".join(lines))
         sections += [f"## Speed ({args.steps} env steps per run, {args.rounds} interleaved rounds)", "", *lines, ""]
     if args.what in ("learning", "all"):
-        lines = learning(args.learning_steps, args.seeds)
+        lines = learning(args.learning_steps, args.seeds, args.frameworks)
         print("\n".join(lines))
         sections += [f"## Learning ({args.learning_steps} env steps, {args.seeds} seeds)", "", *lines, ""]
     if args.output is None:
