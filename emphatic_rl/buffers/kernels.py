@@ -14,14 +14,28 @@ terminated, truncated; final observations in a side store ``[K + N, D]`` address
 
 from __future__ import annotations
 
+import numba
 import numba.core.cpu
-from numba import njit
+from numba import njit, types
+from numba.extending import intrinsic
 
 #: cached compilation and, where this numba has the (private) option, no reference counting (the kernels allocate
 #: nothing, so they need none, and the atomic increments would cost more than the copies themselves).
 _OPTIONS: dict = {"cache": True}
 if hasattr(numba.core.cpu.CPUTargetOptions, "_nrt"):
     _OPTIONS["_nrt"] = False
+
+
+@intrinsic
+def _pointer(typingctx, address, witness):
+    """The integer ``address`` as a pointer to elements of ``witness``'s dtype (to view caller memory as an array
+    with ``numba.carray`` without a numpy object per call: the caller passes ``tensor.data_ptr()``)."""
+    pointer_type = types.CPointer(witness.dtype)
+
+    def codegen(context, builder, signature, args):
+        return builder.inttoptr(args[0], context.get_value_type(pointer_type))
+
+    return pointer_type(address, witness), codegen
 
 
 @njit(inline="always", **_OPTIONS)
@@ -53,8 +67,8 @@ def _write_obs(dest, i, source, n, packed, cells):
             dest[i, c] = source[n, c]
 
 
-@njit(**_OPTIONS)
-def add_row(
+@njit(inline="always", cache=True)
+def _add_row(
     row,
     time,
     packed,
@@ -77,12 +91,7 @@ def add_row(
     final_live,
     row_time,
 ):
-    """Write time row ``row`` (global time ``time``) of every stream; inputs are ``[N, ...]`` flattened per stream.
-
-    ``obs`` / ``final_obs``: ``[N, cells]``; ``action``: ``[N, A]``; the rest ``[N]``. ``num_slots`` is ``K``, the
-    size of the final-observation ring (the caller has made sure ``live + N <= K``); ``final_head`` and
-    ``final_live`` are one-element arrays updated in place. Returns the number of episode ends in the row.
-    """
+    """:func:`add_row` on arrays: ``obs`` / ``final_obs`` ``[N, cells]``, ``action`` ``[N, A]``, the rest ``[N]``."""
     N = obs.shape[0]
     cells = obs.shape[1]
     base = row * N
@@ -112,6 +121,59 @@ def add_row(
     final_live[0] += rank - freed
     row_time[row] = time
     return rank
+
+
+@njit(cache=True)  # reference counting on: numba.carray builds arrays inside
+def add_row(
+    row,
+    time,
+    packed,
+    num_streams,
+    cells,
+    addresses,
+    obs_store,
+    action_store,
+    scalars,
+    ends,
+    final_store,
+    final_slot,
+    num_slots,
+    final_head,
+    final_live,
+    row_time,
+):
+    """Write time row ``row`` (global time ``time``) of every stream from contiguous CPU inputs at ``addresses``.
+
+    ``addresses`` (eight integers) point at obs, action, reward, terminated, truncated, final obs, behaviour log-prob and
+    interest, each ``[N, ...]`` contiguous in the stored dtype (bool observations as 0/1 bytes), observations of
+    ``cells`` elements. ``num_slots`` is ``K``, the size of the final-observation ring (the caller has made sure
+    ``live + N <= K``); ``final_head`` and ``final_live`` are one-element arrays updated in place. Returns the number
+    of episode ends in the row.
+    """
+    N = num_streams
+    return _add_row(
+        row,
+        time,
+        packed,
+        numba.carray(_pointer(addresses[0], obs_store), (N, cells)),
+        numba.carray(_pointer(addresses[1], action_store), (N, action_store.shape[1])),
+        numba.carray(_pointer(addresses[2], scalars), N),
+        numba.carray(_pointer(addresses[3], ends), N),
+        numba.carray(_pointer(addresses[4], ends), N),
+        numba.carray(_pointer(addresses[5], obs_store), (N, cells)),
+        numba.carray(_pointer(addresses[6], scalars), N),
+        numba.carray(_pointer(addresses[7], scalars), N),
+        obs_store,
+        action_store,
+        scalars,
+        ends,
+        final_store,
+        final_slot,
+        num_slots,
+        final_head,
+        final_live,
+        row_time,
+    )
 
 
 @njit(inline="always", **_OPTIONS)

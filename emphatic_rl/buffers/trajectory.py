@@ -175,13 +175,6 @@ def _numpy(tensor: torch.Tensor) -> Any:
         return tensor.detach().numpy()
 
 
-def _numpy_rows(tensor: torch.Tensor, rows: int, width: int) -> Any:
-    """``[rows, *shape]`` as a numpy ``[rows, width]`` with ``width = prod(shape)`` (a view where the memory allows);
-    bool as uint8 (the same bytes), which the kernels read without a conversion."""
-    array = _numpy(tensor).reshape(rows, width)
-    return array.view(np.uint8) if array.dtype == np.bool_ else array
-
-
 def _has_numpy_dtype(dtype: torch.dtype) -> bool:
     try:
         torch.zeros(1, dtype=dtype).numpy()
@@ -338,8 +331,6 @@ class TrajectoryBuffer:
             self._np_final_live = self._final_live.view(1).numpy()
             self._np_dtypes = (torch.empty(0, dtype=self.obs_dtype).numpy().dtype, self._np_action.dtype)
             self._obs_cells, self._action_width = math.prod(self.obs_shape), math.prod(self.action_shape)
-            self._np_default_log_prob = self._default_log_prob.numpy()
-            self._np_default_interest = self._default_interest.numpy()
 
     # ------------------------------------------------------------------ properties
     @property
@@ -519,19 +510,25 @@ class TrajectoryBuffer:
         if needed > self._final_slots:
             self._grow_final_store(live, min(self._capacity * N, max(2 * self._final_slots, 2 * needed)))
         self._final_live_bound = needed
-        cells = self._obs_cells
+        # The inputs (contiguous, see _checked) go to the kernel as addresses: tensor.data_ptr() costs far less per
+        # call than tensor.numpy(), and this is most of the cost of a small add.
+        addresses = (
+            obs.data_ptr(),
+            action.data_ptr(),
+            reward.data_ptr(),
+            terminated.data_ptr(),
+            truncated.data_ptr(),
+            final_obs.data_ptr(),
+            log_prob.data_ptr(),
+            interest.data_ptr(),
+        )
         kernels.add_row(
             self._cursor,
             self._total_steps,
             self.packs_obs,
-            _numpy_rows(obs, N, cells),
-            _numpy_rows(action, N, self._action_width),
-            _numpy(reward),
-            terminated.numpy(),
-            truncated.numpy(),
-            _numpy_rows(final_obs, N, cells),
-            self._np_default_log_prob if log_prob is self._default_log_prob else _numpy(log_prob),
-            self._np_default_interest if interest is self._default_interest else _numpy(interest),
+            N,
+            self._obs_cells,
+            addresses,
             self._np_obs,
             self._np_action,
             self._np_scalars,
@@ -550,6 +547,7 @@ class TrajectoryBuffer:
             and value.dtype is dtype
             and value.shape == shape
             and value.device == self._device
+            and value.is_contiguous()
         ):
             return value  # the common case, checked in a few attribute reads
         if not isinstance(value, torch.Tensor):
@@ -567,7 +565,7 @@ class TrajectoryBuffer:
             raise ValueError(
                 f"TrajectoryBuffer.add: {name} has dtype {value.dtype}, expected {dtype} (a {want_kind} dtype)"
             )
-        return value.to(device=self._device, dtype=dtype)
+        return value.to(device=self._device, dtype=dtype).contiguous()
 
     def _decode(self, stored: torch.Tensor) -> torch.Tensor:
         return unpack_bool(stored, self.obs_shape) if self.packs_obs else stored
