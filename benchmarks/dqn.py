@@ -254,18 +254,18 @@ def interval(values: list[float]) -> str:
     return f"{mean:.1f} ± {half:.1f}"
 
 
-def learning(steps: int, seeds: int, frameworks: list[str]) -> list[str]:
+def learning(steps: int, seeds: int, frameworks: list[str], first_seed: int = 0) -> list[str]:
     """Ours: the ``seeds`` learners as one population run (independent members: own network initialisation, env
     copy, replay streams and updates; the library's way to run seeds). SB3: one run per seed."""
     finals: dict[str, list[float]] = {}
     rates: dict[str, float] = {}
     if "ours" in frameworks:
-        took, finals["ours"] = run_ours(steps, 10_000, seed=0, eval_episodes=10, population=seeds)
+        took, finals["ours"] = run_ours(steps, 10_000, seed=first_seed, eval_episodes=10, population=seeds)
         rates["ours"] = steps / took
         print(f"ours: final returns {finals['ours']} ({steps / took:.0f} steps/s of {seeds} learners)", flush=True)
     if "SB3" in frameworks:
         finals["SB3"], per_seed_rates = [], []
-        for seed in range(seeds):
+        for seed in range(first_seed, first_seed + seeds):
             took, final = run_sb3(steps, 10_000, seed=seed, eval_episodes=10)
             finals["SB3"].append(final)
             per_seed_rates.append(steps / took)
@@ -288,6 +288,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--learning-steps", type=int, default=30_000)
     parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--first-seed", type=int, default=0, help="learning: seeds first_seed ... + seeds - 1")
     parser.add_argument("--frameworks", nargs="+", default=["ours", "SB3"], choices=["ours", "SB3"])
     parser.add_argument("--output", type=Path, default=None, help="write a markdown report here")
     args = parser.parse_args()
@@ -303,7 +304,7 @@ def main() -> None:
         print("\n".join(lines))
         sections += [f"## Speed ({args.steps} env steps per run, {args.rounds} interleaved rounds)", "", *lines, ""]
     if args.what in ("learning", "all"):
-        lines = learning(args.learning_steps, args.seeds, args.frameworks)
+        lines = learning(args.learning_steps, args.seeds, args.frameworks, args.first_seed)
         print("\n".join(lines))
         sections += [f"## Learning ({args.learning_steps} env steps, {args.seeds} seeds)", "", *lines, ""]
     if args.output is None:

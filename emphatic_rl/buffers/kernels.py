@@ -144,11 +144,11 @@ def add_row(
 ):
     """Write time row ``row`` (global time ``time``) of every stream from contiguous CPU inputs at ``addresses``.
 
-    ``addresses`` (eight integers) point at obs, action, reward, terminated, truncated, final obs, behaviour
-    log-prob and interest, each ``[N, ...]`` contiguous in the stored dtype (bool observations as 0/1 bytes), observations of
-    ``cells`` elements. ``num_slots`` is ``K``, the size of the final-observation ring (the caller has made sure
-    ``live + N <= K``); ``final_head`` and ``final_live`` are one-element arrays updated in place. Returns the number
-    of episode ends in the row.
+    ``addresses``: eight integers, the data of obs, action, reward, terminated, truncated, final obs, behaviour
+    log-prob and interest, each ``[N, ...]`` contiguous in the stored dtype (bool observations as 0/1 bytes),
+    observations of ``cells`` elements. ``num_slots`` is ``K``, the size of the final-observation ring (the caller
+    has made sure ``live + N <= K``); ``final_head`` and ``final_live`` are one-element arrays updated in place.
+    Returns the number of episode ends in the row.
     """
     N = num_streams
     return _add_row(
