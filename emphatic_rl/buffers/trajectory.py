@@ -51,6 +51,13 @@ is batched tensor work with no Python loop over batch elements or streams. Seque
 sequence may end on a terminal or truncated step). Valid sequence starts are found by rejection (candidates
 drawn uniformly and checked with one gather; exact, since accepted candidates are uniform over the valid set),
 with an exact full scan as the fallback when few candidates are valid; one host sync per call.
+
+Backends
+--------
+On CPU (``backend="auto"`` or ``"numba"``) ``add`` and every gather are one call each into compiled kernels
+(:mod:`emphatic_rl.buffers.kernels`) working in place on the same storage; elsewhere (``"torch"``, any device) they
+are batched tensor ops. Both write the same bits and return the same batches given the same generator, and are
+held to the same tests. The random draws are always made by torch with the caller's generator.
 """
 
 from __future__ import annotations
