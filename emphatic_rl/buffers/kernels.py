@@ -200,6 +200,14 @@ def _read_obs(dest, k, source, i, packed, cells):
             dest[k, c] = source[i, c]
 
 
+@njit(inline="always", **_OPTIONS)
+def _read_packed_words(dest_words, k, source, i, spread):
+    """Row ``i`` of packed ``source`` into row ``k`` of ``dest_words [M, cells / 8]`` (uint64): each byte becomes
+    the eight 0/1 bytes ``spread[byte]`` in one store (cells a multiple of 8, little-endian)."""
+    for b in range(dest_words.shape[1]):
+        dest_words[k, b] = spread[int(source[i, b])]  # int(): types for float stores too
+
+
 @njit(**_OPTIONS)
 def gather(
     draws,
@@ -221,6 +229,9 @@ def gather(
     scalars_out,
     ends_out,
     index_out,
+    spread,
+    obs_words,
+    next_obs_words,
 ):
     """Gather ``M = len(draws)`` transitions into the ``*_out`` arrays (``[M, ...]``, written in place).
 
@@ -228,7 +239,9 @@ def gather(
     - 1``; the draw ``d`` names row ``d // per_group`` and stream ``g * per_group + d % per_group`` (with one group
     of all ``N`` streams this is the flat position ``d = row * N + stream``). ``next_obs`` is the kept final
     observation where the episode ended or the row is the newest, else the next row's observation of the stream.
-    ``index_out [M, 3]`` receives the global time, the stream and the flat position.
+    ``index_out [M, 3]`` receives the global time, the stream and the flat position. When ``spread`` (uint64[256])
+    is not empty, packed observations are written through ``obs_words`` / ``next_obs_words``, uint64 views of the
+    observation outputs, eight cells per store.
     """
     M = draws.shape[0]
     cells = obs_out.shape[1]
@@ -238,16 +251,23 @@ def gather(
         row = d // per_group
         stream = (k // group_batch) * per_group + (d - row * per_group)
         i = row * num_streams + stream
-        _read_obs(obs_out, k, obs_store, i, packed, cells)
+        words = spread.shape[0] > 0
+        if words:
+            _read_packed_words(obs_words, k, obs_store, i, spread)
+        else:
+            _read_obs(obs_out, k, obs_store, i, packed, cells)
         terminated = ends[i, 0]
         truncated = ends[i, 1]
         if terminated or truncated or row == newest_row:
-            _read_obs(next_obs_out, k, final_store, final_slot[i], packed, cells)
+            next_source, next_row = final_store, final_slot[i]
         else:
-            successor = i + num_streams
-            if successor >= rows:
-                successor -= rows
-            _read_obs(next_obs_out, k, obs_store, successor, packed, cells)
+            next_source, next_row = obs_store, i + num_streams
+            if next_row >= rows:
+                next_row -= rows
+        if words:
+            _read_packed_words(next_obs_words, k, next_source, next_row, spread)
+        else:
+            _read_obs(next_obs_out, k, next_source, next_row, packed, cells)
         for a in range(action_out.shape[1]):
             action_out[k, a] = action_store[i, a]
         scalars_out[k, 0] = scalars[i, 0]

@@ -63,6 +63,7 @@ held to the same tests. The random draws are always made by torch with the calle
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -180,6 +181,11 @@ def _numpy(tensor: torch.Tensor) -> Any:
         return tensor.numpy()
     except RuntimeError:  # requires grad
         return tensor.detach().numpy()
+
+
+#: ``_SPREAD[byte]``: the eight 0/1 bytes of ``byte``'s bits (least significant first) as one little-endian uint64.
+_SPREAD = np.array([sum(((value >> j) & 1) << (8 * j) for j in range(8)) for value in range(256)], dtype=np.uint64)
+_NO_WORDS = (np.zeros(0, dtype=np.uint64), np.zeros((0, 0), dtype=np.uint64), np.zeros((0, 0), dtype=np.uint64))
 
 
 def _has_numpy_dtype(dtype: torch.dtype) -> bool:
@@ -338,6 +344,7 @@ class TrajectoryBuffer:
             self._np_final_live = self._final_live.view(1).numpy()
             self._np_dtypes = (torch.empty(0, dtype=self.obs_dtype).numpy().dtype, self._np_action.dtype)
             self._obs_cells, self._action_width = math.prod(self.obs_shape), math.prod(self.action_shape)
+            self._unpack_by_words = self.packs_obs and self._obs_cells % 8 == 0 and sys.byteorder == "little"
 
     # ------------------------------------------------------------------ properties
     @property
@@ -693,6 +700,7 @@ class TrajectoryBuffer:
             scalars.reshape(M, 3),
             ends.reshape(M, 2),
             index.reshape(M, 3),
+            *self._word_views(flat_obs, flat_next_obs),
         )
         reward, behaviour_log_prob, interest = torch.from_numpy(scalars).unbind(-1)
         terminated, truncated = torch.from_numpy(ends).unbind(-1)
@@ -717,6 +725,13 @@ class TrajectoryBuffer:
             stream_index,
             extras,
         )
+
+    def _word_views(self, flat_obs: np.ndarray, flat_next_obs: np.ndarray) -> tuple[np.ndarray, ...]:
+        """``(spread, obs_words, next_obs_words)`` for the kernel: the byte-to-eight-cells table and uint64 views of
+        the outputs when bit-packed observations have a multiple of 8 cells on a little-endian host, else empties."""
+        if not self._unpack_by_words:
+            return _NO_WORDS
+        return _SPREAD, flat_obs.view(np.uint64), flat_next_obs.view(np.uint64)
 
     def _flat_from_logical(self, logical: torch.Tensor, stream: torch.Tensor) -> torch.Tensor:
         """Physical flat positions of logical rows (0 = oldest stored) of ``stream``."""
