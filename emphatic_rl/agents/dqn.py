@@ -171,7 +171,8 @@ class DQN(Agent):
             metrics = {"loss": member_loss, "q_mean": q_taken.mean(dim=1)}
         if env_step % o.target_update_every == 0:
             self.target_flat_parameters.copy_(self.flat_parameters)
-        metrics["epsilon"] = torch.full((self.population_size,), self.epsilon(env_step), device=self.device)
+        epsilon = torch.full((self.population_size,), self.epsilon(env_step), device=self.device)
+        metrics["rollout/exploration_rate"] = epsilon
         return metrics
 
     def _next_value(self, next_obs: torch.Tensor) -> torch.Tensor:
