@@ -1,7 +1,12 @@
-"""The ``emphatic-rl`` command: ``train``, ``list``, ``gradients``.
+"""The ``emphatic-rl`` command: ``train``, ``list``, ``gradients``, ``sweep``, ``report``.
 
 User mistakes (unknown names, bad values, unwritable folders) end with one line on stderr and exit code 2, before any
 work starts; nothing half-written is left behind.
+
+Plugins (``emphatic_rl.plugins``): every command loads the installed entry points of the group
+``emphatic_rl.plugins``; ``train``, ``sweep``, ``list`` and ``gradients`` also take ``--import MODULE``
+(repeatable), so agents, envs and estimators registered by a user's own module are known by name. A plugin that
+fails to import is one line naming it, exit code 2.
 """
 
 from __future__ import annotations
@@ -30,6 +35,12 @@ def _fail(message: str) -> int:
     return 2
 
 
+def add_import_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
+                        help="import this module first, so that the agents, envs and estimators it registers can "
+                        "be named (repeatable; the module must be on sys.path / PYTHONPATH)")
+
+
 # ---------------------------------------------------------------------------------------------------- train
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--agent", help="agent name (see `emphatic-rl list`); default dqn")
@@ -45,6 +56,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
                         help="override a config key: steps=5000, agent.learning_rate=1e-3, env.max_episode_steps=200")
     parser.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its last checkpoint")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_import_argument(parser)
 
 
 #: What `emphatic-rl train` runs when neither --agent, --env nor --config is given: ACE against OffPAC on the N18
@@ -132,10 +144,12 @@ def summarise_eta_comparison(config: TrainConfig, out_dir: Path) -> list[str]:
 
     Uses each member's last ``eval/exact_J`` (the exact objective, on tabular MDPs) or else its last ``eval/return``.
     """
+    from emphatic_rl.agents import AGENT_REGISTRY
     from emphatic_rl.logging import read_metrics
 
     eta = config.agent_options.get("eta")
-    if config.agent not in ("ace", "ace-direct", "offpac") or not isinstance(eta, list):
+    entry = AGENT_REGISTRY.get(config.agent)
+    if entry is None or "eta" not in entry.per_member_ranges() or not isinstance(eta, list):
         return []
     if sorted(set(eta)) != [0.0, 1.0]:
         return []
@@ -195,33 +209,35 @@ def build_parser() -> argparse.ArgumentParser:
     add_train_arguments(train_parser)
     train_parser.set_defaults(handler=cmd_train)
     list_parser = commands.add_parser("list", help="agents, envs and their options")
+    add_import_argument(list_parser)
     list_parser.set_defaults(handler=cmd_list)
-    try:
-        from emphatic_rl.gradients import add_gradients_arguments, run_gradients
-    except ImportError:
-        pass
-    else:
-        gradients_parser = commands.add_parser("gradients", help="exact gradients and estimators on tabular MDPs")
-        add_gradients_arguments(gradients_parser)
-        gradients_parser.set_defaults(handler=lambda a: run_gradients(a))
-    try:
-        from emphatic_rl.report import add_report_arguments, run_report
-        from emphatic_rl.sweep import add_sweep_arguments, run_sweep
-    except ImportError:
-        pass
-    else:
-        sweep_parser = commands.add_parser("sweep", help="run a study TOML: variants x grid x runs as populations")
-        add_sweep_arguments(sweep_parser)
-        sweep_parser.set_defaults(handler=lambda a: run_sweep(a))
-        report_parser = commands.add_parser("report", help="best settings, curves with CIs, report.md of a sweep")
-        add_report_arguments(report_parser)
-        report_parser.set_defaults(handler=lambda a: run_report(a))
+    from emphatic_rl.gradients import add_gradients_arguments, run_gradients
+    from emphatic_rl.report import add_report_arguments, run_report
+    from emphatic_rl.sweep import add_sweep_arguments, run_sweep
+
+    gradients_parser = commands.add_parser("gradients", help="exact gradients and estimators on tabular MDPs")
+    add_gradients_arguments(gradients_parser)
+    add_import_argument(gradients_parser)
+    gradients_parser.set_defaults(handler=lambda a: run_gradients(a))
+    sweep_parser = commands.add_parser("sweep", help="run a study TOML: variants x grid x runs as populations")
+    add_sweep_arguments(sweep_parser)
+    add_import_argument(sweep_parser)
+    sweep_parser.set_defaults(handler=lambda a: run_sweep(a))
+    report_parser = commands.add_parser("report", help="best settings, curves with CIs, report.md of a sweep")
+    add_report_arguments(report_parser)
+    report_parser.set_defaults(handler=lambda a: run_report(a))
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from emphatic_rl.plugins import PluginError, load_plugins
+
     parser = build_parser()
     args = parser.parse_args(argv)
+    try:
+        load_plugins(getattr(args, "imports", []))
+    except PluginError as error:
+        return _fail(str(error))
     return args.handler(args)
 
 
