@@ -473,6 +473,7 @@ def estimate_chunk(chunk: Chunk, excursions: tuple[int, int] | None, budget_seco
     per ``_calibration_key``."""
     import dataclasses as dc
 
+    from emphatic_rl.runner import Runner
     from emphatic_rl.train import build_run, evaluate
 
     start = time.perf_counter()
@@ -484,21 +485,13 @@ def estimate_chunk(chunk: Chunk, excursions: tuple[int, int] | None, budget_seco
         config = copy.deepcopy(config)
         config.progress = False
         run = build_run(config)
-        env, agent, buffer, behaviour = run.env, run.agent, run.buffer, run.behaviour
-        if agent.acts_in_env or behaviour is None:
+        if run.agent.acts_in_env or run.behaviour is None:
             raise ConfigError(f"variant {chunk.variant.name!r}: no time estimate for an agent that acts in the env")
-        generator = stream_generator(config.seed, "behaviour", run.device)
-        obs = env.reset(seed=stream_seed(config.seed, "init"))
+        runner = Runner(run)  # the training loop itself, without callbacks
+        runner.reset()
 
         def train_steps(count: int, first: int) -> None:
-            nonlocal obs
-            for step in range(first, first + count):
-                action, log_prob = behaviour.act(obs, generator)
-                result = env.step(action)
-                buffer.add(obs, action, result.reward, result.terminated, result.truncated, result.final_obs,
-                           log_prob)
-                agent.update(buffer, step)
-                obs = result.obs
+            runner.run(first + count - 1)
 
         with torch.no_grad():
             train_steps(2, 1)  # warm-up: compilation, first allocations

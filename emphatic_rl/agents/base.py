@@ -13,11 +13,14 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 
 from emphatic_rl.envs.base import BoxSpec, DiscreteSpec, Spec
+
+if TYPE_CHECKING:
+    from emphatic_rl.buffers.trajectory import TrajectoryBuffer
 
 
 class ActionOutput(NamedTuple):
@@ -61,8 +64,11 @@ class Agent(ABC):
         return self.evaluation_action(obs)
 
     @abstractmethod
-    def update(self, buffer: Any, env_step: int) -> dict[str, torch.Tensor]:
-        """Learn from the buffer after the loop wrote step ``env_step``. Returns metrics, each a tensor ``[P]``."""
+    def update(self, buffer: TrajectoryBuffer, env_step: int) -> dict[str, torch.Tensor]:
+        """Learn from the buffer after the loop wrote step ``env_step``. Returns metrics, each a tensor ``[P]``.
+
+        The loop calls it once per iteration, after adding that iteration's transition of every stream to
+        ``buffer`` (online agents read ``buffer.latest()``, replay agents sample it)."""
 
     def exact_objective(self) -> torch.Tensor | None:
         """The exact objective ``J_mu`` of each member's current policy, ``[P]``, where the agent can compute it
