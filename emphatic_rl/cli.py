@@ -191,9 +191,9 @@ def cmd_list(args: argparse.Namespace) -> int:
             print(f"      {key} = {value!r}")
     print("\nEnvs (--env NAME, options with --set env.KEY=VALUE):")
     for name in sorted(ENV_REGISTRY):
-        entry = ENV_REGISTRY[name]
-        print(f"  {name:24s} {entry.description}")
-        for key, value in entry.options().items():
+        env_entry = ENV_REGISTRY[name]
+        print(f"  {name:24s} {env_entry.description}")
+        for key, value in env_entry.options().items():
             print(f"      {key} = {value!r}")
     print("  gym:<id>                 any Gymnasium env id, through its vector API (e.g. gym:MinAtar/Breakout-v1)")
     return 0

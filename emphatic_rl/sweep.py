@@ -258,6 +258,7 @@ def load_study(path: str | Path, full: bool = False, base_overrides: dict[str, A
             raise ConfigError(f"variant {vname!r}: full_only must be true or false, got {full_only!r}")
         agent = raw.get("agent")
         ranges = _agent_ranges(agent, vname)
+        assert isinstance(agent, str)  # _agent_ranges accepts registered names only
         check_grid(study_grid, f"[{study_grid_key}]", ranges, agent)
         per_member_in_base = [k for k in base.get("agent_options", {}) if k in ranges]
         options = {**copy.deepcopy(base.get("agent_options", {})), **_check_table(raw.get("agent_options", {}),

@@ -140,3 +140,21 @@ def test_early_stopping_ends_learn():
     stopper = EarlyStopping(target=-1.0)  # any return reaches it: stop at the first evaluation
     model.learn(500, eval_every=50, callbacks=[stopper])
     assert stopper.stopped_at == 50 and model.num_timesteps == 50
+
+
+@pytest.mark.parametrize(
+    ("agent", "env", "options"),
+    [
+        ("deep-ace", "cartpole", {"batch_size": 8, "learning_starts": 5}),
+        ("dpg", "pendulum", {"batch_size": 8, "learning_starts": 5}),
+        ("dyna", "bordered-gridworld", {}),
+        ("offpac", "counterexample-three-state", {"critic": "tdrc"}),
+    ],
+)
+def test_every_kind_of_agent_saves_and_loads_as_plain_data(tmp_path, agent, env, options):
+    model = Model(agent, env, **options)
+    model.learn(20, log=False)
+    model.save(tmp_path / "agent.pt")
+    loaded = emphatic_rl.load(tmp_path / "agent.pt")
+    obs = loaded._probe_env().reset(seed=0).cpu().numpy()
+    np.testing.assert_array_equal(loaded.predict(obs), model.predict(obs))

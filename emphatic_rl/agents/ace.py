@@ -30,7 +30,7 @@ import torch
 
 from emphatic_rl.agents.actor_critic import BACKENDS, DTYPES, ActorCritic, preset_settings
 from emphatic_rl.agents.registry import AgentContext, per_member, register_agent
-from emphatic_rl.envs.base import DiscreteSpec, TensorEnv
+from emphatic_rl.envs.base import BoxSpec, DiscreteSpec, TensorEnv
 from emphatic_rl.envs.registry import ENV_REGISTRY
 from emphatic_rl.envs.tabular import TabularEnv
 from emphatic_rl.features import DenseFeatures, Features, TableFeatures, TileCoder
@@ -43,7 +43,7 @@ FEATURE_KINDS = ("auto", "tile", "dense", "dense-normalized", "tabular")
 TILE_LAYOUTS: dict[str, tuple[tuple[float, ...], tuple[float, ...], tuple[int, ...], int]] = {
     name: entry.factory.tile_layout
     for name, entry in ENV_REGISTRY.items()
-    if isinstance(entry.factory, type) and getattr(entry.factory, "tile_layout", None) is not None
+    if isinstance(entry.factory, type) and issubclass(entry.factory, TensorEnv) and entry.factory.tile_layout
 }
 
 
@@ -115,6 +115,8 @@ def choose_features(
             low, high, tiles, tilings = layout
         else:
             spec = context.observation_spec
+            if not isinstance(spec, BoxSpec):
+                raise ValueError(f"tile coding needs a box of observations; env {context.env_name!r} has none")
             low, high = tuple(spec.low_tensor().tolist()), tuple(spec.high_tensor().tolist())
             if not all(math.isfinite(v) for v in (*low, *high)):
                 raise ValueError(f"tile coding needs a bounded observation box; env {context.env_name!r} has none")

@@ -435,7 +435,7 @@ class DiscreteLab(Lab):
     def uncovered_actions(self) -> list[tuple[int, int]]:
         """``(s, a)`` pairs with ``d_mu(s) > 0`` and ``mu(a|s) = 0``: pi can take them, mu never does."""
         bad = (self.d_mu > 0).unsqueeze(1) & (self.mdp.behaviour == 0)
-        return [tuple(int(i) for i in pair) for pair in bad.nonzero()]
+        return [(int(pair[0]), int(pair[1])) for pair in bad.nonzero()]
 
     def check_coverage(self, estimators: list[str] | tuple[str, ...] = IMPORTANCE_SAMPLED) -> None:
         """Raise ``ValueError`` if an importance-sampled estimator is asked for and mu does not cover pi."""
@@ -623,7 +623,7 @@ class ContinuousLab(Lab):
         r_pi = self.mdp.expected_reward(actions) @ weights
         return P_pg, r_pi
 
-    def policy_summary(self, theta: torch.Tensor) -> dict[str, list[float]]:
+    def policy_summary(self, theta: torch.Tensor) -> dict[str, Any]:
         """``{"action": [S]}`` (deterministic) or ``{"mean": [S], "std": float}`` (Gaussian)."""
         mean, std = self.split(self.check_theta(theta))
         if std is None:
