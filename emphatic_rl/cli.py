@@ -134,8 +134,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(f"emphatic-rl: members {result.diverged.nonzero().flatten().tolist()} diverged and were frozen")
     for line in summarise_eta_comparison(config, out_dir):
         print(f"emphatic-rl: {line}")
-    print(f"emphatic-rl: logs: {out_dir}/metrics.csv, TensorBoard: tensorboard --logdir {out_dir}/tensorboard, "
-          f"checkpoint: {out_dir}/checkpoint.pt")
+    board = f"TensorBoard: tensorboard --logdir {out_dir}/tensorboard, " if (out_dir / "tensorboard").is_dir() else ""
+    print(f"emphatic-rl: logs: {out_dir}/metrics.csv, {board}checkpoint: {out_dir}/checkpoint.pt")
     return 0
 
 

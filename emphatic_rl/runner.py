@@ -54,7 +54,8 @@ class MetricsSink(Protocol):
 
 class MemoryLog:
     """Metrics kept in memory as ``rows``: ``(step, metric, member, value)``, the rows ``metrics.csv`` would get
-    (``member = -1`` for a population aggregate of a population of ``population_size > 1``)."""
+    (names through ``emphatic_rl.logging.metric_name``: an agent's ``loss`` is ``train/loss``; ``member = -1`` for a
+    population aggregate of a population of ``population_size > 1``)."""
 
     def __init__(self, population_size: int = 1) -> None:
         self.population_size = population_size
@@ -62,7 +63,10 @@ class MemoryLog:
         self.messages: list[tuple[int, str, str]] = []
 
     def log(self, step: int, metrics: dict[str, Any]) -> None:
+        from emphatic_rl.logging import metric_name
+
         for name, value in metrics.items():
+            name = metric_name(name)
             values = torch.as_tensor(value).detach().double().cpu().flatten().tolist()
             members = [-1] if len(values) == 1 and self.population_size != 1 else range(len(values))
             self.rows.extend((step, name, member, v) for member, v in zip(members, values, strict=True))
@@ -130,8 +134,8 @@ class _EpisodeStats:
         count = self.window_count.clamp(min=1)
         nan = torch.full_like(count, math.nan)
         out = {
-            "train/episode_return": torch.where(self.window_count > 0, self.window_return_sum / count, nan),
-            "train/episode_length": torch.where(self.window_count > 0, self.window_length_sum / count, nan),
+            "rollout/ep_rew_mean": torch.where(self.window_count > 0, self.window_return_sum / count, nan),
+            "rollout/ep_len_mean": torch.where(self.window_count > 0, self.window_length_sum / count, nan),
         }
         self.window_return_sum.zero_()
         self.window_length_sum.zero_()
@@ -346,8 +350,9 @@ class DivergenceGuard(Callback):
 
 
 class LogMetrics(Callback):
-    """Every ``every`` steps: the update's metrics, the finished training episodes' returns and lengths, the
-    diverged flags and the steps per second since the last log."""
+    """Every ``every`` steps: the update's metrics (``train/<name>``), the finished training episodes' returns and
+    lengths (``rollout/ep_rew_mean``, ``rollout/ep_len_mean``), the diverged flags (``train/diverged``) and the env
+    steps per second, all copies, since the last log (``time/fps``)."""
 
     def __init__(self, every: int) -> None:
         self.every = every
@@ -360,10 +365,11 @@ class LogMetrics(Callback):
             return
         now = time.perf_counter()
         start, start_step = self._window
-        steps_per_second = (runner.step - start_step) / max(now - start, 1e-9)
+        # env steps per second, all copies
+        fps = (runner.step - start_step) * runner.env.num_envs / max(now - start, 1e-9)
         self._window = (now, runner.step)
-        runner.log({**runner.metrics, **runner.stats.flush(), "diverged": runner.diverged.float()})
-        runner.log({"time/steps_per_second": steps_per_second})
+        runner.log({**runner.metrics, **runner.stats.flush(), "train/diverged": runner.diverged.float()})
+        runner.log({"time/fps": fps})
 
 
 class Evaluate(Callback):

@@ -11,10 +11,11 @@ One iteration (``step`` counts iterations, i.e. steps of each env copy):
 2. ``env.step``; the transition ``(obs, action, reward, terminated, truncated, final_obs, behaviour_log_prob)`` goes
    into the ``TrajectoryBuffer`` for all streams at once;
 3. ``agent.update(buffer, step)``;
-4. the callbacks (``default_callbacks``): every ``log_every`` steps: metrics to TensorBoard and ``metrics.csv``,
-   divergence check (a member with non-finite parameters is marked diverged and frozen; the others go on); every
-   ``eval_every`` steps: the target policies are evaluated on separate env copies; every ``checkpoint_every`` steps:
-   an atomic checkpoint.
+4. the callbacks (``default_callbacks``): every ``log_every`` steps: metrics to ``metrics.csv`` and TensorBoard
+   (names as in ``emphatic_rl.logging``: ``rollout/ep_rew_mean``, ``train/loss``, ``time/fps``...), divergence
+   check (a member with non-finite parameters is marked diverged and frozen; the others go on); every ``eval_every``
+   steps: the target policies are evaluated on separate env copies; every ``checkpoint_every`` steps: an atomic
+   checkpoint.
 
 Evaluation: ``eval_episodes`` episodes per member from the env's start distribution, undiscounted return, each capped
 at ``eval_max_steps``; the eval env is reseeded from ``(seed, step)`` so evaluation never touches the training RNGs.
@@ -296,7 +297,8 @@ def train(
     else:
         atomic_write_bytes(out / CONFIG_NAME, json.dumps(config.to_dict(), indent=2, default=str).encode())
         runner.reset()
-    runner.logger = Logger(out, config.population_size, resume_step=runner.step if resume else None)
+    # + hparams if new
+    runner.logger = Logger.from_config(out, config, resume_step=runner.step if resume else None)
     try:
         step = runner.run(config.steps, default_callbacks(config, out / CHECKPOINT_NAME, callbacks))
     finally:

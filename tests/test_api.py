@@ -55,7 +55,7 @@ def test_learn_in_memory_logs_and_saved_agent_acts_identically(tmp_path):
     model.learn(200, log_every=100, eval_every=100)
     steps = sorted({step for step, name, *_ in model.logs.rows if name == "eval/return"})
     assert steps == [100, 200]
-    assert {name for _, name, *_ in model.logs.rows} >= {"loss", "eval/return", "diverged"}
+    assert {name for _, name, *_ in model.logs.rows} >= {"train/loss", "eval/return", "train/diverged"}
     model.learn(100)  # continues the same run
     assert model.num_timesteps == 300
     obs = np.random.default_rng(0).normal(size=(16, 4)).astype(np.float32)
@@ -74,7 +74,7 @@ def test_learn_with_log_dir_writes_metrics(tmp_path):
     model = Model("dqn", "cartpole", learning_starts=20, batch_size=8, hidden=(16,))
     model.learn(60, log_every=20, log_dir=tmp_path / "logs")
     assert (tmp_path / "logs" / "metrics.csv").is_file()
-    assert any(name == "loss" for _, name, *_ in model.logs.rows)
+    assert any(name == "train/loss" for _, name, *_ in model.logs.rows)
 
 
 def test_predict_shapes_and_errors():
