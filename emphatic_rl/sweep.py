@@ -560,7 +560,9 @@ def print_estimate(study: Study, chunks: list[Chunk], budget_seconds: float = 0.
 
 # ---------------------------------------------------------------------------------------------------- CLI
 def add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("study", help="a study TOML (see emphatic_rl/sweep.py and experiments/*.toml)")
+    parser.add_argument(
+        "study", help="a shipped study's name (j23-mountain-car; see `emphatic-rl list studies`) or a study TOML"
+    )
     parser.add_argument("--out", help="results folder; default runs/sweeps/<study name>[-full]")
     parser.add_argument("--full", action="store_true", help="the full protocol: [full_grid], full_runs, [full_base]")
     parser.add_argument("--only", action="append", default=[], metavar="VARIANT",
@@ -573,7 +575,12 @@ def add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
                         "each population run: a few training steps and evaluation steps), train nothing")
     parser.add_argument("--calibrate", type=float, default=0.5, metavar="SECONDS",
                         help="--dry-run: seconds of training steps timed per population run (default 0.5)")
-    parser.add_argument("--progress", action="store_true", help="progress bars")
+    parser.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="a progress bar per population run (default: on; --no-progress turns them off)",
+    )
 
 
 def run_sweep(args: argparse.Namespace) -> int:
