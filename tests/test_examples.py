@@ -54,10 +54,19 @@ def test_dqn_cartpole(tmp_path, capsys):
 
 def test_load_trained_agent(tmp_path, capsys):
     module = load("load_trained_agent")
+    # The Python API path: train, save, load, evaluate.
     assert module.main(["--steps", "200", "--episodes", "2"]) == 0
     text = capsys.readouterr().out
-    assert "loaded dqn on cartpole, trained for 200 steps" in text
-    assert "member 0: returns" in text
+    assert "loaded a saved dqn on cartpole, trained for 200 steps" in text and "greedy return over 2 episodes" in text
+    # The run-folder path, on a folder written by train.
+    from emphatic_rl.config import TrainConfig
+    from emphatic_rl.train import train
+
+    run_dir = tmp_path / "run"
+    train(TrainConfig(agent="dqn", steps=100, progress=False, agent_options={"learning_starts": 50}), run_dir)
+    assert module.main(["--run", str(run_dir), "--episodes", "2"]) == 0
+    text = capsys.readouterr().out
+    assert "loaded dqn on cartpole, trained for 100 steps" in text and "member 0: returns" in text
     # A folder that is not a run: one line, exit code 2.
     assert module.main(["--run", str(tmp_path)]) == 2
     assert "is not a run folder" in capsys.readouterr().err
