@@ -11,6 +11,7 @@ Gymnasium id                            native env                 time limit
 ``emphatic_rl/Pendulum-v1``             ``pendulum``               200
 ``emphatic_rl/PuddleWorld-v0``          ``puddle-world``           1000
 ``emphatic_rl/PuddleWorldGaussian-v0``  ``puddle-world-gaussian``  1000
+``emphatic_rl/Catcher-v0``              ``catcher``                1000
 ======================================  =========================  ==========
 
 :class:`NativeGymEnv` runs the native ``TensorEnv`` with ``num_envs=1`` on the CPU and converts to numpy.
@@ -32,7 +33,8 @@ import numpy as np
 import torch
 from gymnasium import spaces
 
-import emphatic_rl.envs.classic  # noqa: F401  (registers the native names used below)
+import emphatic_rl.envs.catcher  # noqa: F401  (registers the native names used below)
+import emphatic_rl.envs.classic  # noqa: F401
 import emphatic_rl.envs.puddle_world  # noqa: F401
 from emphatic_rl.envs.base import DiscreteSpec, Spec, TensorEnv
 from emphatic_rl.envs.registry import ENV_REGISTRY, make_env
@@ -150,3 +152,4 @@ register_gymnasium_env("emphatic_rl/Acrobot-v1", "acrobot")
 register_gymnasium_env("emphatic_rl/Pendulum-v1", "pendulum")
 register_gymnasium_env("emphatic_rl/PuddleWorld-v0", "puddle-world")
 register_gymnasium_env("emphatic_rl/PuddleWorldGaussian-v0", "puddle-world-gaussian")
+register_gymnasium_env("emphatic_rl/Catcher-v0", "catcher")
