@@ -199,3 +199,33 @@ def test_study_bad_input_exits_2_with_one_line(config, override, message, tmp_pa
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and message in err
     assert not out.exists()
+
+
+def test_study_runs_end_to_end_and_reports_the_instruments(tmp_path):
+    import json
+
+    out = tmp_path / "study"
+    args = ["experiments/dyna_fa_catcher.toml", "--out", str(out)]
+    for override in (
+        "seeds=2",
+        "steps=24",
+        "eval_every=8",
+        "warmup=4",
+        "hidden=8",
+        "model_hidden=8",
+        "planning_batch=4",
+        "doses=[0.0, 0.5]",
+        'variants=["one-step-successor", "multi-step-predecessor"]',
+    ):
+        args += ["--set", override]
+    assert study_main(args) == 0
+    for name in ("summary.md", "results.json", "learning_curves.png", "dose_response.png"):
+        assert (out / name).exists()
+    results = json.loads((out / "results.json").read_text())
+    assert results["conditions"] == ["perfect", "dose 0.5", "learned", "model-free"]
+    table = results["table"]
+    for condition in ("perfect", "dose 0.5", "learned"):
+        assert table["multi-step-predecessor"][condition]["count_real_toward_simulated"] == 0
+        assert table["multi-step-predecessor"][condition]["planning_updates"] > 0
+    assert table["one-step-successor"]["dose 0.5"]["count_real_toward_hallucinated"] > 0
+    assert results["baseline"]["runs"] == 4
