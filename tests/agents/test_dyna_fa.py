@@ -55,6 +55,9 @@ def test_invariant_only_multi_step_predecessor_never_bootstraps_a_real_state_fro
         for model, dose in (("perfect", 0.0), ("perfect", 0.3), ("learned", 0.0)):
             stats = run(env_name, variant, model=model, dose=dose)
             assert bool((stats["planning_updates"] > 0).all())
+            for key, value in stats.items():
+                if key.startswith("fraction_"):
+                    assert bool(((value >= 0) & (value <= 1)).all()), (key, value)
             toward = stats["fraction_real_toward_simulated"]
             if variant == "multi-step-predecessor":
                 assert float(stats["fraction_bootstrap_simulated"].max()) == 0.0
