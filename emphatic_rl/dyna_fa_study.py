@@ -419,7 +419,9 @@ def plot(config: FAStudyConfig, runs: dict[str, dict[str, torch.Tensor]], summar
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m emphatic_rl.dyna_fa_study", description=__doc__.split("\n")[0])
-    parser.add_argument("config", help="TOML file with a [study] table (experiments/dyna_fa_cartpole.toml)")
+    parser.add_argument(
+        "config", help="a shipped study's name (dyna-fa-cartpole, dyna-fa-catcher, dyna-fa-puddle-world) or a TOML file"
+    )
     parser.add_argument("--out", default="experiments/results/dyna-fa", help="output folder")
     parser.add_argument(
         "--set",
@@ -437,7 +439,9 @@ def main(argv: list[str] | None = None) -> int:
                 raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
             key, value = item.split("=", 1)
             overrides[key.strip()] = tomllib.loads(f"v = {value}")["v"]
-        config = load_config(args.config, overrides)
+        from emphatic_rl.studies import resolve_study
+
+        config = load_config(resolve_study(args.config, kind="dyna-fa"), overrides)
     except (ValueError, TypeError, OSError, tomllib.TOMLDecodeError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
