@@ -37,8 +37,8 @@ import torch
 from emphatic_rl.agents.dyna import VARIANTS
 from emphatic_rl.agents.dyna_fa import DynaFAOptions, make_dyna_fa_for_env
 from emphatic_rl.agents.vector_models import VECTOR_ENVS
-from emphatic_rl.dyna_study import _T_975, mean_ci
 from emphatic_rl.envs import make_env
+from emphatic_rl.stats import mean_ci, t_quantile
 
 BASELINE = "model-free"
 COUNTERS = (
@@ -222,7 +222,8 @@ def run_study(config: FAStudyConfig, progress: bool = True) -> dict[str, dict[st
 
 
 def _t(df: int) -> float:
-    return _T_975[df - 1] if 1 <= df <= 30 else 1.96
+    """The two-sided 95% Student-t quantile (:func:`emphatic_rl.stats.t_quantile`)."""
+    return float(t_quantile(max(int(df), 1)))
 
 
 def difference_ci(a: torch.Tensor, b: torch.Tensor) -> tuple[float, float]:
