@@ -233,11 +233,14 @@ class DynaFAAgent(Agent):
         options: ``DynaFAOptions``.
         model: a ``SimulatorModel`` or ``LearnedModel`` (``None`` only with ``planning_steps = 0``).
         learned_network: the ``LearnedVectorModel`` behind a ``LearnedModel`` (trained by the agent).
-        dose, learning_rate, epsilon: optional per-member overrides ``float32[P]``.
+        dose: optional per-member override ``float32[P]``.
+        learning_rate: optional per-member override ``float32[P]``.
+        epsilon: optional per-member override ``float32[P]``.
         planning_members: ``bool[P]``, the members that plan (default: all); the others are model-free baselines
             inside the same population (same real budget, same direct updates).
         geometry: Catcher's geometry for its detector (default screen otherwise).
-        seed, device: the agent's generator seed (exploration, replay, models' draws) and torch device.
+        seed: the agent's generator seed (exploration, replay, models' draws).
+        device: torch device.
     """
 
     name = "dyna-fa"

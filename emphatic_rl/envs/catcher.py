@@ -133,7 +133,8 @@ def catcher_step(
         geometry: the screen's constants.
         state: ``float32[..., 5]`` raw ``(paddle_x, paddle_vel, fruit_x, fruit_y, lives)`` in pixels / lives.
         action: ``int64[...]``, ``0`` no-op, ``1`` left, ``2`` right.
-        u_x, u_y: ``[...]`` uniform draws in ``[0, 1)`` for a new fruit's column and height (used where one is needed).
+        u_x: ``[...]`` uniform draws in ``[0, 1)`` for a new fruit's column (used where one is needed).
+        u_y: ``[...]`` uniform draws in ``[0, 1)`` for a new fruit's height.
 
     Returns:
         ``(next_state [..., 5], reward float32[...], terminated bool[...])``.
@@ -187,8 +188,12 @@ class Catcher(TensorEnv):
     """Catcher of the Pygame Learning Environment (see the module docstring for the exact rules).
 
     Args:
-        num_envs, device, max_episode_steps, check_actions: as for every ``TensorEnv``.
-        width, height: screen size in pixels (PLE default 64 x 64).
+        num_envs: as for every ``TensorEnv``.
+        device: as for every ``TensorEnv``.
+        max_episode_steps: as for every ``TensorEnv``.
+        check_actions: as for every ``TensorEnv``.
+        width: screen width in pixels (PLE default 64).
+        height: screen height in pixels (PLE default 64).
         lives: lives at the start of an episode (PLE's ``init_lives``, default 3).
         loss_reward: extra reward on the step that loses the last life (PLE's default ``-5``).
         observation: ``"vector"`` (``float32[N, 5]``) or ``"image"`` (``bool[N, image_size, image_size, 2]``).
