@@ -25,6 +25,21 @@ class UserError(Exception):
     """An error to report in one line (exit code 2)."""
 
 
+def describe_write_error(error: OSError, folder: Path | str) -> str:
+    """One line for an ``OSError`` met while a run writes its folder (a full disk says so)."""
+    import errno
+
+    from emphatic_rl.checkpoints import DiskFullError
+
+    if isinstance(error, DiskFullError):
+        return str(error.strerror)
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return f"the disk holding {str(folder)!r} is full (no space left on device)"
+    if error.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        return f"cannot write in {str(folder)!r}: it is read-only or not writable ({error.strerror})"
+    return str(error.strerror or error)
+
+
 def _fail(message: str) -> int:
     print(f"emphatic-rl: error: {message}", file=sys.stderr)
     return 2
@@ -112,9 +127,22 @@ def cmd_train(args: argparse.Namespace) -> int:
             prepare_out_dir(out_dir, resume=False)
     except (ConfigError, ValueError, UserError) as error:
         return _fail(str(error))
+    except KeyboardInterrupt:
+        return _fail("interrupted before training started; nothing was written")
     print(f"emphatic-rl: {'resuming' if args.resume else 'training'} {config.agent} on {config.env}, "
           f"{config.steps} steps, population {config.population_size}, device {config.device}; logs in {out_dir}")
-    result = train(config, out_dir, resume=bool(args.resume), run=run)
+    try:
+        result = train(config, out_dir, resume=bool(args.resume), run=run)
+    except ConfigError as error:  # a checkpoint that cannot be used, --steps below the steps done
+        return _fail(str(error))
+    except OSError as error:  # a full disk, a folder that became read-only: one line, the last checkpoint kept
+        print(f"emphatic-rl: error: {describe_write_error(error, out_dir)}; the last checkpoint in {str(out_dir)!r} "
+              "is kept", file=sys.stderr)
+        return 1
+    if result.interrupted:
+        print(f"emphatic-rl: stopped by {result.interrupted} at step {result.steps}; checkpoint saved. Continue with: "
+              f"emphatic-rl train --resume {out_dir}")
+        return 130 if result.interrupted == "SIGINT" else 143
     final = result.final_eval_return
     print(f"emphatic-rl: done at step {result.steps}; final eval return per member: "
           f"{', '.join(f'{v:.2f}' for v in final.tolist()[:8])}{' ...' if final.numel() > 8 else ''}")
@@ -222,7 +250,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    return args.handler(args)
+    try:
+        return args.handler(args)
+    except KeyboardInterrupt:  # Ctrl-C outside a training loop (which saves a checkpoint and returns instead)
+        print("emphatic-rl: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -8,45 +8,22 @@ readable; on resume the rows past the checkpoint are dropped so the file ends ex
 from __future__ import annotations
 
 import csv
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from emphatic_rl.checkpoints import atomic_write_bytes, save_checkpoint
+
+__all__ = ["Logger", "atomic_torch_save", "atomic_write_bytes", "read_metrics"]
 CSV_HEADER = ["step", "metric", "member", "value"]
 #: populations up to this size get one TensorBoard curve per member; larger ones get mean/min/max.
 PER_MEMBER_TENSORBOARD_LIMIT = 8
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def atomic_torch_save(obj: Any, path: str | Path) -> None:
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """``emphatic_rl.checkpoints.save_checkpoint``: atomic, with a stored checksum."""
+    save_checkpoint(obj, path)
 
 
 class Logger:

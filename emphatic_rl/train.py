@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,13 +40,25 @@ from emphatic_rl.agents.base import (
 )
 from emphatic_rl.agents.registry import AgentContext, make_agent
 from emphatic_rl.buffers import TrajectoryBuffer
-from emphatic_rl.config import ConfigError, TrainConfig, validate_config
+from emphatic_rl.checkpoints import (
+    CheckpointError,
+    GracefulStop,
+    atomic_write_bytes,
+    load_checkpoint,
+    remove_stale_temporaries,
+    require_keys,
+    save_checkpoint,
+)
+from emphatic_rl.config import ConfigError, TrainConfig, config_from_dict, validate_config
 from emphatic_rl.envs import TensorEnv, make_env
 from emphatic_rl.envs.base import DiscreteSpec
-from emphatic_rl.logging import Logger, atomic_torch_save, atomic_write_bytes
+from emphatic_rl.logging import Logger
 
 CHECKPOINT_NAME = "checkpoint.pt"
 CONFIG_NAME = "config.json"
+CHECKPOINT_KEYS = (
+    "step", "config", "agent", "env", "buffer", "loop_generator", "episode_stats", "diverged", "last_eval", "obs",
+)
 
 
 @dataclass
@@ -56,6 +69,8 @@ class RunResult:
     steps: int
     final_eval_return: torch.Tensor
     diverged: torch.Tensor
+    #: the signal (``"SIGINT"`` / ``"SIGTERM"``) that stopped the run early, after a checkpoint at ``steps``
+    interrupted: str | None = None
 
 
 @dataclass
@@ -156,29 +171,40 @@ def build_run(config: TrainConfig) -> Run:
 
 
 def prepare_out_dir(out_dir: str | Path, resume: bool) -> Path:
-    """Create (or check) the run folder; raise ``ConfigError`` if it cannot be written or would be overwritten."""
+    """Create (or check) the run folder; raise ``ConfigError`` if it cannot be written or would be overwritten.
+
+    A folder with ``config.json`` but no ``checkpoint.pt`` holds a run stopped before its first checkpoint: it may be
+    rerun in place (same ``--out``) or resumed (``--resume``, which then starts over from step 0 with the saved
+    config, bit-identical to an uninterrupted run). Leftover temporary files of killed writes are removed.
+    """
     out = Path(out_dir)
     if resume:
-        if not (out / CONFIG_NAME).is_file() or not (out / CHECKPOINT_NAME).is_file():
-            raise ConfigError(
-                f"--resume {str(out)!r} is not a run folder (it needs {CONFIG_NAME} and {CHECKPOINT_NAME})"
-            )
-        return out
-    if (out / CHECKPOINT_NAME).exists() or (out / "metrics.csv").exists():
+        if not (out / CONFIG_NAME).is_file():
+            raise ConfigError(f"--resume {str(out)!r} is not a run folder (it has no {CONFIG_NAME})")
+    elif (out / CHECKPOINT_NAME).exists() or ((out / "metrics.csv").exists() and not (out / CONFIG_NAME).is_file()):
         raise ConfigError(f"output folder {str(out)!r} already holds a run; use --resume {out} or another --out")
     try:
         out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".write-test"
+        probe = out / f".write-test-{id(out)}"
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as error:
-        raise ConfigError(f"output folder {str(out)!r} is not writable: {error.strerror}") from None
+        what = "is read-only; a resumed run must write its checkpoint and logs there" if resume else "is not writable"
+        raise ConfigError(f"output folder {str(out)!r} {what} ({error.strerror})") from None
+    remove_stale_temporaries(out)
     return out
 
 
 def load_run_config(out_dir: str | Path) -> TrainConfig:
-    data = json.loads((Path(out_dir) / CONFIG_NAME).read_text())
-    return TrainConfig(**data)
+    """The ``TrainConfig`` saved in a run folder, checked (one ``ConfigError`` naming the file if it is broken)."""
+    path = Path(out_dir) / CONFIG_NAME
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{str(path)!r} does not exist; is {str(out_dir)!r} a run folder?") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ConfigError(f"{str(path)!r} is not valid JSON: {error}") from None
+    return config_from_dict(data, where=str(path))
 
 
 @torch.no_grad()
@@ -301,24 +327,49 @@ def train(
     last_eval = torch.full((population,), math.nan)
     start_step = 0
 
+    resume = resume and (out / CHECKPOINT_NAME).is_file()  # no checkpoint yet: start over from step 0
     if resume:
-        checkpoint = torch.load(out / CHECKPOINT_NAME, map_location=device, weights_only=False)
+        path = out / CHECKPOINT_NAME
+        checkpoint = require_keys(load_checkpoint(path, map_location=device), CHECKPOINT_KEYS, path)
         start_step = checkpoint["step"]
-        agent.load_state_dict(checkpoint["agent"])
-        buffer.load_state_dict(checkpoint["buffer"])
-        loop_generator.set_state(checkpoint["loop_generator"])
-        stats.load_state_dict(checkpoint["episode_stats"])
-        diverged = checkpoint["diverged"]
-        last_eval = checkpoint["last_eval"]
-        if checkpoint["env"] is not None:
-            env.load_state_dict(checkpoint["env"])
-            obs = checkpoint["obs"].to(device)
-        else:  # an env that cannot be snapshotted (gym:<id>): new episodes, so the resume is not bit-identical
+        if not isinstance(start_step, int) or start_step < 0:
+            raise CheckpointError(f"checkpoint {str(path)!r} holds an invalid step {start_step!r}")
+        if config.steps < start_step:
+            raise ConfigError(
+                f"--steps {config.steps} is below the {start_step} steps this run has done; give --steps >= "
+                f"{start_step} (or none)"
+            )
+        try:
+            agent.load_state_dict(checkpoint["agent"])
+            buffer.load_state_dict(checkpoint["buffer"])
+            loop_generator.set_state(checkpoint["loop_generator"])
+            stats.load_state_dict(checkpoint["episode_stats"])
+            diverged = checkpoint["diverged"].bool().cpu().clone()
+            last_eval = checkpoint["last_eval"].cpu().clone()
+            if diverged.shape != (population,) or last_eval.shape != (population,):
+                raise ValueError(f"population {diverged.numel()} instead of {population}")
+            if checkpoint["env"] is not None:
+                env.load_state_dict(checkpoint["env"])
+                obs = checkpoint["obs"].to(device)
+        except (KeyError, ValueError, RuntimeError, TypeError, AttributeError, IndexError) as error:
+            detail = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise CheckpointError(
+                f"checkpoint {str(path)!r} does not match the run's config ({out / CONFIG_NAME}): {detail[:200]}"
+            ) from None
+        if checkpoint["env"] is None:  # an env that cannot be snapshotted (gym:<id>): new episodes, not bit-identical
             print(f"emphatic-rl: env {config.env!r} cannot be restored from a checkpoint; resuming with new episodes")
             obs = env.reset(seed=config.seed + start_step)
             stats.episode_return.zero_()
             stats.episode_length.zero_()
+        saved_config = checkpoint["config"] if isinstance(checkpoint["config"], dict) else {}
+        if config.steps != saved_config.get("steps", config.steps):  # --steps changed the run's length
+            atomic_write_bytes(out / CONFIG_NAME, json.dumps(config.to_dict(), indent=2, default=str).encode())
     else:
+        for stale in ("metrics.csv", "tensorboard"):  # of an attempt stopped before its first checkpoint
+            if (out / stale).is_dir():
+                shutil.rmtree(out / stale)
+            elif (out / stale).exists():
+                (out / stale).unlink()
         atomic_write_bytes(out / CONFIG_NAME, json.dumps(config.to_dict(), indent=2, default=str).encode())
         obs = env.reset(seed=config.seed)
 
@@ -330,8 +381,8 @@ def train(
         except NotImplementedError:  # e.g. Gymnasium envs behind the adapter
             return None
 
-    def save_checkpoint(step: int) -> None:
-        atomic_torch_save(
+    def checkpoint(step: int) -> None:
+        save_checkpoint(
             {
                 "step": step,
                 "config": config.to_dict(),
@@ -354,7 +405,9 @@ def train(
         progress = tqdm(total=config.steps, initial=start_step, unit="step", dynamic_ncols=True, mininterval=0.5)
     window_start, window_step = time.perf_counter(), start_step
     step = start_step
+    stop = GracefulStop()
     try:
+        stop.__enter__()
         for step in range(start_step + 1, config.steps + 1):
             if agent.acts_in_env:
                 acted = agent.act(obs.view(population, config.num_envs, *obs.shape[1:]), step)
@@ -391,13 +444,19 @@ def train(
                            | {"eval/return": last_eval})
 
             if (config.checkpoint_every and step % config.checkpoint_every == 0) or step == config.steps:
-                save_checkpoint(step)
+                checkpoint(step)
+            elif stop.requested:
+                checkpoint(step)
+            if stop.requested:
+                break
 
             if progress is not None and (step % 100 == 0 or step == config.steps):
                 progress.update(step - progress.n)
                 progress.set_postfix_str(f"eval return {_summarise(last_eval)}", refresh=False)
     finally:
+        stop.__exit__()
         if progress is not None:
             progress.close()
         logger.close()
-    return RunResult(out, step, last_eval, diverged)
+    interrupted = stop.signal_name if stop.requested and step < config.steps else None
+    return RunResult(out, step, last_eval, diverged, interrupted)
