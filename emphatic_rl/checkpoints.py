@@ -181,6 +181,8 @@ def load_checkpoint(path: str | Path, map_location: Any = "cpu", require_checksu
         raise CheckpointError(
             f"checkpoint {name!r} is corrupted: its bytes do not match the SHA-256 checksum stored in it"
         )
+    if digest is None and _zip_end_is_cut(data):
+        raise CheckpointError(f"checkpoint {name!r} is truncated: its zip end record announces more bytes than remain")
     if digest is None and require_checksum:
         raise CheckpointError(f"checkpoint {name!r} has no stored checksum (not written by emphatic-rl, or cut off)")
     try:
@@ -198,6 +200,16 @@ def load_checkpoint(path: str | Path, map_location: Any = "cpu", require_checksu
             raise CheckpointError(f"checkpoint {name!r} is truncated or not a checkpoint (not a readable torch "
                                   "archive)") from None
         raise CheckpointError(f"checkpoint {name!r} is unreadable: {_first_line(str(error))}") from None
+
+
+def _zip_end_is_cut(data: bytes) -> bool:
+    """Whether the last zip end record announces a longer comment than the bytes after it (a cut-off file, which
+    torch's reader would still accept)."""
+    record = data.rfind(_EOCD_SIGNATURE, max(0, len(data) - _EOCD_SIZE - 65535))
+    if record < 0 or len(data) < record + _EOCD_SIZE:
+        return False
+    declared = struct.unpack("<H", data[record + 20:record + 22])[0]
+    return declared != len(data) - record - _EOCD_SIZE
 
 
 def _first_line(text: str) -> str:

@@ -20,8 +20,10 @@ at ``eval_max_steps``; the eval env is reseeded from ``(seed, step)`` so evaluat
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import os
 import shutil
 import time
 from dataclasses import dataclass
@@ -132,8 +134,9 @@ def build_run(config: TrainConfig) -> Run:
     entry = get_agent_entry(config.agent)  # unknown agent: error before the env is built
     entry.build_options(dict(config.agent_options))  # unknown or bad agent options: error before the env is built
     probe_env = make_env(config.env, num_envs=1, device=device, **config.env_options)
-    agent = make_agent(
-        config.agent,
+    with _allocation_errors_as_config_errors(config, device):
+        agent = make_agent(
+            config.agent,
         AgentContext(
             observation_spec=probe_env.observation_spec,
             action_spec=probe_env.action_spec,
@@ -145,29 +148,92 @@ def build_run(config: TrainConfig) -> Run:
             total_steps=config.steps,
             env_name=config.env,
             env=probe_env,
-        ),
-        **config.agent_options,
-    )
+            ),
+            **config.agent_options,
+        )
     num_envs = config.population_size * config.num_envs if agent.acts_in_env else config.num_envs
-    env = make_env(config.env, num_envs=num_envs, device=device, **config.env_options)
-    eval_env = make_env(
-        config.env,
-        num_envs=config.population_size * config.eval_episodes,
-        device=device,
-        **config.evaluation_env_options(),
-    )
-    behaviour = None if agent.acts_in_env else _make_behaviour(config, env)
-    spec = env.observation_spec
-    buffer = TrajectoryBuffer(
-        capacity=max(1, agent.buffer_capacity),
-        num_streams=num_envs,
-        obs_shape=spec.shape,
-        obs_dtype=spec.dtype,
-        action_shape=env.action_spec.shape,
-        action_dtype=env.action_spec.dtype,
-        device=device,
-    )
+    capacity = max(1, agent.buffer_capacity)
+    check_buffer_memory(config, capacity, num_envs, probe_env, device)  # before the buffer is allocated
+    with _allocation_errors_as_config_errors(config, device):
+        env = make_env(config.env, num_envs=num_envs, device=device, **config.env_options)
+        eval_env = make_env(
+            config.env,
+            num_envs=config.population_size * config.eval_episodes,
+            device=device,
+            **config.evaluation_env_options(),
+        )
+        behaviour = None if agent.acts_in_env else _make_behaviour(config, env)
+        spec = env.observation_spec
+        buffer = TrajectoryBuffer(
+            capacity=capacity,
+            num_streams=num_envs,
+            obs_shape=spec.shape,
+            obs_dtype=spec.dtype,
+            action_shape=env.action_spec.shape,
+            action_dtype=env.action_spec.dtype,
+            device=device,
+        )
     return Run(config, env, eval_env, agent, behaviour, buffer, device)
+
+
+def available_memory_bytes(device: torch.device) -> int | None:
+    """Free memory on ``device``: ``MemAvailable`` of ``/proc/meminfo`` on CPU, the CUDA allocator's free bytes on a
+    GPU; ``None`` where unknown."""
+    try:
+        if device.type == "cuda":
+            return int(torch.cuda.mem_get_info(device)[0])
+        if device.type == "cpu":
+            with open("/proc/meminfo") as f:
+                for line in f:
+                    if line.startswith("MemAvailable:"):
+                        return int(line.split()[1]) * 1024
+            return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES"))
+    except (OSError, ValueError, RuntimeError, AttributeError):
+        return None
+    return None
+
+
+def buffer_bytes(capacity: int, num_streams: int, obs_spec: Any, action_spec: Any) -> int:
+    """Bytes of a ``TrajectoryBuffer``'s storage: per slot the observation, the action, reward / log mu / interest
+    (float32) and the two end flags."""
+
+    def size(spec: Any) -> int:
+        return math.prod(spec.shape) * torch.empty((), dtype=spec.dtype).element_size()
+
+    return capacity * num_streams * (size(obs_spec) + size(action_spec) + 12 + 2)
+
+
+def check_buffer_memory(config: TrainConfig, capacity: int, num_streams: int, probe_env: TensorEnv,
+                        device: torch.device) -> None:
+    """One ``ConfigError`` when the replay buffer alone would not fit in the free memory of ``device``."""
+    need = buffer_bytes(capacity, num_streams, probe_env.observation_spec, probe_env.action_spec)
+    free = available_memory_bytes(device)
+    if free is not None and need > 0.9 * free:
+        gib = 2**30
+        raise ConfigError(
+            f"the replay buffer would need about {need / gib:.1f} GiB ({capacity} steps x {num_streams} streams: "
+            f"population_size {config.population_size}, num_envs {config.num_envs}) but {device} has "
+            f"{free / gib:.1f} GiB free; lower population_size, num_envs or the agent's buffer size"
+        )
+
+
+@contextlib.contextmanager
+def _allocation_errors_as_config_errors(config: TrainConfig, device: torch.device):
+    """An allocator failure while building the run (a population too large for memory) becomes one line."""
+    try:
+        yield
+    except (MemoryError, torch.OutOfMemoryError) as error:
+        raise ConfigError(_out_of_memory_message(config, device, error)) from None
+    except RuntimeError as error:
+        if "alloc" not in str(error).lower() and "out of memory" not in str(error).lower():
+            raise
+        raise ConfigError(_out_of_memory_message(config, device, error)) from None
+
+
+def _out_of_memory_message(config: TrainConfig, device: torch.device, error: BaseException) -> str:
+    detail = str(error).strip().splitlines()[0][:120] if str(error).strip() else "no memory"
+    return (f"population_size {config.population_size} x num_envs {config.num_envs} does not fit in the memory of "
+            f"{device} (the allocator refused: {detail}); lower population_size, num_envs or the networks' size")
 
 
 def prepare_out_dir(out_dir: str | Path, resume: bool) -> Path:
