@@ -122,7 +122,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         else:
             config = _config_from_args(args)
             out_dir = Path(args.out or f"runs/{config.agent}-{config.env}-{time.strftime('%Y%m%d-%H%M%S')}")
-        run = build_run(config)
+        try:
+            run = build_run(config)
+        except (ConfigError, ValueError) as error:
+            if args.resume:  # the saved config itself is wrong (edited by hand, or of another version)
+                raise ConfigError(f"{str(out_dir / 'config.json')!r}: {error}") from None
+            raise
         if not args.resume:
             prepare_out_dir(out_dir, resume=False)
     except (ConfigError, ValueError, UserError) as error:
