@@ -418,7 +418,7 @@ def run_study(study: Study, out_dir: str | Path, progress: bool = False, log=pri
         atomic_write_bytes(folder / MEMBERS_NAME, json.dumps(members_record(study, chunk), indent=1).encode())
         log(f"emphatic-rl sweep: {chunk.folder}: {'resuming' if resume else 'training'} {config.agent}, "
             f"{len(chunk.settings)} settings x {study.runs} runs = P {config.population_size}, {config.steps} steps")
-        attempts = _start_attempt(folder, resume)
+        attempts = _start_attempt(folder)
         start = time.perf_counter()
         run = build_run(config)
         if study.excursions is None:
@@ -492,7 +492,7 @@ def check_study_unchanged(path: Path, resolved: dict[str, Any]) -> dict[str, Any
     return resolved
 
 
-def _start_attempt(folder: Path, resume: bool) -> list[dict[str, Any]]:
+def _start_attempt(folder: Path) -> list[dict[str, Any]]:
     """Record a new attempt at a chunk in ``attempts.json``; a killed earlier attempt is credited with the seconds up
     to its last checkpoint (the file's modification time). Returns the attempts, this one last."""
     from emphatic_rl.checkpoints import atomic_write_bytes
@@ -500,7 +500,7 @@ def _start_attempt(folder: Path, resume: bool) -> list[dict[str, Any]]:
 
     path = folder / ATTEMPTS_NAME
     attempts: list[dict[str, Any]] = []
-    if resume and path.is_file():
+    if path.is_file():  # earlier attempts, killed (an attempt killed before any checkpoint kept nothing: 0 s)
         try:
             attempts = list(json.loads(path.read_text()))
         except (ValueError, TypeError):
