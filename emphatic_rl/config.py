@@ -170,6 +170,15 @@ def validate_config(config: TrainConfig) -> None:
         raise ConfigError(f"device must be a string such as 'cpu' or 'cuda', got {config.device!r}")
     if not isinstance(config.progress, bool):
         raise ConfigError(f"progress must be true or false, got {config.progress!r}")
+    behaviour = config.behaviour
+    if behaviour not in ("default", "uniform") and not (
+        isinstance(behaviour, list) and behaviour
+        and all(isinstance(p, (int, float)) and not isinstance(p, bool) and math.isfinite(p) and p >= 0
+                for p in behaviour)
+    ):
+        raise ConfigError(
+            f"behaviour must be 'default', 'uniform' or a list of action probabilities, got {behaviour!r}"
+        )
     for name in ("agent_options", "env_options", "eval_env_options"):
         value = getattr(config, name)
         if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
@@ -202,7 +211,7 @@ def describe_type(annotation: Any) -> str:
     if annotation is int:
         return "an integer"
     if annotation is float:
-        return "a finite number"
+        return "a number"
     if annotation is str:
         return "a string"
     if annotation is type(None):
@@ -216,7 +225,7 @@ def describe_type(annotation: Any) -> str:
         if origin is tuple and arguments and (len(arguments) != 2 or arguments[1] is not Ellipsis):
             return f"a list of {len(arguments)} values ({', '.join(describe_type(a) for a in arguments)})"
         item = arguments[0] if arguments else Any
-        plural = {int: "integers", float: "finite numbers", str: "strings", bool: "true/false values"}
+        plural = {int: "integers", float: "numbers", str: "strings", bool: "true/false values"}
         return f"a list of {plural.get(item, describe_type(item))}"
     if origin is dict or annotation is dict:
         return "a table (key = value)"
@@ -259,6 +268,12 @@ def conforms(value: Any, annotation: Any, allow_infinite: bool = False) -> bool:
     return True  # an annotation this checker does not know: left to the class's own checks
 
 
+def _has_non_finite(value: Any) -> bool:
+    if isinstance(value, float):
+        return not math.isfinite(value)
+    return isinstance(value, (list, tuple)) and any(_has_non_finite(v) for v in value)
+
+
 def _is_infinite_number(value: Any) -> bool:
     return isinstance(value, float) and math.isinf(value)
 
@@ -282,14 +297,13 @@ def check_typed_options(annotations: dict[str, Any], options: dict[str, Any], wh
         allow_infinite = _is_infinite_number(default) or (
             isinstance(default, (list, tuple)) and any(_is_infinite_number(v) for v in default))
         if not conforms(value, annotation, allow_infinite):
-            shown = _toml(value)
-            extra = ""
-            if isinstance(value, float) and not math.isfinite(value) and conforms(1.0, annotation):
-                extra = " (it must be finite)"
-            example = f" such as {_toml(default)}" if default is not None and conforms(default, annotation) else ""
-            raise ConfigError(
-                f"{where}.{name} = {shown} is not allowed{extra}; allowed: {describe_type(annotation)}{example}"
-            )
+            example = ""
+            if default is not None and not isinstance(default, bool) and conforms(default, annotation):
+                example = f" (default {_toml(default)})"
+            allowed = describe_type(annotation)
+            if _has_non_finite(value):  # inf / nan where a finite number is expected
+                allowed = allowed.replace("a number", "a finite number").replace("of numbers", "of finite numbers")
+            raise ConfigError(f"{where}.{name} must be {allowed}{example}, got {_toml(value)}")
 
 
 def _toml(value: Any) -> str:
