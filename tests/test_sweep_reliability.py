@@ -168,3 +168,26 @@ def test_check_study_unchanged_accepts_the_same_study(tmp_path):
     assert sweep.check_study_unchanged(path, record)["sha256"] == merged["sha256"]
     with pytest.raises(ConfigError, match="runs"):
         sweep.check_study_unchanged(path, {**record, "runs": 3})
+
+
+def test_report_flags_truncated_and_unstarted_variants(tmp_path, monkeypatch):
+    from emphatic_rl.report import write_report
+
+    out = tmp_path / "out"
+    real = actor_critic.ActorCritic.update
+
+    def killing(self, buffer, step):
+        if step == 45:  # after the step-40 checkpoint of a 60-step run
+            raise Killed
+        return real(self, buffer, step)
+
+    monkeypatch.setattr(actor_critic.ActorCritic, "update", killing)
+    study = load_study(_write(tmp_path, TINY.replace("steps = 40", "steps = 60")))
+    study.variants = study.variants[:1]  # only offpac starts; ace-eta is in sweep.json but never runs
+    record = {"name": "tiny", "variants": [{"name": "offpac"}, {"name": "ace-eta"}]}
+    with pytest.raises(Killed):
+        run_study(study, out, log=_quiet)
+    (out / "sweep.json").write_text(json.dumps({**json.loads((out / "sweep.json").read_text()), **record}))
+    text = write_report(out, include_unfinished=True).read_text()
+    assert "Included although unfinished" in text and "`offpac` at step 40 of 60" in text
+    assert "Not started (variants of the study without a run folder): `ace-eta`." in text
