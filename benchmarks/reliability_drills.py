@@ -373,22 +373,42 @@ def _same_state(x, y) -> bool:
 
 
 def drill_kills(work: Path, kills: int, write_kills: int, seed: int) -> dict[str, int]:
+    """Kill -9 drilled runs at random moments and during checkpoint writes; each drilled run, once finished (by a
+    last resume), is compared with the uninterrupted reference; a new drilled run starts until every kill is spent."""
     reference = work / "reference"
     assert main(["train", "--out", str(reference), "--steps", str(DRILL_STEPS), *RUN_ARGS]) == 0
+    reference_rows = _rows(reference / "metrics.csv")
+    reference_state = load_checkpoint(reference / "checkpoint.pt")
     rng = random.Random(seed)
-    out = work / "drilled"
     log = work / "child.log"
     moments = ["random"] * kills + ["write"] * write_kills
     rng.shuffle(moments)
-    survived = writes_hit = 0
-    max_redone = 0
+    totals = {"kills": 0, "during_writes": 0, "rows_lost": 0, "rows_duplicated": 0, "bit_identical": 1,
+              "max_steps_redone": 0, "stale_temporaries": 0, "runs": 0}
+
+    def finish(out: Path) -> None:
+        code, _, err = run_command(["train", "--resume", str(out), "--no-progress"])
+        assert code == 0, err
+        drilled_rows = _rows(out / "metrics.csv")
+        totals["rows_lost"] += len(set(reference_rows) - set(drilled_rows))
+        totals["rows_duplicated"] += len(drilled_rows) - len(set(drilled_rows))
+        state = load_checkpoint(out / "checkpoint.pt")
+        identical = reference_rows == drilled_rows and all(
+            _same_state(reference_state[k], state[k])
+            for k in ("agent", "buffer", "env", "loop_generator", "episode_stats", "obs"))
+        totals["bit_identical"] &= int(identical)
+        totals["stale_temporaries"] += len(list(out.glob(".*.tmp")))
+        totals["runs"] += 1
+
+    out = work / "drilled-0"
     for moment in moments:
+        done_before = load_checkpoint(out / "checkpoint.pt")["step"] if (out / "checkpoint.pt").is_file() else 0
+        if done_before >= DRILL_STEPS:  # this drilled run is complete: check it, start another
+            finish(out)
+            out = work / f"drilled-{totals['runs']}"
         started = (out / "config.json").is_file()
         args = ["train", "--resume", str(out), "--no-progress"] if started else \
             ["train", "--out", str(out), "--steps", str(DRILL_STEPS), *RUN_ARGS]
-        done_before = load_checkpoint(out / "checkpoint.pt")["step"] if (out / "checkpoint.pt").is_file() else 0
-        if done_before >= DRILL_STEPS:
-            break
         if moment == "write":
             marker = work / f"writing-{time.monotonic_ns()}"
 
@@ -406,7 +426,7 @@ def drill_kills(work: Path, kills: int, write_kills: int, seed: int) -> dict[str
             pid = _fork(args, log, before=install)
             while not marker.exists() and os.waitpid(pid, os.WNOHANG) == (0, 0):
                 time.sleep(0.002)
-            writes_hit += bool(list(out.glob(".checkpoint.pt.*.tmp")))
+            totals["during_writes"] += bool(list(out.glob(".checkpoint.pt.*.tmp")))
         else:
             pid = _fork(args, log)
             target = _logged_step(out) + rng.randrange(5, 60)
@@ -418,19 +438,10 @@ def drill_kills(work: Path, kills: int, write_kills: int, seed: int) -> dict[str
             os.kill(pid, signal.SIGKILL)
             os.waitpid(pid, 0)
         kept = load_checkpoint(out / "checkpoint.pt")["step"] if (out / "checkpoint.pt").is_file() else 0
-        max_redone = max(max_redone, logged - kept)
-        survived += 1
-    code, _, err = run_command(["train", "--resume", str(out), "--no-progress"])
-    assert code == 0, err
-    reference_rows, drilled_rows = _rows(reference / "metrics.csv"), _rows(out / "metrics.csv")
-    lost = len(set(reference_rows) - set(drilled_rows))
-    duplicated = len(drilled_rows) - len(set(drilled_rows))
-    a, b = load_checkpoint(reference / "checkpoint.pt"), load_checkpoint(out / "checkpoint.pt")
-    identical = reference_rows == drilled_rows and all(
-        _same_state(a[k], b[k]) for k in ("agent", "buffer", "env", "loop_generator", "episode_stats", "obs"))
-    return {"kills": survived, "during_writes": writes_hit, "rows_lost": lost, "rows_duplicated": duplicated,
-            "bit_identical": int(identical), "max_steps_redone": max_redone,
-            "stale_temporaries": len(list(out.glob(".*.tmp")))}
+        totals["max_steps_redone"] = max(totals["max_steps_redone"], logged - kept)
+        totals["kills"] += 1
+    finish(out)
+    return totals
 
 
 def drill_signals(work: Path) -> dict[str, str]:
@@ -548,10 +559,11 @@ def markdown(bad: dict, kills: dict, signals: dict, divergence: dict, seconds: f
         "",
         "## Kills",
         "",
-        "| kill -9 survived | of them during a checkpoint write | rows lost | rows duplicated | resume bit-identical "
-        "| most steps redone after a kill | temporary files left |",
-        "|---:|---:|---:|---:|---|---:|---:|",
-        f"| {kills['kills']} | {kills['during_writes']} | {kills['rows_lost']} | {kills['rows_duplicated']} | "
+        "| kill -9 survived | of them during a checkpoint write | drilled runs | rows lost | rows duplicated "
+        "| resume bit-identical | most steps redone after a kill | temporary files left |",
+        "|---:|---:|---:|---:|---:|---|---:|---:|",
+        f"| {kills['kills']} | {kills['during_writes']} | {kills['runs']} | {kills['rows_lost']} | "
+        f"{kills['rows_duplicated']} | "
         f"{'yes' if kills['bit_identical'] else 'NO'} | {kills['max_steps_redone']} (checkpoint every 40) | "
         f"{kills['stale_temporaries']} |",
         "",

@@ -17,21 +17,26 @@ from emphatic_rl.config import TrainConfig
 from emphatic_rl.train import build_run, train
 
 FAMILIES = {
+    "dqn": "cartpole",
     "deep-ace": "cartpole",
     "deep-offpac": "cartpole",
     "dpg": "pendulum",
     "gaussian-ace": "pendulum",
     "gaussian-offpac": "pendulum",
+    "ace": "counterexample-three-state",
+    "offpac": "counterexample-three-state",
 }
 POISON_STEP = 15
 POPULATION = 3
 
 
 def _train(agent: str, out, poison: bool):
+    linear = FAMILIES[agent] == "counterexample-three-state"  # the linear actor-critic, from 3 behaviour streams
     config = TrainConfig(
-        agent=agent, env=FAMILIES[agent], steps=40, population_size=POPULATION, eval_every=20, eval_episodes=2,
-        eval_max_steps=30, log_every=10, checkpoint_every=0, progress=False,
-        agent_options={"learning_starts": 5, "batch_size": 8},
+        agent=agent, env=FAMILIES[agent], steps=40, population_size=POPULATION, num_envs=3 if linear else 1,
+        eval_every=20, eval_episodes=2, eval_max_steps=30, log_every=10, checkpoint_every=0, progress=False,
+        agent_options={"critic": "oracle"} if linear else {"learning_starts": 5, "batch_size": 8},
+        env_options={"observation": "state"} if linear else {},
     )
     run = build_run(config)
     update = run.agent.update
@@ -40,10 +45,9 @@ def _train(agent: str, out, poison: bool):
         metrics = update(buffer, step)
         if poison and step == POISON_STEP:
             with torch.no_grad():
-                for module in vars(run.agent).values():
-                    if isinstance(module, nn.Module):
-                        for parameter in module.parameters():
-                            parameter[1] = math.nan
+                tensors = [p for m in vars(run.agent).values() if isinstance(m, nn.Module) for p in m.parameters()]
+                for tensor in tensors or [run.agent.policy.theta]:  # linear agents: theta [P, ...]
+                    tensor[1] = math.nan
         return metrics
 
     run.agent.update = poisoning_update
