@@ -207,3 +207,26 @@ def test_ctrl_c_on_the_command_saves_a_checkpoint_and_exits_without_a_traceback(
     step = load_checkpoint(out / "checkpoint.pt")["step"]
     assert f"stopped by SIGINT at step {step}; checkpoint saved" in stdout
     assert f"emphatic-rl train --resume {out}" in stdout
+
+
+@pytest.mark.slow
+def test_kill_9_drill_with_many_kills(reference, tmp_path, capsys):
+    """The larger drill: 24 kills (8 during checkpoint writes) over as many drilled runs as they take."""
+    rng = random.Random(24)
+    moments = ["random"] * 16 + ["write"] * 8
+    rng.shuffle(moments)
+    runs, out = 0, tmp_path / "drilled-0"
+    for moment in moments:
+        if (out / "checkpoint.pt").is_file() and load_checkpoint(out / "checkpoint.pt")["step"] >= STEPS:
+            _assert_same_run(reference, out)
+            runs += 1
+            out = tmp_path / f"drilled-{runs}"
+        resume = (out / "config.json").is_file()
+        if moment == "write":
+            _killed_during_write(out, tmp_path, resume=resume)
+        else:
+            _killed_at_random(out, tmp_path, rng, resume=resume)
+    assert main(["train", "--resume", str(out), "--no-progress"]) == 0
+    capsys.readouterr()
+    assert not list(out.glob(".*.tmp"))
+    _assert_same_run(reference, out)
