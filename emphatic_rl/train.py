@@ -133,6 +133,10 @@ def build_run(config: TrainConfig) -> Run:
 
     entry = get_agent_entry(config.agent)  # unknown agent: error before the env is built
     entry.build_options(dict(config.agent_options))  # unknown or bad agent options: error before the env is built
+    from emphatic_rl.envs.registry import check_env_option_types
+
+    check_env_option_types(config.env, config.env_options)  # wrong types: one error naming the key
+    check_env_option_types(config.env, config.eval_env_options, "eval_env")
     probe_env = make_env(config.env, num_envs=1, device=device, **config.env_options)
     with _allocation_errors_as_config_errors(config, device):
         agent = make_agent(
