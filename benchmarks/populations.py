@@ -120,12 +120,13 @@ DEFAULT_EVAL_POPULATIONS = "1,30,300,3000,30000"
 # ================================================================================================ shared helpers
 def settings_of(case: str, population: int, runs: int) -> tuple[int, list[dict[str, float]], list[int]]:
     """``(R, per-member settings, stream_of)`` for ``P`` learners: ``R = min(P, runs)`` streams, ``C = ceil(P / R)``
-    settings cycled over the case's grid; member ``p = c * R + r`` (the sweep layout)."""
+    settings cycled over the case's grid; member ``p = r * C + c`` (the sweep layout: run-major)."""
     streams = min(population, runs)
+    per_stream = -(-population // streams)
     grid = CASES[case]["grid"]
     combos = [dict(zip(grid, values, strict=True)) for values in itertools.product(*grid.values())]
-    members = [combos[(p // streams) % len(combos)] for p in range(population)]
-    return streams, members, [p % streams for p in range(population)]
+    members = [combos[(p % per_stream) % len(combos)] for p in range(population)]
+    return streams, members, [p // per_stream for p in range(population)]
 
 
 def spread(population: int, count: int) -> list[int]:
@@ -704,8 +705,8 @@ def check_correctness(authors_path: str | None, steps: int = 1000, log=print) ->
         grid = CASES[case]["grid"]
         combos = [dict(zip(grid, values, strict=True)) for values in itertools.product(*grid.values())]
         chosen = [next(c for c in combos if c["alpha_actor"] == a) for a in (0.25, 0.0625)]
-        members = [chosen[p // runs] for p in range(population)]
-        stream_of = [p % runs for p in range(population)]
+        stream_of = settings_of(case, population, runs)[2]  # run-major, as build_engine lays members out
+        members = [chosen[p % settings_per_run] for p in range(population)]
         # the peer, one learner after another
         peer_theta = []
         for p in range(population):
@@ -754,7 +755,7 @@ def check_correctness(authors_path: str | None, steps: int = 1000, log=print) ->
                     continue
                 worst = 0.0
                 for p in range(population):
-                    theirs = trainer.run(stream_of[p], p // runs)
+                    theirs = trainer.run(stream_of[p], p % settings_per_run)
                     worst = max(worst, float(np.abs(theirs[:, order] - reference[p]).max()) / scale)
                 verdict = "same" if worst <= 1e-9 else "DIFFERENT"
                 lines.append(f"  {case:<16} authors    max |their theta - peer theta| / max |theta| = {worst:.1e} "

@@ -48,6 +48,8 @@ TOP_LEVEL_KEYS_DOC = {
     "log_every": "log training metrics every this many steps",
     "progress": "show a progress bar",
     "num_threads": "torch CPU threads (small networks are fastest on 1; 0 keeps torch's default)",
+    "logger": "where scalars go besides metrics.csv: 'tensorboard' (default), 'wandb', 'mlflow', 'none', or a list "
+    "such as ['tensorboard', 'wandb'] (wandb/mlflow need the extras of the same names)",
 }
 
 
@@ -70,6 +72,7 @@ class TrainConfig:
     log_every: int = 500
     progress: bool = True
     num_threads: int = 1
+    logger: Any = "tensorboard"
     agent_options: dict[str, Any] = field(default_factory=dict)
     env_options: dict[str, Any] = field(default_factory=dict)
     #: options of the evaluation env that differ from ``env_options`` (merged over them), e.g. another time limit,
@@ -183,6 +186,12 @@ def validate_config(config: TrainConfig) -> None:
         value = getattr(config, name)
         if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
             raise ConfigError(f"{name} must be a table of options (key = value), got {value!r}")
+    from emphatic_rl.logging import logger_backends
+
+    try:
+        logger_backends(config.logger)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
 
 
 def config_from_dict(data: Any, where: str = "config") -> TrainConfig:

@@ -241,50 +241,12 @@ def run_population(
     }
 
 
-#: two-sided 95% Student-t quantiles t_{0.975, df}, df = 1..30.
-_T_975 = (
-    12.706,
-    4.303,
-    3.182,
-    2.776,
-    2.571,
-    2.447,
-    2.365,
-    2.306,
-    2.262,
-    2.228,
-    2.201,
-    2.179,
-    2.160,
-    2.145,
-    2.131,
-    2.120,
-    2.110,
-    2.101,
-    2.093,
-    2.086,
-    2.080,
-    2.074,
-    2.069,
-    2.064,
-    2.060,
-    2.056,
-    2.052,
-    2.048,
-    2.045,
-    2.042,
-)
-
-
 def mean_ci(values: torch.Tensor) -> tuple[float, float]:
-    """Mean and the half-width of a 95% t-interval over the seeds (``values: [seeds]``)."""
-    n = values.numel()
-    mean = float(values.mean())
-    if n < 2:
-        return mean, float("nan")
-    df = n - 1
-    t = _T_975[df - 1] if df <= 30 else (2.021 if df <= 40 else 2.000 if df <= 60 else 1.980 if df <= 120 else 1.960)
-    return mean, float(t * values.std(unbiased=True) / math.sqrt(n))
+    """Mean and the half-width of a 95% t-interval over the seeds (``values: [seeds]``), by
+    :func:`emphatic_rl.stats.mean_ci`."""
+    from emphatic_rl.stats import mean_ci as t_mean_ci
+
+    return t_mean_ci(values)
 
 
 def run_study(config: StudyConfig, progress: bool = True) -> dict[str, Any]:
@@ -448,9 +410,14 @@ def plot(config: StudyConfig, runs: dict[str, Any], summary: dict[str, Any], out
     import matplotlib.pyplot as plt
 
     best = {(row["variant"], row["p_h"]): row for row in summary["best"]}
+    optimal = -(config.height + config.width - 2)
     evaluations = len(summary["rows"][0]["online_curve_mean"])
     steps = [k * config.eval_every for k in range(evaluations)]
-    colours = dict(zip([*VARIANTS, BASELINE], ["C0", "C1", "C2", "C3", "k"], strict=True))
+    from emphatic_rl import plots
+
+    styles = plots.variant_styles(list(VARIANTS))
+    styles[BASELINE] = {"color": "k", "linestyle": "--", "marker": "x"}
+    band = plots.interval_label(config.seeds)
     p_hs = config.hallucination_probabilities
     for metric in METRICS:
         figure, axes = plt.subplots(1, len(p_hs), figsize=(4.2 * len(p_hs), 3.8), sharey=True, squeeze=False)
@@ -459,28 +426,24 @@ def plot(config: StudyConfig, runs: dict[str, Any], summary: dict[str, Any], out
                 row = best.get((name, None if name == BASELINE else p_h))
                 if row is None:
                     continue
-                mean = torch.tensor(row[f"{metric}_curve_mean"])
-                ci = torch.tensor(row[f"{metric}_curve_ci"])
-                axis.plot(
+                plots.plot_band(
+                    axis,
                     steps,
-                    mean,
-                    color=colours[name],
-                    label=f"{name} (α={row['step_size']:g})",
-                    linestyle="--" if name == BASELINE else "-",
+                    row[f"{metric}_curve_mean"],
+                    row[f"{metric}_curve_ci"],
+                    f"{name} (α={row['step_size']:g})",
+                    styles[name],
+                    index=[*VARIANTS, BASELINE].index(name),
                 )
-                axis.fill_between(steps, mean - ci, mean + ci, color=colours[name], alpha=0.15)
+            axis.axhline(optimal, color="0.4", lw=0.8, linestyle=(0, (5, 3)), label=f"optimal return {optimal}")
             axis.set_title(f"p_h = {p_h:g}" + (" (perfect model)" if p_h == 0 else ""))
             axis.set_xlabel("real environment steps")
             axis.grid(alpha=0.3)
         axes[0][0].set_ylabel(f"{metric} return")
-        axes[0][-1].legend(fontsize=7, loc="lower right")
-        figure.suptitle(
-            f"Bordered Gridworld: {metric} return vs real steps (mean ± 95% CI, {config.seeds} seeds; "
-            f"optimal {-(config.height + config.width - 2)})"
-        )
+        plots.legend_outside(axes[0][-1], fontsize=7)
+        figure.suptitle(f"Bordered Gridworld: {metric} return vs real steps ({band}, one run = one seed)")
         figure.tight_layout()
-        figure.savefig(out / f"learning_curves_{metric}.png", dpi=110)
-        plt.close(figure)
+        plots.save(figure, out / f"learning_curves_{metric}.png")
 
     figure, axes = plt.subplots(1, 2 * len(METRICS), figsize=(19, 4.2))
     for axis_index, (metric, kind) in enumerate((m, k) for m in METRICS for k in ("auc", "final")):
@@ -491,10 +454,10 @@ def plot(config: StudyConfig, runs: dict[str, Any], summary: dict[str, Any], out
                 p_hs,
                 [r[f"{metric}_{kind}_mean"] for r in rows],
                 yerr=[r[f"{metric}_{kind}_ci"] for r in rows],
-                marker="o",
-                color=colours[name],
                 label=name,
                 capsize=3,
+                markersize=4,
+                **styles[name],
             )
         if config.baseline:
             row = best[(BASELINE, None)]
@@ -504,24 +467,28 @@ def plot(config: StudyConfig, runs: dict[str, Any], summary: dict[str, Any], out
         axis.set_xlabel("hallucination probability p_h")
         axis.set_title(f"{metric} return, {'AUC' if kind == 'auc' else 'final 10%'}", fontsize=10)
         axis.grid(alpha=0.3)
-    axes[0].legend(fontsize=7)
-    figure.suptitle(f"Dose-response (best α per variant and p_h by {config.metric} AUC; mean ± 95% CI)")
+    plots.legend_outside(axes[-1], fontsize=7)
+    figure.suptitle(f"Dose-response (best α per variant and p_h by {config.metric} AUC; {band})")
     figure.tight_layout()
-    figure.savefig(out / "dose_response.png", dpi=110)
-    plt.close(figure)
+    plots.save(figure, out / "dose_response.png")
 
     plot_value_maps(config, runs, best, out)
 
 
 def plot_value_maps(config: StudyConfig, runs: dict[str, Any], best: dict, out: Path) -> None:
-    """Seed-mean ``max_a Q`` per cell (border ring included) and the most common greedy action per interior cell."""
-    import matplotlib.pyplot as plt
+    """Seed-mean ``max_a Q`` per cell (border ring included) and the most common greedy action per interior cell.
+
+    Every panel uses one colour scale (one colour bar), so colours compare across variants and p_h."""
+    from emphatic_rl import plots
+
+    plt = plots.figure()
 
     env = BorderedGridworld(height=config.height, width=config.width)
     p_hs = config.hallucination_probabilities
     show = [0.0, config.value_map_p_h] if 0.0 in p_hs and config.value_map_p_h in p_hs else [p_hs[0]]
     names = [*config.variants] + ([BASELINE] if config.baseline else [])
     figure, axes = plt.subplots(len(show), len(names), figsize=(3.2 * len(names), 3.2 * len(show)), squeeze=False)
+    panels = []  # (axis, name, p_h, condition, q): every panel first, so that they share one colour scale
     for row_index, p_h in enumerate(show):
         for column, name in enumerate(names):
             axis = axes[row_index][column]
@@ -531,56 +498,60 @@ def plot_value_maps(config: StudyConfig, runs: dict[str, Any], best: dict, out: 
             condition = best[(name, None if name == BASELINE else p_h)]
             i = 0 if name == BASELINE else p_hs.index(p_h)
             j = config.step_sizes.index(condition["step_size"])
-            q = runs[name]["q"][i, j]  # [seeds, S, A]
-            value = q.max(dim=-1).values.mean(0).view(env.grid_rows, env.grid_cols)
-            greedy = q.argmax(dim=-1)  # [seeds, S]
-            counts = torch.nn.functional.one_hot(greedy, env.num_actions).sum(0)  # [S, A]
-            mode = counts.argmax(-1)
-            agreement = counts.max(-1).values.float() / q.shape[0]
-            image = axis.imshow(value.numpy(), cmap="viridis")
-            figure.colorbar(image, ax=axis, fraction=0.046)
-            for cell in torch.nonzero(env.real_state_mask).squeeze(1).tolist():
-                if cell == env.goal_state:
-                    axis.text(
-                        cell % env.grid_cols,
-                        cell // env.grid_cols,
-                        "G",
-                        ha="center",
-                        va="center",
-                        color="w",
-                        fontsize=9,
-                        weight="bold",
-                    )
-                    continue
-                d_row, d_col = ACTION_OFFSETS[int(mode[cell])]
-                axis.arrow(
-                    cell % env.grid_cols - 0.25 * d_col,
-                    cell // env.grid_cols - 0.25 * d_row,
-                    0.4 * d_col,
-                    0.4 * d_row,
-                    head_width=0.18,
-                    length_includes_head=True,
+            panels.append((axis, name, p_h, condition, runs[name]["q"][i, j]))  # q: [seeds, S, A]
+    maps = [q.max(dim=-1).values.mean(0).view(env.grid_rows, env.grid_cols) for *_, q in panels]
+    norm = plots.shared_norm([value.numpy() for value in maps])
+    image = None
+    for (axis, name, p_h, condition, q), value in zip(panels, maps, strict=True):
+        greedy = q.argmax(dim=-1)  # [seeds, S]
+        counts = torch.nn.functional.one_hot(greedy, env.num_actions).sum(0)  # [S, A]
+        mode = counts.argmax(-1)
+        agreement = counts.max(-1).values.float() / q.shape[0]
+        image = axis.imshow(value.numpy(), cmap="viridis", norm=norm)
+        for cell in torch.nonzero(env.real_state_mask).squeeze(1).tolist():
+            if cell == env.goal_state:
+                axis.text(
+                    cell % env.grid_cols,
+                    cell // env.grid_cols,
+                    "G",
+                    ha="center",
+                    va="center",
                     color="w",
-                    alpha=float(0.3 + 0.7 * agreement[cell]),
+                    fontsize=9,
+                    weight="bold",
                 )
-            axis.add_patch(plt.Rectangle((0.5, 0.5), env.width, env.height, fill=False, edgecolor="r", lw=1.5))
-            label = BASELINE if name == BASELINE else f"{name}\np_h={p_h:g}"
-            axis.set_title(f"{label} (α={condition['step_size']:g})", fontsize=8)
-            axis.set_xticks([])
-            axis.set_yticks([])
+                continue
+            d_row, d_col = ACTION_OFFSETS[int(mode[cell])]
+            axis.arrow(
+                cell % env.grid_cols - 0.25 * d_col,
+                cell // env.grid_cols - 0.25 * d_row,
+                0.4 * d_col,
+                0.4 * d_row,
+                head_width=0.18,
+                length_includes_head=True,
+                color="w",
+                alpha=float(0.3 + 0.7 * agreement[cell]),
+            )
+        axis.add_patch(plt.Rectangle((0.5, 0.5), env.width, env.height, fill=False, edgecolor="r", lw=1.5))
+        label = BASELINE if name == BASELINE else f"{name}\np_h={p_h:g}"
+        axis.set_title(f"{label} (α={condition['step_size']:g})", fontsize=8)
+        axis.set_xticks([])
+        axis.set_yticks([])
+    if image is not None:  # one colour scale for every panel
+        figure.colorbar(image, ax=axes.ravel().tolist(), fraction=0.02, pad=0.02, label="seed-mean max_a Q")
     figure.suptitle(
-        "Seed-mean max_a Q (colour; border ring outside the red box) and most common greedy action "
-        "(arrow opacity = agreement across seeds)",
+        f"Seed-mean max_a Q over {config.seeds} seeds (one colour scale; border ring outside the red box) and most "
+        "common greedy action (arrow opacity = agreement across seeds)",
         fontsize=9,
     )
-    figure.tight_layout()
-    figure.savefig(out / "value_maps.png", dpi=110)
-    plt.close(figure)
+    plots.save(figure, out / "value_maps.png")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m emphatic_rl.dyna_study", description=__doc__.split("\n")[0])
-    parser.add_argument("config", help="TOML file with a [study] table (experiments/dyna_gridworld.toml)")
+    parser.add_argument(
+        "config", help="a shipped study's name (dyna-gridworld, see `emphatic-rl list studies`) or a TOML file"
+    )
     parser.add_argument("--out", default="experiments/results/dyna", help="output folder")
     parser.add_argument(
         "--set",
@@ -598,7 +569,9 @@ def main(argv: list[str] | None = None) -> int:
                 raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
             key, value = item.split("=", 1)
             overrides[key.strip()] = tomllib.loads(f"v = {value}")["v"]
-        config = load_config(args.config, overrides)
+        from emphatic_rl.studies import resolve_study
+
+        config = load_config(resolve_study(args.config, kind="dyna"), overrides)
     except (ValueError, OSError, tomllib.TOMLDecodeError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -75,6 +75,12 @@ def add_gradients_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"Monte Carlo check with this many sampled updates ({', '.join(SAMPLED_ESTIMATORS)})",
     )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="a progress bar over the estimators with --ascent or --samples (default: on; --no-progress)",
+    )
     parser.add_argument("--plot", default=None, metavar="FILE.png", help="plot J along each ascent (needs --ascent)")
 
 
@@ -196,7 +202,12 @@ def compute(args: argparse.Namespace, lab: Lab, estimators: list[str]) -> dict[s
         "true_gradient_norm": true_norm,
         "estimators": {},
     }
-    for name in estimators:
+    names: Any = estimators
+    if getattr(args, "progress", False) and (args.ascent or args.samples):  # seconds to minutes per estimator
+        from tqdm import tqdm
+
+        names = tqdm(estimators, desc="estimators", unit="estimator", dynamic_ncols=True, leave=False)
+    for name in names:
         update = lab.expected_update(name, theta, args.eta)
         entry: dict[str, Any] = {
             "expected_update": update.tolist(),

@@ -10,12 +10,14 @@ mean over checkpoints (``select = "auc"``, J23), or its last value (``select = "
 (its ``diverged`` flag was ever set, or a curve value is NaN) makes its whole setting ineligible, as with the
 authors' ``nanargmax`` over run means. The best setting of a variant maximises the mean score over runs.
 
-Confidence intervals are 95% t-intervals over runs: ``mean +- t_{0.975, n-1} * sd / sqrt(n)``.
+Confidence intervals are 95% t-intervals over runs, ``mean +- t_{0.975, n-1} * sd / sqrt(n)``, from
+:mod:`emphatic_rl.stats`.
 
 Outputs in ``--out`` (default ``DIR``): ``report.md`` (per variant: best hyperparameters, AUC +- CI, final value
 +- CI, eligible settings, the reference value if the study gives one), ``summary.csv`` (every setting),
-``curves.png`` (each variant's best setting, mean and CI band) and ``sensitivity.png`` (score against
-``alpha_actor``, best over the other grid keys, with CI bars).
+``curves.png`` (each variant's best setting, mean and CI band, the study's reference values as dashed lines) and
+``sensitivity.png`` (score against ``alpha_actor``, best over the other grid keys, with CI bars); the figures follow
+:mod:`emphatic_rl.plots` (n and the interval in the title, legends outside the axes, a distinct style per variant).
 
 ``split`` (``--split KEY`` or the study's ``[report] split``) reports each value of a grid key as its own variant,
 named ``variant[key=value]`` (e.g. one variant per eta).
@@ -36,37 +38,11 @@ import numpy as np
 
 from emphatic_rl.config import ConfigError
 from emphatic_rl.logging import atomic_write_bytes
+from emphatic_rl.stats import mean_ci, t_interval
 
 SELECT_KINDS = ("auc", "final")
-#: 0.975 quantiles of Student's t for 1..30 degrees of freedom.
-_T975 = (
-    12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
-    2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042,
-)
-
-
-def t_quantile_975(df: int) -> float:
-    """The 0.975 quantile of Student's t with ``df`` degrees of freedom (table to 30, Cornish-Fisher above)."""
-    if df < 1:
-        raise ValueError(f"degrees of freedom must be >= 1, got {df}")
-    if df <= len(_T975):
-        return _T975[df - 1]
-    z = 1.959963984540054
-    return z + (z**3 + z) / (4 * df) + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * df**2)
-
-
-def mean_ci(values: np.ndarray) -> tuple[float, float]:
-    """``(mean, half-width of the 95% t-interval)`` of ``values [n]``; half-width NaN for ``n < 2``."""
-    values = np.asarray(values, dtype=np.float64)
-    n = values.size
-    if n == 0:
-        return math.nan, math.nan
-    mean = float(values.mean())
-    if n < 2:
-        return mean, math.nan
-    return mean, float(t_quantile_975(n - 1) * values.std(ddof=1) / math.sqrt(n))
-
-
+#: the divergence flag's name, and its name in run folders written before the namespaced names
+DIVERGED_METRICS = ("train/diverged", "diverged")
 @dataclass
 class VariantResults:
     """One variant's evaluation curves: ``curves [C, R, K]`` (NaN where a member diverged) at ``steps [K]``."""
@@ -107,7 +83,7 @@ def _read_member_curves(
                 member = int(row[2])
                 if 0 <= member < num_members:
                     by_step.setdefault(int(row[0]), {})[member] = float(row[3])
-            elif name == "diverged":
+            elif name in DIVERGED_METRICS:
                 member = int(row[2])
                 if 0 <= member < num_members and float(row[3]) > 0:
                     diverged[member] = True
@@ -353,12 +329,12 @@ def write_report(
                          f"{s.final[0]!r},{s.final[1]!r}")
     atomic_write_bytes(out / "summary.csv", ("\n".join(lines) + "\n").encode())
 
-    _plot_curves(results, bests, metric, out / "curves.png", study.get("name", root.name))
-    _plot_sensitivity(summaries, metric, select, out / "sensitivity.png", study.get("name", root.name))
-
     base = study.get("base", {})
     any_vr = next(iter(results.values()))
     runs = any_vr.curves.shape[1]
+    _plot_curves(results, bests, metric, out / "curves.png", study.get("name", root.name), references,
+                 reference_label)
+    _plot_sensitivity(summaries, metric, select, out / "sensitivity.png", study.get("name", root.name), runs)
     md = [f"# {study.get('name', root.name)}: sweep report", ""]
     md.append(
         f"Env `{base.get('env', '?')}`, {base.get('steps', '?')} steps per run, {runs} runs (behaviour streams, "
@@ -450,57 +426,51 @@ def _baseline_groups(baseline: str | list[str] | None, names: list[str]) -> dict
     return groups
 
 
-def _plot_curves(results, bests, metric, path: Path, title: str) -> None:
-    import matplotlib
+def _plot_curves(results, bests, metric, path: Path, title: str, references=None, reference_label="reference"):
+    from emphatic_rl import plots
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for name, vr in results.items():
-        best = bests[name]
-        if best is None:
-            continue
-        runs = vr.curves[best.setting]  # [R, K]
-        mean = runs.mean(axis=0)
-        half = np.array([mean_ci(runs[:, k])[1] for k in range(runs.shape[1])])
-        (line,) = ax.plot(vr.steps, mean, label=name)
-        if np.isfinite(half).all():
-            ax.fill_between(vr.steps, mean - half, mean + half, alpha=0.2, color=line.get_color())
+    plt = plots.figure()
+    shown = {name: vr for name, vr in results.items() if bests[name] is not None}
+    styles = plots.variant_styles(list(results))
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    means, halves = {}, {}
+    for name, vr in shown.items():
+        means[name], halves[name] = t_interval(vr.curves[bests[name].setting], axis=0)  # over runs [R, K]
+    labels = plots.curve_labels(means)
+    for index, (name, vr) in enumerate(shown.items()):
+        plots.plot_band(ax, vr.steps, means[name], halves[name], labels[name], styles[name], index)
+    plots.reference_lines(ax, {k: v for k, v in (references or {}).items() if k in shown}, styles, reference_label)
+    runs = next(iter(results.values())).curves.shape[1]
     ax.set_xlabel("training steps")
     ax.set_ylabel(metric)
-    ax.set_title(f"{title}: best setting per variant (95% CI over runs)")
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    ax.set_title(f"{title}: best setting per variant\n{plots.interval_label(runs)}", fontsize=10)
+    ax.grid(alpha=0.3)
+    plots.legend_outside(ax)
+    plots.save(fig, path, dpi=100)
 
 
-def _plot_sensitivity(summaries, metric, select, path: Path, title: str) -> None:
-    import matplotlib
+def _plot_sensitivity(summaries, metric, select, path: Path, title: str, runs: int) -> None:
+    from emphatic_rl import plots
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for name, rows in summaries.items():
+    plt = plots.figure()
+    styles = plots.variant_styles(list(summaries))
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    for index, (name, rows) in enumerate(summaries.items()):
         points = sensitivity(rows)
         if not points:
             continue
-        xs = [v for v, _ in points]
+        xs = np.array([v for v, _ in points]) * 2 ** (0.04 * (index - len(summaries) / 2))  # dodge equal points
         pairs = [s.auc if select == "auc" else s.final for _, s in points]
         ax.errorbar(xs, [p[0] for p in pairs], yerr=[0 if not math.isfinite(p[1]) else p[1] for p in pairs],
-                    marker="o", capsize=3, label=name)
+                    capsize=3, label=name, markersize=4, lw=1.2, **styles[name])
     ax.set_xscale("log", base=2)
-    ax.set_xlabel("alpha_actor (best over the other hyperparameters)")
+    ax.set_xlabel("alpha_actor (best over the other hyperparameters; points dodged sideways)")
     ax.set_ylabel(f"{'AUC' if select == 'auc' else 'final'} of {metric}")
-    ax.set_title(f"{title}: step-size sensitivity (diverged settings omitted)")
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    ax.set_title(f"{title}: step-size sensitivity (diverged settings omitted)\n{plots.interval_label(runs)}",
+                 fontsize=10)
+    ax.grid(alpha=0.3)
+    plots.legend_outside(ax)
+    plots.save(fig, path, dpi=100)
 
 
 # ---------------------------------------------------------------------------------------------------- CLI

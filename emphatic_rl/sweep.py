@@ -49,7 +49,8 @@ A study TOML::
     reference_label = "ace.md §4.2"
 
 Layout of one variant (one population run): ``C`` settings (the grid's combinations) x ``R`` runs, ``P = C * R``
-members; member ``p = c * R + r`` is setting ``c`` fed by behaviour stream ``r`` (``stream_of[p] = r``). With a
+members; member ``p = r * C + c`` is setting ``c`` fed by behaviour stream ``r`` (``stream_of[p] = r``: the members
+that learn from one stream are adjacent, which lets the compiled linear engine read their weights as one block). With a
 fixed behaviour policy the data depend only on the seed, so every setting of every variant learns from exactly the
 same ``R`` streams of experience (the papers' protocol: data generated once and shared by all algorithms).
 
@@ -212,8 +213,13 @@ def expand_grid(grid: dict[str, list[float]]) -> list[dict[str, float]]:
 
 
 def member_layout(num_settings: int, runs: int) -> list[tuple[int, int]]:
-    """``[(setting, run)]`` for members ``p = setting * runs + run``; ``stream_of[p] = run``."""
-    return [(c, r) for c in range(num_settings) for r in range(runs)]
+    """``[(setting, run)]`` for members ``p = run * num_settings + setting``; ``stream_of[p] = run``.
+
+    Run-major: the members fed by one behaviour stream are adjacent. The compiled linear engine keeps each
+    feature's weights of all members in one row (feature-major), so adjacent members that read the same active
+    features read contiguous memory; with this layout a step streams through memory instead of jumping.
+    """
+    return [(c, r) for r in range(runs) for c in range(num_settings)]
 
 
 def load_study(path: str | Path, full: bool = False, base_overrides: dict[str, Any] | None = None) -> Study:
@@ -284,7 +290,7 @@ def load_study(path: str | Path, full: bool = False, base_overrides: dict[str, A
         grid.update(extra)
         for key in ("stream_of",):
             if key in options:
-                raise ConfigError(f"variant {vname!r}: {key} is set by the sweep (member p reads stream p % runs)")
+                raise ConfigError(f"variant {vname!r}: {key} is set by the sweep (member p = run * settings + setting reads stream run)")
         clash = [k for k in grid if k in options]
         if clash:
             where = "[base.agent_options]" if clash[0] in per_member_in_base else f"variant {vname!r} agent_options"
@@ -340,9 +346,10 @@ def plan_study(study: Study) -> list[Chunk]:
             chunk_settings = [settings[i] for i in indices]
             P = len(chunk_settings) * study.runs
             options = dict(variant.agent_options)
+            layout = member_layout(len(chunk_settings), study.runs)
             for key in variant.grid:
-                options[key] = [setting[key] for setting in chunk_settings for _ in range(study.runs)]
-            options["stream_of"] = [r for _ in chunk_settings for r in range(study.runs)]
+                options[key] = [chunk_settings[c][key] for c, _ in layout]
+            options["stream_of"] = [r for _, r in layout]
             config = TrainConfig()
             apply_overrides(config, {k: copy.deepcopy(v) for k, v in study.base.items() if k != "agent_options"})
             config.agent = variant.agent
@@ -694,7 +701,9 @@ def print_estimate(study: Study, chunks: list[Chunk], budget_seconds: float = 0.
 
 # ---------------------------------------------------------------------------------------------------- CLI
 def add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("study", help="a study TOML (see emphatic_rl/sweep.py and experiments/*.toml)")
+    parser.add_argument(
+        "study", help="a shipped study's name (j23-mountain-car; see `emphatic-rl list studies`) or a study TOML"
+    )
     parser.add_argument("--out", help="results folder; default runs/sweeps/<study name>[-full]")
     parser.add_argument("--full", action="store_true", help="the full protocol: [full_grid], full_runs, [full_base]")
     parser.add_argument("--only", action="append", default=[], metavar="VARIANT",
@@ -707,7 +716,12 @@ def add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
                         "each population run: a few training steps and evaluation steps), train nothing")
     parser.add_argument("--calibrate", type=float, default=0.5, metavar="SECONDS",
                         help="--dry-run: seconds of training steps timed per population run (default 0.5)")
-    parser.add_argument("--progress", action="store_true", help="progress bars")
+    parser.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="a progress bar per population run (default: on; --no-progress turns them off)",
+    )
 
 
 def run_sweep(args: argparse.Namespace) -> int:

@@ -10,7 +10,8 @@ One iteration (``step`` counts iterations, i.e. steps of each env copy):
 2. ``env.step``; the transition ``(obs, action, reward, terminated, truncated, final_obs, behaviour_log_prob)`` goes
    into the ``TrajectoryBuffer`` for all streams at once;
 3. ``agent.update(buffer, step)``;
-4. every ``log_every`` steps: metrics to TensorBoard and ``metrics.csv``, divergence check (a member with non-finite
+4. every ``log_every`` steps: metrics to ``metrics.csv`` and TensorBoard (names as in ``emphatic_rl.logging``:
+   ``rollout/ep_rew_mean``, ``train/loss``, ``time/fps``...), divergence check (a member with non-finite
    parameters is marked diverged and frozen; the others go on); every ``eval_every`` steps: the target policies are
    evaluated on separate env copies; every ``checkpoint_every`` steps: an atomic checkpoint.
 
@@ -343,8 +344,8 @@ class _EpisodeStats:
         count = self.window_count.clamp(min=1)
         nan = torch.full_like(count, math.nan)
         out = {
-            "train/episode_return": torch.where(self.window_count > 0, self.window_return_sum / count, nan),
-            "train/episode_length": torch.where(self.window_count > 0, self.window_length_sum / count, nan),
+            "rollout/ep_rew_mean": torch.where(self.window_count > 0, self.window_return_sum / count, nan),
+            "rollout/ep_len_mean": torch.where(self.window_count > 0, self.window_length_sum / count, nan),
         }
         self.window_return_sum.zero_()
         self.window_length_sum.zero_()
@@ -443,7 +444,7 @@ def train(
         atomic_write_bytes(out / CONFIG_NAME, json.dumps(config.to_dict(), indent=2, default=str).encode())
         obs = env.reset(seed=config.seed)
 
-    logger = Logger(out, population, resume_step=start_step if resume else None)
+    logger = Logger.from_config(out, config, resume_step=start_step if resume else None)  # + hparams if new
 
     def env_state() -> dict[str, Any] | None:
         try:
@@ -502,10 +503,10 @@ def train(
                     logger.text(step, "divergence", message)
                     (progress.write if progress else print)(message)
                 now = time.perf_counter()
-                steps_per_second = (step - window_step) / max(now - window_start, 1e-9)
+                fps = (step - window_step) * env.num_envs / max(now - window_start, 1e-9)  # env steps, all copies
                 window_start, window_step = now, step
-                logger.log(step, {**metrics, **stats.flush(), "diverged": diverged.float()})
-                logger.log(step, {"time/steps_per_second": steps_per_second})
+                logger.log(step, {**metrics, **stats.flush(), "train/diverged": diverged.float()})
+                logger.log(step, {"time/fps": fps})
 
             if (config.eval_every and step % config.eval_every == 0) or step == config.steps:
                 evaluation = evaluate(run, step)

@@ -41,8 +41,10 @@ from pathlib import Path
 
 import torch
 
+from emphatic_rl import plots, stats
 from emphatic_rl.config import TrainConfig
 from emphatic_rl.logging import read_metrics
+from emphatic_rl.stats import t_interval
 from emphatic_rl.train import train
 
 RESULTS = Path(__file__).resolve().parent / "results" / "deep_minatar"
@@ -51,7 +53,6 @@ ALL_GAMES = ("asterix", "breakout", "freeway", "seaquest", "space_invaders")  # 
 REGIMES = ("uniform", "epsilon-greedy")
 AGENTS = ("deep-ace", "deep-offpac", "dqn")
 # Student-t 97.5% quantiles by degrees of freedom (95% two-sided CI of a mean).
-T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
 
 
 def budget(full: bool, steps: int | None = None) -> dict:
@@ -125,20 +126,14 @@ def eval_curve(out: Path) -> tuple[list[int], torch.Tensor]:
 
 
 def mean_ci(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean over the last axis and the half-width of its 95% Student-t interval."""
-    n = values.shape[-1]
-    mean = values.mean(dim=-1)
-    if n < 2:
-        return mean, torch.zeros_like(mean)
-    return mean, T_975.get(n - 1, 1.96) * values.std(dim=-1) / math.sqrt(n)
+    """Mean over the last axis (seeds) and the half-width of its 95% Student-t interval (``emphatic_rl.stats``)."""
+    mean, half = t_interval(values, axis=-1)
+    return torch.as_tensor(mean, dtype=values.dtype), torch.as_tensor(half, dtype=values.dtype)
 
 
 def report(args) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = plots.figure()
+    styles = plots.variant_styles(list(args.agents))
     frames_per_step = budget(args.full)["num_envs"]
     lines = ["| game | data | agent | final eval return (95% CI) | mean of last third of evals | wall s |",
              "|---|---|---|---|---|---|"]
@@ -156,8 +151,8 @@ def report(args) -> None:
                 steps, values = eval_curve(out)
                 mean, half = mean_ci(values)
                 frames = [s * frames_per_step for s in steps]
-                axis.plot(frames, mean.tolist(), label=agent)
-                axis.fill_between(frames, (mean - half).tolist(), (mean + half).tolist(), alpha=0.2)
+                plots.plot_band(axis, frames, mean.numpy(), half.numpy(), agent, styles[agent],
+                                list(args.agents).index(agent))
                 last = values[-max(1, len(steps) // 3):].mean(dim=0)
                 final_mean, final_half = mean_ci(values[-1])
                 last_mean, last_half = mean_ci(last)
@@ -165,13 +160,13 @@ def report(args) -> None:
                     out / "wall_seconds.json").exists() else math.nan
                 lines.append(f"| {game} | {regime} | {agent} | {float(final_mean):.2f} ± {float(final_half):.2f} | "
                              f"{float(last_mean):.2f} ± {float(last_half):.2f} | {wall:.0f} |")
-            axis.set_title(f"MinAtar {game}, {regime} behaviour data")
+            axis.set_title(f"MinAtar {game}, {regime} behaviour data\n{plots.interval_label(values.shape[-1])}",
+                           fontsize=10)
             axis.set_xlabel("frames per member")
             axis.set_ylabel("eval return (target policy)")
-            axis.legend()
+        plots.legend_outside(axes[0][-1])
         figure.tight_layout()
-        figure.savefig(args.out / f"{game}.png", dpi=110)
-        plt.close(figure)
+        plots.save(figure, args.out / f"{game}.png")
     table = "\n".join(lines) + "\n"
     (args.out / "table.md").write_text(table)
     print(table)
@@ -179,7 +174,7 @@ def report(args) -> None:
 
 @torch.no_grad()
 def random_baselines(games, episodes: int = 500, max_steps: int = 1_000, seed: int = 1) -> None:
-    """Print the uniform random policy's mean return per game (the study's env settings), with a 95% normal CI."""
+    """Print the uniform random policy's mean return per game (the study's env settings), with a 95% t-interval."""
     from emphatic_rl.envs import make_env
 
     for game in games:
@@ -195,8 +190,8 @@ def random_baselines(games, episodes: int = 500, max_steps: int = 1_000, seed: i
             running &= ~(result.terminated | result.truncated)
             if not bool(running.any()):
                 break
-        half = 1.96 * float(returns.std()) / math.sqrt(episodes)
-        print(f"{game}: uniform random policy {float(returns.mean()):.2f} ± {half:.2f} "
+        mean, half = stats.mean_ci(returns)
+        print(f"{game}: uniform random policy {mean:.2f} ± {half:.2f} "
               f"({episodes} episodes capped at {cap} steps)", flush=True)
 
 

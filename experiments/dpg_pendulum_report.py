@@ -15,8 +15,6 @@ from collections import defaultdict
 from pathlib import Path
 
 OUT = Path(__file__).parent / "results" / "dpg"
-# two-sided 95% Student-t quantiles t_{0.975, df}, df = 1..10 (more seeds: the normal 1.96 is close enough)
-T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
 
 
 def read_eval(run_dir: Path) -> dict[int, dict[int, float]]:
@@ -30,20 +28,17 @@ def read_eval(run_dir: Path) -> dict[int, dict[int, float]]:
 
 
 def mean_ci(values):  # values: [seeds] numpy array -> (mean, half width of the 95% t interval)
-    import numpy as np
+    from emphatic_rl.stats import mean_ci as t_mean_ci
 
-    n = values.shape[0]
-    if n < 2:
-        return float(values.mean()), 0.0
-    return float(values.mean()), float(T975.get(n - 1, 1.96) * values.std(ddof=1) / np.sqrt(n))
+    return t_mean_ci(values)
 
 
 def main(argv: list[str] | None = None) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import numpy as np
+
+    from emphatic_rl import plots
+
+    plt = plots.figure()
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", help="LABEL=RUN_DIR")
@@ -68,15 +63,17 @@ def main(argv: list[str] | None = None) -> None:
         " first step with mean > -200 |",
         "|---|---|---|---|---|---|",
     ]
-    fig, ax = plt.subplots(figsize=(7, 4.2))
-    for label, evals in runs:
+    fig, ax = plt.subplots(figsize=(7.5, 4.2))
+    styles = plots.variant_styles([label for label, _ in runs])
+    seeds = set()
+    for index, (label, evals) in enumerate(runs):
         steps = np.array(sorted(s for s in evals if s <= last))
         values = np.array([[v for _, v in sorted(evals[s].items())] for s in steps])  # [C, seeds]
         curve = [mean_ci(row) for row in values]
         mean = np.array([m for m, _ in curve])
         half = np.array([h for _, h in curve])
-        ax.plot(steps, mean, marker="o", ms=3, label=label)
-        ax.fill_between(steps, mean - half, mean + half, alpha=0.2)
+        plots.plot_band(ax, steps, mean, half, label, styles[label], index)
+        seeds.add(values.shape[1])
         final_mean, final_half = mean_ci(values[-1])
         best_mean, best_half = mean_ci(values.max(axis=0))
         solved = steps[mean > -200]
@@ -85,13 +82,14 @@ def main(argv: list[str] | None = None) -> None:
             f"| {label} | {values.shape[1]} | {final_mean:.1f} ± {final_half:.1f} | {best_mean:.1f} ± {best_half:.1f}"
             f" | {per_seed} | {solved[0] if solved.size else 'not reached'} |"
         )
-    ax.axhline(-200, color="k", ls=":", lw=0.8)
+    ax.axhline(-200, color="k", ls=":", lw=0.8, label="-200 (the table's threshold)")
     ax.set_xlabel("environment steps (per seed)")
     ax.set_ylabel("evaluation return (10 episodes)")
-    ax.set_title("native Pendulum: mean over 5 seeds, 95% t-interval")
-    ax.legend(fontsize=8)
+    n = seeds.pop() if len(seeds) == 1 else min(seeds)
+    ax.set_title(f"native Pendulum: {plots.interval_label(n)}", fontsize=10)
+    plots.legend_outside(ax)
     fig.tight_layout()
-    fig.savefig(OUT / "pendulum.png", dpi=120)
+    plots.save(fig, OUT / "pendulum.png", dpi=120)
     (OUT / "pendulum_table.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -13,11 +13,11 @@ Both envs: full action set (6 actions), sticky actions 0.1, difficulty ramping o
 from __future__ import annotations
 
 import argparse
-import math
 from pathlib import Path
 
 from emphatic_rl.config import TrainConfig
 from emphatic_rl.logging import read_metrics
+from emphatic_rl.stats import mean_ci
 
 #: arm -> (env name, env options)
 ENVS = {
@@ -37,14 +37,8 @@ def run(name: str, steps: int, out: Path, seeds: int) -> None:
 
 
 def t_interval(values: list[float]) -> tuple[float, float]:
-    """Mean and the half-width of a 95% t-interval (t quantiles for up to 10 samples)."""
-    t95 = {2: 12.71, 3: 4.30, 4: 3.18, 5: 2.78, 6: 2.57, 7: 2.45, 8: 2.36, 9: 2.31, 10: 2.26}
-    n = len(values)
-    mean = sum(values) / n
-    if n < 2:
-        return mean, math.nan
-    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
-    return mean, t95.get(n, 1.96) * sd / math.sqrt(n)
+    """Mean and the half-width of a 95% t-interval (``emphatic_rl.stats``)."""
+    return mean_ci(values)
 
 
 def report(out: Path, results: Path) -> str:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from emphatic_rl.sweep import load_study, plan_study
+from emphatic_rl.sweep import load_study, member_layout, plan_study
 from emphatic_rl.train import build_run
 
 QUANTILES = (0.5, 0.9, 0.99, 0.999)
@@ -63,7 +63,7 @@ def main() -> None:
         config = chunk.config
         run = build_run(config)
         env, agent, buffer = run.env, run.agent, run.buffer
-        setting_of = torch.arange(config.population_size) // study.runs  # member p = setting * runs + run
+        setting_of = torch.tensor([c for c, _ in member_layout(len(chunk.settings), study.runs)])  # emphatic_rl.sweep
         generator = torch.Generator(device=run.device)
         generator.manual_seed(config.seed + 2)  # the training loop's behaviour generator (emphatic_rl.train)
         obs = env.reset(seed=config.seed)

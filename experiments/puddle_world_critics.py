@@ -26,7 +26,7 @@ import torch
 
 from emphatic_rl.config import TrainConfig
 from emphatic_rl.envs import make_env
-from emphatic_rl.report import mean_ci
+from emphatic_rl.stats import mean_ci
 from emphatic_rl.train import build_run
 
 #: target policies over (up, down, right, left), the same in every state

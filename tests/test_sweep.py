@@ -64,13 +64,14 @@ def test_member_layout_and_per_member_options(tmp_path):
     chunks = plan_study(study)
     assert [c.folder for c in chunks] == ["offpac", "ace-eta"]
     ace = chunks[1]
-    # 2 alphas x 2 etas = 4 settings, x 2 runs: P = 8, member p = setting * runs + run
+    # 2 alphas x 2 etas = 4 settings, x 2 runs: P = 8, member p = run * settings + setting (run-major)
     assert ace.config.population_size == 8 and ace.config.num_envs == 2
-    assert member_layout(4, 2)[5] == (2, 1)
+    assert member_layout(4, 2)[5] == (1, 1)
+    assert member_layout(4, 2)[2] == (2, 0)
     options = ace.config.agent_options
-    assert options["stream_of"] == [0, 1] * 4
-    assert options["alpha_actor"] == [0.5, 0.5, 0.5, 0.5, 0.2, 0.2, 0.2, 0.2]
-    assert options["eta"] == [0.0, 0.0, 1.0, 1.0, 0.0, 0.0, 1.0, 1.0]
+    assert options["stream_of"] == [0, 0, 0, 0, 1, 1, 1, 1]
+    assert options["alpha_actor"] == [0.5, 0.5, 0.2, 0.2] * 2
+    assert options["eta"] == [0.0, 1.0, 0.0, 1.0] * 2
     assert options["critic"] == "oracle"  # common agent options from [base.agent_options]
 
 
@@ -162,7 +163,8 @@ def test_tiny_sweep_shares_data_and_maps_members(tmp_path):
     run_study(study, out, log=messages.append)
     record = json.loads((out / "ace-eta" / "members.json").read_text())
     assert record["runs"] == 2 and len(record["members"]) == 8
-    assert record["members"][5] == {"member": 5, "setting": 2, "run": 1, "values": {"alpha_actor": 0.2, "eta": 0.0}}
+    # run-major: member p = run * 4 + setting
+    assert record["members"][6] == {"member": 6, "setting": 2, "run": 1, "values": {"alpha_actor": 0.2, "eta": 0.0}}
     assert (out / "ace-eta" / "done.json").is_file() and (out / "sweep.json").is_file()
 
     def exact_j(folder: str) -> dict[tuple[int, int], float]:
@@ -171,12 +173,12 @@ def test_tiny_sweep_shares_data_and_maps_members(tmp_path):
     offpac, ace = exact_j("offpac"), exact_j("ace-eta")
     assert {m for _, m in offpac} == set(range(4)) and {m for _, m in ace} == set(range(8))
     # OffPAC is ACE with eta = 0: same behaviour data (same seed, stream_of = run) -> identical learning, member for
-    # member (offpac member alpha 0.2/run 1 = 3; ace-eta member alpha 0.2/eta 0/run 1 = 5)
+    # member (offpac member alpha 0.2/run 1 = 3; ace-eta member alpha 0.2/eta 0/run 1 = 6)
     for step in (20, 40):
         assert offpac[(step, 0)] == ace[(step, 0)]
-        assert offpac[(step, 3)] == ace[(step, 5)]
-    # and eta = 1 learns differently from eta = 0 on the same data
-    assert any(ace[(40, m)] != ace[(40, m - 2)] for m in (2, 3, 6, 7))
+        assert offpac[(step, 3)] == ace[(step, 6)]
+    # and eta = 1 learns differently from eta = 0 on the same data (settings 1, 3 have eta = 1)
+    assert any(ace[(40, m)] != ace[(40, m - 1)] for m in (1, 3, 5, 7))
 
     # a second call skips finished folders
     messages.clear()

@@ -88,7 +88,11 @@ def test_run_folder_contents(tmp_path, capsys):
     assert (out / "config.json").is_file() and (out / "checkpoint.pt").is_file()
     assert any((out / "tensorboard").iterdir())
     metrics = read_metrics(out / "metrics.csv")
-    assert {"eval/return", "train/episode_return", "loss"} <= {name for _, name, _, _ in metrics}
+    names = {name for _, name, _, _ in metrics}
+    # SB3's names; every agent scalar under train/, none at the root
+    assert {"eval/return", "rollout/ep_rew_mean", "rollout/ep_len_mean", "train/loss", "train/q_mean",
+            "rollout/exploration_rate", "time/fps", "train/diverged"} <= names
+    assert all("/" in name for name in names)
 
 
 def _metric_rows(path: Path) -> list[tuple]:
@@ -188,9 +192,9 @@ def test_diverged_member_is_frozen_and_the_rest_go_on(tmp_path, capsys):
     assert result.diverged.tolist() == [False, True, False]
     assert torch.isnan(result.final_eval_return[1]) and torch.isfinite(result.final_eval_return[[0, 2]]).all()
     rows = read_metrics(tmp_path / "run" / "metrics.csv")
-    final_weights = {member: value for step, name, member, value in rows if name == "weight" and step == 60}
+    final_weights = {member: value for step, name, member, value in rows if name == "train/weight" and step == 60}
     assert final_weights[0] == final_weights[2] == 60.0
-    diverged_log = [(step, value) for step, name, member, value in rows if name == "diverged" and member == 1]
+    diverged_log = [(step, value) for step, name, member, value in rows if name == "train/diverged" and member == 1]
     assert (20, 1.0) in diverged_log and (10, 0.0) in diverged_log
     assert "members [1] diverged" in capsys.readouterr().out
 

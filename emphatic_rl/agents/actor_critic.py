@@ -616,31 +616,48 @@ class ActorCritic(Agent):
     def _setup_numba(self) -> None:
         """Lay the state out for the kernel and keep numpy views of it (shared memory with the torch tensors).
 
-        Memory layout (the tensors keep their documented shapes as strided views): ``theta`` lives in a
-        ``[P, d, A]`` block (the ``A`` weights of one feature share a cache line), and the critic's ``w``, TDC/TDRC's
-        ``h`` and the learned ``fhat`` in one ``[P, d_c, V]`` block (the vectors read at one feature share a cache
-        line). At large ``P`` the kernel is bound by memory traffic: each learner-step touches a few cache lines per
-        active feature instead of one per vector.
+        Memory layout (the tensors keep their documented shapes as strided views). The ``A`` weights of ``theta``
+        at one feature are adjacent, and so are the critic's ``w``, TDC/TDRC's ``h`` and the learned ``fhat`` at
+        one feature (one ``[.., V]`` row). When every learner has ``lambda = 0`` (the kernel touches only active
+        features) the blocks are **feature-major**, ``theta`` in ``[d, P, A]`` and the vectors in ``[d_c, P, V]``:
+        at one feature the rows of all learners are adjacent, so learners that share a behaviour stream (same
+        active features) and sit next to each other in the population (``stream_of`` sorted, as the sweep lays
+        members out) read contiguous memory, and a step streams through the state instead of jumping (measured
+        2-3x faster per learner-step at ``P = 3000`` and beyond). Learners with ``lambda > 0`` sweep their whole
+        vectors every step, so with any of them (and for GQ) the blocks are learner-major, ``[P, d, A]`` and
+        ``[P, d_c, V]``.
         """
         from emphatic_rl.agents import linear_kernels as kernels
 
         P, dtype = self.population_size, self.dtype
         critic, learned = self.critic, self.learned_emphasis
         theta = self.policy.theta
-        block = torch.zeros(P, theta.shape[2], theta.shape[1], dtype=dtype, device=self.device)
-        block.copy_(theta.permute(0, 2, 1))
-        self.policy.theta = block.permute(0, 2, 1)
         action_values = isinstance(critic, GQCritic)
+        self.feature_major = not action_values and bool((self.critic_lambda == 0).all())
+        if self.feature_major:
+            block = torch.zeros(theta.shape[2], P, theta.shape[1], dtype=dtype, device=self.device)
+            block.copy_(theta.permute(2, 0, 1))
+            self.policy.theta = block.permute(1, 2, 0)
+        else:
+            block = torch.zeros(P, theta.shape[2], theta.shape[1], dtype=dtype, device=self.device)
+            block.copy_(theta.permute(0, 2, 1))
+            self.policy.theta = block.permute(0, 2, 1)
         vectors = [] if action_values else [("weights", critic)]
         if hasattr(critic, "correction") and not action_values:
             vectors.append(("correction", critic))
         if learned is not None:
             vectors.append(("weights", learned))
         d_critic = self.critic_features.num_features
-        shared = torch.zeros(P, d_critic, max(1, len(vectors)), dtype=dtype, device=self.device)
-        for slot, (name, owner) in enumerate(vectors):
-            shared[:, :, slot] = getattr(owner, name)
-            setattr(owner, name, shared[:, :, slot])
+        if self.feature_major:
+            shared = torch.zeros(d_critic, P, max(1, len(vectors)), dtype=dtype, device=self.device)
+            for slot, (name, owner) in enumerate(vectors):
+                shared[:, :, slot] = getattr(owner, name).T
+                setattr(owner, name, shared[:, :, slot].T)
+        else:
+            shared = torch.zeros(P, d_critic, max(1, len(vectors)), dtype=dtype, device=self.device)
+            for slot, (name, owner) in enumerate(vectors):
+                shared[:, :, slot] = getattr(owner, name)
+                setattr(owner, name, shared[:, :, slot])
         empty_rows = np.zeros((P, 0), dtype=np.float64 if dtype == torch.float64 else np.float32)
         if action_values:  # GQ: q weights, trace and h as one [3, P, A, d_c] block
             action_block = torch.stack([critic.weights, critic.trace, critic.correction]).contiguous()

@@ -400,7 +400,8 @@ class DeepACE(Agent):
             if self.emphasis is not None:
                 self.emphasis_target.load_state_dict(self.emphasis.state_dict())
         if self.acts_in_env:
-            metrics["epsilon"] = torch.full((self.population_size,), self.epsilon(env_step), device=self.device)
+            epsilon = torch.full((self.population_size,), self.epsilon(env_step), device=self.device)
+            metrics["rollout/exploration_rate"] = epsilon
         return metrics
 
     def parameters_finite(self) -> torch.Tensor:

@@ -152,7 +152,8 @@ class DQN(Agent):
             metrics = {"loss": member_loss.detach(), "q_mean": q_taken.detach().mean(dim=1)}
         if env_step % o.target_update_every == 0:
             self.target_network.load_state_dict(self.q_network.state_dict())
-        metrics["epsilon"] = torch.full((self.population_size,), self.epsilon(env_step), device=self.device)
+        epsilon = torch.full((self.population_size,), self.epsilon(env_step), device=self.device)
+        metrics["rollout/exploration_rate"] = epsilon
         return metrics
 
     def parameters_finite(self) -> torch.Tensor:

@@ -152,6 +152,9 @@ def population_step(
     next_probs = np.empty(num_actions, dtype=np.float64)
     probs = np.empty(num_actions, dtype=np.float64)
     q_values = np.empty(num_actions, dtype=np.float64)
+    behaviour_prob = np.empty(behaviour_log_prob.shape[0], dtype=np.float64)
+    for r in range(behaviour_log_prob.shape[0]):
+        behaviour_prob[r] = np.exp(behaviour_log_prob[r])  # mu(A_t|S_t), once per stream
     for p in range(num_learners):
         if frozen[p]:
             out_td_error[p] = np.nan
@@ -178,8 +181,7 @@ def population_step(
         normalizer = _shifted_logits(theta, p, x_t, logits, probs)
         for a in range(num_actions):
             probs[a] /= normalizer  # pi(a|S_t), as torch's softmax
-        log_normalizer = np.log(normalizer)  # log pi(a|S_t) = logits[a] - log_normalizer, as torch's log_softmax
-        rho = np.exp((logits[a_t] - log_normalizer) - behaviour_log_prob[r])
+        rho = probs[a_t] / behaviour_prob[r]  # pi / mu (one transcendental fewer per learner than exp(log pi - log mu))
 
         # F_t
         if emphasis_code == 0:

@@ -264,7 +264,7 @@ def test_cli_train_on_minatar_breakout(tmp_path, capsys):
     from emphatic_rl.logging import read_metrics
 
     names = {name for _, name, *_ in read_metrics(tmp_path / "run" / "metrics.csv")}
-    assert {"actor_loss", "critic_loss", "emphasis_loss", "rho_mean", "eval/return"} <= names
+    assert {"train/actor_loss", "train/critic_loss", "train/emphasis_loss", "train/rho_mean", "eval/return"} <= names
 
 
 def test_learned_emphasis_network_fits_m_over_d_mu_on_replayed_tabular_data():

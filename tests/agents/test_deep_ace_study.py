@@ -44,7 +44,7 @@ def test_mean_ci_is_the_student_t_interval(study):
     values = torch.tensor([[1.0, 2.0, 3.0], [4.0, 4.0, 4.0]])
     mean, half = study.mean_ci(values)
     assert torch.allclose(mean, torch.tensor([2.0, 4.0]))
-    assert torch.allclose(half, torch.tensor([4.303 * 1.0 / math.sqrt(3), 0.0]))
+    assert torch.allclose(half, torch.tensor([4.302653 * 1.0 / math.sqrt(3), 0.0]))
 
 
 def test_every_minatar_game_builds_for_the_study(study):

@@ -14,7 +14,7 @@ def test_dqn_runs_on_minatar_breakout_through_the_gymnasium_adapter(tmp_path):
     run = build_run(config)
     assert run.env.observation_spec.shape == (10, 10, 4)
     result = train(config, tmp_path / "run", run=run)
-    losses = [value for _, name, _, value in read_metrics(tmp_path / "run" / "metrics.csv") if name == "loss"]
+    losses = [value for _, name, _, value in read_metrics(tmp_path / "run" / "metrics.csv") if name == "train/loss"]
     assert result.steps == 120 and losses and all(v == v for v in losses)
 
 

@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 
 import torch
 
 from emphatic_rl.agents.dyna import DynaOptions, make_dyna_for_env
 from emphatic_rl.envs.gridworld import BorderedGridworld
+from emphatic_rl.stats import mean_ci
 
 
 def run(variant: str, seeds: int, steps: int, window: int, seed: int) -> dict[str, list[float]]:
@@ -47,7 +47,7 @@ def run(variant: str, seeds: int, steps: int, window: int, seed: int) -> dict[st
             rate = stats["fraction_model_outputs_hallucinated"]
             rows["end_step"].append(step)
             rows["model_outputs_hallucinated"].append(rate.mean().item())
-            rows["ci"].append(2.262 * rate.std().item() / math.sqrt(seeds))  # 95% t, 10 seeds
+            rows["ci"].append(mean_ci(rate)[1])  # 95% t-interval over the seeds
             rows["bootstrap_halluc"].append(stats["fraction_bootstrap_hallucinated"].mean().item())
             agent.reset_statistics()
     return rows
