@@ -3,7 +3,8 @@
 ``import emphatic_rl`` is light (no torch, numpy or Gymnasium), so that the ``emphatic-rl`` command starts fast.
 Subpackages load on first use (``emphatic_rl.envs``, ``emphatic_rl.agents``, ...), and the native envs register
 their Gymnasium ids (``gymnasium.make("emphatic_rl/CartPole-v1")``) as soon as Gymnasium is imported, before or
-after ``emphatic_rl``.
+after ``emphatic_rl``. The Python API (``emphatic_rl.make_agent``, ``emphatic_rl.load``, ``emphatic_rl.Model``;
+see :mod:`emphatic_rl.api`) is imported on first use as well.
 """
 
 from __future__ import annotations
@@ -18,8 +19,14 @@ from typing import Any
 __version__ = "0.1.0"
 
 
+#: The Python API (``emphatic_rl.api``), imported on first use: ``emphatic_rl.make_agent("dqn", env="cartpole")``.
+_API = ("Model", "load", "make_agent")
+
+
 def __getattr__(name: str) -> Any:
-    """``emphatic_rl.envs`` and the other submodules, imported on first access."""
+    """The Python API (``make_agent``, ``load``, ``Model``) and the submodules, imported on first access."""
+    if name in _API:
+        return getattr(importlib.import_module(f"{__name__}.api"), name)
     if not name.startswith("_") and importlib.util.find_spec(f"{__name__}.{name}") is not None:
         return importlib.import_module(f"{__name__}.{name}")
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

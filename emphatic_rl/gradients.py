@@ -36,7 +36,7 @@ from emphatic_rl.exact.lab import (
     Lab,
     check_estimator_names,
 )
-from emphatic_rl.exact.sampled import SAMPLED_ESTIMATORS, monte_carlo_updates
+from emphatic_rl.exact.sampled import SAMPLED_ESTIMATORS, monte_carlo_updates, sampled_estimator_names
 
 POLICIES = ("auto", "softmax", "deterministic", "gaussian")
 STREAMS = 200
@@ -169,8 +169,8 @@ def build_lab(args: argparse.Namespace) -> tuple[Lab, list[str]]:
     if args.samples:
         if not isinstance(lab, DiscreteLab):
             raise ValueError("--samples (Monte Carlo) is available for discrete-action envs only")
-        if not any(name in SAMPLED_ESTIMATORS for name in estimators):
-            raise ValueError(f"--samples needs one of the sampled estimators {', '.join(SAMPLED_ESTIMATORS)}")
+        if not any(name in sampled_estimator_names() for name in estimators):
+            raise ValueError(f"--samples needs one of the sampled estimators {', '.join(sampled_estimator_names())}")
     return lab, estimators
 
 
@@ -221,7 +221,7 @@ def compute(args: argparse.Namespace, lab: Lab, estimators: list[str]) -> dict[s
             entry["final_theta"] = result.thetas[-1].tolist()
             entry["J_trajectory"] = result.objective.tolist()
             entry["_thetas"] = result.thetas
-        if args.samples and name in SAMPLED_ESTIMATORS:
+        if args.samples and name in sampled_estimator_names():
             steps = max(2, math.ceil(args.samples / STREAMS))
             mc = monte_carlo_updates(lab, theta, name, args.eta, num_streams=STREAMS, num_steps=steps, seed=args.seed)
             entry["monte_carlo"] = mc.as_dict()

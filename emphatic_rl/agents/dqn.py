@@ -26,6 +26,7 @@ from emphatic_rl.agents.base import ActionOutput, Agent
 from emphatic_rl.agents.networks import finite_members, make_population_network, mask_and_clip_member_gradients_
 from emphatic_rl.agents.registry import AgentContext, check_positive, check_unit_interval, register_agent
 from emphatic_rl.envs.base import DiscreteSpec
+from emphatic_rl.seeding import stream_seed
 
 
 @dataclass(frozen=True)
@@ -94,7 +95,7 @@ class DQN(Agent):
         self.target_network.load_state_dict(self.q_network.state_dict())
         self.optimizer = torch.optim.Adam(self.q_network.parameters(), lr=options.learning_rate)
         self.generator = torch.Generator(device=self.device)
-        self.generator.manual_seed(context.seed + 1)
+        self.generator.manual_seed(stream_seed(context.seed, "agent"))
         self.active = torch.ones(self.population_size, dtype=torch.bool, device=self.device)
         self.gradient_updates = 0
 
@@ -119,6 +120,13 @@ class DQN(Agent):
 
     def evaluation_action(self, obs: torch.Tensor) -> torch.Tensor:
         return self._epsilon_greedy(obs, self.options.eval_epsilon).action
+
+    @torch.no_grad()
+    def predict_action(self, obs: torch.Tensor, deterministic: bool = True) -> torch.Tensor:
+        """``argmax_a Q(s, a)`` (``deterministic``, no random draw) or ``eval_epsilon``-greedy, ``int64[P, E]``."""
+        if deterministic:
+            return self.q_network(obs).argmax(dim=-1)
+        return self.evaluation_action(obs)
 
     # ------------------------------------------------------------------ learning
     def _sample(self, buffer: Any):

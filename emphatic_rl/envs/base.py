@@ -116,6 +116,24 @@ class TensorEnv(ABC):
     #: ``where`` over the whole observation, costly for large image observations on CPU).
     observation_depends_only_on_state: bool = False
 
+    # Optional capabilities, declared by the envs that have them (the training loop and the agents read these
+    # declarations; they never probe for attributes):
+    #: the env's own state-independent behaviour policy, one probability per action (``None``: it has none).
+    behaviour_probabilities: tuple[float, ...] | None = None
+    #: ``True`` when the env defines its behaviour policy on the true state: ``current_behaviour_probabilities()``.
+    has_state_behaviour: bool = False
+    #: the tile coding that linear agents use on this env: ``(low, high, tiles per dim, tilings)`` (``None``: none).
+    tile_layout: tuple[tuple[float, ...], tuple[float, ...], tuple[int, ...], int] | None = None
+
+    def current_behaviour_probabilities(self) -> torch.Tensor:
+        """``mu(.|S_t)`` of every copy's current state, ``[N, A]``; only for envs with ``has_state_behaviour``."""
+        raise NotImplementedError(f"env {self.name!r} defines no behaviour policy on its state")
+
+    @property
+    def supports_excursions(self) -> bool:
+        """``True`` when copies can be put in given states (``state_names``): the excursions objective."""
+        return bool(self.state_names)
+
     def __init__(
         self,
         num_envs: int,

@@ -289,6 +289,9 @@ class MountainCar(ClassicControlEnv):
       by the ACE experiments).
     """
 
+    #: the ACE experiments' tile coding: 4x4 tiles (5x5 internally), 8 tilings (plus a bias feature)
+    tile_layout = ((-1.2, -0.07), (0.6, 0.07), (4, 4), 8)
+
     name = "mountain-car"
     state_dim = 2
     step_kernel_name = "mountain_car_step"

@@ -80,6 +80,8 @@ class PuddleWorld(CompiledBackendMixin, TensorEnv):
 
     name = "puddle-world"
     state_names = ("position",)
+    #: the ACE experiments' tile coding: 2x2 tiles, 2 tilings (plus a bias feature)
+    tile_layout = ((0.0, 0.0), (1.0, 1.0), (2, 2), 2)
     observation_spec = BoxSpec((2,), low=0.0, high=1.0)
     action_spec = DiscreteSpec(4)
 
@@ -225,6 +227,9 @@ class GaussianPuddleWorld(TensorEnv):
 
     Time limit ``max_episode_steps=1000`` by default, as :class:`PuddleWorld` (the original has none).
     """
+
+    #: the same tile coding as ``puddle-world``
+    tile_layout = ((0.0, 0.0), (1.0, 1.0), (2, 2), 2)
 
     name = "puddle-world-gaussian"
     state_names = ("position",)
