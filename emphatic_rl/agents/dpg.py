@@ -194,11 +194,12 @@ class DDPG(Agent):
             return ActionOutput(*self.box.uniform(tuple(obs.shape[:2]), self.generator))
         with torch.no_grad():
             mean = self.policy(obs)
-        return ActionOutput(*sample_clipped_gaussian(mean, self.noise_std, self.box, self.generator))
+        action, log_prob = sample_clipped_gaussian(mean, self.noise_std, self.box, self.generator)
+        return ActionOutput(*self.box.finite_actions(action, log_prob))  # a diverged member acts at the box centre
 
     def evaluation_action(self, obs: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
-            return self.policy(obs)
+            return self.box.finite_actions(self.policy(obs))
 
     # ------------------------------------------------------------------ learning
     def update(self, buffer: Any, env_step: int) -> dict[str, torch.Tensor]:
