@@ -10,8 +10,11 @@ them in (:func:`restart_rows`). Start states therefore follow the same random st
 Two layers:
 
 - scalar physics, ``@njit(inline="always")`` functions of plain floats (``cartpole_dynamics``,
-  ``mountain_car_dynamics``, ``acrobot_dynamics``, ``pendulum_dynamics``, ``puddle_world_dynamics``), written in
-  Gymnasium's order of operations (float64), Puddle World's in the torch env's float32 order; reusable by any
+  ``cartpole_terminal``, ``mountain_car_dynamics``, ``acrobot_dynamics``, ``acrobot_observation``,
+  ``pendulum_dynamics``, ``pendulum_observation``, ``puddle_world_dynamics``), written in Gymnasium's order of
+  operations (float64), Puddle World's in the torch env's float32 order; the one definition of each task's
+  equations, used by the batched kernels below, by the single-env fast path (:mod:`emphatic_rl.envs.scalar_classic`,
+  which calls them from Python: numba compiles a Python-callable version of an inlined function too) and by any
   other compiled loop (evaluation rollouts, planning);
 - batched kernels over ``N`` copies (``*_step``, ``*_observe``) that the envs call.
 
@@ -268,13 +271,16 @@ def acrobot_dynamics(theta1, theta2, dtheta1, dtheta2, action, nips):
 
 
 @njit(inline="always", **KERNEL_OPTIONS)
+def acrobot_observation(theta1, theta2, dtheta1, dtheta2):
+    """Acrobot's observation ``(cos t1, sin t1, cos t2, sin t2, dt1, dt2)`` of one state (float64)."""
+    return math.cos(theta1), math.sin(theta1), math.cos(theta2), math.sin(theta2), dtheta1, dtheta2
+
+
+@njit(inline="always", **KERNEL_OPTIONS)
 def _acrobot_observe_row(n, state, obs):
-    obs[n, 0] = math.cos(state[n, 0])
-    obs[n, 1] = math.sin(state[n, 0])
-    obs[n, 2] = math.cos(state[n, 1])
-    obs[n, 3] = math.sin(state[n, 1])
-    obs[n, 4] = state[n, 2]
-    obs[n, 5] = state[n, 3]
+    obs[n, 0], obs[n, 1], obs[n, 2], obs[n, 3], obs[n, 4], obs[n, 5] = acrobot_observation(
+        state[n, 0], state[n, 1], state[n, 2], state[n, 3]
+    )
 
 
 @njit(**KERNEL_OPTIONS)
@@ -322,10 +328,14 @@ def pendulum_dynamics(th, thdot, u, g):
 
 
 @njit(inline="always", **KERNEL_OPTIONS)
+def pendulum_observation(th, thdot):
+    """Pendulum's observation ``(cos theta, sin theta, theta_dot)`` of one state (float64)."""
+    return math.cos(th), math.sin(th), thdot
+
+
+@njit(inline="always", **KERNEL_OPTIONS)
 def _pendulum_observe_row(n, state, obs):
-    obs[n, 0] = math.cos(state[n, 0])
-    obs[n, 1] = math.sin(state[n, 0])
-    obs[n, 2] = state[n, 1]
+    obs[n, 0], obs[n, 1], obs[n, 2] = pendulum_observation(state[n, 0], state[n, 1])
 
 
 @njit(**KERNEL_OPTIONS)

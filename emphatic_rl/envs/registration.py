@@ -19,9 +19,9 @@ and the modules of the other envs add ``emphatic_rl/VirtualOffice-v0``, ``emphat
 the tabular counterexamples.
 
 - ``gymnasium.make(id)``: :class:`NativeGymEnv`, one copy with numpy in and out. The classic-control tasks step
-  a scalar copy in plain Python floats that matches the batched env step for step
-  (:mod:`emphatic_rl.envs.scalar_classic`); the others run the native ``TensorEnv`` with ``num_envs=1`` on the
-  CPU.
+  a scalar copy (Python floats through the compiled scalar physics the batched kernels use) that matches the
+  batched env step for step (:mod:`emphatic_rl.envs.scalar_classic`); the others run the native ``TensorEnv``
+  with ``num_envs=1`` on the CPU.
 - ``gymnasium.make_vec(id, num_envs=N)``: :class:`NativeVectorEnv`, the native batched env behind Gymnasium's
   ``VectorEnv`` API (the ids' ``vector_entry_point``, Gymnasium's default for ids that have one).
 - ``render_mode="rgb_array"`` or ``"human"`` on every env with a picture (classic control, Puddle World, the
@@ -38,7 +38,7 @@ Other modules register their envs with :func:`register_gymnasium_env`.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import gymnasium as gym
 import numpy as np
@@ -54,7 +54,9 @@ import emphatic_rl.envs.puddle_world  # noqa: F401
 from emphatic_rl.envs.base import DiscreteSpec, Spec, TensorEnv
 from emphatic_rl.envs.registry import ENV_REGISTRY, make_env
 from emphatic_rl.envs.rendering import SCALAR_RENDERERS, minatar_frame, render_fps, render_frame, renderable
-from emphatic_rl.envs.scalar_classic import SCALAR_ENVS, ScalarClassicEnv
+
+if TYPE_CHECKING:
+    from emphatic_rl.envs.scalar_classic import ScalarClassicEnv
 
 __all__ = ["NativeGymEnv", "NativeVectorEnv", "RENDER_MODES", "register_gymnasium_env", "space_from_spec"]
 
@@ -127,7 +129,7 @@ class NativeGymEnv(gym.Env):
         **options: the native env's options (its ``max_episode_steps`` is forced to ``None``: Gymnasium's
             ``TimeLimit`` does the limit).
 
-    Fast path: CartPole, MountainCar, Acrobot and Pendulum step a scalar Python copy
+    Fast path: CartPole, MountainCar, Acrobot and Pendulum step one copy through the compiled scalar physics
     (:mod:`emphatic_rl.envs.scalar_classic`) that gives the batched env's numbers step for step without torch's
     per-op overhead; ``scalar`` holds it (``None`` for the other envs, which run the batched env with
     ``num_envs=1`` on the CPU, ``native_env``). On the fast path ``native_env`` only supplies start states.
@@ -148,6 +150,8 @@ class NativeGymEnv(gym.Env):
             "render_fps": render_fps(env_name),
         }
         self.native_env: TensorEnv = make_env(env_name, num_envs=1, device="cpu", **options)
+        from emphatic_rl.envs.scalar_classic import SCALAR_ENVS  # imports numba: only when an env is made
+
         self.scalar: ScalarClassicEnv | None = (
             SCALAR_ENVS[env_name](self.native_env) if env_name in SCALAR_ENVS else None
         )
