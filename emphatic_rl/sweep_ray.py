@@ -78,12 +78,23 @@ def train_chunk(study: Study, folder: str, out_dir: str, cpus: int = 1) -> dict[
     messages: list[str] = []
     start = time.perf_counter()
     run_study(study, out, progress=False, log=messages.append, only=[folder], record=False)
-    return {"folder": folder, "host": socket.gethostname(), "pid": os.getpid(),
-            "seconds": time.perf_counter() - start, "messages": messages}
+    return {
+        "folder": folder,
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "seconds": time.perf_counter() - start,
+        "messages": messages,
+    }
 
 
-def run_study_ray(study: Study, out_dir: str | Path, address: str | None = None, cpus_per_task: int = 1,
-                  max_retries: int = MAX_RETRIES, log=print) -> list[Path]:
+def run_study_ray(
+    study: Study,
+    out_dir: str | Path,
+    address: str | None = None,
+    cpus_per_task: int = 1,
+    max_retries: int = MAX_RETRIES,
+    log=print,
+) -> list[Path]:
     """Validate every variant here, then train each unfinished chunk of ``study`` as a Ray task; returns the run
     folders (as ``run_study``).
 
@@ -120,12 +131,18 @@ def run_study_ray(study: Study, out_dir: str | Path, address: str | None = None,
         for chunk in todo:
             gpus = 1 if str(chunk.config.device).startswith("cuda") else 0
             ref = task.options(
-                num_cpus=cpus_per_task, num_gpus=gpus, max_retries=max_retries, retry_exceptions=False,
-                name=f"emphatic-rl-sweep:{chunk.folder}", runtime_env={"env_vars": env_vars},
+                num_cpus=cpus_per_task,
+                num_gpus=gpus,
+                max_retries=max_retries,
+                retry_exceptions=False,
+                name=f"emphatic-rl-sweep:{chunk.folder}",
+                runtime_env={"env_vars": env_vars},
             ).remote(study, chunk.folder, str(out), cpus_per_task)
             pending[ref] = chunk
-            log(f"emphatic-rl sweep: {chunk.folder}: submitted ({chunk.config.agent}, {len(chunk.settings)} settings "
-                f"x {study.runs} runs = P {chunk.config.population_size}, {chunk.config.steps} steps)")
+            log(
+                f"emphatic-rl sweep: {chunk.folder}: submitted ({chunk.config.agent}, {len(chunk.settings)} settings "
+                f"x {study.runs} runs = P {chunk.config.population_size}, {chunk.config.steps} steps)"
+            )
         while pending:
             ready, _ = ray.wait(list(pending), num_returns=1)
             for ref in ready:
@@ -147,8 +164,10 @@ def run_study_ray(study: Study, out_dir: str | Path, address: str | None = None,
                     continue
                 for message in result["messages"]:
                     log(message)
-                log(f"emphatic-rl sweep: {chunk.folder}: task finished on {result['host']} (pid {result['pid']}) "
-                    f"in {result['seconds']:.0f} s")
+                log(
+                    f"emphatic-rl sweep: {chunk.folder}: task finished on {result['host']} (pid {result['pid']}) "
+                    f"in {result['seconds']:.0f} s"
+                )
     finally:
         if started_here:
             ray.shutdown()

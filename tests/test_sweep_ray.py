@@ -125,8 +125,11 @@ def test_ray_backend_same_folders_and_report_as_local(cluster, tmp_path):
     run_study(load_study(path), tmp_path / "local", log=lambda m: None)
     lines: list[str] = []
     folders = run_study_ray(load_study(path), tmp_path / "ray", log=lines.append)
-    assert [f.relative_to(tmp_path / "ray").as_posix() for f in folders] == ["offpac", "ace-eta/chunk-0",
-                                                                           "ace-eta/chunk-1"]
+    assert [f.relative_to(tmp_path / "ray").as_posix() for f in folders] == [
+        "offpac",
+        "ace-eta/chunk-0",
+        "ace-eta/chunk-1",
+    ]
     assert _folder_contents(tmp_path / "ray") == _folder_contents(tmp_path / "local")
     assert _report_text(tmp_path / "ray") == _report_text(tmp_path / "local")
     # rerun (a driver that died after the tasks): every chunk is skipped
@@ -154,11 +157,15 @@ def _task_worker_pids() -> list[int]:
 def test_ray_backend_survives_a_killed_worker(cluster, tmp_path):
     """SIGKILL the workers while they train (after a checkpoint): Ray reruns the tasks, which resume from the
     checkpoints; the study finishes with results identical to an uninterrupted local run."""
-    steps, every = 3000, 100
-    text = TINY.replace("steps = 40", f"steps = {steps}").replace("checkpoint_every = 20", f"checkpoint_every = {every}")
-    text = text.replace("eval_every = 20", f"eval_every = {every * 5}").replace("log_every = 20", f"log_every = {every}")
+    steps, every = 600, 100  # two chunks (ace-eta) of a few seconds each, a checkpoint every 100 steps
+    text = TINY.replace("steps = 40", f"steps = {steps}")
+    text = text.replace("checkpoint_every = 20", f"checkpoint_every = {every}")
+    text = text.replace("eval_every = 20", f"eval_every = {2 * every}")
+    text = text.replace("log_every = 20", f"log_every = {every}")
+    text = text.replace('name = "offpac"\nagent = "offpac"', 'name = "offpac"\nagent = "offpac"\nfull_only = true')
     path = tmp_path / "study.toml"
     path.write_text(text)
+    assert [chunk.folder for chunk in plan_study(load_study(path))] == ["ace-eta/chunk-0", "ace-eta/chunk-1"]
     lines: list[str] = []
     errors: list[BaseException] = []
 
