@@ -85,7 +85,7 @@ def test_ray_backend_without_ray_is_one_line_and_exit_2(tmp_path, monkeypatch, c
 
 ray = pytest.importorskip("ray", reason="the Ray backend's tests need ray (pip install 'emphatic-rl[ray]')")
 
-from emphatic_rl.sweep_ray import run_study_ray  # noqa: E402
+from emphatic_rl.sweep_ray import ChunkFailed, run_study_ray  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -153,11 +153,9 @@ def _task_worker_pids() -> list[int]:
     return pids
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="finds the task's worker process in /proc")
-def test_ray_backend_survives_a_killed_worker(cluster, tmp_path):
-    """SIGKILL the workers while they train (after a checkpoint): Ray reruns the tasks, which resume from the
-    checkpoints; the study finishes with results identical to an uninterrupted local run."""
-    steps, every = 600, 100  # two chunks (ace-eta) of a few seconds each, a checkpoint every 100 steps
+def _long_study(tmp_path: Path) -> Path:
+    """Two chunks (ace-eta) of a few seconds each, a checkpoint every 100 steps."""
+    steps, every = 600, 100
     text = TINY.replace("steps = 40", f"steps = {steps}")
     text = text.replace("checkpoint_every = 20", f"checkpoint_every = {every}")
     text = text.replace("eval_every = 20", f"eval_every = {2 * every}")
@@ -166,13 +164,19 @@ def test_ray_backend_survives_a_killed_worker(cluster, tmp_path):
     path = tmp_path / "study.toml"
     path.write_text(text)
     assert [chunk.folder for chunk in plan_study(load_study(path))] == ["ace-eta/chunk-0", "ace-eta/chunk-1"]
+    return path
+
+
+def _run_killing_workers(path: Path, out: Path, **options) -> tuple[list[str], list[BaseException], list[int]]:
+    """Run the study on Ray in a thread; once a chunk has a checkpoint and is not done, SIGKILL every worker that
+    runs a sweep task. Returns the driver's log lines, its exceptions and the pids killed."""
     lines: list[str] = []
     errors: list[BaseException] = []
 
     def drive():
         try:
-            run_study_ray(load_study(path), tmp_path / "ray", log=lines.append)
-        except BaseException as error:  # noqa: BLE001 - reported by the test below
+            run_study_ray(load_study(path), out, log=lines.append, **options)
+        except BaseException as error:  # noqa: BLE001 - reported by the test
             errors.append(error)
 
     driver = threading.Thread(target=drive)
@@ -180,7 +184,7 @@ def test_ray_backend_survives_a_killed_worker(cluster, tmp_path):
     killed: list[int] = []
     deadline = time.monotonic() + 120
     while not killed and driver.is_alive() and time.monotonic() < deadline:
-        started = [p.parent for p in (tmp_path / "ray").rglob("checkpoint.pt") if not (p.parent / "done.json").exists()]
+        started = [p for p in out.rglob("checkpoint.pt") if not (p.parent / "done.json").exists()]
         pids = _task_worker_pids()
         if started and pids:
             for pid in pids:
@@ -189,9 +193,42 @@ def test_ray_backend_survives_a_killed_worker(cluster, tmp_path):
         time.sleep(0.05)
     driver.join(timeout=180)
     assert not driver.is_alive()
-    assert not errors, errors
     assert killed, "no worker was caught mid-chunk (the chunks finished too fast)"
+    return lines, errors, killed
+
+
+linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="finds the task's worker in /proc")
+
+
+@linux_only
+def test_ray_backend_survives_a_killed_worker(cluster, tmp_path):
+    """SIGKILL the workers while they train (after a checkpoint): Ray reruns the tasks, which resume from the
+    checkpoints; the study finishes with results identical to an uninterrupted local run."""
+    path = _long_study(tmp_path)
+    lines, errors, _ = _run_killing_workers(path, tmp_path / "ray")
+    assert not errors, errors
     assert any(": resuming " in line for line in lines), lines  # a rerun task resumed from its checkpoint
+    run_study(load_study(path), tmp_path / "local", log=lambda m: None)
+    assert _folder_contents(tmp_path / "ray") == _folder_contents(tmp_path / "local")
+    assert _report_text(tmp_path / "ray") == _report_text(tmp_path / "local")
+
+
+@pytest.mark.slow
+@linux_only
+def test_ray_backend_rerun_after_failed_tasks_resumes(cluster, tmp_path):
+    """With no retries a killed task fails the sweep (ChunkFailed, naming the chunk; other tasks finish); running
+    the same study again -- as after a driver that died -- resumes the chunks and ends identical to a local run."""
+    path = _long_study(tmp_path)
+    _, errors, _ = _run_killing_workers(path, tmp_path / "ray", max_retries=0)
+    assert len(errors) == 1 and isinstance(errors[0], ChunkFailed), errors
+    assert "ace-eta/chunk-" in str(errors[0]) and "rerun the same command" in str(errors[0])
+    unfinished = [
+        f for f in ("ace-eta/chunk-0", "ace-eta/chunk-1") if not (tmp_path / "ray" / f / "done.json").exists()
+    ]
+    assert unfinished
+    lines: list[str] = []
+    run_study_ray(load_study(path), tmp_path / "ray", log=lines.append)
+    assert any(": resuming " in line for line in lines), lines
     run_study(load_study(path), tmp_path / "local", log=lambda m: None)
     assert _folder_contents(tmp_path / "ray") == _folder_contents(tmp_path / "local")
     assert _report_text(tmp_path / "ray") == _report_text(tmp_path / "local")
