@@ -1,181 +1,166 @@
-"""Throughput of ``TrajectoryBuffer`` add and sample against a naive per-transition numpy ring, in one run.
+"""``TrajectoryBuffer`` add and sample against Stable-Baselines3's ``ReplayBuffer``, in one process, interleaved.
 
     python benchmarks/buffer.py                  # full table -> benchmarks/results/buffer_cpu.md
-    python benchmarks/buffer.py --quick          # shorter timings, prints only
+    python benchmarks/buffer.py --quick          # fewer, shorter rounds, prints only
 
-Workloads: CartPole-like ``float32[4]`` observations and MinAtar-like ``bool[10, 10, 4]`` observations, ``N`` in
-{1, 64, 1024} streams, a ring of about ``--transitions`` transitions (``capacity = transitions // N`` rows), episodes
-ending with probability 1/100 per step, batch sizes 32 and 256.
+The peer is SB3's real ``stable_baselines3.common.buffers.ReplayBuffer`` with its default settings
+(``optimize_memory_usage=False``, ``handle_timeout_termination=True``) and ``n_envs = N``, fed the way SB3's
+off-policy algorithms feed it: one ``add(obs, next_obs, action, reward, done, infos)`` call per vector-env step with all
+``N`` envs at once, and ``sample(B)`` returning torch tensors. Ours gets the same step as ``add(obs, action, reward,
+terminated, truncated, final_obs)`` and returns ``sample_transitions(B)``. Both hold about ``--transitions``
+transitions (``capacity = transitions // N`` rows each) and are filled past one wrap before timing.
 
-The peer is the usual per-transition replay ring (the shape of Stable-Baselines3's ``ReplayBuffer`` with one
-transition per ``add`` call, as when a single-env buffer is fed from a vector env): numpy arrays of ``capacity *
-N`` transitions with a full ``next_obs`` copy, ``bool`` observations at one byte per cell, sampling by fancy
-indexing and ``torch.from_numpy``. Both are measured in the same process on the same data.
+Workloads: CartPole ``float32[4]`` (2 actions) and MinAtar ``bool[10, 10, 4]`` (6 actions, bit-packed by us, one
+byte per cell in SB3), ``N`` in {1, 64, 1024} envs per add, ``B`` in {32, 256, 4096} per sample; episodes end with
+probability 1/100 per step (a tenth of them truncated). Data is made before timing.
 
-Figures:
-- add: transitions written per second (one ``add`` writes ``N``; the peer makes ``N`` calls);
-- sample: transitions returned per second by ``sample_transitions(B)`` (peer: ``sample(B)``);
-- seq: transitions per second returned by ``sample_sequences(B // 8, 8)`` (no peer);
-- loop: env steps per second of "add one step of all N streams, then sample one batch of B" (a replay agent's
-  inner loop without the network);
-- bytes/tr: storage per stored transition.
+Method: ``--rounds`` rounds; in each round every measurement runs ours and the peer back to back (the order
+alternating between rounds), each for about ``--seconds``. The table gives the median rate over rounds and the
+median of the per-round ratios ours / peer; single-threaded (torch, numba and BLAS at one thread); the load
+average is recorded. Rates: *add* = transitions written per second (one call writes ``N``), *sample* = transitions
+returned per second.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
-import platform
-import time
-from collections.abc import Callable
-from pathlib import Path
 
-import numpy as np
-import torch
+os.environ.setdefault("NUMBA_NUM_THREADS", "1")
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-from emphatic_rl.buffers import TrajectoryBuffer
+import argparse  # noqa: E402
+import platform  # noqa: E402
+import statistics  # noqa: E402
+import time  # noqa: E402
+from collections.abc import Callable  # noqa: E402
+from pathlib import Path  # noqa: E402
 
-WORKLOADS = {"cartpole float32[4]": ((4,), torch.float32), "minatar bool[10,10,4]": ((10, 10, 4), torch.bool)}
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
 
+from emphatic_rl.buffers import TrajectoryBuffer  # noqa: E402
 
-class NumpyRingBuffer:
-    """Peer: a per-transition numpy replay ring that stores ``next_obs`` for every transition."""
-
-    def __init__(self, capacity: int, obs_shape: tuple[int, ...], obs_dtype: np.dtype) -> None:
-        self.capacity = capacity
-        self.obs = np.zeros((capacity, *obs_shape), dtype=obs_dtype)
-        self.next_obs = np.zeros((capacity, *obs_shape), dtype=obs_dtype)
-        self.action = np.zeros(capacity, dtype=np.int64)
-        self.reward = np.zeros(capacity, dtype=np.float32)
-        self.terminated = np.zeros(capacity, dtype=bool)
-        self.truncated = np.zeros(capacity, dtype=bool)
-        self.pos = 0
-        self.full = False
-
-    def add(self, obs, next_obs, action, reward, terminated, truncated) -> None:
-        self.obs[self.pos] = obs
-        self.next_obs[self.pos] = next_obs
-        self.action[self.pos] = action
-        self.reward[self.pos] = reward
-        self.terminated[self.pos] = terminated
-        self.truncated[self.pos] = truncated
-        self.pos += 1
-        if self.pos == self.capacity:
-            self.pos, self.full = 0, True
-
-    def sample(self, batch_size: int, rng: np.random.Generator) -> dict[str, torch.Tensor]:
-        size = self.capacity if self.full else self.pos
-        idx = rng.integers(0, size, batch_size)
-        return {
-            name: torch.from_numpy(getattr(self, name)[idx])
-            for name in ("obs", "next_obs", "action", "reward", "terminated", "truncated")
-        }
-
-    def nbytes_per_transition(self) -> float:
-        arrays = (self.obs, self.next_obs, self.action, self.reward, self.terminated, self.truncated)
-        return sum(a.nbytes for a in arrays) / self.capacity
+WORKLOADS = {
+    "cartpole float32[4]": ((4,), torch.float32, 2),
+    "minatar bool[10,10,4]": ((10, 10, 4), torch.bool, 6),
+}
 
 
-def rate(fn: Callable[[], object], units_per_call: int, min_seconds: float) -> float:
-    """Units per second of ``fn`` (3 warm-up calls, then repeated until ``min_seconds`` have passed)."""
-    for _ in range(3):
-        fn()
-    calls, start = 0, time.perf_counter()
-    while True:
-        fn()
-        calls += 1
-        elapsed = time.perf_counter() - start
-        if elapsed >= min_seconds:
-            return calls * units_per_call / elapsed
+def make_sb3_buffer(size: int, obs_shape: tuple[int, ...], obs_dtype: torch.dtype, actions: int, num_envs: int):
+    from gymnasium import spaces
+    from stable_baselines3.common.buffers import ReplayBuffer
+
+    if obs_dtype == torch.bool:
+        observation_space = spaces.Box(0, 1, obs_shape, dtype=bool)
+    else:
+        observation_space = spaces.Box(-np.inf, np.inf, obs_shape, dtype=np.float32)
+    return ReplayBuffer(size, observation_space, spaces.Discrete(actions), device="cpu", n_envs=num_envs)
 
 
-def make_steps(num_steps: int, num_streams: int, obs_shape, obs_dtype, seed: int = 0) -> list[dict]:
-    """A pool of pre-made steps (so data generation is not timed)."""
+def make_steps(count: int, num_envs: int, obs_shape, obs_dtype, actions: int, seed: int = 0) -> list[dict]:
+    """A pool of pre-made vector-env steps, as torch tensors (ours) and numpy arrays + infos (SB3), same data."""
     generator = torch.Generator().manual_seed(seed)
     steps = []
-    for _ in range(num_steps):
+    for _ in range(count):
 
         def draw_obs():
-            values = torch.rand((num_streams, *obs_shape), generator=generator)
+            values = torch.rand((num_envs, *obs_shape), generator=generator)
             return values < 0.2 if obs_dtype == torch.bool else values
 
-        ends = torch.rand(num_streams, generator=generator) < 0.01
-        steps.append(
-            dict(
-                obs=draw_obs(),
-                action=torch.randint(0, 4, (num_streams,), generator=generator),
-                reward=torch.rand(num_streams, generator=generator),
-                terminated=ends,
-                truncated=torch.zeros(num_streams, dtype=torch.bool),
-                final_obs=draw_obs(),
-            )
+        u = torch.rand(num_envs, generator=generator)
+        step = dict(
+            obs=draw_obs(),
+            action=torch.randint(0, actions, (num_envs,), generator=generator),
+            reward=torch.rand(num_envs, generator=generator),
+            terminated=u < 0.009,
+            truncated=(u >= 0.009) & (u < 0.01),
+            final_obs=draw_obs(),
         )
+        done = (step["terminated"] | step["truncated"]).numpy()
+        infos = [
+            {"TimeLimit.truncated": bool(t)} if d else {} for d, t in zip(done, step["truncated"].numpy(), strict=True)
+        ]
+        sb3 = dict(
+            obs=step["obs"].numpy(),
+            next_obs=step["final_obs"].numpy(),
+            action=step["action"].numpy(),
+            reward=step["reward"].numpy(),
+            done=done.astype(np.float32),
+            infos=infos,
+        )
+        steps.append((step, sb3))
     return steps
 
 
-def bench_one(
-    obs_shape, obs_dtype, num_streams: int, batch_sizes: list[int], transitions: int, min_seconds: float
-) -> list[dict]:
-    capacity = max(transitions // num_streams, 16)
-    steps = make_steps(8, num_streams, obs_shape, obs_dtype)
-    buffer = TrajectoryBuffer(capacity, num_streams, obs_shape, obs_dtype)
-    for k in range(capacity + 1):  # fill past one wrap: steady state
-        buffer.add(**steps[k % len(steps)])
+def timed_rate(fn: Callable[[], object], units_per_call: int, seconds: float) -> float:
+    """Units per second of ``fn`` over about ``seconds`` (calls in batches, so the clock is read rarely)."""
+    fn()
+    calls, start = 0, time.perf_counter()
+    batch = 1
+    while True:
+        for _ in range(batch):
+            fn()
+        calls += batch
+        elapsed = time.perf_counter() - start
+        if elapsed >= seconds:
+            return calls * units_per_call / elapsed
+        batch = min(batch * 2, 256)
+
+
+def bench_workload(obs_shape, obs_dtype, actions, num_envs, batch_sizes, transitions, rounds, seconds) -> list[dict]:
+    capacity = max(transitions // num_envs, 16)
+    steps = make_steps(8, num_envs, obs_shape, obs_dtype, actions)
+    ours = TrajectoryBuffer(capacity, num_envs, obs_shape, obs_dtype)
+    peer = make_sb3_buffer(capacity * num_envs, obs_shape, obs_dtype, actions, num_envs)
+    for k in range(capacity + 1):  # one wrap: steady state
+        step, sb3 = steps[k % len(steps)]
+        ours.add(**step)
+        peer.add(**sb3)
     counter = iter(range(10**12))
 
     def add_ours() -> None:
-        buffer.add(**steps[next(counter) % len(steps)])
-
-    add_ours_rate = rate(add_ours, num_streams, min_seconds)
-
-    np_dtype = np.bool_ if obs_dtype == torch.bool else np.float32
-    peer = NumpyRingBuffer(capacity * num_streams, obs_shape, np_dtype)
-    np_steps = [{k: v.numpy() for k, v in s.items()} for s in steps]
-    for k in range(capacity + 1):
-        s = np_steps[k % len(np_steps)]
-        for n in range(num_streams):
-            peer.add(s["obs"][n], s["final_obs"][n], s["action"][n], s["reward"][n], s["terminated"][n], False)
+        ours.add(**steps[next(counter) % len(steps)][0])
 
     def add_peer() -> None:
-        s = np_steps[next(counter) % len(np_steps)]
-        for n in range(num_streams):  # one transition per call
-            peer.add(s["obs"][n], s["final_obs"][n], s["action"][n], s["reward"][n], s["terminated"][n], False)
+        peer.add(**steps[next(counter) % len(steps)][1])
 
-    add_peer_rate = rate(add_peer, num_streams, min_seconds)
-    ours_bytes = buffer.memory_bytes()["total"] / (capacity * num_streams)
-    peer_bytes = peer.nbytes_per_transition()
-
-    rows = []
     generator = torch.Generator().manual_seed(0)
-    rng = np.random.default_rng(0)
-    for batch_size in batch_sizes:
-        sample_ours = rate(lambda b=batch_size: buffer.sample_transitions(b, generator), batch_size, min_seconds)
-        sample_peer = rate(lambda b=batch_size: peer.sample(b, rng), batch_size, min_seconds)
-        sequence_rate = rate(
-            lambda b=batch_size: buffer.sample_sequences(max(b // 8, 1), 8, generator),
-            max(batch_size // 8, 1) * 8,
-            min_seconds,
+    np.random.seed(0)  # SB3 samples with numpy's global generator
+    measurements: dict[str, tuple[Callable, Callable, int]] = {"add": (add_ours, add_peer, num_envs)}
+    for b in batch_sizes:
+        measurements[f"sample B={b}"] = (
+            lambda b=b: ours.sample_transitions(b, generator),
+            lambda b=b: peer.sample(b),
+            b,
         )
-
-        def loop_ours(b=batch_size) -> None:
-            add_ours()
-            buffer.sample_transitions(b, generator)
-
-        def loop_peer(b=batch_size) -> None:
-            add_peer()
-            peer.sample(b, rng)
-
+    results: dict[str, tuple[list[float], list[float]]] = {name: ([], []) for name in measurements}
+    for r in range(rounds):
+        for name, (fn_ours, fn_peer, units) in measurements.items():
+            if r % 2 == 0:
+                a = timed_rate(fn_ours, units, seconds)
+                b_ = timed_rate(fn_peer, units, seconds)
+            else:
+                b_ = timed_rate(fn_peer, units, seconds)
+                a = timed_rate(fn_ours, units, seconds)
+            results[name][0].append(a)
+            results[name][1].append(b_)
+    peer_bytes = sum(
+        getattr(peer, name).nbytes
+        for name in ("observations", "next_observations", "actions", "rewards", "dones", "timeouts")
+    ) / (capacity * num_envs)
+    ours_bytes = ours.memory_bytes()["total"] / (capacity * num_envs)
+    rows = []
+    for name, (rates_ours, rates_peer) in results.items():
+        ratios = [a / b for a, b in zip(rates_ours, rates_peer, strict=True)]
         rows.append(
             dict(
-                num_streams=num_streams,
-                batch_size=batch_size,
-                add_ours=add_ours_rate,
-                add_peer=add_peer_rate,
-                sample_ours=sample_ours,
-                sample_peer=sample_peer,
-                sequences_ours=sequence_rate,
-                loop_ours=rate(loop_ours, num_streams, min_seconds),
-                loop_peer=rate(loop_peer, num_streams, min_seconds),
+                what=name,
+                num_envs=num_envs,
+                ours=statistics.median(rates_ours),
+                peer=statistics.median(rates_peer),
+                ratio=statistics.median(ratios),
+                ratio_min=min(ratios),
+                ratio_max=max(ratios),
                 bytes_ours=ours_bytes,
                 bytes_peer=peer_bytes,
             )
@@ -193,55 +178,69 @@ def fmt(x: float) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="short timings, print only (no results file)")
-    parser.add_argument("--transitions", type=int, default=100_000, help="ring size in transitions")
-    parser.add_argument("--streams", type=int, nargs="+", default=[1, 64, 1024])
-    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[32, 256])
+    parser.add_argument("--quick", action="store_true", help="3 short rounds, print only (no results file)")
+    parser.add_argument("--transitions", type=int, default=100_000, help="buffer size in transitions")
+    parser.add_argument("--envs", type=int, nargs="+", default=[1, 64, 1024], help="envs per add (N)")
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[32, 256, 4096])
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--seconds", type=float, default=0.25, help="time per measurement and round")
     parser.add_argument("--output", type=Path, default=Path(__file__).parent / "results" / "buffer_cpu.md")
     args = parser.parse_args()
-    if args.transitions < 16 or min(args.streams) < 1 or min(args.batch_sizes) < 1:
-        parser.error("--transitions must be >= 16, --streams and --batch-sizes >= 1")
+    if args.transitions < 16 or min(args.envs) < 1 or min(args.batch_sizes) < 1 or args.rounds < 1:
+        parser.error("--transitions must be >= 16; --envs, --batch-sizes and --rounds >= 1")
+    if args.quick:
+        args.rounds, args.seconds = 3, 0.05
     torch.set_num_threads(1)
-    min_seconds = 0.05 if args.quick else 0.3
+    load_before = os.getloadavg()[0]
 
     header = (
-        "| obs | N | B | add ours | add peer | sample ours | sample peer | seq L=8 ours | loop ours | loop peer "
-        "| bytes/tr ours | bytes/tr peer |\n|---|---|---|---|---|---|---|---|---|---|---|---|"
+        "| obs | N | measure | ours /s | SB3 /s | ratio (median) | ratio range | bytes/tr ours | bytes/tr SB3 |\n"
+        "|---|---|---|---|---|---|---|---|---|"
     )
     lines = [header]
     print(header, flush=True)
-    for name, (obs_shape, obs_dtype) in WORKLOADS.items():
-        for num_streams in args.streams:
-            for row in bench_one(obs_shape, obs_dtype, num_streams, args.batch_sizes, args.transitions, min_seconds):
+    for name, (obs_shape, obs_dtype, actions) in WORKLOADS.items():
+        for num_envs in args.envs:
+            rows = bench_workload(
+                obs_shape, obs_dtype, actions, num_envs, args.batch_sizes, args.transitions, args.rounds, args.seconds
+            )
+            for row in rows:
                 line = (
-                    f"| {name} | {row['num_streams']} | {row['batch_size']} | {fmt(row['add_ours'])} "
-                    f"| {fmt(row['add_peer'])} | {fmt(row['sample_ours'])} | {fmt(row['sample_peer'])} "
-                    f"| {fmt(row['sequences_ours'])} | {fmt(row['loop_ours'])} | {fmt(row['loop_peer'])} "
+                    f"| {name} | {row['num_envs']} | {row['what']} | {fmt(row['ours'])} | {fmt(row['peer'])} "
+                    f"| {row['ratio']:.2f}x | {row['ratio_min']:.2f}-{row['ratio_max']:.2f} "
                     f"| {row['bytes_ours']:.1f} | {row['bytes_peer']:.1f} |"
                 )
                 lines.append(line)
                 print(line, flush=True)
     if args.quick:
         return
+    import stable_baselines3
+
     machine = (
         f"{platform.processor() or platform.machine()}, {os.cpu_count()} logical CPUs, torch {torch.__version__} "
-        f"(1 thread), numpy {np.__version__}, Python {platform.python_version()}, "
-        f"load average at the end {os.getloadavg()[0]:.1f}"
+        f"(1 thread), numpy {np.__version__}, stable-baselines3 {stable_baselines3.__version__}, Python "
+        f"{platform.python_version()}; load average {load_before:.1f} at the start, {os.getloadavg()[0]:.1f} at the end"
+    )
+    command = (
+        "python benchmarks/buffer.py"
+        + ("" if args.transitions == 100_000 else f" --transitions {args.transitions}")
+        + ("" if args.rounds == 7 else f" --rounds {args.rounds}")
+        + ("" if args.seconds == 0.25 else f" --seconds {args.seconds}")
     )
     text = "\n".join(
         [
-            "# TrajectoryBuffer throughput on CPU",
+            "# TrajectoryBuffer against Stable-Baselines3's ReplayBuffer on CPU",
             "",
-            f"Command: `python benchmarks/buffer.py --transitions {args.transitions}`. Machine: {machine}.",
+            f"Command: `{command}`. Machine: {machine}.",
             "",
-            "Rates are per second: *add* = transitions written, *sample* = transitions returned by "
-            "`sample_transitions(B)`, *seq* = transitions returned by `sample_sequences(B // 8, 8)`, *loop* = env "
-            "steps of (add one row of all N streams + sample one batch of B). The peer is a per-transition numpy "
-            "ring (SB3-style layout, one `add` call per transition, full `next_obs` copy, bool obs at 1 byte per "
-            "cell). Ring size about "
-            f"{args.transitions} transitions (capacity = transitions // N rows). bytes/tr = storage per stored "
-            "transition. On a shared machine (load average above the core count) rates are noisy: compare ours and "
-            "the peer within a row, not across runs.",
+            "Peer: SB3's real `ReplayBuffer` (default settings, `n_envs = N`), all N envs in one `add` call, "
+            "`sample(B)` to torch tensors. Ours: `TrajectoryBuffer` (default backend: the compiled numba kernels on "
+            "CPU), `add` of one row of N streams, `sample_transitions(B)`. Rates are transitions per second (median "
+            f"over {args.rounds} interleaved rounds of about {args.seconds} s each); ratio = ours / SB3, median of the "
+            "per-round ratios, with their range. Buffers of about "
+            f"{args.transitions} transitions. bytes/tr = storage per stored transition (ours bit-packs bool "
+            "observations and keeps final observations only where episodes end; SB3 stores a full `next_obs`). The "
+            "machine is shared: absolute rates move with the load, the within-round ratios much less.",
             "",
             *lines,
             "",

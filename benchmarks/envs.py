@@ -1,178 +1,305 @@
-"""Native batched CartPole against Gymnasium's SyncVectorEnv of CartPole-v1, in one run.
+"""Native batched classic-control envs and Puddle World against Gymnasium's batched vector envs and gymnax.
 
-    python benchmarks/envs.py [--device cpu] [--sizes 1,64,1024,8192] [--native-seconds 1.5] [--gym-seconds 4]
+    python benchmarks/envs.py                       # writes benchmarks/results/envs_cpu.md
+    python benchmarks/envs.py --envs cartpole --sizes 64 1024 --rounds 3 --no-write
 
-Measures total env steps per second (``num_envs * vector steps / seconds``) with uniformly random actions
-drawn inside the timed loop (on ``--device`` for the native env, with numpy for Gymnasium). Both use same-step
-autoreset. The native env is timed with ``check_actions=False`` (no device sync) at 1 and 2 torch threads, and
-with ``check_actions=True`` at 1 thread.
+Peers, each with its default settings, single-threaded (``torch.set_num_threads(1)``, numba kernels are serial,
+XLA's CPU backend on one thread), stepping ``N`` copies with uniformly random actions:
 
-Both sides are timed the same way: the stepping is cut into chunks of about ``--chunk-ms`` milliseconds (at
-least one vector step each, so a chunk of 8192 Gymnasium envs is one step), for ``--native-seconds`` per native
-figure and ``--gym-seconds`` per Gymnasium figure (at least 3 chunks), and the fastest chunk is reported. On a
-shared machine this filters out the time other processes take. Garbage collection is off inside the timed
-loops. Prints a Markdown table and writes it to ``benchmarks/results/envs_<device type>.md``.
+- ``ours``: our ``TensorEnv`` as a user gets it on the CPU (``make_env(name, num_envs=N)``: the compiled numba
+  backend, actions checked, same-step autoreset, fresh output tensors every step, ``final_obs`` included);
+- ``ours torch``: the same env on its torch backend (``set_backend("torch")``, the path for GPUs);
+- ``gymnasium``: Gymnasium's batched vector env where it has one (``gymnasium.make_vec(id, num_envs=N,
+  vectorization_mode="vector_entry_point")``: ``CartPoleVectorEnv``, numpy over all copies). Gymnasium 1.4 has
+  none for MountainCar-v0, Acrobot-v1 and Pendulum-v1; for those its vector env is ``SyncVectorEnv``
+  (``vectorization_mode="sync"``, a Python loop over copies), measured and labelled as such;
+- ``gymnax``: gymnax's env of the same id, ``jax.jit(jax.vmap(step))`` with the action sampled inside, timed after
+  compilation, each call waited for (see ``gymnax_peer.py``); skipped when jax/gymnax are not installed.
+
+Puddle World has no peer in either library (ours only).
+
+The action batches for ours and Gymnasium are drawn before timing (64 batches, used in turn); gymnax samples inside
+its jitted step. Peers take turns in ``--rounds`` interleaved rounds of ``--seconds`` each (at least one batch
+step), so load from other jobs hits all alike; each figure is the median over rounds of env steps per second
+(``N`` x batch steps / wall-clock seconds); ratios are ratios of medians. The load average is noted before and
+after. A second table gives the fixed cost of one ``step`` at small ``N`` (microseconds), with the kernel call
+alone (preallocated outputs, actions already arrays) to show what the checks and the fresh output tensors cost.
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
 import gc
 import os
 import platform
+import statistics
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import gymnasium as gym
+import gymnax_peer  # sets XLA's single-thread flags before jax is imported
 import numpy as np
 import torch
-from gymnasium.vector import AutoresetMode
 
-from emphatic_rl.envs.classic import CartPole
+from emphatic_rl.envs import make_env
 
+ENVS = ("cartpole", "mountain-car", "acrobot", "pendulum", "puddle-world")
+GYM_IDS = {
+    "cartpole": "CartPole-v1",
+    "mountain-car": "MountainCar-v0",
+    "acrobot": "Acrobot-v1",
+    "pendulum": "Pendulum-v1",
+}
+SIZES = (1, 64, 1024, 8192)
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 
-def fastest_chunk_rate(
-    step: Callable[[], None], num_envs: int, chunk_seconds: float, budget_seconds: float, sync: Callable[[], None]
-) -> tuple[float, int]:
-    """Run ``step`` in chunks of ~``chunk_seconds`` for ~``budget_seconds``; return (best env steps/s, steps)."""
-    best, total_steps, spent, chunks = 0.0, 0, 0.0, 0
-    while chunks < 3 or spent < budget_seconds:
-        sync()
-        start = time.perf_counter()
-        steps = 0
-        while steps < 1 or time.perf_counter() - start < chunk_seconds:
-            step()
-            steps += 1
-        sync()
+def rate(batch_step: Callable[[], None], num_envs: int, seconds: float) -> tuple[float, float]:
+    """Env steps per second of ``batch_step`` over about ``seconds`` (at least one call): per wall-clock second and
+    per second of this process's CPU time (all its threads), which other jobs on a shared machine disturb less."""
+    calls, start, cpu_start = 0, time.perf_counter(), time.process_time()
+    while True:
+        batch_step()
+        calls += 1
         elapsed = time.perf_counter() - start
-        best = max(best, num_envs * steps / elapsed)
-        total_steps += steps
-        spent += elapsed
-        chunks += 1
-    return best, total_steps
+        if elapsed >= seconds:
+            cpu = max(time.process_time() - cpu_start, 1e-9)
+            return calls * num_envs / elapsed, calls * num_envs / cpu
 
 
-def native_rate(
-    num_envs: int, device: torch.device, threads: int, check_actions: bool, chunk: float, budget: float
-) -> float:
-    """Env steps/s of the native CartPole (``check_actions`` as given) with ``threads`` torch threads."""
-    torch.set_num_threads(threads)
-    env = CartPole(num_envs=num_envs, device=device, check_actions=check_actions)
-    env.reset(seed=0)
-    generator = torch.Generator(device=device).manual_seed(0)
-
-    def step() -> None:
-        env.step(torch.randint(0, 2, (num_envs,), generator=generator, device=device))
-
-    for _ in range(20):  # warm-up
-        step()
-    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
-    return fastest_chunk_rate(step, num_envs, chunk, budget, sync)[0]
-
-
-def gym_rate(num_envs: int, chunk: float, budget: float) -> tuple[float, int]:
-    """Env steps/s of ``SyncVectorEnv(CartPole-v1)`` with same-step autoreset; also the vector steps timed."""
-    vector_env = gym.make_vec(
-        "CartPole-v1",
-        num_envs=num_envs,
-        vectorization_mode="sync",
-        vector_kwargs={"autoreset_mode": AutoresetMode.SAME_STEP},
-    )
-    vector_env.reset(seed=0)
+def action_batches(name: str, num_envs: int, num_actions: int) -> np.ndarray:
     rng = np.random.default_rng(0)
-
-    def step() -> None:
-        vector_env.step(rng.integers(0, 2, num_envs))
-
-    for _ in range(2):  # warm-up
-        step()
-    result = fastest_chunk_rate(step, num_envs, chunk, budget, lambda: None)
-    vector_env.close()
-    del step  # the closure holds the envs
-    gc.collect()  # leave no garbage of thousands of envs for the next measurement
-    return result
+    if name == "pendulum":
+        return rng.uniform(-2.0, 2.0, size=(64, num_envs, 1)).astype(np.float32)
+    return rng.integers(0, num_actions, size=(64, num_envs))
 
 
-def main(argv: list[str] | None = None) -> str:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--device", default="cpu", help="torch device of the native env (default: cpu)")
-    parser.add_argument("--sizes", default="1,64,1024,8192", help="comma-separated numbers of envs")
-    parser.add_argument("--chunk-ms", type=float, default=5.0, help="length of one timed chunk (ms)")
-    parser.add_argument("--native-seconds", type=float, default=1.5, help="seconds per native figure")
-    parser.add_argument("--gym-seconds", type=float, default=4.0, help="seconds per Gymnasium figure")
-    parser.add_argument("--out", default=None, help="Markdown file (default: benchmarks/results/envs_<dev>.md)")
-    args = parser.parse_args(argv)
+def ours_stepper(name: str, num_envs: int, backend: str) -> Callable[[], None]:
+    env = make_env(name, num_envs=num_envs).set_backend(backend)
+    env.reset(seed=0)
+    n_actions = getattr(env.action_spec, "n", 0)
+    actions = [torch.from_numpy(a) for a in action_batches(name, num_envs, n_actions)]
+    counter = [0]
+
+    def batch_step() -> None:
+        env.step(actions[counter[0] % 64])
+        counter[0] += 1
+
+    return batch_step
+
+
+def kernel_only_stepper(name: str, num_envs: int) -> Callable[[], None]:
+    """The classic envs' numba step kernel alone, on preallocated outputs (no checks, no fresh tensors); ended
+    copies are still restarted (their start states drawn from the generator), as in ``step``."""
+    env = make_env(name, num_envs=num_envs)
+    env.reset(seed=0)
+    n_actions = getattr(env.action_spec, "n", 0)
+    batches = [np.ascontiguousarray(a) for a in action_batches(name, num_envs, n_actions)]
+    shape = (num_envs, *env.observation_spec.shape)
+    obs, final_obs = np.empty(shape, np.float32), np.empty(shape, np.float32)
+    reward, terminated, truncated = np.empty(num_envs, np.float32), np.empty(num_envs, bool), np.empty(num_envs, bool)
+    counter = [0]
+
+    def batch_step() -> None:
+        state = env._state_array()
+        count = env._run_step_kernel(batches[counter[0] % 64], state, final_obs, obs, reward, terminated, truncated)
+        if count:
+            fresh = env._fresh_states(count)
+            env._restart_rows(env._ended, count, fresh.numpy(), False, state)
+            env._observe_kernel(env._ended, count, state, obs)
+        counter[0] += 1
+
+    return batch_step
+
+
+def gymnasium_stepper(name: str, num_envs: int) -> tuple[Callable[[], None], str]:
+    gym_id = GYM_IDS[name]
+    batched = gym.spec(gym_id).vector_entry_point is not None
+    mode = "vector_entry_point" if batched else "sync"
+    vector_env = gym.make_vec(gym_id, num_envs=num_envs, vectorization_mode=mode)
+    vector_env.reset(seed=0)
+    n_actions = getattr(vector_env.single_action_space, "n", 0)
+    actions = action_batches(name, num_envs, int(n_actions))
+    counter = [0]
+
+    def batch_step() -> None:
+        vector_env.step(actions[counter[0] % 64])
+        counter[0] += 1
+
+    return batch_step, "batched" if batched else "sync loop"
+
+
+def load_average() -> str:
     try:
-        sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
-    except ValueError:
-        parser.error(f"--sizes must be comma-separated integers, got {args.sizes!r}")
-    if not sizes or min(sizes) < 1:
-        parser.error(f"--sizes must be integers >= 1, got {args.sizes!r}")
-    if min(args.chunk_ms, args.native_seconds, args.gym_seconds) <= 0:
-        parser.error("--chunk-ms, --native-seconds and --gym-seconds must be > 0")
-    try:
-        device = torch.device(args.device)
-        torch.empty(1, device=device)
-    except (RuntimeError, AssertionError) as error:
-        parser.error(f"--device {args.device!r} is not available: {error}")
-    chunk = args.chunk_ms / 1000
+        return "{:.2f} / {:.2f} / {:.2f}".format(*os.getloadavg())
+    except OSError:
+        return "n/a"
 
+
+def median_rates(
+    steppers: dict[str, Callable[[], None]], num_envs: int, seconds: float, rounds: int
+) -> dict[str, tuple[float, float]]:
+    """Median over ``rounds`` interleaved rounds of each peer's env steps per second: ``(wall, cpu)``."""
+    for batch_step in steppers.values():  # warm-up
+        batch_step()
+    rates: dict[str, list[tuple[float, float]]] = {name: [] for name in steppers}
+    for _ in range(rounds):
+        for name, batch_step in steppers.items():
+            gc.collect()
+            gc.disable()
+            try:
+                rates[name].append(rate(batch_step, num_envs, seconds))
+            finally:
+                gc.enable()
+    return {
+        name: (statistics.median(v[0] for v in values), statistics.median(v[1] for v in values))
+        for name, values in rates.items()
+    }
+
+
+def rate_cell(medians: dict[str, tuple[float, float]], key: str, suffix: str = "") -> str:
+    if key not in medians:
+        return "-"
+    wall, cpu = medians[key]
+    return f"{wall:,.0f} ({cpu:,.0f}){suffix}"
+
+
+def ratio_cell(medians: dict[str, tuple[float, float]], key: str) -> str:
+    if key not in medians:
+        return "-"
+    (ours_wall, ours_cpu), (wall, cpu) = medians["ours"], medians[key]
+    return f"{ours_wall / wall:.1f}x ({ours_cpu / cpu:.1f}x)"
+
+
+def fixed_costs(names: list[str], sizes: list[int], seconds: float, rounds: int) -> list[str]:
+    """CPU microseconds per ``step`` at small ``N`` (medians): ours (numba), its kernel alone, ours torch,
+    Gymnasium."""
     rows = []
-    gc.collect()
-    gc.disable()  # no garbage-collection pauses inside timed loops (both sides)
-    try:
+    for name in names:
         for num_envs in sizes:
-            gym_steps_per_s, gym_steps = gym_rate(num_envs, chunk, args.gym_seconds)
-            native_1 = native_rate(num_envs, device, 1, False, chunk, args.native_seconds)
-            native_1_checked = native_rate(num_envs, device, 1, True, chunk, args.native_seconds)
-            native_2 = native_rate(num_envs, device, 2, False, chunk, args.native_seconds)
-            torch.set_num_threads(1)
+            steppers = {"ours": ours_stepper(name, num_envs, "numba")}
+            if name != "puddle-world":
+                steppers["kernel"] = kernel_only_stepper(name, num_envs)
+            steppers["torch"] = ours_stepper(name, num_envs, "torch")
+            if name in GYM_IDS:
+                steppers["gymnasium"] = gymnasium_stepper(name, num_envs)[0]
+            medians = median_rates(steppers, num_envs, seconds, rounds)
+            us = {key: 1e6 * num_envs / value[1] for key, value in medians.items()}  # CPU time: least disturbed
+            kernel = f"{us['kernel']:.1f}" if "kernel" in us else "-"
+            checks = f"{us['ours'] - us['kernel']:.1f}" if "kernel" in us else "-"
+            gym_cell = f"{us['gymnasium']:.1f}" if "gymnasium" in us else "-"
+            row = f"| {name} | {num_envs} | {us['ours']:.1f} | {kernel} | {checks} | {us['torch']:.1f} | {gym_cell} |"
+            rows.append(row)
+            print(row, flush=True)
+    return rows
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--envs", nargs="+", default=list(ENVS), choices=ENVS)
+    parser.add_argument("--sizes", nargs="+", type=int, default=list(SIZES), help="numbers of copies N")
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds (default 5)")
+    parser.add_argument("--seconds", type=float, default=0.25, help="seconds per peer and round (default 0.25)")
+    parser.add_argument("--no-gymnax", action="store_true", help="skip the gymnax peer")
+    parser.add_argument("--no-torch", action="store_true", help="skip our torch backend")
+    parser.add_argument("--no-write", action="store_true", help="do not write the results file")
+    parser.add_argument("--out", default=None, help="results file (default benchmarks/results/envs_cpu.md)")
+    args = parser.parse_args(argv)
+    if not args.sizes or min(args.sizes) < 1 or args.rounds < 1 or args.seconds <= 0:
+        parser.error("--sizes must be integers >= 1, --rounds >= 1 and --seconds > 0")
+    torch.set_num_threads(1)
+    use_gymnax = not args.no_gymnax and gymnax_peer.gymnax_available()
+    load_before = load_average()
+    started = time.perf_counter()
+
+    header = (
+        "| env | N | ours (numba) | ours torch | Gymnasium | gymnax jit+vmap | ours / Gymnasium | ours / gymnax |\n"
+        "|---|---:|---:|---:|---:|---:|---:|---:|"
+    )
+    print(header, flush=True)
+    rows = []
+    for name in args.envs:
+        for num_envs in args.sizes:
+            steppers: dict[str, Callable[[], None]] = {"ours": ours_stepper(name, num_envs, "numba")}
+            if not args.no_torch:
+                steppers["torch"] = ours_stepper(name, num_envs, "torch")
+            kind = ""
+            if name in GYM_IDS:
+                steppers["gymnasium"], kind = gymnasium_stepper(name, num_envs)
+                if use_gymnax:
+                    steppers["gymnax"] = gymnax_peer.gymnax_stepper(GYM_IDS[name], num_envs)
+            medians = median_rates(steppers, num_envs, args.seconds, args.rounds)
             row = (
-                f"| {num_envs} | {gym_steps_per_s:,.0f} ({gym_steps} vector steps) | {native_1:,.0f} "
-                f"| {native_1_checked:,.0f} | {native_2:,.0f} | {native_1 / gym_steps_per_s:,.1f}x |"
+                f"| {name} | {num_envs} | {rate_cell(medians, 'ours')} | {rate_cell(medians, 'torch')} | "
+                f"{rate_cell(medians, 'gymnasium', f' {kind}' if kind else '')} | {rate_cell(medians, 'gymnax')} | "
+                f"{ratio_cell(medians, 'gymnasium')} | {ratio_cell(medians, 'gymnax')} |"
             )
             rows.append(row)
             print(row, flush=True)
-    finally:
-        gc.enable()
+            del steppers
+            gc.collect()
 
-    load = ", ".join(f"{x:.2f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
-    device_name = f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""
-    header = [
-        f"# Native batched CartPole vs Gymnasium SyncVectorEnv ({device.type})",
-        "",
-        f"- date: {datetime.datetime.now().isoformat(timespec='seconds')}",
-        f"- machine: {platform.machine()} {platform.processor() or ''}, {os.cpu_count()} logical CPUs, "
-        f"load average (1, 5, 15 min) at the end of the run: {load}",
-        f"- python {platform.python_version()}, torch {torch.__version__}, gymnasium {gym.__version__}, "
-        f"numpy {np.__version__}",
-        f"- native device: {device}{device_name}",
-        f"- command: `python {' '.join(['benchmarks/envs.py', *sys.argv[1:]])}`",
-        f"- fastest chunk of ~{args.chunk_ms:g} ms (at least one vector step) over {args.native_seconds:g} s "
-        f"per native figure and {args.gym_seconds:g} s per Gymnasium figure; random actions drawn inside the "
-        "timed loop; same-step autoreset on both sides.",
-        "",
-        "Env steps per second (total over all envs):",
-        "",
-        "| envs | Gymnasium SyncVectorEnv | native, 1 thread | native, 1 thread, check_actions=True "
-        "| native, 2 threads | native / Gymnasium (1 thread) |",
-        "|---:|---:|---:|---:|---:|---:|",
-    ]
-    table = "\n".join([*header, *rows]) + "\n"
-    out = Path(args.out) if args.out else RESULTS_DIR / f"envs_{device.type}.md"
+    small = [n for n in args.sizes if n <= 64] or [min(args.sizes)]
+    cost_header = (
+        "| env | N | ours step | kernel alone | checks + fresh outputs | ours torch step | Gymnasium step |\n"
+        "|---|---:|---:|---:|---:|---:|---:|"
+    )
+    print(cost_header, flush=True)
+    cost_rows = fixed_costs(args.envs, small, args.seconds, args.rounds)
+    load_after = load_average()
+    minutes = (time.perf_counter() - started) / 60
+
+    if args.no_write:
+        return
+    versions = f"torch {torch.__version__}, numpy {np.__version__}, gymnasium {gym.__version__}"
+    if use_gymnax:
+        versions += ", " + gymnax_peer.gymnax_versions()
+    import numba
+
+    versions += f", numba {numba.__version__}"
+    command = " ".join(["python benchmarks/envs.py", *(argv if argv is not None else sys.argv[1:])])
+    text = "\n".join(
+        [
+            "# Native classic-control envs and Puddle World vs Gymnasium's vector envs and gymnax (CPU)",
+            "",
+            f"- machine: {platform.machine()} {platform.processor() or ''}, {os.cpu_count()} logical CPUs; "
+            f"load average (1 / 5 / 15 min) {load_before} before, {load_after} after ({minutes:.1f} min)",
+            f"- python {platform.python_version()}, {versions}",
+            "- single thread on every side (torch 1 thread, serial numba kernels, XLA CPU on one thread)",
+            f"- command: `{command}`",
+            f"- {args.rounds} interleaved rounds of {args.seconds:g} s per peer; medians of env steps per second "
+            "(N copies x batch steps / wall-clock s); ratios are ratios of medians",
+            "- ours: `make_env(name, num_envs=N)` defaults (numba backend on CPU, actions checked, same-step "
+            "autoreset with `final_obs`, fresh output tensors); Gymnasium: `make_vec(..., "
+            'vectorization_mode="vector_entry_point")` where it exists (CartPole), else `SyncVectorEnv` (a Python '
+            "loop; Gymnasium has no batched MountainCar, Acrobot or Pendulum); gymnax: `jit(vmap(step))` with the "
+            "action sampled inside, after compilation, each call waited for",
+            "",
+            "Env steps per second, per wall-clock second and (in parentheses) per second of the process's CPU "
+            "time; Gymnasium's kind of vector env after its figure:",
+            "",
+            header,
+            *rows,
+            "",
+            "Fixed cost of one batch step at small N, microseconds of CPU time (medians; wall-clock time on a loaded "
+            "machine mostly measures the other jobs): `kernel alone` is the compiled step "
+            "on preallocated outputs with actions already arrays (restarts included); `checks + fresh outputs` is "
+            "the difference, the price of the shape/dtype checks and of the five fresh output tensors `step` "
+            "returns (the API promises that a returned tensor is never overwritten by a later step).",
+            "",
+            cost_header,
+            *cost_rows,
+            "",
+        ]
+    )
+    out = Path(args.out) if args.out else RESULTS_DIR / "envs_cpu.md"
     out.parent.mkdir(parents=True, exist_ok=True)
-    temporary = out.with_suffix(out.suffix + ".tmp")
-    temporary.write_text(table)
+    temporary = out.with_suffix(".md.tmp")
+    temporary.write_text(text)
     temporary.replace(out)
-    print()
-    print(table)
-    print(f"written to {out}")
-    return table
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":

@@ -8,10 +8,15 @@ set, uniform random actions, observation produced every step, finished episodes 
 - ``native torch Kt``: the same env on batched torch operations (``backend="torch"``, the GPU path) with ``K``
   torch threads (on ``--device cuda`` the only native peer);
 - ``reference loop``: ``N`` ``minatar.Environment`` objects stepped in a Python loop (``act`` + ``state``);
-- ``gymnasium sync``: ``gymnasium.vector.SyncVectorEnv`` of ``MinAtar/<Game>-v0``.
+- ``gymnasium sync``: ``gymnasium.vector.SyncVectorEnv`` of ``MinAtar/<Game>-v0``;
+- ``gymnax``: gymnax's ``<Game>-MinAtar`` with its default parameters, ``jax.jit(jax.vmap(step))`` on JAX's CPU
+  backend on one thread, the action sampled inside, timed after compilation, each call waited for (see
+  ``gymnax_peer.py``; skipped when jax/gymnax are not installed). gymnax's MinAtar has **no sticky actions** (ours
+  keep them on, 0.1) and cuts episodes at 1000 steps (``max_steps_in_episode``); it computes a reset for every
+  copy at every step and selects.
 
-Native and reference take turns in interleaved rounds, so load from other jobs on a shared machine hits both
-alike; rates are given per wall-clock second and per second of this process's CPU time. Slow peers at large
+All peers take turns in interleaved rounds, so load from other jobs on a shared machine hits them alike; each
+figure is the median over rounds, per wall-clock second and per second of this process's CPU time. Slow peers at large
 ``N`` are timed over few batch steps (at least one per round). Run:
 
     .venv/bin/python benchmarks/minatar.py                      # writes benchmarks/results/minatar_cpu.md
@@ -24,12 +29,14 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import statistics
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import gymnasium as gym
+import gymnax_peer  # sets XLA's single-thread flags before jax is imported
 import numpy as np
 import torch
 
@@ -121,6 +128,10 @@ def gymnasium_stepper(game: str, num_envs: int) -> Callable[[], None]:
     return batch_step
 
 
+def gymnax_id(game: str) -> str:
+    return game.title().replace("_", "") + "-MinAtar"
+
+
 def interleaved_rates(
     steppers: dict[str, tuple[Callable[[], None], int]],
     num_envs: int,
@@ -128,21 +139,23 @@ def interleaved_rates(
     rounds: int,
     synchronize: Callable[[], None] = lambda: None,
 ) -> dict[str, tuple[float, float]]:
-    """Best ``(wall, cpu)`` rate of each peer over ``rounds`` rounds of ``min_time / rounds`` s each.
+    """Median ``(wall, cpu)`` rate of each peer over ``rounds`` rounds of ``min_time / rounds`` s each.
 
     Peers take turns within every round (native, reference, ...), so a burst of load from other jobs hits
-    them alike; the best chunk of each is the least disturbed one. ``steppers[name] = (batch_step, threads)``.
+    them alike. ``steppers[name] = (batch_step, threads)``.
     """
-    best = {name: (0.0, 0.0) for name in steppers}
+    samples: dict[str, list[tuple[float, float]]] = {name: [] for name in steppers}
     for batch_step, threads in steppers.values():  # warm-up
         torch.set_num_threads(threads)
         batch_step()
     for _ in range(rounds):
         for name, (batch_step, threads) in steppers.items():
             torch.set_num_threads(threads)
-            wall, cpu = measure(batch_step, num_envs, min_time / rounds, synchronize)
-            best[name] = (max(best[name][0], wall), max(best[name][1], cpu))
-    return best
+            samples[name].append(measure(batch_step, num_envs, min_time / rounds, synchronize))
+    return {
+        name: (statistics.median(w for w, _ in values), statistics.median(c for _, c in values))
+        for name, values in samples.items()
+    }
 
 
 def main() -> None:
@@ -159,6 +172,7 @@ def main() -> None:
     )
     parser.add_argument("--device", default="cpu", help="device of the native env (default cpu; cuda: torch only)")
     parser.add_argument("--no-gymnasium", action="store_true", help="skip the gymnasium SyncVectorEnv peer")
+    parser.add_argument("--no-gymnax", action="store_true", help="skip the gymnax peer")
     parser.add_argument("--no-write", action="store_true", help="do not write benchmarks/results/minatar_<device>.md")
     args = parser.parse_args()
     if any(n < 1 for n in args.sizes) or args.min_time <= 0 or any(t < 1 for t in args.threads) or args.rounds < 1:
@@ -181,14 +195,17 @@ def main() -> None:
             for threads in args.threads:
                 native_peers[f"native torch {threads}t"] = ("torch", threads)
     native_names = list(native_peers)
+    use_gymnax = not args.no_gymnax and gymnax_peer.gymnax_available()
     header = (
         "| game | N | "
         + " | ".join(f"{name} steps/s (cpu)" for name in native_names)
         + " | reference loop steps/s (cpu) | "
         + ("gymnasium sync steps/s (cpu) | " if not args.no_gymnasium else "")
+        + ("gymnax jit+vmap steps/s (cpu) | " if use_gymnax else "")
         + " | ".join(f"{name} / reference wall (cpu)" for name in native_names)
+        + ("".join(f" | {name} / gymnax wall (cpu)" for name in native_names) if use_gymnax else "")
         + " |\n|---|---:|"
-        + "---:|" * (2 * len(native_names) + 1 + (not args.no_gymnasium))
+        + "---:|" * ((2 + use_gymnax) * len(native_names) + 1 + (not args.no_gymnasium) + use_gymnax)
     )
     rows = []
     print(header, flush=True)
@@ -200,12 +217,16 @@ def main() -> None:
             steppers["reference"] = (reference_stepper(game, num_envs), 1)
             if not args.no_gymnasium:
                 steppers["gymnasium"] = (gymnasium_stepper(game, num_envs), 1)
+            if use_gymnax:
+                steppers["gymnax"] = (gymnax_peer.gymnax_stepper(gymnax_id(game), num_envs), 1)
             rates = interleaved_rates(steppers, num_envs, args.min_time, args.rounds, synchronize)
-            reference = rates["reference"]
             cells = [f"{rates[name][0]:,.0f} ({rates[name][1]:,.0f})" for name in steppers]
-            ratios = [
-                f"{rates[name][0] / reference[0]:.1f}x ({rates[name][1] / reference[1]:.1f}x)" for name in native_names
-            ]
+            ratios = []
+            for peer in ("reference", "gymnax") if use_gymnax else ("reference",):
+                ratios += [
+                    f"{rates[name][0] / rates[peer][0]:.1f}x ({rates[name][1] / rates[peer][1]:.1f}x)"
+                    for name in native_names
+                ]
             row = f"| {game} | {num_envs} | " + " | ".join(cells + ratios) + " |"
             rows.append(row)
             print(row, flush=True)
@@ -224,14 +245,18 @@ def main() -> None:
                 f"# MinAtar: native batched env ({device.type}) vs the reference `minatar` (CPU)",
                 "",
                 f"Machine: {cpu}, {os.cpu_count()} logical CPUs{load}; torch {torch.__version__}, "
-                f"numpy {np.__version__}, gymnasium {gym.__version__}.",
+                f"numpy {np.__version__}, gymnasium {gym.__version__}"
+                + (f", {gymnax_peer.gymnax_versions()}" if use_gymnax else "")
+                + ".",
                 "Protocol: sticky actions 0.1, difficulty ramping on, 6 actions, uniform random actions, observation"
                 " every step, finished episodes reset. Environment steps per second (N copies x batch steps / s);",
                 "in parentheses the same per second of this process's CPU time (user + system), which the other"
                 " jobs on a shared machine disturb far less than wall-clock time.",
                 f"Peers take turns in {args.rounds} interleaved rounds ({args.min_time} s per peer in all); each"
-                " figure is the peer's best round. `native numba`: compiled kernels (the CPU default);"
-                " `native torch Kt`: batched torch operations with K torch threads.",
+                " figure is the median over rounds. `native numba`: compiled kernels (the CPU default);"
+                " `native torch Kt`: batched torch operations with K torch threads. gymnax: `jit(vmap(step))` on"
+                " JAX's CPU backend, one thread, after compilation; it has no sticky actions (ours: 0.1) and cuts"
+                " episodes at 1000 steps.",
                 f"Command: `.venv/bin/python {command}`",
                 "",
                 header,

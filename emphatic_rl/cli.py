@@ -1,7 +1,12 @@
-"""The ``emphatic-rl`` command: ``train``, ``list``, ``gradients``.
+"""The ``emphatic-rl`` command: ``train``, ``list``, ``gradients``, ``sweep``, ``report``.
 
 User mistakes (unknown names, bad values, unwritable folders) end with one line on stderr and exit code 2, before any
 work starts; nothing half-written is left behind.
+
+Plugins (``emphatic_rl.plugins``): every command loads the installed entry points of the group
+``emphatic_rl.plugins``; ``train``, ``sweep``, ``list`` and ``gradients`` also take ``--import MODULE``
+(repeatable), so agents, envs and estimators registered by a user's own module are known by name. A plugin that
+fails to import is one line naming it, exit code 2.
 """
 
 from __future__ import annotations
@@ -9,8 +14,9 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from emphatic_rl.config import (
     ConfigError,
@@ -30,6 +36,12 @@ def _fail(message: str) -> int:
     return 2
 
 
+def add_import_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
+                        help="import this module first, so that the agents, envs and estimators it registers can "
+                        "be named (repeatable; the module must be on sys.path / PYTHONPATH)")
+
+
 # ---------------------------------------------------------------------------------------------------- train
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--agent", help="agent name (see `emphatic-rl list`); default dqn")
@@ -40,11 +52,14 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--population", type=int, help="learners P run as one batch; default 1")
     parser.add_argument("--device", help="torch device; default cpu")
     parser.add_argument("--out", help="run folder; default runs/<agent>-<env>-<time>")
-    parser.add_argument("--config", help="a TOML config file (see emphatic_rl/config.py)")
+    parser.add_argument(
+        "--config", help="a TOML config file (see emphatic_rl/config.py) or a shipped train config's name"
+    )
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config key: steps=5000, agent.learning_rate=1e-3, env.max_episode_steps=200")
     parser.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its last checkpoint")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_import_argument(parser)
 
 
 #: What `emphatic-rl train` runs when neither --agent, --env nor --config is given: ACE against OffPAC on the N18
@@ -71,7 +86,9 @@ def _config_from_args(args: argparse.Namespace) -> TrainConfig:
     if args.agent is None and args.env is None and args.config is None:
         apply_overrides(config, {k: (dict(v) if isinstance(v, dict) else v) for k, v in DEMO_CONFIG.items()})
     if args.config:
-        apply_overrides(config, load_config_file(args.config))
+        from emphatic_rl.studies import resolve_study
+
+        apply_overrides(config, load_config_file(resolve_study(args.config, kind="train")))
     flags = {
         "agent": args.agent,
         "env": args.env,
@@ -132,10 +149,12 @@ def summarise_eta_comparison(config: TrainConfig, out_dir: Path) -> list[str]:
 
     Uses each member's last ``eval/exact_J`` (the exact objective, on tabular MDPs) or else its last ``eval/return``.
     """
+    from emphatic_rl.agents import AGENT_REGISTRY
     from emphatic_rl.logging import read_metrics
 
     eta = config.agent_options.get("eta")
-    if config.agent not in ("ace", "ace-direct", "offpac") or not isinstance(eta, list):
+    entry = AGENT_REGISTRY.get(config.agent)
+    if entry is None or "eta" not in entry.per_member_ranges() or not isinstance(eta, list):
         return []
     if sorted(set(eta)) != [0.0, 1.0]:
         return []
@@ -164,65 +183,211 @@ def summarise_eta_comparison(config: TrainConfig, out_dir: Path) -> list[str]:
 
 
 # ---------------------------------------------------------------------------------------------------- list
-def cmd_list(args: argparse.Namespace) -> int:
-    from emphatic_rl.agents import AGENT_REGISTRY, load_agents
-    from emphatic_rl.envs import ENV_REGISTRY
+LIST_SECTIONS = ("agents", "envs", "studies")
 
-    load_agents()
-    print("Agents (--agent NAME, options with --set agent.KEY=VALUE):")
-    for name in sorted(AGENT_REGISTRY):
-        entry = AGENT_REGISTRY[name]
-        print(f"  {name:24s} {entry.description}")
-        for key, value in entry.default_options().items():
-            print(f"      {key} = {value!r}")
-    print("\nEnvs (--env NAME, options with --set env.KEY=VALUE):")
-    for name in sorted(ENV_REGISTRY):
-        entry = ENV_REGISTRY[name]
-        print(f"  {name:24s} {entry.description}")
-        for key, value in entry.options().items():
-            print(f"      {key} = {value!r}")
-    print("  gym:<id>                 any Gymnasium env id, through its vector API (e.g. gym:MinAtar/Breakout-v1)")
+
+def add_list_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "name",
+        nargs="?",
+        help="agents | envs | studies (one section), or an agent, env or study name (all its details); "
+        "default: everything, one line each",
+    )
+    parser.add_argument("--filter", "-f", metavar="WORD", help="only entries whose name or description contains WORD")
+
+
+def _format_option(key: str, row: dict) -> str:
+    allowed = f"  [{' | '.join(row['allowed'])}]" if row.get("allowed") else ""
+    return f"      {key} = {row['default']!r}  ({row['type']}){allowed}"
+
+
+def _describe_agent(name: str, entry: dict) -> list[str]:
+    runs_on = ", ".join(entry["runs_on"]) or "-" if "runs_on" in entry else "not checked (registered in this process)"
+    lines = [f"agent {name}: {entry['description']}", f"  runs on: {runs_on}"]
+    not_on = entry.get("not_on", {})
+    if not_on:
+        lines.append("  does not run on:")
+        by_reason: dict[str, list[str]] = {}
+        for env, reason in not_on.items():  # one line per reason (the env's name in it made generic)
+            by_reason.setdefault(reason.replace(f"'{env}'", "'<env>'"), []).append(env)
+        lines += [f"      {', '.join(envs)}: {reason}" for reason, envs in by_reason.items()]
+    lines.append("  options (--set agent.KEY=VALUE; default, type, allowed values):")
+    lines += [_format_option(key, row) for key, row in entry["options"].items()]
+    return lines
+
+
+def _describe_env(name: str, entry: dict) -> list[str]:
+    lines = [
+        f"env {name}: {entry['description']}",
+        f"  actions {entry['actions']}, observations {entry['observations']}",
+        "  Gymnasium ids: " + (", ".join(entry["gymnasium_ids"]) or "-"),
+        "  agents: " + (", ".join(entry.get("agents", [])) or "-"),
+        "  options (--set env.KEY=VALUE; default, type, allowed values):",
+    ]
+    lines += [_format_option(key, row) for key, row in entry["options"].items()]
+    return lines
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    """``emphatic-rl list [agents|envs|studies|NAME] [--filter WORD]``, from the shipped catalog (no torch)."""
+    from emphatic_rl.catalog import load_catalog
+
+    catalog = load_catalog()
+    name = args.name
+    if name is not None and name not in LIST_SECTIONS:
+        lines: list[str] = []
+        if name in catalog["agents"]:
+            lines += _describe_agent(name, catalog["agents"][name])
+        if name in catalog["envs"]:
+            lines += _describe_env(name, catalog["envs"][name])
+        if name in catalog["studies"]:
+            study = catalog["studies"][name]
+            lines += [f"study {name} ({study['kind']}): {study['description']}", f"  run: {study['command']}"]
+        if not lines:
+            known = sorted(set(catalog["agents"]) | set(catalog["envs"]) | set(catalog["studies"]))
+            return _fail(f"unknown name {name!r} for list; allowed: {', '.join(LIST_SECTIONS + tuple(known))}")
+        print("\n".join(lines))
+        return 0
+    word = (args.filter or "").lower()
+
+    def keep(key: str, description: str) -> bool:
+        return not word or word in key.lower() or word in description.lower()
+
+    sections = LIST_SECTIONS if name is None else (name,)
+    out: list[str] = []
+    if "agents" in sections:
+        rows = [(k, v) for k, v in catalog["agents"].items() if keep(k, v["description"])]
+        out.append("Agents (--agent NAME; `emphatic-rl list NAME` for its options and envs):")
+        out += [f"  {k:24s} {v['description']}" for k, v in rows]
+    if "envs" in sections:
+        rows = [(k, v) for k, v in catalog["envs"].items() if keep(k, v["description"])]
+        out.append("Envs (--env NAME; agents that run on each):")
+        for k, v in rows:
+            out.append(f"  {k:24s} {v['description']}")
+            out.append(f"  {'':24s}   agents: {', '.join(v.get('agents', [])) or '-'}")
+        if keep("gym:<id>", catalog["gym"]):
+            out.append(f"  {'gym:<id>':24s} {catalog['gym']}")
+    if "studies" in sections:
+        rows = [(k, v) for k, v in catalog["studies"].items() if keep(k, v["description"] + " " + v["kind"])]
+        out.append(
+            "Studies shipped with the package, run by name (sweep: emphatic-rl sweep NAME; train: emphatic-rl train "
+            "--config NAME; dyna: python -m emphatic_rl.dyna_study NAME):"
+        )
+        out += [f"  {k:33s} {v['kind']:6s} {v['description']}" for k, v in rows]
+    print("\n".join(out))
     return 0
 
 
+# ---------------------------------------------------------------------------------------------------- studies by name
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from emphatic_rl.studies import resolve_study
+    from emphatic_rl.sweep import run_sweep
+
+    try:
+        args.study = str(resolve_study(args.study, kind="sweep"))
+    except ValueError as error:
+        return _fail(str(error))
+    return run_sweep(args)
+
+
 # ---------------------------------------------------------------------------------------------------- main
+def _build_train(parser: argparse.ArgumentParser) -> None:
+    add_train_arguments(parser)
+    parser.set_defaults(handler=cmd_train)
+
+
+def _build_list(parser: argparse.ArgumentParser) -> None:
+    add_list_arguments(parser)
+    add_import_argument(parser)
+    parser.set_defaults(handler=cmd_list)
+
+
+def _build_sweep(parser: argparse.ArgumentParser) -> None:
+    from emphatic_rl.sweep import add_sweep_arguments
+
+    add_sweep_arguments(parser)
+    add_import_argument(parser)
+    parser.set_defaults(handler=cmd_sweep)
+
+
+def _build_report(parser: argparse.ArgumentParser) -> None:
+    from emphatic_rl.report import add_report_arguments, run_report
+
+    add_report_arguments(parser)
+    parser.set_defaults(handler=run_report)
+
+
+def _build_gradients(parser: argparse.ArgumentParser) -> None:
+    from emphatic_rl.gradients import add_gradients_arguments, run_gradients
+
+    add_gradients_arguments(parser)
+    add_import_argument(parser)
+    parser.set_defaults(handler=run_gradients)
+
+
+#: the commands: name -> (one-line help, function that adds the command's arguments). A command's module is
+#: imported only when that command is run (or asked for its --help), so `emphatic-rl --help` imports no torch.
+COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None]]] = {
+    "train": ("train an agent (no arguments: a small default run)", _build_train),
+    "list": ("agents, envs, studies, their options and which agents run on which envs", _build_list),
+    "sweep": ("run a study (a shipped study's name or a TOML): variants x grid x runs as populations", _build_sweep),
+    "report": ("best settings, curves with CIs, report.md of a sweep", _build_report),
+    "gradients": ("exact gradients and estimators on tabular MDPs", _build_gradients),
+}
+
+
+class _LazySubParsersAction(argparse._SubParsersAction):
+    """Sub-commands whose arguments are added when the command is parsed (see :data:`COMMANDS`)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.builders: dict[str, Callable[[argparse.ArgumentParser], None]] = {}
+
+    def build(self, name: str) -> argparse.ArgumentParser:
+        """The parser of ``name`` with its arguments (added on first call)."""
+        builder = self.builders.pop(name, None)
+        if builder is not None:
+            builder(self._name_parser_map[name])
+        return self._name_parser_map[name]
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        if values and values[0] in self._name_parser_map:
+            self.build(values[0])
+        super().__call__(parser, namespace, values, option_string)
+
+
 def build_parser() -> argparse.ArgumentParser:
+    """The ``emphatic-rl`` parser: the commands' arguments are added lazily (see :data:`COMMANDS`)."""
     parser = argparse.ArgumentParser(
-        prog="emphatic-rl", description="Off-policy policy-gradient research: train agents, compute exact gradients."
+        prog="emphatic-rl",
+        description="Off-policy policy-gradient research: train agents, run and report studies, compute exact "
+        "gradients.",
+        epilog="`emphatic-rl COMMAND --help` for a command's options; `emphatic-rl list` for agents, envs, studies.",
     )
-    commands = parser.add_subparsers(dest="command", required=True)
-    train_parser = commands.add_parser("train", help="train an agent (no arguments: a small default run)")
-    add_train_arguments(train_parser)
-    train_parser.set_defaults(handler=cmd_train)
-    list_parser = commands.add_parser("list", help="agents, envs and their options")
-    list_parser.set_defaults(handler=cmd_list)
-    try:
-        from emphatic_rl.gradients import add_gradients_arguments, run_gradients
-    except ImportError:
-        pass
-    else:
-        gradients_parser = commands.add_parser("gradients", help="exact gradients and estimators on tabular MDPs")
-        add_gradients_arguments(gradients_parser)
-        gradients_parser.set_defaults(handler=lambda a: run_gradients(a))
-    try:
-        from emphatic_rl.report import add_report_arguments, run_report
-        from emphatic_rl.sweep import add_sweep_arguments, run_sweep
-    except ImportError:
-        pass
-    else:
-        sweep_parser = commands.add_parser("sweep", help="run a study TOML: variants x grid x runs as populations")
-        add_sweep_arguments(sweep_parser)
-        sweep_parser.set_defaults(handler=lambda a: run_sweep(a))
-        report_parser = commands.add_parser("report", help="best settings, curves with CIs, report.md of a sweep")
-        add_report_arguments(report_parser)
-        report_parser.set_defaults(handler=lambda a: run_report(a))
+    parser.register("action", "parsers", _LazySubParsersAction)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (help_text, builder) in COMMANDS.items():
+        commands.add_parser(name, help=help_text, description=help_text[0].upper() + help_text[1:] + ".")
+        commands.builders[name] = builder
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from emphatic_rl.plugins import PluginError, load_plugins
+
     parser = build_parser()
     args = parser.parse_args(argv)
-    return args.handler(args)
+    try:
+        load_plugins(getattr(args, "imports", []))
+    except PluginError as error:
+        return _fail(str(error))
+    try:
+        return args.handler(args)
+    except BrokenPipeError:  # `emphatic-rl list | head`: the reader left; not an error
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

@@ -549,7 +549,9 @@ def plot_value_maps(config: StudyConfig, runs: dict[str, Any], best: dict, out: 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m emphatic_rl.dyna_study", description=__doc__.split("\n")[0])
-    parser.add_argument("config", help="TOML file with a [study] table (experiments/dyna_gridworld.toml)")
+    parser.add_argument(
+        "config", help="a shipped study's name (dyna-gridworld, see `emphatic-rl list studies`) or a TOML file"
+    )
     parser.add_argument("--out", default="experiments/results/dyna", help="output folder")
     parser.add_argument(
         "--set",
@@ -567,7 +569,9 @@ def main(argv: list[str] | None = None) -> int:
                 raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
             key, value = item.split("=", 1)
             overrides[key.strip()] = tomllib.loads(f"v = {value}")["v"]
-        config = load_config(args.config, overrides)
+        from emphatic_rl.studies import resolve_study
+
+        config = load_config(resolve_study(args.config, kind="dyna"), overrides)
     except (ValueError, OSError, tomllib.TOMLDecodeError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -27,7 +27,7 @@ actor-critic with emphatic weightings" (ACE-direct's learned emphasis, the start
 
 from __future__ import annotations
 
-from typing import TypeVar
+from typing import Any, TypeAlias
 
 __all__ = [
     "followon_trace",
@@ -39,7 +39,9 @@ __all__ = [
     "actor_coefficient",
 ]
 
-T = TypeVar("T")
+#: a Python float, a numpy array or a torch tensor; the arguments of one call may mix them (``eta`` a float,
+#: ``interest`` a tensor...), so the equations are typed by what they accept, not by one type variable.
+T: TypeAlias = Any
 
 
 def followon_trace(interest: T, gamma: T, previous_rho: T, previous_followon: T, normalize: bool = False) -> T:

@@ -36,7 +36,7 @@ from emphatic_rl.exact.lab import (
     Lab,
     check_estimator_names,
 )
-from emphatic_rl.exact.sampled import SAMPLED_ESTIMATORS, monte_carlo_updates
+from emphatic_rl.exact.sampled import SAMPLED_ESTIMATORS, monte_carlo_updates, sampled_estimator_names
 
 POLICIES = ("auto", "softmax", "deterministic", "gaussian")
 STREAMS = 200
@@ -75,6 +75,12 @@ def add_gradients_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"Monte Carlo check with this many sampled updates ({', '.join(SAMPLED_ESTIMATORS)})",
     )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="a progress bar over the estimators with --ascent or --samples (default: on; --no-progress)",
+    )
     parser.add_argument("--plot", default=None, metavar="FILE.png", help="plot J along each ascent (needs --ascent)")
 
 
@@ -153,8 +159,8 @@ def build_lab(args: argparse.Namespace) -> tuple[Lab, list[str]]:
     if args.samples:
         if not isinstance(lab, DiscreteLab):
             raise ValueError("--samples (Monte Carlo) is available for discrete-action envs only")
-        if not any(name in SAMPLED_ESTIMATORS for name in estimators):
-            raise ValueError(f"--samples needs one of the sampled estimators {', '.join(SAMPLED_ESTIMATORS)}")
+        if not any(name in sampled_estimator_names() for name in estimators):
+            raise ValueError(f"--samples needs one of the sampled estimators {', '.join(sampled_estimator_names())}")
     return lab, estimators
 
 
@@ -186,7 +192,12 @@ def compute(args: argparse.Namespace, lab: Lab, estimators: list[str]) -> dict[s
         "true_gradient_norm": true_norm,
         "estimators": {},
     }
-    for name in estimators:
+    names: Any = estimators
+    if getattr(args, "progress", False) and (args.ascent or args.samples):  # seconds to minutes per estimator
+        from tqdm import tqdm
+
+        names = tqdm(estimators, desc="estimators", unit="estimator", dynamic_ncols=True, leave=False)
+    for name in names:
         update = lab.expected_update(name, theta, args.eta)
         entry: dict[str, Any] = {
             "expected_update": update.tolist(),
@@ -200,7 +211,7 @@ def compute(args: argparse.Namespace, lab: Lab, estimators: list[str]) -> dict[s
             entry["final_theta"] = result.thetas[-1].tolist()
             entry["J_trajectory"] = result.objective.tolist()
             entry["_thetas"] = result.thetas
-        if args.samples and name in SAMPLED_ESTIMATORS:
+        if args.samples and name in sampled_estimator_names():
             steps = max(2, math.ceil(args.samples / STREAMS))
             mc = monte_carlo_updates(lab, theta, name, args.eta, num_streams=STREAMS, num_steps=steps, seed=args.seed)
             entry["monte_carlo"] = mc.as_dict()

@@ -69,8 +69,8 @@ objective of ace.md §4.2), capped at ``eval_max_steps`` (``eval/return``; tabul
 ``eval/exact_J``). With ``[excursions]``, also the *excursions* objective (``eval/excursions_return``): after every
 ``eval_every`` steps, one rollout of the target policy from each of ``starts`` states drawn from the behaviour's data
 (final states of independent behaviour trajectories of ``spacing`` steps, not the training data), set through the
-env's ``state_names`` tensors. To evaluate between steps the variant is trained in ``eval_every`` segments, each a
-resume of the last (bit-identical to one call, tested).
+env's ``state_names`` tensors. It is evaluated by the ``emphatic_rl.runner.Excursions`` callback of the training
+loop, right after the episodic evaluation.
 """
 
 from __future__ import annotations
@@ -90,25 +90,18 @@ from typing import Any
 import torch
 
 from emphatic_rl.config import ConfigError, TrainConfig, apply_overrides, load_config_file, parse_set_arguments
+from emphatic_rl.seeding import stream_generator, stream_seed
 
-#: Hyperparameters that the linear actor-critic agents take as one value per population member, with their ranges.
-PER_MEMBER_KEYS: dict[str, tuple[float, float | None, bool]] = {
-    # key: (low, high, low_open)
-    "alpha_actor": (0.0, None, True),
-    "alpha_critic": (0.0, None, True),
-    "alpha_h": (0.0, None, True),
-    "alpha_emphasis": (0.0, None, True),
-    "critic_lambda": (0.0, 1.0, False),
-    "eta": (0.0, 1.0, False),
-}
+# Which agents a study may run and which keys its grid may hold come from the agent registry: an agent is sweepable
+# when its options declare per-member fields (``emphatic_rl.agents.registry.per_member``) and a ``stream_of`` option,
+# so an agent registered by a user's own package (``--import MODULE``) is sweepable without editing this module.
 STUDY_KEYS = (
     "name", "runs", "full_runs", "max_population", "base", "full_base", "grid", "full_grid", "variants", "report",
     "excursions",
 )
 EXCURSION_KEYS = ("starts", "full_starts", "spacing")
-EXCURSIONS_METRIC = "eval/excursions_return"
+EXCURSIONS_METRIC = "eval/excursions_return"  # emphatic_rl.runner.Excursions.metric
 VARIANT_KEYS = ("name", "agent", "agent_options", "grid", "full_grid", "full_only")
-SWEEP_AGENTS = ("ace", "ace-direct", "offpac")
 MEMBERS_NAME = "members.json"
 DONE_NAME = "done.json"
 SWEEP_NAME = "sweep.json"
@@ -159,17 +152,35 @@ def _check_int(value: Any, where: str, minimum: int = 1) -> int:
     return value
 
 
-def check_grid(grid: dict[str, Any], where: str = "grid") -> dict[str, list[float]]:
-    """Check that ``grid`` maps per-member keys to non-empty lists of numbers in range; returns a clean copy.
+def _agent_ranges(agent: Any, vname: str) -> dict[str, Any]:
+    """The per-member option ranges of a sweepable registered agent; one error naming the sweepable ones else."""
+    from emphatic_rl.agents import AGENT_REGISTRY, load_agents
+    from emphatic_rl.agents.registry import sweepable_agent_names
+
+    load_agents()
+    entry = AGENT_REGISTRY.get(agent) if isinstance(agent, str) else None
+    if entry is None or not entry.sweepable():
+        raise ConfigError(
+            f"variant {vname!r}: agent {agent!r} is not sweepable; allowed: {', '.join(sweepable_agent_names())} "
+            "(an agent is sweepable when its options declare per-member fields and stream_of)"
+        )
+    return entry.per_member_ranges()
+
+
+def check_grid(grid: dict[str, Any], where: str = "grid", ranges: dict[str, Any] | None = None,
+               agent: str | None = None) -> dict[str, list[float]]:
+    """Check that ``grid`` maps keys to non-empty lists of numbers (and, given the agent's per-member ``ranges``,
+    that each key is one of them and each value in range); returns a clean copy.
 
     An empty list means "no such key" (used to drop a key of the study grid in one variant).
     """
     grid = _check_table(grid, where)
     clean: dict[str, list[float]] = {}
     for key, values in grid.items():
-        if key not in PER_MEMBER_KEYS:
+        if ranges is not None and key not in ranges:
             raise ConfigError(
-                f"{where} key {key!r} is not a per-member hyperparameter; allowed: {', '.join(PER_MEMBER_KEYS)}"
+                f"{where} key {key!r} is not a per-member hyperparameter; allowed: {', '.join(ranges)}"
+                + (f" (agent {agent!r})" if agent else "")
             )
         if isinstance(values, (int, float)) and not isinstance(values, bool):
             values = [values]
@@ -177,12 +188,10 @@ def check_grid(grid: dict[str, Any], where: str = "grid") -> dict[str, list[floa
             isinstance(v, (int, float)) and not isinstance(v, bool) for v in values
         ):
             raise ConfigError(f"{where}.{key} must be a number or a list of numbers, got {values!r}")
-        low, high, low_open = PER_MEMBER_KEYS[key]
-        for v in values:
-            bad = not math.isfinite(v) or (v <= low if low_open else v < low) or (high is not None and v > high)
-            if bad:
-                allowed = f"{'(' if low_open else '['}{low}, {'inf)' if high is None else f'{high}]'}"
-                raise ConfigError(f"{where}.{key} value {v!r} is outside {allowed}")
+        if ranges is not None:
+            for v in values:
+                if not ranges[key].contains(v):
+                    raise ConfigError(f"{where}.{key} value {v!r} is outside {ranges[key].describe()}")
         if len(set(values)) != len(values):
             raise ConfigError(f"{where}.{key} has repeated values: {values!r}")
         if values:
@@ -230,10 +239,8 @@ def load_study(path: str | Path, full: bool = False, base_overrides: dict[str, A
                 f"[base] must not set {key!r}: the agent comes from each variant, population_size = runs x settings "
                 "and num_envs = runs"
             )
-    per_member_in_base = [k for k in base.get("agent_options", {}) if k in PER_MEMBER_KEYS]
-    study_grid = check_grid(data.get("grid", {}), "[grid]")
-    if full and "full_grid" in data:
-        study_grid = check_grid(data["full_grid"], "[full_grid]")
+    study_grid_key = "full_grid" if full and "full_grid" in data else "grid"
+    study_grid = check_grid(data.get(study_grid_key, {}), f"[{study_grid_key}]")
     raw_variants = data.get("variants")
     if not isinstance(raw_variants, list) or not raw_variants:
         raise ConfigError("a study needs at least one [[variants]] table (name, agent, agent_options)")
@@ -256,10 +263,10 @@ def load_study(path: str | Path, full: bool = False, base_overrides: dict[str, A
         if not isinstance(full_only, bool):
             raise ConfigError(f"variant {vname!r}: full_only must be true or false, got {full_only!r}")
         agent = raw.get("agent")
-        if agent not in SWEEP_AGENTS:
-            raise ConfigError(
-                f"variant {vname!r}: agent {agent!r} is not sweepable; allowed: {', '.join(SWEEP_AGENTS)}"
-            )
+        ranges = _agent_ranges(agent, vname)
+        assert isinstance(agent, str)  # _agent_ranges accepts registered names only
+        check_grid(study_grid, f"[{study_grid_key}]", ranges, agent)
+        per_member_in_base = [k for k in base.get("agent_options", {}) if k in ranges]
         options = {**copy.deepcopy(base.get("agent_options", {})), **_check_table(raw.get("agent_options", {}),
                                                                                    f"variant {vname!r} agent_options")}
         grid = dict(study_grid)
@@ -269,7 +276,7 @@ def load_study(path: str | Path, full: bool = False, base_overrides: dict[str, A
             variant_grid_key = "full_grid"
         else:
             variant_grid_key = "grid"
-        extra = check_grid(raw.get(variant_grid_key, {}), f"variant {vname!r} {variant_grid_key}")
+        extra = check_grid(raw.get(variant_grid_key, {}), f"variant {vname!r} {variant_grid_key}", ranges, agent)
         for key in raw.get(variant_grid_key, {}):
             grid.pop(key, None)
         grid.update(extra)
@@ -382,6 +389,7 @@ def run_study(study: Study, out_dir: str | Path, progress: bool = False, log=pri
     (``emphatic_rl.sweep_ray``) writes the record once (``only=[]``) and trains each chunk in a task
     (``only=[folder], record=False``)."""
     from emphatic_rl.logging import atomic_write_bytes
+    from emphatic_rl.runner import Excursions
     from emphatic_rl.train import CHECKPOINT_NAME, build_run, prepare_out_dir, train
 
     chunks = [chunk for chunk in plan_study(study) if only is None or chunk.folder in only]
@@ -423,10 +431,10 @@ def run_study(study: Study, out_dir: str | Path, progress: bool = False, log=pri
             f"{len(chunk.settings)} settings x {study.runs} runs = P {config.population_size}, {config.steps} steps")
         start = time.perf_counter()
         run = build_run(config)
-        if study.excursions is None:
-            result = train(config, folder, resume=resume, run=run)
-        else:
-            result = _train_with_excursions(study, config, folder, resume, run)
+        extra = []
+        if study.excursions is not None:
+            extra.append(Excursions(config.eval_every, *study.excursions))
+        result = train(config, folder, resume=resume, run=run, callbacks=extra)
         seconds = time.perf_counter() - start
         atomic_write_bytes(
             folder / DONE_NAME,
@@ -436,41 +444,6 @@ def run_study(study: Study, out_dir: str | Path, progress: bool = False, log=pri
         log(f"emphatic-rl sweep: {chunk.folder}: done in {seconds:.0f} s; "
             f"{int(result.diverged.sum())} of {config.population_size} members diverged")
     return folders
-
-
-def _train_with_excursions(study: Study, config: TrainConfig, folder: Path, resume: bool, run: Any) -> Any:
-    """Train in segments of ``eval_every`` steps (each a resume of the last, bit-identical to one call), evaluating
-    the excursions objective after each and appending ``eval/excursions_return`` rows to ``metrics.csv``."""
-    from emphatic_rl.train import CHECKPOINT_NAME, train
-
-    num_starts, spacing = study.excursions
-    starts = excursion_start_states(config, num_starts, spacing)
-    period = config.eval_every or config.steps
-    ends = list(range(period, config.steps + 1, period))
-    if not ends or ends[-1] != config.steps:
-        ends.append(config.steps)
-    done_step = 0
-    if resume:
-        done_step = int(torch.load(folder / CHECKPOINT_NAME, map_location="cpu", weights_only=False)["step"])
-    result = None
-    for end in ends:
-        if end <= done_step:
-            continue
-        segment = copy.deepcopy(config)
-        segment.steps = end
-        result = train(segment, folder, resume=resume, run=run)
-        resume = True
-        values = evaluate_excursions(run, starts, end).cpu()
-        values = torch.where(result.diverged, float("nan"), values)
-        with (folder / "metrics.csv").open("a", newline="") as f:
-            f.write("".join(f"{end},{EXCURSIONS_METRIC},{p},{float(v)!r}\r\n" for p, v in enumerate(values.tolist())))
-    if result is None:  # every segment was already trained (killed before done.json)
-        result = train(config, folder, resume=True, run=run)
-    from emphatic_rl.logging import atomic_write_bytes
-    from emphatic_rl.train import CONFIG_NAME
-
-    atomic_write_bytes(folder / CONFIG_NAME, json.dumps(config.to_dict(), indent=2, default=str).encode())
-    return result
 
 
 # ---------------------------------------------------------------------------------------------------- estimate
@@ -500,7 +473,8 @@ class ChunkEstimate:
 def _calibration_key(chunk: Chunk) -> str:
     """Chunks with the same key cost the same per step (the same agent, options, population and evaluation)."""
     config = chunk.config.to_dict()
-    config["agent_options"] = {k: (len(v) if k in PER_MEMBER_KEYS or k == "stream_of" else v)
+    per_member_keys = {*chunk.variant.grid, "stream_of"}
+    config["agent_options"] = {k: (len(v) if k in per_member_keys else v)
                                for k, v in config["agent_options"].items()}
     return json.dumps({k: v for k, v in config.items() if k != "steps"}, sort_keys=True, default=str)
 
@@ -514,6 +488,7 @@ def estimate_chunk(chunk: Chunk, excursions: tuple[int, int] | None, budget_seco
     per ``_calibration_key``."""
     import dataclasses as dc
 
+    from emphatic_rl.runner import Runner
     from emphatic_rl.train import build_run, evaluate
 
     start = time.perf_counter()
@@ -525,22 +500,13 @@ def estimate_chunk(chunk: Chunk, excursions: tuple[int, int] | None, budget_seco
         config = copy.deepcopy(config)
         config.progress = False
         run = build_run(config)
-        env, agent, buffer, behaviour = run.env, run.agent, run.buffer, run.behaviour
-        if agent.acts_in_env or behaviour is None:
+        if run.agent.acts_in_env or run.behaviour is None:
             raise ConfigError(f"variant {chunk.variant.name!r}: no time estimate for an agent that acts in the env")
-        generator = torch.Generator(device=run.device)
-        generator.manual_seed(config.seed + 2)
-        obs = env.reset(seed=config.seed)
+        runner = Runner(run)  # the training loop itself, without callbacks
+        runner.reset()
 
         def train_steps(count: int, first: int) -> None:
-            nonlocal obs
-            for step in range(first, first + count):
-                action, log_prob = behaviour.act(obs, generator)
-                result = env.step(action)
-                buffer.add(obs, action, result.reward, result.terminated, result.truncated, result.final_obs,
-                           log_prob)
-                agent.update(buffer, step)
-                obs = result.obs
+            runner.run(first + count - 1)
 
         with torch.no_grad():
             train_steps(2, 1)  # warm-up: compilation, first allocations
@@ -601,7 +567,9 @@ def print_estimate(study: Study, chunks: list[Chunk], budget_seconds: float = 0.
 
 # ---------------------------------------------------------------------------------------------------- CLI
 def add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("study", help="a study TOML (see emphatic_rl/sweep.py and experiments/*.toml)")
+    parser.add_argument(
+        "study", help="a shipped study's name (j23-mountain-car; see `emphatic-rl list studies`) or a study TOML"
+    )
     parser.add_argument("--out", help="results folder; default runs/sweeps/<study name>[-full]")
     parser.add_argument("--full", action="store_true", help="the full protocol: [full_grid], full_runs, [full_base]")
     parser.add_argument("--only", action="append", default=[], metavar="VARIANT",
@@ -614,7 +582,12 @@ def add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
                         "each population run: a few training steps and evaluation steps), train nothing")
     parser.add_argument("--calibrate", type=float, default=0.5, metavar="SECONDS",
                         help="--dry-run: seconds of training steps timed per population run (default 0.5)")
-    parser.add_argument("--progress", action="store_true", help="progress bars")
+    parser.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="a progress bar per population run (default: on; --no-progress turns them off)",
+    )
     parser.add_argument("--backend", choices=("local", "ray"), default="local",
                         help="local: population runs one after another here; ray: each a Ray task (pip install "
                         "'emphatic-rl[ray]'; --out on a filesystem every node sees)")
@@ -665,7 +638,7 @@ def run_sweep(args: argparse.Namespace) -> int:
 
             try:
                 run_study_ray(study, out, address=args.address, cpus_per_task=args.cpus_per_task,
-                              log=lambda m: print(m, flush=True))
+                              log=lambda m: print(m, flush=True), imports=getattr(args, "imports", []))
             except ChunkFailed as error:
                 print(f"emphatic-rl sweep: {error}", file=sys.stderr)
                 return 1
@@ -688,15 +661,14 @@ def excursion_start_states(config: TrainConfig, num_starts: int, spacing: int) -
     approximately.) Returns the env's state tensors ``{name: [num_starts, ...]}``.
     """
     from emphatic_rl.envs import make_env
-    from emphatic_rl.train import _make_behaviour
+    from emphatic_rl.train import make_behaviour
 
     env = make_env(config.env, num_envs=num_starts, device=config.device, **config.env_options)
-    if not env.state_names:
+    if not env.supports_excursions:
         raise ConfigError(f"env {config.env!r} exposes no state tensors (state_names); no excursions objective")
-    behaviour = _make_behaviour(config, env)
-    generator = torch.Generator(device=env.device)
-    generator.manual_seed(config.seed + 7_777_777)
-    obs = env.reset(seed=config.seed + 7_777_777)
+    behaviour = make_behaviour(config, env)
+    generator = stream_generator(config.seed, "excursion_data", env.device)
+    obs = env.reset(seed=stream_seed(config.seed, "excursion_data"))
     with torch.no_grad():
         for _ in range(spacing):
             action, _ = behaviour.act(obs, generator)
@@ -711,6 +683,7 @@ def evaluate_excursions(run: Any, starts: dict[str, Any], step: int, backend: st
     ``backend``: as ``train.evaluate``'s (``"auto"``: the compiled rollouts where they apply, else torch)."""
     from emphatic_rl.agents.linear_rollouts import fused_excursions
     from emphatic_rl.envs import make_env
+    from emphatic_rl.runner import rollout_returns
 
     fused = fused_excursions(run, starts, step, backend)
     if fused is not None:
@@ -719,20 +692,11 @@ def evaluate_excursions(run: Any, starts: dict[str, Any], step: int, backend: st
     num_starts = next(iter(starts.values())).shape[0]
     P = config.population_size
     env = make_env(config.env, num_envs=P * num_starts, device=run.device, **config.evaluation_env_options())
-    env.reset(seed=(config.seed * 1_000_003 + step + 12_345) % (2**63))
+    env.reset(seed=stream_seed(config.seed, "excursions", step))
     for name, value in starts.items():
         state = getattr(env, name)
         state.copy_(value.to(run.device).repeat(P, *([1] * (value.dim() - 1))))
     env.elapsed_steps.zero_()
     obs = env._observe()
-    episode_return = torch.zeros(env.num_envs, device=run.device)
-    running = torch.ones(env.num_envs, dtype=torch.bool, device=run.device)
-    for _ in range(config.eval_max_steps):
-        action = agent.evaluation_action(obs.view(P, num_starts, *obs.shape[1:]))
-        result = env.step(action.reshape(env.num_envs, *action.shape[2:]))
-        episode_return += torch.where(running, result.reward, 0.0)
-        running &= ~(result.terminated | result.truncated)
-        obs = result.obs
-        if not bool(running.any()):
-            break
-    return episode_return.view(P, num_starts).mean(dim=1)
+    episode_return, _ = rollout_returns(agent, env, obs, P, num_starts, config.eval_max_steps)
+    return episode_return.mean(dim=1)

@@ -57,7 +57,9 @@ def check_ray_arguments(args: argparse.Namespace) -> None:
         raise ConfigError(f"--cpus-per-task must be an integer >= 1, got {cpus!r}")
 
 
-def train_chunk(study: Study, folder: str, out_dir: str, cpus: int = 1) -> dict[str, Any]:
+def train_chunk(
+    study: Study, folder: str, out_dir: str, cpus: int = 1, imports: tuple[str, ...] = ()
+) -> dict[str, Any]:
     """Train (or resume, or skip if finished) the chunk ``folder`` of ``study`` in ``out_dir`` in this process, with
     ``cpus`` threads. The body of one Ray task; returns where it ran, its seconds and its log lines."""
     import torch
@@ -69,6 +71,9 @@ def train_chunk(study: Study, folder: str, out_dir: str, cpus: int = 1) -> dict[
         numba.set_num_threads(min(cpus, numba.config.NUMBA_NUM_THREADS))
     except (ImportError, ValueError):
         pass
+    from emphatic_rl.plugins import load_plugins
+
+    load_plugins(imports)  # the agents and envs that the driver's plugins registered
     out = Path(out_dir)
     if not (out / SWEEP_NAME).is_file():
         raise ConfigError(
@@ -94,6 +99,7 @@ def run_study_ray(
     cpus_per_task: int = 1,
     max_retries: int = MAX_RETRIES,
     log=print,
+    imports: tuple[str, ...] | list[str] = (),
 ) -> list[Path]:
     """Validate every variant here, then train each unfinished chunk of ``study`` as a Ray task; returns the run
     folders (as ``run_study``).
@@ -101,6 +107,7 @@ def run_study_ray(
     ``address``: the Ray cluster to join (``ray.init(address=...)``); ``None`` joins the Ray instance this process
     already started, or starts a local one on this machine's CPUs (shut down at the end). ``cpus_per_task``: CPUs
     (and threads) per task. ``max_retries``: reruns of a task whose worker died, each resuming from the checkpoint.
+    ``imports``: plugin modules (``--import``) each task imports, after the installed entry-point plugins.
     Raises ``ConfigError`` for a user mistake (before any training where it can be known then) and ``ChunkFailed``
     naming the chunks that did not finish, after every other task has finished.
     """
@@ -137,7 +144,7 @@ def run_study_ray(
                 retry_exceptions=False,
                 name=f"emphatic-rl-sweep:{chunk.folder}",
                 runtime_env={"env_vars": env_vars},
-            ).remote(study, chunk.folder, str(out), cpus_per_task)
+            ).remote(study, chunk.folder, str(out), cpus_per_task, tuple(imports))
             pending[ref] = chunk
             log(
                 f"emphatic-rl sweep: {chunk.folder}: submitted ({chunk.config.agent}, {len(chunk.settings)} settings "

@@ -1,4 +1,5 @@
-"""The training loop: collect, store, update, evaluate, log, checkpoint; resume continues bit-identically.
+"""Training runs in a folder: build a ``Run`` from a config, then ``train`` it with the ``emphatic_rl.runner.Runner``
+(collect, store, update, evaluate, log, checkpoint); resume continues bit-identically.
 
 Layout. ``P`` learners (``population_size``). Agents that act in the env (DQN...) get ``E = num_envs`` env copies
 each, ``N = P * E`` in all, laid out member-major (member ``p`` owns copies ``p*E ... p*E + E - 1``). Agents that
@@ -10,10 +11,11 @@ One iteration (``step`` counts iterations, i.e. steps of each env copy):
 2. ``env.step``; the transition ``(obs, action, reward, terminated, truncated, final_obs, behaviour_log_prob)`` goes
    into the ``TrajectoryBuffer`` for all streams at once;
 3. ``agent.update(buffer, step)``;
-4. every ``log_every`` steps: metrics to ``metrics.csv`` and TensorBoard (names as in ``emphatic_rl.logging``:
-   ``rollout/ep_rew_mean``, ``train/loss``, ``time/fps``...), divergence check (a member with non-finite
-   parameters is marked diverged and frozen; the others go on); every ``eval_every`` steps: the target policies are
-   evaluated on separate env copies; every ``checkpoint_every`` steps: an atomic checkpoint.
+4. the callbacks (``default_callbacks``): every ``log_every`` steps: metrics to ``metrics.csv`` and TensorBoard
+   (names as in ``emphatic_rl.logging``: ``rollout/ep_rew_mean``, ``train/loss``, ``time/fps``...), divergence
+   check (a member with non-finite parameters is marked diverged and frozen; the others go on); every ``eval_every``
+   steps: the target policies are evaluated on separate env copies; every ``checkpoint_every`` steps: an atomic
+   checkpoint.
 
 Evaluation: ``eval_episodes`` episodes per member from the env's start distribution, undiscounted return, each capped
 at ``eval_max_steps``; the eval env is reseeded from ``(seed, step)`` so evaluation never touches the training RNGs.
@@ -22,8 +24,7 @@ at ``eval_max_steps``; the eval env is reseeded from ``(seed, step)`` so evaluat
 from __future__ import annotations
 
 import json
-import math
-import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,16 @@ from emphatic_rl.config import ConfigError, TrainConfig, validate_config
 from emphatic_rl.envs import TensorEnv, make_env
 from emphatic_rl.envs.base import DiscreteSpec
 from emphatic_rl.logging import Logger, atomic_torch_save, atomic_write_bytes
+from emphatic_rl.runner import (
+    Callback,
+    DivergenceGuard,
+    Evaluate,
+    LogMetrics,
+    Progress,
+    Runner,
+    rollout_returns,
+)
+from emphatic_rl.seeding import stream_seed
 
 CHECKPOINT_NAME = "checkpoint.pt"
 CONFIG_NAME = "config.json"
@@ -82,14 +93,15 @@ def _resolve_device(name: str) -> torch.device:
     return device
 
 
-def _make_behaviour(config: TrainConfig, env: TensorEnv) -> Behaviour:
+def make_behaviour(config: TrainConfig, env: TensorEnv) -> Behaviour:
+    """The fixed behaviour policy ``config.behaviour`` asks for on ``env`` (``"default"``: the env's own)."""
     spec = env.action_spec
     choice = config.behaviour
     if choice == "default":
-        # The env's own documented behaviour policy where it has one, else uniform random.
-        if callable(getattr(env, "current_behaviour_probabilities", None)):
+        # The env's own documented behaviour policy where it declares one, else uniform random.
+        if env.has_state_behaviour:
             return EnvStateBehaviour(env)
-        probabilities = getattr(env, "behaviour_probabilities", None)
+        probabilities = env.behaviour_probabilities
         if probabilities is not None:
             return FixedDiscreteBehaviour(list(probabilities))
         return UniformRandomBehaviour(spec)
@@ -102,8 +114,8 @@ def _make_behaviour(config: TrainConfig, env: TensorEnv) -> Behaviour:
     raise ConfigError(f"behaviour must be 'default', 'uniform' or a list of action probabilities, got {choice!r}")
 
 
-def build_run(config: TrainConfig) -> Run:
-    """Validate ``config`` and build env, eval env, agent, behaviour and buffer. Writes nothing.
+def build_agent(config: TrainConfig) -> Agent:
+    """Validate ``config`` and build its agent alone (from a one-copy env's specs). Writes nothing.
 
     Raises:
         ConfigError / ValueError: any user mistake, with one message naming it.
@@ -118,7 +130,7 @@ def build_run(config: TrainConfig) -> Run:
     entry = get_agent_entry(config.agent)  # unknown agent: error before the env is built
     entry.build_options(dict(config.agent_options))  # unknown or bad agent options: error before the env is built
     probe_env = make_env(config.env, num_envs=1, device=device, **config.env_options)
-    agent = make_agent(
+    return make_agent(
         config.agent,
         AgentContext(
             observation_spec=probe_env.observation_spec,
@@ -134,6 +146,21 @@ def build_run(config: TrainConfig) -> Run:
         ),
         **config.agent_options,
     )
+
+
+def build_run(config: TrainConfig, agent: Agent | None = None) -> Run:
+    """Validate ``config`` and build env, eval env, agent, behaviour and buffer. Writes nothing.
+
+    Args:
+        config: the run's configuration.
+        agent: an agent already built by ``build_agent(config)`` (e.g. a loaded one), instead of a new one.
+
+    Raises:
+        ConfigError / ValueError: any user mistake, with one message naming it.
+    """
+    if agent is None:
+        agent = build_agent(config)
+    device = _resolve_device(config.device)
     num_envs = config.population_size * config.num_envs if agent.acts_in_env else config.num_envs
     env = make_env(config.env, num_envs=num_envs, device=device, **config.env_options)
     eval_env = make_env(
@@ -142,7 +169,7 @@ def build_run(config: TrainConfig) -> Run:
         device=device,
         **config.evaluation_env_options(),
     )
-    behaviour = None if agent.acts_in_env else _make_behaviour(config, env)
+    behaviour = None if agent.acts_in_env else make_behaviour(config, env)
     spec = env.observation_spec
     buffer = TrajectoryBuffer(
         capacity=max(1, agent.buffer_capacity),
@@ -154,6 +181,9 @@ def build_run(config: TrainConfig) -> Run:
         device=device,
     )
     return Run(config, env, eval_env, agent, behaviour, buffer, device)
+
+
+_make_behaviour = make_behaviour  # the earlier private name
 
 
 def prepare_out_dir(out_dir: str | Path, resume: bool) -> Path:
@@ -188,7 +218,8 @@ def evaluate(run: Run, step: int, backend: str = "auto") -> dict[str, torch.Tens
 
     ``backend``: ``"auto"`` runs the compiled rollouts of ``emphatic_rl.agents.linear_rollouts`` where they apply
     (CPU, linear actor-critic with tile coding, Mountain Car / Puddle World; frozen members NaN), else the torch
-    loop below; ``"torch"`` / ``"numba"`` force one.
+    loop of ``emphatic_rl.runner.rollout_returns``; ``"torch"`` / ``"numba"`` force one. The eval env is reset from
+    the ``evaluation`` stream of ``emphatic_rl.seeding`` at ``step``.
     """
     from emphatic_rl.agents.linear_rollouts import fused_evaluate
 
@@ -197,208 +228,79 @@ def evaluate(run: Run, step: int, backend: str = "auto") -> dict[str, torch.Tens
     if results is not None:
         return results
     population, episodes = config.population_size, config.eval_episodes
-    obs = env.reset(seed=(config.seed * 1_000_003 + step) % (2**63))
-    episode_return = torch.zeros(env.num_envs, device=run.device)
-    episode_length = torch.zeros(env.num_envs, dtype=torch.int64, device=run.device)
-    running = torch.ones(env.num_envs, dtype=torch.bool, device=run.device)
-    for _ in range(config.eval_max_steps):
-        action = agent.evaluation_action(obs.view(population, episodes, *obs.shape[1:]))
-        result = env.step(action.reshape(env.num_envs, *action.shape[2:]))
-        episode_return += torch.where(running, result.reward, 0.0)
-        episode_length += running.long()
-        running &= ~(result.terminated | result.truncated)
-        obs = result.obs
-        if not bool(running.any()):
-            break
-    results = {
-        "return": episode_return.view(population, episodes).mean(dim=1),
-        "length": episode_length.view(population, episodes).float().mean(dim=1),
-    }
-    exact_objective = getattr(agent, "exact_objective", None)
-    if callable(exact_objective):  # tabular MDPs: the exact J_mu of each member's policy
-        results["exact_J"] = exact_objective().float()
+    obs = env.reset(seed=stream_seed(config.seed, "evaluation", step))
+    episode_return, episode_length = rollout_returns(agent, env, obs, population, episodes, config.eval_max_steps)
+    results = {"return": episode_return.mean(dim=1), "length": episode_length.float().mean(dim=1)}
+    objective = agent.exact_objective()
+    if objective is not None:  # tabular MDPs: the exact J_mu of each member's policy
+        results["exact_J"] = objective.float()
     return results
 
 
-class _EpisodeStats:
-    """Returns and lengths of the training episodes that finished in the current log window, per member."""
-
-    def __init__(self, num_envs: int, population_size: int, member_of_env: torch.Tensor, device: torch.device):
-        self.member_of_env = member_of_env
-        self.population_size = population_size
-        self.episode_return = torch.zeros(num_envs, device=device)
-        self.episode_length = torch.zeros(num_envs, device=device)
-        self.window_return_sum = torch.zeros(population_size, device=device)
-        self.window_length_sum = torch.zeros(population_size, device=device)
-        self.window_count = torch.zeros(population_size, device=device)
-
-    def record(self, reward: torch.Tensor, done: torch.Tensor) -> None:
-        self.episode_return += reward
-        self.episode_length += 1
-        done_f = done.float()
-        self.window_return_sum.index_add_(0, self.member_of_env, self.episode_return * done_f)
-        self.window_length_sum.index_add_(0, self.member_of_env, self.episode_length * done_f)
-        self.window_count.index_add_(0, self.member_of_env, done_f)
-        self.episode_return.masked_fill_(done, 0.0)
-        self.episode_length.masked_fill_(done, 0.0)
-
-    def flush(self) -> dict[str, torch.Tensor]:
-        if not bool((self.window_count > 0).any()):
-            return {}
-        count = self.window_count.clamp(min=1)
-        nan = torch.full_like(count, math.nan)
-        out = {
-            "rollout/ep_rew_mean": torch.where(self.window_count > 0, self.window_return_sum / count, nan),
-            "rollout/ep_len_mean": torch.where(self.window_count > 0, self.window_length_sum / count, nan),
-        }
-        self.window_return_sum.zero_()
-        self.window_length_sum.zero_()
-        self.window_count.zero_()
-        return out
-
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        return {k: getattr(self, k).clone() for k in self._fields}
-
-    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        for k in self._fields:
-            getattr(self, k).copy_(state[k])
-
-    _fields = ("episode_return", "episode_length", "window_return_sum", "window_length_sum", "window_count")
+# ---------------------------------------------------------------------------------------------------- checkpoints
+def save_checkpoint(runner: Runner, path: str | Path) -> None:
+    """Write the runner's state (``Runner.state_dict()``) to ``path`` atomically."""
+    atomic_torch_save(runner.state_dict(), path)
 
 
-def _summarise(values: torch.Tensor) -> str:
-    finite = values[torch.isfinite(values)]
-    if finite.numel() == 0:
-        return "nan"
-    if finite.numel() == 1:
-        return f"{float(finite[0]):.1f}"
-    return f"{float(finite.mean()):.1f} (mean of {finite.numel()})"
+def load_checkpoint(path: str | Path, device: torch.device) -> dict[str, Any]:
+    """Read a checkpoint written by ``save_checkpoint``."""
+    return torch.load(path, map_location=device, weights_only=False)
+
+
+class Checkpoint(Callback):
+    """Every ``every`` steps (``0``: only at the end) and at the last step, ``save_checkpoint`` to ``path``."""
+
+    def __init__(self, path: str | Path, every: int) -> None:
+        self.path, self.every = Path(path), every
+
+    def on_step(self, runner: Runner) -> None:
+        if runner.due(self.every):
+            save_checkpoint(runner, self.path)
+
+
+def default_callbacks(config: TrainConfig, checkpoint_path: str | Path | None = None,
+                      extra: Sequence[Callback] = ()) -> list[Callback]:
+    """The callbacks of ``train``, in order: divergence guard and metrics every ``log_every`` steps, evaluation every
+    ``eval_every``, then ``extra``, a checkpoint every ``checkpoint_every`` (with a ``checkpoint_path``) and the
+    progress bar (``config.progress``)."""
+    callbacks: list[Callback] = [DivergenceGuard(config.log_every), LogMetrics(config.log_every),
+                                 Evaluate(config.eval_every), *extra]
+    if checkpoint_path is not None:
+        callbacks.append(Checkpoint(checkpoint_path, config.checkpoint_every))
+    if config.progress:
+        callbacks.append(Progress(config.steps))
+    return callbacks
 
 
 def train(
-    config: TrainConfig, out_dir: str | Path, resume: bool = False, run: Run | None = None
+    config: TrainConfig,
+    out_dir: str | Path,
+    resume: bool = False,
+    run: Run | None = None,
+    callbacks: Sequence[Callback] = (),
 ) -> RunResult:
-    """Run (or resume) a training run in ``out_dir``. See the module docstring for the loop.
+    """Run (or resume) a training run in ``out_dir``: a ``Runner`` with ``default_callbacks`` and a ``Logger``.
 
     Args:
         config: the run's configuration (on resume, the one saved in ``out_dir`` with any ``steps`` extension).
         out_dir: the run folder (created; must not already hold a run unless ``resume``).
         resume: continue from ``out_dir/checkpoint.pt``.
         run: an already built ``Run`` (from ``build_run(config)``), to avoid building twice.
+        callbacks: extra callbacks, run after the evaluation and before the checkpoint of each step.
     """
     run = run or build_run(config)
     out = prepare_out_dir(out_dir, resume)
-    env, agent, buffer, device = run.env, run.agent, run.buffer, run.device
-    population = config.population_size
-
-    loop_generator = torch.Generator(device=device)
-    loop_generator.manual_seed(config.seed + 2)
-    if agent.acts_in_env:
-        member_of_env = torch.arange(env.num_envs, device=device) // config.num_envs
-    else:
-        member_of_env = torch.zeros(env.num_envs, dtype=torch.int64, device=device)
-    stats = _EpisodeStats(env.num_envs, population if agent.acts_in_env else 1, member_of_env, device)
-    diverged = torch.zeros(population, dtype=torch.bool)
-    last_eval = torch.full((population,), math.nan)
-    start_step = 0
-
+    runner = Runner(run, config=config)
     if resume:
-        checkpoint = torch.load(out / CHECKPOINT_NAME, map_location=device, weights_only=False)
-        start_step = checkpoint["step"]
-        agent.load_state_dict(checkpoint["agent"])
-        buffer.load_state_dict(checkpoint["buffer"])
-        loop_generator.set_state(checkpoint["loop_generator"])
-        stats.load_state_dict(checkpoint["episode_stats"])
-        diverged = checkpoint["diverged"]
-        last_eval = checkpoint["last_eval"]
-        if checkpoint["env"] is not None:
-            env.load_state_dict(checkpoint["env"])
-            obs = checkpoint["obs"].to(device)
-        else:  # an env that cannot be snapshotted (gym:<id>): new episodes, so the resume is not bit-identical
-            print(f"emphatic-rl: env {config.env!r} cannot be restored from a checkpoint; resuming with new episodes")
-            obs = env.reset(seed=config.seed + start_step)
-            stats.episode_return.zero_()
-            stats.episode_length.zero_()
+        runner.load_state_dict(load_checkpoint(out / CHECKPOINT_NAME, run.device))
     else:
         atomic_write_bytes(out / CONFIG_NAME, json.dumps(config.to_dict(), indent=2, default=str).encode())
-        obs = env.reset(seed=config.seed)
-
-    logger = Logger.from_config(out, config, resume_step=start_step if resume else None)  # + hparams if new
-
-    def env_state() -> dict[str, Any] | None:
-        try:
-            return env.state_dict()
-        except NotImplementedError:  # e.g. Gymnasium envs behind the adapter
-            return None
-
-    def save_checkpoint(step: int) -> None:
-        atomic_torch_save(
-            {
-                "step": step,
-                "config": config.to_dict(),
-                "agent": agent.state_dict(),
-                "env": env_state(),
-                "buffer": buffer.state_dict(),
-                "loop_generator": loop_generator.get_state(),
-                "episode_stats": stats.state_dict(),
-                "diverged": diverged,
-                "last_eval": last_eval,
-                "obs": obs,
-            },
-            out / CHECKPOINT_NAME,
-        )
-
-    progress = None
-    if config.progress:
-        from tqdm import tqdm
-
-        progress = tqdm(total=config.steps, initial=start_step, unit="step", dynamic_ncols=True, mininterval=0.5)
-    window_start, window_step = time.perf_counter(), start_step
-    step = start_step
+        runner.reset()
+    # + hparams if new
+    runner.logger = Logger.from_config(out, config, resume_step=runner.step if resume else None)
     try:
-        for step in range(start_step + 1, config.steps + 1):
-            if agent.acts_in_env:
-                acted = agent.act(obs.view(population, config.num_envs, *obs.shape[1:]), step)
-                action = acted.action.reshape(env.num_envs, *acted.action.shape[2:])
-                log_prob = acted.log_prob.reshape(env.num_envs)
-            else:
-                action, log_prob = run.behaviour.act(obs, loop_generator)
-            result = env.step(action)
-            buffer.add(obs, action, result.reward, result.terminated, result.truncated, result.final_obs, log_prob)
-            metrics = agent.update(buffer, step)
-            stats.record(result.reward, result.terminated | result.truncated)
-            obs = result.obs
-
-            if step % config.log_every == 0 or step == config.steps:
-                finite = agent.parameters_finite().cpu()
-                newly = ~finite & ~diverged
-                if bool(newly.any()):
-                    diverged |= newly
-                    agent.freeze(newly.to(device))
-                    members = newly.nonzero().flatten().tolist()
-                    message = f"step {step}: members {members} diverged (non-finite parameters) and are frozen"
-                    logger.text(step, "divergence", message)
-                    (progress.write if progress else print)(message)
-                now = time.perf_counter()
-                fps = (step - window_step) * env.num_envs / max(now - window_start, 1e-9)  # env steps, all copies
-                window_start, window_step = now, step
-                logger.log(step, {**metrics, **stats.flush(), "train/diverged": diverged.float()})
-                logger.log(step, {"time/fps": fps})
-
-            if (config.eval_every and step % config.eval_every == 0) or step == config.steps:
-                evaluation = evaluate(run, step)
-                last_eval = torch.where(diverged, math.nan, evaluation["return"].cpu())
-                logger.log(step, {f"eval/{name}": value for name, value in evaluation.items() if name != "return"}
-                           | {"eval/return": last_eval})
-
-            if (config.checkpoint_every and step % config.checkpoint_every == 0) or step == config.steps:
-                save_checkpoint(step)
-
-            if progress is not None and (step % 100 == 0 or step == config.steps):
-                progress.update(step - progress.n)
-                progress.set_postfix_str(f"eval return {_summarise(last_eval)}", refresh=False)
+        step = runner.run(config.steps, default_callbacks(config, out / CHECKPOINT_NAME, callbacks))
     finally:
-        if progress is not None:
-            progress.close()
-        logger.close()
-    return RunResult(out, step, last_eval, diverged)
+        runner.logger.close()
+    return RunResult(out, step, runner.last_eval, runner.diverged)

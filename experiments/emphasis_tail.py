@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from emphatic_rl.seeding import stream_seed
 from emphatic_rl.sweep import load_study, member_layout, plan_study
 from emphatic_rl.train import build_run
 
@@ -65,7 +66,7 @@ def main() -> None:
         env, agent, buffer = run.env, run.agent, run.buffer
         setting_of = torch.tensor([c for c, _ in member_layout(len(chunk.settings), study.runs)])  # emphatic_rl.sweep
         generator = torch.Generator(device=run.device)
-        generator.manual_seed(config.seed + 2)  # the training loop's behaviour generator (emphatic_rl.train)
+        generator.manual_seed(stream_seed(config.seed, "behaviour"))  # the training loop's behaviour stream
         obs = env.reset(seed=config.seed)
         window: list[torch.Tensor] = []
         started = time.perf_counter()

@@ -26,6 +26,7 @@ import torch
 
 from emphatic_rl.config import TrainConfig
 from emphatic_rl.envs import make_env
+from emphatic_rl.seeding import stream_seed
 from emphatic_rl.stats import mean_ci
 from emphatic_rl.train import build_run
 
@@ -100,7 +101,7 @@ def critic_errors(
     agent.policy.theta[:, :, -1] = torch.tensor(probs).log()  # the bias feature is the last one
     state_features = agent.critic_features.dense(states).double()  # [K, d]
     generator = torch.Generator(device=run.device)
-    generator.manual_seed(config.seed + 2)  # the training loop's behaviour generator (emphatic_rl.train)
+    generator.manual_seed(stream_seed(config.seed, "behaviour"))  # the training loop's behaviour stream
     obs = env.reset(seed=config.seed)
     errors: dict[tuple[float, int], list[float]] = {}
     for step in range(1, steps + 1):

@@ -29,18 +29,21 @@ from typing import Any
 import torch
 
 from emphatic_rl.agents.actor_critic import BACKENDS, DTYPES, ActorCritic, preset_settings
-from emphatic_rl.agents.registry import AgentContext, register_agent
-from emphatic_rl.envs.base import DiscreteSpec
+from emphatic_rl.agents.registry import AgentContext, per_member, register_agent
+from emphatic_rl.envs.base import BoxSpec, DiscreteSpec, TensorEnv
+from emphatic_rl.envs.registry import ENV_REGISTRY
 from emphatic_rl.envs.tabular import TabularEnv
 from emphatic_rl.features import DenseFeatures, Features, TableFeatures, TileCoder
 
 FEATURE_KINDS = ("auto", "tile", "dense", "dense-normalized", "tabular")
 
-#: Tile-coding layouts of ace.md §3.4-3.5: (low, high, tiles per dim, tilings).
+#: Tile-coding layouts of the registered envs that declare one (``TensorEnv.tile_layout``): (low, high, tiles per
+#: dim, tilings). The envs own them; this mapping is read from the env registry (ace.md §3.4-3.5 for Mountain Car
+#: and Puddle World).
 TILE_LAYOUTS: dict[str, tuple[tuple[float, ...], tuple[float, ...], tuple[int, ...], int]] = {
-    "mountain-car": ((-1.2, -0.07), (0.6, 0.07), (4, 4), 8),
-    "puddle-world": ((0.0, 0.0), (1.0, 1.0), (2, 2), 2),
-    "puddle-world-gaussian": ((0.0, 0.0), (1.0, 1.0), (2, 2), 2),  # the earlier gym_puddle env, same features
+    name: entry.factory.tile_layout
+    for name, entry in ENV_REGISTRY.items()
+    if isinstance(entry.factory, type) and issubclass(entry.factory, TensorEnv) and entry.factory.tile_layout
 }
 
 
@@ -52,12 +55,12 @@ class ActorCriticOptions:
     0.95 (the J23 protocol), or the MDP's own discount on tabular MDPs (1 for the N18 counterexamples).
     """
 
-    alpha_actor: Any = 0.01
-    alpha_critic: Any = 0.01
-    alpha_h: Any = None
-    alpha_emphasis: Any = 0.01
-    critic_lambda: Any = 0.0
-    eta: Any = None
+    alpha_actor: Any = per_member(0.01, low=0.0, low_open=True)
+    alpha_critic: Any = per_member(0.01, low=0.0, low_open=True)
+    alpha_h: Any = per_member(None, low=0.0, low_open=True)
+    alpha_emphasis: Any = per_member(0.01, low=0.0, low_open=True)
+    critic_lambda: Any = per_member(0.0, low=0.0, high=1.0)
+    eta: Any = per_member(None, low=0.0, high=1.0)
     gamma: float | None = None
     emphasis: str | None = None
     normalize_emphasis: bool = False
@@ -99,18 +102,21 @@ def choose_features(
     obs_shape = context.observation_spec.shape
     kind = options.features
     tabular = _tabular_env(env)
+    layout = env.tile_layout if isinstance(env, TensorEnv) else TILE_LAYOUTS.get(context.env_name)
     if kind == "auto":
-        if context.env_name in TILE_LAYOUTS:
+        if layout is not None:
             kind = "tile"
         elif tabular is not None and tabular.observation_kind == "state":
             kind = "tabular"
         else:
             kind = "dense"
     if kind == "tile":
-        if context.env_name in TILE_LAYOUTS:
-            low, high, tiles, tilings = TILE_LAYOUTS[context.env_name]
+        if layout is not None:
+            low, high, tiles, tilings = layout
         else:
             spec = context.observation_spec
+            if not isinstance(spec, BoxSpec):
+                raise ValueError(f"tile coding needs a box of observations; env {context.env_name!r} has none")
             low, high = tuple(spec.low_tensor().tolist()), tuple(spec.high_tensor().tolist())
             if not all(math.isfinite(v) for v in (*low, *high)):
                 raise ValueError(f"tile coding needs a bounded observation box; env {context.env_name!r} has none")
@@ -196,13 +202,7 @@ def build_actor_critic(preset: str, context: AgentContext, options: ActorCriticO
         **settings,
     )
     agent.name = preset
-    if lab is not None:
-
-        def exact_objective() -> torch.Tensor:
-            """``J_mu [P]`` of every member's current policy (float64, exact)."""
-            return lab.batched_objective_of_theta(agent.policy.theta.detach().cpu())
-
-        agent.exact_objective = exact_objective
+    agent.exact_lab = lab  # tabular MDPs: exact_objective() gives every member's J_mu
     return agent
 
 

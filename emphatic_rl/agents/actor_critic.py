@@ -848,6 +848,23 @@ class ActorCritic(Agent):
             return torch.multinomial(flat, 1, generator=self.generator).view(probs.shape[:-1])
         return self.policy.sample(features, self.generator)
 
+    @torch.no_grad()
+    def predict_action(self, obs: torch.Tensor, deterministic: bool = True) -> torch.Tensor:
+        """The softmax policy's argmax (``deterministic``) or a draw from it, ``int64[P, E]``."""
+        features = self._as_dtype(self.features(obs.to(self.device)))
+        if deterministic:
+            return self.policy.greedy(features)
+        return self.policy.sample(features, self.generator)
+
+    #: the exact lab of the tabular MDP the agent learns on (set by its builder), for ``exact_objective``
+    exact_lab: Any = None
+
+    def exact_objective(self) -> torch.Tensor | None:
+        """``J_mu [P]`` of every member's current policy (float64, exact) when ``exact_lab`` is set; else ``None``."""
+        if self.exact_lab is None:
+            return None
+        return self.exact_lab.batched_objective_of_theta(self.policy.theta.detach().cpu())
+
     def action_probabilities(self, obs: torch.Tensor) -> torch.Tensor:
         """``pi(.|s)`` for ``obs: [P, E, *obs_shape]``: ``[P, E, A]``."""
         return self.policy.probs(self._as_dtype(self.features(obs.to(self.device))))

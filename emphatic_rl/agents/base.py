@@ -13,11 +13,14 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 
 from emphatic_rl.envs.base import BoxSpec, DiscreteSpec, Spec
+
+if TYPE_CHECKING:
+    from emphatic_rl.buffers.trajectory import TrajectoryBuffer
 
 
 class ActionOutput(NamedTuple):
@@ -51,9 +54,27 @@ class Agent(ABC):
     def evaluation_action(self, obs: torch.Tensor) -> torch.Tensor:
         """Target-policy actions for ``obs: [P, E, *obs_shape]`` (sampled or greedy, as the agent documents)."""
 
+    def predict_action(self, obs: torch.Tensor, deterministic: bool = True) -> torch.Tensor:
+        """Target-policy actions ``[P, E, ...]`` for ``obs: [P, E, *obs_shape]``, for users of a trained agent.
+
+        ``deterministic=True``: the policy's most likely action (the argmax of a discrete policy, the mean of a
+        Gaussian one) where the agent defines it; ``False``: a draw from the target policy. The default is
+        ``evaluation_action`` either way (agents whose target policy is deterministic need no more).
+        """
+        return self.evaluation_action(obs)
+
     @abstractmethod
-    def update(self, buffer: Any, env_step: int) -> dict[str, torch.Tensor]:
-        """Learn from the buffer after the loop wrote step ``env_step``. Returns metrics, each a tensor ``[P]``."""
+    def update(self, buffer: TrajectoryBuffer, env_step: int) -> dict[str, torch.Tensor]:
+        """Learn from the buffer after the loop wrote step ``env_step``. Returns metrics, each a tensor ``[P]``.
+
+        The loop calls it once per iteration, after adding that iteration's transition of every stream to
+        ``buffer`` (online agents read ``buffer.latest()``, replay agents sample it)."""
+
+    def exact_objective(self) -> torch.Tensor | None:
+        """The exact objective ``J_mu`` of each member's current policy, ``[P]``, where the agent can compute it
+        (linear actors on tabular MDPs, from the exact lab); ``None`` otherwise. The loop logs it as
+        ``eval/exact_J``."""
+        return None
 
     def parameters_finite(self) -> torch.Tensor:
         """``bool[P]``: which members still have finite parameters (the loop freezes the others)."""

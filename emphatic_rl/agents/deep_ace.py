@@ -96,6 +96,7 @@ from emphatic_rl.emphatic import (
     learned_emphasis_target,
 )
 from emphatic_rl.envs.base import DiscreteSpec
+from emphatic_rl.seeding import stream_seed
 
 __all__ = [
     "DeepACE",
@@ -239,9 +240,9 @@ class DeepACE(Agent):
             groups.append({"params": list(self.emphasis.parameters()), "lr": options.emphasis_learning_rate})
         self.optimizer = torch.optim.Adam(groups)
         self.generator = torch.Generator(device=self.device)
-        self.generator.manual_seed(context.seed + 1)
+        self.generator.manual_seed(stream_seed(context.seed, "agent"))
         self.evaluation_generator = torch.Generator(device=self.device)
-        self.evaluation_generator.manual_seed(context.seed + 3)
+        self.evaluation_generator.manual_seed(stream_seed(context.seed, "agent_eval"))
         self.active = torch.ones(P, dtype=torch.bool, device=self.device)
         self.gradient_updates = 0
 
@@ -280,6 +281,15 @@ class DeepACE(Agent):
         probs = torch.softmax(logits, dim=-1).flatten(0, 1)
         action = torch.multinomial(probs, 1, generator=self.evaluation_generator).squeeze(1)
         return action.view(logits.shape[:2])
+
+    @torch.no_grad()
+    def predict_action(self, obs: torch.Tensor, deterministic: bool = True) -> torch.Tensor:
+        """The argmax of ``pi`` (``deterministic``) or a draw from it (the evaluation generator), ``int64[P, E]``."""
+        logits = self.policy(obs)
+        if deterministic:
+            return logits.argmax(dim=-1)
+        probs = torch.softmax(logits, dim=-1).flatten(0, 1)
+        return torch.multinomial(probs, 1, generator=self.evaluation_generator).squeeze(1).view(logits.shape[:2])
 
     # ------------------------------------------------------------------ learning
     def _sample(self, buffer: Any) -> tuple[Any, torch.Tensor]:

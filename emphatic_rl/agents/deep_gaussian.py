@@ -86,6 +86,7 @@ from emphatic_rl.emphatic import (
     learned_emphasis_start_target,
     learned_emphasis_target,
 )
+from emphatic_rl.seeding import stream_seed
 
 __all__ = ["GaussianACE", "GaussianACEOptions", "GaussianOffPACOptions", "EMPHASIS_KINDS"]
 
@@ -200,7 +201,7 @@ class GaussianACE(Agent):
             groups.append({"params": list(self.emphasis.parameters()), "lr": options.emphasis_learning_rate})
         self.optimizer = torch.optim.Adam(groups)
         self.generator = torch.Generator(device=self.device)
-        self.generator.manual_seed(context.seed + 1)
+        self.generator.manual_seed(stream_seed(context.seed, "agent"))
         self.active = torch.ones(P, dtype=torch.bool, device=self.device)
         self.gradient_updates = 0
 
@@ -232,6 +233,15 @@ class GaussianACE(Agent):
     def evaluation_action(self, obs: torch.Tensor) -> torch.Tensor:
         """The mean action ``[P, E, A]`` (in the box by construction)."""
         return self.distribution(obs)[0]
+
+    @torch.no_grad()
+    def predict_action(self, obs: torch.Tensor, deterministic: bool = True) -> torch.Tensor:
+        """The mean action (``deterministic``) or a draw of the clipped Gaussian ``pi``, ``[P, E, A]``."""
+        mean, std = self.distribution(obs)
+        if deterministic:
+            return mean
+        noise = torch.randn(mean.shape, generator=self.generator, device=mean.device)
+        return self.box.clip(mean + std * noise)
 
     # ------------------------------------------------------------------ learning
     def _sample(self, buffer: Any) -> tuple[Any, torch.Tensor]:

@@ -76,6 +76,7 @@ from emphatic_rl.emphatic import (
     learned_emphasis_start_target,
     learned_emphasis_target,
 )
+from emphatic_rl.seeding import stream_seed
 
 EMPHASIS_CHOICES = ("none", "learned")
 
@@ -172,7 +173,7 @@ class DDPG(Agent):
             )
         self.noise_std = options.exploration_noise * self.box.scale  # [A]
         self.generator = torch.Generator(device=self.device)
-        self.generator.manual_seed(context.seed + 1)
+        self.generator.manual_seed(stream_seed(context.seed, "agent"))
         self.active = torch.ones(P, dtype=torch.bool, device=self.device)
         self.gradient_updates = 0
 

@@ -11,6 +11,14 @@ member. ``learning_starts``, ``train_every``, ``target_update_every`` and ``epsi
 
 Targets: ``r + gamma * (1 - terminated) * max_a Q_target(s', a)``; truncated transitions bootstrap from the true final
 observation (never from the reset observation).
+
+Speed. Per step the loop does one forward for all ``P * E`` env copies, vectorised epsilon-greedy, one buffer write,
+and per gradient step one gather of ``P`` groups, one target forward, one forward, one backward and one Adam step over
+the whole population, with no host sync. Every member's parameters live in one flat ``[P, D]`` tensor (the network's
+parameters are views of it), so the per-member gradient clipping is three tensor ops, the optimiser is fused Adam on
+one tensor and the target update is one copy. For MLP Q-networks the backward pass is written out (about a dozen
+batched matmuls and reductions in place of the autograd graph); other networks (the MinAtar convnet) use autograd.
+On CPU, where each tensor op costs microseconds, this is what decides steps per second at small batch sizes.
 """
 
 from __future__ import annotations
@@ -23,9 +31,10 @@ import torch
 from torch import nn
 
 from emphatic_rl.agents.base import ActionOutput, Agent
-from emphatic_rl.agents.networks import finite_members, make_population_network, mask_and_clip_member_gradients_
+from emphatic_rl.agents.networks import PopulationLinear, PopulationMLP, make_population_network
 from emphatic_rl.agents.registry import AgentContext, check_positive, check_unit_interval, register_agent
 from emphatic_rl.envs.base import DiscreteSpec
+from emphatic_rl.seeding import stream_seed
 
 
 @dataclass(frozen=True)
@@ -92,9 +101,23 @@ class DQN(Agent):
                 self.population_size, obs_shape, self.num_actions, options.hidden
             ).to(self.device)
         self.target_network.load_state_dict(self.q_network.state_dict())
-        self.optimizer = torch.optim.Adam(self.q_network.parameters(), lr=options.learning_rate)
+        # One flat [P, D] tensor of parameters per network, the modules' parameters views of it (see the module
+        # docstring); the optimiser sees one tensor whose gradient is the flat [P, D] buffer written below.
+        self.flat_parameters = flatten_member_parameters_(self.q_network)
+        self.target_flat_parameters = flatten_member_parameters_(self.target_network)
+        self.flat_parameters.grad = torch.zeros_like(self.flat_parameters)
+        self.optimizer = torch.optim.Adam(
+            [self.flat_parameters], lr=options.learning_rate, **_fused_adam_if_available(self.device)
+        )
+        self._mlp = (
+            _MLPViews(self.q_network, self.flat_parameters) if isinstance(self.q_network, PopulationMLP) else None
+        )
+        self._target_mlp = (
+            _MLPViews(self.target_network, self.target_flat_parameters) if self._mlp is not None else None
+        )
+        self._any_frozen = False
         self.generator = torch.Generator(device=self.device)
-        self.generator.manual_seed(context.seed + 1)
+        self.generator.manual_seed(stream_seed(context.seed, "agent"))
         self.active = torch.ones(self.population_size, dtype=torch.bool, device=self.device)
         self.gradient_updates = 0
 
@@ -104,15 +127,19 @@ class DQN(Agent):
         fraction = min(1.0, env_step / o.epsilon_decay_steps)
         return o.epsilon_start + fraction * (o.epsilon_end - o.epsilon_start)
 
-    def _epsilon_greedy(self, obs: torch.Tensor, epsilon: float) -> ActionOutput:
+    def _q_values(self, obs: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
-            q_values = self.q_network(obs)  # [P, E, A]
-        greedy = q_values.argmax(dim=-1)
+            return self._mlp.forward(obs) if self._mlp is not None else self.q_network(obs)
+
+    def _epsilon_greedy(self, obs: torch.Tensor, epsilon: float) -> ActionOutput:
+        greedy = self._q_values(obs).argmax(dim=-1)  # [P, E]
         random_action = torch.randint(self.num_actions, greedy.shape, generator=self.generator, device=self.device)
         explore = torch.rand(greedy.shape, generator=self.generator, device=self.device) < epsilon
         action = torch.where(explore, random_action, greedy)
-        prob = epsilon / self.num_actions + (1.0 - epsilon) * (action == greedy).float()
-        return ActionOutput(action, prob.log())
+        # mu(a|s) = eps / A + (1 - eps) [a greedy]: two values, picked in one op
+        log_other = math.log(epsilon / self.num_actions) if epsilon > 0 else -math.inf
+        log_greedy = math.log(epsilon / self.num_actions + 1.0 - epsilon)
+        return ActionOutput(action, torch.where(action == greedy, log_greedy, log_other))
 
     def act(self, obs: torch.Tensor, env_step: int) -> ActionOutput:
         return self._epsilon_greedy(obs, self.epsilon(env_step))
@@ -120,12 +147,17 @@ class DQN(Agent):
     def evaluation_action(self, obs: torch.Tensor) -> torch.Tensor:
         return self._epsilon_greedy(obs, self.options.eval_epsilon).action
 
+    @torch.no_grad()
+    def predict_action(self, obs: torch.Tensor, deterministic: bool = True) -> torch.Tensor:
+        """``argmax_a Q(s, a)`` (``deterministic``, no random draw) or ``eval_epsilon``-greedy, ``int64[P, E]``."""
+        if deterministic:
+            return self.q_network(obs).argmax(dim=-1)
+        return self.evaluation_action(obs)
+
     # ------------------------------------------------------------------ learning
     def _sample(self, buffer: Any):
         """A batch ``[P, B, ...]`` where member ``p`` sees only its own streams ``p*E ... p*E + E - 1``."""
-        return buffer.sample_transitions(
-            self.options.batch_size, self.generator, num_groups=self.population_size
-        )
+        return buffer.sample_transitions(self.options.batch_size, self.generator, num_groups=self.population_size)
 
     def update(self, buffer: Any, env_step: int) -> dict[str, torch.Tensor]:
         o = self.options
@@ -135,35 +167,101 @@ class DQN(Agent):
         for _ in range(o.gradient_steps):
             batch = self._sample(buffer)
             with torch.no_grad():
-                next_q_target = self.target_network(batch.next_obs)  # [P, B, A]
-                if o.double_q:
-                    next_action = self.q_network(batch.next_obs).argmax(dim=-1, keepdim=True)
-                    next_value = next_q_target.gather(-1, next_action).squeeze(-1)
-                else:
-                    next_value = next_q_target.max(dim=-1).values
-                target = batch.reward + o.gamma * (~batch.terminated).float() * next_value
-            q_taken = self.q_network(batch.obs).gather(-1, batch.action.long().unsqueeze(-1)).squeeze(-1)
-            member_loss = nn.functional.smooth_l1_loss(q_taken, target, reduction="none").mean(dim=1)  # [P]
-            self.optimizer.zero_grad(set_to_none=True)
-            member_loss.sum().backward()
-            mask_and_clip_member_gradients_(self.q_network.parameters(), self.active, o.max_grad_norm)
-            self.optimizer.step()
+                next_value = self._next_value(batch.next_obs)  # [P, B]
+                target = torch.add(batch.reward, next_value.masked_fill_(batch.terminated, 0.0), alpha=o.gamma)
+            if self._mlp is not None:
+                member_loss, q_taken = self._mlp_gradient(batch.obs, batch.action, target)
+            else:
+                member_loss, q_taken = self._autograd_gradient(batch.obs, batch.action, target)
+            self._clip_member_gradients()
+            self._adam_step()
             self.gradient_updates += 1
-            metrics = {"loss": member_loss.detach(), "q_mean": q_taken.detach().mean(dim=1)}
+            metrics = {"loss": member_loss, "q_mean": q_taken.mean(dim=1)}
         if env_step % o.target_update_every == 0:
-            self.target_network.load_state_dict(self.q_network.state_dict())
+            self.target_flat_parameters.copy_(self.flat_parameters)
         epsilon = torch.full((self.population_size,), self.epsilon(env_step), device=self.device)
         metrics["rollout/exploration_rate"] = epsilon
         return metrics
 
+    def _next_value(self, next_obs: torch.Tensor) -> torch.Tensor:
+        """``max_a Q_target(s', a)`` (double Q: ``Q_target(s', argmax_a Q(s', a))``), ``[P, B]``."""
+        next_q_target = self._target_mlp.forward(next_obs) if self._mlp is not None else self.target_network(next_obs)
+        if self.options.double_q:
+            next_action = self._q_values(next_obs).argmax(dim=-1, keepdim=True)
+            return next_q_target.gather(-1, next_action).squeeze(-1)
+        return next_q_target.amax(dim=-1)
+
+    def _mlp_gradient(self, obs: torch.Tensor, action: torch.Tensor, target: torch.Tensor):
+        """Forward, Huber loss and the written-out backward into ``flat_parameters.grad``; ``(loss [P], q [P, B])``."""
+        with torch.no_grad():
+            q_all, activations = self._mlp.forward(obs, keep=True)
+            index = action.long().unsqueeze(-1)
+            q_taken = q_all.gather(-1, index).squeeze(-1)  # [P, B]
+            diff = q_taken - target
+            member_loss = nn.functional.smooth_l1_loss(q_taken, target, reduction="none").mean(dim=1)
+            # d(sum_p mean_b huber(diff))/d q_taken = clamp(diff, -1, 1) / B, scattered to the taken actions
+            grad_q = torch.zeros_like(q_all).scatter_(
+                -1, index, diff.clamp_(-1.0, 1.0).div_(diff.shape[1]).unsqueeze(-1)
+            )
+            self._mlp.backward(activations, grad_q, self.flat_parameters.grad)
+        return member_loss, q_taken
+
+    def _autograd_gradient(self, obs: torch.Tensor, action: torch.Tensor, target: torch.Tensor):
+        """The same through autograd (any network); gradients land in ``flat_parameters.grad``."""
+        q_taken = self.q_network(obs).gather(-1, action.long().unsqueeze(-1)).squeeze(-1)
+        member_loss = nn.functional.smooth_l1_loss(q_taken, target, reduction="none").mean(dim=1)  # [P]
+        parameters = list(self.q_network.parameters())
+        grads = torch.autograd.grad(member_loss.sum(), parameters)
+        P = self.population_size
+        torch.cat([g.reshape(P, -1) for g in grads], dim=1, out=self.flat_parameters.grad)
+        return member_loss.detach(), q_taken.detach()
+
+    def _adam_step(self) -> None:
+        """``optimizer.step()``; with fused Adam, after the first step, the fused kernel is called directly on the
+        optimiser's own state (the same update without ``Optimizer.step``'s per-call bookkeeping, which costs more
+        than the kernel at these sizes)."""
+        state = self.optimizer.state.get(self.flat_parameters)
+        group = self.optimizer.param_groups[0]
+        if not group.get("fused") or not state or group["amsgrad"] or group["weight_decay"] or group["maximize"]:
+            self.optimizer.step()
+            return
+        beta1, beta2 = group["betas"]
+        state["step"].add_(1)
+        torch._fused_adam_(
+            [self.flat_parameters],
+            [self.flat_parameters.grad],
+            [state["exp_avg"]],
+            [state["exp_avg_sq"]],
+            [],
+            [state["step"]],
+            amsgrad=False,
+            lr=group["lr"],
+            beta1=beta1,
+            beta2=beta2,
+            weight_decay=0.0,
+            eps=group["eps"],
+            maximize=False,
+            grad_scale=None,
+            found_inf=None,
+        )
+
+    def _clip_member_gradients(self) -> None:
+        """Clip each member's gradient norm to ``max_grad_norm`` on its own; frozen members get zero gradients."""
+        grad = self.flat_parameters.grad
+        norm = torch.linalg.vector_norm(grad, dim=1, keepdim=True)  # [P, 1]
+        grad.mul_(norm.add_(1e-6).reciprocal_().mul_(self.options.max_grad_norm).clamp_(max=1.0))
+        if self._any_frozen:
+            grad.masked_fill_(~self.active.unsqueeze(1), 0.0)
+
     def parameters_finite(self) -> torch.Tensor:
-        return finite_members(self.q_network)
+        return torch.isfinite(self.flat_parameters).all(dim=1)
 
     def freeze(self, members: torch.Tensor) -> None:
         """Diverged members keep their parameters and get zero gradients from now on; their Adam moments are zeroed
         so that Adam does not keep moving them."""
         members = members.to(self.device)
         self.active &= ~members
+        self._any_frozen = bool((~self.active).any())
         for state in self.optimizer.state.values():
             for key in ("exp_avg", "exp_avg_sq"):
                 if key in state:
@@ -186,7 +284,77 @@ class DQN(Agent):
         self.optimizer.load_state_dict(state["optimizer"])
         self.generator.set_state(state["generator"])
         self.active.copy_(state["active"])
+        self._any_frozen = bool((~self.active).any())
         self.gradient_updates = state["gradient_updates"]
+
+
+def flatten_member_parameters_(module: nn.Module) -> torch.Tensor:
+    """Move every parameter of a population network (leading axis ``P``) into one contiguous ``[P, D]`` tensor and
+    make the parameters views of it (same values; ``module`` keeps working and ``load_state_dict`` writes through).
+    Returns the flat tensor, a leaf that an optimiser can own."""
+    parameters = list(module.parameters())
+    P = parameters[0].shape[0]
+    flat = torch.cat([p.detach().reshape(P, -1) for p in parameters], dim=1)
+    offset = 0
+    for p in parameters:
+        size = p[0].numel()
+        p.data = flat[:, offset : offset + size].view(p.shape)
+        offset += size
+    return flat
+
+
+def _fused_adam_if_available(device: torch.device) -> dict[str, bool]:
+    """``fused=True`` (one kernel for the whole update) where this torch has it for ``device``."""
+    try:
+        probe = torch.zeros(1, 1, device=device)
+        probe.grad = torch.zeros_like(probe)
+        torch.optim.Adam([probe], fused=True).step()
+    except (RuntimeError, TypeError):
+        return {}
+    return {"fused": True}
+
+
+class _MLPViews:
+    """A ``PopulationMLP``'s layers as ``(weight, bias)`` views of its flat parameters, with a written-out backward.
+
+    ``forward(obs [P, B, *obs_shape]) -> q [P, B, A]``; with ``keep=True`` also the inputs of every layer, which
+    ``backward`` needs. ``backward(activations, grad_q, grad_flat)`` writes ``d loss / d parameters`` into
+    ``grad_flat [P, D]`` (the same layout as the parameters), overwriting it.
+    """
+
+    def __init__(self, network: PopulationMLP, flat: torch.Tensor) -> None:
+        self.layers: list[tuple[torch.Tensor, torch.Tensor, int, int]] = []
+        offset = 0
+        for layer in network.layers:
+            assert isinstance(layer, PopulationLinear)
+            weight, bias = layer.weight.data, layer.bias.data
+            assert weight.data_ptr() == flat[:, offset:].data_ptr(), "parameters are not views of the flat tensor"
+            self.layers.append((weight, bias, offset, offset + weight[0].numel()))
+            offset += weight[0].numel() + bias[0].numel()
+
+    def forward(self, obs: torch.Tensor, keep: bool = False):
+        x = obs.reshape(*obs.shape[:2], -1)
+        if x.dtype != torch.float32:
+            x = x.float()
+        activations = [x]
+        last = len(self.layers) - 1
+        for index, (weight, bias, _, _) in enumerate(self.layers):
+            x = torch.baddbmm(bias, x, weight)
+            if index < last:
+                x = x.relu_()
+            activations.append(x)
+        return (x, activations) if keep else x
+
+    def backward(self, activations: list[torch.Tensor], grad_q: torch.Tensor, grad_flat: torch.Tensor) -> None:
+        P = grad_flat.shape[0]
+        grad = grad_q
+        for index in range(len(self.layers) - 1, -1, -1):
+            weight, bias, weight_at, bias_at = self.layers[index]
+            inputs = activations[index]
+            torch.bmm(inputs.transpose(1, 2), grad, out=grad_flat[:, weight_at:bias_at].view(weight.shape))
+            torch.sum(grad, dim=1, keepdim=True, out=grad_flat[:, bias_at : bias_at + bias[0].numel()].view(P, 1, -1))
+            if index > 0:  # through the layer and the ReLU before it (its output is this layer's input)
+                grad = torch.ops.aten.threshold_backward(torch.bmm(grad, weight.transpose(1, 2)), inputs, 0)
 
 
 @register_agent("dqn", DQNOptions, "DQN with a target network, epsilon-greedy behaviour and uniform replay")

@@ -63,6 +63,7 @@ from emphatic_rl.agents.base import ActionOutput, Agent
 from emphatic_rl.agents.learned_models import LearnedTabularModel
 from emphatic_rl.agents.models import BackwardModel, ForwardModel, given_model_of
 from emphatic_rl.agents.registry import AgentContext, register_agent
+from emphatic_rl.seeding import stream_seed
 
 VARIANTS: tuple[str, ...] = (
     "one-step-successor",
@@ -922,7 +923,7 @@ def learned_model_of(env: Any, population_size: int, options: DynaOptions, seed:
         learning_rate=options.model_learning_rate,
         sampling=options.model_sampling,
         real_state_mask=env.real_state_mask,
-        seed=seed + 7919,  # its own stream: not the agent's generator, nor the MLP value function's weights
+        seed=stream_seed(seed, "model"),  # its own stream: not the agent's generator, nor the value function's weights
         device=env.device,
     )
 

@@ -54,6 +54,7 @@ from numba import njit, prange
 from emphatic_rl.envs.classic import MountainCar
 from emphatic_rl.envs.puddle_world import PuddleWorld
 from emphatic_rl.features import TileCoder
+from emphatic_rl.seeding import stream_seed
 
 __all__ = [
     "BACKENDS",
@@ -666,7 +667,7 @@ def fused_evaluate(run: Any, step: int, backend: str = "auto") -> dict[str, torc
     if not _use_kernel(agent, env, run.device, backend):
         return None
     population, episodes = config.population_size, config.eval_episodes
-    seed = (config.seed * 1_000_003 + step) % (2**63)
+    seed = stream_seed(config.seed, "evaluation", step)
     spec = kernel_env(env)
     env.reset(seed=seed)
     starts = getattr(env, spec.state_name).view(population, episodes, 2)
@@ -689,7 +690,7 @@ def fused_excursions(run: Any, starts: dict[str, Any], step: int, backend: str =
         if backend == "numba":
             raise ValueError(f"excursion starts hold {sorted(starts)}, the kernel needs {spec.state_name!r}")
         return None
-    seed = (config.seed * 1_000_003 + step + 12_345) % (2**63)
+    seed = stream_seed(config.seed, "excursions", step)
     result = linear_rollouts(agent.policy.theta, agent.features, spec, starts[spec.state_name], seed=seed,
                              max_steps=config.eval_max_steps, greedy=agent.evaluation == "greedy",
                              frozen=agent.frozen)

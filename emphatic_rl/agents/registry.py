@@ -3,11 +3,17 @@
 Each agent module registers a factory and an options dataclass with ``@register_agent``. ``make_agent`` checks every
 option key against the dataclass fields (one error naming the unknown key and the allowed ones) and lets the
 dataclass's ``__post_init__`` check the values, all before anything is built.
+
+Sweeps. An option that takes one value per population member declares its range with :func:`per_member`
+(``alpha_actor: Any = per_member(0.01, low=0.0, low_open=True)``); an agent whose options have such fields and a
+``stream_of`` option (member -> behaviour stream) can be swept by ``emphatic-rl sweep`` with a grid over those keys,
+with nothing to edit in the library (:meth:`AgentEntry.per_member_ranges`, :meth:`AgentEntry.sweepable`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -16,6 +22,34 @@ import torch
 
 from emphatic_rl.agents.base import Agent
 from emphatic_rl.envs.base import Spec
+
+
+@dataclass(frozen=True)
+class MemberRange:
+    """The allowed values of a per-member option: ``low < v`` (``low_open``) or ``low <= v``, and ``v <= high``."""
+
+    low: float
+    high: float | None = None
+    low_open: bool = False
+
+    def contains(self, value: float) -> bool:
+        if not math.isfinite(value):
+            return False
+        if value <= self.low if self.low_open else value < self.low:
+            return False
+        return self.high is None or value <= self.high
+
+    def describe(self) -> str:
+        return f"{'(' if self.low_open else '['}{self.low}, {'inf)' if self.high is None else f'{self.high}]'}"
+
+
+PER_MEMBER_METADATA = "emphatic_rl.per_member"
+
+
+def per_member(default: Any, low: float = 0.0, high: float | None = None, low_open: bool = False) -> Any:
+    """A dataclass field for an option that accepts one value per population member (a number or a list of ``P``
+    numbers), with the range a sweep grid's values must lie in. Use as the field's default."""
+    return dataclasses.field(default=default, metadata={PER_MEMBER_METADATA: MemberRange(low, high, low_open)})
 
 
 @dataclass(frozen=True)
@@ -52,6 +86,19 @@ class AgentEntry:
     def default_options(self) -> dict[str, Any]:
         return dataclasses.asdict(self.options_class())
 
+    def per_member_ranges(self) -> dict[str, MemberRange]:
+        """The options that take one value per member (declared with :func:`per_member`), with their ranges."""
+        return {
+            f.name: f.metadata[PER_MEMBER_METADATA]
+            for f in dataclasses.fields(self.options_class)
+            if PER_MEMBER_METADATA in f.metadata
+        }
+
+    def sweepable(self) -> bool:
+        """True when ``emphatic-rl sweep`` can run this agent: per-member options and a ``stream_of`` option."""
+        names = {f.name for f in dataclasses.fields(self.options_class)}
+        return "stream_of" in names and bool(self.per_member_ranges())
+
     def build_options(self, options: dict[str, Any]) -> Any:
         allowed = [f.name for f in dataclasses.fields(self.options_class)]
         unknown = sorted(set(options) - set(allowed))
@@ -79,6 +126,11 @@ def register_agent(name: str, options_class: type, description: str = "") -> Cal
 
 def agent_names() -> list[str]:
     return sorted(AGENT_REGISTRY)
+
+
+def sweepable_agent_names() -> list[str]:
+    """Registered agents that ``emphatic-rl sweep`` can run (see :meth:`AgentEntry.sweepable`)."""
+    return [name for name in agent_names() if AGENT_REGISTRY[name].sweepable()]
 
 
 def get_agent_entry(name: str) -> AgentEntry:

@@ -51,18 +51,32 @@ is batched tensor work with no Python loop over batch elements or streams. Seque
 sequence may end on a terminal or truncated step). Valid sequence starts are found by rejection (candidates
 drawn uniformly and checked with one gather; exact, since accepted candidates are uniform over the valid set),
 with an exact full scan as the fallback when few candidates are valid; one host sync per call.
+
+Backends
+--------
+On CPU (``backend="auto"`` or ``"numba"``) ``add`` and every gather are one call each into compiled kernels
+(:mod:`emphatic_rl.buffers.kernels`) working in place on the same storage; elsewhere (``"torch"``, any device) they
+are batched tensor ops. Both write the same bits and return the same batches given the same generator, and are
+held to the same tests. The random draws are always made by torch with the caller's generator.
 """
 
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+import numpy as np
 import torch
 
+from emphatic_rl.buffers import kernels
 from emphatic_rl.buffers.packing import pack_bool, packed_num_bytes, unpack_bool
+
+#: ``TrajectoryBuffer(backend=...)``: ``"numba"`` runs ``add`` and the gathers as compiled kernels on numpy views of the
+#: storage (CPU only), ``"torch"`` as tensor ops (any device), ``"auto"`` picks numba on CPU and torch elsewhere.
+BACKENDS = ("auto", "torch", "numba")
 
 
 @dataclass(frozen=True)
@@ -161,6 +175,27 @@ def _positive_int(name: str, value: Any) -> int:
     return value
 
 
+def _numpy(tensor: torch.Tensor) -> Any:
+    """A numpy view of a CPU tensor (of its detached copy for a tensor that requires grad)."""
+    try:
+        return tensor.numpy()
+    except RuntimeError:  # requires grad
+        return tensor.detach().numpy()
+
+
+#: ``_SPREAD[byte]``: the eight 0/1 bytes of ``byte``'s bits (least significant first) as one little-endian uint64.
+_SPREAD = np.array([sum(((value >> j) & 1) << (8 * j) for j in range(8)) for value in range(256)], dtype=np.uint64)
+_NO_WORDS = (np.zeros(0, dtype=np.uint64), np.zeros((0, 0), dtype=np.uint64), np.zeros((0, 0), dtype=np.uint64))
+
+
+def _has_numpy_dtype(dtype: torch.dtype) -> bool:
+    try:
+        torch.zeros(1, dtype=dtype).numpy()
+    except TypeError:  # bfloat16, float8 ...: no numpy equivalent
+        return False
+    return True
+
+
 def _dtype_kind(dtype: torch.dtype) -> str:
     if dtype == torch.bool:
         return "bool"
@@ -185,6 +220,10 @@ class TrajectoryBuffer:
         extras: agent-declared extra fields ``name -> FieldSpec``.
         final_obs_slots: initial number of slots for final observations of ended episodes (grows on demand up
             to ``capacity * num_streams``); default ``min(capacity * num_streams, 4 * num_streams)``.
+        backend: ``"auto"`` (default: compiled numba kernels on CPU, tensor ops elsewhere), ``"numba"`` (CPU
+            only) or ``"torch"``. Both store the same bits and return the same batches; the kernels do an ``add``
+            or a gather in one call instead of twenty to forty tensor ops, which is most of the cost of small rows
+            and batches on CPU.
     """
 
     def __init__(
@@ -198,6 +237,7 @@ class TrajectoryBuffer:
         device: torch.device | str = "cpu",
         extras: dict[str, FieldSpec] | None = None,
         final_obs_slots: int | None = None,
+        backend: str = "auto",
     ) -> None:
         capacity = _positive_int("capacity", capacity)
         num_streams = _positive_int("num_streams", num_streams)
@@ -220,6 +260,15 @@ class TrajectoryBuffer:
         if final_obs_slots is None:
             final_obs_slots = min(max_slots, 4 * num_streams)
         final_obs_slots = min(_positive_int("final_obs_slots", final_obs_slots), max_slots)
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        on_cpu = torch.device(device).type == "cpu"
+        if backend == "numba" and not on_cpu:
+            raise ValueError(f"backend 'numba' runs on CPU only; this buffer is on {torch.device(device)}")
+        numpy_dtypes = all(_has_numpy_dtype(d) for d in (obs_dtype, action_dtype))
+        if backend == "numba" and not numpy_dtypes:
+            raise ValueError(f"backend 'numba' needs numpy dtypes; got obs {obs_dtype}, action {action_dtype}")
+        self.backend = "numba" if backend == "numba" or (backend == "auto" and on_cpu and numpy_dtypes) else "torch"
 
         self._capacity = capacity
         self._num_streams = num_streams
@@ -273,7 +322,8 @@ class TrajectoryBuffer:
         self._refresh_flat_views()
 
     def _refresh_flat_views(self) -> None:
-        """``[T * N, ...]`` views of the storage (same memory), indexed by ``flat = row * N + stream``."""
+        """``[T * N, ...]`` views of the storage (same memory), indexed by ``flat = row * N + stream``; for the numba
+        backend also numpy views of the same memory, ``[T * N, D]`` for observations and actions."""
         rows = self._capacity * self._num_streams
         self._obs_flat = self._obs.view(rows, *self._stored_obs_shape)
         self._action_flat = self._action.view(rows, *self.action_shape)
@@ -281,6 +331,20 @@ class TrajectoryBuffer:
         self._ends_flat = self._ends.view(rows, 2)
         self._final_slot_flat = self._final_slot.view(rows)
         self._extras_flat = {name: t.view(rows, *t.shape[2:]) for name, t in self._extras.items()}
+        if self.backend == "numba":
+            width = math.prod(self._stored_obs_shape)
+            self._np_obs = self._obs.view(rows, width).numpy()
+            self._np_action = self._action.view(rows, math.prod(self.action_shape)).numpy()
+            self._np_scalars = self._scalars.view(rows, 3).numpy()
+            self._np_ends = self._ends.view(rows, 2).numpy()
+            self._np_final_store = self._final_store.view(self._final_store.shape[0], width).numpy()
+            self._np_final_slot = self._final_slot.view(rows).numpy()
+            self._np_row_time = self._row_time.numpy()
+            self._np_final_head = self._final_head.view(1).numpy()
+            self._np_final_live = self._final_live.view(1).numpy()
+            self._np_dtypes = (torch.empty(0, dtype=self.obs_dtype).numpy().dtype, self._np_action.dtype)
+            self._obs_cells, self._action_width = math.prod(self.obs_shape), math.prod(self.action_shape)
+            self._unpack_by_words = self.packs_obs and self._obs_cells % 8 == 0 and sys.byteorder == "little"
 
     # ------------------------------------------------------------------ properties
     @property
@@ -387,19 +451,27 @@ class TrajectoryBuffer:
             interest = self._default_interest
         else:
             interest = self._checked("interest", interest, (N,), torch.float32)
-        unknown = sorted(set(extras) - set(self.extra_specs))
-        if unknown:
-            raise ValueError(
-                f"TrajectoryBuffer.add: unknown field(s) {unknown}; declared extras: {sorted(self.extra_specs)}"
-            )
-        missing = sorted(set(self.extra_specs) - set(extras))
-        if missing:
-            raise ValueError(f"TrajectoryBuffer.add: missing declared extra field(s) {missing}")
-        checked_extras = {
-            name: self._checked(name, value, (N, *self.extra_specs[name].shape), self.extra_specs[name].dtype)
-            for name, value in extras.items()
-        }
+        checked_extras = {}
+        if extras or self.extra_specs:
+            unknown = sorted(set(extras) - set(self.extra_specs))
+            if unknown:
+                raise ValueError(
+                    f"TrajectoryBuffer.add: unknown field(s) {unknown}; declared extras: {sorted(self.extra_specs)}"
+                )
+            missing = sorted(set(self.extra_specs) - set(extras))
+            if missing:
+                raise ValueError(f"TrajectoryBuffer.add: missing declared extra field(s) {missing}")
+            checked_extras = {
+                name: self._checked(name, value, (N, *self.extra_specs[name].shape), self.extra_specs[name].dtype)
+                for name, value in extras.items()
+            }
 
+        if self.backend == "numba":
+            self._add_numba(obs, action, reward, terminated, truncated, final_obs, behaviour_log_prob, interest)
+            for name, value in checked_extras.items():
+                self._extras[name][self._cursor] = value
+            self._advance()
+            return
         row = self._cursor
         done = terminated | truncated
         if self.packs_obs:
@@ -436,11 +508,62 @@ class TrajectoryBuffer:
             self._final_live.add_(num_ends - freed)
 
         self._row_time[row] = self._total_steps
-        self._cursor = (row + 1) % self._capacity
+        self._advance()
+
+    def _advance(self) -> None:
+        self._cursor = (self._cursor + 1) % self._capacity
         self._size = min(self._size + 1, self._capacity)
         self._total_steps += 1
 
+    def _add_numba(self, obs, action, reward, terminated, truncated, final_obs, log_prob, interest) -> None:
+        """The row write of :meth:`add` as one compiled call (inputs checked, on CPU, in the stored dtypes)."""
+        N = self._num_streams
+        # Final-observation slots: on CPU the live count is a host read, so reserve exactly (no bound needed).
+        live = int(self._np_final_live[0])
+        needed = min(live + N, self._capacity * N)
+        if needed > self._final_slots:
+            self._grow_final_store(live, min(self._capacity * N, max(2 * self._final_slots, 2 * needed)))
+        self._final_live_bound = needed
+        # The inputs (contiguous, see _checked) go to the kernel as addresses: tensor.data_ptr() costs far less per
+        # call than tensor.numpy(), and this is most of the cost of a small add.
+        addresses = (
+            obs.data_ptr(),
+            action.data_ptr(),
+            reward.data_ptr(),
+            terminated.data_ptr(),
+            truncated.data_ptr(),
+            final_obs.data_ptr(),
+            log_prob.data_ptr(),
+            interest.data_ptr(),
+        )
+        kernels.add_row(
+            self._cursor,
+            self._total_steps,
+            self.packs_obs,
+            N,
+            self._obs_cells,
+            addresses,
+            self._np_obs,
+            self._np_action,
+            self._np_scalars,
+            self._np_ends,
+            self._np_final_store,
+            self._np_final_slot,
+            self._final_slots,
+            self._np_final_head,
+            self._np_final_live,
+            self._np_row_time,
+        )
+
     def _checked(self, name: str, value: Any, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+        if (
+            type(value) is torch.Tensor
+            and value.dtype is dtype
+            and value.shape == shape
+            and value.device == self._device
+            and value.is_contiguous()
+        ):
+            return value  # the common case, checked in a few attribute reads
         if not isinstance(value, torch.Tensor):
             try:
                 value = torch.as_tensor(value)
@@ -456,7 +579,7 @@ class TrajectoryBuffer:
             raise ValueError(
                 f"TrajectoryBuffer.add: {name} has dtype {value.dtype}, expected {dtype} (a {want_kind} dtype)"
             )
-        return value.to(device=self._device, dtype=dtype)
+        return value.to(device=self._device, dtype=dtype).contiguous()
 
     def _decode(self, stored: torch.Tensor) -> torch.Tensor:
         return unpack_bool(stored, self.obs_shape) if self.packs_obs else stored
@@ -502,6 +625,8 @@ class TrajectoryBuffer:
         lead = flat.shape
         flat = flat.reshape(-1)
         T, N = self._capacity, self._num_streams
+        if self.backend == "numba":
+            return self._gather_numba(flat, lead, flat.shape[0], N)
         rows = T * N
         row = torch.div(flat, N, rounding_mode="floor")
         stream = flat - row * N
@@ -539,6 +664,75 @@ class TrajectoryBuffer:
             extras={name: shaped(store.index_select(0, flat)) for name, store in self._extras_flat.items()},
         )
 
+    def _gather_numba(self, draws: torch.Tensor, lead: tuple[int, ...], group_batch: int, per_group: int):
+        """:meth:`_gather` as one compiled call: draw ``k`` of group ``g = k // group_batch`` names row ``d //
+        per_group`` and stream ``g * per_group + d % per_group`` (``per_group = N``: ``d`` is the flat position)."""
+        # Outputs allocated by numpy (cheaper per call than torch.empty on CPU) and handed to torch without a copy.
+        M = draws.shape[0]
+        cells, width = math.prod(self.obs_shape), math.prod(self.action_shape)
+        obs_dtype, action_dtype = self._np_dtypes
+        obs = np.empty((*lead, *self.obs_shape), dtype=obs_dtype)  # allocated in the lead shape: no reshapes after
+        next_obs = np.empty((*lead, *self.obs_shape), dtype=obs_dtype)
+        action = np.empty((*lead, *self.action_shape), dtype=action_dtype)
+        scalars = np.empty((*lead, 3), dtype=np.float32)
+        ends = np.empty((*lead, 2), dtype=np.bool_)
+        index = np.empty((*lead, 3), dtype=np.int64)  # time, stream, flat position
+        flat_obs, flat_next_obs = obs.reshape(M, cells), next_obs.reshape(M, cells)
+        if self.packs_obs:
+            flat_obs, flat_next_obs = flat_obs.view(np.uint8), flat_next_obs.view(np.uint8)
+        kernels.gather(
+            _numpy(draws),
+            group_batch,
+            per_group,
+            self._num_streams,
+            (self._cursor - 1) % self._capacity,
+            self.packs_obs,
+            self._np_obs,
+            self._np_action,
+            self._np_scalars,
+            self._np_ends,
+            self._np_final_store,
+            self._np_final_slot,
+            self._np_row_time,
+            flat_obs,
+            flat_next_obs,
+            action.reshape(M, width),
+            scalars.reshape(M, 3),
+            ends.reshape(M, 2),
+            index.reshape(M, 3),
+            *self._word_views(flat_obs, flat_next_obs),
+        )
+        reward, behaviour_log_prob, interest = torch.from_numpy(scalars).unbind(-1)
+        terminated, truncated = torch.from_numpy(ends).unbind(-1)
+        time_index, stream_index, flat = torch.from_numpy(index).unbind(-1)
+        extras = {}
+        if self._extras_flat:
+            flat_index = flat.reshape(-1)
+            extras = {
+                name: store.index_select(0, flat_index).reshape(*lead, *store.shape[1:])
+                for name, store in self._extras_flat.items()
+            }
+        return TransitionBatch(
+            torch.from_numpy(obs),
+            torch.from_numpy(action),
+            reward,
+            terminated,
+            truncated,
+            torch.from_numpy(next_obs),
+            behaviour_log_prob,
+            interest,
+            time_index,
+            stream_index,
+            extras,
+        )
+
+    def _word_views(self, flat_obs: np.ndarray, flat_next_obs: np.ndarray) -> tuple[np.ndarray, ...]:
+        """``(spread, obs_words, next_obs_words)`` for the kernel: the byte-to-eight-cells table and uint64 views of
+        the outputs when bit-packed observations have a multiple of 8 cells on a little-endian host, else empties."""
+        if not self._unpack_by_words:
+            return _NO_WORDS
+        return _SPREAD, flat_obs.view(np.uint64), flat_next_obs.view(np.uint64)
+
     def _flat_from_logical(self, logical: torch.Tensor, stream: torch.Tensor) -> torch.Tensor:
         """Physical flat positions of logical rows (0 = oldest stored) of ``stream``."""
         start = (self._cursor - self._size) % self._capacity
@@ -552,7 +746,9 @@ class TrajectoryBuffer:
             raise ValueError(f"TrajectoryBuffer.{what}: batch_size must be an integer >= 1, got {batch_size!r}")
         if not isinstance(generator, torch.Generator):
             raise ValueError(f"TrajectoryBuffer.{what}: generator must be a torch.Generator, got {generator!r}")
-        gen_device = torch.device(generator.device)
+        gen_device = generator.device
+        if gen_device == self._device:
+            return
         if gen_device.type != self._device.type or (
             gen_device.index is not None and self._device.index is not None and gen_device.index != self._device.index
         ):
@@ -577,7 +773,9 @@ class TrajectoryBuffer:
         # The valid physical rows are [0, len): a uniform flat position over them is a uniform transition.
         if num_groups is None:
             flat = torch.randint(0, self._size * N, (batch_size,), generator=generator, device=self._device)
-            return self._gather(flat)
+            return (
+                self._gather_numba(flat, flat.shape, batch_size, N) if self.backend == "numba" else self._gather(flat)
+            )
         if not isinstance(num_groups, int) or isinstance(num_groups, bool) or num_groups < 1 or N % num_groups:
             raise ValueError(
                 "TrajectoryBuffer.sample_transitions: num_groups must be a positive divisor of "
@@ -587,6 +785,8 @@ class TrajectoryBuffer:
         in_group = torch.randint(
             0, self._size * per_group, (num_groups, batch_size), generator=generator, device=self._device
         )
+        if self.backend == "numba":
+            return self._gather_numba(in_group.view(-1), (num_groups, batch_size), batch_size, per_group)
         row = torch.div(in_group, per_group, rounding_mode="floor")
         group_start = torch.arange(num_groups, device=self._device).unsqueeze(1) * per_group
         return self._gather(row * N + group_start + (in_group - row * per_group))

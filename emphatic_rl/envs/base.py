@@ -30,8 +30,9 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Self
 
+import numpy as np
 import torch
 
 
@@ -80,6 +81,9 @@ class StepResult(NamedTuple):
     - ``terminated``: ``bool[N]``, the episode reached a terminal state (do not bootstrap).
     - ``truncated``: ``bool[N]``, the episode was cut by the time limit (bootstrap from ``final_obs``).
     - ``final_obs``: ``[N, *obs_shape]``, the true next observation ``S_{t+1}`` of this transition.
+
+    Every ``step`` returns new tensors (on every backend): a later step never overwrites them, so a loop may keep
+    ``obs`` for the next transition or store the fields without copying.
     """
 
     obs: torch.Tensor
@@ -111,6 +115,24 @@ class TensorEnv(ABC):
     #: ``final_obs`` on the copies that did not end, and ``step`` skips the per-copy select (a broadcast
     #: ``where`` over the whole observation, costly for large image observations on CPU).
     observation_depends_only_on_state: bool = False
+
+    # Optional capabilities, declared by the envs that have them (the training loop and the agents read these
+    # declarations; they never probe for attributes):
+    #: the env's own state-independent behaviour policy, one probability per action (``None``: it has none).
+    behaviour_probabilities: tuple[float, ...] | None = None
+    #: ``True`` when the env defines its behaviour policy on the true state: ``current_behaviour_probabilities()``.
+    has_state_behaviour: bool = False
+    #: the tile coding that linear agents use on this env: ``(low, high, tiles per dim, tilings)`` (``None``: none).
+    tile_layout: tuple[tuple[float, ...], tuple[float, ...], tuple[int, ...], int] | None = None
+
+    def current_behaviour_probabilities(self) -> torch.Tensor:
+        """``mu(.|S_t)`` of every copy's current state, ``[N, A]``; only for envs with ``has_state_behaviour``."""
+        raise NotImplementedError(f"env {self.name!r} defines no behaviour policy on its state")
+
+    @property
+    def supports_excursions(self) -> bool:
+        """``True`` when copies can be put in given states (``state_names``): the excursions objective."""
+        return bool(self.state_names)
 
     def __init__(
         self,
@@ -231,3 +253,92 @@ class TensorEnv(ABC):
             f"{type(self).__name__}(num_envs={self.num_envs}, device={self.device}, "
             f"max_episode_steps={self.max_episode_steps})"
         )
+
+
+#: backends of the envs that have compiled CPU kernels (classic control, Puddle World, MinAtar).
+BACKENDS: tuple[str, ...] = ("auto", "torch", "numba")
+
+
+def numba_available() -> bool:
+    """Whether numba can be imported (the compiled CPU backends need it)."""
+    try:
+        import numba  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+class CompiledBackendMixin:
+    """Backend selection of a :class:`TensorEnv` whose ``step`` also exists as a compiled CPU kernel.
+
+    ``"numba"``: one compiled call per step on the CPU (the default there when numba is installed); ``"torch"``:
+    the batched torch operations (any device: the path for GPUs). Both follow the same rules and the same random
+    stream and are held to the same tests. The backend is chosen automatically at construction (``"auto"``) and can
+    be changed at any time with :meth:`set_backend` (the state is shared: nothing is copied).
+    """
+
+    _backend: str = "torch"
+
+    @property
+    def backend(self) -> str:
+        """The backend in use: ``"torch"`` or ``"numba"``."""
+        return self._backend
+
+    def set_backend(self, backend: str) -> Self:
+        """Step with ``backend`` from now on: ``"auto"`` (numba on CPU when installed, else torch), ``"torch"`` or
+        ``"numba"`` (CPU only). Returns the env."""
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {', '.join(map(repr, BACKENDS))}, got {backend!r}")
+        on_cpu = self.device.type == "cpu"
+        if backend == "numba":
+            if not on_cpu:
+                raise ValueError(f"backend 'numba' runs on CPU only, got device {str(self.device)!r}; use 'torch'")
+            if not numba_available():
+                raise ValueError("backend 'numba' needs the numba package (pip install numba); use 'torch'")
+        if backend == "auto":
+            backend = "numba" if on_cpu and numba_available() else "torch"
+        if backend == "numba":
+            self._kernel_action_shape = (self.num_envs, *self.action_spec.shape)
+            self._setup_kernels()
+        self._backend = backend
+        return self
+
+    def _setup_kernels(self) -> None:
+        """Import the compiled kernels and allocate the scratch arrays they use."""
+        raise NotImplementedError
+
+    def _action_array(self, action: torch.Tensor) -> np.ndarray:
+        """The compiled backends' cheap action check: shape and dtype in Python (attribute reads, no tensor op), the
+        range in the kernel. Returns a numpy view of the actions as int64 (discrete) or float32 (box), on the CPU."""
+        if not isinstance(action, torch.Tensor) or not action.is_cpu:
+            action = torch.as_tensor(action, device="cpu")
+        spec = self.action_spec
+        if action.shape != self._kernel_action_shape:
+            raise ValueError(
+                f"{type(self).__name__}.step: action has shape {tuple(action.shape)}, "
+                f"expected {self._kernel_action_shape}"
+            )
+        if isinstance(spec, DiscreteSpec):
+            if action.dtype != torch.int64:
+                if action.dtype.is_floating_point or action.dtype == torch.bool or action.dtype.is_complex:
+                    raise ValueError(
+                        f"{type(self).__name__}.step: discrete actions must be integers, got {action.dtype}"
+                    )
+                action = action.long()
+        else:
+            if action.dtype != spec.dtype:
+                action = action.to(spec.dtype)
+            if action.requires_grad:
+                action = action.detach()
+        return action.numpy()
+
+    def _raise_bad_action(self, actions: np.ndarray, index: int) -> None:
+        """The error of the compiled backends for the first bad action, at copy ``index`` (same text as
+        :meth:`validate_action`)."""
+        spec = self.action_spec
+        if isinstance(spec, DiscreteSpec):
+            raise ValueError(
+                f"{type(self).__name__}.step: action {int(actions[index])} is outside the action set "
+                f"{{0, ..., {spec.n - 1}}}"
+            )
+        raise ValueError(f"{type(self).__name__}.step: actions must be finite")

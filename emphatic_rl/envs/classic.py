@@ -18,20 +18,39 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
-from emphatic_rl.envs.base import BoxSpec, DiscreteSpec, TensorEnv
+from emphatic_rl.envs.base import BoxSpec, CompiledBackendMixin, DiscreteSpec, StepResult, TensorEnv
 from emphatic_rl.envs.registry import register_env
 
 __all__ = ["ClassicControlEnv", "CartPole", "MountainCar", "Acrobot", "Pendulum"]
 
 
-class ClassicControlEnv(TensorEnv):
-    """Shared machinery: a ``float64[N, state_dim]`` physical state named ``state``."""
+class ClassicControlEnv(CompiledBackendMixin, TensorEnv):
+    """Shared machinery: a ``float64[N, state_dim]`` physical state named ``state``, and the two backends.
+
+    Backends (:attr:`backend`, :meth:`set_backend`): on the CPU ``step`` is one compiled call
+    (:mod:`emphatic_rl.envs.kernels`, ``"numba"``, chosen automatically when numba is installed) plus, on steps
+    where episodes ended, the draw of their start states from the env's generator and one more call that writes
+    them; on other devices (or with ``set_backend("torch")``) it is the batched torch operations. Both draw the same
+    start states from the generator (so a seed gives the same start states on either backend) and follow
+    Gymnasium step for step; they may differ in the last bit where torch's vectorised ``sin``/``cos`` differ from
+    libm's (the compiled kernels call libm, as Gymnasium does).
+
+    The numba backend updates ``state`` in place (the torch backend replaces the tensor) and, because checking in
+    the kernel costs nothing, always checks that discrete actions lie in the action set (``check_actions=False``
+    only skips the finiteness check of Pendulum's torques there). Every ``step`` returns fresh tensors on both
+    backends: nothing a caller keeps is overwritten by a later step.
+    """
 
     state_names = ("state",)
     #: number of columns of ``self.state``; set by subclasses.
     state_dim: int = 0
+    #: name of the compiled step kernel in :mod:`emphatic_rl.envs.kernels`; set by subclasses.
+    step_kernel_name: str = ""
+    #: name of the kernel that writes the observation of some copies (``rows, count, state, obs``).
+    observe_kernel_name: str = "observe_state_rows"
 
     def __init__(
         self,
@@ -45,6 +64,7 @@ class ClassicControlEnv(TensorEnv):
         self.draw_only_ended = self.device.type == "cpu"
         self.state = torch.zeros(num_envs, self.state_dim, dtype=torch.float64, device=self.device)
         self._reset_where(torch.ones(num_envs, dtype=torch.bool, device=self.device))
+        self.set_backend("auto")
 
     def set_state(self, state: torch.Tensor) -> None:
         """Put every copy in the given physical state.
@@ -60,7 +80,7 @@ class ClassicControlEnv(TensorEnv):
                 f"{type(self).__name__}.set_state: state has shape {tuple(state.shape)}, expected "
                 f"({self.num_envs}, {self.state_dim}) or ({self.state_dim},)"
             )
-        self.state = state.expand(self.num_envs, self.state_dim).clone()
+        self.state = state.expand(self.num_envs, self.state_dim).clone(memory_format=torch.contiguous_format)
 
     def _fresh_states(self, count: int) -> torch.Tensor:
         """``float64[count, state_dim]`` start states drawn from the env's generator."""
@@ -85,6 +105,93 @@ class ClassicControlEnv(TensorEnv):
         else:
             self.state = torch.where(mask.unsqueeze(1), self._fresh_states(self.num_envs), self.state)
 
+    def _observe_torch(self) -> torch.Tensor:
+        """The torch backend's observation of every copy."""
+        raise NotImplementedError
+
+    def _observe(self) -> torch.Tensor:
+        if self._backend != "numba":
+            return self._observe_torch()
+        obs = torch.empty((self.num_envs, *self.observation_spec.shape), dtype=torch.float32)
+        self._observe_kernel(self._all_rows, self.num_envs, self._state_array(), obs.numpy())
+        return obs
+
+    # ------------------------------------------------------------------ numba backend
+    def _kernel_option(self) -> float | bool:
+        """The env's option that its step kernel takes (reward mode, goal velocity, dynamics, gravity)."""
+        raise NotImplementedError
+
+    def _setup_kernels(self) -> None:
+        from emphatic_rl.envs import kernels
+
+        self._step_kernel = getattr(kernels, self.step_kernel_name)
+        self._observe_kernel = getattr(kernels, self.observe_kernel_name)
+        self._restart_rows = kernels.restart_rows
+        self._ended = np.zeros(self.num_envs, dtype=np.int64)  # the copies whose episode ended, in order
+        self._all_rows = np.arange(self.num_envs, dtype=np.int64)
+        self._obs_shape = (self.num_envs, *self.observation_spec.shape)
+        self._state_seen: torch.Tensor | None = None
+        self._elapsed_seen: torch.Tensor | None = None
+
+    def _state_array(self) -> np.ndarray:
+        """A numpy view of ``self.state`` (made contiguous float64 first if it was replaced by something else)."""
+        state = self.state
+        if state is not self._state_seen:
+            if (
+                state.dtype != torch.float64
+                or not state.is_contiguous()
+                or state.shape != (self.num_envs, self.state_dim)
+            ):
+                self.set_state(state)
+                state = self.state
+            self._state_seen, self._state_np = state, state.numpy()
+        return self._state_np
+
+    def _elapsed_array(self) -> np.ndarray:
+        elapsed = self.elapsed_steps
+        if elapsed is not self._elapsed_seen:
+            self._elapsed_seen, self._elapsed_np = elapsed, elapsed.numpy()
+        return self._elapsed_np
+
+    def step(self, action: torch.Tensor) -> StepResult:
+        """Advance every copy by one step (see :meth:`TensorEnv.step`); on the numba backend in one compiled call
+        (two on steps where an episode ended). Returns fresh tensors."""
+        if self._backend != "numba":
+            return super().step(action)
+        actions = self._action_array(action)
+        n, shape = self.num_envs, self._obs_shape
+        # outputs allocated by numpy and wrapped (one tensor object each: the cheapest fresh tensors on the CPU)
+        obs, final_obs = np.empty(shape, np.float32), np.empty(shape, np.float32)
+        reward, terminated, truncated = np.empty(n, np.float32), np.empty(n, np.bool_), np.empty(n, np.bool_)
+        state = self._state_array()
+        count = self._run_step_kernel(actions, state, final_obs, obs, reward, terminated, truncated)
+        if count < 0:
+            self._raise_bad_action(actions, -1 - count)
+        if count or not self.draw_only_ended:
+            # the same draws as the torch backend's _reset_where: one row per ended copy (in order), or one per copy
+            fresh = self._fresh_states(count if self.draw_only_ended else n)
+            self._restart_rows(self._ended, count, fresh.numpy(), not self.draw_only_ended, state)
+            self._observe_kernel(self._ended, count, state, obs)
+        from_numpy = torch.from_numpy
+        return StepResult(
+            from_numpy(obs), from_numpy(reward), from_numpy(terminated), from_numpy(truncated), from_numpy(final_obs)
+        )
+
+    def _run_step_kernel(self, actions, state, final_obs, obs, reward, terminated, truncated) -> int:
+        return self._step_kernel(
+            actions,
+            state,
+            self._elapsed_array(),
+            self.max_episode_steps or 0,
+            self._kernel_option(),
+            final_obs,
+            obs,
+            reward,
+            terminated,
+            truncated,
+            self._ended,
+        )
+
 
 # ====================================================================================== CartPole
 @register_env("cartpole")
@@ -101,6 +208,7 @@ class CartPole(ClassicControlEnv):
 
     name = "cartpole"
     state_dim = 4
+    step_kernel_name = "cartpole_step"
     GRAVITY = 9.8
     MASSCART = 1.0
     MASSPOLE = 0.1
@@ -137,6 +245,9 @@ class CartPole(ClassicControlEnv):
     def _fresh_states(self, count: int) -> torch.Tensor:
         return self._uniform(count, 4, -0.05, 0.05)
 
+    def _kernel_option(self) -> bool:
+        return self.sutton_barto_reward
+
     def _transition(self, action: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         # Hot path (see benchmarks/envs.py): few torch ops, no device sync. Each component is computed
         # as in Gymnasium, in its order; the Euler step and the bounds test run on the stacked state.
@@ -159,7 +270,7 @@ class CartPole(ClassicControlEnv):
             reward = torch.ones(self.num_envs, dtype=torch.float32, device=self.device)
         return reward, terminated
 
-    def _observe(self) -> torch.Tensor:
+    def _observe_torch(self) -> torch.Tensor:
         return self.state.to(torch.float32)
 
 
@@ -178,8 +289,12 @@ class MountainCar(ClassicControlEnv):
       by the ACE experiments).
     """
 
+    #: the ACE experiments' tile coding: 4x4 tiles (5x5 internally), 8 tilings (plus a bias feature)
+    tile_layout = ((-1.2, -0.07), (0.6, 0.07), (4, 4), 8)
+
     name = "mountain-car"
     state_dim = 2
+    step_kernel_name = "mountain_car_step"
     MIN_POSITION = -1.2
     MAX_POSITION = 0.6
     MAX_SPEED = 0.07
@@ -206,6 +321,9 @@ class MountainCar(ClassicControlEnv):
         fresh[:, 0].uniform_(-0.6, -0.4, generator=self.generator)  # position; velocity 0
         return fresh
 
+    def _kernel_option(self) -> float:
+        return self.goal_velocity
+
     def _transition(self, action: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         position, velocity = self.state.unbind(1)
         push = (action - 1).to(torch.float64) * self.FORCE
@@ -218,7 +336,7 @@ class MountainCar(ClassicControlEnv):
         reward = torch.full((self.num_envs,), -1.0, dtype=torch.float32, device=self.device)
         return reward, terminated
 
-    def _observe(self) -> torch.Tensor:
+    def _observe_torch(self) -> torch.Tensor:
         return self.state.to(torch.float32)
 
 
@@ -253,6 +371,8 @@ class Acrobot(ClassicControlEnv):
 
     name = "acrobot"
     state_dim = 4
+    step_kernel_name = "acrobot_step"
+    observe_kernel_name = "acrobot_observe"
     DT = 0.2
     LINK_LENGTH_1 = 1.0
     LINK_LENGTH_2 = 1.0
@@ -288,6 +408,9 @@ class Acrobot(ClassicControlEnv):
 
     def _fresh_states(self, count: int) -> torch.Tensor:
         return self._uniform(count, 4, -0.1, 0.1).to(torch.float32).to(torch.float64)  # float32 like Gymnasium
+
+    def _kernel_option(self) -> bool:
+        return self.book_or_nips == "nips"
 
     def _derivatives(
         self,
@@ -345,7 +468,7 @@ class Acrobot(ClassicControlEnv):
         reward = terminated.to(torch.float32) - 1.0
         return reward, terminated
 
-    def _observe(self) -> torch.Tensor:
+    def _observe_torch(self) -> torch.Tensor:
         theta1, theta2, dtheta1, dtheta2 = self.state.unbind(1)
         return torch.stack(
             (torch.cos(theta1), torch.sin(theta1), torch.cos(theta2), torch.sin(theta2), dtheta1, dtheta2),
@@ -371,6 +494,8 @@ class Pendulum(ClassicControlEnv):
 
     name = "pendulum"
     state_dim = 2
+    step_kernel_name = "pendulum_step"
+    observe_kernel_name = "pendulum_observe"
     MAX_SPEED = 8.0
     MAX_TORQUE = 2.0
     DT = 0.05
@@ -397,6 +522,25 @@ class Pendulum(ClassicControlEnv):
         fresh[:, 1].uniform_(-1.0, 1.0, generator=self.generator)  # theta_dot
         return fresh
 
+    def _kernel_option(self) -> float:
+        return self.g
+
+    def _run_step_kernel(self, actions, state, final_obs, obs, reward, terminated, truncated) -> int:
+        return self._step_kernel(
+            actions,
+            self.check_actions,
+            state,
+            self._elapsed_array(),
+            self.max_episode_steps or 0,
+            self.g,
+            final_obs,
+            obs,
+            reward,
+            terminated,
+            truncated,
+            self._ended,
+        )
+
     def _transition(self, action: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         th, thdot = self.state.unbind(1)
         g, m, length, dt = self.g, self.MASS, self.LENGTH, self.DT
@@ -410,6 +554,6 @@ class Pendulum(ClassicControlEnv):
         terminated = torch.zeros(self.num_envs, dtype=torch.bool, device=self.device)
         return (-costs).to(torch.float32), terminated
 
-    def _observe(self) -> torch.Tensor:
+    def _observe_torch(self) -> torch.Tensor:
         th, thdot = self.state.unbind(1)
         return torch.stack((torch.cos(th), torch.sin(th), thdot), dim=1).to(torch.float32)

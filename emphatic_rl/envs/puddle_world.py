@@ -11,6 +11,12 @@ The agent moves in the unit square towards the top-right corner while avoiding t
   (0.45, 0.4) to (0.45, 0.8), both of radius 0.1. The penalty is at most 40 per puddle (on the segment).
 - Start: ``x ~ U[0.3, 0.4)``, ``y ~ U[0.7, 0.8)``, i.e. inside puddle 1.
 
+Backends: :class:`PuddleWorld` steps on the CPU with one compiled call (``backend == "numba"``, the default there
+when numba is installed; :mod:`emphatic_rl.envs.kernels`) and with batched torch operations elsewhere
+(``set_backend("torch")``). Both draw the same numbers from the env's generator in the same order (the noise of
+every copy, then a start position for every copy, as the torch backend does) and compute in float32 in the same
+order, so a seed gives the same positions on both; rewards agree to a float32 ulp (the puddle distance's norm).
+
 Time limit: ``max_episode_steps=1000`` by default. The paper's environment has no limit (its behaviour data is
 one long stream, pass ``max_episode_steps=None`` for that, as for Mountain Car), but its evaluation of the
 target policy caps episodes at 1000 steps, and a user who builds the env to train or evaluate a policy expects
@@ -20,9 +26,10 @@ before reaching the goal corner.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
-from emphatic_rl.envs.base import BoxSpec, DiscreteSpec, TensorEnv
+from emphatic_rl.envs.base import BoxSpec, CompiledBackendMixin, DiscreteSpec, StepResult, TensorEnv
 from emphatic_rl.envs.registry import register_env
 
 __all__ = [
@@ -63,11 +70,18 @@ def distance_to_segment(points: torch.Tensor, start: torch.Tensor, end: torch.Te
 
 
 @register_env("puddle-world")
-class PuddleWorld(TensorEnv):
-    """Puddle World of the ACE experiments (see the module docstring for the exact rules)."""
+class PuddleWorld(CompiledBackendMixin, TensorEnv):
+    """Puddle World of the ACE experiments (see the module docstring for the exact rules and the backends).
+
+    On the numba backend ``step`` updates ``position`` in place (the torch backend replaces the tensor), always
+    checks that actions lie in ``0..3`` (in the kernel, before anything is drawn or changed) and, as the torch
+    backend, returns fresh tensors.
+    """
 
     name = "puddle-world"
     state_names = ("position",)
+    #: the ACE experiments' tile coding: 2x2 tiles, 2 tilings (plus a bias feature)
+    tile_layout = ((0.0, 0.0), (1.0, 1.0), (2, 2), 2)
     observation_spec = BoxSpec((2,), low=0.0, high=1.0)
     action_spec = DiscreteSpec(4)
 
@@ -90,6 +104,7 @@ class PuddleWorld(TensorEnv):
         self.segment_ends = segments[:, 1]
         self.position = torch.zeros(num_envs, 2, dtype=torch.float32, device=self.device)
         self._reset_where(torch.ones(num_envs, dtype=torch.bool, device=self.device))
+        self.set_backend("auto")
 
     def set_state(self, position: torch.Tensor) -> None:
         """Put every copy at ``position`` (``[N, 2]`` or ``[2]``, float32). Step counters are left alone."""
@@ -99,7 +114,7 @@ class PuddleWorld(TensorEnv):
                 f"PuddleWorld.set_state: position has shape {tuple(position.shape)}, "
                 f"expected ({self.num_envs}, 2) or (2,)"
             )
-        self.position = position.expand(self.num_envs, 2).clone()
+        self.position = position.expand(self.num_envs, 2).clone(memory_format=torch.contiguous_format)
 
     def puddle_penalty(self, position: torch.Tensor) -> torch.Tensor:
         """``400 * sum_p max(0, 0.1 - dist_p)`` for ``position: [N, 2]``; returns ``[N]`` (>= 0)."""
@@ -121,6 +136,68 @@ class PuddleWorld(TensorEnv):
 
     def _observe(self) -> torch.Tensor:
         return self.position.clone()
+
+    # ------------------------------------------------------------------ numba backend
+    def _setup_kernels(self) -> None:
+        from emphatic_rl.envs import kernels
+
+        self._kernels = kernels
+        segments = torch.cat([self.segment_starts, self.segment_ends], dim=1)
+        self._segments = np.ascontiguousarray(segments.numpy(), dtype=np.float32)
+        self._noise = torch.empty(self.num_envs, 2)  # standard normal draws of a step
+        self._fresh = torch.empty(self.num_envs, 2)  # uniform draws of a step's restarts
+        self._noise_np, self._fresh_np = self._noise.numpy(), self._fresh.numpy()
+        self._ended = np.zeros(self.num_envs, dtype=np.int64)
+        self._position_seen: torch.Tensor | None = None
+        self._elapsed_seen: torch.Tensor | None = None
+
+    def _position_array(self) -> np.ndarray:
+        position = self.position
+        if position is not self._position_seen:
+            if position.dtype != torch.float32 or not position.is_contiguous() or position.shape != (self.num_envs, 2):
+                self.set_state(position)
+                position = self.position
+            self._position_seen, self._position_np = position, position.numpy()
+        return self._position_np
+
+    def step(self, action: torch.Tensor) -> StepResult:
+        """Advance every copy by one step (see :meth:`TensorEnv.step`); on the numba backend one check, the two
+        draws of the torch backend, and one compiled call. Returns fresh tensors."""
+        if self._backend != "numba":
+            return super().step(action)
+        actions = self._action_array(action)
+        bad = self._kernels.first_bad_action(actions, 4)
+        if bad:
+            self._raise_bad_action(actions, -1 - bad)
+        # the torch backend's draws, in its order: the noise (normal), then a start position for every copy
+        self._noise.normal_(generator=self.generator)
+        self._fresh.uniform_(generator=self.generator)
+        n = self.num_envs
+        # outputs allocated by numpy and wrapped (one tensor object each: the cheapest fresh tensors on the CPU)
+        obs, final_obs = np.empty((n, 2), np.float32), np.empty((n, 2), np.float32)
+        reward, terminated, truncated = np.empty(n, np.float32), np.empty(n, np.bool_), np.empty(n, np.bool_)
+        elapsed = self.elapsed_steps
+        if elapsed is not self._elapsed_seen:
+            self._elapsed_seen, self._elapsed_np = elapsed, elapsed.numpy()
+        self._kernels.puddle_world_step(
+            actions,
+            self._position_array(),
+            self._noise_np,
+            self._fresh_np,
+            self._elapsed_np,
+            self.max_episode_steps or 0,
+            self._segments,
+            final_obs,
+            obs,
+            reward,
+            terminated,
+            truncated,
+            self._ended,
+        )
+        from_numpy = torch.from_numpy
+        return StepResult(
+            from_numpy(obs), from_numpy(reward), from_numpy(terminated), from_numpy(truncated), from_numpy(final_obs)
+        )
 
 
 #: The Gaussian puddles of the earlier ``gym_puddle`` environment: ``(centre x, centre y, width x, width y)``.
@@ -150,6 +227,9 @@ class GaussianPuddleWorld(TensorEnv):
 
     Time limit ``max_episode_steps=1000`` by default, as :class:`PuddleWorld` (the original has none).
     """
+
+    #: the same tile coding as ``puddle-world``
+    tile_layout = ((0.0, 0.0), (1.0, 1.0), (2, 2), 2)
 
     name = "puddle-world-gaussian"
     state_names = ("position",)

@@ -192,6 +192,8 @@ class TabularEnv(TensorEnv):
     termination".
     """
 
+    has_state_behaviour = True  # current_behaviour_probabilities(): the MDP's mu on the true state
+
     state_names = ("state", "restart_state", "at_terminal", "last_discount")
 
     def __init__(
@@ -375,6 +377,8 @@ class ContinuousActionEnv(TensorEnv):
     Termination follows :class:`TabularEnv` (a transition with ``gamma == 0`` is terminal, ``s'`` is the
     restart).
     """
+
+    has_state_behaviour = True  # current_behaviour_probabilities(): the MDP's mu on the true state
 
     state_names = ("state", "restart_state", "at_terminal")
 

@@ -36,7 +36,10 @@ its
   ``(1 - eta) d_i + eta d_mu * fhat``;
 - ``all-actions``: ``E[M_t sum_a grad pi(a|S_t) q(S_t, a)]``, weighting ``m_eta``;
 - ``dpg`` / ``emphatic-dpg`` (deterministic policies): ``sum_s w(s) grad_u pi(s) grad_a q(s, a)|_{a = pi(s)}``
-  with ``w = d_i`` / ``w = m_eta``.
+  with ``w = d_i`` / ``w = m_eta``;
+- any estimator registered with :func:`register_estimator` (its exact expected update, and optionally its sampled
+  form for ``monte_carlo_updates``); ``Lab.bias`` / ``Lab.relative_bias`` compare any of them with the true
+  gradient.
 
 The ``offpac``/``ace`` expectations are computed in their TD-error form (``mu * rho * E[delta | s, a] * grad
 ln pi`` with the closed-form softmax score), the ``all-actions`` one by autograd of ``sum_s w(s) sum_a pi(a|s)
@@ -53,6 +56,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -71,11 +75,86 @@ INTERESTS = ("uniform", "episodic")
 CONTINUOUS_POLICIES = ("deterministic", "gaussian")
 
 
+@dataclass(frozen=True)
+class UserEstimator:
+    """An estimator registered with :func:`register_estimator` (see there for the fields)."""
+
+    name: str
+    expected: Callable[..., torch.Tensor]
+    sampled: Callable[..., torch.Tensor] | None
+    labs: tuple[type, ...]
+    importance_sampled: bool
+    description: str
+
+
+#: Estimators registered by users (``register_estimator``), by name, next to the built-in ``ESTIMATORS``.
+USER_ESTIMATORS: dict[str, UserEstimator] = {}
+
+
+def register_estimator(
+    name: str,
+    expected: Callable[..., torch.Tensor] | None = None,
+    *,
+    sampled: Callable[..., torch.Tensor] | None = None,
+    labs: tuple[type, ...] | None = None,
+    importance_sampled: bool = False,
+    description: str = "",
+) -> Any:
+    """Register a new actor-update estimator with the exact lab (a function call, or a decorator of ``expected``).
+
+    Once registered, ``lab.expected_update(name, theta, eta)``, ``lab.bias``, ``lab.ascent``,
+    ``emphatic-rl gradients --estimators NAME`` and, given a ``sampled`` form,
+    ``emphatic_rl.exact.monte_carlo_updates(lab, theta, NAME)`` treat it like a built-in one.
+
+    Args:
+        name: the estimator's name (must not clash with a built-in or registered one).
+        expected: ``expected(lab, theta, eta) -> Tensor[theta_shape]``, the exact expected update at ``theta``
+            (float64), computed from the lab's exact quantities (``lab.values``, ``lab.action_values``,
+            ``lab.emphatic_weighting``, ``lab.score``, ``lab.policy``, ``lab.d_mu``, ``lab.interest_weights``...).
+        sampled: optional ``sampled(step: SampledStep) -> Tensor[K, *theta_shape]``, one sampled update per
+            behaviour stream from the quantities of one step of ``K`` streams (see
+            ``emphatic_rl.exact.sampled.SampledStep``); needed by ``monte_carlo_updates``.
+        labs: the lab classes it applies to (default ``(DiscreteLab,)``: linear softmax policies).
+        importance_sampled: it uses ``rho = pi / mu``, so the lab checks that ``mu`` covers ``pi``.
+        description: one line for listings.
+
+    Returns:
+        ``expected`` (so it can decorate it).
+    """
+
+    def decorate(function: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"an estimator name must be a non-empty string, got {name!r}")
+        if name in ESTIMATORS or name in USER_ESTIMATORS:
+            raise ValueError(f"estimator name {name!r} is already taken; taken: {', '.join(estimator_names())}")
+        if not callable(function) or (sampled is not None and not callable(sampled)):
+            raise ValueError(f"estimator {name!r}: expected and sampled must be functions")
+        USER_ESTIMATORS[name] = UserEstimator(
+            name, function, sampled, tuple(labs) if labs else (DiscreteLab,), importance_sampled, description
+        )
+        return function
+
+    return decorate if expected is None else decorate(expected)
+
+
+def unregister_estimator(name: str) -> None:
+    """Forget a registered estimator (built-in ones cannot be removed)."""
+    if name not in USER_ESTIMATORS:
+        raise ValueError(f"{name!r} is not a registered estimator; registered: {', '.join(USER_ESTIMATORS) or 'none'}")
+    del USER_ESTIMATORS[name]
+
+
+def estimator_names() -> tuple[str, ...]:
+    """Every estimator name: the built-in ``ESTIMATORS`` and the registered ones."""
+    return ESTIMATORS + tuple(USER_ESTIMATORS)
+
+
 def check_estimator_names(names: list[str] | tuple[str, ...]) -> None:
     """Raise ``ValueError`` naming the first unknown estimator and the allowed names."""
+    allowed = estimator_names()
     for name in names:
-        if name not in ESTIMATORS:
-            raise ValueError(f"unknown estimator {name!r}; allowed: {', '.join(ESTIMATORS)}")
+        if name not in allowed:
+            raise ValueError(f"unknown estimator {name!r}; allowed: {', '.join(allowed)}")
 
 
 def stationary_distribution(chain: torch.Tensor) -> torch.Tensor:
@@ -156,14 +235,20 @@ class Lab:
             raise ValueError("theta must be finite")
         return theta
 
+    def applicable_estimators(self) -> tuple[str, ...]:
+        """The built-in estimators of this policy class and the registered ones that apply to this lab."""
+        user = tuple(name for name, entry in USER_ESTIMATORS.items() if isinstance(self, entry.labs))
+        return tuple(self.available_estimators) + user
+
     def check_estimators(self, names: list[str] | tuple[str, ...]) -> None:
         """Raise ``ValueError`` for an unknown estimator or one this policy class does not support."""
         check_estimator_names(names)
+        allowed = self.applicable_estimators()
         for name in names:
-            if name not in self.available_estimators:
+            if name not in allowed:
                 raise ValueError(
                     f"estimator {name!r} does not apply to a {self.parameterization}; "
-                    f"allowed here: {', '.join(self.available_estimators)}"
+                    f"allowed here: {', '.join(allowed)}"
                 )
 
     parameterization: str = ""
@@ -224,7 +309,25 @@ class Lab:
         theta = self.check_theta(theta).detach()
         if estimator == "true":
             return self.true_gradient(theta)
+        if estimator in USER_ESTIMATORS:
+            update = torch.as_tensor(USER_ESTIMATORS[estimator].expected(self, theta, float(eta)), dtype=DTYPE)
+            if tuple(update.shape) != tuple(self.theta_shape):
+                raise ValueError(
+                    f"estimator {estimator!r}: its expected update has shape {tuple(update.shape)}, expected "
+                    f"{tuple(self.theta_shape)} (theta's)"
+                )
+            return update.detach()
         return self._expected_update(estimator, theta, float(eta))
+
+    def bias(self, estimator: str, theta: Any, eta: float = 1.0) -> torch.Tensor:
+        """``E[update] - grad J_mu`` at ``theta`` (shape ``theta_shape``): the estimator's bias against the true
+        gradient."""
+        return self.expected_update(estimator, theta, eta) - self.true_gradient(theta)
+
+    def relative_bias(self, estimator: str, theta: Any, eta: float = 1.0) -> float:
+        """``|E[update] - grad J_mu| / |grad J_mu|`` (NaN where the true gradient is zero)."""
+        norm = float(self.true_gradient(theta).norm())
+        return float(self.bias(estimator, theta, eta).norm()) / norm if norm > 0 else math.nan
 
     # ------------------------------------------------------------------ ascent
     def ascent(self, estimator: str, theta0: Any, steps: int, lr: float, eta: float = 1.0) -> AscentResult:
@@ -332,11 +435,14 @@ class DiscreteLab(Lab):
     def uncovered_actions(self) -> list[tuple[int, int]]:
         """``(s, a)`` pairs with ``d_mu(s) > 0`` and ``mu(a|s) = 0``: pi can take them, mu never does."""
         bad = (self.d_mu > 0).unsqueeze(1) & (self.mdp.behaviour == 0)
-        return [tuple(int(i) for i in pair) for pair in bad.nonzero()]
+        return [(int(pair[0]), int(pair[1])) for pair in bad.nonzero()]
 
     def check_coverage(self, estimators: list[str] | tuple[str, ...] = IMPORTANCE_SAMPLED) -> None:
         """Raise ``ValueError`` if an importance-sampled estimator is asked for and mu does not cover pi."""
-        needs = [name for name in estimators if name in IMPORTANCE_SAMPLED]
+        needs = [
+            name for name in estimators
+            if name in IMPORTANCE_SAMPLED or (name in USER_ESTIMATORS and USER_ESTIMATORS[name].importance_sampled)
+        ]
         uncovered = self.uncovered_actions()
         if needs and uncovered:
             s, a = uncovered[0]
@@ -517,7 +623,7 @@ class ContinuousLab(Lab):
         r_pi = self.mdp.expected_reward(actions) @ weights
         return P_pg, r_pi
 
-    def policy_summary(self, theta: torch.Tensor) -> dict[str, list[float]]:
+    def policy_summary(self, theta: torch.Tensor) -> dict[str, Any]:
         """``{"action": [S]}`` (deterministic) or ``{"mean": [S], "std": float}`` (Gaussian)."""
         mean, std = self.split(self.check_theta(theta))
         if std is None:

@@ -17,14 +17,52 @@ sampled equations (``F_t``, ``M_t``, ``rho_t M_t delta_t``) are those of ``empha
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
 from emphatic_rl.emphatic import actor_coefficient, emphatic_weighting, followon_trace
 from emphatic_rl.envs.tabular import TabularMDP
-from emphatic_rl.exact.lab import DTYPE, DiscreteLab
+from emphatic_rl.exact.lab import DTYPE, USER_ESTIMATORS, DiscreteLab
 
 SAMPLED_ESTIMATORS = ("offpac", "ace", "all-actions")
+
+
+def sampled_estimator_names() -> tuple[str, ...]:
+    """Estimators with a sampled form: the built-in ``SAMPLED_ESTIMATORS`` and registered ones given ``sampled``."""
+    return SAMPLED_ESTIMATORS + tuple(name for name, entry in USER_ESTIMATORS.items() if entry.sampled is not None)
+
+
+@dataclass(frozen=True)
+class SampledStep:
+    """One step of ``K`` behaviour streams, as a registered estimator's ``sampled`` form sees it (float64).
+
+    Per stream (``[K]``): ``state`` ``S_t``, ``action`` ``A_t ~ mu``, ``next_state``, ``reward`` ``R_{t+1}``,
+    ``discount`` ``gamma_{t+1}``, ``interest`` ``i_t``, ``rho`` ``pi(A_t|S_t) / mu(A_t|S_t)``, ``followon``
+    ``F_t``, ``emphasis`` ``M_t = (1 - eta) i_t + eta F_t``, ``delta`` (the TD error with the true ``v_pi``);
+    ``score`` ``[K, *theta_shape]``, ``grad_theta ln pi(A_t|S_t)``. Shared: ``lab``, ``theta``, ``eta``, ``pi``
+    ``[S, A]``, ``v`` ``[S]`` and ``q`` ``[S, A]`` (the true values of the fixed ``theta``), ``scores``
+    ``[S, A, *theta_shape]`` (``grad ln pi(a|s)`` for every pair).
+    """
+
+    lab: Any
+    theta: torch.Tensor
+    eta: float
+    state: torch.Tensor
+    action: torch.Tensor
+    next_state: torch.Tensor
+    reward: torch.Tensor
+    discount: torch.Tensor
+    interest: torch.Tensor
+    rho: torch.Tensor
+    followon: torch.Tensor
+    emphasis: torch.Tensor
+    delta: torch.Tensor
+    score: torch.Tensor
+    pi: torch.Tensor
+    v: torch.Tensor
+    q: torch.Tensor
+    scores: torch.Tensor
 
 
 class _Sampler:
@@ -123,17 +161,19 @@ def monte_carlo_updates(
     Args:
         lab: the exact lab of the MDP (its interest is used for ``i_t``).
         theta: ``[A, d_a]``, held fixed.
-        estimator: ``"offpac"`` (``rho_t i_t delta_t grad ln pi``), ``"ace"`` (``rho_t M_t delta_t grad ln
-        pi``,
-            ``M_t = (1 - eta) i_t + eta F_t``) or ``"all-actions"`` (``M_t sum_a grad pi(a|S_t) q(S_t, a)``).
+        estimator: ``"offpac"`` (``rho_t i_t delta_t grad ln pi``), ``"ace"`` (``rho_t M_t delta_t grad ln pi``,
+            ``M_t = (1 - eta) i_t + eta F_t``), ``"all-actions"`` (``M_t sum_a grad pi(a|S_t) q(S_t, a)``), or
+            an estimator registered with ``emphatic_rl.exact.register_estimator`` and a ``sampled`` form (called
+            with a :class:`SampledStep` each step; returns ``[K, *theta_shape]``).
         num_streams: independent behaviour streams (batched); each starts at ``d0`` with ``gamma_0 = 0``.
         num_steps: samples kept per stream, after ``burn_in`` steps that bring the stream and its trace to
             stationarity.
     """
-    if estimator not in SAMPLED_ESTIMATORS:
+    if estimator not in sampled_estimator_names():
         raise ValueError(
-            f"no sampled form for estimator {estimator!r}; allowed: {', '.join(SAMPLED_ESTIMATORS)}"
+            f"no sampled form for estimator {estimator!r}; allowed: {', '.join(sampled_estimator_names())}"
         )
+    user = USER_ESTIMATORS[estimator].sampled if estimator in USER_ESTIMATORS else None
     for name, value in (("num_streams", num_streams), ("num_steps", num_steps)):
         if not isinstance(value, int) or value < 2:
             raise ValueError(f"{name} must be an integer >= 2, got {value!r}")
@@ -162,7 +202,17 @@ def monte_carlo_updates(
         rho = pi[state, action] / mdp.behaviour[state, action]
         followon = followon_trace(i_t, gamma_t, rho_prev, followon)  # F_t
         weighting = emphatic_weighting(i_t, followon, eta)  # M_t
-        if estimator == "all-actions":
+        if user is not None:
+            delta = reward + gamma_next * v[next_state] - v[state]
+            step = SampledStep(lab, theta, float(eta), state, action, next_state, reward, gamma_next, i_t, rho,
+                               followon, weighting, delta, score[state, action], pi, v, q, score)
+            update = torch.as_tensor(user(step), dtype=DTYPE)
+            if tuple(update.shape) != (K, *theta.shape):
+                raise ValueError(
+                    f"estimator {estimator!r}: its sampled form returned shape {tuple(update.shape)}, expected "
+                    f"{(K, *theta.shape)} (one update per stream)"
+                )
+        elif estimator == "all-actions":
             update = weighting[:, None, None] * all_actions_term[state]
         else:
             weight = i_t if estimator == "offpac" else weighting

@@ -73,3 +73,63 @@ def test_dqn_rejects_continuous_actions():
     context = AgentContext(BoxSpec((3,), -1.0, 1.0), BoxSpec((1,), -2.0, 2.0), 1, 1, 1, torch.device("cpu"), 0, 10)
     with pytest.raises(ValueError, match="needs a discrete action space"):
         DQN(context, DQNOptions())
+
+
+def _filled_buffer(num_streams, obs_shape=(4,), steps=40, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    buffer = TrajectoryBuffer(capacity=50, num_streams=num_streams, obs_shape=obs_shape, obs_dtype=torch.float32)
+    for _ in range(steps):
+        buffer.add(torch.randn(num_streams, *obs_shape, generator=generator),
+                   torch.randint(0, 2, (num_streams,), generator=generator),
+                   torch.randn(num_streams, generator=generator),
+                   torch.rand(num_streams, generator=generator) < 0.2, torch.zeros(num_streams, dtype=torch.bool),
+                   torch.randn(num_streams, *obs_shape, generator=generator))
+    return buffer
+
+
+@pytest.mark.parametrize("double_q", [False, True])
+def test_dqn_written_out_backward_equals_autograd(double_q):
+    """The MLP fast path (hand-written backward, flat parameters, fused Adam) takes the same steps as autograd."""
+    options = DQNOptions(learning_starts=0, batch_size=16, hidden=(8, 8), double_q=double_q, target_update_every=3,
+                         max_grad_norm=0.05)  # small norm: the per-member clipping is active
+    fast, reference = DQN(_context(), options), DQN(_context(), options)
+    reference._mlp = reference._target_mlp = None  # the autograd path
+    buffer = _filled_buffer(6)
+    assert torch.equal(fast.flat_parameters, reference.flat_parameters)
+    for step in range(1, 8):
+        out_fast, out_reference = fast.update(buffer, step), reference.update(buffer, step)
+        for key in ("loss", "q_mean"):
+            assert torch.allclose(out_fast[key], out_reference[key], atol=1e-6), key
+    assert torch.allclose(fast.flat_parameters, reference.flat_parameters, atol=1e-6)
+    assert torch.allclose(fast.target_flat_parameters, reference.target_flat_parameters, atol=1e-6)
+    assert not torch.equal(fast.flat_parameters, DQN(_context(), options).flat_parameters)  # it did learn
+
+
+def test_dqn_parameters_are_views_of_the_flat_tensor_and_checkpoints_restore_them():
+    agent = DQN(_context(), DQNOptions(learning_starts=0, batch_size=8, hidden=(8,)))
+    buffer = _filled_buffer(6)
+    for step in range(1, 4):
+        agent.update(buffer, step)
+    with torch.no_grad():
+        agent.flat_parameters.add_(1.0)  # visible through the module's parameters
+    obs = torch.randn(2, 5, 4)
+    assert torch.allclose(agent.q_network(obs), agent._q_values(obs))
+    state = agent.state_dict()
+    other = DQN(_context(), DQNOptions(learning_starts=0, batch_size=8, hidden=(8,)))
+    other.load_state_dict(state)
+    assert torch.equal(other.flat_parameters, agent.flat_parameters)
+    assert torch.equal(other.q_network(obs), agent.q_network(obs))
+
+
+def test_dqn_frozen_member_keeps_its_parameters():
+    agent = DQN(_context(population=3, envs=2), DQNOptions(learning_starts=0, batch_size=8, hidden=(8,)))
+    buffer = _filled_buffer(6)
+    agent.update(buffer, 1)
+    with torch.no_grad():
+        agent.flat_parameters[1, 0] = float("nan")
+    agent.freeze(~agent.parameters_finite())
+    before = agent.flat_parameters.clone()
+    for step in range(2, 6):
+        agent.update(buffer, step)
+    assert torch.equal(before[1, 1:], agent.flat_parameters[1, 1:])
+    assert not torch.equal(before[0], agent.flat_parameters[0]) and not torch.equal(before[2], agent.flat_parameters[2])

@@ -575,3 +575,59 @@ def test_constructor_rejects_bad_arguments(kwargs, message):
     args.update(kwargs)
     with pytest.raises(ValueError, match=message):
         TrajectoryBuffer(**args)
+
+
+# ---------------------------------------------------------------------------------------------- backends
+@pytest.mark.parametrize("bool_obs", [False, True])
+def test_numba_and_torch_backends_store_and_return_the_same(bool_obs):
+    """Same steps (some inputs non-contiguous, some of other dtypes) into both backends: same batches, same rows."""
+    rng = np.random.default_rng(3)
+    shape = (3, 5, 2) if bool_obs else (4,)
+    dtype = torch.bool if bool_obs else torch.float32
+    buffers = {b: TrajectoryBuffer(7, 3, shape, dtype, extras=EXTRAS, backend=b) for b in ("numba", "torch")}
+    for t in range(30):
+        values = rng.random((3, *shape))
+        obs = torch.from_numpy(values < 0.5) if bool_obs else torch.from_numpy(values).float()
+        final = (
+            torch.from_numpy(rng.random((3, *shape)) < 0.5) if bool_obs else torch.from_numpy(rng.random((3, *shape)))
+        )
+        if t % 2:  # non-contiguous views of the same values
+            obs = obs.transpose(0, -1).contiguous().transpose(0, -1)
+        u = rng.random(3)
+        step = dict(
+            obs=obs,
+            action=torch.from_numpy(rng.integers(0, 5, 3)).int(),  # int32: cast to the stored int64
+            reward=torch.from_numpy(rng.normal(size=6))[::2],  # float64, strided
+            terminated=torch.from_numpy(u < 0.2),
+            truncated=torch.from_numpy((u >= 0.2) & (u < 0.3)),
+            final_obs=final,  # float64 for float obs: cast
+            behaviour_log_prob=torch.from_numpy(-rng.random(3)).float(),
+            logits=torch.from_numpy(rng.normal(size=(3, 2))).float(),
+            flag=torch.from_numpy(rng.random(3) < 0.5),
+        )
+        for buffer in buffers.values():
+            buffer.add(**step)
+    batches = {}
+    for name, buffer in buffers.items():
+        generator = torch.Generator().manual_seed(5)
+        batches[name] = [
+            buffer.sample_transitions(16, generator),
+            buffer.sample_transitions(4, generator, num_groups=3),
+            buffer.sample_sequences(5, 3, generator),
+            buffer.latest(),
+            buffer.transitions_at(torch.tensor([[25, 29]]), torch.tensor([[2, 0]])),
+        ]
+    for fast, reference in zip(batches["numba"], batches["torch"], strict=True):
+        for (name, a), (_, b) in zip(fast.as_dict().items(), reference.as_dict().items(), strict=True):
+            assert a.shape == b.shape and a.dtype == b.dtype and torch.equal(a, b), name
+    numba_state, torch_state = buffers["numba"].state_dict(), buffers["torch"].state_dict()
+    for key in ("obs", "action", "scalars", "ends", "row_time"):
+        assert torch.equal(numba_state[key], torch_state[key]), key
+
+
+def test_numba_backend_needs_cpu_and_numpy_dtypes():
+    with pytest.raises(ValueError, match="backend must be one of"):
+        TrajectoryBuffer(4, 1, (2,), torch.float32, backend="jax")
+    with pytest.raises(ValueError, match="needs numpy dtypes"):
+        TrajectoryBuffer(4, 1, (2,), torch.bfloat16, backend="numba")
+    assert TrajectoryBuffer(4, 1, (2,), torch.bfloat16, backend="auto").backend == "torch"

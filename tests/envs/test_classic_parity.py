@@ -6,6 +6,9 @@ Gymnasium env (``env.unwrapped.state = ...``) before the next step. The copy kee
 in the chaotic systems (Acrobot), because torch's vectorised float64 ``sin``/``cos`` may differ from libm's by
 one ulp. Tolerance: observations and rewards to float32 precision (``rtol = atol = 1e-6``; in practice they
 are bit-identical), the float64 state to ``1e-12``, terminated and truncated exactly.
+
+Every test runs on both backends (``backend`` fixture): the compiled numba kernels (the CPU default) and the batched
+torch operations (the path for GPUs), and the two are checked against each other.
 """
 
 from __future__ import annotations
@@ -22,6 +25,13 @@ from emphatic_rl.envs import make_env
 from emphatic_rl.envs.classic import Acrobot, CartPole, MountainCar, Pendulum
 
 FLOAT32_TOL = {"rtol": 1e-6, "atol": 1e-6}
+NAMES = ["cartpole", "mountain-car", "acrobot", "pendulum"]
+
+
+@pytest.fixture(params=["numba", "torch"])
+def backend(request) -> str:
+    return request.param
+
 
 # Hand-picked states: near the bounds, near termination, near the angle wrap, fast.
 EDGE_STATES = {
@@ -73,10 +83,11 @@ def random_actions(env, rng: np.random.Generator) -> np.ndarray:
     return rng.integers(0, env.action_spec.n, size=env.num_envs)
 
 
-def run_parity(name: str, steps: int, num_random: int = 6, seed: int = 0) -> dict[str, int]:
+def run_parity(name: str, steps: int, backend: str, num_random: int = 6, seed: int = 0) -> dict[str, int]:
     """Step native and Gymnasium copies side by side; assert equality; return counts of what was covered."""
     num_edge = len(EDGE_STATES[name])
-    env = make_env(name, num_envs=num_random + num_edge)
+    env = make_env(name, num_envs=num_random + num_edge).set_backend(backend)
+    assert env.backend == backend
     env.reset(seed=seed)
     start = env.state.clone()
     start[num_random:] = torch.tensor(EDGE_STATES[name], dtype=torch.float64)
@@ -93,9 +104,7 @@ def run_parity(name: str, steps: int, num_random: int = 6, seed: int = 0) -> dic
         for i, gym_env in enumerate(gym_envs):
             gym_obs, gym_reward, gym_terminated, gym_truncated, _ = gym_env.step(actions[i])
             torch.testing.assert_close(result.final_obs[i], torch.from_numpy(gym_obs), **FLOAT32_TOL)
-            torch.testing.assert_close(
-                result.reward[i], torch.tensor(gym_reward, dtype=torch.float32), **FLOAT32_TOL
-            )
+            torch.testing.assert_close(result.reward[i], torch.tensor(gym_reward, dtype=torch.float32), **FLOAT32_TOL)
             assert bool(result.terminated[i]) == gym_terminated
             assert bool(result.truncated[i]) == gym_truncated
             covered["terminated"] += gym_terminated
@@ -113,10 +122,10 @@ def run_parity(name: str, steps: int, num_random: int = 6, seed: int = 0) -> dic
     return covered
 
 
-@pytest.mark.parametrize("name", ["cartpole", "mountain-car", "acrobot", "pendulum"])
-def test_step_for_step_parity_with_gymnasium(name):
+@pytest.mark.parametrize("name", NAMES)
+def test_step_for_step_parity_with_gymnasium(name, backend):
     steps = 250 if name in ("mountain-car", "pendulum") else 200  # past the 200-step limit where it is 200
-    covered = run_parity(name, steps)
+    covered = run_parity(name, steps, backend)
     # the run must actually exercise the rules it claims to check
     if name == "cartpole":
         assert covered["terminated"] > 20
@@ -130,8 +139,8 @@ def test_step_for_step_parity_with_gymnasium(name):
     assert covered["bit_identical_obs"] >= 0.99 * covered["transitions"]
 
 
-def test_acrobot_nips_dynamics_match_gymnasium():
-    env = make_env("acrobot", num_envs=3, book_or_nips="nips")
+def test_acrobot_nips_dynamics_match_gymnasium(backend):
+    env = make_env("acrobot", num_envs=3, book_or_nips="nips").set_backend(backend)
     env.reset(seed=3)
     env.set_state(torch.tensor(EDGE_STATES["acrobot"][3:6], dtype=torch.float64))
     gym_envs = [gym.make("Acrobot-v1") for _ in range(3)]
@@ -171,8 +180,8 @@ def test_spaces_match_gymnasium():
         (Pendulum, [-math.pi, -1.0], [math.pi, 1.0]),
     ],
 )
-def test_start_distribution_is_gymnasiums(cls, low, high):
-    env = cls(num_envs=4000)
+def test_start_distribution_is_gymnasiums(cls, low, high, backend):
+    env = cls(num_envs=4000).set_backend(backend)
     env.reset(seed=5)
     low, high = torch.tensor(low, dtype=torch.float64), torch.tensor(high, dtype=torch.float64)
     assert bool((env.state >= low).all()) and bool((env.state <= high).all())
@@ -184,10 +193,10 @@ def test_start_distribution_is_gymnasiums(cls, low, high):
     torch.testing.assert_close(spread, width / math.sqrt(12), rtol=0.05, atol=1e-12)
 
 
-def test_truncated_at_the_time_limit_not_terminated():
+def test_truncated_at_the_time_limit_not_terminated(backend):
     # Hold each env in a state that never terminates by putting it back every step.
     for name, limit in [("cartpole", 500), ("acrobot", 500), ("mountain-car", 200), ("pendulum", 200)]:
-        env = make_env(name, num_envs=3)
+        env = make_env(name, num_envs=3).set_backend(backend)
         env.reset(seed=0)
         hold = env.state.clone()
         zeros_action = torch.zeros((3, 1)) if name == "pendulum" else torch.ones(3, dtype=torch.int64)
@@ -201,8 +210,8 @@ def test_truncated_at_the_time_limit_not_terminated():
         assert bool((env.elapsed_steps == 0).all())
 
 
-def test_no_time_limit_when_none():
-    env = make_env("mountain-car", num_envs=4, max_episode_steps=None)
+def test_no_time_limit_when_none(backend):
+    env = make_env("mountain-car", num_envs=4, max_episode_steps=None).set_backend(backend)
     env.reset(seed=0)
     for _ in range(300):
         result = env.step(torch.ones(4, dtype=torch.int64))  # no push: never reaches the goal
@@ -210,8 +219,8 @@ def test_no_time_limit_when_none():
     assert bool((env.elapsed_steps == 300).all())
 
 
-def test_autoreset_final_obs_is_terminal_and_obs_is_a_fresh_start():
-    env = make_env("cartpole", num_envs=2)
+def test_autoreset_final_obs_is_terminal_and_obs_is_a_fresh_start(backend):
+    env = make_env("cartpole", num_envs=2).set_backend(backend)
     env.reset(seed=0)
     env.set_state(torch.tensor([[2.399, 1.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0]], dtype=torch.float64))
     result = env.step(torch.tensor([1, 1]))
@@ -222,9 +231,9 @@ def test_autoreset_final_obs_is_terminal_and_obs_is_a_fresh_start():
     assert env.elapsed_steps.tolist() == [0, 1]
 
 
-@pytest.mark.parametrize("name", ["cartpole", "mountain-car", "acrobot", "pendulum"])
-def test_state_dict_round_trip_continues_bit_identically(name):
-    env = make_env(name, num_envs=8, max_episode_steps=100)  # so that every env autoresets in between
+@pytest.mark.parametrize("name", NAMES)
+def test_state_dict_round_trip_continues_bit_identically(name, backend):
+    env = make_env(name, num_envs=8, max_episode_steps=100).set_backend(backend)  # every env autoresets in between
     env.reset(seed=11)
     rng = np.random.default_rng(0)
     for _ in range(40):
@@ -232,7 +241,7 @@ def test_state_dict_round_trip_continues_bit_identically(name):
     saved = copy.deepcopy(env.state_dict())
     actions = [torch.as_tensor(random_actions(env, rng)) for _ in range(180)]
     first = [env.step(a) for a in actions]
-    restored = make_env(name, num_envs=8, max_episode_steps=100)
+    restored = make_env(name, num_envs=8, max_episode_steps=100).set_backend(backend)
     restored.load_state_dict(saved)
     second = [restored.step(a) for a in actions]
     for a, b in zip(first, second, strict=True):
@@ -241,8 +250,8 @@ def test_state_dict_round_trip_continues_bit_identically(name):
     assert any(bool((r.terminated | r.truncated).any()) for r in first)  # an autoreset happened in between
 
 
-def test_bad_actions_raise_one_clear_error():
-    env = make_env("cartpole", num_envs=3)
+def test_bad_actions_raise_one_clear_error(backend):
+    env = make_env("cartpole", num_envs=3).set_backend(backend)
     env.reset(seed=0)
     with pytest.raises(ValueError, match=r"action has shape \(2,\), expected \(3,\)"):
         env.step(torch.tensor([0, 1]))
@@ -250,7 +259,7 @@ def test_bad_actions_raise_one_clear_error():
         env.step(torch.tensor([0, 2, 1]))
     with pytest.raises(ValueError, match="discrete actions must be integers"):
         env.step(torch.tensor([0.0, 1.0, 1.0]))
-    pendulum = make_env("pendulum", num_envs=3)
+    pendulum = make_env("pendulum", num_envs=3).set_backend(backend)
     with pytest.raises(ValueError, match=r"action has shape \(3,\), expected \(3, 1\)"):
         pendulum.step(torch.zeros(3))
     with pytest.raises(ValueError, match="set_state: state has shape"):
@@ -259,8 +268,8 @@ def test_bad_actions_raise_one_clear_error():
         make_env("acrobot", book_or_nips="java")
 
 
-def test_runs_without_action_checks_and_in_sutton_barto_mode():
-    env = make_env("cartpole", num_envs=4, check_actions=False, sutton_barto_reward=True)
+def test_runs_without_action_checks_and_in_sutton_barto_mode(backend):
+    env = make_env("cartpole", num_envs=4, check_actions=False, sutton_barto_reward=True).set_backend(backend)
     env.reset(seed=0)
     rewards, terminated = [], []
     for _ in range(60):
@@ -272,11 +281,11 @@ def test_runs_without_action_checks_and_in_sutton_barto_mode():
     assert torch.equal(rewards, -terminated.float())
 
 
-@pytest.mark.parametrize("name", ["cartpole", "mountain-car", "acrobot", "pendulum"])
-def test_accelerator_reset_path_draws_for_every_copy_without_sync(name):
+@pytest.mark.parametrize("name", NAMES)
+def test_accelerator_reset_path_draws_for_every_copy_without_sync(name, backend):
     # On CUDA the envs draw start states for every copy and select with torch.where (no host sync); force that
     # path on the CPU and check the autoreset rule and the start distribution hold.
-    env = make_env(name, num_envs=64, max_episode_steps=3)
+    env = make_env(name, num_envs=64, max_episode_steps=3).set_backend(backend)
     env.draw_only_ended = False
     env.reset(seed=0)
     rng = np.random.default_rng(0)
@@ -289,10 +298,104 @@ def test_accelerator_reset_path_draws_for_every_copy_without_sync(name):
         assert torch.equal(result.obs[~done], result.final_obs[~done])
         assert torch.equal(result.obs, env._observe())
     assert not torch.equal(result.obs, result.final_obs)
-    fresh = make_env(name, num_envs=64)
+    fresh = make_env(name, num_envs=64).set_backend(backend)
     fresh.draw_only_ended = False
     fresh.reset(seed=1)
-    cpu_path = make_env(name, num_envs=64)
+    cpu_path = make_env(name, num_envs=64).set_backend(backend)
     cpu_path.reset(seed=1)
     # same distribution of start states from either path (the same draws, in fact, for a full reset)
     assert torch.equal(fresh.state, cpu_path.state)
+
+
+# ------------------------------------------------------------------------------------- the two backends together
+def _actions(name: str, num_envs: int, generator: torch.Generator) -> torch.Tensor:
+    if name == "pendulum":
+        return 5 * torch.rand(num_envs, 1, generator=generator) - 2.5
+    return torch.randint(0, 3 if name in ("mountain-car", "acrobot") else 2, (num_envs,), generator=generator)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_backends_agree_step_for_step_and_draw_the_same_start_states(name):
+    envs = [make_env(name, num_envs=32, max_episode_steps=15).set_backend(b) for b in ("numba", "torch")]
+    for env in envs:
+        env.reset(seed=7)
+    assert torch.equal(envs[0].state, envs[1].state)
+    generator = torch.Generator().manual_seed(0)
+    restarts = 0
+    for _ in range(60):
+        action = _actions(name, 32, generator)
+        first, second = (env.step(action) for env in envs)
+        for a, b in zip(first, second, strict=True):
+            assert a.dtype == b.dtype and a.shape == b.shape
+            if a.dtype == torch.bool:
+                assert torch.equal(a, b)
+            else:  # libm's and torch's sin/cos may differ in the last bit (none did in this run when written)
+                torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+        done = first.terminated | first.truncated
+        restarts += int(done.sum())
+        assert torch.equal(first.obs[done], second.obs[done])  # the same draws from the generator
+        assert torch.equal(envs[0].elapsed_steps, envs[1].elapsed_steps)
+    assert restarts >= 32
+    assert torch.equal(envs[0].generator.get_state(), envs[1].generator.get_state())
+
+
+def test_numba_backend_checks_every_action_before_changing_anything():
+    env = make_env("mountain-car", num_envs=4, check_actions=False)
+    assert env.backend == "numba"
+    env.reset(seed=0)
+    env.step(torch.tensor([0, 1, 2, 1]))
+    state, generator_state, elapsed = env.state.clone(), env.generator.get_state(), env.elapsed_steps.clone()
+    for bad, shown in (([0, 1, 3, -1], 3), ([-1, 0, 0, 0], -1)):
+        with pytest.raises(ValueError, match=rf"action {shown} is outside the action set \{{0, ..., 2\}}"):
+            env.step(torch.tensor(bad))
+    assert torch.equal(env.state, state) and torch.equal(env.elapsed_steps, elapsed)
+    assert torch.equal(env.generator.get_state(), generator_state)
+    pendulum = make_env("pendulum", num_envs=2)
+    with pytest.raises(ValueError, match="actions must be finite"):
+        pendulum.step(torch.tensor([[0.0], [math.nan]]))
+    unchecked = make_env("pendulum", num_envs=2, check_actions=False)
+    assert torch.isnan(unchecked.step(torch.tensor([[0.0], [math.nan]])).reward[1])
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_actions_of_other_integer_dtypes_layouts_and_numpy_are_accepted(name, backend):
+    env = make_env(name, num_envs=6).set_backend(backend)
+    env.reset(seed=0)
+    reference = make_env(name, num_envs=6).set_backend(backend)
+    reference.reset(seed=0)
+    action = _actions(name, 12, torch.Generator().manual_seed(1))[::2]  # not contiguous
+    converted = action if name == "pendulum" else action.to(torch.int32)
+    first, second = env.step(converted), reference.step(action.contiguous().numpy())
+    for a, b in zip(first, second, strict=True):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_step_returns_fresh_tensors(name, backend):
+    env = make_env(name, num_envs=5, max_episode_steps=2).set_backend(backend)
+    env.reset(seed=0)
+    generator = torch.Generator().manual_seed(0)
+    kept = env.step(_actions(name, 5, generator))
+    copies = [t.clone() for t in kept]
+    later = env.step(_actions(name, 5, generator))
+    for a, b, c in zip(kept, copies, later, strict=True):
+        assert torch.equal(a, b)  # not overwritten by the next step
+        assert a.data_ptr() != c.data_ptr()
+
+
+def test_numba_backend_follows_a_replaced_state_tensor():
+    env = make_env("cartpole", num_envs=2)
+    env.reset(seed=0)
+    env.step(torch.tensor([0, 1]))
+    env.state = torch.tensor([[2.399, 1.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0]], dtype=torch.float64).t().contiguous().t()
+    result = env.step(torch.tensor([1, 1]))
+    assert result.terminated.tolist() == [True, False]
+    assert env.state.is_contiguous() and env.state.dtype == torch.float64
+
+
+def test_backend_selection():
+    assert make_env("acrobot", num_envs=2).backend == "numba"  # CPU default
+    env = make_env("pendulum", num_envs=2).set_backend("torch")
+    assert env.backend == "torch" and env.set_backend("auto").backend == "numba"
+    with pytest.raises(ValueError, match="backend must be one of 'auto', 'torch', 'numba', got 'jax'"):
+        env.set_backend("jax")

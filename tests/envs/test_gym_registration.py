@@ -22,6 +22,7 @@ IDS = {
     "emphatic_rl/Pendulum-v1": ("Pendulum-v1", 200),
     "emphatic_rl/PuddleWorld-v0": (None, 1000),
     "emphatic_rl/PuddleWorldGaussian-v0": (None, 1000),
+    "emphatic_rl/BorderedGridworld-v0": (None, 100),
 }
 
 
@@ -66,7 +67,7 @@ def test_one_time_limit_truncates_not_terminates():
 def test_terminal_step_returns_the_true_final_observation():
     env = gym.make("emphatic_rl/CartPole-v1")
     env.reset(seed=0)
-    env.unwrapped.native_env.set_state(torch.tensor([2.399, 1.0, 0.0, 0.0], dtype=torch.float64))
+    env.unwrapped.set_state(torch.tensor([2.399, 1.0, 0.0, 0.0], dtype=torch.float64))
     obs, reward, terminated, truncated, _ = env.step(1)
     assert terminated and not truncated and reward == 1.0
     assert obs[0] > 2.4  # not the autoreset start state of the native env

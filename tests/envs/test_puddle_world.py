@@ -1,4 +1,8 @@
-"""Puddle World (specs/ace.md section 3.5): rewards at known points, segment distance, noise, termination."""
+"""Puddle World (specs/ace.md section 3.5): rewards at known points, segment distance, noise, termination.
+
+The env's tests run on both backends (``backend`` fixture: the compiled numba kernel, the CPU default, and the batched
+torch operations), and the two are checked against each other.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +13,11 @@ import torch
 
 from emphatic_rl.envs import make_env
 from emphatic_rl.envs.puddle_world import GaussianPuddleWorld, PuddleWorld, distance_to_segment
+
+
+@pytest.fixture(params=["numba", "torch"])
+def backend(request) -> str:
+    return request.param
 
 
 def test_distance_to_segment_known_points():
@@ -41,8 +50,8 @@ def test_reward_at_known_points():
         torch.testing.assert_close(-1.0 - penalty, torch.tensor([expected]), rtol=0, atol=1e-3)
 
 
-def test_step_reward_uses_the_new_position_and_goal_is_minus_one():
-    env = make_env("puddle-world", num_envs=3)
+def test_step_reward_uses_the_new_position_and_goal_is_minus_one(backend):
+    env = make_env("puddle-world", num_envs=3).set_backend(backend)
     env.reset(seed=0)
     # Move right from (0.22, 0.75) into the puddle centre line; up into the goal from (0.97, 0.92); far away.
     env.set_state(torch.tensor([[0.25, 0.75], [0.97, 0.92], [0.1, 0.1]]))
@@ -56,8 +65,8 @@ def test_step_reward_uses_the_new_position_and_goal_is_minus_one():
     torch.testing.assert_close(result.reward[0:1], expected)
 
 
-def test_goal_needs_both_coordinates():
-    env = make_env("puddle-world", num_envs=4)
+def test_goal_needs_both_coordinates(backend):
+    env = make_env("puddle-world", num_envs=4).set_backend(backend)
     env.reset(seed=1)
     # x far in the goal column but y too low; y in the goal row but x too low; both at the corner; the corner.
     env.set_state(torch.tensor([[0.99, 0.5], [0.5, 0.99], [0.99, 0.99], [1.0, 1.0]]))
@@ -69,9 +78,9 @@ def test_goal_needs_both_coordinates():
     assert bool(((result.obs[2:, 1] >= 0.7) & (result.obs[2:, 1] < 0.8)).all())
 
 
-def test_moves_and_noise_statistics():
+def test_moves_and_noise_statistics(backend):
     n = 20000
-    env = make_env("puddle-world", num_envs=n)
+    env = make_env("puddle-world", num_envs=n).set_backend(backend)
     env.reset(seed=2)
     start = torch.tensor([0.5, 0.3])
     moves = {0: (0.0, 0.05), 1: (0.0, -0.05), 2: (0.05, 0.0), 3: (-0.05, 0.0)}
@@ -86,8 +95,8 @@ def test_moves_and_noise_statistics():
         assert abs(torch.corrcoef(displacement.T)[0, 1].item()) < 0.03
 
 
-def test_clipped_to_unit_square():
-    env = make_env("puddle-world", num_envs=1000)
+def test_clipped_to_unit_square(backend):
+    env = make_env("puddle-world", num_envs=1000).set_backend(backend)
     env.reset(seed=3)
     env.set_state(torch.tensor([0.0, 0.01]))
     result = env.step(torch.full((1000,), 3))  # left, into the wall
@@ -95,38 +104,38 @@ def test_clipped_to_unit_square():
     assert (result.final_obs[:, 0] == 0.0).float().mean() > 0.99  # 0 - 0.05 + noise is always clipped to 0
 
 
-def test_start_distribution():
-    env = make_env("puddle-world", num_envs=10000)
+def test_start_distribution(backend):
+    env = make_env("puddle-world", num_envs=10000).set_backend(backend)
     obs = env.reset(seed=4)
     assert bool(((obs[:, 0] >= 0.3) & (obs[:, 0] < 0.4) & (obs[:, 1] >= 0.7) & (obs[:, 1] < 0.8)).all())
     torch.testing.assert_close(obs.mean(0), torch.tensor([0.35, 0.75]), rtol=0, atol=0.003)
     torch.testing.assert_close(obs.std(0), torch.tensor([0.1 / math.sqrt(12)] * 2), rtol=0.03, atol=0)
 
 
-def test_time_limit_default_and_none():
-    env = make_env("puddle-world", num_envs=2)
+def test_time_limit_default_and_none(backend):
+    env = make_env("puddle-world", num_envs=2).set_backend(backend)
     assert env.max_episode_steps == 1000
-    env = make_env("puddle-world", num_envs=2, max_episode_steps=5)
+    env = make_env("puddle-world", num_envs=2, max_episode_steps=5).set_backend(backend)
     env.reset(seed=0)
     env.set_state(torch.tensor([0.1, 0.1]))
     truncated = [env.step(torch.tensor([1, 3])).truncated.tolist() for _ in range(5)]
     assert truncated == [[False, False]] * 4 + [[True, True]]
-    env = make_env("puddle-world", num_envs=2, max_episode_steps=None)
+    env = make_env("puddle-world", num_envs=2, max_episode_steps=None).set_backend(backend)
     env.reset(seed=0)
     for _ in range(1100):
         result = env.step(torch.tensor([1, 3]))  # down, left: away from the goal
         assert not bool(result.truncated.any() or result.terminated.any())
 
 
-def test_state_dict_round_trip_and_bad_input():
-    env = make_env("puddle-world", num_envs=4, max_episode_steps=20)
+def test_state_dict_round_trip_and_bad_input(backend):
+    env = make_env("puddle-world", num_envs=4, max_episode_steps=20).set_backend(backend)
     env.reset(seed=5)
     for _ in range(7):
         env.step(torch.randint(0, 4, (4,)))
     saved = env.state_dict()
     actions = torch.randint(0, 4, (30, 4))
     first = [env.step(a) for a in actions]
-    restored = make_env("puddle-world", num_envs=4, max_episode_steps=20)
+    restored = make_env("puddle-world", num_envs=4, max_episode_steps=20).set_backend(backend)
     restored.load_state_dict(saved)
     for a, r in zip(actions, first, strict=True):
         for x, y in zip(restored.step(a), r, strict=True):
@@ -135,6 +144,38 @@ def test_state_dict_round_trip_and_bad_input():
         env.step(torch.tensor([0, 1, 2, 4]))
     with pytest.raises(ValueError, match=r"action has shape \(4, 1\), expected \(4,\)"):
         env.step(torch.zeros(4, 1, dtype=torch.int64))
+
+
+def test_backends_agree_step_for_step():
+    envs = [make_env("puddle-world", num_envs=64, max_episode_steps=25).set_backend(b) for b in ("numba", "torch")]
+    for env in envs:
+        env.reset(seed=3)
+    generator = torch.Generator().manual_seed(0)
+    ended = 0
+    for _ in range(80):
+        action = torch.randint(0, 4, (64,), generator=generator)
+        first, second = (env.step(action) for env in envs)
+        # float32 in the same order from the same draws: positions equal; rewards within an ulp (the distance norm)
+        assert torch.equal(first.obs, second.obs) and torch.equal(first.final_obs, second.final_obs)
+        torch.testing.assert_close(first.reward, second.reward, rtol=0, atol=1e-5)
+        assert torch.equal(first.terminated, second.terminated) and torch.equal(first.truncated, second.truncated)
+        ended += int((first.terminated | first.truncated).sum())
+    assert ended >= 64 and torch.equal(envs[0].position, envs[1].position)
+    assert torch.equal(envs[0].generator.get_state(), envs[1].generator.get_state())
+
+
+def test_numba_backend_rejects_a_bad_action_before_drawing():
+    env = make_env("puddle-world", num_envs=3, check_actions=False)
+    assert env.backend == "numba"
+    env.reset(seed=0)
+    position, generator_state = env.position.clone(), env.generator.get_state()
+    with pytest.raises(ValueError, match=r"action -2 is outside the action set \{0, ..., 3\}"):
+        env.step(torch.tensor([0, -2, 1]))
+    assert torch.equal(env.position, position) and torch.equal(env.generator.get_state(), generator_state)
+    kept = env.step(torch.tensor([0, 1, 2], dtype=torch.int16))
+    copies = [t.clone() for t in kept]
+    env.step(torch.tensor([3, 3, 3]))
+    assert all(torch.equal(a, b) for a, b in zip(kept, copies, strict=True))  # fresh tensors every step
 
 
 # ---------------------------------------------------------------- the earlier gym_puddle world (Gaussian puddles)
@@ -186,8 +227,17 @@ def test_gaussian_puddle_world_runs_with_the_ace_agents(tmp_path):
     from emphatic_rl.config import TrainConfig
     from emphatic_rl.train import train
 
-    config = TrainConfig(agent="ace-direct", env="puddle-world-gaussian", steps=200, population_size=2,
-                         eval_every=100, eval_episodes=2, eval_max_steps=50, progress=False, checkpoint_every=0,
-                         log_every=100)
+    config = TrainConfig(
+        agent="ace-direct",
+        env="puddle-world-gaussian",
+        steps=200,
+        population_size=2,
+        eval_every=100,
+        eval_episodes=2,
+        eval_max_steps=50,
+        progress=False,
+        checkpoint_every=0,
+        log_every=100,
+    )
     result = train(config, tmp_path / "run")
     assert torch.isfinite(result.final_eval_return).all()

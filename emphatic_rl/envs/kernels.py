@@ -1,0 +1,423 @@
+"""Compiled CPU kernels (numba) of the classic-control envs and Puddle World.
+
+On the CPU a batched torch step of these small envs is a few dozen torch operations whose fixed cost (a few
+microseconds each) dominates at any batch size. Here one compiled call steps every copy: it checks the actions,
+advances the physics, decides termination and truncation, writes the observations, rewards and flags into the
+output arrays and lists the copies whose episode ended. The envs then draw the start states of exactly those
+copies from their ``torch.Generator`` (the same draws as the torch backend on the CPU) and one more call writes
+them in (:func:`restart_rows`). Start states therefore follow the same random stream on both backends.
+
+Two layers:
+
+- scalar physics, ``@njit(inline="always")`` functions of plain floats (``cartpole_dynamics``,
+  ``mountain_car_dynamics``, ``acrobot_dynamics``, ``pendulum_dynamics``, ``puddle_world_dynamics``), written in
+  Gymnasium's order of operations (float64), Puddle World's in the torch env's float32 order; reusable by any
+  other compiled loop (evaluation rollouts, planning);
+- batched kernels over ``N`` copies (``*_step``, ``*_observe``) that the envs call.
+
+Return convention of every ``*_step`` kernel: ``-1 - n`` when copy ``n`` has an action outside the action set (or a
+non-finite torque where checked), before anything is changed; else the number ``count`` of copies whose episode
+ended, listed in ``ended[:count]`` in increasing order.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit
+
+from emphatic_rl.envs.classic import Acrobot, CartPole, MountainCar, Pendulum
+from emphatic_rl.envs.minatar.kernels.common import KERNEL_OPTIONS
+from emphatic_rl.envs.puddle_world import (
+    GOAL,
+    NOISE_STD,
+    PUDDLE_PENALTY,
+    PUDDLE_RADIUS,
+    PUDDLE_SEGMENTS,
+    STEP_SIZE,
+)
+
+# Module-level constants are frozen into the compiled code.
+CP_GRAVITY = CartPole.GRAVITY
+CP_MASSPOLE = CartPole.MASSPOLE
+CP_TOTAL_MASS = CartPole.TOTAL_MASS
+CP_LENGTH = CartPole.LENGTH
+CP_POLEMASS_LENGTH = CartPole.POLEMASS_LENGTH
+CP_FORCE_MAG = CartPole.FORCE_MAG
+CP_TAU = CartPole.TAU
+CP_THETA_THRESHOLD = CartPole.THETA_THRESHOLD_RADIANS
+CP_X_THRESHOLD = CartPole.X_THRESHOLD
+
+MC_MIN_POSITION = MountainCar.MIN_POSITION
+MC_MAX_POSITION = MountainCar.MAX_POSITION
+MC_MAX_SPEED = MountainCar.MAX_SPEED
+MC_GOAL_POSITION = MountainCar.GOAL_POSITION
+MC_FORCE = MountainCar.FORCE
+MC_GRAVITY = MountainCar.GRAVITY
+
+AB_DT = Acrobot.DT
+AB_L1 = Acrobot.LINK_LENGTH_1
+AB_M1 = Acrobot.LINK_MASS_1
+AB_M2 = Acrobot.LINK_MASS_2
+AB_LC1 = Acrobot.LINK_COM_POS_1
+AB_LC2 = Acrobot.LINK_COM_POS_2
+AB_I = Acrobot.LINK_MOI
+AB_G = Acrobot.GRAVITY
+AB_MAX_VEL_1 = Acrobot.MAX_VEL_1
+AB_MAX_VEL_2 = Acrobot.MAX_VEL_2
+
+PD_MAX_SPEED = Pendulum.MAX_SPEED
+PD_MAX_TORQUE = Pendulum.MAX_TORQUE
+PD_DT = Pendulum.DT
+PD_MASS = Pendulum.MASS
+PD_LENGTH = Pendulum.LENGTH
+
+PW_STEP = STEP_SIZE
+PW_RADIUS = PUDDLE_RADIUS
+PW_PENALTY = PUDDLE_PENALTY
+PW_GOAL = GOAL
+PW_NOISE_STD = NOISE_STD
+# Puddle segments (start x, start y, end x, end y), as the float32 numbers the torch env computes with.
+PW_SEGMENTS = np.array([[*start, *end] for start, end in PUDDLE_SEGMENTS], dtype=np.float32)
+PW_START_LOW = (0.3, 0.7)  # x ~ U[0.3, 0.4), y ~ U[0.7, 0.8)
+PW_START_WIDTH = 0.1
+
+
+# ============================================================================================ shared pieces
+@njit(inline="always", **KERNEL_OPTIONS)
+def end_of_step(n, terminal, elapsed, max_steps, terminated, truncated, ended, count):
+    """Count copy ``n``'s step, apply the time limit (``max_steps <= 0``: none), write the flags; append ``n`` to
+    ``ended`` if its episode ended (its step counter restarts at 0). Returns the new count of ended copies."""
+    elapsed[n] += 1
+    cut = max_steps > 0 and elapsed[n] >= max_steps and not terminal
+    terminated[n] = terminal
+    truncated[n] = cut
+    if terminal or cut:
+        elapsed[n] = 0
+        ended[count] = n
+        return count + 1
+    return count
+
+
+@njit(**KERNEL_OPTIONS)
+def first_bad_action(actions, num_actions):
+    """``-1 - n`` for the first copy ``n`` whose action is outside ``0..num_actions - 1``, else 0."""
+    for n in range(actions.shape[0]):
+        if actions[n] < 0 or actions[n] >= num_actions:
+            return -1 - n
+    return 0
+
+
+@njit(**KERNEL_OPTIONS)
+def restart_rows(ended, count, fresh, all_drawn, state):
+    """Put the ended copies in their start states: ``state[ended[k]] = fresh[k]`` (``all_drawn=False``: one drawn
+    row per ended copy) or ``fresh[ended[k]]`` (``all_drawn=True``: a row drawn for every copy)."""
+    for k in range(count):
+        n = ended[k]
+        row = n if all_drawn else k
+        for j in range(state.shape[1]):
+            state[n, j] = fresh[row, j]
+
+
+@njit(**KERNEL_OPTIONS)
+def observe_state_rows(rows, count, state, obs):
+    """``obs[n] = float32(state[n])`` for ``n`` in ``rows[:count]`` (CartPole, Mountain Car, Puddle World)."""
+    for k in range(count):
+        n = rows[k]
+        for j in range(state.shape[1]):
+            obs[n, j] = state[n, j]
+
+
+# ============================================================================================ CartPole
+@njit(inline="always", **KERNEL_OPTIONS)
+def cartpole_dynamics(x, x_dot, theta, theta_dot, push_right):
+    """One Euler step of CartPole-v1 (Gymnasium's expressions, in its order). Returns the new
+    ``(x, x_dot, theta, theta_dot)``."""
+    force = CP_FORCE_MAG if push_right else -CP_FORCE_MAG
+    costheta = math.cos(theta)
+    sintheta = math.sin(theta)
+    temp = (force + CP_POLEMASS_LENGTH * (theta_dot * theta_dot) * sintheta) / CP_TOTAL_MASS
+    thetaacc = (CP_GRAVITY * sintheta - costheta * temp) / (
+        CP_LENGTH * (4.0 / 3.0 - CP_MASSPOLE * (costheta * costheta) / CP_TOTAL_MASS)
+    )
+    xacc = temp - CP_POLEMASS_LENGTH * thetaacc * costheta / CP_TOTAL_MASS
+    return x + CP_TAU * x_dot, x_dot + CP_TAU * xacc, theta + CP_TAU * theta_dot, theta_dot + CP_TAU * thetaacc
+
+
+@njit(inline="always", **KERNEL_OPTIONS)
+def cartpole_terminal(x, theta):
+    """``|x| > 2.4`` or ``|theta| > 12 degrees``."""
+    return x < -CP_X_THRESHOLD or x > CP_X_THRESHOLD or theta < -CP_THETA_THRESHOLD or theta > CP_THETA_THRESHOLD
+
+
+@njit(**KERNEL_OPTIONS)
+def cartpole_step(
+    actions, state, elapsed, max_steps, sutton_barto, final_obs, obs, reward, terminated, truncated, ended
+):  # fmt: skip
+    for n in range(state.shape[0]):
+        if actions[n] < 0 or actions[n] > 1:
+            return -1 - n
+    count = 0
+    for n in range(state.shape[0]):
+        x, x_dot, theta, theta_dot = cartpole_dynamics(state[n, 0], state[n, 1], state[n, 2], state[n, 3], actions[n])
+        state[n, 0], state[n, 1], state[n, 2], state[n, 3] = x, x_dot, theta, theta_dot
+        terminal = cartpole_terminal(x, theta)
+        for j in range(4):
+            final_obs[n, j] = obs[n, j] = state[n, j]
+        if sutton_barto:
+            reward[n] = -1.0 if terminal else 0.0
+        else:
+            reward[n] = 1.0
+        count = end_of_step(n, terminal, elapsed, max_steps, terminated, truncated, ended, count)
+    return count
+
+
+# ============================================================================================ Mountain Car
+@njit(inline="always", **KERNEL_OPTIONS)
+def mountain_car_dynamics(position, velocity, action, goal_velocity):
+    """One MountainCar-v0 step (Gymnasium's expressions, in its order). Returns ``(position, velocity,
+    terminated)``."""
+    velocity = velocity + (np.float64(action - 1) * MC_FORCE + math.cos(3 * position) * (-MC_GRAVITY))
+    velocity = min(max(velocity, -MC_MAX_SPEED), MC_MAX_SPEED)
+    position = min(max(position + velocity, MC_MIN_POSITION), MC_MAX_POSITION)
+    if position == MC_MIN_POSITION and velocity < 0.0:
+        velocity = 0.0
+    return position, velocity, position >= MC_GOAL_POSITION and velocity >= goal_velocity
+
+
+@njit(**KERNEL_OPTIONS)
+def mountain_car_step(
+    actions, state, elapsed, max_steps, goal_velocity, final_obs, obs, reward, terminated, truncated, ended
+):  # fmt: skip
+    for n in range(state.shape[0]):
+        if actions[n] < 0 or actions[n] > 2:
+            return -1 - n
+    count = 0
+    for n in range(state.shape[0]):
+        position, velocity, terminal = mountain_car_dynamics(state[n, 0], state[n, 1], actions[n], goal_velocity)
+        state[n, 0], state[n, 1] = position, velocity
+        final_obs[n, 0] = obs[n, 0] = position
+        final_obs[n, 1] = obs[n, 1] = velocity
+        reward[n] = -1.0
+        count = end_of_step(n, terminal, elapsed, max_steps, terminated, truncated, ended, count)
+    return count
+
+
+# ============================================================================================ Acrobot
+@njit(inline="always", **KERNEL_OPTIONS)
+def _acrobot_derivatives(theta1, theta2, dtheta1, dtheta2, torque, nips):
+    """Gymnasium's ``AcrobotEnv._dsdt`` (same expression order)."""
+    m1, m2, l1, lc1, lc2, i1, i2, g = AB_M1, AB_M2, AB_L1, AB_LC1, AB_LC2, AB_I, AB_I, AB_G
+    pi = math.pi
+    cos_theta2 = math.cos(theta2)
+    sin_theta2 = math.sin(theta2)
+    d1 = m1 * lc1**2 + m2 * (l1**2 + lc2**2 + 2 * l1 * lc2 * cos_theta2) + i1 + i2
+    d2 = m2 * (lc2**2 + l1 * lc2 * cos_theta2) + i2
+    phi2 = m2 * lc2 * g * math.cos(theta1 + theta2 - pi / 2.0)
+    phi1 = (
+        -m2 * l1 * lc2 * dtheta2**2 * sin_theta2
+        - 2 * m2 * l1 * lc2 * dtheta2 * dtheta1 * sin_theta2
+        + (m1 * lc1 + m2 * l1) * g * math.cos(theta1 - pi / 2)
+        + phi2
+    )
+    if nips:
+        ddtheta2 = (torque + d2 / d1 * phi1 - phi2) / (m2 * lc2**2 + i2 - d2**2 / d1)
+    else:
+        ddtheta2 = (torque + d2 / d1 * phi1 - m2 * l1 * lc2 * dtheta1**2 * sin_theta2 - phi2) / (
+            m2 * lc2**2 + i2 - d2**2 / d1
+        )
+    ddtheta1 = -(d2 * ddtheta2 + phi1) / d1
+    return dtheta1, dtheta2, ddtheta1, ddtheta2
+
+
+@njit(inline="always", **KERNEL_OPTIONS)
+def _wrap(x):
+    """Gymnasium's ``wrap(x, -pi, pi)``."""
+    diff = math.pi - (-math.pi)
+    while x > math.pi:
+        x = x - diff
+    while x < -math.pi:
+        x = x + diff
+    return x
+
+
+@njit(inline="always", **KERNEL_OPTIONS)
+def acrobot_dynamics(theta1, theta2, dtheta1, dtheta2, action, nips):
+    """One Acrobot-v1 step: Gymnasium's RK4 over ``[0, dt]``, angle wrapping and velocity bounds. Returns the new
+    ``(theta1, theta2, dtheta1, dtheta2, terminated)``."""
+    torque = np.float64(action - 1)
+    dt = AB_DT - 0.0
+    dt2 = dt / 2.0
+    a1, a2, a3, a4 = _acrobot_derivatives(theta1, theta2, dtheta1, dtheta2, torque, nips)
+    b1, b2, b3, b4 = _acrobot_derivatives(
+        theta1 + dt2 * a1, theta2 + dt2 * a2, dtheta1 + dt2 * a3, dtheta2 + dt2 * a4, torque, nips
+    )
+    c1, c2, c3, c4 = _acrobot_derivatives(
+        theta1 + dt2 * b1, theta2 + dt2 * b2, dtheta1 + dt2 * b3, dtheta2 + dt2 * b4, torque, nips
+    )
+    d1, d2, d3, d4 = _acrobot_derivatives(
+        theta1 + dt * c1, theta2 + dt * c2, dtheta1 + dt * c3, dtheta2 + dt * c4, torque, nips
+    )
+    theta1 = _wrap(theta1 + dt / 6.0 * (a1 + 2 * b1 + 2 * c1 + d1))
+    theta2 = _wrap(theta2 + dt / 6.0 * (a2 + 2 * b2 + 2 * c2 + d2))
+    dtheta1 = min(max(dtheta1 + dt / 6.0 * (a3 + 2 * b3 + 2 * c3 + d3), -AB_MAX_VEL_1), AB_MAX_VEL_1)
+    dtheta2 = min(max(dtheta2 + dt / 6.0 * (a4 + 2 * b4 + 2 * c4 + d4), -AB_MAX_VEL_2), AB_MAX_VEL_2)
+    terminal = -math.cos(theta1) - math.cos(theta2 + theta1) > 1.0
+    return theta1, theta2, dtheta1, dtheta2, terminal
+
+
+@njit(inline="always", **KERNEL_OPTIONS)
+def _acrobot_observe_row(n, state, obs):
+    obs[n, 0] = math.cos(state[n, 0])
+    obs[n, 1] = math.sin(state[n, 0])
+    obs[n, 2] = math.cos(state[n, 1])
+    obs[n, 3] = math.sin(state[n, 1])
+    obs[n, 4] = state[n, 2]
+    obs[n, 5] = state[n, 3]
+
+
+@njit(**KERNEL_OPTIONS)
+def acrobot_observe(rows, count, state, obs):
+    """Acrobot's observation ``[cos t1, sin t1, cos t2, sin t2, dt1, dt2]`` of the copies ``rows[:count]``."""
+    for k in range(count):
+        _acrobot_observe_row(rows[k], state, obs)
+
+
+@njit(**KERNEL_OPTIONS)
+def acrobot_step(
+    actions, state, elapsed, max_steps, nips, final_obs, obs, reward, terminated, truncated, ended
+):  # fmt: skip
+    for n in range(state.shape[0]):
+        if actions[n] < 0 or actions[n] > 2:
+            return -1 - n
+    count = 0
+    for n in range(state.shape[0]):
+        t1, t2, dt1, dt2, terminal = acrobot_dynamics(
+            state[n, 0], state[n, 1], state[n, 2], state[n, 3], actions[n], nips
+        )
+        state[n, 0], state[n, 1], state[n, 2], state[n, 3] = t1, t2, dt1, dt2
+        _acrobot_observe_row(n, state, final_obs)
+        for j in range(6):
+            obs[n, j] = final_obs[n, j]
+        reward[n] = 0.0 if terminal else -1.0
+        count = end_of_step(n, terminal, elapsed, max_steps, terminated, truncated, ended, count)
+    return count
+
+
+# ============================================================================================ Pendulum
+@njit(inline="always", **KERNEL_OPTIONS)
+def pendulum_dynamics(th, thdot, u, g):
+    """One Pendulum-v1 step for the float32 torque ``u`` (clipped to ``[-2, 2]``; Gymnasium's expressions, float32
+    where numpy computes them in float32). Returns ``(th, thdot, cost)``; the reward is ``-cost``."""
+    u = min(max(u, np.float32(-PD_MAX_TORQUE)), np.float32(PD_MAX_TORQUE))
+    angle = ((th + math.pi) % (2 * math.pi)) - math.pi
+    costs = angle**2 + 0.1 * thdot**2 + np.float64(np.float32(0.001) * (u * u))
+    newthdot = (
+        thdot
+        + (3 * g / (2 * PD_LENGTH) * math.sin(th) + np.float64(np.float32(3.0 / (PD_MASS * PD_LENGTH**2)) * u)) * PD_DT
+    )
+    newthdot = min(max(newthdot, -PD_MAX_SPEED), PD_MAX_SPEED)
+    return th + newthdot * PD_DT, newthdot, costs
+
+
+@njit(inline="always", **KERNEL_OPTIONS)
+def _pendulum_observe_row(n, state, obs):
+    obs[n, 0] = math.cos(state[n, 0])
+    obs[n, 1] = math.sin(state[n, 0])
+    obs[n, 2] = state[n, 1]
+
+
+@njit(**KERNEL_OPTIONS)
+def pendulum_observe(rows, count, state, obs):
+    """Pendulum's observation ``[cos theta, sin theta, theta_dot]`` of the copies ``rows[:count]``."""
+    for k in range(count):
+        _pendulum_observe_row(rows[k], state, obs)
+
+
+@njit(**KERNEL_OPTIONS)
+def pendulum_step(
+    actions, check, state, elapsed, max_steps, g, final_obs, obs, reward, terminated, truncated, ended
+):  # fmt: skip
+    if check:
+        for n in range(state.shape[0]):
+            if not math.isfinite(actions[n, 0]):
+                return -1 - n
+    count = 0
+    for n in range(state.shape[0]):
+        th, thdot, cost = pendulum_dynamics(state[n, 0], state[n, 1], actions[n, 0], g)
+        state[n, 0], state[n, 1] = th, thdot
+        _pendulum_observe_row(n, state, final_obs)
+        for j in range(3):
+            obs[n, j] = final_obs[n, j]
+        reward[n] = -cost
+        count = end_of_step(n, False, elapsed, max_steps, terminated, truncated, ended, count)
+    return count
+
+
+# ============================================================================================ Puddle World
+@njit(inline="always", **KERNEL_OPTIONS)
+def _segment_distance(px, py, sx, sy, ex, ey):
+    """``distance_to_segment`` in float32, as torch computes it on the CPU (its norm of ``(dx, dy)`` is
+    ``sqrt(fma(dy, dy, dx * dx))``; the fused multiply-add is emulated in float64)."""
+    dirx = ex - sx
+    diry = ey - sy
+    along = ((px - sx) * dirx + (py - sy) * diry) / (dirx * dirx + diry * diry)
+    along = min(max(along, np.float32(0.0)), np.float32(1.0))
+    dx = px - (sx + along * dirx)
+    dy = py - (sy + along * diry)
+    square = np.float32(np.float64(dy) * np.float64(dy) + np.float64(dx * dx))
+    return np.float32(math.sqrt(square))
+
+
+@njit(inline="always", **KERNEL_OPTIONS)
+def puddle_world_dynamics(x, y, action, noise_x, noise_y, segments):
+    """One Puddle World step from the float32 position ``(x, y)`` with the float32 noise ``noise_x``, ``noise_y``
+    (already scaled: ``0.01 * z`` for standard normal ``z``), in the torch env's float32 order of operations.
+    ``segments``: the puddles' ``float32[P, 4]`` (start x, y, end x, y). Returns ``(x, y, reward, terminated)``."""
+    zero, one, step = np.float32(0.0), np.float32(1.0), np.float32(PW_STEP)
+    move_x, move_y = zero, zero
+    if action == 0:
+        move_y = step
+    elif action == 1:
+        move_y = -step
+    elif action == 2:
+        move_x = step
+    else:
+        move_x = -step
+    x = min(max(x + move_x + noise_x, zero), one)
+    y = min(max(y + move_y + noise_y, zero), one)
+    goal = np.float32(PW_GOAL)
+    if x >= goal and y >= goal:
+        return x, y, np.float32(-1.0), True
+    radius = np.float32(PW_RADIUS)
+    penalty = zero
+    for i in range(segments.shape[0]):
+        distance = _segment_distance(x, y, segments[i, 0], segments[i, 1], segments[i, 2], segments[i, 3])
+        penalty += max(radius - distance, zero)
+    return x, y, np.float32(-1.0) - np.float32(PW_PENALTY) * penalty, False
+
+
+@njit(**KERNEL_OPTIONS)
+def puddle_world_step(
+    actions, position, noise, fresh, elapsed, max_steps, segments, final_obs, obs, reward, terminated, truncated, ended
+):  # fmt: skip
+    """Step every copy with the standard normal ``noise`` (``float32[N, 2]``) and restart the ended ones from the
+    uniform ``fresh`` (``float32[N, 2]``, one row per copy, as the torch env draws them). Actions are checked by
+    :func:`first_bad_action` before the draws."""
+    count = 0
+    low_x, low_y, width = np.float32(PW_START_LOW[0]), np.float32(PW_START_LOW[1]), np.float32(PW_START_WIDTH)
+    std = np.float32(PW_NOISE_STD)
+    for n in range(position.shape[0]):
+        x, y, r, terminal = puddle_world_dynamics(
+            position[n, 0], position[n, 1], actions[n], std * noise[n, 0], std * noise[n, 1], segments
+        )
+        final_obs[n, 0], final_obs[n, 1] = x, y
+        reward[n] = r
+        count = end_of_step(n, terminal, elapsed, max_steps, terminated, truncated, ended, count)
+        if terminal or truncated[n]:
+            x = width * fresh[n, 0] + low_x
+            y = width * fresh[n, 1] + low_y
+        position[n, 0], position[n, 1] = x, y
+        obs[n, 0], obs[n, 1] = x, y
+    return count

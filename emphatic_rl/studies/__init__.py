@@ -1,0 +1,111 @@
+"""The studies shipped with the package, runnable by name from any folder.
+
+Every TOML of the repository's ``experiments/`` folder is installed here (in a clone each file of this folder is a
+link to its ``experiments/`` original, in a wheel a copy), under its file name; the study's name is the file name
+without ``.toml``, with ``-`` for ``_``::
+
+    emphatic-rl list studies
+    emphatic-rl sweep j23-mountain-car --out runs/sweeps/j23-mountain-car      # = experiments/j23_mountain_car.toml
+    emphatic-rl train --config dpg-pendulum                                    # a train config
+    python -m emphatic_rl.dyna_study dyna-gridworld                            # the Dyna study program
+
+Three kinds: ``sweep`` (a study of variants x grid x runs, for ``emphatic-rl sweep``), ``train`` (one run's
+config, for ``emphatic-rl train --config``) and ``dyna`` (for ``python -m emphatic_rl.dyna_study``).
+
+This module imports nothing heavy (``tomllib`` only).
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["StudyInfo", "STUDY_DIR", "find_studies", "resolve_study", "study_kind"]
+
+#: the folder of the shipped study TOMLs
+STUDY_DIR = Path(__file__).resolve().parent
+
+_RUN_WITH = {
+    "sweep": "emphatic-rl sweep {name}",
+    "train": "emphatic-rl train --config {name}",
+    "dyna": "python -m emphatic_rl.dyna_study {name}",
+}
+
+
+@dataclass(frozen=True)
+class StudyInfo:
+    """One shipped study: ``name`` (``j23-mountain-car``), ``path``, ``kind`` and the first line of its header."""
+
+    name: str
+    path: Path
+    kind: str
+    description: str
+
+    @property
+    def command(self) -> str:
+        """How to run it."""
+        return _RUN_WITH[self.kind].format(name=self.name)
+
+
+def study_kind(data: dict) -> str:
+    """``"sweep"``, ``"dyna"`` or ``"train"`` for a parsed study TOML."""
+    if "variants" in data:
+        return "sweep"
+    if "study" in data:
+        return "dyna"
+    return "train"
+
+
+def _description(text: str) -> str:
+    """The header comment's first sentence (up to 100 characters)."""
+    lines = []
+    for line in text.splitlines():
+        if not line.startswith("#"):
+            break
+        stripped = line.lstrip("#").strip()
+        if not stripped or stripped.startswith(("emphatic-rl ", "python ")):
+            break
+        lines.append(stripped)
+    header = " ".join(lines)
+    sentence = re.split(r"(?<!\bal)(?<!\be\.g)(?<!\bi\.e)\.\s+(?=[A-Z])", header)[0].rstrip(".") if header else ""
+    return sentence if len(sentence) <= 100 else sentence[:97].rstrip() + "..."
+
+
+def _name_of(path: Path) -> str:
+    return path.stem.replace("_", "-")
+
+
+def find_studies(kind: str | None = None) -> list[StudyInfo]:
+    """Every shipped study (of one ``kind`` if given), sorted by name."""
+    studies = []
+    for path in sorted(STUDY_DIR.glob("*.toml")):
+        text = path.read_text()
+        info = StudyInfo(_name_of(path), path, study_kind(tomllib.loads(text)), _description(text))
+        if kind is None or info.kind == kind:
+            studies.append(info)
+    return studies
+
+
+def resolve_study(name_or_path: str | Path, kind: str | None = None) -> Path:
+    """The TOML file for ``name_or_path``: an existing file as given, else a shipped study's name.
+
+    Names match with ``-`` or ``_`` and with or without ``.toml`` (``j23-mountain-car``, ``j23_mountain_car.toml``).
+
+    Raises:
+        ValueError: neither a file nor a shipped study (of ``kind``), naming the shipped ones.
+    """
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    wanted = path.name.removesuffix(".toml").replace("_", "-")
+    studies = find_studies(kind)
+    for info in studies:
+        if info.name == wanted and (str(name_or_path) == path.name):
+            return info.path
+    what = f"{kind} study" if kind else "study"
+    raise ValueError(
+        f"{str(name_or_path)!r} is neither a file nor a shipped {what}; shipped: "
+        f"{', '.join(info.name for info in studies)} (see `emphatic-rl list studies`)"
+    )
