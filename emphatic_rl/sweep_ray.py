@@ -68,7 +68,7 @@ def train_chunk(
     try:
         import numba
 
-        numba.set_num_threads(min(cpus, numba.config.NUMBA_NUM_THREADS))
+        numba.set_num_threads(min(cpus, int(getattr(numba.config, "NUMBA_NUM_THREADS", cpus))))
     except (ImportError, ValueError):
         pass
     from emphatic_rl.plugins import load_plugins
