@@ -3,7 +3,7 @@
 What is compared, per population size ``P`` (``--populations``):
 
 - **ours**: one batched ``ActorCritic`` of ``P`` learners fed by ``R = min(P, --runs)`` behaviour streams
-  (member ``p = c * R + r`` is setting ``c`` on stream ``r``, the sweep layout), in the arms of ``--arms``:
+  (member ``p = r * C + c`` is setting ``c`` on stream ``r``, the sweep layout: run-major), in the arms of ``--arms``:
   ``numba-f64``, ``numba-f32``, ``torch-f64``, ``torch-f32`` (backend / dtype; an arm the installed
   ``ActorCritic`` cannot build is reported as unavailable, e.g. before the ``backend``/``dtype`` arguments exist,
   where the torch float32 engine is the only one).

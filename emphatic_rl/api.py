@@ -19,7 +19,6 @@ member (``member``, default 0) and ``evaluate`` for every member. ``learn`` is t
 from __future__ import annotations
 
 import copy
-import pickle
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -55,8 +54,8 @@ class Model:
         **agent_options: the agent's options (its options dataclass: names, types and ranges are checked).
 
     Raises:
-        ConfigError / ValueError: an unknown name or option, a bad value (one message naming it), before anything
-        is built.
+        ConfigError: an unknown name or option, a bad value (one message naming it), before anything is built
+            (``ConfigError`` is a ``ValueError``).
     """
 
     def __init__(
@@ -301,7 +300,7 @@ class Model:
     def save(self, path: str | Path) -> None:
         """Save the trained agent alone (its ``state_dict`` and the options to rebuild it; no replay buffer, no env
         state), atomically. Read it back with ``emphatic_rl.load(path)``."""
-        from emphatic_rl.logging import atomic_torch_save
+        from emphatic_rl.checkpoints import save_checkpoint
 
         config = copy.deepcopy(self.config.to_dict())
         payload = {
@@ -311,7 +310,7 @@ class Model:
             "steps": self.num_timesteps,
             "agent": self.agent.state_dict(),
         }
-        atomic_torch_save(payload, path)
+        save_checkpoint(payload, path)
 
     @classmethod
     def load(cls, path: str | Path, device: str | None = None) -> Model:
@@ -328,9 +327,11 @@ class Model:
         path = Path(path)
         if not path.is_file():
             raise ValueError(f"{str(path)!r} does not exist")
-        try:
-            payload = torch.load(path, map_location=device or "cpu", weights_only=True)
-        except (pickle.UnpicklingError, RuntimeError, EOFError, AttributeError, TypeError) as error:
+        from emphatic_rl.checkpoints import CheckpointError, load_checkpoint
+
+        try:  # checksum, then torch.load(weights_only=True)
+            payload = load_checkpoint(path, map_location=device or "cpu")
+        except CheckpointError as error:
             first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
             raise ValueError(
                 f"{str(path)!r} is not a saved emphatic-rl agent of plain tensors and data; refused to load it "

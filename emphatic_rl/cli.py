@@ -31,6 +31,21 @@ class UserError(Exception):
     """An error to report in one line (exit code 2)."""
 
 
+def describe_write_error(error: OSError, folder: Path | str) -> str:
+    """One line for an ``OSError`` met while a run writes its folder (a full disk says so)."""
+    import errno
+
+    from emphatic_rl.checkpoints import DiskFullError
+
+    if isinstance(error, DiskFullError):
+        return str(error.strerror)
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return f"the disk holding {str(folder)!r} is full (no space left on device)"
+    if error.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        return f"cannot write in {str(folder)!r}: it is read-only or not writable ({error.strerror})"
+    return str(error.strerror or error)
+
+
 def _fail(message: str) -> int:
     print(f"emphatic-rl: error: {message}", file=sys.stderr)
     return 2
@@ -124,14 +139,32 @@ def cmd_train(args: argparse.Namespace) -> int:
         else:
             config = _config_from_args(args)
             out_dir = Path(args.out or f"runs/{config.agent}-{config.env}-{time.strftime('%Y%m%d-%H%M%S')}")
-        run = build_run(config)
+        try:
+            run = build_run(config)
+        except (ConfigError, ValueError) as error:
+            if args.resume:  # the saved config itself is wrong (edited by hand, or of another version)
+                raise ConfigError(f"{str(out_dir / 'config.json')!r}: {error}") from None
+            raise
         if not args.resume:
             prepare_out_dir(out_dir, resume=False)
     except (ConfigError, ValueError, UserError) as error:
         return _fail(str(error))
+    except KeyboardInterrupt:
+        return _fail("interrupted before training started; nothing was written")
     print(f"emphatic-rl: {'resuming' if args.resume else 'training'} {config.agent} on {config.env}, "
           f"{config.steps} steps, population {config.population_size}, device {config.device}; logs in {out_dir}")
-    result = train(config, out_dir, resume=bool(args.resume), run=run)
+    try:
+        result = train(config, out_dir, resume=bool(args.resume), run=run)
+    except ConfigError as error:  # a checkpoint that cannot be used, --steps below the steps done
+        return _fail(str(error))
+    except OSError as error:  # a full disk, a folder that became read-only: one line, the last checkpoint kept
+        print(f"emphatic-rl: error: {describe_write_error(error, out_dir)}; the last checkpoint in {str(out_dir)!r} "
+              "is kept", file=sys.stderr)
+        return 1
+    if result.interrupted:
+        print(f"emphatic-rl: stopped by {result.interrupted} at step {result.steps}; checkpoint saved. Continue with: "
+              f"emphatic-rl train --resume {out_dir}")
+        return 130 if result.interrupted == "SIGINT" else 143
     final = result.final_eval_return
     print(f"emphatic-rl: done at step {result.steps}; final eval return per member: "
           f"{', '.join(f'{v:.2f}' for v in final.tolist()[:8])}{' ...' if final.numel() > 8 else ''}")
@@ -383,6 +416,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(str(error))
     try:
         return args.handler(args)
+    except KeyboardInterrupt:  # Ctrl-C outside a training loop (which saves a checkpoint and returns instead)
+        print("emphatic-rl: interrupted", file=sys.stderr)
+        return 130
     except BrokenPipeError:  # `emphatic-rl list | head`: the reader left; not an error
         import os
 

@@ -23,7 +23,10 @@ A config file looks like::
 from __future__ import annotations
 
 import dataclasses
+import math
 import tomllib
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -141,15 +144,21 @@ def parse_set_arguments(items: list[str]) -> dict[str, Any]:
     return overrides
 
 
-def _check_int(name: str, value: Any, minimum: int) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise ConfigError(f"{name} must be an integer >= {minimum}, got {value!r}")
+def _check_int(name: str, value: Any, minimum: int, maximum: int | None = None) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum or (maximum is not None
+                                                                                     and value > maximum):
+        allowed = f">= {minimum}" if maximum is None else f"in [{minimum}, {maximum}]"
+        raise ConfigError(f"{name} must be an integer {allowed}, got {value!r}")
+
+
+#: the largest run seed: every generator is seeded from seed + small offsets, and numpy-seeded envs take 32 bits
+MAX_SEED = 2**32 - 1
 
 
 def validate_config(config: TrainConfig) -> None:
     """Check the types and ranges of the top-level fields (agent and env options are checked by their builders)."""
     _check_int("steps", config.steps, 1)
-    _check_int("seed", config.seed, 0)
+    _check_int("seed", config.seed, 0, MAX_SEED)
     _check_int("num_envs", config.num_envs, 1)
     _check_int("population_size", config.population_size, 1)
     _check_int("eval_every", config.eval_every, 0)
@@ -164,9 +173,171 @@ def validate_config(config: TrainConfig) -> None:
         raise ConfigError(f"device must be a string such as 'cpu' or 'cuda', got {config.device!r}")
     if not isinstance(config.progress, bool):
         raise ConfigError(f"progress must be true or false, got {config.progress!r}")
+    behaviour = config.behaviour
+    if behaviour not in ("default", "uniform") and not (
+        isinstance(behaviour, list) and behaviour
+        and all(isinstance(p, (int, float)) and not isinstance(p, bool) and math.isfinite(p) and p >= 0
+                for p in behaviour)
+    ):
+        raise ConfigError(
+            f"behaviour must be 'default', 'uniform' or a list of action probabilities, got {behaviour!r}"
+        )
+    for name in ("agent_options", "env_options", "eval_env_options"):
+        value = getattr(config, name)
+        if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+            raise ConfigError(f"{name} must be a table of options (key = value), got {value!r}")
     from emphatic_rl.logging import logger_backends
 
     try:
         logger_backends(config.logger)
     except ValueError as error:
         raise ConfigError(str(error)) from None
+
+
+def config_from_dict(data: Any, where: str = "config") -> TrainConfig:
+    """A checked ``TrainConfig`` from a plain dict (a saved ``config.json``): unknown keys, wrong types and bad
+    values are one ``ConfigError`` naming ``where``."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where} must hold a table of config keys, got a {type(data).__name__}")
+    unknown = [k for k in data if k not in _FIELDS]
+    if unknown:
+        raise ConfigError(f"{where}: unknown config key {unknown[0]!r}; allowed: {', '.join(_FIELDS)}")
+    config = TrainConfig(**data)
+    try:
+        validate_config(config)
+    except ConfigError as error:
+        raise ConfigError(f"{where}: {error}") from None
+    return config
+
+
+# ---------------------------------------------------------------------------------------------------- typed options
+def describe_type(annotation: Any) -> str:
+    """Words for a type annotation: ``int`` -> "an integer", ``tuple[int, ...]`` -> "a list of integers"..."""
+    if annotation is Any:
+        return "any value"
+    if annotation is bool:
+        return "true or false"
+    if annotation is int:
+        return "an integer"
+    if annotation is float:
+        return "a number"
+    if annotation is str:
+        return "a string"
+    if annotation is type(None):
+        return "none"
+    origin = typing.get_origin(annotation)
+    arguments = typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        words = [describe_type(a) for a in arguments if a is not type(None)]
+        return " or ".join(words) if words else "none"
+    if origin in (list, tuple):
+        if origin is tuple and arguments and (len(arguments) != 2 or arguments[1] is not Ellipsis):
+            return f"a list of {len(arguments)} values ({', '.join(describe_type(a) for a in arguments)})"
+        item = arguments[0] if arguments else Any
+        plural = {int: "integers", float: "numbers", str: "strings", bool: "true/false values"}
+        return f"a list of {plural.get(item, describe_type(item))}"
+    if origin is dict or annotation is dict:
+        return "a table (key = value)"
+    return getattr(annotation, "__name__", str(annotation))
+
+
+def conforms(value: Any, annotation: Any, allow_infinite: bool = False) -> bool:
+    """Whether ``value`` (as TOML / JSON give it: lists for sequences) is of type ``annotation``. Floats must be
+    finite unless ``allow_infinite``; integers are accepted for floats, booleans never for numbers."""
+    if annotation is Any or annotation is object:
+        return True
+    if annotation is type(None) or annotation is None:
+        return value is None
+    if annotation is bool:
+        return isinstance(value, bool)
+    if annotation is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if annotation is float:
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            return False
+        return allow_infinite and not math.isnan(value) or math.isfinite(value)
+    if annotation is str:
+        return isinstance(value, str)
+    origin = typing.get_origin(annotation)
+    arguments = typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        return any(conforms(value, a, allow_infinite) for a in arguments)
+    if origin in (list, tuple) or annotation in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            return False
+        if origin is tuple and arguments and not (len(arguments) == 2 and arguments[1] is Ellipsis):
+            return len(value) == len(arguments) and all(
+                conforms(v, a, allow_infinite) for v, a in zip(value, arguments, strict=True))
+        item = arguments[0] if arguments else Any
+        return all(conforms(v, item, allow_infinite) for v in value)
+    if origin is dict or annotation is dict:
+        return isinstance(value, dict)
+    if isinstance(annotation, type):
+        return isinstance(value, annotation)
+    return True  # an annotation this checker does not know: left to the class's own checks
+
+
+def _has_non_finite(value: Any) -> bool:
+    if isinstance(value, float):
+        return not math.isfinite(value)
+    return isinstance(value, (list, tuple)) and any(_has_non_finite(v) for v in value)
+
+
+def _is_infinite_number(value: Any) -> bool:
+    return isinstance(value, float) and math.isinf(value)
+
+
+def check_typed_options(annotations: dict[str, Any], options: dict[str, Any], where: str,
+                        defaults: dict[str, Any] | None = None) -> None:
+    """One ``ConfigError`` for the first option whose value does not match its annotation.
+
+    Args:
+        annotations: ``{name: type}`` (``typing.get_type_hints`` of an options dataclass or a constructor).
+        options: the values given, ``{name: value}``; names without an annotation are not checked here.
+        where: the prefix in the message, e.g. ``"agent"`` gives ``agent.hidden``.
+        defaults: the defaults; a float option whose default is infinite may be set to an infinite value.
+    """
+    defaults = defaults or {}
+    for name, value in options.items():
+        if name not in annotations:
+            continue
+        annotation = annotations[name]
+        default = defaults.get(name)
+        allow_infinite = _is_infinite_number(default) or (
+            isinstance(default, (list, tuple)) and any(_is_infinite_number(v) for v in default))
+        if not conforms(value, annotation, allow_infinite):
+            example = ""
+            if default is not None and not isinstance(default, bool) and conforms(default, annotation):
+                example = f" (default {_toml(default)})"
+            allowed = describe_type(annotation)
+            if _has_non_finite(value):  # inf / nan where a finite number is expected
+                allowed = allowed.replace("a number", "a finite number").replace("of numbers", "of finite numbers")
+            raise ConfigError(f"{where}.{name} must be {allowed}{example}, got {_toml(value)}")
+
+
+def _toml(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return f'"{value}"'
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k} = {_toml(v)}" for k, v in value.items()) + "}"
+    return repr(value)
+
+
+def check_dataclass_options(options_class: type, options: dict[str, Any], where: str) -> None:
+    """Typed check of ``options`` against the fields of the dataclass ``options_class`` (before it is built)."""
+    try:
+        annotations = typing.get_type_hints(options_class)
+    except Exception:  # unresolvable annotations (a user's class): leave the values to the class's own checks
+        return
+    defaults = {}
+    for f in dataclasses.fields(options_class):
+        if f.default is not dataclasses.MISSING:
+            defaults[f.name] = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            defaults[f.name] = f.default_factory()
+    check_typed_options({f.name: annotations.get(f.name, Any) for f in dataclasses.fields(options_class)}, options,
+                        where, defaults)

@@ -62,7 +62,7 @@ class Features(ABC):
 
 
 class TileCoder(Features):
-    """Grid tile coding of a box, as in the ACE code (ace.md §3.4-3.5).
+    """Grid tile coding of a box, as in the ACE authors' code (docs/environments.md).
 
     For dimension ``d`` with range ``[low_d, high_d]`` and ``n_d = tiles_per_dim[d]``, each tiling has ``n_d + 1``
     tiles of width ``w_d = (high_d - low_d) / n_d`` (one extra tile, so that every offset tiling still covers the
@@ -76,7 +76,8 @@ class TileCoder(Features):
     Puddle World (``tiles_per_dim=(2, 2)``, 2 tilings, bias): 2 * 9 + 1 = 19 features, 3 active.
 
     Args:
-        low, high: the box bounds, one per dimension (``high > low``).
+        low: the box's lower bounds, one per dimension.
+        high: the box's upper bounds, one per dimension (``high > low``).
         tiles_per_dim: ``n_d`` per dimension (integers >= 1).
         num_tilings: number of offset tilings (>= 1).
         bias: append an always-active bias feature.
@@ -229,7 +230,7 @@ class OneHotFeatures(Features):
 class DenseFeatures(Features):
     """Pass-through dense features ``float32[..., num_features]``, optionally divided by their L2 norm.
 
-    With ``normalize=True`` a zero vector stays zero (this is how the Virtual Office image is used, ace.md §3.6).
+    With ``normalize=True`` a zero vector stays zero (this is how the Virtual Office image is used).
     """
 
     binary = False

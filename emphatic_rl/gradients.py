@@ -104,15 +104,25 @@ def _load_theta(spec: str, shape: tuple[int, ...], seed: int) -> torch.Tensor:
     path = Path(spec)
     if not path.is_file():
         raise ValueError(f"--theta must be zeros, random or an existing file, got {spec!r}")
-    if path.suffix == ".json":
-        return torch.tensor(json.loads(path.read_text()), dtype=DTYPE)
-    if path.suffix == ".pt":
-        return torch.as_tensor(torch.load(path, weights_only=True), dtype=DTYPE)
-    if path.suffix == ".npy":
-        import numpy as np
+    if path.suffix not in (".json", ".pt", ".npy"):
+        raise ValueError(f"--theta file must end in .json, .pt or .npy, got {path.name!r}")
+    try:
+        if path.suffix == ".json":
+            value: Any = json.loads(path.read_text())
+        elif path.suffix == ".pt":
+            from emphatic_rl.checkpoints import load_checkpoint
 
-        return torch.as_tensor(np.load(path), dtype=DTYPE)
-    raise ValueError(f"--theta file must end in .json, .pt or .npy, got {path.name!r}")
+            value = load_checkpoint(path)
+        else:
+            import numpy as np
+
+            value = np.load(path, allow_pickle=False)
+        return torch.as_tensor(value, dtype=DTYPE)
+    except (ValueError, TypeError, RuntimeError, OSError, EOFError, UnicodeDecodeError) as error:
+        detail = str(error).strip().splitlines()[0][:160] if str(error).strip() else type(error).__name__
+        raise ValueError(
+            f"--theta file {str(path)!r} does not hold an array of numbers of shape {list(shape)}: {detail}"
+        ) from None
 
 
 def build_lab(args: argparse.Namespace) -> tuple[Lab, list[str]]:
@@ -129,8 +139,8 @@ def build_lab(args: argparse.Namespace) -> tuple[Lab, list[str]]:
         raise ValueError(f"--samples must be >= 0, got {args.samples}")
     if args.plot and not args.ascent:
         raise ValueError("--plot draws the ascent: add --ascent")
-    if not math.isfinite(args.eta):
-        raise ValueError("--eta must be finite")
+    if not 0.0 <= args.eta <= 1.0:  # also refuses nan and inf
+        raise ValueError(f"--eta must be in [0, 1] (0: OffPAC, 1: ACE), got {args.eta}")
     estimators = [name.strip() for name in args.estimators.split(",")] if args.estimators else None
     if estimators is not None:
         check_estimator_names(estimators)

@@ -44,12 +44,13 @@ import importlib.util
 import math
 import os
 import sys
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from emphatic_rl.checkpoints import atomic_write_bytes, save_checkpoint
 
 CSV_HEADER = ["step", "metric", "member", "value"]
 #: populations up to this size get one TensorBoard curve per member; larger ones get means (per setting).
@@ -157,33 +158,9 @@ def setting_label(values: dict[str, Any]) -> str:
     )
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def atomic_torch_save(obj: Any, path: str | Path) -> None:
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """``emphatic_rl.checkpoints.save_checkpoint``: atomic, with a stored checksum."""
+    save_checkpoint(obj, path)
 
 
 # ---------------------------------------------------------------------------------------------------- backends

@@ -162,7 +162,8 @@ def plot_performance_profiles(
         ax: a matplotlib axis.
         scores: ``{variant: scores [runs, tasks]}`` (normalised so that tasks compare).
         taus: thresholds ``[K]``.
-        confidence, reps: of the stratified-bootstrap band (:func:`emphatic_rl.stats.performance_profile`).
+        confidence: of the stratified-bootstrap band (:func:`emphatic_rl.stats.performance_profile`).
+        reps: bootstrap resamples of the band.
     """
     from emphatic_rl.stats import performance_profile
 

@@ -4,11 +4,12 @@ Reads every run folder under ``DIR`` that has a ``members.json`` (written by ``e
 ``metrics.csv``. The curve of a member is its ``eval/exact_J`` (when the env is a tabular MDP) or ``eval/return``
 at each evaluation step.
 
-Selection (as in the papers' protocols: J23 = Graves, Imani, Kumaraswamy and White 2023 ranks settings by the
-area under the curve, N18 = Imani, Graves and White 2018 by the final value). For setting ``c`` and run ``r``, the run's score is the area under its curve, the
-mean over checkpoints (``select = "auc"``, J23), or its last value (``select = "final"``, N18). A run that diverged
-(its ``diverged`` flag was ever set, or a curve value is NaN) makes its whole setting ineligible, as with the
-authors' ``nanargmax`` over run means. The best setting of a variant maximises the mean score over runs.
+Selection (as in the papers' protocols: J23 = Graves, Imani, Kumaraswamy and White 2023 ranks settings by the area under
+the curve, N18 = Imani, Graves and White 2018 by the final value). For setting ``c`` and run ``r``, the run's score is
+the area under its curve, the mean over checkpoints (``select = "auc"``, J23), or its last value (``select = "final"``,
+N18). A run that diverged (its ``diverged`` flag was ever set, or a curve value is NaN) makes its whole setting
+ineligible, as with the authors' ``nanargmax`` over run means. The best setting of a variant maximises the mean score
+over runs.
 
 Confidence intervals are 95% t-intervals over runs, ``mean +- t_{0.975, n-1} * sd / sqrt(n)``, from
 :mod:`emphatic_rl.stats`.
@@ -102,6 +103,38 @@ def _choose_metric(folders: list[Path]) -> str:
 def unfinished_folders(directory: str | Path) -> list[Path]:
     """Run folders under ``directory`` that a sweep started but did not finish (no ``done.json``)."""
     return sorted(p.parent for p in Path(directory).rglob("members.json") if not (p.parent / "done.json").is_file())
+
+
+def progress_notes(root: Path, study: dict[str, Any], include_unfinished: bool) -> list[str]:
+    """Report lines that say which reported folders are truncated (``--include-unfinished``: the step each reached
+    of its configured steps) and which variants of the study have no run folder yet."""
+    from emphatic_rl.logging import read_metrics
+
+    lines: list[str] = []
+    if include_unfinished:
+        partial = []
+        for folder in unfinished_folders(root):
+            try:
+                steps = json.loads((folder / "config.json").read_text()).get("steps", "?")
+            except (OSError, ValueError):
+                steps = "?"
+            rows = read_metrics(folder / "metrics.csv") if (folder / "metrics.csv").is_file() else []
+            last = max((row[0] for row in rows), default=0)
+            partial.append(f"`{folder.relative_to(root)}` at step {last} of {steps}")
+        if partial:
+            lines += ["", "Included although unfinished (truncated curves, fewer evaluations than the others): "
+                      + ", ".join(partial) + "."]
+    started = set()
+    for path in root.rglob("members.json"):
+        try:
+            started.add(json.loads(path.read_text())["variant"])
+        except (OSError, ValueError, KeyError):
+            continue
+    missing = [v["name"] for v in study.get("variants", []) if v.get("name") not in started]
+    if missing:
+        lines += ["", "Not started (variants of the study without a run folder): "
+                  + ", ".join(f"`{name}`" for name in missing) + "."]
+    return lines
 
 
 def load_results(
@@ -340,6 +373,7 @@ def write_report(
     if unfinished:
         md += ["", "Not reported (run folders without done.json: still running or killed): "
                + ", ".join(f"`{f.relative_to(root)}`" for f in unfinished) + "."]
+    md += progress_notes(root, study, include_unfinished)
     md += ["", "![learning curves of the best settings](curves.png)", "",
            "![sensitivity to the actor step size](sensitivity.png)", ""]
     for baseline, compared in _baseline_groups(options.get("baseline"), list(bests)).items():

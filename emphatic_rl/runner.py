@@ -239,14 +239,23 @@ class Runner:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore a ``state_dict()``. An env that cannot be restored starts new episodes (not bit-identical)."""
-        self.step = state["step"]
+        """Restore a ``state_dict()``. An env that cannot be restored starts new episodes (not bit-identical).
+
+        Raises:
+            ValueError / KeyError / RuntimeError: a state of another run (population, agent or env that differ).
+        """
+        diverged = state["diverged"].bool().cpu().clone()
+        last_eval = state["last_eval"].cpu().clone()
+        population = self.population_size
+        if diverged.shape != (population,) or last_eval.shape != (population,):
+            raise ValueError(f"population {diverged.numel()} instead of {population}")
         self.agent.load_state_dict(state["agent"])
         self.buffer.load_state_dict(state["buffer"])
         self.generator.set_state(state["loop_generator"])
         self.stats.load_state_dict(state["episode_stats"])
-        self.diverged = state["diverged"]
-        self.last_eval = state["last_eval"]
+        self.diverged = diverged
+        self.last_eval = last_eval
+        self.step = state["step"]
         if state["env"] is not None:
             self.env.load_state_dict(state["env"])
             self.obs = state["obs"].to(self.device)

@@ -246,7 +246,9 @@ def performance_profile(
     Args:
         scores: ``[runs, tasks]`` or ``[runs]``.
         taus: thresholds ``[K]``.
-        confidence, reps, seed: of the band (as in :func:`stratified_bootstrap_ci`).
+        confidence: of the band (as in :func:`stratified_bootstrap_ci`).
+        reps: bootstrap resamples of the band.
+        seed: of the resampling (``None``: fresh randomness).
 
     Returns:
         ``(profile [K], low [K], high [K])``.

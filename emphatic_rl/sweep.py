@@ -39,14 +39,14 @@ A study TOML::
     agent_options = { emphasis = "ideal" }
     full_only = true                                    # run only with --full (default false)
 
-    [excursions]                   # optional: also evaluate the excursions objective (ace.md §4.2)
+    [excursions]                   # optional: also evaluate the excursions objective (J23)
     starts = 20                    # start states (full_starts with --full), each after `spacing` behaviour steps
     spacing = 1000
 
     [report]                       # read by `emphatic-rl report` (optional)
     split = ["eta"]                # report each value of these grid keys as its own variant
     reference = { offpac = -255.1 }  # a number to print next to each variant (e.g. the paper's)
-    reference_label = "ace.md §4.2"
+    reference_label = "J23 paper"
 
 Layout of one variant (one population run): ``C`` settings (the grid's combinations) x ``R`` runs, ``P = C * R``
 members; member ``p = r * C + c`` is setting ``c`` fed by behaviour stream ``r`` (``stream_of[p] = r``: the members
@@ -65,7 +65,7 @@ before any variant starts. Outputs, in ``--out``: ``sweep.json`` (the resolved s
 their checkpoint.
 
 Evaluation. The training loop's: ``eval_episodes`` rollouts from the env's start distribution (the *episodic*
-objective of ace.md §4.2), capped at ``eval_max_steps`` (``eval/return``; tabular MDPs also log the exact
+objective of J23), capped at ``eval_max_steps`` (``eval/return``; tabular MDPs also log the exact
 ``eval/exact_J``). With ``[excursions]``, also the *excursions* objective (``eval/excursions_return``): after every
 ``eval_every`` steps, one rollout of the target policy from each of ``starts`` states drawn from the behaviour's data
 (final states of independent behaviour trajectories of ``spacing`` steps, not the training data), set through the
@@ -78,9 +78,11 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
+import hashlib
 import itertools
 import json
 import math
+import re
 import sys
 import time
 from dataclasses import dataclass, field
@@ -89,6 +91,7 @@ from typing import Any
 
 import torch
 
+from emphatic_rl.checkpoints import RunInterrupted
 from emphatic_rl.config import ConfigError, TrainConfig, apply_overrides, load_config_file, parse_set_arguments
 from emphatic_rl.seeding import stream_generator, stream_seed
 
@@ -105,6 +108,8 @@ VARIANT_KEYS = ("name", "agent", "agent_options", "grid", "full_grid", "full_onl
 MEMBERS_NAME = "members.json"
 DONE_NAME = "done.json"
 SWEEP_NAME = "sweep.json"
+ATTEMPTS_NAME = "attempts.json"
+VARIANT_NAME = re.compile(r"[A-Za-z0-9_+=-][A-Za-z0-9._+=-]{0,127}")
 
 
 @dataclass
@@ -138,6 +143,17 @@ class Chunk:
     setting_indices: list[int]
     settings: list[dict[str, float]]
     config: TrainConfig
+
+
+def check_variant_name(name: Any, where: str = "variant name") -> str:
+    """A variant name is a folder name under ``--out``: letters, digits, ``-``, ``_``, ``.``, ``+``, ``=``, not
+    starting with ``.`` (so never ``.`` or ``..``), no slashes."""
+    if not isinstance(name, str) or not VARIANT_NAME.fullmatch(name):
+        raise ConfigError(
+            f"{where} must be a folder name (letters, digits, - _ . + =, not starting with '.' and without "
+            f"slashes), got {name!r}"
+        )
+    return name
 
 
 def _check_table(value: Any, where: str) -> dict[str, Any]:
@@ -254,8 +270,7 @@ def load_study(path: str | Path, full: bool = False, base_overrides: dict[str, A
         if bad:
             raise ConfigError(f"unknown key {bad[0]!r} in variants[{index}]; allowed: {', '.join(VARIANT_KEYS)}")
         vname = raw.get("name")
-        if not isinstance(vname, str) or not vname or "/" in vname:
-            raise ConfigError(f"variants[{index}].name must be a non-empty string without '/', got {vname!r}")
+        check_variant_name(vname, f"variants[{index}].name")
         if vname in names:
             raise ConfigError(f"variant name {vname!r} is used twice")
         names.add(vname)
@@ -388,7 +403,7 @@ def run_study(study: Study, out_dir: str | Path, progress: bool = False, log=pri
     write ``sweep.json`` (checked against the folder's earlier record either way). A distributed backend
     (``emphatic_rl.sweep_ray``) writes the record once (``only=[]``) and trains each chunk in a task
     (``only=[folder], record=False``)."""
-    from emphatic_rl.logging import atomic_write_bytes
+    from emphatic_rl.checkpoints import atomic_write_bytes
     from emphatic_rl.runner import Excursions
     from emphatic_rl.train import CHECKPOINT_NAME, build_run, prepare_out_dir, train
 
@@ -403,14 +418,10 @@ def run_study(study: Study, out_dir: str | Path, progress: bool = False, log=pri
         "base": study.base,
         "variants": [dataclasses.asdict(v) for v in study.variants],
         "report": study.report,
+        "excursions": None if study.excursions is None else list(study.excursions),
     }
     previous = out / SWEEP_NAME
-    if previous.is_file():
-        old = json.loads(previous.read_text())
-        if old.get("base") != json.loads(json.dumps(study.base)) or old.get("runs") != study.runs:
-            raise ConfigError(
-                f"{str(out)!r} holds a sweep with another base config or run count; use another --out"
-            )
+    resolved = check_study_unchanged(previous, resolved)
     if record:
         atomic_write_bytes(previous, json.dumps(resolved, indent=2).encode())
     folders = []
@@ -429,21 +440,100 @@ def run_study(study: Study, out_dir: str | Path, progress: bool = False, log=pri
         atomic_write_bytes(folder / MEMBERS_NAME, json.dumps(members_record(study, chunk), indent=1).encode())
         log(f"emphatic-rl sweep: {chunk.folder}: {'resuming' if resume else 'training'} {config.agent}, "
             f"{len(chunk.settings)} settings x {study.runs} runs = P {config.population_size}, {config.steps} steps")
+        attempts = _start_attempt(folder)
         start = time.perf_counter()
         run = build_run(config)
         extra = []
         if study.excursions is not None:
             extra.append(Excursions(config.eval_every, *study.excursions))
         result = train(config, folder, resume=resume, run=run, callbacks=extra)
+        if result.interrupted:
+            raise RunInterrupted(result.interrupted, f"{chunk.folder}: stopped by {result.interrupted} at step "
+                                 f"{result.steps}; checkpoint saved; rerun the same command to continue")
         seconds = time.perf_counter() - start
+        earlier = sum(a.get("seconds", 0.0) for a in attempts[:-1])
         atomic_write_bytes(
             folder / DONE_NAME,
-            json.dumps({"steps": result.steps, "seconds": seconds,
+            json.dumps({"steps": result.steps, "seconds": earlier + seconds, "attempts": len(attempts),
+                        "last_attempt_seconds": seconds,
                         "diverged": result.diverged.nonzero().flatten().tolist()}).encode(),
         )
-        log(f"emphatic-rl sweep: {chunk.folder}: done in {seconds:.0f} s; "
+        log(f"emphatic-rl sweep: {chunk.folder}: done in {earlier + seconds:.0f} s"
+            f"{f' over {len(attempts)} attempts' if len(attempts) > 1 else ''}; "
             f"{int(result.diverged.sum())} of {config.population_size} members diverged")
     return folders
+
+
+def study_fingerprint(resolved: dict[str, Any]) -> dict[str, str]:
+    """SHA-256 of what the results of a sweep folder depend on: ``"common"`` (base config, runs, max_population,
+    excursions) and one per variant (agent, options, grid)."""
+
+    def digest(value: Any) -> str:
+        return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()
+
+    common = {k: resolved.get(k) for k in ("base", "runs", "max_population", "excursions")}
+    fingerprint = {"common": digest(common)}
+    for variant in resolved.get("variants", []):
+        fingerprint[f"variant:{variant['name']}"] = digest(variant)
+    return fingerprint
+
+
+def check_study_unchanged(path: Path, resolved: dict[str, Any]) -> dict[str, Any]:
+    """Refuse (one ``ConfigError``) to continue a sweep folder whose study was edited since it started: another base
+    config, run count, population cap or excursions, or a variant of the same name with another agent, options or
+    grid. Variants only in the old record (``--only``) are kept. Returns the record to write (old and new merged)."""
+    resolved = json.loads(json.dumps(resolved, default=str))
+    resolved["sha256"] = study_fingerprint(resolved)
+    if not path.is_file():
+        return resolved
+    try:
+        old = json.loads(path.read_text())
+        if not isinstance(old, dict):
+            raise ValueError("not a table")
+    except (ValueError, UnicodeDecodeError) as error:
+        raise ConfigError(f"{str(path)!r} is not valid JSON ({error}); use another --out") from None
+    if "sha256" not in old:  # written before fingerprints: it did not record the excursions
+        old = {**old, "excursions": resolved.get("excursions")}
+    old_fingerprint = old.get("sha256") or study_fingerprint(old)
+    where = str(path.parent)
+    if old_fingerprint.get("common") != resolved["sha256"]["common"]:
+        changed = [k for k in ("base", "runs", "max_population", "excursions") if old.get(k) != resolved.get(k)]
+        raise ConfigError(
+            f"{where!r} holds a sweep of another version of this study ({', '.join(changed) or 'its settings'} "
+            "changed since it started); continuing would mix results: use another --out"
+        )
+    for key, value in resolved["sha256"].items():
+        if key in old_fingerprint and old_fingerprint[key] != value:
+            raise ConfigError(
+                f"{where!r} holds a sweep of another version of this study (variant {key.split(':', 1)[1]!r} "
+                "changed since it started: agent, options or grid); continuing would mix results: use another --out"
+            )
+    names = {v["name"] for v in resolved["variants"]}
+    resolved["variants"] = [v for v in old.get("variants", []) if v.get("name") not in names] + resolved["variants"]
+    resolved["sha256"] = {**old_fingerprint, **resolved["sha256"]}
+    return resolved
+
+
+def _start_attempt(folder: Path) -> list[dict[str, Any]]:
+    """Record a new attempt at a chunk in ``attempts.json``; a killed earlier attempt is credited with the seconds up
+    to its last checkpoint (the file's modification time). Returns the attempts, this one last."""
+    from emphatic_rl.checkpoints import atomic_write_bytes
+    from emphatic_rl.train import CHECKPOINT_NAME
+
+    path = folder / ATTEMPTS_NAME
+    attempts: list[dict[str, Any]] = []
+    if path.is_file():  # earlier attempts, killed (an attempt killed before any checkpoint kept nothing: 0 s)
+        try:
+            attempts = list(json.loads(path.read_text()))
+        except (ValueError, TypeError):
+            attempts = []
+    if attempts and "seconds" not in attempts[-1]:
+        checkpoint = folder / CHECKPOINT_NAME
+        end = checkpoint.stat().st_mtime if checkpoint.is_file() else attempts[-1]["start"]
+        attempts[-1]["seconds"] = max(0.0, end - attempts[-1]["start"])
+    attempts.append({"start": time.time()})
+    atomic_write_bytes(path, json.dumps(attempts).encode())
+    return attempts
 
 
 # ---------------------------------------------------------------------------------------------------- estimate
@@ -647,13 +737,26 @@ def run_sweep(args: argparse.Namespace) -> int:
     except ConfigError as error:
         print(f"emphatic-rl: error: {error}", file=sys.stderr)
         return 2
+    except RunInterrupted as stopped:
+        print(f"emphatic-rl sweep: {stopped.message}", flush=True)
+        return 130 if stopped.signal_name == "SIGINT" else 143
+    except KeyboardInterrupt:
+        print("emphatic-rl sweep: interrupted between population runs; rerun the same command to continue",
+              file=sys.stderr)
+        return 130
+    except OSError as error:
+        from emphatic_rl.cli import describe_write_error
+
+        print(f"emphatic-rl: error: {describe_write_error(error, out)}; finished runs and the last checkpoints are "
+              "kept", file=sys.stderr)
+        return 1
     print(f"emphatic-rl sweep: results in {out}; next: emphatic-rl report {out}")
     return 0
 
 
 # ---------------------------------------------------------------------------------------------------- excursions
 def excursion_start_states(config: TrainConfig, num_starts: int, spacing: int) -> dict[str, Any]:
-    """States drawn from the behaviour's data (ace.md §4.2, the excursions objective).
+    """States drawn from the behaviour's data (the excursions objective of Graves et al. 2023).
 
     ``num_starts`` independent behaviour trajectories (env copies) from the start distribution, each run for
     ``spacing`` steps with their own seed (not the training data's); their final states are the start states. (The

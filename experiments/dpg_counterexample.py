@@ -1,4 +1,5 @@
-"""DPG counterexample study (ace.md §3.3, §4.1 fig5): expected-update ascent (exact lab) next to sampled linear runs.
+"""DPG counterexample study (Imani, Graves and White 2018, fig. 5; docs/protocols.md): expected-update ascent (exact
+lab) next to sampled linear runs.
 
 - DPG with M = 1 vs emphatic DPG with M = m / d_mu (oracle, exact d_mu), oracle grad_a q critic;
 - linear Gaussian ACE with eta in {0, 0.5, 1} (oracle v critic, sampled follow-on trace).

@@ -2,7 +2,7 @@
 
 Run: ``python experiments/exact_counterexamples.py`` (about half a minute on one core). It reports, from theta
 = 0: the J that expected-update ascent of each estimator reaches, the exact J* (best corner policy of the
-class), and the N18 figure-1 sampled protocol (ace.md §4.1: sampled follow-on trace, oracle critic, alpha 0.1,
+class), and the N18 figure-1 sampled protocol (docs/protocols.md: sampled follow-on trace, oracle critic, alpha 0.1,
 2000 episodes, 30 runs, two seeds).
 """
 
@@ -83,7 +83,7 @@ def main() -> None:
         "ace-direct uses the learned emphasis at its fixed point on the (aliased) critic features; with aliasing",
         "it is not m / d_mu, and here it follows OffPAC's path.",
         "",
-        "## Sampled runs, N18 figure-1 protocol (ace.md §4.1)",
+        "## Sampled runs, N18 figure-1 protocol (docs/protocols.md)",
         "",
         "`run_sampled_ace`: sampled follow-on trace, oracle critic, alpha 0.1, 2000 episodes, 30 runs, theta_0 = 0;",
         "final J is the exact J_mu of each run's final theta.",
@@ -101,8 +101,8 @@ def main() -> None:
             )
     lines += [
         "",
-        "Spec re-simulation table (ace.md §4.1): OffPAC 0.867, all runs <= 0.87; ACE 1.185-1.21, 25-27/30",
-        "runs >= 1.2, the rest near 0.87.",
+        "Re-simulation of the N18 fig. 1 protocol (docs/protocols.md): OffPAC 0.867, all runs <= 0.87;",
+        "ACE 1.185-1.21, 25-27/30 runs >= 1.2, the rest near 0.87.",
         "",
     ]
     OUTPUT.parent.mkdir(parents=True, exist_ok=True)

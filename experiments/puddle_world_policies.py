@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from emphatic_rl.checkpoints import load_checkpoint
 from emphatic_rl.envs import make_env
 from emphatic_rl.features import TileCoder
 
@@ -65,9 +66,9 @@ def reference_policies(episodes: int, seed: int) -> None:
 
 
 def action_maps(run: Path, members: list[int]) -> None:
-    checkpoint = torch.load(run / "checkpoint.pt", map_location="cpu", weights_only=False)
+    checkpoint = load_checkpoint(run / "checkpoint.pt")  # weights_only: a crafted file cannot run code
     theta = checkpoint["agent"]["theta"].double()  # [P, actions, features]
-    features = TileCoder((0.0, 0.0), (1.0, 1.0), (2, 2), 2)  # the agents' Puddle World tiling (ace.md §3.5)
+    features = TileCoder((0.0, 0.0), (1.0, 1.0), (2, 2), 2)  # the agents' Puddle World tiling (docs/environments.md)
     grid = torch.linspace(0.05, 0.95, 7)
     points = torch.stack(torch.meshgrid(grid, grid, indexing="xy"), dim=-1).reshape(-1, 2)
     x = features.dense(points).double()

@@ -1,4 +1,5 @@
-"""Tile coding (ace.md §3.4-3.5), one-hot and dense features, and the sparse/dense linear helpers."""
+"""Tile coding (the J23 authors' tilings, docs/environments.md), one-hot and dense features, and the sparse/dense linear
+helpers."""
 
 import pytest
 import torch

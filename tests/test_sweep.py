@@ -245,7 +245,7 @@ def test_bad_excursions_table(tmp_path):
 
 @pytest.mark.slow
 def test_n18_study_reproduces_offpac_wrong_ace_right(tmp_path):
-    """The committed N18 study (fig1 variants only): OffPAC ends near 0.87, ACE near 1.2 (ace.md §4.1)."""
+    """The committed N18 study (fig1 variants only): OffPAC ends near 0.87, ACE near 1.2 (Imani et al. 2018, fig. 1)."""
     from emphatic_rl.report import best_setting, load_results, summarise_settings
 
     path = Path(__file__).resolve().parents[1] / "experiments" / "n18_three_state.toml"

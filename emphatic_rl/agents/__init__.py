@@ -12,7 +12,7 @@ from emphatic_rl.agents.registry import AGENT_REGISTRY, AgentContext, agent_name
 
 def load_agents() -> None:
     """Import every agent module so that each registers its name (kept lazy: ``import emphatic_rl`` stays light)."""
-    from emphatic_rl.agents import ace, deep_ace, deep_gaussian, dpg, dqn, dyna  # noqa: F401
+    from emphatic_rl.agents import ace, deep_ace, deep_gaussian, dpg, dqn, dyna, dyna_fa  # noqa: F401
 
 
 __all__ = [

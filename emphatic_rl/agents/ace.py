@@ -7,9 +7,9 @@ member (default: member ``p`` reads stream ``p % R``).
 
 Features (``features = "auto"``):
 
-- ``mountain-car``: tile coding as the authors specify (ace.md §3.4): 4x4 tiles (5x5 internally), 8 tilings, a bias
-  feature: 201 features, 9 active. Step sizes are divided by 9.
-- ``puddle-world`` and ``puddle-world-gaussian``: 2x2 tiles, 2 tilings, bias (ace.md §3.5): 19 features, 3 active.
+- ``mountain-car``: tile coding as in the authors' code (docs/environments.md): 4x4 tiles (5x5 internally), 8 tilings, a
+  bias feature: 201 features, 9 active. Step sizes are divided by 9.
+- ``puddle-world`` and ``puddle-world-gaussian``: 2x2 tiles, 2 tilings, bias (the authors' code): 19 features, 3 active.
 - tabular MDPs observed as one-hot states (``--set env.observation="state"``): the actor sees the MDP's (possibly
   aliased) actor features, the critic the MDP's critic features, or the state itself for the ``oracle`` critic
   (exact ``v_pi`` from the exact lab). Observed as features (``"actor"``, the default), actor and critic share them.
@@ -38,8 +38,8 @@ from emphatic_rl.features import DenseFeatures, Features, TableFeatures, TileCod
 FEATURE_KINDS = ("auto", "tile", "dense", "dense-normalized", "tabular")
 
 #: Tile-coding layouts of the registered envs that declare one (``TensorEnv.tile_layout``): (low, high, tiles per
-#: dim, tilings). The envs own them; this mapping is read from the env registry (ace.md §3.4-3.5 for Mountain Car
-#: and Puddle World).
+#: dim, tilings). The envs own them; this mapping is read from the env registry (the J23 authors' tilings for Mountain
+#: Car and Puddle World, docs/environments.md).
 TILE_LAYOUTS: dict[str, tuple[tuple[float, ...], tuple[float, ...], tuple[int, ...], int]] = {
     name: entry.factory.tile_layout
     for name, entry in ENV_REGISTRY.items()

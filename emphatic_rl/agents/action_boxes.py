@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -78,6 +79,17 @@ class ActionBox:
     def clip(self, action: torch.Tensor) -> torch.Tensor:
         """``action [..., A]`` clipped to the box (a no-op when unbounded)."""
         return torch.maximum(torch.minimum(action, self.high), self.low)
+
+    def finite_actions(self, action: torch.Tensor, log_prob: torch.Tensor | None = None) -> Any:
+        """Replace the actions of members whose policy gave a non-finite action (a diverged member, NaN parameters)
+        by the box's centre (0 when unbounded), so that no non-finite action reaches the env; their log-probabilities
+        become 0. ``action [P, E, A]``, ``log_prob [P, E]``; returns ``action`` (and ``log_prob`` if given)."""
+        bad = ~torch.isfinite(action).all(dim=-1, keepdim=True)
+        centre = (self.high + self.low) / 2 if self.bounded else torch.zeros_like(self.low)
+        action = torch.where(bad, centre, action)
+        if log_prob is None:
+            return action
+        return action, torch.where(bad.squeeze(-1) | ~torch.isfinite(log_prob), 0.0, log_prob)
 
     def uniform(self, shape: tuple[int, ...], generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """Uniform actions ``[*shape, A]`` in a bounded box and their log-density ``[*shape]``."""

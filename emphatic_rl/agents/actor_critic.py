@@ -1,10 +1,11 @@
 """Linear off-policy actor-critic with emphatic weightings: ACE, ACE-direct, OffPAC as switches on one agent.
 
-Implements ace.md §2.1-2.4 for a population of ``P`` linear learners (softmax actor ``theta [P, A, d]``) fed by
+Implements ACE (Imani, Graves and White 2018; Graves, Imani, Kumaraswamy and White 2023) for a population of ``P``
+linear learners (softmax actor ``theta [P, A, d]``) fed by
 ``R`` behaviour streams; ``stream_of: int64[P]`` says which stream feeds learner ``p``. All hyperparameters that
 are swept (step sizes, critic lambda, eta) are tensors ``[P]``, so one agent can hold a whole sweep.
 
-Per step, for every learner, in this order (ace.md §2.1)::
+Per step, for every learner, in the order of the authors' code (docs/algorithms/actor-critic.md)::
 
     gamma_{t+1} = 0 if terminal (and, with timeout_as_terminal, on time-outs) else gamma
     i_t    = i(S_t, gamma_t)                     # gamma_t = 0 at the stream start and at every episode start
@@ -33,7 +34,7 @@ Presets (``PRESETS``; names for settings, not classes): ``ace`` (followon, eta 1
 ``offpac`` (followon trace kept for an ETD critic, eta 0, uniform interest, so ``M = 1``).
 
 Step sizes with binary (sparse) features are divided by the number of active features (``divide_step_sizes``,
-default True; ace.md §2.1 point 5); dense features are not divided.
+default True, as the authors' code does); dense features are not divided.
 """
 
 from __future__ import annotations
@@ -187,13 +188,19 @@ class ActorCritic(Agent):
         population_size: ``P``.
         stream_of: ``int64[P]``, the behaviour stream in ``[0, R)`` of each learner (default ``arange(P)``).
         num_streams: ``R`` (default ``max(stream_of) + 1``).
-        alpha_actor, alpha_critic, alpha_h, alpha_emphasis: step sizes ``> 0``, scalars or ``[P]``. ``alpha_h``
-            (TDC/TDRC/GQ auxiliary weights) defaults to ``alpha_critic`` (TDRC's rule); ``alpha_emphasis``
-            (``fhat``) is required for ``emphasis="learned"``.
+        alpha_actor: the actor's step size ``> 0``, scalar or ``[P]`` (as are the other step sizes).
+        alpha_critic: the critic's step size.
+        alpha_h: the step size of the TDC/TDRC/GQ auxiliary weights; defaults to ``alpha_critic`` (TDRC's rule).
+        alpha_emphasis: the step size of ACE-direct's ``fhat``; required for ``emphasis="learned"``.
         critic_lambda: critic trace decay in ``[0, 1]``, scalar or ``[P]``.
         eta: OffPAC (0) to ACE (1) interpolation in ``[0, 1]``, scalar or ``[P]``.
         gamma: discount in ``[0, 1]`` (one value for the population).
-        emphasis, normalize_emphasis, interest, actor_update, critic, timeout_as_terminal: see the module doc.
+        emphasis: ``"none"``, ``"followon"``, ``"learned"`` or ``"ideal"`` (see the module doc).
+        normalize_emphasis: the normalised follow-on trace / emphasis target.
+        interest: ``"uniform"`` or ``"episodic"``.
+        actor_update: ``"sampled"`` or ``"all_actions"``.
+        critic: ``"td"``, ``"tdc"``, ``"gtd"``, ``"tdrc"``, ``"etd"``, ``"gq"`` or ``"oracle"``.
+        timeout_as_terminal: treat a time-out like a termination (``gamma_{t+1} = 0``).
         tdrc_beta: TDRC's regulariser (1.0).
         oracle_values: for ``critic="oracle"``: ``theta [P, A, d] -> v [P, S]`` (one-hot state features).
         divide_step_sizes: divide step sizes by the number of active binary features.
@@ -592,7 +599,7 @@ class ActorCritic(Agent):
             self.policy.add_grad_log_prob_(x_t, coef, probs_t, a_t)
         else:
             assert isinstance(self.critic, GQCritic)
-            q_values = self.critic.action_values(c_t)  # after this step's critic update (ace.md order)
+            q_values = self.critic.action_values(c_t)  # after this step's critic update (the authors' order)
             self.policy.add_all_actions_(x_t, self.alpha_actor * weighting, probs_t, q_values)
 
         self.episode_start = terminated | truncated

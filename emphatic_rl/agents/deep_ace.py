@@ -279,6 +279,8 @@ class DeepACE(Agent):
         if self.options.evaluation == "greedy":
             return logits.argmax(dim=-1)
         probs = torch.softmax(logits, dim=-1).flatten(0, 1)
+        # a diverged member (NaN parameters) samples uniformly: the same random draws, no crash for the others
+        probs = torch.where(torch.isfinite(probs).all(dim=-1, keepdim=True), probs, 1.0 / probs.shape[-1])
         action = torch.multinomial(probs, 1, generator=self.evaluation_generator).squeeze(1)
         return action.view(logits.shape[:2])
 

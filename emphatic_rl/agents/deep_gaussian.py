@@ -227,12 +227,13 @@ class GaussianACE(Agent):
             mean, std = self.distribution(obs)
             noise = torch.randn(mean.shape, generator=self.generator, device=mean.device)
             action = self.box.clip(mean + std * noise)
-            return ActionOutput(action, clipped_gaussian_log_prob(mean, std, action, self.box))
+            log_prob = clipped_gaussian_log_prob(mean, std, action, self.box)
+            return ActionOutput(*self.box.finite_actions(action, log_prob))  # a diverged member: the box centre
 
     @torch.no_grad()
     def evaluation_action(self, obs: torch.Tensor) -> torch.Tensor:
-        """The mean action ``[P, E, A]`` (in the box by construction)."""
-        return self.distribution(obs)[0]
+        """The mean action ``[P, E, A]`` (in the box by construction; the centre for a diverged member)."""
+        return self.box.finite_actions(self.distribution(obs)[0])
 
     @torch.no_grad()
     def predict_action(self, obs: torch.Tensor, deterministic: bool = True) -> torch.Tensor:

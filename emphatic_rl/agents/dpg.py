@@ -1,8 +1,8 @@
 """Deterministic policy gradients: deep DDPG with an optional learned emphasis (deep emphatic DPG), and linear DPG /
 emphatic DPG for the counterexample studies.
 
-The off-policy deterministic policy gradient theorem (ace.md §1, [N18] Thm 2) weights each state by the emphatic
-weighting ``m(s)``; DPG (Silver et al. 2014) and DDPG (Lillicrap et al. 2016) use ``d_mu(s) i(s)`` instead (the
+The off-policy deterministic policy gradient theorem (Imani, Graves and White 2018, Thm. 2) weights each state by the
+emphatic weighting ``m(s)``; DPG (Silver et al. 2014) and DDPG (Lillicrap et al. 2016) use ``d_mu(s) i(s)`` instead (the
 semi-gradient). Emphatic DPG multiplies the per-state actor update by ``M_t ~ m(S_t) / d_mu(S_t)``:
 
     u += alpha_u M_t grad_u pi(S_t) grad_a q(S_t, a)|_{a = pi(S_t)}.
@@ -11,7 +11,7 @@ Where ``M_t`` comes from. ACE's follow-on trace ``F_t = i_t + gamma_t rho_{t-1} 
 ``rho = pi(A|S) / mu(A|S)``, and a deterministic ``pi`` has no density: the ratio is a Dirac delta, zero almost
 surely, so the trace is useless as it stands. Replacing ``pi`` by a narrow Gaussian of width ``sigma`` around
 ``pi(s)`` gives finite ratios, but the trace *multiplies* them along a trajectory, so its variance grows like
-``(mu-width / sigma)^k`` and explodes as ``sigma -> 0``. The learned estimator (ACE-direct, ace.md §2.3) uses the
+``(mu-width / sigma)^k`` and explodes as ``sigma -> 0``. The learned estimator (ACE-direct, Graves et al. 2023) uses the
 ratio once per transition inside a regression target, ``f(S_{t+1}) <- i_{t+1} + gamma rho_t f(S_t)``; the
 regression averages the one-step ratios over the data, so its variance stays bounded and it generalises across
 states. That makes it the practical choice here: ``emphasis = "learned"`` trains a network ``f`` with that target,
@@ -194,11 +194,12 @@ class DDPG(Agent):
             return ActionOutput(*self.box.uniform(tuple(obs.shape[:2]), self.generator))
         with torch.no_grad():
             mean = self.policy(obs)
-        return ActionOutput(*sample_clipped_gaussian(mean, self.noise_std, self.box, self.generator))
+        action, log_prob = sample_clipped_gaussian(mean, self.noise_std, self.box, self.generator)
+        return ActionOutput(*self.box.finite_actions(action, log_prob))  # a diverged member acts at the box centre
 
     def evaluation_action(self, obs: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
-            return self.policy(obs)
+            return self.box.finite_actions(self.policy(obs))
 
     # ------------------------------------------------------------------ learning
     def update(self, buffer: Any, env_step: int) -> dict[str, torch.Tensor]:
@@ -375,7 +376,7 @@ LINEAR_CRITIC_CHOICES = ("compatible", "oracle")
 
 class LinearDPG:
     """``P`` linear deterministic actors ``pi(s) = u . x(s)`` (one real action, ``u: [P, d]``, ``u_0 = 0``) with DPG's
-    actor update weighted by ``M_t`` (ace.md §2.4):
+    actor update weighted by ``M_t`` (docs/algorithms/deterministic.md):
 
         u += alpha_actor * M_t * grad_a q(S_t, a)|_{a = pi(S_t)} * x_t
 
@@ -443,7 +444,7 @@ class LinearDPG:
         self.value_weights = torch.zeros(P, d, dtype=dtype, device=device)  # v (compatible critic)
         self.learned_emphasis = None
         if emphasis == "learned":
-            from emphatic_rl.agents.emphasis import LearnedEmphasis  # the other helper's ACE-direct estimator
+            from emphatic_rl.agents.emphasis import LearnedEmphasis  # ACE-direct's linear learned emphasis
 
             self.learned_emphasis = LearnedEmphasis(d, P, alpha_emphasis, device=device)
             self.learned_emphasis.weights = self.learned_emphasis.weights.to(dtype)
@@ -468,7 +469,7 @@ class LinearDPG:
         emphatic_ratio: torch.Tensor | None = None,
         active: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
-        """One transition per learner, in the order of ace.md §2.1 (emphasis, critic, actor; all reads before writes).
+        """One transition per learner, in the order of linear ACE (emphasis, critic, actor; all reads before writes).
 
         ``features``/``next_features``: ``x_t``/``x_{t+1}`` ``[P, d]``; ``action``, ``reward``: ``[P]``;
         ``gamma``/``next_gamma``: ``gamma_t`` (0 at an episode start) and ``gamma_{t+1}`` (0 on termination), ``[P]``;
@@ -608,7 +609,7 @@ def run_sampled_linear_dpg(
     alpha_emphasis: float = 0.1,
 ) -> SampledDPGResult:
     """Sampled linear DPG / emphatic DPG on a ``ContinuousLab``'s MDP (deterministic policy), ``V * R`` learners
-    batched in float64, each with its own behaviour stream (ace.md §4.1 fig5 protocol).
+    batched in float64, each with its own behaviour stream (the protocol of Imani et al. 2018, Fig. 5).
 
     ``variants``: emphasis modes of ``LinearDPG`` (``"none"`` = DPG with ``M = 1``, ``"oracle"`` = ``M = m / d_mu``,
     ``"learned"``). The critic is the oracle ``grad_a q`` of the current policy (as in the N18 scripts) or the

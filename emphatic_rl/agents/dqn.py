@@ -39,7 +39,8 @@ from emphatic_rl.seeding import stream_seed
 
 @dataclass(frozen=True)
 class DQNOptions:
-    """Hyperparameters of DQN (defaults reach CartPole's 475 within 100k steps; see tests/agents/test_dqn.py)."""
+    """Hyperparameters of DQN (defaults reach CartPole's 475 within 100k steps; see
+    tests/agents/test_dqn_learning.py)."""
 
     learning_rate: float = 1e-3
     gamma: float = 0.99

@@ -1,21 +1,22 @@
-"""Tabular Dyna with the four planning variants of "Hallucinating Value" (Jafferjee et al. 2020; spec: dyna.md).
+"""Tabular Dyna with the four planning variants of "Hallucinating Value" (Jafferjee et al. 2020).
 
-One agent, switches for the variant (dyna.md §2). Our reading, each choice tagged as in the spec:
+One agent, switches for the variant (docs/algorithms/hallucinated-value.md). Our reading of the paper, each choice
+tagged: [inferred] from the paper and standard Dyna, [ours] our choice where the paper is silent:
 
-Common loop [INF, S&B Dyna-Q]. Each real step: act epsilon-greedily on ``Q``; one direct Q-learning update on the
-real transition ``(s, a, r, s')``; remember ``(s, a)`` as visited and push ``s`` onto the search-control queue with
-priority ``|delta|``; then ``planning_steps`` planning steps. ``planning_steps = 0`` is the model-free baseline
-(plain Q-learning) from the same agent.
+Common loop [inferred: Dyna-Q, Sutton and Barto 2018, Sec. 8.2]. Each real step: act epsilon-greedily on ``Q``; one
+direct Q-learning update on the real transition ``(s, a, r, s')``; remember ``(s, a)`` as visited and push ``s`` onto
+the search-control queue with priority ``|delta|``; then ``planning_steps`` planning steps. ``planning_steps = 0`` is
+the model-free baseline (plain Q-learning) from the same agent.
 
 Planning step per variant (``n`` = ``rollout_length``):
 
 - ``one-step-successor`` (Dyna-Q): draw a visited real pair ``(s, a)`` uniformly; ``(r, s2) ~ forward model``;
   ``Q(s, a) += alpha [r + gamma max_b Q(s2, b) - Q(s, a)]``.
 - ``multi-step-successor``: draw ``(s, a0)`` as above; roll the forward model out ``n`` steps with greedy actions
-  ``a_k = argmax Q(s_k, .)`` for ``k >= 1`` [IMPL]; ``G = sum_k gamma^k r_{k+1} + gamma^n max_b Q(s_n, b)``;
-  ``Q(s, a0) += alpha [G - Q(s, a0)]``. Only ``Q(s, a0)`` is updated [IMPL].
+  ``a_k = argmax Q(s_k, .)`` for ``k >= 1`` [ours]; ``G = sum_k gamma^k r_{k+1} + gamma^n max_b Q(s_n, b)``;
+  ``Q(s, a0) += alpha [G - Q(s, a0)]``. Only ``Q(s, a0)`` is updated [ours].
 - ``one-step-predecessor`` (prioritized-sweeping style): pop the state ``s~`` of highest priority (above
-  ``priority_threshold``; if the queue is empty, a uniformly drawn visited real state [IMPL]); sample a predecessor
+  ``priority_threshold``; if the queue is empty, a uniformly drawn visited real state [ours]); sample a predecessor
   ``(s_, a_, r_) ~ backward model(s~)``; ``delta = r_ + gamma max_b Q(s~, b) - Q(s_, a_)``; update ``Q(s_, a_)``;
   push ``s_`` (a *simulated* state) back with priority ``|delta|``.
 - ``multi-step-predecessor`` (the proposed variant): pop a *real* state ``s`` the same way (only real updates ever
@@ -23,20 +24,21 @@ Planning step per variant (``n`` = ``rollout_length``):
   ``s_k --a_k, r_k--> s_{k-1}``, ``s_0 = s``, ``k = 1..n``; update each ``Q(s_k, a_k)`` toward
   ``G_k = r_k + gamma G_{k-1}``, ``G_0 = max_b Q(s, b)``: every target bootstraps from the real ``s`` only. The chain
   is truncated before ``k`` when ``a_{k-1}`` is not greedy at ``s_{k-1}`` (checked after its own update, ties count
-  as greedy) [INF, "Is On Policy"]. One planning step therefore makes up to ``n`` value updates.
+  as greedy) [inferred from the JAIR version's "Is On Policy" step]. One planning step therefore makes up to ``n`` value
+  updates.
 
 Terminal handling: no bootstrap past a transition the model marks terminal. Priorities: a table ``[P, S]`` (a
 priority queue that keeps one entry per state, the larger priority wins); popping takes the arg-max and clears it.
 
-Instruments (dyna.md §5.1). For every planning value update the agent records, per member: whether the updated
-entry's state is simulated (a model output) and whether it is hallucinated (a model output that is not a real,
-reachable state, as the env's ``real_state_mask`` tells), and whether its target bootstraps from a simulated or a
-hallucinated state; and whether a real entry's target was computed along a simulated path through a hallucinated
-state (``real_via_hallucinated``: bootstrapping from one, or a multi-step rollout/chain passing through one, which
-the multi-step predecessor variant can do when the model's hallucinated states connect back to real ones).
+Instruments (the invariant the paper's hypothesis rests on). For every planning value update the agent records, per
+member: whether the updated entry's state is simulated (a model output) and whether it is hallucinated (a model output
+that is not a real, reachable state, as the env's ``real_state_mask`` tells), and whether its target bootstraps from a
+simulated or a hallucinated state; and whether a real entry's target was computed along a simulated path through a
+hallucinated state (``real_via_hallucinated``: bootstrapping from one, or a multi-step rollout/chain passing through
+one, which the multi-step predecessor variant can do when the model's hallucinated states connect back to real ones).
 ``planning_statistics()`` returns the fractions ``[P]``, and ``update`` reports them as metrics, together with
-``fraction_model_outputs_hallucinated``: the fraction of all states the models returned during planning that are
-not real (for a learned model, how often it hallucinates).
+``fraction_model_outputs_hallucinated``: the fraction of all states the models returned during planning that are not
+real (for a learned model, how often it hallucinates).
 
 Models. ``model = "given"``: the env's true dynamics with hallucinations injected at rate ``p_h``
 (:func:`emphatic_rl.agents.models.given_model_of`). ``model = "learned"``: a learned neural forward and backward
@@ -258,7 +260,8 @@ class DynaAgent(Agent):
         forward_model: a ``ForwardModel`` (successor variants).
         backward_model: a ``BackwardModel`` (predecessor variants).
         real_state_mask: ``bool[S]``, which states are real and reachable (for the instruments); ``None``: all.
-        step_size, epsilon: optional per-member overrides, ``float32[P]``.
+        step_size: optional per-member override of the step size, ``float32[P]``.
+        epsilon: optional per-member override of the exploration rate, ``float32[P]``.
         features: ``float32[S, F]`` state features of the ``mlp`` value function (default: one-hot states).
         seed: seeds the agent's generator (exploration, search control, model sampling).
         device: torch device.

@@ -1,4 +1,4 @@
-"""Estimators of the emphatic weighting ``m(s) / d_mu(s)`` used by ACE (ace.md §2.1, §2.3, §2.4).
+"""Estimators of the emphatic weighting ``m(s) / d_mu(s)`` used by ACE (docs/algorithms/actor-critic.md).
 
 All are batched over a population ``P``; interest, discounts and ratios are tensors ``[P]``.
 
@@ -62,7 +62,7 @@ class FollowonTrace:
 
 
 class LearnedEmphasis:
-    """ACE-direct's linear estimate ``fhat(x) = phi . x`` of ``m(s) / d_mu(s)``, ``phi: [P, d]`` (ace.md §2.3).
+    """ACE-direct's linear estimate ``fhat(x) = phi . x`` of ``m(s) / d_mu(s)``, ``phi: [P, d]`` (Graves et al. 2023).
 
     Each step (``fhat`` read *before* the update of this step)::
 
@@ -156,8 +156,9 @@ class LearnedEmphasis:
 
 
 class IdealTrace:
-    """The "ideal" follow-on trace (ace.md §2.4): at every step, ``F_t`` is recomputed over the current episode
-    with the **current** policy, ``F_t = i_t + sum_{j >= 1} i_{t-j} prod_{k=t-j}^{t-1} gamma rho_k(theta_now)``.
+    """The "ideal" follow-on trace (of the authors' Puddle World code): at every step, ``F_t`` is recomputed over the
+    current episode with the **current** policy, ``F_t = i_t + sum_{j >= 1} i_{t-j} prod_{k=t-j}^{t-1} gamma
+    rho_k(theta_now)``.
 
     It keeps a bounded per-stream history of the current episode: the last ``history_cap`` steps' features,
     actions, behaviour log-probabilities and interest (ring buffers ``[R, cap, ...]``). In episodes longer than the

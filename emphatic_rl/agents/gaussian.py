@@ -1,11 +1,11 @@
-"""Continuous-action ACE / OffPAC with a linear Gaussian policy (ace.md §2.1, §2.4), batched over learners.
+"""Continuous-action ACE / OffPAC with a linear Gaussian policy (Imani et al. 2018, Sec. 5), batched over learners.
 
 Policy ``pi(.|s) = N(u . x(s), exp(log_std)^2)`` with ``theta = [u (d), log_std]``: the standard deviation is an
 exponential, so a non-positive std cannot be represented (no check needed, none possible to violate). This is the
 exact lab's Gaussian parameterisation (``ContinuousLab(policy="gaussian")``), so sampled runs and expected-update
 ascent are directly comparable.
 
-Per step, in the order of ace.md §2.1 (all reads with ``theta`` before this step's update):
+Per step, in the order of linear ACE (all reads with ``theta`` before this step's update):
 
     rho_t   = pi(A_t|S_t) / mu(A_t|S_t)                      (from the two densities)
     F_t     = i_t + gamma_t rho_{t-1} F_{t-1}                (FollowonTrace, emphasis.py)

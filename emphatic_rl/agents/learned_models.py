@@ -1,8 +1,8 @@
 """Learned (neural) environment models for Dyna: forward ``(s, a) -> (s', r, terminal)`` and backward
 ``(s', a) -> s`` (predecessor), one network pair per population member, trained from replayed real transitions.
 
-Design [IMPL; dyna.md §2 "Models [NF]", §3]. Both models are *action-headed* population MLPs
-(:class:`~emphatic_rl.agents.networks.PopulationMLP`, ``[P, B, ...]``): the input is the state alone and the output
+Design (our choice: the paper does not say how its models are parameterised). Both models are *action-headed* population
+MLPs (:class:`~emphatic_rl.agents.networks.PopulationMLP`, ``[P, B, ...]``): the input is the state alone and the output
 holds one head per action, so ``(s, a) -> ...`` is one network pass and a gather along the action axis.
 
 ``LearnedTabularModel`` (tabular states, e.g. the Bordered Gridworld, ``S`` cells including the unreachable ring):
@@ -353,7 +353,10 @@ class LearnedVectorModel(_PopulationModelBase):
         population_size: ``P``.
         env_name: the env whose validity region flags samples (``cartpole``, ``puddle-world``, see
             :func:`~emphatic_rl.agents.models.is_real_state`); ``None``: samples carry ``is_real = None``.
-        hidden, learning_rate, seed, device: as for ``LearnedTabularModel``.
+        hidden: as for ``LearnedTabularModel``.
+        learning_rate: as for ``LearnedTabularModel``.
+        seed: as for ``LearnedTabularModel``.
+        device: as for ``LearnedTabularModel``.
     """
 
     def __init__(

@@ -11,12 +11,12 @@ Models never say whether a state they return is real: the *environment* tells (`
 instruments work for a given model with injected error and for a learned model that hallucinates by itself.
 
 ``GivenTabularModel`` is the given model of a tabular env (the true dynamics tables, e.g. of
-:class:`~emphatic_rl.envs.gridworld.BorderedGridworld`) with controllable error [IMPL, dyna.md §3]: with probability
-``hallucination_probability[p]`` (``p_h``, one value per member, so one run holds a whole p_h sweep) each model
-query independently returns a *hallucinated* state instead of the true outcome, drawn uniformly from the env's
-unreachable states (the border ring). Forward: the next state is replaced (the reward stays the step reward,
-never terminal). Backward: the predecessor is replaced by a uniform unreachable state with a uniform action (the
-reward is the step reward, the transition is not terminal-entering unless the queried state is terminal).
+:class:`~emphatic_rl.envs.gridworld.BorderedGridworld`) with controllable error (our construction for the hypothesis):
+with probability ``hallucination_probability[p]`` (``p_h``, one value per member, so one run holds a whole p_h sweep)
+each model query independently returns a *hallucinated* state instead of the true outcome, drawn uniformly from the
+env's unreachable states (the border ring). Forward: the next state is replaced (the reward stays the step reward, never
+terminal). Backward: the predecessor is replaced by a uniform unreachable state with a uniform action (the reward is the
+step reward, the transition is not terminal-entering unless the queried state is terminal).
 """
 
 from __future__ import annotations
@@ -219,7 +219,7 @@ def given_model_of(
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# "Is this a real state?" per env: the instruments' hallucination flag for model outputs (dyna.md §3, [IMPL]).
+# "Is this a real state?" per env: the instruments' hallucination flag for model outputs (our construction).
 #: CartPole's termination bounds: |x| <= 2.4 and |theta| <= 12 degrees.
 CARTPOLE_X_LIMIT = 2.4
 CARTPOLE_THETA_LIMIT = 12 * 2 * math.pi / 360
@@ -236,8 +236,8 @@ def is_real_state(env_name: str, state: torch.Tensor, terminal: torch.Tensor | N
     - ``cartpole``: ``state: [B, 4]`` ``(x, x_dot, theta, theta_dot)``; real = inside the termination bounds
       ``|x| <= 2.4``, ``|theta| <= 12 deg``; a state past them is real only if the model marks the transition
       ``terminal`` and it lies within one step's slack (``CARTPOLE_TERMINAL_SLACK``) of the bounds. A state beyond
-      the bounds that does not end the episode is hallucinated (dyna.md §3: "Cartpole beyond its termination bounds
-      without signalling termination").
+      the bounds that does not end the episode is hallucinated (the kind of hallucination the paper names for
+      CartPole: beyond its termination bounds without signalling termination).
     - ``puddle-world``: ``state: [B, 2]`` positions; real = inside the unit square (the env clamps every move).
 
     Raises:

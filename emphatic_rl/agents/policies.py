@@ -9,7 +9,7 @@ from emphatic_rl.features import action_values, add_action_scaled_
 
 class LinearSoftmaxPolicy:
     """``pi(a|s) ∝ exp(theta_a . x(s))`` for ``P`` learners at once; ``theta: [P, A, d]``, initialised to 0
-    (the uniform policy, ace.md §2).
+    (the uniform policy, as in the authors' code).
 
     Features are active indices ``int64[P, K]`` / ``int64[P, E, K]`` or dense ``float[P, d]`` / ``float[P, E, d]``.
     ``grad_theta ln pi(a|s)`` has row ``b`` equal to ``(1[b = a] - pi(b|s)) x(s)``.

@@ -106,6 +106,9 @@ class AgentEntry:
             raise ValueError(
                 f"unknown option(s) {', '.join(unknown)} for agent {self.name!r}; allowed: {', '.join(allowed)}"
             )
+        from emphatic_rl.config import check_dataclass_options
+
+        check_dataclass_options(self.options_class, options, "agent")  # wrong types: one error naming the key
         return self.options_class(**options)
 
 

@@ -6,6 +6,7 @@ Importing this package registers every native env by name (``make_env("cartpole"
 
 # Native env modules register themselves on import (one import line per module; ``registration`` adds the
 # Gymnasium ids and sorts after the native env modules).
+import emphatic_rl.envs.catcher  # noqa: F401,E402
 import emphatic_rl.envs.classic  # noqa: F401,E402
 import emphatic_rl.envs.counterexamples  # noqa: F401,E402
 import emphatic_rl.envs.gridworld  # noqa: F401,E402

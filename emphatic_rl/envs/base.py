@@ -102,6 +102,11 @@ class TensorEnv(ABC):
         max_episode_steps: time limit reported as ``truncated``; ``None`` for no limit.
         check_actions: validate the range of every action (costs a device sync per step; turn off when the
             actions come from a trusted sampler).
+
+    A new env already holds valid start states (drawn from its generator, seeded 0), so ``step`` before ``reset``
+    is defined: it continues from those states, and ``reset(seed)`` redraws them. This is deliberate: the
+    library's own code puts copies in given states and steps them (excursions, perfect Dyna models). The
+    Gymnasium ids follow Gymnasium's rule instead and refuse ``step`` before ``reset`` (``ResetNeeded``).
     """
 
     #: short registry name, e.g. ``"cartpole"``; set by subclasses.

@@ -70,8 +70,7 @@ class ClassicControlEnv(CompiledBackendMixin, TensorEnv):
         """Put every copy in the given physical state.
 
         Args:
-            state: ``[N, state_dim]`` (or ``[state_dim]``, broadcast to every copy), in the layout of
-            Gymnasium's
+            state: ``[N, state_dim]`` (or ``[state_dim]``, broadcast to every copy), in the layout of Gymnasium's
                 ``env.unwrapped.state``. Stored as float64. Step counters are left alone.
         """
         state = torch.as_tensor(state, dtype=torch.float64, device=self.device)

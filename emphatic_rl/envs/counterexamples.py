@@ -4,9 +4,9 @@ Each ``*_mdp`` builder returns the float64 description the exact lab uses (:clas
 :class:`ContinuousActionMDP`); each registered env name builds the matching batched ``TensorEnv``:
 
 ==============================  ===========================================================================
-``counterexample-three-state``  N18's three-state counterexample with aliasing (ace.md §3.1)
-``counterexample-long``         N18's long counterexample, option ``middle_steps`` (ace.md §3.2)
-``counterexample-dpg``          N18's continuous-action DPG counterexample (ace.md §3.3)
+``counterexample-three-state``  N18's three-state counterexample with aliasing (Imani et al. 2018)
+``counterexample-long``         N18's long counterexample, option ``middle_steps`` (Imani et al. 2018)
+``counterexample-dpg``          N18's continuous-action DPG counterexample (Imani et al. 2018)
 ``collision``                   the 8-state Collision prediction task (Ghiassian et al.'s TDRC paper)
 ``baird``                       Baird's seven-state star counterexample (Baird 1995; Sutton & Barto §11.2)
 ==============================  ===========================================================================
@@ -28,12 +28,12 @@ from emphatic_rl.envs.tabular import (
     TabularMDP,
 )
 
-#: behaviour policy of the N18 counterexamples, (a0, a1) in every state [R18 generate_data.py].
+#: behaviour policy of the N18 counterexamples, (a0, a1) in every state (the authors' N18 data generator).
 N18_BEHAVIOUR = (0.25, 0.75)
 
 
 def long_counterexample_mdp(middle_steps: int = 5) -> TabularMDP:
-    """N18's long counterexample (ace.md §3.2); ``middle_steps = 1`` is the three-state counterexample (§3.1).
+    """N18's long counterexample (docs/environments.md); ``middle_steps = 1`` is the three-state counterexample.
 
     States: ``s0 = 0``; the left chain ``L_j = 2j - 1`` and the right chain ``R_j = 2j`` for ``j =
     1..middle_steps``. From ``s0``, ``a0 -> L_1`` and ``a1 -> R_1``. In the left chain ``a0`` moves deeper and
@@ -92,10 +92,10 @@ def long_counterexample_mdp(middle_steps: int = 5) -> TabularMDP:
 
 
 def three_state_counterexample_mdp() -> TabularMDP:
-    """N18's three-state counterexample (ace.md §3.1): ``s0 -a0-> s1``, ``s0 -a1-> s2``, ``s1``: ``a0`` pays
+    """N18's three-state counterexample (docs/environments.md): ``s0 -a0-> s1``, ``s0 -a1-> s2``, ``s1``: ``a0`` pays
     2,
     ``s2``: ``a1`` pays 1, both end the episode; ``x(s0) = [1, 0]``, ``x(s1) = x(s2) = [0, 1]`` (aliased);
-    gamma = 1; behaviour ``(0.25, 0.75)`` everywhere [R18 generate_data.py]. ``d_mu = (0.5, 0.125, 0.375)``;
+    gamma = 1; behaviour ``(0.25, 0.75)`` everywhere (the authors' N18 code). ``d_mu = (0.5, 0.125, 0.375)``;
     OffPAC's fixed point has J = 0.875, the optimum J* = 1.25."""
     return long_counterexample_mdp(1)
 
@@ -105,7 +105,7 @@ def _sigmoid(x: torch.Tensor) -> torch.Tensor:
 
 
 def dpg_counterexample_mdp() -> ContinuousActionMDP:
-    """N18's continuous-action DPG counterexample (ace.md §3.3).
+    """N18's continuous-action DPG counterexample (docs/environments.md).
 
     ``s0``: action ``a`` in R, reward 0, next state ``s1`` with probability ``sigmoid(-a)``, else ``s2``.
     ``s1`` pays ``2 sigmoid(-a)``, ``s2`` pays ``sigmoid(a)``, then the episode ends (restart in ``s0``).

@@ -1,4 +1,4 @@
-"""The Bordered Gridworld: a gridworld built to test the Hallucinated Value Hypothesis (dyna.md §3).
+"""The Bordered Gridworld: a gridworld built to test the Hallucinated Value Hypothesis (Jafferjee et al. 2020).
 
 Layout. A ``height x width`` grid of *interior* cells is surrounded by a one-cell *border* ring. The state encoding
 covers the whole ``(height + 2) x (width + 2)`` grid, cells numbered row-major, ``index = row * (width + 2) + col``:
@@ -16,7 +16,7 @@ Observation: the cell index, ``int64[N]`` (``observation_spec`` is a 0-d integer
 ``coordinates(index)`` turns indices into ``(row, col)`` for plots or function approximation.
 
 For planning (``emphatic_rl.agents.models``) the env exposes its *given* dynamics as tables, extended to border
-cells by a documented rule [IMPL] (``model_transitions(border_physics)``). ``"closed"`` (default): the border ring
+cells by a documented rule of our own (``model_transitions(border_physics)``). ``"closed"`` (default): the border ring
 is a second region with the same physics (moves stay inside their region; the interior and the ring are separated
 by walls in both directions), so a perfect model applied to a real state only ever returns real states, and a
 state the model hallucinated stays hallucinated under further model steps, forwards or backwards. ``"open"``: the
@@ -43,9 +43,11 @@ class BorderedGridworld(TensorEnv):
     Args:
         num_envs: copies ``N``.
         device: torch device.
-        height, width: interior size (each >= 2).
-        start, goal: interior ``(row, col)`` in full-grid coordinates (rows ``1..height``, cols ``1..width``);
-            ``None`` for the defaults bottom-left / top-right.
+        height: interior rows (>= 2).
+        width: interior columns (>= 2).
+        start: interior ``(row, col)`` in full-grid coordinates (rows ``1..height``, cols ``1..width``);
+            ``None`` for the default bottom-left.
+        goal: interior ``(row, col)`` like ``start``; ``None`` for the default top-right.
         step_reward: reward of every step, the last one included (default ``-1``).
         max_episode_steps: time limit (default 100).
     """

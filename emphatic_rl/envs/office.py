@@ -1,4 +1,4 @@
-"""The image-based gridworld of the J23 experiments ("Virtual Office", ``specs/ace.md`` section 3.6), batched.
+"""The image-based gridworld of the J23 experiments ("Virtual Office", Graves et al. 2023), batched.
 
 A native re-implementation of the authors' ``gym-virtual-office`` environment (a MiniGrid env); MiniGrid is not
 needed. Registered as ``make_env("virtual-office")`` and ``gymnasium.make("emphatic_rl/VirtualOffice-v0")``.
@@ -61,8 +61,8 @@ probabilities: ``env.behaviour_probabilities`` (option ``behaviour_probabilities
 
 - ``"notebook"`` (.2, .45, .3, .05), the default: the authors' notebook value. On this layout an episode ends in
   the top major / top minor / bottom minor / bottom major goal with probability .094 / .161 / .274 / .468 (time-out
-  .003; exact finite-horizon absorbing-chain values), i.e. top / bottom .256 / .744 of the goal visits. ``ace.md``
-  quotes .362 / .638 from the notebook; that figure is not reproduced by the layout as coded (nor by the older
+  .003; exact finite-horizon absorbing-chain values), i.e. top / bottom .256 / .744 of the goal visits. The
+  authors quote .362 / .638 from the notebook; that figure is not reproduced by the layout as coded (nor by the older
   two-goal version, .254), and its origin is unknown;
 - ``"script"`` (.2, .3, .3, .2), the default of the authors' sweep script;
 - ``"vo4"`` (.235, .3, .265, .2), noted "everything learns";
@@ -137,7 +137,8 @@ START_FACING = 1  # east
 ACTION_NAMES: tuple[str, ...] = ("north", "east", "south", "west")
 #: ``(dx, dy)`` of actions / facings 0 N, 1 E, 2 S, 3 W.
 ACTION_OFFSETS: tuple[tuple[int, int], ...] = ((0, -1), (1, 0), (0, 1), (-1, 0))
-#: Candidate behaviour policies over (N, E, S, W) (``specs/ace.md`` section 3.6); the first is the default.
+#: Candidate behaviour policies over (N, E, S, W) (the authors' script and notebooks; docs/environments.md); the first
+#: is the default.
 BEHAVIOUR_CANDIDATES: dict[str, tuple[float, float, float, float]] = {
     "notebook": (0.2, 0.45, 0.3, 0.05),
     "script": (0.2, 0.3, 0.3, 0.2),

@@ -1,4 +1,4 @@
-"""Puddle World, batched, as in the ACE experiments (the ``pw.py`` version; see ``specs/ace.md`` section 3.5).
+"""Puddle World, batched, as in the ACE experiments (the authors' ``pw.py`` version; see docs/environments.md).
 
 The agent moves in the unit square towards the top-right corner while avoiding two capsule-shaped puddles.
 
@@ -58,7 +58,8 @@ def distance_to_segment(points: torch.Tensor, start: torch.Tensor, end: torch.Te
 
     Args:
         points: ``[N, 2]``.
-        start, end: ``[2]`` (or broadcastable to ``[..., 2]``), the segment's end points (``start != end``).
+        start: ``[2]`` (or broadcastable to ``[..., 2]``), the segment's first end point.
+        end: the segment's other end point, same shape (``start != end``).
 
     Returns:
         ``[N]``: distance to the nearest point of the segment (the projection clamped to the segment).
@@ -210,9 +211,9 @@ GAUSSIAN_PUDDLES: tuple[tuple[float, float, float, float], ...] = (
 
 @register_env("puddle-world-gaussian")
 class GaussianPuddleWorld(TensorEnv):
-    """The *earlier* Puddle World of the ACE code base: ``gym_puddle``'s ``PuddleWorld-v0`` (ace.md §3.5).
+    """The *earlier* Puddle World of the ACE code base: ``gym_puddle``'s ``PuddleWorld-v0``.
 
-    ace.md §3.5 says the ACE repository's earlier sweeps used this environment (EhsanEI/gym-puddle, version
+    The ACE repository's earlier sweeps used this environment (EhsanEI/gym-puddle, version
     ``1aa537f``) and that which of the two J23's Puddle World figures come from cannot be confirmed; it is here so
     that both can be run with the same agents. The rules, written from that version's description:
 

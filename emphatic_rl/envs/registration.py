@@ -12,6 +12,7 @@ Gymnasium id                            native env                 time limit
 ``emphatic_rl/PuddleWorld-v0``          ``puddle-world``           1000
 ``emphatic_rl/PuddleWorldGaussian-v0``  ``puddle-world-gaussian``  1000
 ``emphatic_rl/BorderedGridworld-v0``    ``bordered-gridworld``     100
+``emphatic_rl/Catcher-v0``              ``catcher``                1000
 ======================================  =========================  ==========
 
 and the modules of the other envs add ``emphatic_rl/VirtualOffice-v0``, ``emphatic_rl/MinAtar-<Game>-v0/v1`` and
@@ -46,7 +47,8 @@ from gymnasium import spaces
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
-import emphatic_rl.envs.classic  # noqa: F401  (registers the native names used below)
+import emphatic_rl.envs.catcher  # noqa: F401  (registers the native names used below)
+import emphatic_rl.envs.classic  # noqa: F401
 import emphatic_rl.envs.gridworld  # noqa: F401
 import emphatic_rl.envs.puddle_world  # noqa: F401
 from emphatic_rl.envs.base import DiscreteSpec, Spec, TensorEnv
@@ -388,3 +390,4 @@ register_gymnasium_env("emphatic_rl/Pendulum-v1", "pendulum")
 register_gymnasium_env("emphatic_rl/PuddleWorld-v0", "puddle-world")
 register_gymnasium_env("emphatic_rl/PuddleWorldGaussian-v0", "puddle-world-gaussian")
 register_gymnasium_env("emphatic_rl/BorderedGridworld-v0", "bordered-gridworld")
+register_gymnasium_env("emphatic_rl/Catcher-v0", "catcher")

@@ -80,3 +80,21 @@ def make_env(name: str, num_envs: int = 1, device: torch.device | str = "cpu", *
             f"unknown option(s) {', '.join(unknown)} for env {name!r}; allowed: {', '.join(sorted(allowed)) or 'none'}"
         )
     return entry.factory(num_envs=num_envs, device=device, **options)
+
+
+def check_env_option_types(name: str, options: dict[str, Any], where: str = "env") -> None:
+    """One ``ConfigError`` for an option whose value does not match the annotation of the env constructor's
+    parameter (``env.<option> must be ..., got ...``); names that are not registered envs are left alone."""
+    import typing
+
+    from emphatic_rl.config import check_typed_options
+
+    entry = ENV_REGISTRY.get(name)
+    if entry is None:
+        return
+    target = entry.factory.__init__ if inspect.isclass(entry.factory) else entry.factory
+    try:
+        annotations = typing.get_type_hints(target)
+    except Exception:  # unresolvable annotations: leave the values to the constructor's own checks
+        return
+    check_typed_options(annotations, options, where, entry.options())

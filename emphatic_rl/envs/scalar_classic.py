@@ -1,11 +1,11 @@
 """One copy of a classic-control task in plain Python floats: the fast path of the single-env Gymnasium wrapper.
 
-At ``num_envs = 1`` a batched torch env pays torch's per-operation overhead (a few microseconds per op, dozens of
-ops per step) for four numbers of state. These classes step one copy with Python's ``math`` on ``float`` (IEEE
-double, the same as the batched env's float64 tensors), in the same expression order as
-:mod:`emphatic_rl.envs.classic` (itself Gymnasium's order), so that from the same state and action they give the
-same next state, reward and termination as the batched env. ``tests/envs/test_scalar_classic.py`` checks this step
-for step against the batched env, resets included.
+At ``num_envs = 1`` a batched torch env pays torch's per-operation overhead (a few microseconds per op, dozens of ops
+per step) for four numbers of state. These classes step one copy with Python's ``math`` on ``float`` (IEEE double, the
+same as the batched env's float64 tensors), in the same expression order as :mod:`emphatic_rl.envs.classic` (itself
+Gymnasium's order), so that from the same state and action they give the same next state, reward and termination as the
+batched env. ``tests/envs/test_gymnasium_citizenship.py`` checks this step for step against the batched env, resets
+included.
 
 Start states come from the batched env itself: each scalar env holds a one-copy batched env ``native`` and takes
 its start states from ``native.reset(seed)``, so a scalar env and a batched env with ``num_envs=1`` seeded alike

@@ -5,14 +5,14 @@ The description (:class:`TabularMDP`) is a plain dataclass of float64 tensors; t
 
 How termination is represented
 ------------------------------
-The MDP is written in the *unified* (White 2017) form used by ACE (ace.md §1): a transition-dependent discount
-``gamma[s, a, s']`` and a transition tensor ``P[s, a, s']`` whose rows **sum to 1 over real states**. A
-transition with ``gamma[s, a, s'] == 0`` is a **terminal transition**: the episode ends there and ``s'`` is
-the first state of the next episode (the restart). So ``P`` describes the whole behaviour process, episodic
-restarts included, and the stationary distribution ``d_mu`` of ``sum_a mu(a|s) P[s, a, s']`` is the one the
-objective uses. An episodic task puts its restart distribution in the rows of its terminal transitions
-(usually ``d0``), e.g. "s1 --a0--> terminal" becomes ``P[s1, a0, :] = d0`` with ``gamma[s1, a0, :] = 0``. The
-``d0`` field is the distribution of the very first state of a stream (and of a reset after a time-out).
+The MDP is written in the *unified* (White 2017) form used by ACE (docs/algorithms/actor-critic.md): a
+transition-dependent discount ``gamma[s, a, s']`` and a transition tensor ``P[s, a, s']`` whose rows **sum to 1 over
+real states**. A transition with ``gamma[s, a, s'] == 0`` is a **terminal transition**: the episode ends there and
+``s'`` is the first state of the next episode (the restart). So ``P`` describes the whole behaviour process, episodic
+restarts included, and the stationary distribution ``d_mu`` of ``sum_a mu(a|s) P[s, a, s']`` is the one the objective
+uses. An episodic task puts its restart distribution in the rows of its terminal transitions (usually ``d0``), e.g. "s1
+--a0--> terminal" becomes ``P[s1, a0, :] = d0`` with ``gamma[s1, a0, :] = 0``. The ``d0`` field is the distribution of
+the very first state of a stream (and of a reset after a time-out).
 
 As a ``TensorEnv``, a terminal transition reports ``terminated = True``; ``final_obs`` is the observation of
 the (featureless) terminal state, a zero vector, and ``obs`` is the restart state ``s'`` drawn from ``P``.
@@ -64,8 +64,7 @@ class TabularMDP:
         name: a short label.
 
     Raises:
-        ValueError: on any shape mismatch, rows of ``P``/``mu``/``pi`` not summing to 1, negative
-        probabilities,
+        ValueError: on any shape mismatch, rows of ``P``/``mu``/``pi`` not summing to 1, negative probabilities,
             discounts outside ``[0, 1]`` or negative interest (one message naming the field).
     """
 
@@ -184,8 +183,7 @@ class TabularEnv(TensorEnv):
         observation: what ``obs`` holds: ``"actor"`` (actor features, ``float32[N, d_a]``, the default),
             ``"critic"`` (``float32[N, d_c]``) or ``"state"`` (one-hot state, ``float32[N, S]``). The terminal
             state observes as zeros.
-        max_episode_steps: optional time limit (reported as ``truncated``; the next state is drawn from
-        ``d0``).
+        max_episode_steps: optional time limit (reported as ``truncated``; the next state is drawn from ``d0``).
 
     The current state indices are ``env.state: int64[N]``; ``env.last_discount: float32[N]`` is the discount
     ``gamma(S_t, A_t, S_{t+1})`` of the last transition, for tasks whose discount is not just "0 at
@@ -318,7 +316,7 @@ class TabularGymEnv(gymnasium.Env):
 class ContinuousActionMDP:
     """A finite-state MDP with one real action per step, described by differentiable float64 functions.
 
-    Used by the DPG counterexample (ace.md §3.3) and by the exact lab's deterministic / Gaussian policies.
+    Used by the DPG counterexample (Imani et al. 2018) and by the exact lab's deterministic / Gaussian policies.
 
     Fields (``S`` states):
         next_state_probs: ``f(action: float64[S, K]) -> [S, K, S]``, ``Pr(s' | s, a)`` for action ``action[s,

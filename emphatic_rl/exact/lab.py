@@ -2,7 +2,7 @@
 
 For a tabular MDP (:class:`~emphatic_rl.envs.tabular.TabularMDP`, linear softmax policy) or a finite-state MDP
 with one real action (:class:`~emphatic_rl.envs.tabular.ContinuousActionMDP`, linear deterministic or Gaussian
-policy), the lab computes (notation of ace.md §1):
+policy), the lab computes (notation of docs/algorithms/actor-critic.md):
 
 - ``d_mu``: the stationary distribution of the behaviour process, episodic restarts included (the MDP's ``P``
 rows
@@ -11,7 +11,7 @@ rows
 
   * ``"uniform"``: ``i_t = i(S_t)`` (the MDP's ``interest`` field, ones by default), so ``d_i = d_mu * i``
     (the excursions objective);
-  * ``"episodic"``: ``i_t = 1`` exactly when ``gamma_t = 0`` (ace.md §1, [R run_ace.py]), i.e. when ``S_t`` is
+  * ``"episodic"``: ``i_t = 1`` exactly when ``gamma_t = 0`` (as in the authors' ``run_ace.py``), i.e. when ``S_t`` is
   the
     first state of an episode. In the stationary behaviour process
     ``d_i(s') = P(S_t = s', t is an episode start) = sum_{s, a} d_mu(s) mu(a|s) P(s'|s, a) [gamma(s, a, s') =
@@ -32,7 +32,7 @@ Estimators (the expectation under the stationary behaviour process of the per-st
 - ``ace``: ``E[rho_t M_t delta_t grad ln pi]`` with ``M_t = (1 - eta) i_t + eta F_t``; weighting ``m_eta``;
 - ``ace-direct``: ACE with the learned emphasis ``fhat(x) = phi^T x`` (critic features) at the fixed point of
 its
-  backward-TD update (ace.md §2.3): ``X^T (D - P_{pi,gamma}^T D) X phi = X^T d_i``; weighting
+  backward-TD update (Graves et al. 2023): ``X^T (D - P_{pi,gamma}^T D) X phi = X^T d_i``; weighting
   ``(1 - eta) d_i + eta d_mu * fhat``;
 - ``all-actions``: ``E[M_t sum_a grad pi(a|S_t) q(S_t, a)]``, weighting ``m_eta``;
 - ``dpg`` / ``emphatic-dpg`` (deterministic policies): ``sum_s w(s) grad_u pi(s) grad_a q(s, a)|_{a = pi(s)}``
@@ -272,7 +272,7 @@ class Lab:
         return gradient
 
     def emphatic_weighting(self, theta: Any, eta: float = 1.0) -> torch.Tensor:
-        """``m_eta [S] = eta m + (1 - eta) d_i`` with ``m = (I - P_{pi,gamma}^T)^{-1} d_i`` (ace.md §1)."""
+        """``m_eta [S] = eta m + (1 - eta) d_i`` with ``m = (I - P_{pi,gamma}^T)^{-1} d_i`` (Imani et al. 2018)."""
         theta = self.check_theta(theta).detach()
         P_pg, _ = self.policy_transition(theta)
         eye = torch.eye(self.num_states, dtype=DTYPE)
@@ -285,7 +285,7 @@ class Lab:
         return torch.where(self.d_mu > 0, m / self.d_mu.clamp_min(1e-300), torch.full_like(m, float("nan")))
 
     def learned_emphasis(self, theta: Any) -> torch.Tensor:
-        """The fixed point ``fhat [S]`` of ACE-direct's linear emphasis on the critic features (ace.md §2.3).
+        """The fixed point ``fhat [S]`` of ACE-direct's linear emphasis on the critic features (Graves et al. 2023).
 
         Solves ``X^T (D - P_{pi,gamma}^T D) X phi = X^T d_i`` (the expected backward-TD update is zero); with
         tabular features ``fhat = m / d_mu``.
@@ -507,7 +507,7 @@ class DiscreteLab(Lab):
         Needs aggregation actor features (every row one-hot): states with the same active feature share one
         action, giving ``A^G`` deterministic group policies (softmax policies approach them as ``|theta| ->
         inf``). Corners under which some episode never ends (a ``gamma = 1`` loop, so ``I - P_{pi,gamma}`` is
-        singular) are skipped. For the N18 counterexamples this is the J* of ace.md §3 (1.25 on the
+        singular) are skipped. For the N18 counterexamples this is the J* of docs/environments.md (1.25 on the
         three-state one).
 
         Returns:

@@ -7,8 +7,8 @@ runs.
   expected update. This is how to test a new estimator for bias.
 - :func:`run_sampled_ace` is the lab's reference *sampled estimator* runner: many independent ACE learners
   (linear softmax actor, sampled follow-on trace, oracle critic ``v_pi`` solved exactly every step), batched
-  over runs and ``eta`` values as tensors, in the exact order of ace.md §2.1. It reproduces the N18 figure-1
-  protocol (ace.md §4.1).
+  over runs and ``eta`` values as tensors, in the exact order of the authors' code. It reproduces the N18 figure-1
+  protocol (docs/protocols.md).
 
 Both use the true critic (``v_pi``, ``q_pi`` of the current policy), as the N18 oracle-critic scripts do. The
 sampled equations (``F_t``, ``M_t``, ``rho_t M_t delta_t``) are those of ``emphatic_rl.emphatic``, defined there once.
@@ -265,8 +265,8 @@ def run_sampled_ace(
     max_steps: int | None = None,
     theta0: torch.Tensor | None = None,
 ) -> SampledRunsResult:
-    """Sampled ACE with an oracle critic, ``len(etas) * runs`` learners batched as tensors (ace.md §2.1,
-    §4.1).
+    """Sampled ACE with an oracle critic, ``len(etas) * runs`` learners batched as tensors (Imani et al.
+    2018, Fig. 1 protocol).
 
     Each learner has its own behaviour stream and follows, every step:
     ``rho_t = pi(A_t|S_t) / mu(A_t|S_t)``, ``F_t = i_t + gamma_t rho_{t-1} F_{t-1}``,

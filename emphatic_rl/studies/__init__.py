@@ -9,8 +9,9 @@ without ``.toml``, with ``-`` for ``_``::
     emphatic-rl train --config dpg-pendulum                                    # a train config
     python -m emphatic_rl.dyna_study dyna-gridworld                            # the Dyna study program
 
-Three kinds: ``sweep`` (a study of variants x grid x runs, for ``emphatic-rl sweep``), ``train`` (one run's
-config, for ``emphatic-rl train --config``) and ``dyna`` (for ``python -m emphatic_rl.dyna_study``).
+Four kinds: ``sweep`` (a study of variants x grid x runs, for ``emphatic-rl sweep``), ``train`` (one run's
+config, for ``emphatic-rl train --config``), ``dyna`` (for ``python -m emphatic_rl.dyna_study``) and ``dyna-fa`` (for
+``python -m emphatic_rl.dyna_fa_study``).
 
 This module imports nothing heavy (``tomllib`` only).
 """
@@ -31,6 +32,7 @@ _RUN_WITH = {
     "sweep": "emphatic-rl sweep {name}",
     "train": "emphatic-rl train --config {name}",
     "dyna": "python -m emphatic_rl.dyna_study {name}",
+    "dyna-fa": "python -m emphatic_rl.dyna_fa_study {name}",
 }
 
 
@@ -50,11 +52,11 @@ class StudyInfo:
 
 
 def study_kind(data: dict) -> str:
-    """``"sweep"``, ``"dyna"`` or ``"train"`` for a parsed study TOML."""
+    """``"sweep"``, ``"dyna"``, ``"dyna-fa"`` or ``"train"`` for a parsed study TOML."""
     if "variants" in data:
         return "sweep"
     if "study" in data:
-        return "dyna"
+        return "dyna-fa" if "doses" in data["study"] else "dyna"
     return "train"
 
 

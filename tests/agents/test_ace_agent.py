@@ -39,7 +39,8 @@ def step(agent, state, action, reward, next_state, terminated=False, truncated=F
 
 
 def test_per_step_order_by_hand():
-    """ace.md §2.1 on two one-hot states, mu = (0.25, 0.75), TD(0) critic, alphas 0.5, gamma 0.9, eta 1."""
+    """The per-step order of docs/algorithms/actor-critic.md on two one-hot states, mu = (0.25, 0.75), TD(0) critic,
+    alphas 0.5, gamma 0.9, eta 1."""
     agent = one_hot_agent()
     # t = 0: gamma_0 = 0 (stream start), pi = (.5, .5), rho_0 = .5/.75 = 2/3, F_0 = i = 1, M = 1,
     # delta = 1 + .9 * 0 - 0 = 1; w(s0) = .5 * 1 * rho = 1/3; theta[:, s0] += .5 * rho * 1 * 1 * (e_1 - pi)

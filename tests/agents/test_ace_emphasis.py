@@ -1,4 +1,5 @@
-"""Emphasis estimators against the exact emphatic weighting m / d_mu on an episodic tabular MDP (ace.md §5.2-5.3).
+"""Emphasis estimators against the exact emphatic weighting m / d_mu on an episodic tabular MDP (Imani et al. 2018;
+Graves et al. 2023).
 
 The target policy is held fixed (uniform: theta = 0 and a vanishing actor step), the behaviour is not uniform, and
 episodes end by termination. With ``P_N`` the transitions among non-terminal states:

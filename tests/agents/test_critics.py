@@ -1,4 +1,5 @@
-"""Linear critics (ace.md §2.5) against their exact fixed points on a small random MDP, and on Baird's star.
+"""Linear critics (docs/algorithms/critics.md) against their exact fixed points on a small random MDP, and on Baird's
+star.
 
 Ground truth is computed here in float64 from the MDP: with ``D = diag(d_mu)``, ``P_pi``, ``r_pi``, features ``X``:
 

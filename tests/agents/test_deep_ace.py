@@ -12,6 +12,7 @@ from emphatic_rl.agents.deep_ace import DeepACE, DeepACEOptions, DeepOffPACOptio
 from emphatic_rl.agents.registry import AgentContext, get_agent_entry, make_agent
 from emphatic_rl.buffers import TrajectoryBuffer
 from emphatic_rl.buffers.trajectory import TransitionBatch
+from emphatic_rl.checkpoints import load_checkpoint
 from emphatic_rl.config import TrainConfig
 from emphatic_rl.envs.base import BoxSpec, DiscreteSpec
 from emphatic_rl.train import train
@@ -125,7 +126,7 @@ def test_rho_clip_bounds_the_actor_and_critic_ratio():
 
 @pytest.mark.parametrize("normalize", [False, True])
 def test_emphasis_target_and_loss_are_the_backward_td_of_ace_md(normalize):
-    """target = i_{t+1} + gamma_{t+1} rho_t fhat_target(x_t) (ace.md §2.3), regressed at x_{t+1}; no update at a
+    """target = i_{t+1} + gamma_{t+1} rho_t fhat_target(x_t) (Graves et al. 2023), regressed at x_{t+1}; no update at a
     terminal x_{t+1}; fhat(S_0) regressed to i_0 at episode starts."""
     agent = _linear_agent(eta=1.0, normalize_emphasis=normalize, emphasis_rho_clip=1.5)
     batch, episode_start, behaviour_prob = _batch()
@@ -244,8 +245,8 @@ def test_resume_through_the_loop_is_bit_identical(tmp_path, behaviour):
     full = train(config, tmp_path / "full")
     train(TrainConfig(**{**config.to_dict(), "steps": 20}), tmp_path / "resumed")
     resumed = train(config, tmp_path / "resumed", resume=True)
-    a = torch.load(tmp_path / "full" / "checkpoint.pt", weights_only=False)["agent"]
-    b = torch.load(tmp_path / "resumed" / "checkpoint.pt", weights_only=False)["agent"]
+    a = load_checkpoint(tmp_path / "full" / "checkpoint.pt")["agent"]
+    b = load_checkpoint(tmp_path / "resumed" / "checkpoint.pt")["agent"]
     assert a.keys() == b.keys()
     for name in ("policy", "critic", "critic_target", "emphasis", "emphasis_target"):
         assert all(torch.equal(a[name][k], b[name][k]) for k in a[name]), name

@@ -14,6 +14,7 @@ from emphatic_rl.agents.action_boxes import clipped_gaussian_log_prob
 from emphatic_rl.agents.deep_gaussian import GaussianACE, GaussianACEOptions
 from emphatic_rl.agents.registry import AgentContext
 from emphatic_rl.buffers.trajectory import TransitionBatch
+from emphatic_rl.checkpoints import load_checkpoint
 from emphatic_rl.config import TrainConfig
 from emphatic_rl.envs.base import BoxSpec, DiscreteSpec
 from emphatic_rl.train import train
@@ -220,8 +221,8 @@ def test_resume_through_the_loop_is_bit_identical(tmp_path):
     full = train(_config(40), tmp_path / "full")
     train(_config(20), tmp_path / "resumed")
     resumed = train(_config(40), tmp_path / "resumed", resume=True)
-    a = torch.load(tmp_path / "full" / "checkpoint.pt", weights_only=False)["agent"]
-    b = torch.load(tmp_path / "resumed" / "checkpoint.pt", weights_only=False)["agent"]
+    a = load_checkpoint(tmp_path / "full" / "checkpoint.pt")["agent"]
+    b = load_checkpoint(tmp_path / "resumed" / "checkpoint.pt")["agent"]
     for name in ("policy", "critic", "emphasis", "emphasis_target"):
         assert all(torch.equal(a[name][k], b[name][k]) for k in a[name])
     assert a["gradient_updates"] == b["gradient_updates"] > 0

@@ -12,6 +12,7 @@ from emphatic_rl.agents import AgentContext, load_agents, make_agent
 from emphatic_rl.agents.action_boxes import ActionBox, clipped_gaussian_log_prob
 from emphatic_rl.agents.dpg import BatchedContinuousOracle, LinearDPG, run_sampled_linear_dpg
 from emphatic_rl.buffers import TrajectoryBuffer
+from emphatic_rl.checkpoints import load_checkpoint
 from emphatic_rl.config import TrainConfig
 from emphatic_rl.envs import make_env
 from emphatic_rl.envs.base import BoxSpec, DiscreteSpec
@@ -169,8 +170,8 @@ def test_train_loop_and_resume_are_bit_identical(tmp_path):
     half = TrainConfig(**{**config.to_dict(), "steps": 30})
     train(half, tmp_path / "resumed")
     resumed = train(config, tmp_path / "resumed", resume=True)
-    a = torch.load(tmp_path / "full" / "checkpoint.pt", weights_only=False)["agent"]["actor"]
-    b = torch.load(tmp_path / "resumed" / "checkpoint.pt", weights_only=False)["agent"]["actor"]
+    a = load_checkpoint(tmp_path / "full" / "checkpoint.pt")["agent"]["actor"]
+    b = load_checkpoint(tmp_path / "resumed" / "checkpoint.pt")["agent"]["actor"]
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert torch.equal(full.final_eval_return, resumed.final_eval_return)
 

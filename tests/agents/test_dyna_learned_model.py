@@ -174,7 +174,8 @@ def test_every_variant_plans_with_the_learned_model(variant):
 
 
 def cartpole_region(state: torch.Tensor, terminal: torch.Tensor) -> torch.Tensor:
-    """The CartPole validity region written out by hand (dyna.md §3: beyond the bounds without termination)."""
+    """The CartPole validity region written out by hand (the paper's example for CartPole: beyond the bounds without
+    termination)."""
     x, theta = state[:, 0].abs(), state[:, 2].abs()
     inside = (x <= 2.4) & (theta <= 12 * math.pi / 180)
     near = (x <= 2.6) & (theta <= 12 * math.pi / 180 + 0.2)

@@ -1,5 +1,5 @@
-"""Virtual Office (specs/ace.md section 3.6): layout, dynamics, MiniGrid views written out by hand, aliasing, the
-behaviour's goal frequencies against an exact absorbing-chain computation, checkpointing and bad input."""
+"""Virtual Office (Graves et al. 2023; docs/environments.md): layout, dynamics, MiniGrid views written out by hand,
+aliasing, the behaviour's goal frequencies against an exact absorbing-chain computation, checkpointing and bad input."""
 
 from __future__ import annotations
 

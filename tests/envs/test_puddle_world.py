@@ -1,4 +1,5 @@
-"""Puddle World (specs/ace.md section 3.5): rewards at known points, segment distance, noise, termination.
+"""Puddle World (Graves et al. 2023; docs/environments.md): rewards at known points, segment distance, noise,
+termination.
 
 The env's tests run on both backends (``backend`` fixture: the compiled numba kernel, the CPU default, and the batched
 torch operations), and the two are checked against each other.

@@ -1,4 +1,4 @@
-"""The paper's qualitative outcomes on the counterexamples (ace.md §3, §4.1, §5.4-5.5), and clear errors."""
+"""The paper's qualitative outcomes on the counterexamples (Imani, Graves and White 2018), and clear errors."""
 
 import pytest
 import torch
@@ -56,7 +56,7 @@ def test_three_state_sampled_runs_reduced():
 
 @pytest.mark.slow
 def test_three_state_sampled_runs_n18_protocol():
-    """ace.md §4.1 re-simulation: alpha 0.1, 2000 episodes, 30 runs: OffPAC 0.867, ACE 1.19-1.21."""
+    """The N18 fig. 1 protocol re-simulated: alpha 0.1, 2000 episodes, 30 runs: OffPAC 0.867, ACE 1.19-1.21."""
     lab = DiscreteLab(three_state_counterexample_mdp())
     for seed in (0, 1):
         result = run_sampled_ace(lab, (0.0, 1.0), alpha=0.1, episodes=2000, runs=30, seed=seed)

@@ -187,14 +187,15 @@ class MinAtarEnv(TensorEnv):
     """Base class of the batched MinAtar games (see the module docstring for the protocol).
 
     Args:
-        num_envs: number of copies ``N``. device: torch device. sticky_action_prob: probability in ``[0, 1]``
-        of repeating the previous action (reference default 0.1). difficulty_ramping: ramp up the difficulty
-        as the reference does (default ``True``). minimal_action_set: expose only the game's minimal action
-        set instead of all 6 actions. max_episode_steps: time limit reported as ``truncated``; ``None``
-        (default, as the reference) for none.
+        num_envs: number of copies ``N``.
+        device: torch device.
+        sticky_action_prob: probability in ``[0, 1]`` of repeating the previous action (reference default 0.1).
+        difficulty_ramping: ramp up the difficulty as the reference does (default ``True``).
+        minimal_action_set: expose only the game's minimal action set instead of all 6 actions.
+        max_episode_steps: time limit reported as ``truncated``; ``None`` (default, as the reference) for none.
         check_actions: validate every action against the action set (one device sync per step).
         backend: ``"auto"`` (default: ``"numba"`` on CPU when numba is installed, else ``"torch"``), ``"torch"``
-        (batched torch operations, any device) or ``"numba"`` (compiled per-copy kernels, CPU only).
+            (batched torch operations, any device) or ``"numba"`` (compiled per-copy kernels, CPU only).
     """
 
     game: str = ""

@@ -1,0 +1,463 @@
+"""Hallucinated value beyond the gridworld: the four Dyna variants with a neural Q on CartPole, Catcher, Puddle World.
+
+One command per benchmark::
+
+    python -m emphatic_rl.dyna_fa_study experiments/dyna_fa_cartpole.toml --out experiments/results/dyna-fa/cartpole
+
+Per variant, one batched population holds every condition x seed: the perfect model (``dose = 0``), the perfect
+model with injected error at each ``dose``, the learned model, and the model-free baseline (members that do not
+plan: the same agent, the same real budget). Outputs: ``results.json`` (every number), ``summary.md`` (tables),
+``learning_curves.png`` and ``dose_response.png``.
+
+Metric: *online return*, the mean return of the epsilon-greedy training episodes that end in each window of
+``eval_every`` real steps (a member with no episode ending in a window keeps its previous value; windows before a
+member's first episode end take that first value). *AUC* = the curve averaged over all windows (learning speed);
+*final* = its last 20% of windows. Intervals: 95% Student-t over seeds (independent runs); a difference of two
+conditions gets a Welch-style interval with the smaller sample's degrees of freedom.
+
+Bad input (an unknown key, variant or env, a dose outside ``[0, 1]``, a model kind the env cannot give) ends with
+one line on stderr and exit code 2, before any work.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import sys
+import time
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from emphatic_rl.agents.dyna import VARIANTS
+from emphatic_rl.agents.dyna_fa import DynaFAOptions, make_dyna_fa_for_env
+from emphatic_rl.agents.vector_models import VECTOR_ENVS
+from emphatic_rl.envs import make_env
+from emphatic_rl.stats import mean_ci, t_quantile
+
+BASELINE = "model-free"
+COUNTERS = (
+    "fraction_bootstrap_simulated",
+    "fraction_bootstrap_hallucinated",
+    "fraction_real_toward_simulated",
+    "fraction_real_toward_hallucinated",
+    "fraction_real_via_hallucinated",
+    "fraction_updated_hallucinated",
+    "fraction_model_outputs_hallucinated",
+)
+
+
+@dataclass
+class FAStudyConfig:
+    """The ``[study]`` table of a study TOML (see ``experiments/dyna_fa_*.toml``)."""
+
+    env: str = "cartpole"
+    env_options: dict[str, Any] = field(default_factory=dict)
+    seeds: int = 10
+    steps: int = 3000
+    eval_every: int = 100
+    variants: list[str] = field(default_factory=lambda: list(VARIANTS))
+    doses: list[float] = field(default_factory=lambda: [0.0, 0.05, 0.2, 0.5])
+    learned: bool = True
+    baseline: bool = True
+    planning_steps: int = 5
+    planning_batch: int = 16
+    rollout_length: int = 3
+    learning_rate: float = 1e-3
+    gamma: float = 0.99
+    epsilon: float = 0.1
+    hidden: int = 32
+    replay_batch: int = 32
+    warmup: int = 100
+    target_tau: float = 0.05
+    model_hidden: int = 64
+    model_learning_rate: float = 1e-3
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.env not in VECTOR_ENVS:
+            raise ValueError(
+                f"env {self.env!r} cannot give the perfect and learned models and the hallucination detector this "
+                f"study needs; allowed: {', '.join(VECTOR_ENVS)}"
+            )
+        unknown = [v for v in self.variants if v not in VARIANTS]
+        if unknown or not self.variants:
+            raise ValueError(f"variants must be a non-empty list of {', '.join(VARIANTS)}; got {self.variants!r}")
+        if not self.doses or 0.0 not in [float(d) for d in self.doses]:
+            raise ValueError(f"doses must include 0 (the perfect model); got {self.doses!r}")
+        for dose in self.doses:
+            if not isinstance(dose, (int, float)) or isinstance(dose, bool) or not 0.0 <= dose <= 1.0:
+                raise ValueError(f"each dose must be a number in [0, 1]; got {dose!r}")
+        for key in ("seeds", "steps", "eval_every"):
+            value = getattr(self, key)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{key} must be an integer >= 1, got {value!r}")
+        if self.seeds < 2:
+            raise ValueError(f"seeds must be >= 2 (intervals need two runs), got {self.seeds}")
+        if self.steps < 2 * self.eval_every:
+            raise ValueError(f"steps ({self.steps}) must be at least 2 x eval_every ({self.eval_every})")
+        # The agent's and env's own checks, now: unknown env options, a model kind the env cannot give.
+        env = make_env(self.env, num_envs=1, **self.env_options)
+        make_dyna_fa_for_env(env, self.env, 1, self.agent_options(self.variants[0]))
+
+    def agent_options(self, variant: str) -> DynaFAOptions:
+        return DynaFAOptions(
+            variant=variant,
+            planning_steps=self.planning_steps,
+            planning_batch=self.planning_batch,
+            rollout_length=self.rollout_length,
+            model="perfect",
+            learning_rate=self.learning_rate,
+            gamma=self.gamma,
+            epsilon=self.epsilon,
+            hidden=self.hidden,
+            replay_batch=self.replay_batch,
+            warmup=self.warmup,
+            target_tau=self.target_tau,
+            model_hidden=self.model_hidden,
+            model_learning_rate=self.model_learning_rate,
+        )
+
+    @property
+    def conditions(self) -> list[str]:
+        names = ["perfect" if float(d) == 0 else f"dose {float(d):g}" for d in self.doses]
+        return names + (["learned"] if self.learned else []) + ([BASELINE] if self.baseline else [])
+
+
+def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> FAStudyConfig:
+    """Read the ``[study]`` table of a TOML file, apply ``overrides``; one ``ValueError`` per bad key or value."""
+    with open(path, "rb") as handle:
+        table = tomllib.load(handle).get("study")
+    if not isinstance(table, dict):
+        raise ValueError(f"{path}: no [study] table")
+    table = {**table, **(overrides or {})}
+    allowed = {f.name for f in dataclasses.fields(FAStudyConfig)}
+    unknown = sorted(set(table) - allowed)
+    if unknown:
+        raise ValueError(f"unknown study key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(allowed))}")
+    return FAStudyConfig(**table)
+
+
+def run_population(config: FAStudyConfig, variant: str, seed: int, progress_every: int = 0) -> dict[str, torch.Tensor]:
+    """Train one population of ``variant`` holding every condition x seed (members laid out condition-major).
+
+    Returns ``online_curve [windows, C, seeds]`` and each planning fraction / count as ``[C, seeds]``.
+    """
+    conditions = config.conditions
+    s = config.seeds
+    p = len(conditions) * s
+    dose = torch.zeros(len(conditions))
+    dose[: len(config.doses)] = torch.tensor([float(d) for d in config.doses])
+    use_learned = torch.tensor([c == "learned" for c in conditions])
+    plans = torch.tensor([c != BASELINE for c in conditions])
+    expand = lambda t: t.repeat_interleave(s)  # noqa: E731
+    env = make_env(config.env, num_envs=p, **config.env_options)
+    agent = make_dyna_fa_for_env(
+        env,
+        config.env,
+        p,
+        config.agent_options(variant),
+        seed=seed,
+        dose=expand(dose),
+        use_learned=expand(use_learned),
+        planning_members=expand(plans),
+    )
+    obs = env.reset(seed=seed)
+    running = torch.zeros(p)
+    window_sum, window_count = torch.zeros(p), torch.zeros(p)
+    online = torch.full((p,), float("nan"))
+    curve = []
+    for step in range(1, config.steps + 1):
+        action, _ = agent.act(obs.unsqueeze(1), step)
+        result = env.step(action.view(p))
+        agent.observe(
+            obs.unsqueeze(1),
+            action,
+            result.reward.view(p, 1),
+            result.final_obs.unsqueeze(1),
+            result.terminated.view(p, 1),
+        )
+        running += result.reward
+        done = result.terminated | result.truncated
+        window_sum += torch.where(done, running, torch.zeros_like(running))
+        window_count += done.float()
+        running = torch.where(done, torch.zeros_like(running), running)
+        obs = result.obs
+        if step % config.eval_every == 0:
+            online = torch.where(window_count > 0, window_sum / window_count.clamp(min=1.0), online)
+            window_sum.zero_()
+            window_count.zero_()
+            curve.append(online.clone())
+        if progress_every and step % progress_every == 0:
+            print(f"[dyna-fa-study] {config.env} {variant}: step {step}/{config.steps}", file=sys.stderr, flush=True)
+    online_curve = torch.stack(curve)  # [W, P]
+    # Windows before a member's first finished episode take its first value.
+    first = torch.where(torch.isnan(online_curve), float("inf"), 0.0).argmin(dim=0)  # first finite window
+    first_value = online_curve.gather(0, first.unsqueeze(0)).squeeze(0)
+    online_curve = torch.where(torch.isnan(online_curve), first_value.unsqueeze(0), online_curve)
+    stats = agent.planning_statistics()
+    out = {"online_curve": online_curve.view(-1, len(conditions), s)}
+    for key, value in stats.items():
+        out[key] = value.view(len(conditions), s)
+    return out
+
+
+def run_study(config: FAStudyConfig, progress: bool = True) -> dict[str, dict[str, torch.Tensor]]:
+    runs = {}
+    for index, variant in enumerate(config.variants):
+        started = time.time()
+        runs[variant] = run_population(config, variant, config.seed + 1000 * index, 500 if progress else 0)
+        if progress:
+            members = len(config.conditions) * config.seeds
+            print(
+                f"[dyna-fa-study] {config.env} {variant}: {members} members, {time.time() - started:.0f} s",
+                file=sys.stderr,
+            )
+    return runs
+
+
+def _t(df: int) -> float:
+    """The two-sided 95% Student-t quantile (:func:`emphatic_rl.stats.t_quantile`)."""
+    return float(t_quantile(max(int(df), 1)))
+
+
+def difference_ci(a: torch.Tensor, b: torch.Tensor) -> tuple[float, float]:
+    """``mean(a) - mean(b)`` and a 95% half-width (Welch standard error, ``min(n) - 1`` degrees of freedom)."""
+    se = math.sqrt(float(a.var(unbiased=True)) / a.numel() + float(b.var(unbiased=True)) / b.numel())
+    return float(a.mean() - b.mean()), _t(min(a.numel(), b.numel()) - 1) * se
+
+
+def summarise(config: FAStudyConfig, runs: dict[str, dict[str, torch.Tensor]]) -> dict[str, Any]:
+    """AUC / final online return per (variant, condition), the instruments, and the comparisons of the issue."""
+    conditions = config.conditions
+    windows = next(iter(runs.values()))["online_curve"].shape[0]
+    tail = max(1, windows // 5)
+    table: dict[str, dict[str, Any]] = {}
+    per_seed: dict[tuple[str, str], dict[str, torch.Tensor]] = {}
+    baseline_auc, baseline_final = [], []
+    for variant, run in runs.items():
+        curve = run["online_curve"]
+        for c, condition in enumerate(conditions):
+            auc, final = curve[:, c].mean(0), curve[-tail:, c].mean(0)
+            if condition == BASELINE:
+                baseline_auc.append(auc)
+                baseline_final.append(final)
+                continue
+            per_seed[(variant, condition)] = {"auc": auc, "final": final}
+            row = {"auc": mean_ci(auc), "final": mean_ci(final)}
+            for counter in COUNTERS:
+                row[counter] = mean_ci(run[counter][c])
+            updates = run["planning_updates"][c]
+            row["planning_updates"] = float(updates.sum())
+            row["count_real_toward_simulated"] = float((run["fraction_real_toward_simulated"][c] * updates).sum())
+            row["count_bootstrap_simulated"] = float((run["fraction_bootstrap_simulated"][c] * updates).sum())
+            row["count_real_toward_hallucinated"] = float((run["fraction_real_toward_hallucinated"][c] * updates).sum())
+            table.setdefault(variant, {})[condition] = row
+    out: dict[str, Any] = {"conditions": conditions, "windows": windows, "tail_windows": tail, "table": table}
+    if baseline_auc:
+        b_auc, b_final = torch.cat(baseline_auc), torch.cat(baseline_final)
+        out["baseline"] = {"auc": mean_ci(b_auc), "final": mean_ci(b_final), "runs": int(b_auc.numel())}
+        out["perfect_minus_baseline"] = {
+            v: {
+                "auc": difference_ci(per_seed[(v, "perfect")]["auc"], b_auc),
+                "final": difference_ci(per_seed[(v, "perfect")]["final"], b_final),
+            }
+            for v in runs
+        }
+    # Does multi-step predecessor stay ahead of the others under error, and do the others fall with the dose?
+    error_conditions = [c for c in conditions if c not in ("perfect", BASELINE)]
+    if "multi-step-predecessor" in runs:
+        out["v4_minus_other"] = {
+            c: {
+                v: difference_ci(per_seed[("multi-step-predecessor", c)]["final"], per_seed[(v, c)]["final"])
+                for v in runs
+                if v != "multi-step-predecessor"
+            }
+            for c in error_conditions
+        }
+    out["condition_minus_perfect"] = {
+        v: {c: difference_ci(per_seed[(v, c)]["final"], per_seed[(v, "perfect")]["final"]) for c in error_conditions}
+        for v in runs
+    }
+    return out
+
+
+def _fmt(pair: tuple[float, float], digits: int = 1) -> str:
+    mean, ci = pair
+    return f"{mean:.{digits}f} ± {ci:.{digits}f}"
+
+
+def write_summary(config: FAStudyConfig, summary: dict[str, Any], out: Path, seconds: float) -> None:
+    conditions = [c for c in config.conditions if c != BASELINE]
+    lines = [
+        f"# Dyna with function approximation on {config.env}",
+        "",
+        f"{config.seeds} seeds per cell; {config.steps} real steps; online return (epsilon = {config.epsilon}) in "
+        f"windows of {config.eval_every} steps; final = last {summary['tail_windows']} windows; 95% t-intervals. "
+        f"Adam step size {config.learning_rate}, n = {config.rollout_length}, {config.planning_steps} planning steps "
+        f"x {config.planning_batch} updates per real step, Q-network 2 x {config.hidden}, gamma {config.gamma}. "
+        f"Env options: {config.env_options}. Wall time {seconds:.0f} s.",
+        "",
+    ]
+    if "baseline" in summary:
+        b = summary["baseline"]
+        lines += [
+            f"Model-free baseline ({b['runs']} runs): AUC {_fmt(b['auc'])}, final {_fmt(b['final'])}.",
+            "",
+        ]
+    for metric in ("final", "auc"):
+        lines += [f"## Online return, {metric}", "", "| variant | " + " | ".join(conditions) + " |"]
+        lines.append("|---" * (len(conditions) + 1) + "|")
+        for variant, rows in summary["table"].items():
+            lines.append(f"| {variant} | " + " | ".join(_fmt(rows[c][metric]) for c in conditions) + " |")
+        lines.append("")
+    lines += [
+        "## Instruments (fraction of planning updates; mean ± 95% CI over seeds; counts summed over seeds)",
+        "",
+        "| variant | condition | bootstraps from simulated | real toward simulated (count) | "
+        "real toward hallucinated (count) | updated hallucinated | model outputs hallucinated |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for variant, rows in summary["table"].items():
+        for c in conditions:
+            r = rows[c]
+            lines.append(
+                f"| {variant} | {c} | {_fmt(r['fraction_bootstrap_simulated'], 3)} | "
+                f"{_fmt(r['fraction_real_toward_simulated'], 3)} ({r['count_real_toward_simulated']:.0f}) | "
+                f"{_fmt(r['fraction_real_toward_hallucinated'], 3)} ({r['count_real_toward_hallucinated']:.0f}) | "
+                f"{_fmt(r['fraction_updated_hallucinated'], 3)} | {_fmt(r['fraction_model_outputs_hallucinated'], 3)} |"
+            )
+    lines.append("")
+    if "perfect_minus_baseline" in summary:
+        lines += ["## Perfect model minus model-free (difference, 95% CI)", "", "| variant | AUC | final |"]
+        lines.append("|---|---|---|")
+        for v, d in summary["perfect_minus_baseline"].items():
+            lines.append(f"| {v} | {_fmt(d['auc'])} | {_fmt(d['final'])} |")
+        lines.append("")
+    if "v4_minus_other" in summary:
+        others = [v for v in summary["table"] if v != "multi-step-predecessor"]
+        lines += ["## Multi-step predecessor minus each other variant, final return (95% CI)", ""]
+        lines += ["| condition | " + " | ".join(others) + " |", "|---" * (len(others) + 1) + "|"]
+        for c, d in summary["v4_minus_other"].items():
+            lines.append(f"| {c} | " + " | ".join(_fmt(d[v]) for v in others) + " |")
+        lines.append("")
+    errs = [c for c in conditions if c != "perfect"]
+    lines += ["## Each condition minus the perfect model, final return (95% CI)", ""]
+    lines += ["| variant | " + " | ".join(errs) + " |", "|---" * (len(errs) + 1) + "|"]
+    for v, d in summary["condition_minus_perfect"].items():
+        lines.append(f"| {v} | " + " | ".join(_fmt(d[c]) for c in errs) + " |")
+    lines.append("")
+    _atomic_write(out / "summary.md", "\n".join(lines))
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def plot(config: FAStudyConfig, runs: dict[str, dict[str, torch.Tensor]], summary: dict[str, Any], out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    conditions = config.conditions
+    panels = [c for c in conditions if c != BASELINE]
+    x = torch.arange(1, summary["windows"] + 1) * config.eval_every
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 3.2), sharey=True, squeeze=False)
+    colors = {v: f"C{i}" for i, v in enumerate(VARIANTS)}
+
+    def band(ax, curves, label, color, style="-"):
+        mean = curves.mean(1)
+        n = curves.shape[1]
+        half = _t(n - 1) * curves.std(1, unbiased=True) / math.sqrt(n)
+        ax.plot(x, mean, style, color=color, label=label, lw=1.4)
+        ax.fill_between(x, mean - half, mean + half, color=color, alpha=0.18)
+
+    baseline = None
+    if BASELINE in conditions:
+        b = conditions.index(BASELINE)
+        baseline = torch.cat([run["online_curve"][:, b] for run in runs.values()], dim=1)
+    for ax, condition in zip(axes[0], panels, strict=True):
+        c = conditions.index(condition)
+        for variant, run in runs.items():
+            band(ax, run["online_curve"][:, c], variant, colors[variant])
+        if baseline is not None:
+            band(ax, baseline, BASELINE, "k", "--")
+        ax.set_title(condition)
+        ax.set_xlabel("real steps")
+    axes[0][0].set_ylabel("online return (95% CI)")
+    axes[0][-1].legend(fontsize=7)
+    fig.suptitle(f"Dyna with a neural Q on {config.env}", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(out / "learning_curves.png", dpi=110)
+    plt.close(fig)
+
+    doses = [float(d) for d in config.doses]
+    fig, ax = plt.subplots(figsize=(4.6, 3.4))
+    for variant in runs:
+        rows = summary["table"][variant]
+        names = ["perfect" if d == 0 else f"dose {d:g}" for d in doses]
+        means = [rows[n]["final"][0] for n in names]
+        cis = [rows[n]["final"][1] for n in names]
+        ax.errorbar(doses, means, yerr=cis, marker="o", capsize=3, color=colors[variant], label=variant)
+    if "baseline" in summary:
+        ax.axhline(summary["baseline"]["final"][0], color="k", ls="--", label=BASELINE)
+    ax.set_xlabel("injected dose (probability per model output)")
+    ax.set_ylabel("final online return (95% CI)")
+    ax.set_title(config.env, fontsize=10)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "dose_response.png", dpi=110)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m emphatic_rl.dyna_fa_study", description=__doc__.split("\n")[0])
+    parser.add_argument(
+        "config", help="a shipped study's name (dyna-fa-cartpole, dyna-fa-catcher, dyna-fa-puddle-world) or a TOML file"
+    )
+    parser.add_argument("--out", default="experiments/results/dyna-fa", help="output folder")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a study key, value parsed as TOML (e.g. --set seeds=3 --set 'doses=[0, 0.5]')",
+    )
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    try:
+        overrides = {}
+        for item in args.set:
+            if "=" not in item:
+                raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
+            key, value = item.split("=", 1)
+            overrides[key.strip()] = tomllib.loads(f"v = {value}")["v"]
+        from emphatic_rl.studies import resolve_study
+
+        config = load_config(resolve_study(args.config, kind="dyna-fa"), overrides)
+    except (ValueError, TypeError, OSError, tomllib.TOMLDecodeError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+    runs = run_study(config)
+    summary = summarise(config, runs)
+    seconds = time.time() - started
+    _atomic_write(out / "results.json", json.dumps({"config": dataclasses.asdict(config), **summary}, indent=1))
+    write_summary(config, summary, out, seconds)
+    plot(config, runs, summary, out)
+    print(f"[dyna-fa-study] wrote {out}/summary.md, results.json and figures in {seconds:.0f} s", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

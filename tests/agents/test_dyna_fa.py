@@ -1,0 +1,234 @@
+"""Dyna with function approximation: the invariant, the hallucination detectors, the perfect models, bad input."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from emphatic_rl.agents.dyna import VARIANTS
+from emphatic_rl.agents.dyna_fa import DynaFAOptions, make_dyna_fa_for_env
+from emphatic_rl.agents.vector_models import (
+    SimulatorModel,
+    cartpole_forward,
+    cartpole_inverse,
+    inject_hallucinations,
+    is_reachable,
+)
+from emphatic_rl.dyna_fa_study import main as study_main
+from emphatic_rl.envs import make_env
+from emphatic_rl.envs.catcher import CatcherGeometry
+
+ENVS = ("cartpole", "catcher", "puddle-world")
+
+
+def run(env_name: str, variant: str, steps: int = 40, population: int = 2, **options) -> dict[str, torch.Tensor]:
+    env = make_env(env_name, num_envs=population)
+    opts = DynaFAOptions(
+        variant=variant,
+        planning_steps=2,
+        planning_batch=8,
+        queue_size=32,
+        warmup=8,
+        hidden=8,
+        model_hidden=8,
+        **options,
+    )
+    agent = make_dyna_fa_for_env(env, env_name, population, opts, seed=1)
+    obs = env.reset(seed=1)
+    for step in range(steps):
+        action, _ = agent.act(obs.unsqueeze(1), step)
+        result = env.step(action.view(population))
+        agent.observe(
+            obs.unsqueeze(1),
+            action,
+            result.reward.view(population, 1),
+            result.final_obs.unsqueeze(1),
+            result.terminated.view(population, 1),
+        )
+        obs = result.obs
+    return agent.planning_statistics()
+
+
+@pytest.mark.parametrize("env_name", ENVS)
+def test_invariant_only_multi_step_predecessor_never_bootstraps_a_real_state_from_a_simulated_one(env_name):
+    for variant in VARIANTS:
+        for model, dose in (("perfect", 0.0), ("perfect", 0.3), ("learned", 0.0)):
+            stats = run(env_name, variant, model=model, dose=dose)
+            assert bool((stats["planning_updates"] > 0).all())
+            for key, value in stats.items():
+                if key.startswith("fraction_"):
+                    assert bool(((value >= 0) & (value <= 1)).all()), (key, value)
+            toward = stats["fraction_real_toward_simulated"]
+            if variant == "multi-step-predecessor":
+                assert float(stats["fraction_bootstrap_simulated"].max()) == 0.0
+                assert float(toward.max()) == 0.0, (env_name, model, dose)
+            elif model == "perfect":
+                assert float(toward.min()) > 0.0, (env_name, variant, model, dose)
+            else:  # an early learned model may call every step terminal (then nothing bootstraps) in some members
+                assert float(toward.max()) > 0.0, (env_name, variant, model, dose)
+            if dose > 0 and variant != "one-step-predecessor":
+                # injected error shows in the detector's count of model outputs
+                assert float(stats["fraction_model_outputs_hallucinated"].min()) > 0.0
+            if model == "perfect" and dose == 0.0:
+                assert float(stats["fraction_model_outputs_hallucinated"].max()) == 0.0, (env_name, variant)
+
+
+@pytest.mark.parametrize("env_name", ENVS)
+def test_detector_accepts_every_real_state_and_rejects_every_injected_one(env_name):
+    env = make_env(env_name, num_envs=16)
+    generator = torch.Generator().manual_seed(0)
+    obs = env.reset(seed=0)
+    geometry = getattr(env, "geometry", None)
+    for _ in range(150):
+        result = env.step(torch.randint(env.action_spec.n, (16,), generator=generator))
+        assert bool(is_reachable(env_name, result.final_obs, result.terminated, geometry).all())
+        assert bool(is_reachable(env_name, result.obs, None, geometry).all())
+        obs = result.obs
+    injected, mask = inject_hallucinations(env_name, obs.view(2, 8, -1), torch.ones(2), generator)
+    assert bool(mask.all()) and not bool(is_reachable(env_name, injected, None, geometry).any())
+    same, mask = inject_hallucinations(env_name, obs.view(2, 8, -1), torch.zeros(2), generator)
+    assert not bool(mask.any()) and torch.equal(same, obs.view(2, 8, -1))
+
+
+def test_detector_hand_examples():
+    cartpole = torch.tensor([[2.5, 0.0, 0.0, 0.0], [2.45, 1.0, 0.0, 0.0], [0.0, 0.0, 0.3, 0.0]])
+    terminal = torch.tensor([False, True, False])
+    assert is_reachable("cartpole", cartpole, terminal).tolist() == [False, True, False]
+    puddle = torch.tensor([[0.5, 0.5], [1.02, 0.5], [0.3, -0.01]])
+    assert is_reachable("puddle-world", puddle).tolist() == [True, False, False]
+    g = CatcherGeometry()
+    scale = g.scale()
+    catcher = (
+        torch.tensor(
+            [
+                [20.0, 1.0, 24.0, 30.0, 3.0],  # real
+                [20.0, 1.0, -6.0, 30.0, 3.0],  # fruit off screen (left)
+                [20.0, 13.0, 24.0, 30.0, 3.0],  # faster than the terminal speed
+                [20.0, 1.0, 24.0, -40.0, 3.0],  # higher than any spawn
+            ]
+        )
+        / scale
+    )
+    assert is_reachable("catcher", catcher, geometry=g).tolist() == [True, False, False, False]
+
+
+def test_perfect_models_invert_the_dynamics():
+    generator = torch.Generator().manual_seed(0)
+    # CartPole: exact inverse of the Euler step
+    state = 0.3 * torch.randn(500, 4, generator=generator, dtype=torch.float64)
+    action = torch.randint(2, (500,), generator=generator)
+    assert torch.allclose(cartpole_forward(cartpole_inverse(state, action), action)[0], state, atol=1e-10)
+    # Every env: the forward step of a (valid) sampled predecessor comes back to the queried state.
+    for env_name in ENVS:
+        env = make_env(env_name, num_envs=32)
+        obs = env.reset(seed=2)
+        for _ in range(20):
+            obs = env.step(torch.randint(env.action_spec.n, (32,), generator=generator)).obs
+        model = SimulatorModel(env_name, env)
+        query = obs.view(4, 8, -1)
+        back = model.backward(query, generator)
+        assert bool(back.valid.all())
+        forward = model.forward(back.previous_state, back.action, generator)
+        if env_name == "puddle-world":  # noise: the step lands within a few noise widths of the query
+            assert float((forward.next_state - query).abs().max()) < 0.1
+            expected = -1.0 - env.puddle_penalty(query.reshape(-1, 2)).view(4, 8)  # the reward of entering the query
+            assert torch.allclose(back.reward, expected)
+        elif env_name == "catcher":  # the paddle exactly; the fruit exactly unless it just appeared
+            assert torch.allclose(forward.next_state[..., :2], query[..., :2], atol=1e-4)
+            falling = back.reward == 0
+            assert torch.allclose(forward.next_state[falling][:, 2:], query[falling][:, 2:], atol=1e-4)
+        else:
+            assert torch.allclose(forward.next_state, query, atol=1e-5)
+
+
+def test_baseline_members_do_not_plan():
+    env = make_env("cartpole", num_envs=4)
+    agent = make_dyna_fa_for_env(
+        env,
+        "cartpole",
+        4,
+        DynaFAOptions(variant="one-step-successor", warmup=4, planning_batch=4, queue_size=8, hidden=8),
+        planning_members=torch.tensor([True, True, False, False]),
+    )
+    obs = env.reset(seed=0)
+    for step in range(12):
+        action, _ = agent.act(obs.unsqueeze(1), step)
+        result = env.step(action.view(4))
+        agent.observe(
+            obs.unsqueeze(1),
+            action,
+            result.reward.view(4, 1),
+            result.final_obs.unsqueeze(1),
+            result.terminated.view(4, 1),
+        )
+        obs = result.obs
+    updates = agent.planning_statistics()["planning_updates"]
+    assert bool((updates[:2] > 0).all()) and bool((updates[2:] == 0).all())
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"variant": "two-step-successor"}, "variant must be one of"),
+        ({"dose": 1.5}, r"dose must be in \[0.0, 1.0\]"),
+        ({"dose": [0.1, -0.2]}, r"dose must be in \[0.0, 1.0\]"),
+        ({"model": "oracle"}, "model must be one of perfect, learned"),
+    ],
+)
+def test_bad_options_one_clear_error(options, message):
+    with pytest.raises(ValueError, match=message):
+        DynaFAOptions(**options)
+
+
+def test_a_model_kind_the_env_cannot_give():
+    with pytest.raises(ValueError, match="needs vector observations"):
+        make_dyna_fa_for_env(make_env("catcher", observation="image"), "catcher", 1, DynaFAOptions())
+    with pytest.raises(ValueError, match="available for cartpole, catcher, puddle-world only"):
+        make_dyna_fa_for_env(make_env("mountain-car"), "mountain-car", 1, DynaFAOptions())
+
+
+@pytest.mark.parametrize(
+    "config, override, message",
+    [
+        ("cartpole", 'variants=["one-step-successor", "sideways"]', "variants must be a non-empty list of"),
+        ("cartpole", "doses=[0.0, 1.5]", "each dose must be a number in [0, 1]"),
+        ("puddle_world", 'env="mountain-car"', "cannot give the perfect and learned models"),
+        ("catcher", 'env_options={ observation = "image" }', "needs vector observations"),
+    ],
+)
+def test_study_bad_input_exits_2_with_one_line(config, override, message, tmp_path, capsys):
+    out = tmp_path / "never"
+    assert study_main([f"experiments/dyna_fa_{config}.toml", "--out", str(out), "--set", override]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and message in err
+    assert not out.exists()
+
+
+def test_study_runs_end_to_end_and_reports_the_instruments(tmp_path):
+    import json
+
+    out = tmp_path / "study"
+    args = ["experiments/dyna_fa_catcher.toml", "--out", str(out)]
+    for override in (
+        "seeds=2",
+        "steps=24",
+        "eval_every=8",
+        "warmup=4",
+        "hidden=8",
+        "model_hidden=8",
+        "planning_batch=4",
+        "doses=[0.0, 0.5]",
+        'variants=["one-step-successor", "multi-step-predecessor"]',
+    ):
+        args += ["--set", override]
+    assert study_main(args) == 0
+    for name in ("summary.md", "results.json", "learning_curves.png", "dose_response.png"):
+        assert (out / name).exists()
+    results = json.loads((out / "results.json").read_text())
+    assert results["conditions"] == ["perfect", "dose 0.5", "learned", "model-free"]
+    table = results["table"]
+    for condition in ("perfect", "dose 0.5", "learned"):
+        assert table["multi-step-predecessor"][condition]["count_real_toward_simulated"] == 0
+        assert table["multi-step-predecessor"][condition]["planning_updates"] > 0
+    assert table["one-step-successor"]["dose 0.5"]["count_real_toward_hallucinated"] > 0
+    assert results["baseline"]["runs"] == 4
