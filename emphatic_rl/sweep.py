@@ -395,13 +395,19 @@ def members_record(study: Study, chunk: Chunk) -> dict[str, Any]:
     }
 
 
-def run_study(study: Study, out_dir: str | Path, progress: bool = False, log=print) -> list[Path]:
-    """Validate every variant, then train each chunk (skipping finished ones, resuming unfinished ones)."""
+def run_study(study: Study, out_dir: str | Path, progress: bool = False, log=print,
+              only: list[str] | None = None, record: bool = True) -> list[Path]:
+    """Validate every variant, then train each chunk (skipping finished ones, resuming unfinished ones).
+
+    ``only``: train (and validate) only the chunks with these folders (``Chunk.folder``; default all); ``record``:
+    write ``sweep.json`` (checked against the folder's earlier record either way). A distributed backend
+    (``emphatic_rl.sweep_ray``) writes the record once (``only=[]``) and trains each chunk in a task
+    (``only=[folder], record=False``)."""
     from emphatic_rl.checkpoints import atomic_write_bytes
     from emphatic_rl.runner import Excursions
     from emphatic_rl.train import CHECKPOINT_NAME, build_run, prepare_out_dir, train
 
-    chunks = plan_study(study)
+    chunks = [chunk for chunk in plan_study(study) if only is None or chunk.folder in only]
     validate_study(chunks)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -416,7 +422,8 @@ def run_study(study: Study, out_dir: str | Path, progress: bool = False, log=pri
     }
     previous = out / SWEEP_NAME
     resolved = check_study_unchanged(previous, resolved)
-    atomic_write_bytes(previous, json.dumps(resolved, indent=2).encode())
+    if record:
+        atomic_write_bytes(previous, json.dumps(resolved, indent=2).encode())
     folders = []
     for chunk in chunks:
         folder = out / chunk.folder
@@ -671,11 +678,23 @@ def add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
         default=True,
         help="a progress bar per population run (default: on; --no-progress turns them off)",
     )
+    parser.add_argument("--backend", choices=("local", "ray"), default="local",
+                        help="local: population runs one after another here; ray: each a Ray task (pip install "
+                        "'emphatic-rl[ray]'; --out on a filesystem every node sees)")
+    parser.add_argument("--address", help="--backend ray: the cluster (ray://HOST:10001, HOST:6379 or auto); default "
+                        "a local Ray instance on this machine's CPUs")
+    parser.add_argument("--cpus-per-task", type=int, default=1, metavar="N",
+                        help="--backend ray: CPUs (and torch/numba threads) per population run (default 1)")
 
 
 def run_sweep(args: argparse.Namespace) -> int:
     """The ``sweep`` command. Returns the exit code (2 for a user mistake, before any work)."""
+    ray_backend = getattr(args, "backend", "local") == "ray"
     try:
+        if ray_backend or getattr(args, "address", None) is not None:
+            from emphatic_rl.sweep_ray import check_ray_arguments  # imports no Ray
+
+            check_ray_arguments(args)
         study = load_study(args.study, full=args.full, base_overrides=parse_set_arguments(args.set))
         if args.runs is not None:
             study.runs = _check_int(args.runs, "--runs")
@@ -704,7 +723,17 @@ def run_sweep(args: argparse.Namespace) -> int:
             return 2
         return 0
     try:
-        run_study(study, out, progress=args.progress, log=lambda m: print(m, flush=True))
+        if ray_backend:
+            from emphatic_rl.sweep_ray import ChunkFailed, run_study_ray
+
+            try:
+                run_study_ray(study, out, address=args.address, cpus_per_task=args.cpus_per_task,
+                              log=lambda m: print(m, flush=True), imports=getattr(args, "imports", []))
+            except ChunkFailed as error:
+                print(f"emphatic-rl sweep: {error}", file=sys.stderr)
+                return 1
+        else:
+            run_study(study, out, progress=args.progress, log=lambda m: print(m, flush=True))
     except ConfigError as error:
         print(f"emphatic-rl: error: {error}", file=sys.stderr)
         return 2

@@ -630,7 +630,7 @@ class ActorCritic(Agent):
         at one feature the rows of all learners are adjacent, so learners that share a behaviour stream (same
         active features) and sit next to each other in the population (``stream_of`` sorted, as the sweep lays
         members out) read contiguous memory, and a step streams through the state instead of jumping (measured
-        2-3x faster per learner-step at ``P = 3000`` and beyond). Learners with ``lambda > 0`` sweep their whole
+        about 2x faster per learner-step at ``P = 3000`` and ``30000``). Learners with ``lambda > 0`` sweep their whole
         vectors every step, so with any of them (and for GQ) the blocks are learner-major, ``[P, d, A]`` and
         ``[P, d_c, V]``.
         """
