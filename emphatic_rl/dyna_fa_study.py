@@ -434,14 +434,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     try:
-        overrides = {}
-        for item in args.set:
-            if "=" not in item:
-                raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
-            key, value = item.split("=", 1)
-            overrides[key.strip()] = tomllib.loads(f"v = {value}")["v"]
-        from emphatic_rl.studies import resolve_study
+        from emphatic_rl.studies import parse_set_overrides, resolve_study
 
+        overrides = parse_set_overrides(args.set)
         config = load_config(resolve_study(args.config, kind="dyna-fa"), overrides)
     except (ValueError, TypeError, OSError, tomllib.TOMLDecodeError) as error:
         print(f"error: {error}", file=sys.stderr)

@@ -111,3 +111,16 @@ def resolve_study(name_or_path: str | Path, kind: str | None = None) -> Path:
         f"{str(name_or_path)!r} is neither a file nor a shipped {what}; shipped: "
         f"{', '.join(info.name for info in studies)} (see `emphatic-rl list studies`)"
     )
+
+
+def parse_set_overrides(items: list[str]) -> dict:
+    """``--set KEY=VALUE`` items of a study command as ``{key: value}``, each value parsed as TOML (``3``,
+    ``[0, 0.5]``, ``"text"``). Raises ``ValueError`` for an item without ``=`` and ``tomllib.TOMLDecodeError`` for a
+    value that is not TOML."""
+    overrides = {}
+    for item in items:
+        if "=" not in item:
+            raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
+        key, value = item.split("=", 1)
+        overrides[key.strip()] = tomllib.loads(f"v = {value}")["v"]
+    return overrides
