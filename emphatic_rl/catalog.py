@@ -135,19 +135,19 @@ def build_catalog(compatibility: bool = True) -> dict[str, Any]:
 
     envs: dict[str, Any] = {}
     for name in sorted(ENV_REGISTRY):
-        entry = ENV_REGISTRY[name]
-        signature = inspect.signature(entry.factory)
-        defaults = entry.options()
+        env_entry = ENV_REGISTRY[name]
+        signature = inspect.signature(env_entry.factory)
+        defaults = env_entry.options()
         fields = [(key, signature.parameters[key].annotation, defaults[key]) for key in defaults]
 
-        def env_probe(option: str, entry: Any = entry) -> list[str] | None:
+        def env_probe(option: str, entry: Any = env_entry) -> list[str] | None:
             return _probe(lambda: entry.factory(num_envs=1, device="cpu", **{option: _PROBE}))
 
-        probe_env = entry.factory(num_envs=1, device="cpu")
+        probe_env = env_entry.factory(num_envs=1, device="cpu")
         action = probe_env.action_spec
         observation = probe_env.observation_spec
         envs[name] = {
-            "description": _one_line(entry.description),
+            "description": _one_line(env_entry.description),
             "options": _option_rows(fields, env_probe),
             "actions": f"discrete({action.n})" if hasattr(action, "n") else f"box{tuple(action.shape)}",
             "observations": f"{str(observation.dtype).replace('torch.', '')}{list(observation.shape)}",

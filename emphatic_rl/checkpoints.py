@@ -112,7 +112,7 @@ def _fsync_folder(folder: Path) -> None:
 
 def remove_stale_temporaries(folder: str | Path) -> list[Path]:
     """Remove the ``.<name>.*.tmp`` files that a killed write left in ``folder``; returns them."""
-    removed = []
+    removed: list[Path] = []
     folder = Path(folder)
     if not folder.is_dir():
         return removed

@@ -16,7 +16,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from emphatic_rl.config import (
     ConfigError,
@@ -398,7 +398,8 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="`emphatic-rl COMMAND --help` for a command's options; `emphatic-rl list` for agents, envs, studies.",
     )
     parser.register("action", "parsers", _LazySubParsersAction)
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    # the "parsers" action registered above makes add_subparsers build a _LazySubParsersAction
+    commands = cast(_LazySubParsersAction, parser.add_subparsers(dest="command", required=True, metavar="COMMAND"))
     for name, (help_text, builder) in COMMANDS.items():
         commands.add_parser(name, help=help_text, description=help_text[0].upper() + help_text[1:] + ".")
         commands.builders[name] = builder

@@ -85,6 +85,7 @@ class TileCoder(Features):
     """
 
     binary = True
+    num_active: int
 
     def __init__(
         self,
@@ -138,7 +139,8 @@ class TileCoder(Features):
         self.tiling_base = (torch.arange(num_tilings, dtype=torch.int64) * self.tiles_per_tiling).to(
             self.device
         )
-        self._constants: tuple[np.ndarray, ...] | None = None
+        #: the kernel's constant arrays (low, offsets, width, grid, strides, tiling_base), made on the first CPU call
+        self._constants: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = None
 
     def coordinates(self, obs: torch.Tensor) -> torch.Tensor:
         """Tile coordinates ``int64[..., num_tilings, num_dims]`` of ``obs: [..., num_dims]``."""
@@ -161,9 +163,10 @@ class TileCoder(Features):
             flat = obs.detach().to(torch.float32).reshape(-1, self.num_dims).contiguous()
             indices = torch.empty(flat.shape[0], self.num_active, dtype=torch.int64)
             if self._constants is None:
-                self._constants = tuple(
+                low, offsets, width, grid, strides = (
                     t.cpu().contiguous().numpy() for t in (self.low, self.offsets, self.width, self.grid, self.strides)
-                ) + (self.tiling_base.cpu().numpy(),)
+                )
+                self._constants = (low, offsets, width, grid, strides, self.tiling_base.cpu().numpy())
             _tile_indices(flat.numpy(), *self._constants, self.num_features - 1 if self.bias else -1, indices.numpy())
             return indices.view(*obs.shape[:-1], self.num_active)
         return self._torch_indices(obs)

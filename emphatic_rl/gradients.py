@@ -20,6 +20,7 @@ import argparse
 import json
 import math
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -223,6 +224,7 @@ def compute(args: argparse.Namespace, lab: Lab, estimators: list[str]) -> dict[s
             entry["_thetas"] = result.thetas
         if args.samples and name in sampled_estimator_names():
             steps = max(2, math.ceil(args.samples / STREAMS))
+            assert isinstance(lab, DiscreteLab)  # build_lab allows --samples on discrete-action envs only
             mc = monte_carlo_updates(lab, theta, name, args.eta, num_streams=STREAMS, num_steps=steps, seed=args.seed)
             entry["monte_carlo"] = mc.as_dict()
         report["estimators"][name] = entry
@@ -267,11 +269,13 @@ def _plot(path: str, lab: Lab, report: dict[str, Any]) -> None:
     import matplotlib.pyplot as plt
 
     # Two effective parameters: 2-action softmax on 2 features (logit differences), or a 2-d deterministic policy.
-    coords = None
+    coords: Callable[[torch.Tensor], torch.Tensor] | None = None
     if isinstance(lab, DiscreteLab) and lab.theta_shape == (2, 2):
 
-        def coords(theta: torch.Tensor) -> torch.Tensor:
+        def logit_coords(theta: torch.Tensor) -> torch.Tensor:
             return theta[..., 0, :] - theta[..., 1, :]
+
+        coords = logit_coords
 
         def objective_grid(z: torch.Tensor) -> torch.Tensor:
             theta = torch.stack([z, torch.zeros_like(z)], dim=-2)
@@ -280,8 +284,10 @@ def _plot(path: str, lab: Lab, report: dict[str, Any]) -> None:
         axis_labels = ("logit a0 - a1, feature 0", "logit a0 - a1, feature 1")
     elif isinstance(lab, ContinuousLab) and lab.theta_shape == (2,):
 
-        def coords(theta: torch.Tensor) -> torch.Tensor:
+        def theta_coords(theta: torch.Tensor) -> torch.Tensor:
             return theta
+
+        coords = theta_coords
 
         def objective_grid(z: torch.Tensor) -> torch.Tensor:
             flat = z.reshape(-1, 2)

@@ -46,7 +46,7 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
@@ -164,6 +164,16 @@ def atomic_torch_save(obj: Any, path: str | Path) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------- backends
+class _Backend(Protocol):
+    """What the logger asks of an experiment tracker besides TensorBoard and the CSV."""
+
+    def __init__(self, out_dir: Path, resume: bool) -> None: ...
+    def hyperparameters(self, values: dict[str, Any]) -> None: ...
+    def scalars(self, step: int, values: dict[str, float]) -> None: ...
+    def text(self, step: int, tag: str, message: str) -> None: ...
+    def close(self) -> None: ...
+
+
 class _WandbBackend:
     """Weights & Biases: one W&B run per run folder (its id kept in ``wandb_run_id`` so a resume continues it)."""
 
@@ -224,7 +234,7 @@ class _MlflowBackend:
         self._mlflow.end_run()
 
 
-_BACKEND_CLASSES = {"wandb": _WandbBackend, "mlflow": _MlflowBackend}
+_BACKEND_CLASSES: dict[str, type[_Backend]] = {"wandb": _WandbBackend, "mlflow": _MlflowBackend}
 
 
 class Logger:

@@ -377,12 +377,12 @@ def write_report(
     md += ["", "![learning curves of the best settings](curves.png)", "",
            "![sensitivity to the actor step size](sensitivity.png)", ""]
     for baseline, compared in _baseline_groups(options.get("baseline"), list(bests)).items():
-        if bests.get(baseline) is None or not compared:
+        base_best = bests.get(baseline)
+        if base_best is None or not compared:
             continue
         md.append(f"Against `{baseline}` (score = {'AUC' if select == 'auc' else 'final value'}; the 95% intervals "
                   "of the best settings):")
         md.append("")
-        base_best = bests[baseline]
         base_pair = base_best.auc if select == "auc" else base_best.final
         for name in compared:
             best = bests[name]

@@ -269,8 +269,7 @@ def load_study(path: str | Path, full: bool = False, base_overrides: dict[str, A
         bad = [k for k in raw if k not in VARIANT_KEYS]
         if bad:
             raise ConfigError(f"unknown key {bad[0]!r} in variants[{index}]; allowed: {', '.join(VARIANT_KEYS)}")
-        vname = raw.get("name")
-        check_variant_name(vname, f"variants[{index}].name")
+        vname = check_variant_name(raw.get("name"), f"variants[{index}].name")
         if vname in names:
             raise ConfigError(f"variant name {vname!r} is used twice")
         names.add(vname)

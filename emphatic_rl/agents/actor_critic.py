@@ -40,13 +40,21 @@ default True, as the authors' code does); dense features are not divided.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
 
 from emphatic_rl.agents.base import ActionOutput, Agent
-from emphatic_rl.agents.critics import CRITICS, Critic, CriticTransition, GQCritic, OracleCritic, make_critic
+from emphatic_rl.agents.critics import (
+    CRITICS,
+    Critic,
+    CriticTransition,
+    GQCritic,
+    OracleCritic,
+    TDCCritic,
+    make_critic,
+)
 from emphatic_rl.agents.emphasis import FollowonTrace, IdealTrace, LearnedEmphasis
 from emphatic_rl.agents.policies import LinearSoftmaxPolicy
 from emphatic_rl.emphatic import actor_coefficient, emphatic_weighting
@@ -397,8 +405,9 @@ class ActorCritic(Agent):
         d = features.num_features
         d_critic = critic_features.num_features
         self.policy = LinearSoftmaxPolicy(num_actions, d, P, device=self.device, dtype=dtype)
-        common = dict(num_features=d_critic, population_size=P, device=self.device, dtype=dtype)
+        common: dict[str, Any] = dict(num_features=d_critic, population_size=P, device=self.device, dtype=dtype)
         if critic == "oracle":
+            assert oracle_values is not None  # checked above
             self.critic: Critic = OracleCritic(value_function=oracle_values, **common)
         else:
             kwargs: dict[str, Any] = dict(
@@ -430,7 +439,10 @@ class ActorCritic(Agent):
         )
         self.ideal_trace: IdealTrace | None = None
         if emphasis == "ideal":
-            feature_shape = (features.num_active,) if self.sparse else (d,)
+            feature_shape = (d,)
+            if self.sparse:
+                assert features.num_active is not None  # binary feature maps declare it
+                feature_shape = (features.num_active,)
             self.ideal_trace = IdealTrace(
                 num_streams,
                 self.stream_of,
@@ -521,9 +533,9 @@ class ActorCritic(Agent):
             )
         saved = [t.clone() for t in self._member_tensors()] if self._any_frozen else None
         dtype = self.dtype
-        obs_features, next_features, critic_obs_features, critic_next_features = (
-            None if f is None else self._as_dtype(f)
-            for f in (obs_features, next_features, critic_obs_features, critic_next_features)
+        obs_features, next_features = self._as_dtype(obs_features), self._as_dtype(next_features)
+        critic_obs_features, critic_next_features = (
+            None if f is None else self._as_dtype(f) for f in (critic_obs_features, critic_next_features)
         )
         terminated = terminated.to(torch.bool)
         truncated = truncated.to(torch.bool)
@@ -553,8 +565,10 @@ class ActorCritic(Agent):
         if self.emphasis == "none":
             followon = interest_t
         elif self.emphasis == "followon":
+            assert self.followon_trace is not None  # made for emphasis="followon"
             followon = self.followon_trace.step(interest_t, gamma_t, rho_t)
         elif self.emphasis == "learned":
+            assert self.learned_emphasis is not None  # made for emphasis="learned"
             followon = self.learned_emphasis.step(
                 c_t,
                 c_tp1,
@@ -568,6 +582,7 @@ class ActorCritic(Agent):
                 stream_start=self.stream_start[streams],
             )
         else:
+            assert self.ideal_trace is not None  # made for emphasis="ideal"
             followon = self.ideal_trace.step(
                 self.policy,
                 interest_t,
@@ -649,7 +664,7 @@ class ActorCritic(Agent):
             block = torch.zeros(P, theta.shape[2], theta.shape[1], dtype=dtype, device=self.device)
             block.copy_(theta.permute(0, 2, 1))
             self.policy.theta = block.permute(0, 2, 1)
-        vectors = [] if action_values else [("weights", critic)]
+        vectors: list[tuple[str, Critic | LearnedEmphasis]] = [] if action_values else [("weights", critic)]
         if hasattr(critic, "correction") and not action_values:
             vectors.append(("correction", critic))
         if learned is not None:
@@ -666,7 +681,7 @@ class ActorCritic(Agent):
                 shared[:, :, slot] = getattr(owner, name)
                 setattr(owner, name, shared[:, :, slot])
         empty_rows = np.zeros((P, 0), dtype=np.float64 if dtype == torch.float64 else np.float32)
-        if action_values:  # GQ: q weights, trace and h as one [3, P, A, d_c] block
+        if isinstance(critic, GQCritic):  # GQ: q weights, trace and h as one [3, P, A, d_c] block
             action_block = torch.stack([critic.weights, critic.trace, critic.correction]).contiguous()
             critic.weights, critic.trace, critic.correction = action_block.unbind(0)
         else:
@@ -951,5 +966,5 @@ class ActorCritic(Agent):
             self._state_is_lazy = False
             self._correction_scale.fill_(1.0)  # the loaded h is plain ...
             if self._lazy_correction() and "numba_correction" in state:  # ... unless this backend wrote it
-                self.critic.correction.copy_(state["numba_correction"]["raw"])
+                cast(TDCCritic, self.critic).correction.copy_(state["numba_correction"]["raw"])  # TDRC's h
                 self._correction_scale.copy_(state["numba_correction"]["scale"])

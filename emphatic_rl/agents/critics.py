@@ -327,6 +327,8 @@ class GQCritic(Critic):
         return transition.reward + transition.next_gamma * next_value - q_taken
 
     def update(self, transition: CriticTransition, td_error: torch.Tensor) -> None:
+        if transition.next_policy_probs is None:
+            raise ValueError("GQCritic.update needs next_policy_probs = pi(.|S_{t+1}) in the transition")
         rho = transition.rho
         one_hot = torch.nn.functional.one_hot(transition.action, self.num_actions).to(self.weights.dtype)
         self.trace.mul_((rho * transition.gamma * self.trace_decay)[:, None, None])

@@ -235,7 +235,7 @@ class DeepACE(Agent):
             {"params": list(self.policy.parameters()), "lr": options.actor_learning_rate},
             {"params": list(self.critic.parameters()), "lr": options.critic_learning_rate},
         ]
-        if self.emphasis is not None:
+        if self.emphasis is not None and self.emphasis_target is not None:
             self.emphasis_target.load_state_dict(self.emphasis.state_dict())
             groups.append({"params": list(self.emphasis.parameters()), "lr": options.emphasis_learning_rate})
         self.optimizer = torch.optim.Adam(groups)
@@ -342,7 +342,7 @@ class DeepACE(Agent):
         critic_loss = (0.5 * rho_clipped * (critic_target - value).pow(2)).mean(dim=1)
 
         zeros = torch.zeros(P, device=reward.device)
-        if self.emphasis is not None:
+        if self.emphasis is not None and self.emphasis_target is not None:
             fhat_now = self.emphasis(batch.obs).squeeze(-1)  # [P, B]
             fhat_next = self.emphasis(batch.next_obs).squeeze(-1)
             with torch.no_grad():
@@ -407,7 +407,7 @@ class DeepACE(Agent):
             }
         if env_step % o.target_update_every == 0:
             self.critic_target.load_state_dict(self.critic.state_dict())
-            if self.emphasis is not None:
+            if self.emphasis is not None and self.emphasis_target is not None:
                 self.emphasis_target.load_state_dict(self.emphasis.state_dict())
         if self.acts_in_env:
             epsilon = torch.full((self.population_size,), self.epsilon(env_step), device=self.device)
@@ -441,7 +441,7 @@ class DeepACE(Agent):
             "active": self.active.clone(),
             "gradient_updates": self.gradient_updates,
         }
-        if self.emphasis is not None:
+        if self.emphasis is not None and self.emphasis_target is not None:
             state["emphasis"] = self.emphasis.state_dict()
             state["emphasis_target"] = self.emphasis_target.state_dict()
         return state
@@ -450,7 +450,7 @@ class DeepACE(Agent):
         self.policy.load_state_dict(state["policy"])
         self.critic.load_state_dict(state["critic"])
         self.critic_target.load_state_dict(state["critic_target"])
-        if self.emphasis is not None:
+        if self.emphasis is not None and self.emphasis_target is not None:
             self.emphasis.load_state_dict(state["emphasis"])
             self.emphasis_target.load_state_dict(state["emphasis_target"])
         self.optimizer.load_state_dict(state["optimizer"])

@@ -196,7 +196,7 @@ class GaussianACE(Agent):
             {"params": list(self.policy_net.parameters()), "lr": options.actor_learning_rate},
             {"params": list(self.critic.parameters()), "lr": options.critic_learning_rate},
         ]
-        if self.emphasis is not None:
+        if self.emphasis is not None and self.emphasis_target is not None:
             self.emphasis_target.load_state_dict(self.emphasis.state_dict())
             groups.append({"params": list(self.emphasis.parameters()), "lr": options.emphasis_learning_rate})
         self.optimizer = torch.optim.Adam(groups)
@@ -281,7 +281,7 @@ class GaussianACE(Agent):
             delta = critic_target - value.detach()
         critic_loss = (0.5 * rho_clipped * (critic_target - value).pow(2)).mean(dim=1)
 
-        if self.emphasis is not None:
+        if self.emphasis is not None and self.emphasis_target is not None:
             fhat_now = self.emphasis(batch.obs).squeeze(-1)
             fhat_next = self.emphasis(batch.next_obs).squeeze(-1)
             with torch.no_grad():
@@ -334,7 +334,7 @@ class GaussianACE(Agent):
                 mask_and_clip_member_gradients_(net.parameters(), self.active, self.options.max_grad_norm)
             self.optimizer.step()
             polyak_update_(self.critic_target, self.critic, o.tau)
-            if self.emphasis is not None:
+            if self.emphasis is not None and self.emphasis_target is not None:
                 polyak_update_(self.emphasis_target, self.emphasis, o.tau)
             self.gradient_updates += 1
             metrics = {
@@ -369,8 +369,10 @@ class GaussianACE(Agent):
                     state[key][members] = 0.0
 
     def _networks(self) -> dict[str, nn.Module]:
-        nets = {"policy": self.policy_net, "critic": self.critic, "critic_target": self.critic_target}
-        if self.emphasis is not None:
+        nets: dict[str, nn.Module] = {
+            "policy": self.policy_net, "critic": self.critic, "critic_target": self.critic_target
+        }
+        if self.emphasis is not None and self.emphasis_target is not None:
             nets.update(emphasis=self.emphasis, emphasis_target=self.emphasis_target)
         return nets
 

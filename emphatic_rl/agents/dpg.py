@@ -276,6 +276,7 @@ class DDPG(Agent):
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Backward-TD step of the emphasis network; returns the actor weights ``M_t [P, B]`` and metrics."""
         o = self.options
+        assert self.emphasis_optimizer is not None  # only called with emphasis="learned"
         with torch.no_grad():
             smoothing_std = o.emphasis_target_std * self.box.scale
             target_log_prob = clipped_gaussian_log_prob(self.policy(obs), smoothing_std, action, self.box)
@@ -290,6 +291,7 @@ class DDPG(Agent):
         # squared error, twice learned_emphasis_loss (the scale the learning rate was tuned at).
         squared_error = continuing * (2 * learned_emphasis_loss(prediction, emphasis_target))
         if o.fit_start_state:  # f(S_0) <- i_0 (gamma_0 = 0 at a start, so normalised or not the target is i_0)
+            assert episode_start is not None  # update() checked it
             start = episode_start.to(prediction.dtype)
             start_target = learned_emphasis_start_target(1.0, 0.0, normalize=True)
             start_error = start * (2 * learned_emphasis_loss(self.emphasis_net(obs).squeeze(-1), start_target))
@@ -312,7 +314,7 @@ class DDPG(Agent):
 
     # ------------------------------------------------------------------ divergence and checkpoints
     def _networks(self) -> dict[str, nn.Module]:
-        nets = {
+        nets: dict[str, nn.Module] = {
             "actor": self.actor,
             "actor_target": self.actor_target,
             "critic": self.critic,
@@ -323,7 +325,10 @@ class DDPG(Agent):
         return nets
 
     def _optimizers(self) -> dict[str, torch.optim.Optimizer]:
-        optimizers = {"actor_optimizer": self.actor_optimizer, "critic_optimizer": self.critic_optimizer}
+        optimizers: dict[str, torch.optim.Optimizer] = {
+            "actor_optimizer": self.actor_optimizer,
+            "critic_optimizer": self.critic_optimizer,
+        }
         if self.emphasis_optimizer is not None:
             optimizers["emphasis_optimizer"] = self.emphasis_optimizer
         return optimizers
@@ -499,6 +504,7 @@ class LinearDPG:
             z = (action - policy_action) / std
             smoothed_log_prob = -0.5 * z.square() - std.log() - 0.5 * math.log(2 * math.pi)
             rho = (smoothed_log_prob - behaviour_log_prob).exp()
+            assert self.learned_emphasis is not None  # made for emphasis="learned"
             followon = self.learned_emphasis.step(
                 features, next_features, interest, next_interest, gamma, next_gamma, rho,
                 episode_start=gamma == 0, next_is_boundary=next_gamma == 0,

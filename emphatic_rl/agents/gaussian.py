@@ -71,9 +71,9 @@ def run_sampled_gaussian_ace(
         raise ValueError("run_sampled_gaussian_ace needs a ContinuousLab with policy='gaussian'")
     if not alpha > 0:
         raise ValueError(f"alpha must be positive, got {alpha!r}")
-    for eta in etas:
-        if not 0.0 <= eta <= 1.0:
-            raise ValueError(f"eta must be in [0, 1], got {eta!r}")
+    for eta_value in etas:
+        if not 0.0 <= eta_value <= 1.0:
+            raise ValueError(f"eta must be in [0, 1], got {eta_value!r}")
     E, R = len(etas), runs
     N = E * R
     mdp, oracle, X = lab.mdp, BatchedContinuousOracle(lab), lab.features

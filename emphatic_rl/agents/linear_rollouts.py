@@ -82,7 +82,7 @@ _MASK64 = (1 << 64) - 1
 
 #: Constructor arguments of each supported env that the kernel reproduces. An env class that grows another option
 #: (noise, another reward...) is not run by the kernel until that option is added here and to the kernel.
-_KNOWN_OPTIONS = {
+_KNOWN_OPTIONS: dict[type, set[str]] = {
     MountainCar: {"self", "num_envs", "device", "max_episode_steps", "check_actions", "goal_velocity"},
     PuddleWorld: {"self", "num_envs", "device", "max_episode_steps", "check_actions"},
 }
@@ -591,7 +591,9 @@ def linear_rollouts(
     state = np.empty((num_members, num_episodes, 2), dtype=np.float64)
     active = np.empty((num_members, num_episodes), dtype=np.int64)
     streams = np.empty((num_members, num_episodes), dtype=np.uint64)
-    threads = max(1, min(int(num_threads or torch.get_num_threads()), numba.config.NUMBA_NUM_THREADS, num_members))
+    # numba.config sets NUMBA_NUM_THREADS at run time (a module global the type checker cannot see)
+    numba_threads: int = numba.config.NUMBA_NUM_THREADS  # type: ignore[attr-defined]
+    threads = max(1, min(int(num_threads or torch.get_num_threads()), numba_threads, num_members))
     args = (spec.kind, spec.params, spec.moves, spec.segments, theta_np, tiles.low, tiles.width, tiles.offsets,
             tiles.grid, tiles.strides, tiles.tiling_base, tiles.bias_index, starts_np, frozen_np,
             np.uint64(rollout_key(seed)), cap, bool(greedy), state, active, streams, returns, lengths,

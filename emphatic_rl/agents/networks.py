@@ -98,7 +98,7 @@ def make_population_network(
     """``PopulationMinAtarNet`` for channel-last images ``[H, W, C]`` (3-d observations), a ``PopulationMLP``
     otherwise."""
     if len(obs_shape) == 3:
-        return PopulationMinAtarNet(population_size, obs_shape, out_dim)  # type: ignore[arg-type]
+        return PopulationMinAtarNet(population_size, obs_shape, out_dim)
     return PopulationMLP(population_size, int(math.prod(obs_shape)), out_dim, hidden)
 
 

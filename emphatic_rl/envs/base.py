@@ -283,6 +283,10 @@ class CompiledBackendMixin:
     """
 
     _backend: str = "torch"
+    # provided by the TensorEnv this class is mixed into
+    num_envs: int
+    device: torch.device
+    action_spec: Spec
 
     @property
     def backend(self) -> str:

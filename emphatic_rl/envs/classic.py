@@ -417,6 +417,7 @@ class Acrobot(ClassicControlEnv):
         theta2: torch.Tensor,
         dtheta1: torch.Tensor,
         dtheta2: torch.Tensor,
+        *,
         torque: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Gymnasium's ``_dsdt`` on ``[N]`` tensors, same expression order (for bit parity)."""
@@ -451,10 +452,10 @@ class Acrobot(ClassicControlEnv):
         y0 = self.state.unbind(1)
         dt = self.DT - 0
         dt2 = dt / 2.0
-        k1 = self._derivatives(*y0, torque)
-        k2 = self._derivatives(*(y + dt2 * k for y, k in zip(y0, k1, strict=True)), torque)
-        k3 = self._derivatives(*(y + dt2 * k for y, k in zip(y0, k2, strict=True)), torque)
-        k4 = self._derivatives(*(y + dt * k for y, k in zip(y0, k3, strict=True)), torque)
+        k1 = self._derivatives(*y0, torque=torque)
+        k2 = self._derivatives(*(y + dt2 * k for y, k in zip(y0, k1, strict=True)), torque=torque)
+        k3 = self._derivatives(*(y + dt2 * k for y, k in zip(y0, k2, strict=True)), torque=torque)
+        k4 = self._derivatives(*(y + dt * k for y, k in zip(y0, k3, strict=True)), torque=torque)
         theta1, theta2, dtheta1, dtheta2 = (
             y + dt / 6.0 * (a + 2 * b + 2 * c + d) for y, a, b, c, d in zip(y0, k1, k2, k3, k4, strict=True)
         )

@@ -17,6 +17,8 @@ drawn from ``d0``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from emphatic_rl.envs.registry import register_env
@@ -233,7 +235,7 @@ def baird_mdp(discount: float = 0.99) -> TabularMDP:
 
 
 #: exact descriptions by CLI name (used by the exact lab and ``emphatic-rl gradients``).
-MDP_BUILDERS = {
+MDP_BUILDERS: dict[str, Callable[..., TabularMDP | ContinuousActionMDP]] = {
     "counterexample-three-state": three_state_counterexample_mdp,
     "counterexample-long": long_counterexample_mdp,
     "counterexample-dpg": dpg_counterexample_mdp,

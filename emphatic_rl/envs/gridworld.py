@@ -74,18 +74,18 @@ class BorderedGridworld(TensorEnv):
         self.grid_rows, self.grid_cols = height + 2, width + 2
         self.num_states = self.grid_rows * self.grid_cols
         self.num_actions = len(ACTION_OFFSETS)
-        start = (height, 1) if start is None else tuple(start)
-        goal = (1, width) if goal is None else tuple(goal)
-        for key, cell in (("start", start), ("goal", goal)):
+        start_cell: tuple[int, ...] = (height, 1) if start is None else tuple(start)
+        goal_cell: tuple[int, ...] = (1, width) if goal is None else tuple(goal)
+        for key, cell in (("start", start_cell), ("goal", goal_cell)):
             if len(cell) != 2 or not (1 <= cell[0] <= height and 1 <= cell[1] <= width):
                 raise ValueError(
                     f"bordered-gridworld: {key} must be an interior (row, col) with row in 1..{height} and col in "
                     f"1..{width}, got {cell!r}"
                 )
-        if start == goal:
-            raise ValueError(f"bordered-gridworld: start and goal must differ, both are {start!r}")
-        self.start_state = self.index_of(*start)
-        self.goal_state = self.index_of(*goal)
+        if start_cell == goal_cell:
+            raise ValueError(f"bordered-gridworld: start and goal must differ, both are {start_cell!r}")
+        self.start_state = self.index_of(*start_cell)
+        self.goal_state = self.index_of(*goal_cell)
         self.step_reward = float(step_reward)
         self.observation_spec = BoxSpec(shape=(), low=0.0, high=float(self.num_states - 1), dtype=torch.int64)
         self.action_spec = DiscreteSpec(self.num_actions)

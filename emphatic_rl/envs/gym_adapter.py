@@ -24,7 +24,7 @@ Checkpointing: Gymnasium envs cannot be snapshotted in general, so ``state_dict`
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal, overload
 
 import gymnasium as gym
 import numpy as np
@@ -65,6 +65,10 @@ def _bounds(array: np.ndarray, name: str) -> float | tuple[float, ...]:
     )
 
 
+@overload
+def spec_from_space(space: spaces.Space, role: Literal["observation"]) -> BoxSpec: ...
+@overload
+def spec_from_space(space: spaces.Space, role: str) -> Spec: ...
 def spec_from_space(space: spaces.Space, role: str) -> Spec:
     """Translate a Gymnasium space (``role``: ``"observation"`` or ``"action"``) into our spec."""
     if isinstance(space, spaces.Discrete):

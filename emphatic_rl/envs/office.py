@@ -231,7 +231,7 @@ def _validate_behaviour(value: str | Sequence[float]) -> tuple[float, float, flo
         or abs(sum(probabilities) - 1.0) > 1e-6
     ):
         raise ValueError(f"virtual-office: behaviour_probabilities must be {allowed}, got {value!r}")
-    return probabilities  # type: ignore[return-value]
+    return probabilities
 
 
 @register_env("virtual-office")

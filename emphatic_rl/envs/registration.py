@@ -38,7 +38,7 @@ Other modules register their envs with :func:`register_gymnasium_env`.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import gymnasium as gym
 import numpy as np
@@ -56,6 +56,7 @@ from emphatic_rl.envs.registry import ENV_REGISTRY, make_env
 from emphatic_rl.envs.rendering import SCALAR_RENDERERS, minatar_frame, render_fps, render_frame, renderable
 
 if TYPE_CHECKING:
+    from emphatic_rl.envs.classic import ClassicControlEnv
     from emphatic_rl.envs.scalar_classic import ScalarClassicEnv
 
 __all__ = ["NativeGymEnv", "NativeVectorEnv", "RENDER_MODES", "register_gymnasium_env", "space_from_spec"]
@@ -153,7 +154,7 @@ class NativeGymEnv(gym.Env):
         from emphatic_rl.envs.scalar_classic import SCALAR_ENVS  # imports numba: only when an env is made
 
         self.scalar: ScalarClassicEnv | None = (
-            SCALAR_ENVS[env_name](self.native_env) if env_name in SCALAR_ENVS else None
+            SCALAR_ENVS[env_name](cast("ClassicControlEnv", self.native_env)) if env_name in SCALAR_ENVS else None
         )
         self.observation_space = space_from_spec(self.native_env.observation_spec)
         self.action_space = space_from_spec(self.native_env.action_spec)
@@ -176,15 +177,19 @@ class NativeGymEnv(gym.Env):
     def set_state(self, *args: Any, **kwargs: Any) -> None:
         """Put the env in a given state: the native env's ``set_state`` (e.g. CartPole's
         ``[x, x_dot, theta, theta_dot]``), kept in step with the scalar copy on the fast path."""
-        self.native_env.set_state(*args, **kwargs)
-        if self.scalar is not None:
-            self.scalar.set_state(self.native_env.state[0].tolist())
+        set_native_state = getattr(self.native_env, "set_state", None)
+        if set_native_state is None:
+            raise TypeError(f"env {self.native_env.name!r} has no set_state: it cannot be put in a given state")
+        set_native_state(*args, **kwargs)
+        if self.scalar is not None:  # the scalar copy's native env is native_env
+            self.scalar.set_state(self.scalar.native.state[0].tolist())
         self._final_frame = None
 
     def _check_action(self, action: Any) -> Any:
         if self._discrete:
             if not self.action_space.contains(action):
-                raise ValueError(f"action {action!r} is outside the action set {{0, ..., {self.action_space.n - 1}}}")
+                n = cast(spaces.Discrete, self.action_space).n
+                raise ValueError(f"action {action!r} is outside the action set {{0, ..., {n - 1}}}")
             return int(action)
         action_array = np.asarray(action, dtype=np.float32)
         if action_array.shape != self.action_space.shape:
@@ -382,7 +387,7 @@ def register_gymnasium_env(
         id=gym_id,
         entry_point="emphatic_rl.envs.registration:NativeGymEnv",
         vector_entry_point="emphatic_rl.envs.registration:NativeVectorEnv",
-        max_episode_steps=max_episode_steps,
+        max_episode_steps=cast("int | None", max_episode_steps),  # the sentinel is replaced above
         kwargs={"env_name": env_name, **options},
     )
 

@@ -88,7 +88,7 @@ class Canvas:
         cross = edges[:, None, None, 0] * (py[None] - pts[:, None, None, 1]) - edges[:, None, None, 1] * (
             px[None] - pts[:, None, None, 0]
         )
-        inside = (cross >= 0).all(axis=0) | (cross <= 0).all(axis=0)
+        inside = np.asarray((cross >= 0).all(axis=0) | (cross <= 0).all(axis=0))  # bool [rows, cols]
         self._paint(box, inside, color)
 
     def rectangle(self, x0: float, y0: float, x1: float, y1: float, color: Sequence[int]) -> None:

@@ -17,7 +17,7 @@ start alike. Between resets ``native`` is not advanced; ``state`` (a list of flo
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -43,7 +43,8 @@ class ScalarClassicEnv:
             ``max_episode_steps`` is ignored: the caller handles time limits).
     """
 
-    native_class: type[ClassicControlEnv] = ClassicControlEnv
+    #: the batched env class of the task (each subclass sets its own)
+    native_class: ClassVar[type[ClassicControlEnv]]
 
     def __init__(self, native: ClassicControlEnv) -> None:
         if not isinstance(native, self.native_class) or native.num_envs != 1:

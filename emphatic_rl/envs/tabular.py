@@ -278,6 +278,7 @@ class TabularGymEnv(gymnasium.Env):
     """
 
     metadata = {"render_modes": []}
+    action_space: gymnasium.spaces.Discrete
 
     def __init__(
         self, mdp: TabularMDP, observation: ObservationKind = "actor", max_episode_steps: int | None = None
@@ -376,7 +377,8 @@ class ContinuousActionEnv(TensorEnv):
     restart).
     """
 
-    has_state_behaviour = True  # current_behaviour_probabilities(): the MDP's mu on the true state
+    # The MDP's behaviour is a Gaussian per state, not action probabilities: ``has_state_behaviour`` stays False
+    # (the agents on this env draw their own actions).
 
     state_names = ("state", "restart_state", "at_terminal")
 
@@ -423,9 +425,10 @@ class ContinuousActionEnv(TensorEnv):
         return rewards.float(), terminated
 
     def current_behaviour_probabilities(self) -> torch.Tensor:
-        """``mu(.|S_t)`` of every copy's current state, ``float32[N, A]`` (the MDP's behaviour policy, which may depend
-        on the true state even where observations are aliased)."""
-        return self._behaviour[self.state]
+        raise NotImplementedError(
+            f"env {self.name!r} has continuous actions: its behaviour is the Gaussian "
+            "N(behaviour_mean[s], behaviour_std[s]^2) of its MDP, not action probabilities"
+        )
 
     def _observe(self) -> torch.Tensor:
         obs = self._features[self.state]

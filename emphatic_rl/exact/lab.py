@@ -222,6 +222,11 @@ class Lab:
     def _expected_update(self, estimator: str, theta: torch.Tensor, eta: float) -> torch.Tensor:
         raise NotImplementedError
 
+    def best_corner_objective(self) -> tuple[float, list[Any]]:
+        """``(J*, the corner policy)``: the best objective over the policy class's corners (``ValueError`` where
+        no corner qualifies)."""
+        raise NotImplementedError
+
     # ------------------------------------------------------------------ input checks
     def check_theta(self, theta: Any) -> torch.Tensor:
         """Return ``theta`` as float64; raise ``ValueError`` if its shape is not ``theta_shape``."""
@@ -400,6 +405,7 @@ class DiscreteLab(Lab):
         )
         self.interest_name = interest if isinstance(interest, str) else "custom"
         self.interest_spec = interest
+        assert mdp.interest is not None  # the MDP's __post_init__ fills the default
         self.interest_weights = interest_weights_from(
             mdp.interest, self.d_mu, self.episode_start_mass, interest
         )
@@ -593,6 +599,7 @@ class ContinuousLab(Lab):
         self.episode_start_mass = torch.einsum("s,st,st->t", self.d_mu, self.behaviour_chain, terminal)
         self.interest_name = interest if isinstance(interest, str) else "custom"
         self.interest_spec = interest
+        assert mdp.interest is not None  # the MDP's __post_init__ fills the default
         self.interest_weights = interest_weights_from(
             mdp.interest, self.d_mu, self.episode_start_mass, interest
         )
@@ -655,6 +662,7 @@ class ContinuousLab(Lab):
         # offpac / ace / ace-direct: E_mu[rho M delta grad ln pi] = sum_s w(s) E_{a~pi}[(q - v) grad ln pi]
         # (importance sampling identity), score function in closed form at the quadrature nodes.
         mean, std = self.split(theta)
+        assert std is not None  # these estimators are the Gaussian policy's (checked at construction)
         actions = mean.unsqueeze(1) + std * self.nodes  # [S, K]
         advantage = self.action_value_at(actions, v) - v.unsqueeze(1)  # [S, K]
         coefficient = weights.unsqueeze(1) * advantage * self.node_weights  # [S, K]

@@ -77,6 +77,7 @@ class _Sampler:
         if isinstance(interest, str):
             if interest not in ("uniform", "episodic"):
                 raise ValueError(f"unknown interest {interest!r}; allowed: uniform, episodic or a tensor [S]")
+            assert mdp.interest is not None  # the MDP's __post_init__ fills the default
             self.interest_kind, self.interest_vector = interest, mdp.interest
         else:
             self.interest_kind, self.interest_vector = "tensor", torch.as_tensor(interest, dtype=DTYPE)

@@ -90,3 +90,13 @@ def test_continuous_action_env_transition_probability():
     assert torch.allclose(result.reward[in_s1], torch.ones(int(in_s1.sum())))
     assert torch.allclose(result.reward[~in_s1], torch.full((int((~in_s1).sum()),), 0.5))
     assert result.terminated.all()
+
+
+def test_continuous_action_env_declares_no_action_probabilities():
+    # its behaviour is a Gaussian per state: declaring has_state_behaviour would hand it to EnvStateBehaviour, which
+    # samples from action probabilities the env does not have
+    env = ContinuousActionEnv(dpg_counterexample_mdp(), num_envs=2)
+    env.reset(seed=0)
+    assert env.has_state_behaviour is False
+    with pytest.raises(NotImplementedError, match="continuous actions"):
+        env.current_behaviour_probabilities()

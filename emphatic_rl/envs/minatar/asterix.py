@@ -54,6 +54,14 @@ class MinAtarAsterix(MinAtarEnv):
         "ramp_index",
     )
 
+    # ``int64[N]`` state set by the loop in ``_allocate_state`` (declared here for the type checker)
+    player_x: torch.Tensor
+    player_y: torch.Tensor
+    spawn_speed: torch.Tensor
+    spawn_timer: torch.Tensor
+    move_speed: torch.Tensor
+    move_timer: torch.Tensor
+
     def _allocate_state(self) -> None:
         n, dev = self.num_envs, self.device
         for name in ("player_x", "player_y", "spawn_speed", "spawn_timer", "move_speed", "move_timer"):

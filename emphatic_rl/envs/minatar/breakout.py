@@ -36,6 +36,14 @@ class MinAtarBreakout(MinAtarEnv):
     kernel_module = "emphatic_rl.envs.minatar.kernels.breakout"
     game_state_names = ("ball_x", "ball_y", "ball_dir", "paddle_x", "last_x", "last_y", "strike", "bricks")
 
+    # ``int64[N]`` state set by the loop in ``_allocate_state`` (declared here for the type checker)
+    ball_x: torch.Tensor
+    ball_y: torch.Tensor
+    ball_dir: torch.Tensor
+    paddle_x: torch.Tensor
+    last_x: torch.Tensor
+    last_y: torch.Tensor
+
     def _allocate_state(self) -> None:
         n, dev = self.num_envs, self.device
         for name in ("ball_x", "ball_y", "ball_dir", "paddle_x", "last_x", "last_y"):

@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import importlib
 from types import ModuleType
-from typing import Protocol
+from typing import Protocol, cast
 
 import numpy as np
 import torch
@@ -341,6 +341,7 @@ class MinAtarEnv(TensorEnv):
     def _setup_kernels(self) -> None:
         """Import the game's kernels and take numpy views of the state tensors (kept for the env's lifetime: the
         numba backend changes the state in place only, so ``state_dict``/``load_state_dict`` see the same memory)."""
+        assert self.kernel_module is not None, "the numba backend is only chosen for games with a kernel module"
         self._kernels: ModuleType = importlib.import_module(self.kernel_module)
         self._kernel_state = tuple(getattr(self, name).numpy() for name in self.game_state_names)
         self._action_set_array = self.action_set.numpy()
@@ -362,4 +363,4 @@ def make_minatar_env(game: str, num_envs: int = 1, device: torch.device | str = 
     if game not in GAMES:
         raise ValueError(f"unknown MinAtar game {game!r}; allowed: {', '.join(GAMES)}")
     name = "minatar-" + game.replace("_", "-")
-    return ENV_REGISTRY[name].factory(num_envs=num_envs, device=device, **options)
+    return cast(MinAtarEnv, ENV_REGISTRY[name].factory(num_envs=num_envs, device=device, **options))

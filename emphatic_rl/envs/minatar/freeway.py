@@ -32,6 +32,11 @@ class MinAtarFreeway(MinAtarEnv):
     game_state_names = ("chicken_y", "move_timer", "terminate_timer", "car_x", "car_timer", "car_speed")
     kernel_module = "emphatic_rl.envs.minatar.kernels.freeway"
 
+    # ``int64[N]`` state set by the loop in ``_allocate_state`` (declared here for the type checker)
+    chicken_y: torch.Tensor
+    move_timer: torch.Tensor
+    terminate_timer: torch.Tensor
+
     def _allocate_state(self) -> None:
         n, dev = self.num_envs, self.device
         for name in ("chicken_y", "move_timer", "terminate_timer"):

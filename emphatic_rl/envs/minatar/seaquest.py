@@ -141,7 +141,19 @@ class MinAtarSeaquest(MinAtarEnv):
 
     game_state_names = scalar_names + tuple(f"{name}_{part}" for name in capacities for part in ("data", "length"))
 
-    def __getattr__(self, name: str):
+    # ``int64[N]`` state set by the loops in ``_allocate_state`` and ``_reset_where_torch`` (declared for mypy)
+    oxygen: torch.Tensor
+    diver_count: torch.Tensor
+    sub_x: torch.Tensor
+    sub_y: torch.Tensor
+    enemy_spawn_speed: torch.Tensor
+    enemy_spawn_timer: torch.Tensor
+    diver_spawn_timer: torch.Tensor
+    move_speed: torch.Tensor
+    ramp_index: torch.Tensor
+    shot_timer: torch.Tensor
+
+    def __getattr__(self, name: str) -> torch.Tensor:
         # ``<list>_data`` / ``<list>_length`` are the SlotList tensors (named for state_dict / load_state_dict)
         lists = self.__dict__.get("lists", {})
         for list_name, slot_list in lists.items():

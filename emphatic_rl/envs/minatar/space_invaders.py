@@ -51,6 +51,13 @@ class MinAtarSpaceInvaders(MinAtarEnv):
         "ramp_index",
     )
 
+    # ``int64[N]`` state set by the loop in ``_allocate_state`` (declared here for the type checker)
+    cannon_x: torch.Tensor
+    alien_dir: torch.Tensor
+    move_interval: torch.Tensor
+    alien_move_timer: torch.Tensor
+    alien_shot_timer: torch.Tensor
+
     def _allocate_state(self) -> None:
         n, dev = self.num_envs, self.device
         for name in ("cannon_x", "alien_dir", "move_interval", "alien_move_timer", "alien_shot_timer"):
