@@ -80,7 +80,7 @@ def curve_labels(curves: Mapping[str, np.ndarray], labels: Mapping[str, str] | N
 
 def plot_band(
     ax: Any,
-    x: np.ndarray,
+    x: np.ndarray | Sequence[float],
     mean: np.ndarray,
     half: np.ndarray | None,
     label: str,

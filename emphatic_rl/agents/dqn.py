@@ -114,7 +114,9 @@ class DQN(Agent):
             _MLPViews(self.q_network, self.flat_parameters) if isinstance(self.q_network, PopulationMLP) else None
         )
         self._target_mlp = (
-            _MLPViews(self.target_network, self.target_flat_parameters) if self._mlp is not None else None
+            _MLPViews(self.target_network, self.target_flat_parameters)
+            if self._mlp is not None and isinstance(self.target_network, PopulationMLP)
+            else None
         )
         self._any_frozen = False
         self.generator = torch.Generator(device=self.device)
@@ -186,7 +188,9 @@ class DQN(Agent):
 
     def _next_value(self, next_obs: torch.Tensor) -> torch.Tensor:
         """``max_a Q_target(s', a)`` (double Q: ``Q_target(s', argmax_a Q(s', a))``), ``[P, B]``."""
-        next_q_target = self._target_mlp.forward(next_obs) if self._mlp is not None else self.target_network(next_obs)
+        next_q_target = (
+            self._target_mlp.forward(next_obs) if self._target_mlp is not None else self.target_network(next_obs)
+        )
         if self.options.double_q:
             next_action = self._q_values(next_obs).argmax(dim=-1, keepdim=True)
             return next_q_target.gather(-1, next_action).squeeze(-1)
@@ -194,8 +198,10 @@ class DQN(Agent):
 
     def _mlp_gradient(self, obs: torch.Tensor, action: torch.Tensor, target: torch.Tensor):
         """Forward, Huber loss and the written-out backward into ``flat_parameters.grad``; ``(loss [P], q [P, B])``."""
+        mlp, grad = self._mlp, self.flat_parameters.grad
+        assert mlp is not None and grad is not None  # an MLP Q-network; the gradient buffer is made in __init__
         with torch.no_grad():
-            q_all, activations = self._mlp.forward(obs, keep=True)
+            q_all, activations = mlp.forward(obs, keep=True)
             index = action.long().unsqueeze(-1)
             q_taken = q_all.gather(-1, index).squeeze(-1)  # [P, B]
             diff = q_taken - target
@@ -204,7 +210,7 @@ class DQN(Agent):
             grad_q = torch.zeros_like(q_all).scatter_(
                 -1, index, diff.clamp_(-1.0, 1.0).div_(diff.shape[1]).unsqueeze(-1)
             )
-            self._mlp.backward(activations, grad_q, self.flat_parameters.grad)
+            mlp.backward(activations, grad_q, grad)
         return member_loss, q_taken
 
     def _autograd_gradient(self, obs: torch.Tensor, action: torch.Tensor, target: torch.Tensor):
@@ -227,10 +233,12 @@ class DQN(Agent):
             self.optimizer.step()
             return
         beta1, beta2 = group["betas"]
+        grad = self.flat_parameters.grad
+        assert grad is not None  # made in __init__, written in place by every update
         state["step"].add_(1)
         torch._fused_adam_(
             [self.flat_parameters],
-            [self.flat_parameters.grad],
+            [grad],
             [state["exp_avg"]],
             [state["exp_avg_sq"]],
             [],
@@ -249,6 +257,7 @@ class DQN(Agent):
     def _clip_member_gradients(self) -> None:
         """Clip each member's gradient norm to ``max_grad_norm`` on its own; frozen members get zero gradients."""
         grad = self.flat_parameters.grad
+        assert grad is not None  # made in __init__, written in place by every update
         norm = torch.linalg.vector_norm(grad, dim=1, keepdim=True)  # [P, 1]
         grad.mul_(norm.add_(1e-6).reciprocal_().mul_(self.options.max_grad_norm).clamp_(max=1.0))
         if self._any_frozen:
@@ -304,7 +313,7 @@ def flatten_member_parameters_(module: nn.Module) -> torch.Tensor:
     return flat
 
 
-def _fused_adam_if_available(device: torch.device) -> dict[str, bool]:
+def _fused_adam_if_available(device: torch.device) -> dict[str, Any]:
     """``fused=True`` (one kernel for the whole update) where this torch has it for ``device``."""
     try:
         probe = torch.zeros(1, 1, device=device)

@@ -411,7 +411,9 @@ class DynaFAAgent(Agent):
             self.replay_filled, (self.population_size, count), generator=self.generator, device=self.device
         )
 
-    def _replay(self, index: torch.Tensor):
+    def _replay(
+        self, index: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(obs [P, B, D], action, reward, next_obs [P, B, D], terminated)`` at ``index [P, B]``."""
         expand = index.unsqueeze(-1).expand(-1, -1, self.obs_dim)
         return (
@@ -461,6 +463,7 @@ class DynaFAAgent(Agent):
     ) -> tuple[VectorForward, torch.Tensor]:
         """The model's step, with injected error, and ``real bool[P, B]`` (the detector's verdict). ``used``: the
         outputs the planning update will read (a rollout past a terminal step is not counted)."""
+        assert self.model is not None  # planning (planning_steps > 0) has a model
         sample = self.model.forward(state, action, self.generator)
         nxt, terminal = sample.next_state, sample.terminal
         if bool((self.dose > 0).any()):
@@ -471,6 +474,7 @@ class DynaFAAgent(Agent):
         return VectorForward(nxt, sample.reward.float(), terminal), real
 
     def _backward(self, state: torch.Tensor, used: torch.Tensor | None = None) -> tuple[VectorBackward, torch.Tensor]:
+        assert self.model is not None  # planning (planning_steps > 0) has a model
         sample = self.model.backward(state, self.generator)
         previous = sample.previous_state
         if bool((self.dose > 0).any()):
@@ -684,7 +688,8 @@ def make_dyna_fa_for_env(
             "(catcher: observation='vector')"
         )
     obs_dim, num_actions = spec.shape[0], int(env.action_spec.n)
-    model, network = None, None
+    model: SimulatorModel | LearnedModel | MixedModel | None = None
+    network = None
     if use_learned is not None and tuple(use_learned.shape) != (population_size,):
         raise ValueError(f"use_learned must be bool[{population_size}], got shape {tuple(use_learned.shape)}")
     mixed = use_learned is not None and bool(use_learned.any()) and not bool(use_learned.all())
@@ -702,9 +707,11 @@ def make_dyna_fa_for_env(
                 seed=seed + 7919,
                 device=env.device,
             )
-            model = LearnedModel(network)
+            learned_model = LearnedModel(network)
+            model = learned_model
             if mixed:
-                model = MixedModel(perfect, model, use_learned)
+                assert perfect is not None and use_learned is not None  # made above for a mixed population
+                model = MixedModel(perfect, learned_model, use_learned)
     return DynaFAAgent(
         env_name,
         obs_dim,

@@ -40,7 +40,7 @@ members' parameters are kept unchanged.
 from __future__ import annotations
 
 import copy
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import torch
 from torch import nn
@@ -96,6 +96,7 @@ class _PopulationModelBase:
     num_actions: int
     forward_net: PopulationMLP
     backward_net: PopulationMLP
+    device: torch.device
 
     def _build_optimizer(self, learning_rate: float) -> None:
         if not (isinstance(learning_rate, (int, float)) and learning_rate > 0):
@@ -290,7 +291,7 @@ class LearnedTabularModel(_PopulationModelBase, ForwardModel, BackwardModel):
                 + (reward_back.gather(2, index).squeeze(2) - reward).square()
                 + bce(terminal_back, terminated, reduction="none")
             ).mean(dim=1)
-        self._optimise(sum(losses.values()))
+        self._optimise(cast(torch.Tensor, sum(losses.values())))  # directions is non-empty: a tensor
         return {key: value.detach() for key, value in losses.items()}
 
     # ------------------------------------------------------------------ sampling (the ForwardModel/BackwardModel API)
@@ -482,7 +483,7 @@ class LearnedVectorModel(_PopulationModelBase):
                 + (reward_back.gather(2, index).squeeze(2) - reward).square()
                 + bce(terminal_back, terminated, reduction="none")
             ).mean(dim=1)
-        self._optimise(sum(losses.values()))
+        self._optimise(cast(torch.Tensor, sum(losses.values())))  # directions is non-empty: a tensor
         return {key: value.detach() for key, value in losses.items()}
 
     def _check_vector_state(self, state: torch.Tensor) -> torch.Tensor:

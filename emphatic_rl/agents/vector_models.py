@@ -258,6 +258,7 @@ class SimulatorModel:
             penalty = self.env.puddle_penalty(nxt.reshape(-1, 2)).reshape(nxt.shape[:-1])
             return VectorForward(nxt, torch.where(terminated, -1.0, -1.0 - penalty), terminated)
         g = self.geometry
+        assert g is not None  # the remaining env is Catcher, whose geometry __init__ keeps
         u = torch.rand(*state.shape[:-1], 2, generator=generator, device=state.device)
         raw, reward, terminated = catcher_step(g, catcher_state_from_obs(g, state), action, u[..., 0], u[..., 1])
         return VectorForward(catcher_observe(g, raw), reward, terminated)
@@ -287,6 +288,7 @@ class SimulatorModel:
             reward = torch.where(terminal, -1.0, -1.0 - penalty)
             return previous, reward.expand(a, *state.shape[:-1]), valid
         g = self.geometry
+        assert g is not None  # the remaining env is Catcher, whose geometry __init__ keeps
         raw = catcher_state_from_obs(g, stacked)
         paddle_x, vel1, fruit_x, fruit_y, lives = raw.unbind(-1)
         dx = torch.tensor([0.0, -1.0, 1.0], device=state.device)[actions] * g.player_speed
