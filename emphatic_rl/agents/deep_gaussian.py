@@ -370,7 +370,9 @@ class GaussianACE(Agent):
 
     def _networks(self) -> dict[str, nn.Module]:
         nets: dict[str, nn.Module] = {
-            "policy": self.policy_net, "critic": self.critic, "critic_target": self.critic_target
+            "policy": self.policy_net,
+            "critic": self.critic,
+            "critic_target": self.critic_target,
         }
         if self.emphasis is not None and self.emphasis_target is not None:
             nets.update(emphasis=self.emphasis, emphasis_target=self.emphasis_target)
