@@ -83,9 +83,9 @@ def run_sampled_gaussian_ace(
         raise ValueError("run_sampled_gaussian_ace needs a ContinuousLab with policy='gaussian'")
     if not alpha > 0:
         raise ValueError(f"alpha must be positive, got {alpha!r}")
-    for eta in etas:
-        if not 0.0 <= eta <= 1.0:
-            raise ValueError(f"eta must be in [0, 1], got {eta!r}")
+    for eta_value in etas:
+        if not 0.0 <= eta_value <= 1.0:
+            raise ValueError(f"eta must be in [0, 1], got {eta_value!r}")
     E, R = len(etas), runs
     N = E * R
     mdp, oracle, X = lab.mdp, BatchedContinuousOracle(lab), lab.features
@@ -266,6 +266,7 @@ class LinearDPG:
             z = (action - policy_action) / std
             smoothed_log_prob = -0.5 * z.square() - std.log() - 0.5 * math.log(2 * math.pi)
             rho = (smoothed_log_prob - behaviour_log_prob).exp()
+            assert self.learned_emphasis is not None  # made for emphasis="learned"
             followon = self.learned_emphasis.step(
                 features, next_features, interest, next_interest, gamma, next_gamma, rho,
                 episode_start=gamma == 0, next_is_boundary=next_gamma == 0,
