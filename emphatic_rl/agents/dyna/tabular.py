@@ -466,8 +466,10 @@ class DynaAgent(Agent):
         probe_generator.manual_seed(0)
         state = torch.zeros(self.population_size, dtype=torch.int64, device=self.device)
         if "successor" in self.variant:
+            assert self.forward_model is not None  # __init__ requires it for the successor variants
             self._check_forward(self.forward_model.sample_forward(state, state, probe_generator), check_range=True)
         else:
+            assert self.backward_model is not None  # __init__ requires it for the predecessor variants
             self._check_backward(self.backward_model.sample_backward(state, probe_generator), check_range=True)
 
     def _check_fields(self, model: Any, sample: tuple, names: tuple[str, ...], check_range: bool) -> None:
@@ -742,6 +744,7 @@ class DynaAgent(Agent):
         discount = torch.ones(self.population_size, device=self.device)
         alive = torch.ones(self.population_size, dtype=torch.bool, device=self.device)
         path_hallucinated = torch.zeros_like(alive)
+        assert self.forward_model is not None  # __init__ requires it for the successor variants
         for k in range(length):
             sample = self._check_forward(self.forward_model.sample_forward(state, action, self.generator))
             if k > 0:  # the state this step starts from lies on the path (the last one is the bootstrap state)
@@ -761,6 +764,7 @@ class DynaAgent(Agent):
 
     def _plan_one_step_predecessor(self) -> None:
         state, state_simulated = self._pop_state()
+        assert self.backward_model is not None  # __init__ requires it for the predecessor variants
         sample = self._check_backward(self.backward_model.sample_backward(state, self.generator))
         bootstraps = ~sample.terminal.bool()
         target = sample.reward.float() + self.gamma * self._max_q(state) * bootstraps.float()
@@ -778,6 +782,7 @@ class DynaAgent(Agent):
         current = real_state
         never_simulated = torch.zeros_like(alive)
         path_hallucinated = torch.zeros_like(alive)  # a chain state between the updated one and s is hallucinated
+        assert self.backward_model is not None  # __init__ requires it for the predecessor variants
         for k in range(self.rollout_length):
             sample = self._check_backward(self.backward_model.sample_backward(current, self.generator))
             if k == 0:
