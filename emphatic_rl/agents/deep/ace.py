@@ -320,7 +320,7 @@ class DeepACE(DeepActorCritic):
             }
         if env_step % o.target_update_every == 0:
             self.critic_target.load_state_dict(self.critic.state_dict())
-            if self.emphasis is not None:
+            if self.emphasis is not None and self.emphasis_target is not None:
                 self.emphasis_target.load_state_dict(self.emphasis.state_dict())
         if self.acts_in_env:
             epsilon = torch.full((self.population_size,), self.epsilon(env_step), device=self.device)
