@@ -14,12 +14,11 @@ terminated, truncated; final observations in a side store ``[K + N, D]`` address
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
-
 import numba
 import numba.core.cpu
 from numba import njit, types
-from numba.extending import intrinsic
+
+from emphatic_rl.intrinsics import intrinsic
 
 #: cached compilation and, where this numba has the (private) option, no reference counting (the kernels allocate
 #: nothing, so they need none, and the atomic increments would cost more than the copies themselves).
@@ -28,24 +27,16 @@ if hasattr(numba.core.cpu.CPUTargetOptions, "_nrt"):
     _OPTIONS["_nrt"] = False
 
 
-if TYPE_CHECKING:
+@intrinsic
+def _pointer(typingctx, address, witness):
+    """The integer ``address`` as a pointer to elements of ``witness``'s dtype (to view caller memory as an array
+    with ``numba.carray`` without a numpy object per call: the caller passes ``tensor.data_ptr()``)."""
+    pointer_type = types.CPointer(witness.dtype)
 
-    def _pointer(address: int, witness: Any) -> Any:
-        """The type checker's view of the intrinsic below (numba's stub keeps the typing-context argument, which
-        numba supplies, in the call signature)."""
+    def codegen(context, builder, signature, args):
+        return builder.inttoptr(args[0], context.get_value_type(pointer_type))
 
-else:
-
-    @intrinsic
-    def _pointer(typingctx, address, witness):
-        """The integer ``address`` as a pointer to elements of ``witness``'s dtype (to view caller memory as an
-        array with ``numba.carray`` without a numpy object per call: the caller passes ``tensor.data_ptr()``)."""
-        pointer_type = types.CPointer(witness.dtype)
-
-        def codegen(context, builder, signature, args):
-            return builder.inttoptr(args[0], context.get_value_type(pointer_type))
-
-        return pointer_type(address, witness), codegen
+    return pointer_type(address, witness), codegen
 
 
 @njit(inline="always", **_OPTIONS)
