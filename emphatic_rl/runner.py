@@ -385,14 +385,27 @@ class LogMetrics(Callback):
 
 class Evaluate(Callback):
     """Every ``every`` steps (``0``: only at the end), ``emphatic_rl.train.evaluate``: sets ``runner.last_eval``
-    (NaN for diverged members) and ``runner.last_evaluation``, and logs ``eval/<name>``."""
+    (NaN for diverged members) and ``runner.last_evaluation``, and logs ``eval/<name>``.
 
-    def __init__(self, every: int) -> None:
+    Args:
+        every: the evaluation period in loop iterations (``0``: only at the run's last step).
+        at_start: also evaluate before the first iteration of a run that starts at step 0 (the untrained
+            policies: a learning curve's first point).
+    """
+
+    def __init__(self, every: int, at_start: bool = False) -> None:
         self.every = every
+        self.at_start = at_start
+
+    def on_start(self, runner: Runner) -> None:
+        if self.at_start and runner.step == 0:
+            self._evaluate(runner)
 
     def on_step(self, runner: Runner) -> None:
-        if not runner.due(self.every):
-            return
+        if runner.due(self.every):
+            self._evaluate(runner)
+
+    def _evaluate(self, runner: Runner) -> None:
         from emphatic_rl.train import evaluate
 
         evaluation = evaluate(runner.run_, runner.step)
