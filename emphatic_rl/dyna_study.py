@@ -183,8 +183,9 @@ class StudyCurves(Callback):
         self.greedy.append(runner.last_eval.clone())
 
 
-def population_config(config: StudyConfig, variant: str, planning_steps: int, p_h: torch.Tensor,
-                      alpha: torch.Tensor, seed: int) -> TrainConfig:
+def population_config(
+    config: StudyConfig, variant: str, planning_steps: int, p_h: torch.Tensor, alpha: torch.Tensor, seed: int
+) -> TrainConfig:
     """The ``TrainConfig`` of one population of the study: agent ``dyna`` with one ``(p_h, alpha)`` per member on
     the Bordered Gridworld, one env copy per member, one greedy evaluation episode per member (``max_episode_steps``
     steps at most: the greedy return of a deterministic env, exact)."""
