@@ -377,5 +377,10 @@ def test_learned_models_train_on_the_last_model_replay_size_transitions_of_the_l
             assert {tuple(row) for row in trained[member].tolist()} <= allowed
     assert "model_forward_loss" in metrics
     with pytest.raises(ValueError, match=r"learned models train from the loop's TrajectoryBuffer; call update"):
-        agent.observe(obs.view(population, 1), torch.zeros(population, 1, dtype=torch.long),
-                      torch.zeros(population, 1), obs.view(population, 1), torch.zeros(population, 1, dtype=torch.bool))
+        agent.observe(
+            obs.view(population, 1),
+            torch.zeros(population, 1, dtype=torch.long),
+            torch.zeros(population, 1),
+            obs.view(population, 1),
+            torch.zeros(population, 1, dtype=torch.bool),
+        )

@@ -75,8 +75,11 @@ def test_envs_declare_their_model_capabilities_and_the_dyna_agent_names_the_miss
     assert not cartpole.has_tabular_dynamics
     with pytest.raises(NotImplementedError, match="declares no tabular dynamics"):
         cartpole.tabular_dynamics()
-    with pytest.raises(ValueError, match=r"a given tabular model \(model='given'\) needs an env that declares "
-                       r"tabular dynamics \(has_tabular_dynamics.*env 'cartpole' does not"):
+    with pytest.raises(
+        ValueError,
+        match=r"a given tabular model \(model='given'\) needs an env that declares "
+        r"tabular dynamics \(has_tabular_dynamics.*env 'cartpole' does not",
+    ):
         given_model_of(cartpole, 0.0, 2)
     with pytest.raises(ValueError, match=r"tabular Dyna \(model='learned'\) needs an env that declares tabular"):
         make_dyna_for_env(cartpole, 2, DynaOptions(model="learned"))
