@@ -264,7 +264,7 @@ class Runner:
                 f"emphatic-rl: env {self.run_.config.env!r} cannot be restored from a checkpoint; resuming with new "
                 "episodes"
             )
-            self.obs = self.env.reset(seed=self.run_.config.seed + self.step)
+            self.obs = self.env.reset(seed=stream_seed(self.run_.config.seed, "resume", index=self.step))
             self.stats.episode_return.zero_()
             self.stats.episode_length.zero_()
 

@@ -6,7 +6,7 @@ evaluation rollouts, the excursions objective's start states, a model's own samp
 shifts the numbers of another, and a resumed run restores each stream from its checkpoint.
 
 The streams (``seed`` is the run seed, ``step`` the loop iteration at which an evaluation happens, ``index`` the
-position of a population in a study):
+position of a population in a study, or the step a run resumes at):
 
 ================== ==================================== ===========================================================
 name               seed                                 used by
@@ -22,6 +22,8 @@ name               seed                                 used by
 ``excursions``     ``evaluation + 12_345`` (mod 2**63)   the excursion rollouts' env at ``step``
 ``population``     ``seed + 1000 * index``              the run seed of a study's ``index``-th population (the Dyna
                                                         studies train one population per variant)
+``resume``         ``seed + index``                     the training env's reset when a run resumes at step ``index``
+                                                        in an env that cannot be restored from a checkpoint
 ================== ==================================== ===========================================================
 
 These values are the library's history (every committed result was produced with them), kept so results stay
@@ -44,7 +46,7 @@ STREAM_OFFSETS: dict[str, int] = {
 #: Offsets of the per-evaluation streams from the evaluation seed ``(seed * 1_000_003 + step) % 2**63``.
 EVALUATION_OFFSETS: dict[str, int] = {"evaluation": 0, "excursions": 12_345}
 #: Per-index streams: ``seed + stride * index``.
-INDEXED_STRIDES: dict[str, int] = {"population": 1000}
+INDEXED_STRIDES: dict[str, int] = {"population": 1000, "resume": 1}
 _MODULUS = 2**63
 
 
