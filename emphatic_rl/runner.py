@@ -338,6 +338,27 @@ def rollout_returns(
     return episode_return.view(population_size, width), episode_length.view(population_size, width)
 
 
+class PolicyFunction:
+    """A hand-written policy as the target policy of one member, for :func:`rollout_returns` with
+    ``population_size=1`` (reference policies, random baselines).
+
+    Args:
+        fn: ``fn(obs [N, *obs_shape], generator) -> action [N, *action_shape]``.
+        generator: the ``torch.Generator`` handed to ``fn`` (``None``: ``fn`` draws nothing).
+    """
+
+    def __init__(
+        self,
+        fn: Callable[[torch.Tensor, torch.Generator | None], torch.Tensor],
+        generator: torch.Generator | None = None,
+    ) -> None:
+        self.fn, self.generator = fn, generator
+
+    def evaluation_action(self, obs: torch.Tensor) -> torch.Tensor:
+        """``obs [1, N, ...]`` -> ``action [1, N, ...]``."""
+        return self.fn(obs[0], self.generator).unsqueeze(0)
+
+
 # ---------------------------------------------------------------------------------------------------- callbacks
 class DivergenceGuard(Callback):
     """Every ``every`` steps, freeze members whose parameters became non-finite (``runner.diverged``)."""

@@ -22,21 +22,10 @@ import torch
 from emphatic_rl.checkpoints import load_checkpoint
 from emphatic_rl.envs import make_env
 from emphatic_rl.features import TileCoder
-from emphatic_rl.runner import rollout_returns
+from emphatic_rl.runner import PolicyFunction, rollout_returns
 
 UP, DOWN, RIGHT, LEFT = range(4)
 ACTION_LETTERS = "UDRL"
-
-
-class _FixedPolicy:
-    """A hand-written policy ``policy(obs [N, 2], generator) -> action [N]`` as the one-member target policy that
-    :func:`emphatic_rl.runner.rollout_returns` runs."""
-
-    def __init__(self, policy: Callable[[torch.Tensor, torch.Generator], torch.Tensor], generator: torch.Generator):
-        self.policy, self.generator = policy, generator
-
-    def evaluation_action(self, obs: torch.Tensor) -> torch.Tensor:  # obs [1, N, 2] -> [1, N]
-        return self.policy(obs[0], self.generator).unsqueeze(0)
 
 
 def mean_return_and_length(
@@ -47,7 +36,7 @@ def mean_return_and_length(
     env = make_env("puddle-world", episodes, max_episode_steps=1000)
     obs = env.reset(seed=seed)
     generator = torch.Generator().manual_seed(seed)
-    returns, lengths = rollout_returns(_FixedPolicy(policy, generator), env, obs, 1, episodes, 1000)
+    returns, lengths = rollout_returns(PolicyFunction(policy, generator), env, obs, 1, episodes, 1000)
     return float(returns.mean()), float(lengths.float().mean())
 
 

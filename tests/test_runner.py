@@ -142,3 +142,16 @@ def test_runner_diverged_members_are_nan_in_evaluation():
     runner.diverged[1] = True
     runner.run(20, [Evaluate(20)])
     assert math.isnan(float(runner.last_eval[1])) and torch.isfinite(runner.last_eval[[0, 2, 3]]).all()
+
+
+def test_rollout_returns_runs_a_hand_written_policy_function():
+    from emphatic_rl.envs.gridworld import BorderedGridworld
+    from emphatic_rl.runner import PolicyFunction, rollout_returns
+
+    env = BorderedGridworld(num_envs=3, height=3, width=3, max_episode_steps=10)
+    right_then_up = PolicyFunction(lambda obs, _: torch.where(obs % env.grid_cols < 3, 1, 0))  # the shortest path
+    returns, lengths = rollout_returns(right_then_up, env, env.reset(seed=0), 1, 3, 10)
+    assert returns.tolist() == [[-4.0] * 3] and lengths.tolist() == [[4] * 3]
+    always_left = PolicyFunction(lambda obs, _: torch.full_like(obs, 3))  # bumps into the wall until truncated
+    returns, lengths = rollout_returns(always_left, env, env.reset(seed=0), 1, 3, 50)
+    assert returns.tolist() == [[-10.0] * 3] and lengths.tolist() == [[10] * 3]
