@@ -38,7 +38,7 @@ from typing import Any
 
 import torch
 
-from emphatic_rl.agents.dyna import PLANNING_COUNTERS, VARIANTS, DynaOptions
+from emphatic_rl.agents.dyna import PLANNING_COUNTERS, VARIANTS, DynaAgent, DynaOptions
 from emphatic_rl.config import TrainConfig
 from emphatic_rl.envs.gridworld import ACTION_OFFSETS, BorderedGridworld
 from emphatic_rl.runner import Callback, Evaluate, Runner
@@ -231,10 +231,11 @@ def run_population(
     ``k * eval_every``), the final ``q [P, S, A]`` and the planning fractions ``[P]``.
     """
     run = build_run(population_config(config, variant, planning_steps, p_h, alpha, seed))
-    curves = StudyCurves(config.eval_every, -float(config.max_episode_steps) * abs(run.env.step_reward))
+    env, agent = run.env, run.agent
+    assert isinstance(env, BorderedGridworld) and isinstance(agent, DynaAgent)
+    curves = StudyCurves(config.eval_every, -float(config.max_episode_steps) * abs(env.step_reward))
     runner = Runner(run)
     runner.run(config.steps, [Evaluate(config.eval_every, at_start=True), curves])
-    agent = run.agent
     return {
         "online_curve": torch.stack(curves.online),
         "greedy_curve": torch.stack(curves.greedy),

@@ -68,7 +68,14 @@ import torch
 
 from emphatic_rl.agents.base import ActionOutput, Agent
 from emphatic_rl.agents.learned_models import LearnedTabularModel
-from emphatic_rl.agents.models import BackwardModel, ForwardModel, TrainableModel, given_model_of, tabular_dynamics_of
+from emphatic_rl.agents.models import (
+    BackwardModel,
+    ForwardModel,
+    GivenTabularModel,
+    TrainableModel,
+    given_model_of,
+    tabular_dynamics_of,
+)
 from emphatic_rl.agents.registry import AgentContext, register_agent
 from emphatic_rl.envs.base import TensorEnv
 from emphatic_rl.seeding import stream_seed
@@ -372,8 +379,10 @@ class DynaAgent(Agent):
         """Learned models (every :class:`~emphatic_rl.agents.models.TrainableModel` among the forward and backward
         models) train from the loop's ``TrajectoryBuffer``: the last ``model_replay_size`` real transitions of each
         member (see :meth:`_train_models`)."""
-        models = {id(m): m for m in (self.forward_model, self.backward_model) if isinstance(m, TrainableModel)}
-        self.learned_models: list[TrainableModel] = list(models.values())
+        self.learned_models: list[TrainableModel] = []
+        for model in (self.forward_model, self.backward_model):
+            if isinstance(model, TrainableModel) and all(model is not known for known in self.learned_models):
+                self.learned_models.append(model)
         #: which learned models the variant plans with, and so trains (an unused direction is not trained).
         self.model_directions = ("forward",) if "successor" in self.variant else ("backward",)
 
@@ -983,7 +992,7 @@ def make_dyna_for_env(
     if options.model == "learned":
         if bool((torch.as_tensor(p_h, dtype=torch.float32) != 0).any()):
             raise ValueError("hallucination_probability (p_h) must be 0 with model='learned' (it is the given model's)")
-        model: ForwardModel | BackwardModel = learned_model_of(env, population_size, options, seed=seed)
+        model: LearnedTabularModel | GivenTabularModel = learned_model_of(env, population_size, options, seed=seed)
     else:
         model = given_model_of(env, p_h, population_size, options.border_physics)
     return DynaAgent(

@@ -30,7 +30,7 @@ from typing import Any, NamedTuple
 
 import torch
 
-from emphatic_rl.envs.base import TensorEnv
+from emphatic_rl.envs.base import TabularDynamics, TensorEnv
 
 
 class ForwardSample(NamedTuple):
@@ -186,7 +186,9 @@ class GivenTabularModel(ForwardModel, BackwardModel):
         return BackwardSample(previous, action, reward, terminal)
 
 
-def tabular_dynamics_of(env: TensorEnv, border_physics: str = "closed", needed_by: str = "a given tabular model"):
+def tabular_dynamics_of(
+    env: TensorEnv, border_physics: str = "closed", needed_by: str = "a given tabular model"
+) -> TabularDynamics:
     """``env.tabular_dynamics(border_physics)`` (:class:`~emphatic_rl.envs.base.TabularDynamics`), or one clear error
     naming ``needed_by`` when the env does not declare the capability (``TensorEnv.has_tabular_dynamics``)."""
     if not (isinstance(env, TensorEnv) and env.has_tabular_dynamics):
