@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from emphatic_rl.runner import Callback, Runner
-from emphatic_rl.sweep import load_study, member_layout, plan_study
+from emphatic_rl.studies.sweep import load_study, member_layout, plan_study
 from emphatic_rl.train import build_run
 
 QUANTILES = (0.5, 0.9, 0.99, 0.999)
@@ -48,7 +48,7 @@ class EmphasisWindows(Callback):
 
     def __init__(self, window: int, chunk: Any, runs: int, lines: list[str]) -> None:
         self.window, self.chunk, self.lines = window, chunk, lines
-        self.setting_of = torch.tensor([c for c, _ in member_layout(len(chunk.settings), runs)])  # emphatic_rl.sweep
+        self.setting_of = torch.tensor([c for c, _ in member_layout(len(chunk.settings), runs)])
         self.values: list[torch.Tensor] = []
 
     def on_start(self, runner: Runner) -> None:

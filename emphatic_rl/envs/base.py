@@ -96,7 +96,7 @@ class StepResult(NamedTuple):
 @dataclass(frozen=True)
 class TabularDynamics:
     """The dynamics of a deterministic tabular env as tables, with ``S`` states and ``A`` actions: what a planner
-    needs for a given model (tabular Dyna, :func:`emphatic_rl.agents.models.given_model_of`). Declared by envs with
+    needs for a given model (tabular Dyna, :func:`emphatic_rl.agents.dyna.models.given_model_of`). Declared by envs with
     ``has_tabular_dynamics`` through :meth:`TensorEnv.tabular_dynamics`.
 
     - ``next_state``: ``int64[S, A]``, the next state of every state and action (extended to unreachable states by

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from emphatic_rl.agents.models import GivenTabularModel, given_model_of, is_real_state, real_state_envs
+from emphatic_rl.agents.dyna.models import GivenTabularModel, given_model_of, is_real_state, real_state_envs
 from emphatic_rl.envs import make_env
 from emphatic_rl.envs.gridworld import BorderedGridworld
 
@@ -58,7 +58,7 @@ def test_puddle_world_and_gridworld_flags():
 
 
 def test_envs_declare_their_model_capabilities_and_the_dyna_agent_names_the_missing_one():
-    from emphatic_rl.agents.dyna import DynaOptions, learned_model_of, make_dyna_for_env
+    from emphatic_rl.agents.dyna.tabular import DynaOptions, learned_model_of, make_dyna_for_env
     from emphatic_rl.agents.registry import AgentContext, make_agent
     from emphatic_rl.envs.base import TabularDynamics
 

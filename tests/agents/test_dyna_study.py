@@ -5,16 +5,21 @@ import json
 import pytest
 import torch
 
-from emphatic_rl.dyna_study import (
+from emphatic_rl.cli import main as cli_main
+from emphatic_rl.envs.gridworld import BorderedGridworld
+from emphatic_rl.studies.dyna import (
     StudyConfig,
     load_config,
-    main,
     population_config,
     run_population,
     run_study,
     summarise,
 )
-from emphatic_rl.envs.gridworld import BorderedGridworld
+
+
+def main(argv):
+    return cli_main(["dyna", *argv])
+
 
 TINY = [
     "--set", "seeds=2",
@@ -105,7 +110,7 @@ def test_a_population_is_a_training_run_on_the_runner_and_keeps_the_study_number
 def test_bad_study_config_is_one_clear_error_before_any_work(override, message, capsys, tmp_path):
     assert main(["experiments/dyna_gridworld.toml", "--out", str(tmp_path / "x"), "--set", override]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: ") and err.count("\n") == 1, err
+    assert err.startswith("emphatic-rl: error: ") and err.count("\n") == 1, err
     assert not (tmp_path / "x").exists()
     with pytest.raises(ValueError, match=message):
         load_config("experiments/dyna_gridworld.toml", {override.split("=")[0]: json.loads(override.split("=")[1])})

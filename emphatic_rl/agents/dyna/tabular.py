@@ -41,8 +41,8 @@ one, which the multi-step predecessor variant can do when the model's hallucinat
 real (for a learned model, how often it hallucinates).
 
 Models. ``model = "given"``: the env's true dynamics with hallucinations injected at rate ``p_h``
-(:func:`emphatic_rl.agents.models.given_model_of`). ``model = "learned"``: a learned neural forward and backward
-model per member (:class:`emphatic_rl.agents.learned_models.LearnedTabularModel`: categorical distributions over
+(:func:`emphatic_rl.agents.dyna.models.given_model_of`). ``model = "learned"``: a learned neural forward and backward
+model per member (:class:`emphatic_rl.agents.dyna.learned_models.LearnedTabularModel`: categorical distributions over
 all cells, the unreachable ring included), trained by ``model_train_steps`` Adam steps per real step on
 ``model_batch`` real transitions per member replayed uniformly from the loop's ``TrajectoryBuffer`` (the last
 ``model_replay_size`` real transitions of each member; ``update(buffer, step)``); only the direction the variant
@@ -67,8 +67,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from emphatic_rl.agents.base import ActionOutput, Agent
-from emphatic_rl.agents.learned_models import LearnedTabularModel
-from emphatic_rl.agents.models import (
+from emphatic_rl.agents.dyna.learned_models import LearnedTabularModel
+from emphatic_rl.agents.dyna.models import (
     BackwardModel,
     ForwardModel,
     GivenTabularModel,
@@ -376,7 +376,7 @@ class DynaAgent(Agent):
 
     # ------------------------------------------------------------------ learned models: training data
     def _build_model_replay(self) -> None:
-        """Learned models (every :class:`~emphatic_rl.agents.models.TrainableModel` among the forward and backward
+        """Learned models (every :class:`~emphatic_rl.agents.dyna.models.TrainableModel` among the forward and backward
         models) train from the loop's ``TrajectoryBuffer``: the last ``model_replay_size`` real transitions of each
         member (see :meth:`_train_models`)."""
         self.learned_models: list[TrainableModel] = []
@@ -1037,7 +1037,7 @@ def make_dyna(context: AgentContext, options: DynaOptions) -> DynaAgent:
     if spec_states != agent.num_states:
         raise ValueError(
             f"agent 'dyna': the run's env has {spec_states} states but the model's env has {agent.num_states}; "
-            "build the agent with emphatic_rl.agents.dyna.make_dyna_for_env(env, ...)"
+            "build the agent with emphatic_rl.agents.dyna.tabular.make_dyna_for_env(env, ...)"
         )
     agent.buffer_capacity = agent.buffer_rows(context.envs_per_member)
     return agent

@@ -230,7 +230,7 @@ def given_model_of(
 
 class TrainableModel(ABC):
     """A model that learns from real transitions: Dyna trains it every real step on transitions replayed from the
-    loop's ``TrajectoryBuffer`` (:class:`emphatic_rl.agents.learned_models.LearnedTabularModel`). A model that is
+    loop's ``TrajectoryBuffer`` (:class:`emphatic_rl.agents.dyna.learned_models.LearnedTabularModel`). A model that is
     not a ``TrainableModel`` is fixed (the given model)."""
 
     @abstractmethod

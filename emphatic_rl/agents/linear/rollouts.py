@@ -560,7 +560,7 @@ def linear_rollouts(
 def unsupported_reason(agent: Any, env: Any, device: torch.device | str) -> str | None:
     """Why the kernel cannot evaluate ``agent`` on ``env`` (``None`` when it can): it needs the CPU, an
     :class:`ActorCritic` whose actor features are a 2-d :class:`TileCoder`, and a supported env."""
-    from emphatic_rl.agents.actor_critic import ActorCritic
+    from emphatic_rl.agents.linear.actor_critic import ActorCritic
 
     if torch.device(device).type != "cpu":
         return f"device {device} is not the CPU"
