@@ -338,6 +338,7 @@ class CompiledBackendMixin:
     # provided by the TensorEnv this class is mixed into
     num_envs: int
     device: torch.device
+    observation_spec: BoxSpec
     action_spec: Spec
 
     @property

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import functools
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import torch
@@ -66,7 +67,9 @@ class BackwardModel(ABC):
         """``state: int64[P]`` -> one simulated predecessor transition of each."""
 
 
-def check_hallucination_probability(value: float | list[float] | torch.Tensor, population_size: int) -> torch.Tensor:
+def check_hallucination_probability(
+    value: float | Sequence[float] | torch.Tensor, population_size: int
+) -> torch.Tensor:
     """``p_h`` as ``float32[P]``: a scalar or one value per member, each in ``[0, 1]`` (one clear error otherwise)."""
     tensor = torch.as_tensor(value, dtype=torch.float32).flatten()
     if tensor.numel() == 1:
@@ -107,7 +110,7 @@ class GivenTabularModel(ForwardModel, BackwardModel):
         reward_table: torch.Tensor,
         terminal_table: torch.Tensor,
         hallucination_states: torch.Tensor,
-        hallucination_probability: float | list[float] | torch.Tensor,
+        hallucination_probability: float | Sequence[float] | torch.Tensor,
         population_size: int,
         terminal_states: torch.Tensor | None = None,
         predecessor_triples: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
@@ -202,7 +205,7 @@ def tabular_dynamics_of(
 
 def given_model_of(
     env: TensorEnv,
-    hallucination_probability: float | list[float] | torch.Tensor,
+    hallucination_probability: float | Sequence[float] | torch.Tensor,
     population_size: int,
     border_physics: str = "closed",
 ) -> GivenTabularModel:

@@ -61,6 +61,7 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -979,7 +980,7 @@ def make_dyna_for_env(
     seed: int = 0,
     step_size: torch.Tensor | None = None,
     epsilon: torch.Tensor | None = None,
-    hallucination_probability: float | list[float] | torch.Tensor | None = None,
+    hallucination_probability: float | Sequence[float] | torch.Tensor | None = None,
 ) -> DynaAgent:
     """A ``DynaAgent`` for an env that declares tabular dynamics (``has_tabular_dynamics``: the
     ``bordered-gridworld``), its model attached: the given model of the env's tables, or a learned one.
