@@ -18,7 +18,8 @@ mean-squared error and no clipping, as CleanRL writes it).
   epsilon-greedy with ``random.random()``, MSE TD loss, Polyak copy with tau = 1), TensorBoard writes left out.
 
 Speed: each round runs the three back to back (order rotating), ``--steps`` env steps each, timed around the training
-call only (construction excluded; ours includes the final one-episode evaluation and checkpoint of ``train``), in
+call only (construction excluded; ours includes the final one-episode evaluation and checkpoint of ``train``), after
+one untimed warm-up run of each loop (1 100 steps: imports, loading compiled kernels, lazy initialisations), in
 wall-clock time and in the process's CPU time (less disturbed on a shared machine); the table gives medians over rounds
 and the median per-round ratios. Single thread (``torch.set_num_threads(1)``; numba and the BLAS its matrix products
 call also get one thread). Ours runs the DQN agent's default ``backend="auto"``, which on the CPU is the compiled
@@ -247,6 +248,9 @@ def speed(steps: int, rounds: int) -> list[str]:
     rates: dict[str, list[float]] = {name: [] for name in RUNNERS}
     cpu_rates: dict[str, list[float]] = {name: [] for name in RUNNERS}
     names = list(RUNNERS)
+    warmup = SETTINGS["learning_starts"] + 100
+    for name in names:  # one untimed short run of each loop first: imports, compiled-kernel caches, lazy inits
+        RUNNERS[name](warmup, warmup // 2, seed=rounds)
     for r in range(rounds):
         order = names[r % len(names) :] + names[: r % len(names)]
         for name in order:

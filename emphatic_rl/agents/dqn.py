@@ -420,7 +420,7 @@ class _KernelPath:
     def act(self, obs: torch.Tensor, epsilon: float) -> ActionOutput:
         agent = self.agent
         P, E = obs.shape[:2]
-        x = _float32_array(obs.reshape(P, E, -1))
+        x = _float32_array(obs, P, E)
         # the same draws, in the same order, as the torch path
         random_action = torch.randint(agent.num_actions, (P, E), generator=agent.generator)
         explore_draw = torch.rand((P, E), generator=agent.generator)
@@ -469,11 +469,11 @@ class _KernelPath:
             state["step"].view(1).numpy(),
             self.active,
             self.sizes,
-            _float32_array(batch.obs.reshape(P, B, -1)),
+            _float32_array(batch.obs, P, B),
             np.ascontiguousarray(batch.action.numpy(), np.int64),
             np.ascontiguousarray(batch.reward.numpy(), np.float32),
             np.ascontiguousarray(batch.terminated.numpy()),
-            _float32_array(batch.next_obs.reshape(P, B, -1)),
+            _float32_array(batch.next_obs, P, B),
             o.gamma,
             o.double_q,
             o.max_grad_norm,
@@ -488,9 +488,11 @@ class _KernelPath:
         return torch.from_numpy(loss), torch.from_numpy(q_mean)
 
 
-def _float32_array(x: torch.Tensor) -> np.ndarray:
-    """A C-contiguous float32 numpy array of a CPU tensor (a view when it already is one)."""
-    return np.ascontiguousarray(x.numpy() if x.dtype == torch.float32 else x.float().numpy())
+def _float32_array(x: torch.Tensor, P: int, rows: int) -> np.ndarray:
+    """``x [P, rows, *shape]`` (a CPU tensor) as a C-contiguous float32 numpy array ``[P, rows, prod(shape)]``, a
+    view where it can be."""
+    array = x.numpy() if x.dtype == torch.float32 else x.float().numpy()
+    return np.ascontiguousarray(array.reshape(P, rows, -1))
 
 
 @register_agent("dqn", DQNOptions, "DQN with a target network, epsilon-greedy behaviour and uniform replay")
