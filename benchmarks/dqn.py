@@ -13,6 +13,8 @@ mean-squared error and no clipping, as CleanRL writes it).
 - **ours**: ``emphatic_rl.train.train`` (the ``emphatic-rl train --agent dqn`` loop: native batched CartPole,
   ``TrajectoryBuffer``, the DQN agent, episode statistics, logging, a final evaluation and checkpoint).
 - **SB3**: ``stable_baselines3.DQN("MlpPolicy", "CartPole-v1", ...)`` with the settings above, ``learn(steps)``.
+- **ours, torch backend** (``--loops``, speed only): ours with ``DQNOptions(backend="torch")``, the batched tensor
+  program (written-out backward, fused Adam) that the agent runs on a GPU, for comparison with the compiled default.
 - **CleanRL**: a faithful transcription of the training loop of CleanRL's ``cleanrl/dqn.py`` (Gymnasium
   ``SyncVectorEnv`` with one env, SB3's ``ReplayBuffer`` without timeout handling, ``nn.Sequential`` Q-network,
   epsilon-greedy with ``random.random()``, MSE TD loss, Polyak copy with tau = 1), TensorBoard writes left out.
@@ -81,10 +83,10 @@ T_975 = {2: 12.706, 3: 4.303, 4: 3.182, 5: 2.776, 6: 2.571, 7: 2.447, 8: 2.365, 
 
 # ----------------------------------------------------------------------------------------------------------- ours
 def run_ours(
-    steps: int, decay_steps: int, seed: int, eval_episodes: int = 1, population: int = 1
-) -> tuple[float, list[float]]:
+    steps: int, decay_steps: int, seed: int, eval_episodes: int = 1, population: int = 1, backend: str = "auto"
+) -> tuple[Clock, list[float]]:
     """Train ``population`` independent learners in one run; return (the ``Clock`` of ``train``, final greedy
-    evaluation return of each)."""
+    evaluation return of each). ``backend``: the DQN agent's (``auto``: the compiled kernels on the CPU)."""
     from emphatic_rl.config import TrainConfig
     from emphatic_rl.train import build_run, train
 
@@ -99,7 +101,7 @@ def run_ours(
         checkpoint_every=0,
         log_every=500,
         progress=False,
-        agent_options=dict(SETTINGS, hidden=HIDDEN, epsilon_decay_steps=decay_steps),
+        agent_options=dict(SETTINGS, hidden=HIDDEN, epsilon_decay_steps=decay_steps, backend=backend),
     )
     run = build_run(config)
     with tempfile.TemporaryDirectory() as folder:
@@ -238,16 +240,21 @@ def run_cleanrl(steps: int, decay_steps: int, seed: int) -> tuple[Clock, float]:
     return clock, math.nan
 
 
-RUNNERS = {"ours": run_ours, "SB3": run_sb3, "CleanRL loop": run_cleanrl}
+def run_ours_torch(steps: int, decay_steps: int, seed: int) -> tuple[Clock, list[float]]:
+    """Ours with the DQN agent's torch backend (the batched tensor program the GPU runs), for comparison."""
+    return run_ours(steps, decay_steps, seed, backend="torch")
 
 
-def speed(steps: int, rounds: int) -> list[str]:
+RUNNERS = {"ours": run_ours, "SB3": run_sb3, "CleanRL loop": run_cleanrl, "ours, torch backend": run_ours_torch}
+
+
+def speed(steps: int, rounds: int, loops: list[str]) -> list[str]:
     """Per loop: env steps per wall-clock second and per CPU second (the process's CPU time, which a shared machine
     disturbs less), and our rate over each loop's, as the median of the within-round ratios."""
     decay = steps // 2
-    rates: dict[str, list[float]] = {name: [] for name in RUNNERS}
-    cpu_rates: dict[str, list[float]] = {name: [] for name in RUNNERS}
-    names = list(RUNNERS)
+    names = ["ours", *[name for name in RUNNERS if name in loops and name != "ours"]]
+    rates: dict[str, list[float]] = {name: [] for name in names}
+    cpu_rates: dict[str, list[float]] = {name: [] for name in names}
     warmup = SETTINGS["learning_starts"] + 100
     for name in names:  # one untimed short run of each loop first: imports, compiled-kernel caches, lazy inits
         RUNNERS[name](warmup, warmup // 2, seed=rounds)
@@ -323,6 +330,13 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--first-seed", type=int, default=0, help="learning: seeds first_seed ... + seeds - 1")
     parser.add_argument("--frameworks", nargs="+", default=["ours", "SB3"], choices=["ours", "SB3"])
+    parser.add_argument(
+        "--loops",
+        nargs="+",
+        default=["SB3", "CleanRL loop"],
+        choices=[name for name in RUNNERS if name != "ours"],
+        help="speed: the loops timed against ours",
+    )
     parser.add_argument("--output", type=Path, default=None, help="write a markdown report here")
     args = parser.parse_args()
     if args.steps <= SETTINGS["learning_starts"] or args.learning_steps <= SETTINGS["learning_starts"]:
@@ -333,7 +347,7 @@ def main() -> None:
     load_start = os.getloadavg()[0]
     sections = []
     if args.what in ("speed", "all"):
-        lines = speed(args.steps, args.rounds)
+        lines = speed(args.steps, args.rounds, args.loops)
         print("\n".join(lines))
         sections += [f"## Speed ({args.steps} env steps per run, {args.rounds} interleaved rounds)", "", *lines, ""]
     if args.what in ("learning", "all"):
