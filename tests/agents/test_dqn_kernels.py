@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from emphatic_rl.agents.dqn import DQN, DQNOptions
+from emphatic_rl.agents.deep.dqn import DQN, DQNOptions
 from emphatic_rl.agents.registry import AgentContext
 from emphatic_rl.buffers import TrajectoryBuffer
 from emphatic_rl.envs.base import BoxSpec, DiscreteSpec

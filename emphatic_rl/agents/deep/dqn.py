@@ -23,7 +23,7 @@ On CPU, where each tensor op costs microseconds, this is what decides steps per 
 Backends (``DQNOptions.backend``). ``"torch"``: the batched tensor program above, on any device and network.
 ``"numba"``: on the CPU, for MLP Q-networks, acting and the whole gradient step (targets, forward, loss, backward,
 clipping, Adam) are each one compiled call on the same flat parameters and the same optimiser state
-(:mod:`emphatic_rl.agents.dqn_kernels`); the random numbers come from the same generator in the same order, so the
+(:mod:`emphatic_rl.agents.deep.dqn_kernels`); the random numbers come from the same generator in the same order, so the
 two backends act alike and their updates agree to float32 rounding. ``"auto"`` (default) takes ``"numba"`` where it
 applies and ``"torch"`` elsewhere (GPUs, the MinAtar convnet).
 """
@@ -39,8 +39,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from emphatic_rl.agents import dqn_kernels
 from emphatic_rl.agents.base import ActionOutput, Agent
+from emphatic_rl.agents.deep import dqn_kernels
 from emphatic_rl.agents.networks import PopulationLinear, PopulationMLP, make_population_network
 from emphatic_rl.agents.registry import AgentContext, check_positive, check_unit_interval, register_agent
 from emphatic_rl.envs.base import DiscreteSpec
@@ -401,7 +401,7 @@ class _MLPViews:
 
 class _KernelPath:
     """The ``"numba"`` backend of a :class:`DQN`: its acting and gradient step as compiled calls
-    (:mod:`emphatic_rl.agents.dqn_kernels`) on numpy views of the agent's own tensors (flat parameters, gradient,
+    (:mod:`emphatic_rl.agents.deep.dqn_kernels`) on numpy views of the agent's own tensors (flat parameters, gradient,
     activity flags, and the optimiser's moments and step count, read at every step so that a restored optimiser
     state is used)."""
 

@@ -18,7 +18,7 @@ is the ``int64`` vector of widths ``(obs_dim, *hidden, num_actions)``; ReLU afte
 
 Adam follows ``torch.optim.Adam`` (no weight decay, no AMSGrad): with ``t`` the updated step count, ``m <- b1 m + (1 -
 b1) g``, ``v <- b2 v + (1 - b2) g^2``, ``theta <- theta - lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)``.
-The results equal the torch path's to float32 rounding (tests/agents/test_dqn_kernels.py), not bit for bit: the sums
+The results equal the torch path's to float32 rounding (``tests/agents/test_dqn_kernels.py``), not bit for bit: the sums
 run in another order.
 """
 
