@@ -97,12 +97,16 @@ def act_epsilon_greedy(
 
     Args:
         params: ``float32[P, D]``, the online parameters.
+        sizes: ``int64`` layer widths ``(obs_dim, *hidden, num_actions)``.
         obs: ``float32[P, E, obs_dim]``.
         epsilon: ``float32``; copy ``(p, e)`` explores where ``explore_draw[p, e] < epsilon``.
-        explore_draw: ``float32[P, E]`` uniform in ``[0, 1)``; random_action: ``int64[P, E]``, the exploring action.
-        log_greedy / log_other: ``log mu(a|s)`` of the greedy action and of any other action.
+        explore_draw: ``float32[P, E]``, uniform in ``[0, 1)``.
+        random_action: ``int64[P, E]``, the action of an exploring copy.
+        log_greedy: ``log mu(a|s)`` of the greedy action.
+        log_other: ``log mu(a|s)`` of any other action.
         work: scratch, at least ``workspace_size(sizes, E)`` floats.
-        action: ``int64[P, E]`` (written); log_prob: ``float32[P, E]`` (written).
+        action: ``int64[P, E]``, written.
+        log_prob: ``float32[P, E]``, written.
     """
     for p in range(obs.shape[0]):
         q = mlp_forward(params[p], sizes, obs[p], work)
@@ -142,15 +146,29 @@ def gradient_step(
     """One DQN gradient step of every member, in place.
 
     Args:
-        params, target_params, grad, exp_avg, exp_avg_sq: ``float32[P, D]``: online and target parameters, the
-            gradient (written: the clipped gradient; zero for inactive members) and Adam's moments.
+        params: ``float32[P, D]``, the online parameters (updated).
+        target_params: ``float32[P, D]``, the target network's parameters.
+        grad: ``float32[P, D]``, written: the clipped gradient (zero for inactive members).
+        exp_avg: ``float32[P, D]``, Adam's first moments (updated).
+        exp_avg_sq: ``float32[P, D]``, Adam's second moments (updated).
         step: ``float32[1]``, Adam's step count (shared by the members), incremented.
         active: ``bool[P]``; an inactive (frozen) member's parameters and moments are left as they are.
-        obs, next_obs: ``float32[P, B, obs_dim]``; action: ``int64[P, B]``; reward: ``float32[P, B]``;
-            terminated: ``bool[P, B]``: member ``p``'s batch.
-        gamma, max_grad_norm, lr, beta1, beta2, eps: as in ``DQNOptions`` and Adam; double_q: bool.
+        sizes: ``int64`` layer widths ``(obs_dim, *hidden, num_actions)``.
+        obs: ``float32[P, B, obs_dim]``, member ``p``'s batch of ``S_t``.
+        action: ``int64[P, B]``.
+        reward: ``float32[P, B]``.
+        terminated: ``bool[P, B]``.
+        next_obs: ``float32[P, B, obs_dim]``, the true ``S_{t+1}``.
+        gamma: the discount.
+        double_q: the double-Q target.
+        max_grad_norm: each member's gradient norm is clipped to this.
+        lr: Adam's step size.
+        beta1: Adam's first-moment decay.
+        beta2: Adam's second-moment decay.
+        eps: Adam's epsilon.
         work: scratch, at least ``gradient_workspace_size(sizes, B)`` floats.
-        loss, q_mean: ``float32[P]`` (written): the mean Huber loss and the mean ``Q(s, a)`` of the batch.
+        loss: ``float32[P]``, written: the mean Huber loss of the batch.
+        q_mean: ``float32[P]``, written: the mean ``Q(s, a)`` of the batch.
     """
     num_members, batch = action.shape
     layers = sizes.shape[0] - 1
