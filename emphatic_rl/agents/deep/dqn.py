@@ -407,11 +407,13 @@ class _KernelPath:
 
     def __init__(self, agent: DQN) -> None:
         self.agent = agent
-        widths = [layer.weight.shape[1] for layer in agent.q_network.layers] + [agent.num_actions]
+        mlp, grad = agent._mlp, agent.flat_parameters.grad
+        assert mlp is not None and grad is not None
+        widths = [weight.shape[1] for weight, _, _, _ in mlp.layers] + [agent.num_actions]  # weight: [P, in, out]
         self.sizes = np.array(widths, dtype=np.int64)
         self.params = agent.flat_parameters.detach().numpy()
         self.target_params = agent.target_flat_parameters.detach().numpy()
-        self.grad = agent.flat_parameters.grad.numpy()
+        self.grad = grad.numpy()
         self.active = agent.active.numpy()
         self.work = np.empty(dqn_kernels.gradient_workspace_size(self.sizes, agent.options.batch_size), np.float32)
         self.act_work = np.empty(0, np.float32)
