@@ -407,6 +407,7 @@ class _KernelPath:
 
     def __init__(self, agent: DQN) -> None:
         self.agent = agent
+        dqn_kernels.limit_blas_threads(torch.get_num_threads())  # the training's thread count (TrainConfig.num_threads)
         mlp, grad = agent._mlp, agent.flat_parameters.grad
         assert mlp is not None and grad is not None
         widths = [weight.shape[1] for weight, _, _, _ in mlp.layers] + [agent.num_actions]  # weight: [P, in, out]
