@@ -13,13 +13,19 @@ mean-squared error and no clipping, as CleanRL writes it).
 - **ours**: ``emphatic_rl.train.train`` (the ``emphatic-rl train --agent dqn`` loop: native batched CartPole,
   ``TrajectoryBuffer``, the DQN agent, episode statistics, logging, a final evaluation and checkpoint).
 - **SB3**: ``stable_baselines3.DQN("MlpPolicy", "CartPole-v1", ...)`` with the settings above, ``learn(steps)``.
+- **ours, torch backend** (``--loops``, speed only): ours with ``DQNOptions(backend="torch")``, the batched tensor
+  program (written-out backward, fused Adam) that the agent runs on a GPU, for comparison with the compiled default.
 - **CleanRL**: a faithful transcription of the training loop of CleanRL's ``cleanrl/dqn.py`` (Gymnasium
   ``SyncVectorEnv`` with one env, SB3's ``ReplayBuffer`` without timeout handling, ``nn.Sequential`` Q-network,
   epsilon-greedy with ``random.random()``, MSE TD loss, Polyak copy with tau = 1), TensorBoard writes left out.
 
 Speed: each round runs the three back to back (order rotating), ``--steps`` env steps each, timed around the training
-call only (construction excluded); the table gives medians over rounds and the median per-round ratios. Single
-thread (``torch.set_num_threads(1)``). Learning: ``--seeds`` seeds per framework, ``--learning-steps`` env steps,
+call only (construction excluded; ours includes the final one-episode evaluation and checkpoint of ``train``), after
+one untimed warm-up run of each loop (1 100 steps: imports, loading compiled kernels, lazy initialisations), in
+wall-clock time and in the process's CPU time (less disturbed on a shared machine); the table gives medians over rounds
+and the median per-round ratios. Single thread (``torch.set_num_threads(1)``; numba and the BLAS its matrix products
+call also get one thread). Ours runs the DQN agent's default ``backend="auto"``, which on the CPU is the compiled
+(numba) acting and gradient step. Learning: ``--seeds`` seeds per framework, ``--learning-steps`` env steps,
 then 10 greedy evaluation episodes; the mean final return with a 95% t-interval over seeds. Our seeds run as one
 population of independent learners (own initialisation, env copy, replay streams and updates: the library's way to
 run seeds); SB3's as one run per seed.
@@ -31,6 +37,7 @@ import os
 
 os.environ.setdefault("NUMBA_NUM_THREADS", "1")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # the BLAS that numba's matrix products call
 
 import argparse  # noqa: E402
 import math  # noqa: E402
@@ -58,15 +65,28 @@ SETTINGS = dict(
     epsilon_end=0.05,
     max_grad_norm=10.0,
 )
+
+
+class Clock:
+    """Wall-clock and CPU time (this process, all threads) from construction to ``stop()``."""
+
+    def __init__(self) -> None:
+        self.wall, self.cpu = time.perf_counter(), time.process_time()
+
+    def stop(self) -> Clock:
+        self.wall, self.cpu = time.perf_counter() - self.wall, time.process_time() - self.cpu
+        return self
+
+
 T_975 = {2: 12.706, 3: 4.303, 4: 3.182, 5: 2.776, 6: 2.571, 7: 2.447, 8: 2.365, 9: 2.306, 10: 2.262}
 
 
 # ----------------------------------------------------------------------------------------------------------- ours
 def run_ours(
-    steps: int, decay_steps: int, seed: int, eval_episodes: int = 1, population: int = 1
-) -> tuple[float, list[float]]:
-    """Train ``population`` independent learners in one run; return (seconds in ``train``, final greedy evaluation
-    return of each)."""
+    steps: int, decay_steps: int, seed: int, eval_episodes: int = 1, population: int = 1, backend: str = "auto"
+) -> tuple[Clock, list[float]]:
+    """Train ``population`` independent learners in one run; return (the ``Clock`` of ``train``, final greedy
+    evaluation return of each). ``backend``: the DQN agent's (``auto``: the compiled kernels on the CPU)."""
     from emphatic_rl.config import TrainConfig
     from emphatic_rl.train import build_run, train
 
@@ -81,14 +101,14 @@ def run_ours(
         checkpoint_every=0,
         log_every=500,
         progress=False,
-        agent_options=dict(SETTINGS, hidden=HIDDEN, epsilon_decay_steps=decay_steps),
+        agent_options=dict(SETTINGS, hidden=HIDDEN, epsilon_decay_steps=decay_steps, backend=backend),
     )
     run = build_run(config)
     with tempfile.TemporaryDirectory() as folder:
-        start = time.perf_counter()
+        clock = Clock()
         result = train(config, Path(folder) / "run", run=run)
-        seconds = time.perf_counter() - start
-    return seconds, result.final_eval_return.tolist()
+        clock.stop()
+    return clock, result.final_eval_return.tolist()
 
 
 # ----------------------------------------------------------------------------------------------------------- SB3
@@ -119,21 +139,21 @@ def make_sb3(steps: int, decay_steps: int, seed: int):
     )
 
 
-def run_sb3(steps: int, decay_steps: int, seed: int, eval_episodes: int = 0) -> tuple[float, float]:
+def run_sb3(steps: int, decay_steps: int, seed: int, eval_episodes: int = 0) -> tuple[Clock, float]:
     model = make_sb3(steps, decay_steps, seed)
-    start = time.perf_counter()
+    clock = Clock()
     model.learn(total_timesteps=steps)
-    seconds = time.perf_counter() - start
+    clock.stop()
     final = math.nan
     if eval_episodes:
         from stable_baselines3.common.evaluation import evaluate_policy
 
         final, _ = evaluate_policy(model, model.get_env(), n_eval_episodes=eval_episodes, deterministic=True)
-    return seconds, float(final)
+    return clock, float(final)
 
 
 # ------------------------------------------------------------------------------------------------------- CleanRL
-def run_cleanrl(steps: int, decay_steps: int, seed: int) -> tuple[float, float]:
+def run_cleanrl(steps: int, decay_steps: int, seed: int) -> tuple[Clock, float]:
     """The loop of CleanRL's ``dqn.py`` (https://github.com/vwxyzjn/cleanrl, ``cleanrl/dqn.py``), transcribed with
     the matched settings; Gymnasium 1.x's same-step autoreset supplies the true final observation as CleanRL's
     ``real_next_obs``."""
@@ -185,7 +205,7 @@ def run_cleanrl(steps: int, decay_steps: int, seed: int) -> tuple[float, float]:
         device,
         handle_timeout_termination=False,
     )
-    start = time.perf_counter()
+    clock = Clock()
     obs, _ = envs.reset(seed=seed)
     for global_step in range(steps):
         epsilon = linear_schedule(s["epsilon_start"], s["epsilon_end"], decay_steps, global_step)
@@ -215,33 +235,53 @@ def run_cleanrl(steps: int, decay_steps: int, seed: int) -> tuple[float, float]:
             if global_step % s["target_update_every"] == 0:
                 for target_param, q_param in zip(target_network.parameters(), q_network.parameters(), strict=True):
                     target_param.data.copy_(1.0 * q_param.data + (1.0 - 1.0) * target_param.data)
-    seconds = time.perf_counter() - start
+    clock.stop()
     envs.close()
-    return seconds, math.nan
+    return clock, math.nan
 
 
-RUNNERS = {"ours": run_ours, "SB3": run_sb3, "CleanRL loop": run_cleanrl}
+def run_ours_torch(steps: int, decay_steps: int, seed: int) -> tuple[Clock, list[float]]:
+    """Ours with the DQN agent's torch backend (the batched tensor program the GPU runs), for comparison."""
+    return run_ours(steps, decay_steps, seed, backend="torch")
 
 
-def speed(steps: int, rounds: int) -> list[str]:
+RUNNERS = {"ours": run_ours, "SB3": run_sb3, "CleanRL loop": run_cleanrl, "ours, torch backend": run_ours_torch}
+
+
+def speed(steps: int, rounds: int, loops: list[str]) -> list[str]:
+    """Per loop: env steps per wall-clock second and per CPU second (the process's CPU time, which a shared machine
+    disturbs less), and our rate over each loop's, as the median of the within-round ratios."""
     decay = steps // 2
-    rates: dict[str, list[float]] = {name: [] for name in RUNNERS}
-    names = list(RUNNERS)
+    names = ["ours", *[name for name in RUNNERS if name in loops and name != "ours"]]
+    rates: dict[str, list[float]] = {name: [] for name in names}
+    cpu_rates: dict[str, list[float]] = {name: [] for name in names}
+    warmup = SETTINGS["learning_starts"] + 100
+    for name in names:  # one untimed short run of each loop first: imports, compiled-kernel caches, lazy inits
+        RUNNERS[name](warmup, warmup // 2, seed=rounds)
     for r in range(rounds):
         order = names[r % len(names) :] + names[: r % len(names)]
         for name in order:
-            seconds, _ = RUNNERS[name](steps, decay, seed=r)
-            rates[name].append(steps / seconds)
-            print(f"round {r} {name}: {steps / seconds:.0f} steps/s", flush=True)
+            clock, _ = RUNNERS[name](steps, decay, seed=r)
+            rates[name].append(steps / clock.wall)
+            cpu_rates[name].append(steps / clock.cpu)
+            print(
+                f"round {r} {name}: {steps / clock.wall:.0f} steps/s, {steps / clock.cpu:.0f} steps per CPU-second",
+                flush=True,
+            )
+
+    def ratio(table: dict[str, list[float]], name: str) -> str:
+        ratios = [a / b for a, b in zip(table["ours"], table[name], strict=True)]
+        return f"{statistics.median(ratios):.2f}x ({min(ratios):.2f}-{max(ratios):.2f})"
+
     lines = [
-        "| loop | steps/s (median) | range | ours / this (median of per-round ratios) |",
-        "|---|---|---|---|",
+        "| loop | steps/s (median, range) | ours / this, wall (median of per-round ratios, range) "
+        "| steps per CPU-second (median) | ours / this, CPU time |",
+        "|---|---|---|---|---|",
     ]
     for name in names:
-        ratios = [a / b for a, b in zip(rates["ours"], rates[name], strict=True)]
         lines.append(
-            f"| {name} | {statistics.median(rates[name]):.0f} | {min(rates[name]):.0f}-{max(rates[name]):.0f} "
-            f"| {statistics.median(ratios):.2f}x (range {min(ratios):.2f}-{max(ratios):.2f}) |"
+            f"| {name} | {statistics.median(rates[name]):.0f} ({min(rates[name]):.0f}-{max(rates[name]):.0f}) "
+            f"| {ratio(rates, name)} | {statistics.median(cpu_rates[name]):.0f} | {ratio(cpu_rates, name)} |"
         )
     return lines
 
@@ -260,16 +300,16 @@ def learning(steps: int, seeds: int, frameworks: list[str], first_seed: int = 0)
     finals: dict[str, list[float]] = {}
     rates: dict[str, float] = {}
     if "ours" in frameworks:
-        took, finals["ours"] = run_ours(steps, 10_000, seed=first_seed, eval_episodes=10, population=seeds)
-        rates["ours"] = steps / took
-        print(f"ours: final returns {finals['ours']} ({steps / took:.0f} steps/s of {seeds} learners)", flush=True)
+        clock, finals["ours"] = run_ours(steps, 10_000, seed=first_seed, eval_episodes=10, population=seeds)
+        rates["ours"] = steps / clock.wall
+        print(f"ours: final returns {finals['ours']} ({rates['ours']:.0f} steps/s of {seeds} learners)", flush=True)
     if "SB3" in frameworks:
         finals["SB3"], per_seed_rates = [], []
         for seed in range(first_seed, first_seed + seeds):
-            took, final = run_sb3(steps, 10_000, seed=seed, eval_episodes=10)
+            clock, final = run_sb3(steps, 10_000, seed=seed, eval_episodes=10)
             finals["SB3"].append(final)
-            per_seed_rates.append(steps / took)
-            print(f"SB3 seed {seed}: final return {final:.1f} ({steps / took:.0f} steps/s)", flush=True)
+            per_seed_rates.append(steps / clock.wall)
+            print(f"SB3 seed {seed}: final return {final:.1f} ({per_seed_rates[-1]:.0f} steps/s)", flush=True)
         rates["SB3"] = statistics.median(per_seed_rates)
     lines = [
         "| loop | final greedy return, mean ± 95% t-interval | per seed | steps/s |",
@@ -290,6 +330,13 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--first-seed", type=int, default=0, help="learning: seeds first_seed ... + seeds - 1")
     parser.add_argument("--frameworks", nargs="+", default=["ours", "SB3"], choices=["ours", "SB3"])
+    parser.add_argument(
+        "--loops",
+        nargs="+",
+        default=["SB3", "CleanRL loop"],
+        choices=[name for name in RUNNERS if name != "ours"],
+        help="speed: the loops timed against ours",
+    )
     parser.add_argument("--output", type=Path, default=None, help="write a markdown report here")
     args = parser.parse_args()
     if args.steps <= SETTINGS["learning_starts"] or args.learning_steps <= SETTINGS["learning_starts"]:
@@ -300,7 +347,7 @@ def main() -> None:
     load_start = os.getloadavg()[0]
     sections = []
     if args.what in ("speed", "all"):
-        lines = speed(args.steps, args.rounds)
+        lines = speed(args.steps, args.rounds, args.loops)
         print("\n".join(lines))
         sections += [f"## Speed ({args.steps} env steps per run, {args.rounds} interleaved rounds)", "", *lines, ""]
     if args.what in ("learning", "all"):

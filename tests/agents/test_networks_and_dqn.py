@@ -1,5 +1,7 @@
 """Population networks (members independent, batched) and DQN's pieces."""
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -87,12 +89,15 @@ def _filled_buffer(num_streams, obs_shape=(4,), steps=40, seed=0):
     return buffer
 
 
+@pytest.mark.parametrize("backend", ["torch", "numba"])
 @pytest.mark.parametrize("double_q", [False, True])
-def test_dqn_written_out_backward_equals_autograd(double_q):
-    """The MLP fast path (hand-written backward, flat parameters, fused Adam) takes the same steps as autograd."""
+def test_dqn_written_out_backward_equals_autograd(double_q, backend):
+    """The MLP fast paths (torch: hand-written backward, flat parameters, fused Adam; numba: the compiled gradient
+    step) take the same steps as autograd."""
     options = DQNOptions(learning_starts=0, batch_size=16, hidden=(8, 8), double_q=double_q, target_update_every=3,
-                         max_grad_norm=0.05)  # small norm: the per-member clipping is active
-    fast, reference = DQN(_context(), options), DQN(_context(), options)
+                         max_grad_norm=0.05, backend=backend)  # small norm: the per-member clipping is active
+    fast, reference = DQN(_context(), options), DQN(_context(), replace(options, backend="torch"))
+    assert fast.backend == backend
     reference._mlp = reference._target_mlp = None  # the autograd path
     buffer = _filled_buffer(6)
     assert torch.equal(fast.flat_parameters, reference.flat_parameters)
@@ -105,8 +110,9 @@ def test_dqn_written_out_backward_equals_autograd(double_q):
     assert not torch.equal(fast.flat_parameters, DQN(_context(), options).flat_parameters)  # it did learn
 
 
-def test_dqn_parameters_are_views_of_the_flat_tensor_and_checkpoints_restore_them():
-    agent = DQN(_context(), DQNOptions(learning_starts=0, batch_size=8, hidden=(8,)))
+@pytest.mark.parametrize("backend", ["torch", "numba"])
+def test_dqn_parameters_are_views_of_the_flat_tensor_and_checkpoints_restore_them(backend):
+    agent = DQN(_context(), DQNOptions(learning_starts=0, batch_size=8, hidden=(8,), backend=backend))
     buffer = _filled_buffer(6)
     for step in range(1, 4):
         agent.update(buffer, step)
@@ -121,8 +127,10 @@ def test_dqn_parameters_are_views_of_the_flat_tensor_and_checkpoints_restore_the
     assert torch.equal(other.q_network(obs), agent.q_network(obs))
 
 
-def test_dqn_frozen_member_keeps_its_parameters():
-    agent = DQN(_context(population=3, envs=2), DQNOptions(learning_starts=0, batch_size=8, hidden=(8,)))
+@pytest.mark.parametrize("backend", ["torch", "numba"])
+def test_dqn_frozen_member_keeps_its_parameters(backend):
+    agent = DQN(_context(population=3, envs=2), DQNOptions(learning_starts=0, batch_size=8, hidden=(8,),
+                                                          backend=backend))
     buffer = _filled_buffer(6)
     agent.update(buffer, 1)
     with torch.no_grad():

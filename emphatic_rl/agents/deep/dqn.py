@@ -19,22 +19,34 @@ parameters are views of it), so the per-member gradient clipping is three tensor
 one tensor and the target update is one copy. For MLP Q-networks the backward pass is written out (about a dozen
 batched matmuls and reductions in place of the autograd graph); other networks (the MinAtar convnet) use autograd.
 On CPU, where each tensor op costs microseconds, this is what decides steps per second at small batch sizes.
+
+Backends (``DQNOptions.backend``). ``"torch"``: the batched tensor program above, on any device and network.
+``"numba"``: on the CPU, for MLP Q-networks, acting and the whole gradient step (targets, forward, loss, backward,
+clipping, Adam) are each one compiled call on the same flat parameters and the same optimiser state
+(:mod:`emphatic_rl.agents.deep.dqn_kernels`); the random numbers come from the same generator in the same order, so the
+two backends act alike and their updates agree to float32 rounding. ``"auto"`` (default) takes ``"numba"`` where it
+applies and ``"torch"`` elsewhere (GPUs, the MinAtar convnet).
 """
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
 from emphatic_rl.agents.base import ActionOutput, Agent
+from emphatic_rl.agents.deep import dqn_kernels
 from emphatic_rl.agents.networks import PopulationLinear, PopulationMLP, make_population_network
 from emphatic_rl.agents.registry import AgentContext, check_positive, check_unit_interval, register_agent
 from emphatic_rl.envs.base import DiscreteSpec
 from emphatic_rl.seeding import stream_seed
+
+BACKENDS = ("auto", "torch", "numba")
 
 
 @dataclass(frozen=True)
@@ -57,8 +69,13 @@ class DQNOptions:
     hidden: tuple[int, ...] = (128, 128)
     double_q: bool = False
     max_grad_norm: float = 10.0
+    #: ``"auto"`` (the compiled kernels on CPU for MLP Q-networks, else torch), ``"torch"`` or ``"numba"`` (an error
+    #: where it does not apply); see the module docstring
+    backend: str = "auto"
 
     def __post_init__(self) -> None:
+        if self.backend not in BACKENDS:
+            raise ValueError(f"unknown backend {self.backend!r}; allowed: {', '.join(BACKENDS)}")
         check_positive("learning_rate", self.learning_rate)
         check_unit_interval("gamma", self.gamma)
         for name in ("buffer_size", "batch_size", "train_every", "gradient_steps", "target_update_every"):
@@ -123,6 +140,21 @@ class DQN(Agent):
         self.generator.manual_seed(stream_seed(context.seed, "agent"))
         self.active = torch.ones(self.population_size, dtype=torch.bool, device=self.device)
         self.gradient_updates = 0
+        why_not = self._why_not_numba()
+        if options.backend == "numba" and why_not is not None:
+            raise ValueError(f"agent 'dqn': backend 'numba' cannot run here: {why_not}; use backend 'torch' or 'auto'")
+        self.backend = "torch" if options.backend == "torch" or why_not is not None else "numba"
+        self._kernels = _KernelPath(self) if self.backend == "numba" else None
+
+    def _why_not_numba(self) -> str | None:
+        """Why the compiled kernels cannot run this agent (one phrase), or ``None`` when they can."""
+        if self.device.type != "cpu":
+            return f"the kernels run on the CPU, not on device {str(self.device)!r}"
+        if self._mlp is None:
+            return "the kernels cover MLP Q-networks, not the convolutional network of image observations"
+        if self.flat_parameters.dtype != torch.float32:
+            return f"the kernels run in float32, not {self.flat_parameters.dtype}"
+        return None
 
     # ------------------------------------------------------------------ acting
     def epsilon(self, env_step: int) -> float:
@@ -135,6 +167,8 @@ class DQN(Agent):
             return self._mlp.forward(obs) if self._mlp is not None else self.q_network(obs)
 
     def _epsilon_greedy(self, obs: torch.Tensor, epsilon: float) -> ActionOutput:
+        if self._kernels is not None:
+            return self._kernels.act(obs, epsilon)
         greedy = self._q_values(obs).argmax(dim=-1)  # [P, E]
         random_action = torch.randint(self.num_actions, greedy.shape, generator=self.generator, device=self.device)
         explore = torch.rand(greedy.shape, generator=self.generator, device=self.device) < epsilon
@@ -169,6 +203,11 @@ class DQN(Agent):
             return metrics
         for _ in range(o.gradient_steps):
             batch = self._sample(buffer)
+            if self._kernels is not None:
+                member_loss, q_mean = self._kernels.gradient_step(batch)
+                self.gradient_updates += 1
+                metrics = {"loss": member_loss, "q_mean": q_mean}
+                continue
             with torch.no_grad():
                 next_value = self._next_value(batch.next_obs)  # [P, B]
                 target = torch.add(batch.reward, next_value.masked_fill_(batch.terminated, 0.0), alpha=o.gamma)
@@ -291,7 +330,9 @@ class DQN(Agent):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.q_network.load_state_dict(state["q_network"])
         self.target_network.load_state_dict(state["target_network"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        # a copy: torch's Optimizer.load_state_dict keeps the given moment tensors, which an in-memory state (another
+        # live agent's) would then share
+        self.optimizer.load_state_dict(copy.deepcopy(state["optimizer"]))
         self.generator.set_state(state["generator"])
         self.active.copy_(state["active"])
         self._any_frozen = bool((~self.active).any())
@@ -365,6 +406,105 @@ class _MLPViews:
             torch.sum(grad, dim=1, keepdim=True, out=grad_flat[:, bias_at : bias_at + bias[0].numel()].view(P, 1, -1))
             if index > 0:  # through the layer and the ReLU before it (its output is this layer's input)
                 grad = torch.ops.aten.threshold_backward(torch.bmm(grad, weight.transpose(1, 2)), inputs, 0)
+
+
+class _KernelPath:
+    """The ``"numba"`` backend of a :class:`DQN`: its acting and gradient step as compiled calls
+    (:mod:`emphatic_rl.agents.deep.dqn_kernels`) on numpy views of the agent's own tensors (flat parameters, gradient,
+    activity flags, and the optimiser's moments and step count, read at every step so that a restored optimiser
+    state is used)."""
+
+    def __init__(self, agent: DQN) -> None:
+        self.agent = agent
+        dqn_kernels.limit_blas_threads(torch.get_num_threads())  # the training's thread count (TrainConfig.num_threads)
+        mlp, grad = agent._mlp, agent.flat_parameters.grad
+        assert mlp is not None and grad is not None
+        widths = [weight.shape[1] for weight, _, _, _ in mlp.layers] + [agent.num_actions]  # weight: [P, in, out]
+        self.sizes = np.array(widths, dtype=np.int64)
+        self.params = agent.flat_parameters.detach().numpy()
+        self.target_params = agent.target_flat_parameters.detach().numpy()
+        self.grad = grad.numpy()
+        self.active = agent.active.numpy()
+        self.work = np.empty(dqn_kernels.gradient_workspace_size(self.sizes, agent.options.batch_size), np.float32)
+        self.act_work = np.empty(0, np.float32)
+        self.act_rows = 0
+
+    def act(self, obs: torch.Tensor, epsilon: float) -> ActionOutput:
+        agent = self.agent
+        P, E = obs.shape[:2]
+        x = _float32_array(obs, P, E)
+        # the same draws, in the same order, as the torch path
+        random_action = torch.randint(agent.num_actions, (P, E), generator=agent.generator)
+        explore_draw = torch.rand((P, E), generator=agent.generator)
+        if E > self.act_rows:  # scratch for E rows (the training and evaluation envs may differ)
+            self.act_work = np.empty(dqn_kernels.workspace_size(self.sizes, E), np.float32)
+            self.act_rows = E
+        log_other = math.log(epsilon / agent.num_actions) if epsilon > 0 else -math.inf
+        log_greedy = math.log(epsilon / agent.num_actions + 1.0 - epsilon)
+        action = np.empty((P, E), np.int64)
+        log_prob = np.empty((P, E), np.float32)
+        dqn_kernels.act_epsilon_greedy(
+            self.params,
+            self.sizes,
+            x,
+            np.float32(epsilon),
+            explore_draw.numpy(),
+            random_action.numpy(),
+            log_greedy,
+            log_other,
+            self.act_work,
+            action,
+            log_prob,
+        )
+        return ActionOutput(torch.from_numpy(action), torch.from_numpy(log_prob))
+
+    def gradient_step(self, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """One update of every member from ``batch`` (``[P, B, ...]``); returns ``(loss [P], q_mean [P])``."""
+        agent, o = self.agent, self.agent.options
+        optimizer = agent.optimizer
+        state = optimizer.state[agent.flat_parameters]
+        if not state:  # Adam's lazy initialisation, as torch.optim.Adam does it (checkpoints stay loadable)
+            state["step"] = torch.zeros((), dtype=torch.float32)
+            state["exp_avg"] = torch.zeros_like(agent.flat_parameters, memory_format=torch.preserve_format)
+            state["exp_avg_sq"] = torch.zeros_like(agent.flat_parameters, memory_format=torch.preserve_format)
+        group = optimizer.param_groups[0]
+        beta1, beta2 = group["betas"]
+        P, B = batch.action.shape[:2]
+        loss = np.empty(P, np.float32)
+        q_mean = np.empty(P, np.float32)
+        dqn_kernels.gradient_step(
+            self.params,
+            self.target_params,
+            self.grad,
+            state["exp_avg"].numpy(),
+            state["exp_avg_sq"].numpy(),
+            state["step"].view(1).numpy(),
+            self.active,
+            self.sizes,
+            _float32_array(batch.obs, P, B),
+            np.ascontiguousarray(batch.action.numpy(), np.int64),
+            np.ascontiguousarray(batch.reward.numpy(), np.float32),
+            np.ascontiguousarray(batch.terminated.numpy()),
+            _float32_array(batch.next_obs, P, B),
+            o.gamma,
+            o.double_q,
+            o.max_grad_norm,
+            float(group["lr"]),
+            float(beta1),
+            float(beta2),
+            float(group["eps"]),
+            self.work,
+            loss,
+            q_mean,
+        )
+        return torch.from_numpy(loss), torch.from_numpy(q_mean)
+
+
+def _float32_array(x: torch.Tensor, P: int, rows: int) -> np.ndarray:
+    """``x [P, rows, *shape]`` (a CPU tensor) as a C-contiguous float32 numpy array ``[P, rows, prod(shape)]``, a
+    view where it can be."""
+    array = x.numpy() if x.dtype == torch.float32 else x.float().numpy()
+    return np.ascontiguousarray(array.reshape(P, rows, -1))
 
 
 @register_agent("dqn", DQNOptions, "DQN with a target network, epsilon-greedy behaviour and uniform replay")
