@@ -154,6 +154,7 @@ class TransitionBatch:
 
 
 _BATCH_FIELDS = tuple(f.name for f in fields(TransitionBatch))
+_FLOAT32, _BOOL = torch.float32, torch.bool
 _RESERVED_NAMES = frozenset(_BATCH_FIELDS) | {"done", "final_obs", "to", "as_dict"}
 
 
@@ -310,7 +311,12 @@ class TrajectoryBuffer:
         self._final_live = torch.zeros((), dtype=torch.int64, device=dev)  # slots referenced by stored rows
         self._final_live_bound = 0  # host-side upper bound on _final_live (avoids a sync per add)
         # On CPU, host reads are free: remember which rows hold an episode end to skip slot bookkeeping.
-        self._host_checks = self._device.type == "cpu"
+        self._host_checks = self._on_cpu = self._device.type == "cpu"
+        # the fast path of add (numba backend, no extras): the shapes it compares against
+        self._fast_add = self.backend == "numba" and not extras
+        self._obs_batch_shape = torch.Size((N, *obs_shape))
+        self._action_batch_shape = torch.Size((N, *action_shape))
+        self._stream_shape = (N,)
         self._row_has_end = [False] * T
         self._default_log_prob = torch.zeros(N, device=dev)
         self._default_interest = torch.ones(N, device=dev)
@@ -342,6 +348,10 @@ class TrajectoryBuffer:
             self._np_row_time = self._row_time.numpy()
             self._np_final_head = self._final_head.view(1).numpy()
             self._np_final_live = self._final_live.view(1).numpy()
+            self._live_host = int(self._np_final_live[0])  # kept equal to _final_live by add (the kernel returns it)
+            # storage of fixed dtypes, handed to the add kernel as addresses (integers cost less per call than arrays)
+            fixed = (self._scalars, self._ends, self._final_slot, self._final_head, self._final_live, self._row_time)
+            self._storage_addresses = tuple(t.data_ptr() for t in fixed)
             self._np_dtypes = (torch.empty(0, dtype=self.obs_dtype).numpy().dtype, self._np_action.dtype)
             self._obs_cells, self._action_width = math.prod(self.obs_shape), math.prod(self.action_shape)
             self._unpack_by_words = self.packs_obs and self._obs_cells % 8 == 0 and sys.byteorder == "little"
@@ -436,6 +446,58 @@ class TrajectoryBuffer:
         Floating inputs are cast to the stored floating dtype, integer to the stored integer dtype; a shape or
         kind (bool / integer / floating) mismatch raises ``ValueError`` before anything is written.
         """
+        if self._fast_add and not extras:
+            try:  # a list or an array has no tensor attributes: AttributeError, or a dtype that is not a torch dtype
+                fast = (
+                    obs.dtype is self.obs_dtype
+                    and final_obs.dtype is self.obs_dtype
+                    and action.dtype is self.action_dtype
+                    and reward.dtype is _FLOAT32
+                    and terminated.dtype is _BOOL
+                    and truncated.dtype is _BOOL
+                    and obs.shape == self._obs_batch_shape
+                    and final_obs.shape == self._obs_batch_shape
+                    and action.shape == self._action_batch_shape
+                    and reward.shape == self._stream_shape
+                    and terminated.shape == self._stream_shape
+                    and truncated.shape == self._stream_shape
+                    and obs.is_cpu
+                    and final_obs.is_cpu
+                    and action.is_cpu
+                    and reward.is_cpu
+                    and terminated.is_cpu
+                    and truncated.is_cpu
+                    and obs.is_contiguous()
+                    and final_obs.is_contiguous()
+                    and action.is_contiguous()
+                    and reward.is_contiguous()
+                    and terminated.is_contiguous()
+                    and truncated.is_contiguous()
+                    and isinstance(obs, torch.Tensor)  # the checks above were attribute reads of tensors
+                )
+            except AttributeError:
+                fast = False
+            if fast:
+                # The common case on the CPU (numba backend, no extras, tensors as the env returns them), checked in
+                # attribute reads; anything else takes the general path below, which converts or raises.
+                self._add_numba(
+                    obs,
+                    action,
+                    reward,
+                    terminated,
+                    truncated,
+                    final_obs,
+                    self._default_log_prob
+                    if behaviour_log_prob is None
+                    else self._checked("behaviour_log_prob", behaviour_log_prob, self._stream_shape, torch.float32),
+                    self._default_interest
+                    if interest is None
+                    else self._checked("interest", interest, self._stream_shape, torch.float32),
+                )
+                self._cursor = (self._cursor + 1) % self._capacity
+                self._size = min(self._size + 1, self._capacity)
+                self._total_steps += 1
+                return
         N = self._num_streams
         obs = self._checked("obs", obs, (N, *self.obs_shape), self.obs_dtype)
         action = self._checked("action", action, (N, *self.action_shape), self.action_dtype)
@@ -518,25 +580,27 @@ class TrajectoryBuffer:
     def _add_numba(self, obs, action, reward, terminated, truncated, final_obs, log_prob, interest) -> None:
         """The row write of :meth:`add` as one compiled call (inputs checked, on CPU, in the stored dtypes)."""
         N = self._num_streams
-        # Final-observation slots: on CPU the live count is a host read, so reserve exactly (no bound needed).
-        live = int(self._np_final_live[0])
+        # Final-observation slots: on CPU the live count is known on the host (the kernel returns it), so reserve
+        # exactly (no bound needed).
+        live = self._live_host
         needed = min(live + N, self._capacity * N)
         if needed > self._final_slots:
             self._grow_final_store(live, min(self._capacity * N, max(2 * self._final_slots, 2 * needed)))
         self._final_live_bound = needed
         # The inputs (contiguous, see _checked) go to the kernel as addresses: tensor.data_ptr() costs far less per
         # call than tensor.numpy(), and this is most of the cost of a small add.
+        obs_address, final_address = obs.data_ptr(), final_obs.data_ptr()
         addresses = (
-            obs.data_ptr(),
+            obs_address,
             action.data_ptr(),
             reward.data_ptr(),
             terminated.data_ptr(),
             truncated.data_ptr(),
-            final_obs.data_ptr(),
+            final_address,
             log_prob.data_ptr(),
             interest.data_ptr(),
         )
-        kernels.add_row(
+        self._live_host = kernels.add_row(
             self._cursor,
             self._total_steps,
             self.packs_obs,
@@ -545,14 +609,11 @@ class TrajectoryBuffer:
             addresses,
             self._np_obs,
             self._np_action,
-            self._np_scalars,
-            self._np_ends,
             self._np_final_store,
-            self._np_final_slot,
+            self._capacity,
+            self._storage_addresses,
             self._final_slots,
-            self._np_final_head,
-            self._np_final_live,
-            self._np_row_time,
+            self._unpack_by_words and not (obs_address | final_address) & 7,  # pack by 8-byte words when aligned
         )
 
     def _checked(self, name: str, value: Any, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
@@ -560,7 +621,7 @@ class TrajectoryBuffer:
             type(value) is torch.Tensor
             and value.dtype is dtype
             and value.shape == shape
-            and value.device == self._device
+            and (value.is_cpu if self._on_cpu else value.device == self._device)
             and value.is_contiguous()
         ):
             return value  # the common case, checked in a few attribute reads
