@@ -5,16 +5,16 @@ from __future__ import annotations
 import pytest
 import torch
 
-from emphatic_rl.agents.dyna import VARIANTS
-from emphatic_rl.agents.dyna_fa import DynaFAOptions, make_dyna_fa_for_env
-from emphatic_rl.agents.vector_models import (
+from emphatic_rl.agents.dyna.function_approx import DynaFAOptions, make_dyna_fa_for_env
+from emphatic_rl.agents.dyna.tabular import VARIANTS
+from emphatic_rl.agents.dyna.vector_models import (
     SimulatorModel,
     cartpole_forward,
     cartpole_inverse,
     inject_hallucinations,
     is_reachable,
 )
-from emphatic_rl.dyna_fa_study import main as study_main
+from emphatic_rl.cli import main as cli_main
 from emphatic_rl.envs import make_env
 from emphatic_rl.envs.catcher import CatcherGeometry
 
@@ -198,7 +198,7 @@ def test_a_model_kind_the_env_cannot_give():
 )
 def test_study_bad_input_exits_2_with_one_line(config, override, message, tmp_path, capsys):
     out = tmp_path / "never"
-    assert study_main([f"experiments/dyna_fa_{config}.toml", "--out", str(out), "--set", override]) == 2
+    assert cli_main(["dyna-fa", f"experiments/dyna_fa_{config}.toml", "--out", str(out), "--set", override]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and message in err
     assert not out.exists()
@@ -221,7 +221,7 @@ def test_study_runs_end_to_end_and_reports_the_instruments(tmp_path):
         'variants=["one-step-successor", "multi-step-predecessor"]',
     ):
         args += ["--set", override]
-    assert study_main(args) == 0
+    assert cli_main(["dyna-fa", *args]) == 0
     for name in ("summary.md", "results.json", "learning_curves.png", "dose_response.png"):
         assert (out / name).exists()
     results = json.loads((out / "results.json").read_text())
