@@ -320,6 +320,8 @@ class TrajectoryBuffer:
         self._row_has_end = [False] * T
         self._default_log_prob = torch.zeros(N, device=dev)
         self._default_interest = torch.ones(N, device=dev)
+        self._default_log_prob_address = self._default_log_prob.data_ptr()
+        self._default_interest_address = self._default_interest.data_ptr()
         self._stream_ids = torch.arange(N, device=dev)
 
         self._cursor = 0  # physical row the next add writes
@@ -479,23 +481,55 @@ class TrajectoryBuffer:
                 fast = False
             if fast:
                 # The common case on the CPU (numba backend, no extras, tensors as the env returns them), checked in
-                # attribute reads; anything else takes the general path below, which converts or raises.
-                self._add_numba(
-                    obs,
-                    action,
-                    reward,
-                    terminated,
-                    truncated,
-                    final_obs,
-                    self._default_log_prob
-                    if behaviour_log_prob is None
-                    else self._checked("behaviour_log_prob", behaviour_log_prob, self._stream_shape, torch.float32),
-                    self._default_interest
-                    if interest is None
-                    else self._checked("interest", interest, self._stream_shape, torch.float32),
+                # attribute reads; anything else takes the general path below, which converts or raises. The body
+                # is _add_numba's, inlined (at N = 1 the per-call cost is all there is).
+                if behaviour_log_prob is None:
+                    log_prob_address = self._default_log_prob_address
+                else:
+                    behaviour_log_prob = self._checked(
+                        "behaviour_log_prob", behaviour_log_prob, self._stream_shape, torch.float32
+                    )
+                    log_prob_address = behaviour_log_prob.data_ptr()
+                if interest is None:
+                    interest_address = self._default_interest_address
+                else:
+                    interest = self._checked("interest", interest, self._stream_shape, torch.float32)
+                    interest_address = interest.data_ptr()
+                N = self._num_streams
+                needed = self._live_host + N
+                if needed > self._final_slots:
+                    self._reserve_numba_slots()
+                else:
+                    self._final_live_bound = needed
+                obs_address, final_address = obs.data_ptr(), final_obs.data_ptr()
+                self._live_host = kernels.add_row(
+                    self._cursor,
+                    self._total_steps,
+                    self.packs_obs,
+                    N,
+                    self._obs_cells,
+                    (
+                        obs_address,
+                        action.data_ptr(),
+                        reward.data_ptr(),
+                        terminated.data_ptr(),
+                        truncated.data_ptr(),
+                        final_address,
+                        log_prob_address,
+                        interest_address,
+                    ),
+                    self._np_obs,
+                    self._np_action,
+                    self._np_final_store,
+                    self._capacity,
+                    self._storage_addresses,
+                    self._final_slots,
+                    self._unpack_by_words and not (obs_address | final_address) & 7,
                 )
-                self._cursor = (self._cursor + 1) % self._capacity
-                self._size = min(self._size + 1, self._capacity)
+                cursor = self._cursor + 1
+                self._cursor = 0 if cursor == self._capacity else cursor
+                if self._size < self._capacity:
+                    self._size += 1
                 self._total_steps += 1
                 return
         N = self._num_streams
@@ -580,13 +614,7 @@ class TrajectoryBuffer:
     def _add_numba(self, obs, action, reward, terminated, truncated, final_obs, log_prob, interest) -> None:
         """The row write of :meth:`add` as one compiled call (inputs checked, on CPU, in the stored dtypes)."""
         N = self._num_streams
-        # Final-observation slots: on CPU the live count is known on the host (the kernel returns it), so reserve
-        # exactly (no bound needed).
-        live = self._live_host
-        needed = min(live + N, self._capacity * N)
-        if needed > self._final_slots:
-            self._grow_final_store(live, min(self._capacity * N, max(2 * self._final_slots, 2 * needed)))
-        self._final_live_bound = needed
+        self._reserve_numba_slots()
         # The inputs (contiguous, see _checked) go to the kernel as addresses: tensor.data_ptr() costs far less per
         # call than tensor.numpy(), and this is most of the cost of a small add.
         obs_address, final_address = obs.data_ptr(), final_obs.data_ptr()
@@ -615,6 +643,16 @@ class TrajectoryBuffer:
             self._final_slots,
             self._unpack_by_words and not (obs_address | final_address) & 7,  # pack by 8-byte words when aligned
         )
+
+    def _reserve_numba_slots(self) -> None:
+        """Make sure the next kernel ``add`` (at most ``N`` episode ends) cannot overwrite a referenced final-obs slot:
+        on the CPU the live count is known on the host (the kernel returns it), so reserve exactly."""
+        N = self._num_streams
+        live = self._live_host
+        needed = min(live + N, self._capacity * N)
+        if needed > self._final_slots:
+            self._grow_final_store(live, min(self._capacity * N, max(2 * self._final_slots, 2 * needed)))
+        self._final_live_bound = needed
 
     def _checked(self, name: str, value: Any, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
         if (
