@@ -92,10 +92,12 @@ def make_steps(count: int, num_envs: int, obs_shape, obs_dtype, actions: int, se
     return steps
 
 
-def timed_rate(fn: Callable[[], object], units_per_call: int, seconds: float) -> float:
-    """Units per second of ``fn`` over about ``seconds`` (calls in batches, so the clock is read rarely)."""
+def timed_rate(fn: Callable[[], object], units_per_call: int, seconds: float) -> tuple[float, float]:
+    """Units per second of ``fn`` over about ``seconds`` (calls in batches, so the clock is read rarely): per
+    wall-clock second and per second of this process's CPU time (which other jobs on a shared machine disturb
+    less)."""
     fn()
-    calls, start = 0, time.perf_counter()
+    calls, start, cpu_start = 0, time.perf_counter(), time.process_time()
     batch = 1
     while True:
         for _ in range(batch):
@@ -103,7 +105,8 @@ def timed_rate(fn: Callable[[], object], units_per_call: int, seconds: float) ->
         calls += batch
         elapsed = time.perf_counter() - start
         if elapsed >= seconds:
-            return calls * units_per_call / elapsed
+            cpu = max(time.process_time() - cpu_start, 1e-9)
+            return calls * units_per_call / elapsed, calls * units_per_call / cpu
         batch = min(batch * 2, 256)
 
 
@@ -133,7 +136,9 @@ def bench_workload(obs_shape, obs_dtype, actions, num_envs, batch_sizes, transit
             lambda b=b: peer.sample(b),
             b,
         )
-    results: dict[str, tuple[list[float], list[float]]] = {name: ([], []) for name in measurements}
+    results: dict[str, tuple[list[tuple[float, float]], list[tuple[float, float]]]] = {
+        name: ([], []) for name in measurements
+    }
     for r in range(rounds):
         for name, (fn_ours, fn_peer, units) in measurements.items():
             if r % 2 == 0:
@@ -151,16 +156,18 @@ def bench_workload(obs_shape, obs_dtype, actions, num_envs, batch_sizes, transit
     ours_bytes = ours.memory_bytes()["total"] / (capacity * num_envs)
     rows = []
     for name, (rates_ours, rates_peer) in results.items():
-        ratios = [a / b for a, b in zip(rates_ours, rates_peer, strict=True)]
+        ratios = [a[0] / b[0] for a, b in zip(rates_ours, rates_peer, strict=True)]
+        cpu_ratios = [a[1] / b[1] for a, b in zip(rates_ours, rates_peer, strict=True)]
         rows.append(
             dict(
                 what=name,
                 num_envs=num_envs,
-                ours=statistics.median(rates_ours),
-                peer=statistics.median(rates_peer),
+                ours=statistics.median(r[0] for r in rates_ours),
+                peer=statistics.median(r[0] for r in rates_peer),
                 ratio=statistics.median(ratios),
                 ratio_min=min(ratios),
                 ratio_max=max(ratios),
+                cpu_ratio=statistics.median(cpu_ratios),
                 bytes_ours=ours_bytes,
                 bytes_peer=peer_bytes,
             )
@@ -194,8 +201,9 @@ def main() -> None:
     load_before = os.getloadavg()[0]
 
     header = (
-        "| obs | N | measure | ours /s | SB3 /s | ratio (median) | ratio range | bytes/tr ours | bytes/tr SB3 |\n"
-        "|---|---|---|---|---|---|---|---|---|"
+        "| obs | N | measure | ours /s | SB3 /s | ratio (median) | ratio range | CPU-time ratio | bytes/tr ours "
+        "| bytes/tr SB3 |\n"
+        "|---|---|---|---|---|---|---|---|---|---|"
     )
     lines = [header]
     print(header, flush=True)
@@ -208,7 +216,7 @@ def main() -> None:
                 line = (
                     f"| {name} | {row['num_envs']} | {row['what']} | {fmt(row['ours'])} | {fmt(row['peer'])} "
                     f"| {row['ratio']:.2f}x | {row['ratio_min']:.2f}-{row['ratio_max']:.2f} "
-                    f"| {row['bytes_ours']:.1f} | {row['bytes_peer']:.1f} |"
+                    f"| {row['cpu_ratio']:.2f}x | {row['bytes_ours']:.1f} | {row['bytes_peer']:.1f} |"
                 )
                 lines.append(line)
                 print(line, flush=True)
@@ -237,7 +245,8 @@ def main() -> None:
             "`sample(B)` to torch tensors. Ours: `TrajectoryBuffer` (default backend: the compiled numba kernels on "
             "CPU), `add` of one row of N streams, `sample_transitions(B)`. Rates are transitions per second (median "
             f"over {args.rounds} interleaved rounds of about {args.seconds} s each); ratio = ours / SB3, median of the "
-            "per-round ratios, with their range. Buffers of about "
+            "per-round ratios, with their range; CPU-time ratio = the same from each side's process CPU time per "
+            "measurement (less disturbed by other jobs). Buffers of about "
             f"{args.transitions} transitions. bytes/tr = storage per stored transition (ours bit-packs bool "
             "observations and keeps final observations only where episodes end; SB3 stores a full `next_obs`). The "
             "machine is shared: absolute rates move with the load, the within-round ratios much less.",

@@ -91,24 +91,24 @@ def ours_stepper(name: str, num_envs: int, backend: str) -> Callable[[], None]:
 
 
 def kernel_only_stepper(name: str, num_envs: int) -> Callable[[], None]:
-    """The classic envs' numba step kernel alone, on preallocated outputs (no checks, no fresh tensors); ended
-    copies are still restarted (their start states drawn from the generator), as in ``step``."""
+    """The classic envs' numba step kernel alone, on preallocated outputs (no checks, no fresh tensors), the actions
+    already arrays; ended copies are still restarted (their start states drawn from the generator), as in ``step``."""
     env = make_env(name, num_envs=num_envs)
     env.reset(seed=0)
     n_actions = getattr(env.action_spec, "n", 0)
     batches = [np.ascontiguousarray(a) for a in action_batches(name, num_envs, n_actions)]
-    shape = (num_envs, *env.observation_spec.shape)
-    obs, final_obs = np.empty(shape, np.float32), np.empty(shape, np.float32)
-    reward, terminated, truncated = np.empty(num_envs, np.float32), np.empty(num_envs, bool), np.empty(num_envs, bool)
+    addresses = [batch.ctypes.data for batch in batches]
+    env._block_steps = 1
+    env._new_output_blocks()  # one step's outputs, reused by every call
     counter = [0]
 
     def batch_step() -> None:
         state = env._state_array()
-        count = env._run_step_kernel(batches[counter[0] % 64], state, final_obs, obs, reward, terminated, truncated)
+        count = env._run_step_kernel(addresses[counter[0] % 64], state, 0)
         if count:
             fresh = env._fresh_states(count)
             env._restart_rows(env._ended, count, fresh.numpy(), False, state)
-            env._observe_kernel(env._ended, count, state, obs)
+            env._observe_kernel(env._ended, count, state, env._blocks[1], 0)
         counter[0] += 1
 
     return batch_step

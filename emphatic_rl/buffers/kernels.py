@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import numba
 import numba.core.cpu
+import numpy as np
 from numba import njit, types
 
 from emphatic_rl.intrinsics import intrinsic
@@ -39,12 +40,23 @@ def _pointer(typingctx, address, witness):
     return pointer_type(address, witness), codegen
 
 
+#: Eight 0/1 bytes read as one little-endian uint64 hold bit ``j`` at bit ``8 j``; multiplying by this constant
+#: moves bit ``j`` to bit ``56 + j`` with no two partial products on one bit (nothing carries): the packed byte is the
+#: top byte (the same trick as :func:`emphatic_rl.buffers.packing.pack_bool`).
+_GATHER_BITS = 0x0102040810204080
+
+
 @njit(inline="always", **_OPTIONS)
-def _write_obs(dest, i, source, n, packed, cells):
+def _write_obs(dest, i, source, n, packed, cells, words):
     """Row ``n`` of ``source [N, cells]`` into row ``i`` of ``dest``; when ``packed``, ``source`` holds 0/1 bytes
     (bool read as uint8) and eight of them go into each byte of ``dest`` (``int()``: the branch also types for
-    float sources, where it never runs)."""
-    if packed:
+    float sources, where it never runs). When ``words`` (``uint64[N, cells / 8]``, the same memory as ``source``;
+    empty unless the cells are a multiple of 8 on a little-endian host) is not empty, eight cells are packed by one
+    multiplication."""
+    if packed and words.shape[0] > 0:
+        for b in range(words.shape[1]):
+            dest[i, b] = (words[n, b] * np.uint64(_GATHER_BITS)) >> np.uint64(56)
+    elif packed:
         full = cells // 8
         for b in range(full):
             c = 8 * b
@@ -91,6 +103,8 @@ def _add_row(
     final_head,
     final_live,
     row_time,
+    obs_words,
+    final_words,
 ):
     """:func:`add_row` on arrays: ``obs`` / ``final_obs`` ``[N, cells]``, ``action`` ``[N, A]``, the rest ``[N]``."""
     N = obs.shape[0]
@@ -103,7 +117,7 @@ def _add_row(
         i = base + n
         if final_slot[i] < num_slots:  # the overwritten row held this slot
             freed += 1
-        _write_obs(obs_store, i, obs, n, packed, cells)
+        _write_obs(obs_store, i, obs, n, packed, cells, obs_words)
         for a in range(action.shape[1]):
             action_store[i, a] = action[n, a]
         scalars[i, 0] = reward[n]
@@ -117,11 +131,23 @@ def _add_row(
         else:
             slot = num_slots + n
         final_slot[i] = slot
-        _write_obs(final_store, slot, final_obs, n, packed, cells)
+        _write_obs(final_store, slot, final_obs, n, packed, cells, final_words)
     final_head[0] = (head + rank) % num_slots
     final_live[0] += rank - freed
     row_time[row] = time
-    return rank
+    return final_live[0]
+
+
+@intrinsic
+def _typed_pointer(typingctx, address, element):
+    """The integer ``address`` as a pointer to values of the scalar ``element``'s type (for storage of a fixed
+    dtype, whose address the buffer caches: an integer argument costs less per call than an array)."""
+    pointer_type = types.CPointer(element)
+
+    def codegen(context, builder, signature, args):
+        return builder.inttoptr(args[0], context.get_value_type(pointer_type))
+
+    return pointer_type(address, element), codegen
 
 
 @njit(cache=True)  # reference counting on: numba.carray builds arrays inside
@@ -134,46 +160,50 @@ def add_row(
     addresses,
     obs_store,
     action_store,
-    scalars,
-    ends,
     final_store,
-    final_slot,
+    capacity,
+    storage,
     num_slots,
-    final_head,
-    final_live,
-    row_time,
+    by_words,
 ):
     """Write time row ``row`` (global time ``time``) of every stream from contiguous CPU inputs at ``addresses``.
 
     ``addresses``: eight integers, the data of obs, action, reward, terminated, truncated, final obs, behaviour
     log-prob and interest, each ``[N, ...]`` contiguous in the stored dtype (bool observations as 0/1 bytes),
-    observations of ``cells`` elements. ``num_slots`` is ``K``, the size of the final-observation ring (the caller
-    has made sure ``live + N <= K``); ``final_head`` and ``final_live`` are one-element arrays updated in place.
-    Returns the number of episode ends in the row.
+    observations of ``cells`` elements. ``storage``: six integers, the addresses of the buffer's ``scalars``
+    (``float32[T * N, 3]``), ``ends`` (``bool[T * N, 2]``), ``final_slot`` (``int32[T * N]``), ``final_head`` and
+    ``final_live`` (one ``int64`` each, updated in place) and ``row_time`` (``int64[T]``), ``T = capacity``.
+    ``num_slots`` is ``K``, the size of the final-observation ring (the caller has made sure ``live + N <= K``).
+    ``by_words``: pack bool observations eight cells per multiplication, reading them as ``uint64`` (cells a multiple
+    of 8, 8-byte aligned, little-endian host). Returns the new number of referenced final-observation slots.
     """
     N = num_streams
+    rows = capacity * N
+    words = N if by_words else 0
     return _add_row(
         row,
         time,
         packed,
         numba.carray(_pointer(addresses[0], obs_store), (N, cells)),
         numba.carray(_pointer(addresses[1], action_store), (N, action_store.shape[1])),
-        numba.carray(_pointer(addresses[2], scalars), N),
-        numba.carray(_pointer(addresses[3], ends), N),
-        numba.carray(_pointer(addresses[4], ends), N),
+        numba.carray(_typed_pointer(addresses[2], np.float32(0)), N),
+        numba.carray(_typed_pointer(addresses[3], np.bool_(False)), N),
+        numba.carray(_typed_pointer(addresses[4], np.bool_(False)), N),
         numba.carray(_pointer(addresses[5], obs_store), (N, cells)),
-        numba.carray(_pointer(addresses[6], scalars), N),
-        numba.carray(_pointer(addresses[7], scalars), N),
+        numba.carray(_typed_pointer(addresses[6], np.float32(0)), N),
+        numba.carray(_typed_pointer(addresses[7], np.float32(0)), N),
         obs_store,
         action_store,
-        scalars,
-        ends,
+        numba.carray(_typed_pointer(storage[0], np.float32(0)), (rows, 3)),
+        numba.carray(_typed_pointer(storage[1], np.bool_(False)), (rows, 2)),
         final_store,
-        final_slot,
+        numba.carray(_typed_pointer(storage[2], np.int32(0)), rows),
         num_slots,
-        final_head,
-        final_live,
-        row_time,
+        numba.carray(_typed_pointer(storage[3], np.int64(0)), 1),
+        numba.carray(_typed_pointer(storage[4], np.int64(0)), 1),
+        numba.carray(_typed_pointer(storage[5], np.int64(0)), capacity),
+        numba.carray(_typed_pointer(addresses[0], np.uint64(0)), (words, cells // 8)),
+        numba.carray(_typed_pointer(addresses[5], np.uint64(0)), (words, cells // 8)),
     )
 
 

@@ -154,6 +154,7 @@ class TransitionBatch:
 
 
 _BATCH_FIELDS = tuple(f.name for f in fields(TransitionBatch))
+_FLOAT32, _BOOL = torch.float32, torch.bool
 _RESERVED_NAMES = frozenset(_BATCH_FIELDS) | {"done", "final_obs", "to", "as_dict"}
 
 
@@ -310,10 +311,17 @@ class TrajectoryBuffer:
         self._final_live = torch.zeros((), dtype=torch.int64, device=dev)  # slots referenced by stored rows
         self._final_live_bound = 0  # host-side upper bound on _final_live (avoids a sync per add)
         # On CPU, host reads are free: remember which rows hold an episode end to skip slot bookkeeping.
-        self._host_checks = self._device.type == "cpu"
+        self._host_checks = self._on_cpu = self._device.type == "cpu"
+        # the fast path of add (numba backend, no extras): the shapes it compares against
+        self._fast_add = self.backend == "numba" and not extras
+        self._obs_batch_shape = torch.Size((N, *obs_shape))
+        self._action_batch_shape = torch.Size((N, *action_shape))
+        self._stream_shape = (N,)
         self._row_has_end = [False] * T
         self._default_log_prob = torch.zeros(N, device=dev)
         self._default_interest = torch.ones(N, device=dev)
+        self._default_log_prob_address = self._default_log_prob.data_ptr()
+        self._default_interest_address = self._default_interest.data_ptr()
         self._stream_ids = torch.arange(N, device=dev)
 
         self._cursor = 0  # physical row the next add writes
@@ -342,6 +350,10 @@ class TrajectoryBuffer:
             self._np_row_time = self._row_time.numpy()
             self._np_final_head = self._final_head.view(1).numpy()
             self._np_final_live = self._final_live.view(1).numpy()
+            self._live_host = int(self._np_final_live[0])  # kept equal to _final_live by add (the kernel returns it)
+            # storage of fixed dtypes, handed to the add kernel as addresses (integers cost less per call than arrays)
+            fixed = (self._scalars, self._ends, self._final_slot, self._final_head, self._final_live, self._row_time)
+            self._storage_addresses = tuple(t.data_ptr() for t in fixed)
             self._np_dtypes = (torch.empty(0, dtype=self.obs_dtype).numpy().dtype, self._np_action.dtype)
             self._obs_cells, self._action_width = math.prod(self.obs_shape), math.prod(self.action_shape)
             self._unpack_by_words = self.packs_obs and self._obs_cells % 8 == 0 and sys.byteorder == "little"
@@ -436,6 +448,90 @@ class TrajectoryBuffer:
         Floating inputs are cast to the stored floating dtype, integer to the stored integer dtype; a shape or
         kind (bool / integer / floating) mismatch raises ``ValueError`` before anything is written.
         """
+        if self._fast_add and not extras:
+            try:  # a list or an array has no tensor attributes: AttributeError, or a dtype that is not a torch dtype
+                fast = (
+                    obs.dtype is self.obs_dtype
+                    and final_obs.dtype is self.obs_dtype
+                    and action.dtype is self.action_dtype
+                    and reward.dtype is _FLOAT32
+                    and terminated.dtype is _BOOL
+                    and truncated.dtype is _BOOL
+                    and obs.shape == self._obs_batch_shape
+                    and final_obs.shape == self._obs_batch_shape
+                    and action.shape == self._action_batch_shape
+                    and reward.shape == self._stream_shape
+                    and terminated.shape == self._stream_shape
+                    and truncated.shape == self._stream_shape
+                    and obs.is_cpu
+                    and final_obs.is_cpu
+                    and action.is_cpu
+                    and reward.is_cpu
+                    and terminated.is_cpu
+                    and truncated.is_cpu
+                    and obs.is_contiguous()
+                    and final_obs.is_contiguous()
+                    and action.is_contiguous()
+                    and reward.is_contiguous()
+                    and terminated.is_contiguous()
+                    and truncated.is_contiguous()
+                    and isinstance(obs, torch.Tensor)  # the checks above were attribute reads of tensors
+                )
+            except AttributeError:
+                fast = False
+            if fast:
+                # The common case on the CPU (numba backend, no extras, tensors as the env returns them), checked in
+                # attribute reads; anything else takes the general path below, which converts or raises. The body
+                # is _add_numba's, inlined (at N = 1 the per-call cost is all there is).
+                if behaviour_log_prob is None:
+                    log_prob_address = self._default_log_prob_address
+                else:
+                    behaviour_log_prob = self._checked(
+                        "behaviour_log_prob", behaviour_log_prob, self._stream_shape, torch.float32
+                    )
+                    log_prob_address = behaviour_log_prob.data_ptr()
+                if interest is None:
+                    interest_address = self._default_interest_address
+                else:
+                    interest = self._checked("interest", interest, self._stream_shape, torch.float32)
+                    interest_address = interest.data_ptr()
+                N = self._num_streams
+                needed = self._live_host + N
+                if needed > self._final_slots:
+                    self._reserve_numba_slots()
+                else:
+                    self._final_live_bound = needed
+                obs_address, final_address = obs.data_ptr(), final_obs.data_ptr()
+                self._live_host = kernels.add_row(
+                    self._cursor,
+                    self._total_steps,
+                    self.packs_obs,
+                    N,
+                    self._obs_cells,
+                    (
+                        obs_address,
+                        action.data_ptr(),
+                        reward.data_ptr(),
+                        terminated.data_ptr(),
+                        truncated.data_ptr(),
+                        final_address,
+                        log_prob_address,
+                        interest_address,
+                    ),
+                    self._np_obs,
+                    self._np_action,
+                    self._np_final_store,
+                    self._capacity,
+                    self._storage_addresses,
+                    self._final_slots,
+                    self._unpack_by_words and not (obs_address | final_address) & 7,
+                )
+                cursor = self._cursor + 1
+                self._cursor = 0 if cursor == self._capacity else cursor
+                if self._size < self._capacity:
+                    self._size += 1
+                self._total_steps += 1
+                return
         N = self._num_streams
         obs = self._checked("obs", obs, (N, *self.obs_shape), self.obs_dtype)
         action = self._checked("action", action, (N, *self.action_shape), self.action_dtype)
@@ -518,25 +614,21 @@ class TrajectoryBuffer:
     def _add_numba(self, obs, action, reward, terminated, truncated, final_obs, log_prob, interest) -> None:
         """The row write of :meth:`add` as one compiled call (inputs checked, on CPU, in the stored dtypes)."""
         N = self._num_streams
-        # Final-observation slots: on CPU the live count is a host read, so reserve exactly (no bound needed).
-        live = int(self._np_final_live[0])
-        needed = min(live + N, self._capacity * N)
-        if needed > self._final_slots:
-            self._grow_final_store(live, min(self._capacity * N, max(2 * self._final_slots, 2 * needed)))
-        self._final_live_bound = needed
+        self._reserve_numba_slots()
         # The inputs (contiguous, see _checked) go to the kernel as addresses: tensor.data_ptr() costs far less per
         # call than tensor.numpy(), and this is most of the cost of a small add.
+        obs_address, final_address = obs.data_ptr(), final_obs.data_ptr()
         addresses = (
-            obs.data_ptr(),
+            obs_address,
             action.data_ptr(),
             reward.data_ptr(),
             terminated.data_ptr(),
             truncated.data_ptr(),
-            final_obs.data_ptr(),
+            final_address,
             log_prob.data_ptr(),
             interest.data_ptr(),
         )
-        kernels.add_row(
+        self._live_host = kernels.add_row(
             self._cursor,
             self._total_steps,
             self.packs_obs,
@@ -545,22 +637,29 @@ class TrajectoryBuffer:
             addresses,
             self._np_obs,
             self._np_action,
-            self._np_scalars,
-            self._np_ends,
             self._np_final_store,
-            self._np_final_slot,
+            self._capacity,
+            self._storage_addresses,
             self._final_slots,
-            self._np_final_head,
-            self._np_final_live,
-            self._np_row_time,
+            self._unpack_by_words and not (obs_address | final_address) & 7,  # pack by 8-byte words when aligned
         )
+
+    def _reserve_numba_slots(self) -> None:
+        """Make sure the next kernel ``add`` (at most ``N`` episode ends) cannot overwrite a referenced final-obs slot:
+        on the CPU the live count is known on the host (the kernel returns it), so reserve exactly."""
+        N = self._num_streams
+        live = self._live_host
+        needed = min(live + N, self._capacity * N)
+        if needed > self._final_slots:
+            self._grow_final_store(live, min(self._capacity * N, max(2 * self._final_slots, 2 * needed)))
+        self._final_live_bound = needed
 
     def _checked(self, name: str, value: Any, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
         if (
             type(value) is torch.Tensor
             and value.dtype is dtype
             and value.shape == shape
-            and value.device == self._device
+            and (value.is_cpu if self._on_cpu else value.device == self._device)
             and value.is_contiguous()
         ):
             return value  # the common case, checked in a few attribute reads

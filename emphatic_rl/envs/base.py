@@ -28,6 +28,7 @@ Subclasses implement three batched hooks without Python loops over copies:
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Self
@@ -325,6 +326,13 @@ def numba_available() -> bool:
     return True
 
 
+#: The compiled backends allocate the output tensors of several steps at once (see :class:`CompiledBackendMixin`):
+#: blocks of at most this many bytes ...
+OUTPUT_BLOCK_BYTES = 1 << 16
+#: ... and at most this many steps.
+OUTPUT_BLOCK_STEPS = 64
+
+
 class CompiledBackendMixin:
     """Backend selection of a :class:`TensorEnv` whose ``step`` also exists as a compiled CPU kernel.
 
@@ -332,6 +340,16 @@ class CompiledBackendMixin:
     the batched torch operations (any device: the path for GPUs). Both follow the same rules and the same random
     stream and are held to the same tests. The backend is chosen automatically at construction (``"auto"``) and can
     be changed at any time with :meth:`set_backend` (the state is shared: nothing is copied).
+
+    The compiled ``step`` keeps its fixed cost per call small (at ``N = 1`` it is most of the cost):
+
+    - the action is checked by a few attribute reads (type, dtype, shape, device, contiguity; anything else takes a
+      slower path that converts it or raises) and handed to the kernel as the address of its data; the kernel
+      checks the range;
+    - the five output tensors of ``OUTPUT_BLOCK_STEPS`` future steps (at most ``OUTPUT_BLOCK_BYTES`` bytes, so a
+      single step at large ``N``) are allocated together and split into separate tensors, and their
+      ``StepResult`` made, in one go. Each step fills and returns the next unused one: every step still returns
+      tensors that no later step writes to (a kept tensor keeps its block alive, at most 64 KiB).
     """
 
     _backend: str = "torch"
@@ -360,8 +378,11 @@ class CompiledBackendMixin:
         if backend == "auto":
             backend = "numba" if on_cpu and numba_available() else "torch"
         if backend == "numba":
-            self._kernel_action_shape = (self.num_envs, *self.action_spec.shape)
+            spec = self.action_spec
+            self._kernel_action_shape = (self.num_envs, *spec.shape)
+            self._kernel_action_dtype = torch.int64 if isinstance(spec, DiscreteSpec) else spec.dtype
             self._setup_kernels()
+            self._setup_output_blocks()
         self._backend = backend
         return self
 
@@ -369,9 +390,39 @@ class CompiledBackendMixin:
         """Import the compiled kernels and allocate the scratch arrays they use."""
         raise NotImplementedError
 
-    def _action_array(self, action: torch.Tensor) -> np.ndarray:
-        """The compiled backends' cheap action check: shape and dtype in Python (attribute reads, no tensor op), the
-        range in the kernel. Returns a numpy view of the actions as int64 (discrete) or float32 (box), on the CPU."""
+    def _setup_output_blocks(self) -> None:
+        """Size the blocks of output tensors (``OUTPUT_BLOCK_STEPS`` steps, at most ``OUTPUT_BLOCK_BYTES``)."""
+        obs_dtype = torch.empty(0, dtype=self.observation_spec.dtype).numpy().dtype
+        self._obs_block_dtype = obs_dtype
+        cells = math.prod(self.observation_spec.shape)
+        step_bytes = self.num_envs * (2 * cells * obs_dtype.itemsize + 4 + 2)  # obs, final obs, reward, two flags
+        self._block_steps = max(1, min(OUTPUT_BLOCK_STEPS, OUTPUT_BLOCK_BYTES // step_bytes))
+        self._slot = self._block_steps  # no block yet: the first step makes one
+        self._blocks: tuple[np.ndarray, ...] = ()
+        self._results: list[StepResult] = []
+
+    def _new_output_blocks(self) -> None:
+        """Allocate the outputs of the next ``_block_steps`` steps: numpy blocks ``[K, N, ...]`` that the kernels
+        write (``final_obs, obs, reward, terminated, truncated``) and, over the same memory, one ``StepResult`` of
+        separate tensors per step."""
+        steps, n, shape = self._block_steps, self.num_envs, self.observation_spec.shape
+        final_obs = np.empty((steps, n, *shape), self._obs_block_dtype)
+        obs = np.empty((steps, n, *shape), self._obs_block_dtype)
+        reward = np.empty((steps, n), np.float32)
+        terminated, truncated = np.empty((steps, n), np.bool_), np.empty((steps, n), np.bool_)
+        self._blocks = (final_obs, obs, reward, terminated, truncated)
+
+        def split(block: np.ndarray) -> tuple[torch.Tensor, ...]:
+            return torch.from_numpy(block).unbind(0)
+
+        self._results = list(
+            map(StepResult, split(obs), split(reward), split(terminated), split(truncated), split(final_obs))
+        )
+
+    def _kernel_action(self, action: Any) -> torch.Tensor:
+        """The slow path of the action check (the fast one is in ``step``): convert ``action`` to a contiguous CPU
+        tensor of the kernel's dtype (``int64`` for discrete actions, the spec's dtype for boxes), or raise
+        ``ValueError`` naming what is wrong. The range is checked in the kernel."""
         if not isinstance(action, torch.Tensor) or not action.is_cpu:
             action = torch.as_tensor(action, device="cpu")
         spec = self.action_spec
@@ -381,20 +432,27 @@ class CompiledBackendMixin:
                 f"expected {self._kernel_action_shape}"
             )
         if isinstance(spec, DiscreteSpec):
-            if action.dtype != torch.int64:
-                if action.dtype.is_floating_point or action.dtype == torch.bool or action.dtype.is_complex:
-                    raise ValueError(
-                        f"{type(self).__name__}.step: discrete actions must be integers, got {action.dtype}"
-                    )
-                action = action.long()
-        else:
-            if action.dtype != spec.dtype:
-                action = action.to(spec.dtype)
-            if action.requires_grad:
-                action = action.detach()
-        return action.numpy()
+            if action.dtype.is_floating_point or action.dtype == torch.bool or action.dtype.is_complex:
+                raise ValueError(f"{type(self).__name__}.step: discrete actions must be integers, got {action.dtype}")
+        elif action.dtype.is_complex:
+            raise ValueError(f"{type(self).__name__}.step: actions must be real, got {action.dtype}")
+        action = action.to(self._kernel_action_dtype).resolve_neg().contiguous()
+        return action
 
-    def _raise_bad_action(self, actions: np.ndarray, index: int) -> None:
+    def _fast_action(self, action: Any) -> torch.Tensor:
+        """``action`` itself when it is already what the kernel reads (checked by attribute reads), else
+        :meth:`_kernel_action`. Pass ``result.data_ptr()`` to the kernel and keep ``result`` alive during the call."""
+        if (
+            type(action) is torch.Tensor
+            and action.dtype is self._kernel_action_dtype
+            and action.shape == self._kernel_action_shape
+            and action.is_cpu
+            and action.is_contiguous()
+        ):
+            return action
+        return self._kernel_action(action)
+
+    def _raise_bad_action(self, actions: torch.Tensor, index: int) -> None:
         """The error of the compiled backends for the first bad action, at copy ``index`` (same text as
         :meth:`validate_action`)."""
         spec = self.action_spec

@@ -111,9 +111,9 @@ class ClassicControlEnv(CompiledBackendMixin, TensorEnv):
     def _observe(self) -> torch.Tensor:
         if self._backend != "numba":
             return self._observe_torch()
-        obs = torch.empty((self.num_envs, *self.observation_spec.shape), dtype=torch.float32)
-        self._observe_kernel(self._all_rows, self.num_envs, self._state_array(), obs.numpy())
-        return obs
+        obs = np.empty((1, self.num_envs, *self.observation_spec.shape), dtype=np.float32)
+        self._observe_kernel(self._all_rows, self.num_envs, self._state_array(), obs, 0)
+        return torch.from_numpy(obs[0])
 
     # ------------------------------------------------------------------ numba backend
     def _kernel_option(self) -> float | bool:
@@ -128,7 +128,7 @@ class ClassicControlEnv(CompiledBackendMixin, TensorEnv):
         self._restart_rows = kernels.restart_rows
         self._ended = np.zeros(self.num_envs, dtype=np.int64)  # the copies whose episode ended, in order
         self._all_rows = np.arange(self.num_envs, dtype=np.int64)
-        self._obs_shape = (self.num_envs, *self.observation_spec.shape)
+        self._scratch = np.zeros((self.num_envs, 2), dtype=np.float64)  # per-copy scratch of the step kernels
         self._state_seen: torch.Tensor | None = None
         self._elapsed_seen: torch.Tensor | None = None
 
@@ -154,31 +154,40 @@ class ClassicControlEnv(CompiledBackendMixin, TensorEnv):
 
     def step(self, action: torch.Tensor) -> StepResult:
         """Advance every copy by one step (see :meth:`TensorEnv.step`); on the numba backend in one compiled call
-        (two on steps where an episode ended). Returns fresh tensors."""
+        (two more on steps where an episode ended). Returns fresh tensors."""
         if self._backend != "numba":
             return super().step(action)
-        actions = self._action_array(action)
-        n, shape = self.num_envs, self._obs_shape
-        # outputs allocated by numpy and wrapped (one tensor object each: the cheapest fresh tensors on the CPU)
-        obs, final_obs = np.empty(shape, np.float32), np.empty(shape, np.float32)
-        reward, terminated, truncated = np.empty(n, np.float32), np.empty(n, np.bool_), np.empty(n, np.bool_)
+        # the fast action check (attribute reads; CompiledBackendMixin._fast_action, inlined: this is the hot path)
+        if (
+            type(action) is not torch.Tensor
+            or action.dtype is not self._kernel_action_dtype
+            or action.shape != self._kernel_action_shape
+            or not action.is_cpu
+            or not action.is_contiguous()
+        ):
+            action = self._kernel_action(action)
+        slot = self._slot
+        if slot == self._block_steps:
+            self._new_output_blocks()
+            slot = 0
+        self._slot = slot + 1
         state = self._state_array()
-        count = self._run_step_kernel(actions, state, final_obs, obs, reward, terminated, truncated)
+        count = self._run_step_kernel(action.data_ptr(), state, slot)
         if count < 0:
-            self._raise_bad_action(actions, -1 - count)
+            self._raise_bad_action(action, -1 - count)
         if count or not self.draw_only_ended:
             # the same draws as the torch backend's _reset_where: one row per ended copy (in order), or one per copy
-            fresh = self._fresh_states(count if self.draw_only_ended else n)
+            fresh = self._fresh_states(count if self.draw_only_ended else self.num_envs)
             self._restart_rows(self._ended, count, fresh.numpy(), not self.draw_only_ended, state)
-            self._observe_kernel(self._ended, count, state, obs)
-        from_numpy = torch.from_numpy
-        return StepResult(
-            from_numpy(obs), from_numpy(reward), from_numpy(terminated), from_numpy(truncated), from_numpy(final_obs)
-        )
+            self._observe_kernel(self._ended, count, state, self._blocks[1], slot)
+        return self._results[slot]
 
-    def _run_step_kernel(self, actions, state, final_obs, obs, reward, terminated, truncated) -> int:
+    def _run_step_kernel(self, action_address: int, state: np.ndarray, slot: int) -> int:
+        """One call of the step kernel: the actions at ``action_address``, the outputs into row ``slot`` of the
+        output blocks. Returns the kernel's count of ended copies (or ``-1 - n`` for a bad action of copy ``n``)."""
+        final_obs, obs, reward, terminated, truncated = self._blocks
         return self._step_kernel(
-            actions,
+            action_address,
             state,
             self._elapsed_array(),
             self.max_episode_steps or 0,
@@ -188,7 +197,9 @@ class ClassicControlEnv(CompiledBackendMixin, TensorEnv):
             reward,
             terminated,
             truncated,
+            slot,
             self._ended,
+            self._scratch,
         )
 
 
@@ -550,9 +561,10 @@ class Pendulum(ClassicControlEnv):
     def _kernel_option(self) -> float:
         return self.g
 
-    def _run_step_kernel(self, actions, state, final_obs, obs, reward, terminated, truncated) -> int:
+    def _run_step_kernel(self, action_address: int, state: np.ndarray, slot: int) -> int:
+        final_obs, obs, reward, terminated, truncated = self._blocks
         return self._step_kernel(
-            actions,
+            action_address,
             self.check_actions,
             state,
             self._elapsed_array(),
@@ -563,7 +575,9 @@ class Pendulum(ClassicControlEnv):
             reward,
             terminated,
             truncated,
+            slot,
             self._ended,
+            self._scratch,
         )
 
     def _transition(self, action: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -177,22 +177,25 @@ class PuddleWorld(CompiledBackendMixin, TensorEnv):
         draws of the torch backend, and one compiled call. Returns fresh tensors."""
         if self._backend != "numba":
             return super().step(action)
-        actions = self._action_array(action)
-        bad = self._kernels.first_bad_action(actions, 4)
+        action = self._fast_action(action)
+        address = action.data_ptr()
+        bad = self._kernels.first_bad_action_at(address, self.num_envs, 4)
         if bad:
-            self._raise_bad_action(actions, -1 - bad)
+            self._raise_bad_action(action, -1 - bad)
         # the torch backend's draws, in its order: the noise (normal), then a start position for every copy
         self._noise.normal_(generator=self.generator)
         self._fresh.uniform_(generator=self.generator)
-        n = self.num_envs
-        # outputs allocated by numpy and wrapped (one tensor object each: the cheapest fresh tensors on the CPU)
-        obs, final_obs = np.empty((n, 2), np.float32), np.empty((n, 2), np.float32)
-        reward, terminated, truncated = np.empty(n, np.float32), np.empty(n, np.bool_), np.empty(n, np.bool_)
+        slot = self._slot
+        if slot == self._block_steps:
+            self._new_output_blocks()
+            slot = 0
+        self._slot = slot + 1
         elapsed = self.elapsed_steps
         if elapsed is not self._elapsed_seen:
             self._elapsed_seen, self._elapsed_np = elapsed, elapsed.numpy()
+        final_obs, obs, reward, terminated, truncated = self._blocks
         self._kernels.puddle_world_step(
-            actions,
+            address,
             self._position_array(),
             self._noise_np,
             self._fresh_np,
@@ -204,12 +207,10 @@ class PuddleWorld(CompiledBackendMixin, TensorEnv):
             reward,
             terminated,
             truncated,
+            slot,
             self._ended,
         )
-        from_numpy = torch.from_numpy
-        return StepResult(
-            from_numpy(obs), from_numpy(reward), from_numpy(terminated), from_numpy(truncated), from_numpy(final_obs)
-        )
+        return self._results[slot]
 
 
 #: The Gaussian puddles of the earlier ``gym_puddle`` environment: ``(centre x, centre y, width x, width y)``.

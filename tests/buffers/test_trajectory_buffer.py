@@ -631,3 +631,51 @@ def test_numba_backend_needs_cpu_and_numpy_dtypes():
     with pytest.raises(ValueError, match="needs numpy dtypes"):
         TrajectoryBuffer(4, 1, (2,), torch.bfloat16, backend="numba")
     assert TrajectoryBuffer(4, 1, (2,), torch.bfloat16, backend="auto").backend == "torch"
+
+
+@pytest.mark.parametrize(("shape", "dtype"), [((5, 4, 4), torch.bool), ((3, 3), torch.bool), ((4,), torch.float32)])
+def test_fast_add_leaves_the_torch_backends_state_bit_for_bit(shape, dtype):
+    """The numba backend's fast path of ``add`` (no extras; bool observations packed by 8-byte words when their cells
+    are a multiple of 8 and aligned, byte by byte otherwise) leaves every state tensor equal to the torch backend's,
+    and a restored copy continues bit-identically."""
+    rng = np.random.default_rng(7)
+    N, T = 3, 5
+    buffers = {b: TrajectoryBuffer(T, N, shape, dtype, final_obs_slots=1, backend=b) for b in ("numba", "torch")}
+    assert buffers["numba"]._unpack_by_words == (dtype == torch.bool and math.prod(shape) % 8 == 0)
+    buffers["numba"]._checked = lambda *args: pytest.fail("the general path of add was taken")
+
+    def draw() -> torch.Tensor:
+        values = rng.random((N, *shape))
+        return torch.from_numpy(values < 0.5) if dtype == torch.bool else torch.from_numpy(values).float()
+
+    restored = None
+    for t in range(40):
+        obs, final = draw(), draw()
+        if t % 3 == 1:  # contiguous but one byte (or element) off the allocation's alignment
+            flat = torch.cat([obs.new_zeros(1), obs.reshape(-1)])[1:]
+            obs = flat.view(N, *shape)
+            assert obs.is_contiguous() and obs.data_ptr() % 8 != 0 or dtype != torch.bool
+        u = rng.random(N)
+        step = dict(
+            obs=obs,
+            action=torch.from_numpy(rng.integers(0, 4, N)),
+            reward=torch.from_numpy(rng.random(N)).float(),
+            terminated=torch.from_numpy(u < 0.3),
+            truncated=torch.from_numpy((u >= 0.3) & (u < 0.4)),
+            final_obs=final,
+        )
+        for buffer in buffers.values():
+            buffer.add(**step)
+        if restored is not None:
+            restored.add(**step)
+        if t == 17:
+            restored = TrajectoryBuffer(T, N, shape, dtype, final_obs_slots=1, backend="numba")
+            restored.load_state_dict(buffers["numba"].state_dict())
+    states = [buffers["numba"].state_dict(), buffers["torch"].state_dict(), restored.state_dict()]
+    assert states[0]["final_slots"] > 1  # the final-observation store grew on the way
+    for key, value in states[0].items():
+        for other in states[1:]:
+            if isinstance(value, torch.Tensor):
+                assert torch.equal(value, other[key]), key
+            elif key != "final_live_bound":  # a host-side bound: exact on the CPU kernels, looser on torch's path
+                assert value == other[key], key
