@@ -379,20 +379,52 @@ def summarise(config: FAStudyConfig, runs: dict[str, dict[str, torch.Tensor]]) -
         }
     # Does multi-step predecessor stay ahead of the others under error, and do the others fall with the dose?
     error_conditions = [c for c in conditions if c not in ("perfect", BASELINE)]
-    if "multi-step-predecessor" in runs:
-        out["v4_minus_other"] = {
-            c: {
-                v: difference_ci(per_seed[("multi-step-predecessor", c)]["final"], per_seed[(v, c)]["final"])
-                for v in runs
-                if v != "multi-step-predecessor"
+    for suffix, metric in (("", "final"), ("_auc", "auc")):
+        if "multi-step-predecessor" in runs:
+            out["v4_minus_other" + suffix] = {
+                c: {
+                    v: difference_ci(per_seed[("multi-step-predecessor", c)][metric], per_seed[(v, c)][metric])
+                    for v in runs
+                    if v != "multi-step-predecessor"
+                }
+                for c in error_conditions
             }
-            for c in error_conditions
+        out["condition_minus_perfect" + suffix] = {
+            v: {c: difference_ci(per_seed[(v, c)][metric], per_seed[(v, "perfect")][metric]) for c in error_conditions}
+            for v in runs
         }
-    out["condition_minus_perfect"] = {
-        v: {c: difference_ci(per_seed[(v, c)]["final"], per_seed[(v, "perfect")]["final"]) for c in error_conditions}
+    # The dose response as one number: the least-squares slope of each run's metric on its dose (perfect = 0).
+    doses = [float(d) for d in config.doses]
+    names = ["perfect" if d == 0 else f"dose {d:g}" for d in doses]
+    if len(set(doses)) > 1:
+        out["dose_slope"] = {
+            v: {
+                metric: slope_ci(
+                    torch.cat([torch.full((config.seeds,), d) for d in doses]),
+                    torch.cat([per_seed[(v, n)][metric] for n in names]),
+                )
+                for metric in ("auc", "final")
+            }
+            for v in runs
+        }
+    out["per_seed"] = {
+        v: {c: {m: per_seed[(v, c)][m].tolist() for m in ("auc", "final")} for c in conditions if c != BASELINE}
         for v in runs
     }
+    if baseline_auc:
+        out["per_seed"][BASELINE] = {"auc": b_auc.tolist(), "final": b_final.tolist()}
     return out
+
+
+def slope_ci(x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
+    """The least-squares slope of ``y`` on ``x`` and its 95% half-width (Student-t, ``n - 2`` degrees of freedom)."""
+    x, y = x.double(), y.double()
+    dx = x - x.mean()
+    sxx = float(dx.square().sum())
+    slope = float((dx * (y - y.mean())).sum()) / sxx
+    residual = y - y.mean() - slope * dx
+    se = math.sqrt(float(residual.square().sum()) / max(x.numel() - 2, 1) / sxx)
+    return slope, _t(x.numel() - 2) * se
 
 
 def _fmt(pair: tuple[float, float], digits: int = 1) -> str:
@@ -454,12 +486,30 @@ def write_summary(config: FAStudyConfig, summary: dict[str, Any], out: Path, sec
         for c, d in summary["v4_minus_other"].items():
             lines.append(f"| {c} | " + " | ".join(_fmt(d[v]) for v in others) + " |")
         lines.append("")
+    if "v4_minus_other_auc" in summary:
+        others = [v for v in summary["table"] if v != "multi-step-predecessor"]
+        lines += ["## Multi-step predecessor minus each other variant, AUC (95% CI)", ""]
+        lines += ["| condition | " + " | ".join(others) + " |", "|---" * (len(others) + 1) + "|"]
+        for c, d in summary["v4_minus_other_auc"].items():
+            lines.append(f"| {c} | " + " | ".join(_fmt(d[v]) for v in others) + " |")
+        lines.append("")
     errs = [c for c in conditions if c != "perfect"]
-    lines += ["## Each condition minus the perfect model, final return (95% CI)", ""]
-    lines += ["| variant | " + " | ".join(errs) + " |", "|---" * (len(errs) + 1) + "|"]
-    for v, d in summary["condition_minus_perfect"].items():
-        lines.append(f"| {v} | " + " | ".join(_fmt(d[c]) for c in errs) + " |")
-    lines.append("")
+    for key, metric in (("condition_minus_perfect", "final return"), ("condition_minus_perfect_auc", "AUC")):
+        lines += [f"## Each condition minus the perfect model, {metric} (95% CI)", ""]
+        lines += ["| variant | " + " | ".join(errs) + " |", "|---" * (len(errs) + 1) + "|"]
+        for v, d in summary[key].items():
+            lines.append(f"| {v} | " + " | ".join(_fmt(d[c]) for c in errs) + " |")
+        lines.append("")
+    if "dose_slope" in summary:
+        lines += [
+            "## Dose response: least-squares slope of the return on the injected dose (per unit dose, 95% CI)",
+            "",
+            "| variant | AUC | final |",
+            "|---|---|---|",
+        ]
+        for v, d in summary["dose_slope"].items():
+            lines.append(f"| {v} | {_fmt(d['auc'])} | {_fmt(d['final'])} |")
+        lines.append("")
     _atomic_write(out / "summary.md", "\n".join(lines))
 
 

@@ -232,6 +232,20 @@ def test_study_runs_end_to_end_and_reports_the_instruments(tmp_path):
         assert table["multi-step-predecessor"][condition]["planning_updates"] > 0
     assert table["one-step-successor"]["dose 0.5"]["count_real_toward_hallucinated"] > 0
     assert results["baseline"]["runs"] == 4
+    assert len(results["per_seed"]["multi-step-predecessor"]["learned"]["auc"]) == 2
+    assert len(results["per_seed"]["model-free"]["final"]) == 4
+    assert set(results["dose_slope"]) == {"one-step-successor", "multi-step-predecessor"}
+    assert set(results["v4_minus_other_auc"]) == {"dose 0.5", "learned"}
+
+
+def test_dose_slope_is_the_least_squares_slope():
+    from emphatic_rl.dyna_fa_study import slope_ci
+
+    x = torch.tensor([0.0, 0.0, 1.0, 1.0, 2.0, 2.0])
+    y = 2 * x + 1 + torch.tensor([0.1, -0.1, 0.1, -0.1, 0.1, -0.1])
+    slope, half = slope_ci(x, y)
+    # residuals +-0.1: s^2 = 0.06 / 4, Sxx = 4, se = sqrt(0.015 / 4); t(0.975, 4) = 2.7764
+    assert slope == pytest.approx(2.0) and half == pytest.approx(2.7764451 * (0.015 / 4) ** 0.5, rel=1e-5)
 
 
 def test_population_adam_matches_torch_adam_per_member_and_skips_inactive_members():
