@@ -133,6 +133,17 @@ def test_rgb_array_frame_draws_paddle_fruit_and_lives():
     assert gym_env.render().shape == (256, 256, 3) and gym_env.metadata["render_fps"] == 30
 
 
+def test_human_mode_draws_without_a_display():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    env = gym.make("emphatic_rl/Catcher-v0", render_mode="human")
+    env.reset(seed=0)
+    env.step(2)
+    assert env.render() is None
+    env.close()
+
+
 def test_registry_gymnasium_id_and_bad_options():
     env = make_env("catcher", num_envs=2, lives=2)
     assert env.geometry.init_lives == 2
