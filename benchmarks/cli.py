@@ -89,7 +89,7 @@ def main() -> None:
         "Why it is fast: `import emphatic_rl` imports neither torch, numpy nor Gymnasium (the Gymnasium ids are "
         "registered when Gymnasium is imported); the parser knows the commands from static metadata and adds a "
         "command's arguments, importing its module, only when that command runs; `list` reads the shipped "
-        "`emphatic_rl/catalog.json` (made from the registries by `python -m emphatic_rl.catalog`, checked by the "
+        "`emphatic_rl/catalog.json` (made from the registries by `python -m emphatic_rl.cli.catalog`, checked by the "
         "tests). Before, building the parser imported torch and every command: `emphatic-rl --help` took 8-10 s.",
     ]
     Path(args.out).write_text("\n".join(lines) + "\n")

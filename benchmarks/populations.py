@@ -83,8 +83,9 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 PROTOCOL = "@@populations-bench "
 
-# Mountain Car tile coding (emphatic_rl.agents.ace.TILE_LAYOUTS["mountain-car"]): 4x4 tiles (5x5 inside), 8 tilings,
-# bias: 201 features, 9 active. Our TileCoder's layout: index = k * 25 + c_position * 5 + c_velocity, bias last.
+# Mountain Car tile coding (emphatic_rl.agents.linear.ace.TILE_LAYOUTS["mountain-car"]): 4x4 tiles (5x5 inside), 8
+# tilings, bias: 201 features, 9 active. Our TileCoder's
+# layout: index = k * 25 + c_position * 5 + c_velocity, bias last.
 LOW = (-1.2, -0.07)
 HIGH = (0.6, 0.07)
 TILES = (4, 4)
@@ -201,7 +202,7 @@ def engine_keywords(arm: str) -> dict[str, Any] | None:
     """Constructor keywords of an arm for the installed ``ActorCritic``, or None if it cannot build that arm."""
     import torch
 
-    from emphatic_rl.agents.actor_critic import ActorCritic
+    from emphatic_rl.agents.linear.actor_critic import ActorCritic
 
     backend, precision = arm.split("-")
     parameters = inspect.signature(ActorCritic.__init__).parameters
@@ -220,7 +221,7 @@ def engine_keywords(arm: str) -> dict[str, Any] | None:
 
 def build_engine(case: str, population: int, runs: int, arm: str, members: list[dict[str, float]] | None = None
                  ) -> Any:
-    from emphatic_rl.agents.actor_critic import ActorCritic
+    from emphatic_rl.agents.linear.actor_critic import ActorCritic
 
     keywords = engine_keywords(arm)
     if keywords is None:

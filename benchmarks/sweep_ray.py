@@ -55,8 +55,8 @@ def main() -> None:
     import ray
     import torch
 
-    from emphatic_rl.sweep import load_study, plan_study, run_study
-    from emphatic_rl.sweep_ray import run_study_ray
+    from emphatic_rl.studies.sweep import load_study, plan_study, run_study
+    from emphatic_rl.studies.sweep_ray import run_study_ray
 
     torch.set_num_threads(1)
     root = Path(tempfile.mkdtemp(prefix="ray-bench-"))

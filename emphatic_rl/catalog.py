@@ -4,8 +4,8 @@ allowed values) and which agents run on which envs.
 The command reads ``catalog.json`` (shipped next to this module) so that it answers without importing torch or
 building anything. The file is made from the live registries by::
 
-    python -m emphatic_rl.catalog            # rewrite emphatic_rl/catalog.json
-    python -m emphatic_rl.catalog --check    # exit 1 if it differs from the registries
+    python -m emphatic_rl.cli.catalog            # rewrite emphatic_rl/catalog.json
+    python -m emphatic_rl.cli.catalog --check    # exit 1 if it differs from the registries
 
 and ``tests/test_cli_fast.py`` fails when it is stale. How each field is found:
 
@@ -23,7 +23,6 @@ This module imports nothing heavy at import time.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import inspect
 import json
@@ -33,9 +32,18 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-__all__ = ["build_catalog", "load_catalog", "merge_live_registrations", "CATALOG_FILE"]
+__all__ = [
+    "build_catalog",
+    "load_catalog",
+    "merge_live_registrations",
+    "serialise_catalog",
+    "CATALOG_FILE",
+    "CATALOG_PATH",
+]
 
 CATALOG_FILE = "catalog.json"
+#: the shipped file (next to this module)
+CATALOG_PATH = Path(__file__).with_name(CATALOG_FILE)
 _PROBE = "probe-value"
 _GYM_NOTE = "any Gymnasium env id through its vector API (e.g. gym:MinAtar/Breakout-v1); options: gym.make's keywords"
 
@@ -231,25 +239,6 @@ def merge_live_registrations(catalog: dict[str, Any]) -> dict[str, Any]:
     return catalog
 
 
-def _serialise(catalog: dict[str, Any]) -> str:
+def serialise_catalog(catalog: dict[str, Any]) -> str:
     shipped = {key: value for key, value in catalog.items() if key != "studies"}
     return json.dumps(shipped, indent=1, sort_keys=True) + "\n"
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m emphatic_rl.catalog", description="(re)write catalog.json")
-    parser.add_argument("--check", action="store_true", help="exit 1 if catalog.json is stale, write nothing")
-    args = parser.parse_args(argv)
-    path = Path(__file__).with_name(CATALOG_FILE)
-    text = _serialise(build_catalog())
-    if args.check:
-        stale = not path.is_file() or path.read_text() != text
-        print(f"{path}: {'stale: run python -m emphatic_rl.catalog' if stale else 'up to date'}")
-        return 1 if stale else 0
-    path.write_text(text)
-    print(f"wrote {path}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -16,7 +16,7 @@ Names (the same in code, docs and metrics):
 
 The functions are plain arithmetic on their arguments: they take Python floats, numpy arrays, torch tensors (with
 or without autograd) alike, and ``numba.njit`` compiles them unchanged for the CPU kernels
-(``emphatic_rl.agents.linear_kernels``), so each equation has one home for every backend. Boolean switches are
+(``emphatic_rl.agents.linear.kernels``), so each equation has one home for every backend. Boolean switches are
 Python ``bool`` values (constant per agent), never tensors.
 
 References: Sutton, Mahmood and White (2016), "An emphatic approach to the problem of off-policy temporal-difference

@@ -1,10 +1,11 @@
-"""``emphatic-rl gradients``: compare gradient estimators with the true off-policy gradient on a tabular MDP.
+"""Compare gradient estimators with the true off-policy gradient on a tabular MDP (the ``emphatic-rl gradients``
+command; its flags are the fields of :class:`GradientsOptions`).
 
 Examples::
 
-    emphatic-rl gradients --env counterexample-three-state --estimators true,offpac,ace --ascent --steps 300
-    --lr 20 python -m emphatic_rl.gradients --env counterexample-dpg --estimators dpg,emphatic-dpg --ascent
-    --json python -m emphatic_rl.gradients --env counterexample-three-state --theta random --samples 200000
+    emphatic-rl gradients --env counterexample-three-state --estimators true,offpac,ace --ascent --steps 300 --lr 20
+    emphatic-rl gradients --env counterexample-dpg --estimators dpg,emphatic-dpg --ascent --json
+    emphatic-rl gradients --env counterexample-three-state --theta random --samples 200000
 
 The human output is a table: J, the true gradient's norm, and for each estimator its expected update's cosine
 with the true gradient and its relative bias ``|E[update] - grad J| / |grad J|`` (and, with ``--ascent``, the
@@ -16,10 +17,9 @@ J reached by following its expected update; with ``--samples``, a Monte Carlo ch
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
-import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,59 +29,47 @@ from emphatic_rl.envs.counterexamples import MDP_BUILDERS, make_mdp
 from emphatic_rl.envs.tabular import TabularMDP
 from emphatic_rl.exact.lab import (
     DTYPE,
-    ESTIMATORS,
     INTERESTS,
     ContinuousLab,
     DiscreteLab,
     Lab,
     check_estimator_names,
 )
-from emphatic_rl.exact.sampled import SAMPLED_ESTIMATORS, monte_carlo_updates, sampled_estimator_names
+from emphatic_rl.exact.sampled import monte_carlo_updates, sampled_estimator_names
 
 POLICIES = ("auto", "softmax", "deterministic", "gaussian")
 STREAMS = 200
 
 
-def add_gradients_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add the ``gradients`` options to ``parser``."""
-    parser.add_argument("--env", required=True, help=f"tabular env: {', '.join(MDP_BUILDERS)}")
-    parser.add_argument(
-        "--env-option",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="env builder option, e.g. middle_steps=3 (repeatable)",
-    )
-    parser.add_argument(
-        "--policy",
-        default="auto",
-        help=f"policy class: {', '.join(POLICIES)} (auto: softmax for "
-        "discrete actions; for continuous actions deterministic unless a stochastic estimator is asked)",
-    )
-    parser.add_argument("--theta", default="zeros", help="zeros | random | FILE (.json list, .pt or .npy)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of --theta random and of --samples")
-    parser.add_argument("--eta", type=float, default=1.0, help="ACE's eta (1: emphatic, 0: OffPAC)")
-    parser.add_argument("--interest", default="uniform", help=f"interest function: {', '.join(INTERESTS)}")
-    parser.add_argument(
-        "--estimators", default=None, help=f"comma-separated, from {', '.join(ESTIMATORS)} (default: all that apply)"
-    )
-    parser.add_argument("--ascent", action="store_true", help="follow each estimator's expected update")
-    parser.add_argument("--steps", type=int, default=300, help="ascent steps")
-    parser.add_argument("--lr", type=float, default=20.0, help="ascent step size")
-    parser.add_argument(
-        "--samples",
-        type=int,
-        default=0,
-        help=f"Monte Carlo check with this many sampled updates ({', '.join(SAMPLED_ESTIMATORS)})",
-    )
-    parser.add_argument("--json", action="store_true", help="print one JSON object")
-    parser.add_argument(
-        "--progress",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="a progress bar over the estimators with --ascent or --samples (default: on; --no-progress)",
-    )
-    parser.add_argument("--plot", default=None, metavar="FILE.png", help="plot J along each ascent (needs --ascent)")
+@dataclass
+class GradientsOptions:
+    """What ``emphatic-rl gradients`` computes (the command's flags, by the same names).
+
+    - ``env``: a tabular env of ``MDP_BUILDERS``; ``env_option``: its builder's ``KEY=VALUE`` options.
+    - ``policy``: one of ``POLICIES`` (``"auto"``: softmax for discrete actions; for a real action deterministic
+      unless a stochastic estimator is asked).
+    - ``theta``: ``"zeros"``, ``"random"`` (seeded by ``seed``) or a file (``.json`` list, ``.pt`` or ``.npy``).
+    - ``eta``: ACE's ``eta`` in ``[0, 1]``; ``interest``: one of ``INTERESTS``.
+    - ``estimators``: comma-separated names (``None``: every one that applies).
+    - ``ascent``: follow each estimator's expected update for ``steps`` steps of size ``lr``.
+    - ``samples``: a Monte Carlo check with this many sampled updates (0: none); ``plot``: a PNG of the ascents.
+    - ``progress``: a progress bar over the estimators with ``ascent`` or ``samples``.
+    """
+
+    env: str
+    env_option: list[str] = field(default_factory=list)
+    policy: str = "auto"
+    theta: str = "zeros"
+    seed: int = 0
+    eta: float = 1.0
+    interest: str = "uniform"
+    estimators: str | None = None
+    ascent: bool = False
+    steps: int = 300
+    lr: float = 20.0
+    samples: int = 0
+    plot: str | None = None
+    progress: bool = False
 
 
 def _parse_option(text: str) -> tuple[str, Any]:
@@ -125,7 +113,7 @@ def _load_theta(spec: str, shape: tuple[int, ...], seed: int) -> torch.Tensor:
         ) from None
 
 
-def build_lab(args: argparse.Namespace) -> tuple[Lab, list[str]]:
+def build_lab(args: GradientsOptions) -> tuple[Lab, list[str]]:
     """Validate every option and build the lab; returns ``(lab, estimator names)``. Raises ``ValueError``."""
     if args.env not in MDP_BUILDERS:
         raise ValueError(f"unknown env {args.env!r} for gradients; allowed: {', '.join(MDP_BUILDERS)}")
@@ -181,7 +169,7 @@ def _cosine(a: torch.Tensor, b: torch.Tensor) -> float | None:
     return float((a * b).sum()) / (na * nb)
 
 
-def compute(args: argparse.Namespace, lab: Lab, estimators: list[str]) -> dict[str, Any]:
+def compute(args: GradientsOptions, lab: Lab, estimators: list[str]) -> dict[str, Any]:
     """All the numbers of the report, as a JSON-ready dict."""
     theta = lab.check_theta(_load_theta(args.theta, lab.theta_shape, args.seed))
     true = lab.true_gradient(theta)
@@ -229,7 +217,7 @@ def compute(args: argparse.Namespace, lab: Lab, estimators: list[str]) -> dict[s
     return report
 
 
-def _format_table(report: dict[str, Any]) -> str:
+def format_table(report: dict[str, Any]) -> str:
     def fmt(value: Any, spec: str = ".4f") -> str:
         return "-" if value is None else format(value, spec)
 
@@ -260,7 +248,7 @@ def _format_table(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _plot(path: str, lab: Lab, report: dict[str, Any]) -> None:
+def plot_ascents(path: str, lab: Lab, report: dict[str, Any]) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -317,35 +305,3 @@ def _plot(path: str, lab: Lab, report: dict[str, Any]) -> None:
     figure.savefig(temporary, dpi=110)
     temporary.replace(path)
     plt.close(figure)
-
-
-def run_gradients(args: argparse.Namespace) -> int:
-    """Run the ``gradients`` command; returns the exit status (2 on bad input, with one message on stderr)."""
-    torch.set_num_threads(1)  # the lab's tensors are tiny: one thread is the fastest
-    try:
-        lab, estimators = build_lab(args)
-        report = compute(args, lab, estimators)
-    except ValueError as error:
-        print(f"emphatic-rl gradients: error: {error}", file=sys.stderr)
-        return 2
-    if args.plot:
-        _plot(args.plot, lab, report)
-    for entry in report["estimators"].values():
-        entry.pop("_thetas", None)
-    if args.json:
-        print(json.dumps(report))
-    else:
-        print(_format_table(report))
-        if args.plot:
-            print(f"plot written to {args.plot}")
-    return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m emphatic_rl.gradients", description=__doc__.split("\n")[0])
-    add_gradients_arguments(parser)
-    return run_gradients(parser.parse_args(argv))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

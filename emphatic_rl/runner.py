@@ -406,8 +406,8 @@ class Evaluate(Callback):
 
 class Excursions(Callback):
     """The excursions objective every ``every`` steps: one rollout of each member's target policy from each of
-    ``num_starts`` states drawn from the behaviour's data (``emphatic_rl.sweep.excursion_start_states``, each after
-    ``spacing`` behaviour steps), logged as ``eval/excursions_return`` (NaN for diverged members)."""
+    ``num_starts`` states drawn from the behaviour's data (``emphatic_rl.studies.sweep.excursion_start_states``, each
+    after ``spacing`` behaviour steps), logged as ``eval/excursions_return`` (NaN for diverged members)."""
 
     metric = "eval/excursions_return"
 
@@ -418,14 +418,14 @@ class Excursions(Callback):
 
     def on_start(self, runner: Runner) -> None:
         if self.starts is None:
-            from emphatic_rl.sweep import excursion_start_states
+            from emphatic_rl.studies.sweep import excursion_start_states
 
             self.starts = excursion_start_states(runner.run_.config, self.num_starts, self.spacing)
 
     def on_step(self, runner: Runner) -> None:
         if not runner.due(self.every):
             return
-        from emphatic_rl.sweep import evaluate_excursions
+        from emphatic_rl.studies.sweep import evaluate_excursions
 
         assert self.starts is not None
         values = evaluate_excursions(runner.run_, self.starts, runner.step).cpu()

@@ -315,12 +315,12 @@ def load_run_config(out_dir: str | Path) -> TrainConfig:
 def evaluate(run: Run, step: int, backend: str = "auto") -> dict[str, torch.Tensor]:
     """Run ``eval_episodes`` episodes per member with the target policy. Returns ``return`` and ``length``, ``[P]``.
 
-    ``backend``: ``"auto"`` runs the compiled rollouts of ``emphatic_rl.agents.linear_rollouts`` where they apply
+    ``backend``: ``"auto"`` runs the compiled rollouts of ``emphatic_rl.agents.linear.rollouts`` where they apply
     (CPU, linear actor-critic with tile coding, Mountain Car / Puddle World; frozen members NaN), else the torch
     loop of ``emphatic_rl.runner.rollout_returns``; ``"torch"`` / ``"numba"`` force one. The eval env is reset from
     the ``evaluation`` stream of ``emphatic_rl.seeding`` at ``step``.
     """
-    from emphatic_rl.agents.linear_rollouts import fused_evaluate
+    from emphatic_rl.agents.linear.rollouts import fused_evaluate
 
     config, env, agent = run.config, run.eval_env, run.agent
     results = fused_evaluate(run, step, backend)

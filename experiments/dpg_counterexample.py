@@ -19,10 +19,9 @@ from pathlib import Path
 import torch
 
 from emphatic_rl import plots
-from emphatic_rl.agents.dpg import run_sampled_linear_dpg
-from emphatic_rl.agents.gaussian import run_sampled_gaussian_ace
 from emphatic_rl.envs.counterexamples import dpg_counterexample_mdp
 from emphatic_rl.exact import ContinuousLab
+from emphatic_rl.exact.continuous import run_sampled_gaussian_ace, run_sampled_linear_dpg
 from emphatic_rl.stats import mean_ci, t_interval
 
 OUT = Path(__file__).parent / "results" / "dpg"

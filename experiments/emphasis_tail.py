@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from emphatic_rl.seeding import stream_seed
-from emphatic_rl.sweep import load_study, member_layout, plan_study
+from emphatic_rl.studies.sweep import load_study, member_layout, plan_study
 from emphatic_rl.train import build_run
 
 QUANTILES = (0.5, 0.9, 0.99, 0.999)
@@ -64,7 +64,7 @@ def main() -> None:
         config = chunk.config
         run = build_run(config)
         env, agent, buffer = run.env, run.agent, run.buffer
-        setting_of = torch.tensor([c for c, _ in member_layout(len(chunk.settings), study.runs)])  # emphatic_rl.sweep
+        setting_of = torch.tensor([c for c, _ in member_layout(len(chunk.settings), study.runs)])
         generator = torch.Generator(device=run.device)
         generator.manual_seed(stream_seed(config.seed, "behaviour"))  # the training loop's behaviour stream
         obs = env.reset(seed=config.seed)

@@ -116,13 +116,13 @@ def test_shipped_catalog_matches_the_registries():
     shipped = load_catalog()
     compat = {"runs_on", "not_on", "agents"}
     for section in ("agents", "envs"):
-        assert sorted(shipped[section]) == sorted(live[section]), "run: python -m emphatic_rl.catalog"
+        assert sorted(shipped[section]) == sorted(live[section]), "run: python -m emphatic_rl.cli.catalog"
         for name, entry in live[section].items():
             stored = {k: v for k, v in shipped[section][name].items() if k not in compat}
             for key, row in entry["options"].items():  # values checked only when the agent is built: slow test
                 if "allowed" not in row and section == "agents":
                     stored["options"][key].pop("allowed", None)
-            assert json.loads(json.dumps(entry)) == stored, f"{name}: run python -m emphatic_rl.catalog"
+            assert json.loads(json.dumps(entry)) == stored, f"{name}: run python -m emphatic_rl.cli.catalog"
 
 
 def test_list_shows_agents_registered_in_the_process(capsys):

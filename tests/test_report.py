@@ -11,7 +11,8 @@ import pytest
 
 from emphatic_rl.cli import main
 from emphatic_rl.config import ConfigError
-from emphatic_rl.report import (
+from emphatic_rl.stats import t_quantile as t_quantile_975
+from emphatic_rl.studies.report import (
     best_setting,
     load_results,
     mean_ci,
@@ -20,7 +21,6 @@ from emphatic_rl.report import (
     summarise_settings,
     write_report,
 )
-from emphatic_rl.stats import t_quantile as t_quantile_975
 
 
 def test_t_quantiles():
@@ -155,7 +155,7 @@ def test_report_files_and_table(tmp_path):
 
 
 def test_baseline_list_compares_each_variant_with_the_baseline_of_its_suffix():
-    from emphatic_rl.report import _baseline_groups
+    from emphatic_rl.studies.report import _baseline_groups
 
     names = ["offpac-etd", "ace-direct-etd", "offpac-tdrc", "ace-direct-tdrc", "ace[eta=1]", "other-td"]
     assert _baseline_groups(["offpac-etd", "offpac-tdrc"], names) == {

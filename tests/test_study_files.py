@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from emphatic_rl.sweep import load_study, plan_study, validate_study
+from emphatic_rl.studies.sweep import load_study, plan_study, validate_study
 
 ROOT = Path(__file__).resolve().parents[1]
 STUDIES = sorted(

@@ -10,7 +10,7 @@ import pytest
 from emphatic_rl.cli import main
 from emphatic_rl.config import ConfigError
 from emphatic_rl.logging import read_metrics
-from emphatic_rl.sweep import expand_grid, load_study, member_layout, plan_study, run_study, validate_study
+from emphatic_rl.studies.sweep import expand_grid, load_study, member_layout, plan_study, run_study, validate_study
 
 TINY = """
 name = "tiny"
@@ -246,7 +246,7 @@ def test_bad_excursions_table(tmp_path):
 @pytest.mark.slow
 def test_n18_study_reproduces_offpac_wrong_ace_right(tmp_path):
     """The committed N18 study (fig1 variants only): OffPAC ends near 0.87, ACE near 1.2 (Imani et al. 2018, fig. 1)."""
-    from emphatic_rl.report import best_setting, load_results, summarise_settings
+    from emphatic_rl.studies.report import best_setting, load_results, summarise_settings
 
     path = Path(__file__).resolve().parents[1] / "experiments" / "n18_three_state.toml"
     assert main(["sweep", str(path), "--out", str(tmp_path), "--only", "offpac", "--only", "ace"]) == 0

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from emphatic_rl.logging import read_metrics
-from emphatic_rl.report import write_report
-from emphatic_rl.sweep import load_study, plan_study, run_study
+from emphatic_rl.studies.report import write_report
+from emphatic_rl.studies.sweep import load_study, plan_study, run_study
 
 TINY = """
 name = "tiny"
@@ -85,7 +85,7 @@ def test_ray_backend_without_ray_is_one_line_and_exit_2(tmp_path, monkeypatch, c
 
 ray = pytest.importorskip("ray", reason="the Ray backend's tests need ray (pip install 'emphatic-rl[ray]')")
 
-from emphatic_rl.sweep_ray import ChunkFailed, run_study_ray  # noqa: E402
+from emphatic_rl.studies.sweep_ray import ChunkFailed, run_study_ray  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from emphatic_rl import sweep
-from emphatic_rl.agents import actor_critic
+from emphatic_rl.agents.linear import actor_critic
 from emphatic_rl.cli import main
 from emphatic_rl.config import ConfigError
 from emphatic_rl.logging import read_metrics
-from emphatic_rl.sweep import load_study, run_study
+from emphatic_rl.studies import sweep
+from emphatic_rl.studies.sweep import load_study, run_study
 
 TINY = """
 name = "tiny"
@@ -171,7 +171,7 @@ def test_check_study_unchanged_accepts_the_same_study(tmp_path):
 
 
 def test_report_flags_truncated_and_unstarted_variants(tmp_path, monkeypatch):
-    from emphatic_rl.report import write_report
+    from emphatic_rl.studies.report import write_report
 
     out = tmp_path / "out"
     real = actor_critic.ActorCritic.update

@@ -109,7 +109,7 @@ def test_resume_is_bit_identical(tmp_path, capsys):
     assert run_cli(["train", "--out", str(whole), *args], capsys)[0] == 0
 
     # The interrupted run: killed at step 55, after the step-40 checkpoint and the step-50 log rows.
-    from emphatic_rl.agents import dqn
+    from emphatic_rl.agents.deep import dqn
 
     original_update = dqn.DQN.update
 

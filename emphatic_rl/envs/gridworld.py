@@ -15,7 +15,7 @@ the ``start`` cell; ``max_episode_steps`` (default 100) truncates. Defaults: 6 x
 Observation: the cell index, ``int64[N]`` (``observation_spec`` is a 0-d integer box over ``0 .. num_states - 1``).
 ``coordinates(index)`` turns indices into ``(row, col)`` for plots or function approximation.
 
-For planning (``emphatic_rl.agents.models``) the env exposes its *given* dynamics as tables, extended to border
+For planning (``emphatic_rl.agents.dyna.models``) the env exposes its *given* dynamics as tables, extended to border
 cells by a documented rule of our own (``model_transitions(border_physics)``). ``"closed"`` (default): the border ring
 is a second region with the same physics (moves stay inside their region; the interior and the ring are separated
 by walls in both directions), so a perfect model applied to a real state only ever returns real states, and a

@@ -1,4 +1,5 @@
-"""Finite MDPs described by tensors, as batched ``TensorEnv`` s and as Gymnasium envs.
+"""Finite MDPs described by tensors, as batched ``TensorEnv`` s (and, through the registered envs' Gymnasium ids such
+as ``emphatic_rl/CounterexampleLong-v0``, as Gymnasium envs: see :mod:`emphatic_rl.envs.registration`).
 
 The description (:class:`TabularMDP`) is a plain dataclass of float64 tensors; the exact gradient lab
 (:mod:`emphatic_rl.exact`) reads it directly, and :class:`TabularEnv` samples from it on any device.
@@ -23,8 +24,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
-import gymnasium
-import numpy as np
 import torch
 
 from emphatic_rl.envs.base import BoxSpec, DiscreteSpec, TensorEnv
@@ -265,48 +264,6 @@ class TabularEnv(TensorEnv):
     def _observe(self) -> torch.Tensor:
         obs = self._features[self.state]
         return torch.where(self.at_terminal.unsqueeze(1), torch.zeros_like(obs), obs)
-
-
-class TabularGymEnv(gymnasium.Env):
-    """One copy of a :class:`TabularMDP` as a Gymnasium env (numpy observations, as ``TabularEnv`` emits
-    them).
-
-    ``reset(seed=...)`` seeds the env. A terminal transition returns ``terminated=True`` and the zero
-    (terminal) observation; the restart state it drew is used by the next ``reset``, so that episodes follow
-    ``P`` exactly.
-    ``info`` has ``"state"`` (the state index) and ``"discount"``.
-    """
-
-    metadata = {"render_modes": []}
-
-    def __init__(
-        self, mdp: TabularMDP, observation: ObservationKind = "actor", max_episode_steps: int | None = None
-    ) -> None:
-        self._env = TabularEnv(mdp, 1, "cpu", observation=observation, max_episode_steps=max_episode_steps)
-        dim = self._env.observation_spec.shape[0]
-        self.observation_space = gymnasium.spaces.Box(-np.inf, np.inf, (dim,), np.float32)
-        self.action_space = gymnasium.spaces.Discrete(mdp.num_actions)
-
-    def reset(self, *, seed: int | None = None, options: dict | None = None):
-        super().reset(seed=seed)
-        if seed is not None:
-            self._env.generator.manual_seed(int(seed))
-        self._env._reset_where(torch.ones(1, dtype=torch.bool))
-        self._env.elapsed_steps.zero_()
-        return self._env._observe()[0].numpy(), {"state": int(self._env.state[0])}
-
-    def step(self, action):
-        if not self.action_space.contains(int(action)):
-            raise ValueError(
-                f"action {action!r} is outside the action set {{0, ..., {self.action_space.n - 1}}}"
-            )
-        env = self._env
-        reward, terminated = env._transition(torch.tensor([int(action)]))
-        env.elapsed_steps += 1
-        truncated = env.max_episode_steps is not None and int(env.elapsed_steps[0]) >= env.max_episode_steps
-        obs = env._observe()[0].numpy()
-        info = {"state": int(env.state[0]), "discount": float(env.last_discount[0])}
-        return obs, float(reward[0]), bool(terminated[0]), bool(truncated and not terminated[0]), info
 
 
 # ---------------------------------------------------------------------- continuous actions

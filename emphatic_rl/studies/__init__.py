@@ -1,4 +1,10 @@
-"""The studies shipped with the package, runnable by name from any folder.
+"""Studies: many runs and their reports, on top of the training loop, and the studies shipped with the package.
+
+Modules: :mod:`.sweep` and :mod:`.sweep_ray` (variants x grid x runs as populations, locally or on Ray),
+:mod:`.report` (best settings, curves with CIs, ``report.md``), :mod:`.dyna` and :mod:`.dyna_fa` (the Dyna study
+programs). This package's own module (imported by ``emphatic-rl list``) finds the shipped studies by name.
+
+The shipped studies are runnable by name from any folder.
 
 Every TOML of the repository's ``experiments/`` folder is installed here (in a clone each file of this folder is a
 link to its ``experiments/`` original, in a wheel a copy), under its file name; the study's name is the file name
@@ -7,11 +13,11 @@ without ``.toml``, with ``-`` for ``_``::
     emphatic-rl list studies
     emphatic-rl sweep j23-mountain-car --out runs/sweeps/j23-mountain-car      # = experiments/j23_mountain_car.toml
     emphatic-rl train --config dpg-pendulum                                    # a train config
-    python -m emphatic_rl.dyna_study dyna-gridworld                            # the Dyna study program
+    emphatic-rl dyna dyna-gridworld                                            # the Dyna study program
 
 Four kinds: ``sweep`` (a study of variants x grid x runs, for ``emphatic-rl sweep``), ``train`` (one run's
-config, for ``emphatic-rl train --config``), ``dyna`` (for ``python -m emphatic_rl.dyna_study``) and ``dyna-fa`` (for
-``python -m emphatic_rl.dyna_fa_study``).
+config, for ``emphatic-rl train --config``), ``dyna`` (for ``emphatic-rl dyna``) and ``dyna-fa`` (for
+``emphatic-rl dyna-fa``).
 
 This module imports nothing heavy (``tomllib`` only).
 """
@@ -31,8 +37,8 @@ STUDY_DIR = Path(__file__).resolve().parent
 _RUN_WITH = {
     "sweep": "emphatic-rl sweep {name}",
     "train": "emphatic-rl train --config {name}",
-    "dyna": "python -m emphatic_rl.dyna_study {name}",
-    "dyna-fa": "python -m emphatic_rl.dyna_fa_study {name}",
+    "dyna": "emphatic-rl dyna {name}",
+    "dyna-fa": "emphatic-rl dyna-fa {name}",
 }
 
 

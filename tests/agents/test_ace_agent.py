@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from emphatic_rl.agents.actor_critic import PRESETS, ActorCritic
+from emphatic_rl.agents.linear.actor_critic import PRESETS, ActorCritic
 from emphatic_rl.features import DenseFeatures, OneHotFeatures, TileCoder
 
 LOG_MU = torch.log(torch.tensor([0.25, 0.75]))

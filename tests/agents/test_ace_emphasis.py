@@ -9,7 +9,7 @@ episodes end by termination. With ``P_N`` the transitions among non-terminal sta
 
 import torch
 
-from emphatic_rl.agents.actor_critic import ActorCritic
+from emphatic_rl.agents.linear.actor_critic import ActorCritic
 from emphatic_rl.features import OneHotFeatures
 
 GAMMA = 0.8

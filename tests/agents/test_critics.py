@@ -19,7 +19,7 @@ the closest *wrong* answer is many tolerances away.
 import pytest
 import torch
 
-from emphatic_rl.agents.critics import (
+from emphatic_rl.agents.linear.critics import (
     CriticTransition,
     ETDCritic,
     GQCritic,

@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from emphatic_rl.agents.deep_ace import DeepACE, DeepACEOptions, DeepOffPACOptions
+from emphatic_rl.agents.deep.ace import DeepACE, DeepACEOptions, DeepOffPACOptions
 from emphatic_rl.agents.registry import AgentContext, get_agent_entry, make_agent
 from emphatic_rl.buffers import TrajectoryBuffer
 from emphatic_rl.buffers.trajectory import TransitionBatch

@@ -11,7 +11,7 @@ import torch
 
 from emphatic_rl.agents import load_agents, make_agent
 from emphatic_rl.agents.action_boxes import clipped_gaussian_log_prob
-from emphatic_rl.agents.deep_gaussian import GaussianACE, GaussianACEOptions
+from emphatic_rl.agents.deep.gaussian import GaussianACE, GaussianACEOptions
 from emphatic_rl.agents.registry import AgentContext
 from emphatic_rl.buffers.trajectory import TransitionBatch
 from emphatic_rl.checkpoints import load_checkpoint

@@ -10,7 +10,6 @@ from hypothesis import strategies as st
 
 from emphatic_rl.agents import AgentContext, load_agents, make_agent
 from emphatic_rl.agents.action_boxes import ActionBox, clipped_gaussian_log_prob
-from emphatic_rl.agents.dpg import BatchedContinuousOracle, LinearDPG, run_sampled_linear_dpg
 from emphatic_rl.buffers import TrajectoryBuffer
 from emphatic_rl.checkpoints import load_checkpoint
 from emphatic_rl.config import TrainConfig
@@ -19,6 +18,7 @@ from emphatic_rl.envs.base import BoxSpec, DiscreteSpec
 from emphatic_rl.envs.counterexamples import dpg_counterexample_mdp
 from emphatic_rl.envs.tabular import ContinuousActionMDP
 from emphatic_rl.exact import ContinuousLab
+from emphatic_rl.exact.continuous import BatchedContinuousOracle, LinearDPG, run_sampled_linear_dpg
 from emphatic_rl.train import train
 
 D = torch.float64

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from emphatic_rl.agents.dyna import VARIANTS, DynaAgent, DynaOptions, make_dyna_for_env
-from emphatic_rl.agents.models import BackwardModel, BackwardSample, ForwardSample, given_model_of
+from emphatic_rl.agents.dyna.models import BackwardModel, BackwardSample, ForwardSample, given_model_of
+from emphatic_rl.agents.dyna.tabular import VARIANTS, DynaAgent, DynaOptions, make_dyna_for_env
 from emphatic_rl.envs.gridworld import BorderedGridworld
 
 

@@ -5,16 +5,16 @@ from __future__ import annotations
 import pytest
 import torch
 
-from emphatic_rl.agents.dyna import VARIANTS
-from emphatic_rl.agents.dyna_fa import DynaFAOptions, make_dyna_fa_for_env
-from emphatic_rl.agents.vector_models import (
+from emphatic_rl.agents.dyna.function_approx import DynaFAOptions, make_dyna_fa_for_env
+from emphatic_rl.agents.dyna.tabular import VARIANTS
+from emphatic_rl.agents.dyna.vector_models import (
     SimulatorModel,
     cartpole_forward,
     cartpole_inverse,
     inject_hallucinations,
     is_reachable,
 )
-from emphatic_rl.dyna_fa_study import main as study_main
+from emphatic_rl.cli import main as cli_main
 from emphatic_rl.envs import make_env
 from emphatic_rl.envs.catcher import CatcherGeometry
 
@@ -198,7 +198,7 @@ def test_a_model_kind_the_env_cannot_give():
 )
 def test_study_bad_input_exits_2_with_one_line(config, override, message, tmp_path, capsys):
     out = tmp_path / "never"
-    assert study_main([f"experiments/dyna_fa_{config}.toml", "--out", str(out), "--set", override]) == 2
+    assert cli_main(["dyna-fa", f"experiments/dyna_fa_{config}.toml", "--out", str(out), "--set", override]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and message in err
     assert not out.exists()
@@ -221,7 +221,7 @@ def test_study_runs_end_to_end_and_reports_the_instruments(tmp_path):
         'variants=["one-step-successor", "multi-step-predecessor"]',
     ):
         args += ["--set", override]
-    assert study_main(args) == 0
+    assert cli_main(["dyna-fa", *args]) == 0
     for name in ("summary.md", "results.json", "learning_curves.png", "dose_response.png"):
         assert (out / name).exists()
     results = json.loads((out / "results.json").read_text())
@@ -239,7 +239,7 @@ def test_study_runs_end_to_end_and_reports_the_instruments(tmp_path):
 
 
 def test_dose_slope_is_the_least_squares_slope():
-    from emphatic_rl.dyna_fa_study import slope_ci
+    from emphatic_rl.studies.dyna_fa import slope_ci
 
     x = torch.tensor([0.0, 0.0, 1.0, 1.0, 2.0, 2.0])
     y = 2 * x + 1 + torch.tensor([0.1, -0.1, 0.1, -0.1, 0.1, -0.1])
@@ -249,7 +249,7 @@ def test_dose_slope_is_the_least_squares_slope():
 
 
 def test_population_adam_matches_torch_adam_per_member_and_skips_inactive_members():
-    from emphatic_rl.agents.dyna_fa import _PopulationAdam
+    from emphatic_rl.agents.dyna.function_approx import _PopulationAdam
 
     torch.manual_seed(0)
     weight = torch.randn(3, 4, 2, requires_grad=True)
@@ -294,7 +294,7 @@ def test_sweep_runs_every_step_size_and_length_and_applies_its_rule(tmp_path):
         'variants=["one-step-successor", "multi-step-predecessor"]',
     ):
         args += ["--set", override]
-    assert study_main(args) == 0
+    assert cli_main(["dyna-fa", *args]) == 0
     results = json.loads((out / "results.json").read_text())
     assert results["learning_rates"] == [1e-3, 1e-2]
     assert set(results["table"]) == {"one-step-successor", "multi-step-predecessor n=2", "multi-step-predecessor n=5"}
@@ -319,7 +319,7 @@ def test_sweep_runs_every_step_size_and_length_and_applies_its_rule(tmp_path):
 )
 def test_sweep_keys_bad_input_exits_2(args, message, tmp_path, capsys):
     out = tmp_path / "never"
-    assert study_main(["dyna-fa-puddle-world", "--out", str(out), *args]) == 2
+    assert cli_main(["dyna-fa", "dyna-fa-puddle-world", "--out", str(out), *args]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and message in err
     assert not out.exists()
@@ -328,5 +328,5 @@ def test_sweep_keys_bad_input_exits_2(args, message, tmp_path, capsys):
 def test_sweep_flag_needs_a_sweep_table(tmp_path, capsys):
     config = tmp_path / "plain.toml"
     config.write_text('[study]\nenv = "cartpole"\n')
-    assert study_main([str(config), "--sweep", "--out", str(tmp_path / "never")]) == 2
+    assert cli_main(["dyna-fa", str(config), "--sweep", "--out", str(tmp_path / "never")]) == 2
     assert "--sweep needs a [sweep] table" in capsys.readouterr().err

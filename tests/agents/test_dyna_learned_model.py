@@ -5,9 +5,9 @@ import math
 import pytest
 import torch
 
-from emphatic_rl.agents.dyna import DynaAgent, DynaOptions, learned_model_of, make_dyna_for_env
-from emphatic_rl.agents.learned_models import LearnedTabularModel, LearnedVectorModel
-from emphatic_rl.agents.models import ForwardSample
+from emphatic_rl.agents.dyna.learned_models import LearnedTabularModel, LearnedVectorModel
+from emphatic_rl.agents.dyna.models import ForwardSample
+from emphatic_rl.agents.dyna.tabular import DynaAgent, DynaOptions, learned_model_of, make_dyna_for_env
 from emphatic_rl.buffers.trajectory import TrajectoryBuffer
 from emphatic_rl.envs.gridworld import BorderedGridworld
 
@@ -276,15 +276,16 @@ def test_bad_input_raises_one_clear_error():
 
 
 def test_study_runner_with_the_learned_model_writes_the_hallucination_column_and_rejects_p_h(tmp_path, capsys):
-    from emphatic_rl.dyna_study import main
+    from emphatic_rl.cli import main as cli_main
 
     config = "experiments/dyna_learned_gridworld.toml"
     tiny = ["--set", "seeds=2", "--set", "steps=40", "--set", "eval_every=20", "--set", "height=3", "--set", "width=3"]
     tiny += ["--set", 'variants=["one-step-successor"]']
-    assert main([config, "--out", str(tmp_path / "run"), *tiny]) == 0
+    assert cli_main(["dyna", config, "--out", str(tmp_path / "run"), *tiny]) == 0
     summary = (tmp_path / "run" / "summary.md").read_text()
     assert "model 'learned'" in summary and "model outputs halluc." in summary
-    assert main([config, "--out", str(tmp_path / "bad"), "--set", "hallucination_probabilities=[0.0, 0.1]"]) == 2
+    bad = ["--out", str(tmp_path / "bad"), "--set", "hallucination_probabilities=[0.0, 0.1]"]
+    assert cli_main(["dyna", config, *bad]) == 2
     assert "must be [0.0] with model = 'learned'" in capsys.readouterr().err
     assert not (tmp_path / "bad").exists()
 

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from emphatic_rl.agents.models import GivenTabularModel, given_model_of, is_real_state
+from emphatic_rl.agents.dyna.models import GivenTabularModel, given_model_of, is_real_state
 from emphatic_rl.envs.gridworld import BorderedGridworld
 
 

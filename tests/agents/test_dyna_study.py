@@ -4,7 +4,13 @@ import json
 
 import pytest
 
-from emphatic_rl.dyna_study import StudyConfig, load_config, main, run_study, summarise
+from emphatic_rl.cli import main as cli_main
+from emphatic_rl.studies.dyna import StudyConfig, load_config, run_study, summarise
+
+
+def main(argv):
+    return cli_main(["dyna", *argv])
+
 
 TINY = [
     "--set", "seeds=2",
@@ -59,7 +65,7 @@ def test_tiny_study_writes_tables_json_and_figures(tmp_path):
 def test_bad_study_config_is_one_clear_error_before_any_work(override, message, capsys, tmp_path):
     assert main(["experiments/dyna_gridworld.toml", "--out", str(tmp_path / "x"), "--set", override]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: ") and err.count("\n") == 1, err
+    assert err.startswith("emphatic-rl: error: ") and err.count("\n") == 1, err
     assert not (tmp_path / "x").exists()
     with pytest.raises(ValueError, match=message):
         load_config("experiments/dyna_gridworld.toml", {override.split("=")[0]: json.loads(override.split("=")[1])})

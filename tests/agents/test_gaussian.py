@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from emphatic_rl.agents.gaussian import gaussian_log_prob, run_sampled_gaussian_ace
 from emphatic_rl.envs.counterexamples import dpg_counterexample_mdp
 from emphatic_rl.exact import ContinuousLab
+from emphatic_rl.exact.continuous import gaussian_log_prob, run_sampled_gaussian_ace
 
 D = torch.float64
 

@@ -13,7 +13,7 @@ import itertools
 import pytest
 import torch
 
-from emphatic_rl.agents.actor_critic import ActorCritic
+from emphatic_rl.agents.linear.actor_critic import ActorCritic
 from emphatic_rl.features import DenseFeatures, OneHotFeatures, TileCoder
 
 TILES = TileCoder((-1.2, -0.07), (0.6, 0.07), (4, 4), 8)

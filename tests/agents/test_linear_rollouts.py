@@ -1,4 +1,4 @@
-"""The compiled evaluation rollouts (``emphatic_rl.agents.linear_rollouts``) against the torch envs, the tile coder
+"""The compiled evaluation rollouts (``emphatic_rl.agents.linear.rollouts``) against the torch envs, the tile coder
 and the torch evaluators: dynamics step for step, tile indices, greedy evaluations exactly, sampled ones within
 statistical error; frozen members cost nothing; the work is the sum of the episode lengths."""
 
@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 import torch
 
-from emphatic_rl.agents import linear_rollouts as lr
-from emphatic_rl.agents.ace import TILE_LAYOUTS
+from emphatic_rl.agents.linear import rollouts as lr
+from emphatic_rl.agents.linear.ace import TILE_LAYOUTS
 from emphatic_rl.config import TrainConfig
 from emphatic_rl.envs.classic import MountainCar
 from emphatic_rl.envs.puddle_world import PuddleWorld
 from emphatic_rl.features import TileCoder
-from emphatic_rl.sweep import evaluate_excursions
+from emphatic_rl.studies.sweep import evaluate_excursions
 from emphatic_rl.train import build_run, evaluate
 
 

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from emphatic_rl.agents.dqn import DQN, DQNOptions
+from emphatic_rl.agents.deep.dqn import DQN, DQNOptions
 from emphatic_rl.agents.networks import finite_members, make_population_network
 from emphatic_rl.agents.registry import AgentContext
 from emphatic_rl.buffers import TrajectoryBuffer

@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 import torch
 
-from emphatic_rl.agents.actor_critic import ActorCritic
+from emphatic_rl.agents.linear.actor_critic import ActorCritic
 from emphatic_rl.features import TileCoder
 
 DATA = Path(__file__).resolve().parent.parent / "data" / "ace_traces"

@@ -1,4 +1,4 @@
-"""TabularEnv / TabularGymEnv / ContinuousActionEnv: sampling follows the MDP, termination."""
+"""TabularEnv / its Gymnasium ids / ContinuousActionEnv: sampling follows the MDP, termination."""
 
 import gymnasium
 import pytest
@@ -6,7 +6,8 @@ import torch
 
 import emphatic_rl.envs  # noqa: F401  (registers the Gymnasium ids)
 from emphatic_rl.envs.counterexamples import dpg_counterexample_mdp, long_counterexample_mdp
-from emphatic_rl.envs.tabular import ContinuousActionEnv, TabularEnv, TabularGymEnv
+from emphatic_rl.envs.registration import NativeGymEnv
+from emphatic_rl.envs.tabular import ContinuousActionEnv, TabularEnv
 from emphatic_rl.exact import DiscreteLab
 
 
@@ -57,9 +58,11 @@ def test_state_dict_resume_is_bit_identical():
 
 
 def test_gymnasium_envs():
-    env = TabularGymEnv(long_counterexample_mdp(1))
+    """The tabular envs reach Gymnasium through the one bridge of every native env (``NativeGymEnv``)."""
+    env = gymnasium.make("emphatic_rl/CounterexampleLong-v0", middle_steps=1)
+    assert isinstance(env.unwrapped, NativeGymEnv)
     obs, info = env.reset(seed=0)
-    assert info["state"] == 0 and obs.tolist() == [1.0, 0.0]
+    assert obs.tolist() == [1.0, 0.0]
     env.step(1)
     obs, reward, terminated, truncated, info = env.step(1)
     assert (reward, terminated, truncated) == (1.0, True, False) and obs.tolist() == [0.0, 0.0]

@@ -5,7 +5,12 @@ import json
 
 import pytest
 
-from emphatic_rl.gradients import add_gradients_arguments, main, run_gradients
+from emphatic_rl.cli import main as cli_main
+from emphatic_rl.cli.gradients import add_gradients_arguments, run_gradients
+
+
+def main(argv):
+    return cli_main(["gradients", *argv])
 
 
 def run_json(capsys, *argv):

@@ -18,7 +18,7 @@ import json
 
 import torch
 
-from emphatic_rl.agents.dyna import DynaOptions, make_dyna_for_env
+from emphatic_rl.agents.dyna.tabular import DynaOptions, make_dyna_for_env
 from emphatic_rl.envs.gridworld import BorderedGridworld
 from emphatic_rl.stats import mean_ci
 

@@ -1,7 +1,7 @@
 """Dyna with function approximation: the four planning variants of "Hallucinating Value" (Jafferjee, Imani, Talvitie,
 White, Bowling 2020; JAIR 2024) with a neural Q, on vector-state envs (CartPole, Catcher, Puddle World).
 
-The tabular agent (:mod:`emphatic_rl.agents.dyna`) with its tables replaced by networks. Our reading, each choice
+The tabular agent (``agents.dyna.tabular``) with its tables replaced by networks. Our reading, each choice
 ours where the paper is silent:
 
 Value function. A population of ``P`` Q-networks (:class:`~emphatic_rl.agents.networks.PopulationMLP`, 2 x
@@ -33,7 +33,7 @@ by states drawn uniformly from the replay).
 
 Terminal handling: no bootstrap past a transition the model marks terminal; the env's time limit is bootstrapped.
 
-Models (:mod:`emphatic_rl.agents.vector_models`): ``model = "perfect"`` is the true simulator (forward, and inverted
+Models (``agents.dyna.vector_models``): ``model = "perfect"`` is the true simulator (forward, and inverted
 for the predecessor variants), ``"learned"`` a neural forward/backward model per member trained on ``model_batch``
 replayed real transitions per real step (only the direction the variant plans with). ``dose`` (one value in
 ``[0, 1]`` per member allowed) injects error into either: each model output state is, with probability ``dose``,
@@ -57,11 +57,9 @@ from typing import Any
 import torch
 
 from emphatic_rl.agents.base import ActionOutput, Agent
-from emphatic_rl.agents.dyna import PLANNING_COUNTERS, VARIANTS, _as_member_tensor
-from emphatic_rl.agents.learned_models import LearnedVectorModel
-from emphatic_rl.agents.networks import PopulationMLP, mask_and_clip_member_gradients_, polyak_update_
-from emphatic_rl.agents.registry import AgentContext, register_agent
-from emphatic_rl.agents.vector_models import (
+from emphatic_rl.agents.dyna.learned_models import LearnedVectorModel
+from emphatic_rl.agents.dyna.tabular import PLANNING_COUNTERS, VARIANTS, _as_member_tensor
+from emphatic_rl.agents.dyna.vector_models import (
     MODEL_KINDS,
     VECTOR_ENVS,
     LearnedModel,
@@ -74,6 +72,8 @@ from emphatic_rl.agents.vector_models import (
     inject_hallucinations,
     is_reachable,
 )
+from emphatic_rl.agents.networks import PopulationMLP, mask_and_clip_member_gradients_, polyak_update_
+from emphatic_rl.agents.registry import AgentContext, register_agent
 
 __all__ = ["DynaFAOptions", "DynaFAAgent", "make_dyna_fa_for_env"]
 

@@ -2,7 +2,7 @@
 
 One command per benchmark::
 
-    python -m emphatic_rl.dyna_fa_study experiments/dyna_fa_cartpole.toml --out experiments/results/dyna-fa/cartpole
+    emphatic-rl dyna-fa experiments/dyna_fa_cartpole.toml --out experiments/results/dyna-fa/cartpole
 
 Per variant, one batched population holds the perfect model (``dose = 0``), the perfect model with injected error at
 each ``dose`` and the model-free baseline (members that do not plan: the same agent, the same real budget), every
@@ -14,7 +14,7 @@ The step-size and rollout-length sweep is the same program: ``learning_rate`` ma
 every population) and ``rollout_length`` a list (one population per value for the multi-step variants). The
 ``[sweep]`` table of a study TOML holds the shipped sweep (its keys override ``[study]``)::
 
-    python -m emphatic_rl.dyna_fa_study dyna-fa-cartpole --sweep --out experiments/results/dyna-fa/sweep/cartpole
+    emphatic-rl dyna-fa dyna-fa-cartpole --sweep --out experiments/results/dyna-fa/sweep/cartpole
 
 A sweep writes ``summary.md`` and ``results.json`` with the AUC of every (variant, rollout length, condition, step
 size) and the values its rule picks, fixed before the sweep ran: the step size with the best AUC of the model-free
@@ -34,7 +34,6 @@ one line on stderr and exit code 2, before any work.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import math
@@ -47,9 +46,9 @@ from typing import Any
 
 import torch
 
-from emphatic_rl.agents.dyna import VARIANTS
-from emphatic_rl.agents.dyna_fa import DynaFAOptions, make_dyna_fa_for_env
-from emphatic_rl.agents.vector_models import VECTOR_ENVS
+from emphatic_rl.agents.dyna.function_approx import DynaFAOptions, make_dyna_fa_for_env
+from emphatic_rl.agents.dyna.tabular import VARIANTS
+from emphatic_rl.agents.dyna.vector_models import VECTOR_ENVS
 from emphatic_rl.envs import make_env
 from emphatic_rl.stats import mean_ci, t_quantile
 
@@ -662,35 +661,10 @@ def plot(config: FAStudyConfig, runs: dict[str, dict[str, torch.Tensor]], summar
     plt.close(fig)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m emphatic_rl.dyna_fa_study", description=__doc__.split("\n")[0])
-    parser.add_argument(
-        "config", help="a shipped study's name (dyna-fa-cartpole, dyna-fa-catcher, dyna-fa-puddle-world) or a TOML file"
-    )
-    parser.add_argument("--out", default="experiments/results/dyna-fa", help="output folder")
-    parser.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a study key, value parsed as TOML (e.g. --set seeds=3 --set 'doses=[0, 0.5]')",
-    )
-    parser.add_argument(
-        "--sweep",
-        action="store_true",
-        help="run the file's [sweep] table (step sizes x rollout lengths; its keys override [study])",
-    )
-    args = parser.parse_args(argv)
-    torch.set_num_threads(1)
-    try:
-        from emphatic_rl.studies import parse_set_overrides, resolve_study
-
-        overrides = parse_set_overrides(args.set)
-        config = load_config(resolve_study(args.config, kind="dyna-fa"), overrides, sweep=args.sweep)
-    except (ValueError, TypeError, OSError, tomllib.TOMLDecodeError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    out = Path(args.out)
+def write_study(config: FAStudyConfig, out: str | Path) -> float:
+    """Run the study (or sweep, :attr:`FAStudyConfig.is_sweep`) of ``config`` and write ``summary.md``,
+    ``results.json`` and (a study) the figures in ``out`` (made if missing); returns the seconds it took."""
+    out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     started = time.time()
     runs = run_study(config)
@@ -705,10 +679,4 @@ def main(argv: list[str] | None = None) -> int:
         _atomic_write(out / "results.json", json.dumps({"config": dataclasses.asdict(config), **summary}, indent=1))
         write_summary(config, summary, out, seconds)
         plot(config, runs, summary, out)
-    figures = "" if config.is_sweep else " and figures"
-    print(f"[dyna-fa-study] wrote {out}/summary.md, results.json{figures} in {seconds:.0f} s", file=sys.stderr)
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+    return seconds

@@ -49,14 +49,14 @@ Injected error (``dose`` in ``[0, 1]``, one value per member): each model output
 Hallucination detector (``is_reachable``): a state the real dynamics cannot produce.
 
 - CartPole: outside ``|x| <= 2.4``, ``|theta| <= 12 deg`` unless the transition is terminal and the state within one
-  step's slack of the bound (:func:`emphatic_rl.agents.models.is_real_state`).
+  step's slack of the bound (:func:`emphatic_rl.agents.dyna.models.is_real_state`).
 - Puddle World: outside the unit square.
 - Catcher: outside the box of reachable game states (paddle within its clamp range, ``|vel|`` at most the terminal
   speed, fruit column within the spawn columns, fruit height from the highest spawn to one fall below the bottom,
   lives in ``[0, 1]`` of the start). The lattice of spawn columns is *not* checked: a learned model's fruit at a
   column between two lattice columns is counted as real (a lattice test would flag every learned output).
 
-Learned models: :class:`~emphatic_rl.agents.learned_models.LearnedVectorModel` (deterministic regression of the
+Learned models: :class:`~emphatic_rl.agents.dyna.learned_models.LearnedVectorModel` (deterministic regression of the
 state change, ``p(a | s')`` for the backward direction), queried here on ``[P, B, D]`` batches.
 """
 
@@ -66,8 +66,8 @@ from typing import NamedTuple
 
 import torch
 
-from emphatic_rl.agents.learned_models import LearnedVectorModel, _categorical
-from emphatic_rl.agents.models import is_real_state
+from emphatic_rl.agents.dyna.learned_models import LearnedVectorModel, _categorical
+from emphatic_rl.agents.dyna.models import is_real_state
 from emphatic_rl.envs.catcher import CatcherGeometry, catcher_observe, catcher_state_from_obs, catcher_step
 from emphatic_rl.envs.classic import CartPole
 
@@ -330,7 +330,7 @@ class SimulatorModel:
 
 # ---------------------------------------------------------------------------------------------- learned models
 class LearnedModel:
-    """A :class:`~emphatic_rl.agents.learned_models.LearnedVectorModel` queried on ``[P, B, D]`` batches."""
+    """A :class:`~emphatic_rl.agents.dyna.learned_models.LearnedVectorModel` queried on ``[P, B, D]`` batches."""
 
     def __init__(self, network: LearnedVectorModel) -> None:
         self.network = network

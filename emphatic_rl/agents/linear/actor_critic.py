@@ -46,8 +46,8 @@ import numpy as np
 import torch
 
 from emphatic_rl.agents.base import ActionOutput, Agent
-from emphatic_rl.agents.critics import CRITICS, Critic, CriticTransition, GQCritic, OracleCritic, make_critic
 from emphatic_rl.agents.emphasis import FollowonTrace, IdealTrace, LearnedEmphasis
+from emphatic_rl.agents.linear.critics import CRITICS, Critic, CriticTransition, GQCritic, OracleCritic, make_critic
 from emphatic_rl.agents.policies import LinearSoftmaxPolicy
 from emphatic_rl.emphatic import actor_coefficient, emphatic_weighting
 from emphatic_rl.features import Features
@@ -70,7 +70,7 @@ ACTOR_UPDATES = ("sampled", "all_actions")
 EVALUATION_KINDS = ("sample", "greedy")
 BACKENDS = ("auto", "torch", "numba")
 DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "float64": torch.float64}
-#: what the compiled CPU kernels cover (``emphatic_rl.agents.linear_kernels``); the rest runs on torch
+#: what the compiled CPU kernels cover (``emphatic_rl.agents.linear.kernels``); the rest runs on torch
 NUMBA_CRITICS = ("td", "tdc", "gtd", "tdrc", "etd", "gq")
 NUMBA_EMPHASIS = ("none", "followon", "learned")
 
@@ -634,7 +634,7 @@ class ActorCritic(Agent):
         vectors every step, so with any of them (and for GQ) the blocks are learner-major, ``[P, d, A]`` and
         ``[P, d_c, V]``.
         """
-        from emphatic_rl.agents import linear_kernels as kernels
+        from emphatic_rl.agents.linear import kernels
 
         P, dtype = self.population_size, self.dtype
         critic, learned = self.critic, self.learned_emphasis

@@ -39,7 +39,7 @@ observation)::
 The equations themselves (``F_t``, ``M_t``, the emphasis target and loss, the actor's ``rho M delta``) live in
 ``emphatic_rl.emphatic``, once for every agent; this module chooses their inputs (clipped ratios, target networks).
 
-Choices (each one biases or departs from the linear ACE of ``emphatic_rl.agents.actor_critic``; documented here):
+Choices (each one biases or departs from the linear ACE of ``emphatic_rl.agents.linear.actor_critic``; documented here):
 
 - ``rho`` is clipped at ``c = rho_clip`` in the critic and the actor (a density ratio of two Gaussians is unbounded;
   ``rho_clip = inf`` turns clipping off). With clipping the critic evaluates ``pi_c ∝ min(pi, c mu)`` (V-trace's
@@ -70,7 +70,7 @@ from torch import nn
 
 from emphatic_rl.agents.action_boxes import ActionBox, clipped_gaussian_log_prob, require_box
 from emphatic_rl.agents.base import ActionOutput, Agent
-from emphatic_rl.agents.deep_ace import replayed_episode_starts
+from emphatic_rl.agents.deep.ace import replayed_episode_starts
 from emphatic_rl.agents.networks import PopulationMLP, finite_members, mask_and_clip_member_gradients_, polyak_update_
 from emphatic_rl.agents.registry import (
     AgentContext,

@@ -24,11 +24,11 @@ holds one head per action, so ``(s, a) -> ...`` is one network pass and a gather
 regression of the state change (forward ``s' - s``, backward ``s - s'``) in units of the running standard deviation
 of the observations (inputs are standardised with the running mean/std of the training data, per member), reward
 (squared error) and a terminal logit; the backward model also predicts ``p(a | s')`` and samples the action from it.
-Every vector sample carries ``is_real`` from the env's validity region (:func:`emphatic_rl.agents.models.is_real_state`:
+Every vector sample carries ``is_real`` from the env's validity region (``agents.dyna.models.is_real_state``:
 CartPole beyond its termination bounds without a terminal signal, Puddle World outside the unit square), or
 ``None`` where no env name was given.
 
-Tabular samples are the plain :class:`~emphatic_rl.agents.models.ForwardSample` / ``BackwardSample``; the agent
+Tabular samples are the plain :class:`~emphatic_rl.agents.dyna.models.ForwardSample` / ``BackwardSample``; the agent
 flags them with the env's ``real_state_mask`` (``is_real`` gives the same flag here), so the Dyna instruments count
 how often the learned model hallucinates exactly as they do for the given model.
 
@@ -45,7 +45,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 
-from emphatic_rl.agents.models import BackwardModel, BackwardSample, ForwardModel, ForwardSample, is_real_state
+from emphatic_rl.agents.dyna.models import BackwardModel, BackwardSample, ForwardModel, ForwardSample, is_real_state
 from emphatic_rl.agents.networks import PopulationMLP
 
 SAMPLINGS: tuple[str, ...] = ("sample", "mode")
@@ -352,7 +352,7 @@ class LearnedVectorModel(_PopulationModelBase):
         num_actions: ``A``.
         population_size: ``P``.
         env_name: the env whose validity region flags samples (``cartpole``, ``puddle-world``, see
-            :func:`~emphatic_rl.agents.models.is_real_state`); ``None``: samples carry ``is_real = None``.
+            :func:`~emphatic_rl.agents.dyna.models.is_real_state`); ``None``: samples carry ``is_real = None``.
         hidden: as for ``LearnedTabularModel``.
         learning_rate: as for ``LearnedTabularModel``.
         seed: as for ``LearnedTabularModel``.

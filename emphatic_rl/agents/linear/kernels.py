@@ -9,7 +9,7 @@ code see the same numbers.
 
 The emphatic equations (``F_t``, ``M_t``, ``M^c_t``, the learned-emphasis targets, the actor coefficient) are the
 functions of ``emphatic_rl.emphatic``, compiled here unchanged; the critic update lines are this backend's copy of
-``emphatic_rl.agents.critics`` (the torch backend), and the tests hold both to the same reference traces.
+``emphatic_rl.agents.linear.critics`` (the torch backend), and the tests hold both to the same reference traces.
 
 Cost. Features are binary (active indices, ``K`` per state). A learner whose critic has ``lambda = 0`` touches only
 the ``K`` active entries of each vector: its eligibility trace is ``z_t = c_t x_t`` (``c_t = rho_t`` or

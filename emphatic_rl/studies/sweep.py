@@ -75,7 +75,6 @@ loop, right after the episodic evaluation.
 
 from __future__ import annotations
 
-import argparse
 import copy
 import dataclasses
 import hashlib
@@ -83,7 +82,6 @@ import itertools
 import json
 import math
 import re
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -92,7 +90,7 @@ from typing import Any
 import torch
 
 from emphatic_rl.checkpoints import RunInterrupted
-from emphatic_rl.config import ConfigError, TrainConfig, apply_overrides, load_config_file, parse_set_arguments
+from emphatic_rl.config import ConfigError, TrainConfig, apply_overrides, load_config_file
 from emphatic_rl.seeding import stream_generator, stream_seed
 
 # Which agents a study may run and which keys its grid may hold come from the agent registry: an agent is sweepable
@@ -401,7 +399,7 @@ def run_study(study: Study, out_dir: str | Path, progress: bool = False, log=pri
 
     ``only``: train (and validate) only the chunks with these folders (``Chunk.folder``; default all); ``record``:
     write ``sweep.json`` (checked against the folder's earlier record either way). A distributed backend
-    (``emphatic_rl.sweep_ray``) writes the record once (``only=[]``) and trains each chunk in a task
+    (``emphatic_rl.studies.sweep_ray``) writes the record once (``only=[]``) and trains each chunk in a task
     (``only=[folder], record=False``)."""
     from emphatic_rl.checkpoints import atomic_write_bytes
     from emphatic_rl.runner import Excursions
@@ -655,105 +653,6 @@ def print_estimate(study: Study, chunks: list[Chunk], budget_seconds: float = 0.
     return total
 
 
-# ---------------------------------------------------------------------------------------------------- CLI
-def add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "study", help="a shipped study's name (j23-mountain-car; see `emphatic-rl list studies`) or a study TOML"
-    )
-    parser.add_argument("--out", help="results folder; default runs/sweeps/<study name>[-full]")
-    parser.add_argument("--full", action="store_true", help="the full protocol: [full_grid], full_runs, [full_base]")
-    parser.add_argument("--only", action="append", default=[], metavar="VARIANT",
-                        help="run only this variant (repeatable)")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a [base] key: steps=2000, env.max_episode_steps=500, agent.critic=\"etd\"")
-    parser.add_argument("--runs", type=int, help="override the number of runs")
-    parser.add_argument("--dry-run", action="store_true",
-                        help="validate and print the plan and an estimated run time (from a short calibration of "
-                        "each population run: a few training steps and evaluation steps), train nothing")
-    parser.add_argument("--calibrate", type=float, default=0.5, metavar="SECONDS",
-                        help="--dry-run: seconds of training steps timed per population run (default 0.5)")
-    parser.add_argument(
-        "--progress",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="a progress bar per population run (default: on; --no-progress turns them off)",
-    )
-    parser.add_argument("--backend", choices=("local", "ray"), default="local",
-                        help="local: population runs one after another here; ray: each a Ray task (pip install "
-                        "'emphatic-rl[ray]'; --out on a filesystem every node sees)")
-    parser.add_argument("--address", help="--backend ray: the cluster (ray://HOST:10001, HOST:6379 or auto); default "
-                        "a local Ray instance on this machine's CPUs")
-    parser.add_argument("--cpus-per-task", type=int, default=1, metavar="N",
-                        help="--backend ray: CPUs (and torch/numba threads) per population run (default 1)")
-
-
-def run_sweep(args: argparse.Namespace) -> int:
-    """The ``sweep`` command. Returns the exit code (2 for a user mistake, before any work)."""
-    ray_backend = getattr(args, "backend", "local") == "ray"
-    try:
-        if ray_backend or getattr(args, "address", None) is not None:
-            from emphatic_rl.sweep_ray import check_ray_arguments  # imports no Ray
-
-            check_ray_arguments(args)
-        study = load_study(args.study, full=args.full, base_overrides=parse_set_arguments(args.set))
-        if args.runs is not None:
-            study.runs = _check_int(args.runs, "--runs")
-        if args.only:
-            names = [v.name for v in study.variants]
-            missing = [n for n in args.only if n not in names]
-            if missing:
-                raise ConfigError(f"--only {missing[0]!r} is not a variant of this study; allowed: {', '.join(names)}")
-            study.variants = [v for v in study.variants if v.name in args.only]
-        chunks = plan_study(study)
-        validate_study(chunks)
-    except (ConfigError, ValueError) as error:
-        print(f"emphatic-rl: error: {error}", file=sys.stderr)
-        return 2
-    out = Path(args.out or f"runs/sweeps/{study.name}{'-full' if args.full else ''}")
-    for chunk in chunks:
-        print(f"  {chunk.folder}: {chunk.config.agent}, {len(chunk.settings)} settings x {study.runs} runs "
-              f"= P {chunk.config.population_size}; grid "
-              + ", ".join(f"{k} ({len(v)})" if len(v) > 4 else f"{k} {v}" for k, v in chunk.variant.grid.items()))
-    if args.dry_run:
-        print(f"emphatic-rl sweep: plan valid ({len(chunks)} population runs); nothing trained")
-        try:
-            print_estimate(study, chunks, args.calibrate)
-        except (ConfigError, ValueError) as error:
-            print(f"emphatic-rl: error: {error}", file=sys.stderr)
-            return 2
-        return 0
-    try:
-        if ray_backend:
-            from emphatic_rl.sweep_ray import ChunkFailed, run_study_ray
-
-            try:
-                run_study_ray(study, out, address=args.address, cpus_per_task=args.cpus_per_task,
-                              log=lambda m: print(m, flush=True), imports=getattr(args, "imports", []))
-            except ChunkFailed as error:
-                print(f"emphatic-rl sweep: {error}", file=sys.stderr)
-                return 1
-        else:
-            run_study(study, out, progress=args.progress, log=lambda m: print(m, flush=True))
-    except ConfigError as error:
-        print(f"emphatic-rl: error: {error}", file=sys.stderr)
-        return 2
-    except RunInterrupted as stopped:
-        print(f"emphatic-rl sweep: {stopped.message}", flush=True)
-        return 130 if stopped.signal_name == "SIGINT" else 143
-    except KeyboardInterrupt:
-        print("emphatic-rl sweep: interrupted between population runs; rerun the same command to continue",
-              file=sys.stderr)
-        return 130
-    except OSError as error:
-        from emphatic_rl.cli import describe_write_error
-
-        print(f"emphatic-rl: error: {describe_write_error(error, out)}; finished runs and the last checkpoints are "
-              "kept", file=sys.stderr)
-        return 1
-    print(f"emphatic-rl sweep: results in {out}; next: emphatic-rl report {out}")
-    return 0
-
-
 # ---------------------------------------------------------------------------------------------------- excursions
 def excursion_start_states(config: TrainConfig, num_starts: int, spacing: int) -> dict[str, Any]:
     """States drawn from the behaviour's data (the excursions objective of Graves et al. 2023).
@@ -784,7 +683,7 @@ def evaluate_excursions(run: Any, starts: dict[str, Any], step: int, backend: st
     """Mean undiscounted return ``[P]`` of each member's target policy, one rollout from every start state, each
     capped at ``eval_max_steps``. Copies are member-major: member ``p`` owns copies ``p*S ... p*S + S - 1``.
     ``backend``: as ``train.evaluate``'s (``"auto"``: the compiled rollouts where they apply, else torch)."""
-    from emphatic_rl.agents.linear_rollouts import fused_excursions
+    from emphatic_rl.agents.linear.rollouts import fused_excursions
     from emphatic_rl.envs import make_env
     from emphatic_rl.runner import rollout_returns
 

@@ -22,8 +22,6 @@ study runs on it.
 
 from __future__ import annotations
 
-import argparse
-import importlib.util
 import os
 import socket
 import time
@@ -31,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from emphatic_rl.config import ConfigError
-from emphatic_rl.sweep import DONE_NAME, SWEEP_NAME, Study, plan_study, run_study, validate_study
+from emphatic_rl.studies.sweep import DONE_NAME, SWEEP_NAME, Study, plan_study, run_study, validate_study
 
 #: How often Ray reruns a task whose worker process died (each rerun resumes from the chunk's checkpoint).
 MAX_RETRIES = 3
@@ -39,22 +37,6 @@ MAX_RETRIES = 3
 
 class ChunkFailed(RuntimeError):
     """Some population runs did not finish (their workers died more than ``max_retries`` times, or they raised)."""
-
-
-def check_ray_arguments(args: argparse.Namespace) -> None:
-    """Raise ``ConfigError`` (one line) for ``--backend ray`` without Ray installed, or bad Ray flags."""
-    if getattr(args, "backend", "local") != "ray":
-        if getattr(args, "address", None) is not None:
-            raise ConfigError("--address is for --backend ray (the local backend runs on this machine)")
-        return
-    if importlib.util.find_spec("ray") is None:
-        raise ConfigError(
-            "--backend ray needs Ray, which is not installed: pip install 'emphatic-rl[ray]' (or 'ray>=2.9'); "
-            "or use --backend local"
-        )
-    cpus = getattr(args, "cpus_per_task", 1)
-    if not isinstance(cpus, int) or cpus < 1:
-        raise ConfigError(f"--cpus-per-task must be an integer >= 1, got {cpus!r}")
 
 
 def train_chunk(

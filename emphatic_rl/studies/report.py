@@ -26,11 +26,9 @@ named ``variant[key=value]`` (e.g. one variant per eta).
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import math
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -472,27 +470,3 @@ def _plot_sensitivity(summaries, metric, select, path: Path, title: str, runs: i
     ax.grid(alpha=0.3)
     plots.legend_outside(ax)
     plots.save(fig, path, dpi=100)
-
-
-# ---------------------------------------------------------------------------------------------------- CLI
-def add_report_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("directory", help="a sweep's results folder (emphatic-rl sweep --out)")
-    parser.add_argument("--out", help="where to write report.md, summary.csv and PNGs; default DIRECTORY")
-    parser.add_argument("--metric", help="metric of the curves; default eval/exact_J if logged, else eval/return")
-    parser.add_argument("--select", choices=SELECT_KINDS, help="rank settings by auc (default) or final value")
-    parser.add_argument("--split", action="append", default=[], metavar="KEY",
-                        help="report each value of this grid key as its own variant (repeatable)")
-    parser.add_argument("--include-unfinished", action="store_true",
-                        help="also report run folders without done.json (a running or killed sweep)")
-
-
-def run_report(args: argparse.Namespace) -> int:
-    """The ``report`` command. Returns the exit code (2 for a user mistake)."""
-    try:
-        path = write_report(args.directory, args.out, args.metric, args.select, args.split, args.include_unfinished)
-    except ConfigError as error:
-        print(f"emphatic-rl: error: {error}", file=sys.stderr)
-        return 2
-    print(path.read_text())
-    print(f"emphatic-rl report: wrote {path} and its PNGs and summary.csv")
-    return 0

@@ -1,4 +1,9 @@
-"""The ``emphatic-rl`` command: ``train``, ``list``, ``gradients``, ``sweep``, ``report``.
+"""The ``emphatic-rl`` command: ``train``, ``list``, ``gradients``, ``sweep``, ``report``, ``dyna``, ``dyna-fa``.
+
+The command line lives in this package only: each command's module here builds its ``argparse`` arguments and maps
+the parsed ``Namespace`` onto the library's typed functions (``emphatic_rl.train``, ``emphatic_rl.studies.*``,
+``emphatic_rl.gradients``); library modules parse no arguments. ``python -m emphatic_rl.cli.catalog [--check]``
+rewrites (checks) the catalog that ``list`` reads.
 
 User mistakes (unknown names, bad values, unwritable folders) end with one line on stderr and exit code 2, before any
 work starts; nothing half-written is left behind.
@@ -304,23 +309,11 @@ def cmd_list(args: argparse.Namespace) -> int:
         rows = [(k, v) for k, v in catalog["studies"].items() if keep(k, v["description"] + " " + v["kind"])]
         out.append(
             "Studies shipped with the package, run by name (sweep: emphatic-rl sweep NAME; train: emphatic-rl train "
-            "--config NAME; dyna: python -m emphatic_rl.dyna_study NAME):"
+            "--config NAME; dyna: emphatic-rl dyna NAME; dyna-fa: emphatic-rl dyna-fa NAME):"
         )
         out += [f"  {k:33s} {v['kind']:6s} {v['description']}" for k, v in rows]
     print("\n".join(out))
     return 0
-
-
-# ---------------------------------------------------------------------------------------------------- studies by name
-def cmd_sweep(args: argparse.Namespace) -> int:
-    from emphatic_rl.studies import resolve_study
-    from emphatic_rl.sweep import run_sweep
-
-    try:
-        args.study = str(resolve_study(args.study, kind="sweep"))
-    except ValueError as error:
-        return _fail(str(error))
-    return run_sweep(args)
 
 
 # ---------------------------------------------------------------------------------------------------- main
@@ -336,7 +329,7 @@ def _build_list(parser: argparse.ArgumentParser) -> None:
 
 
 def _build_sweep(parser: argparse.ArgumentParser) -> None:
-    from emphatic_rl.sweep import add_sweep_arguments
+    from emphatic_rl.cli.sweep import add_sweep_arguments, cmd_sweep
 
     add_sweep_arguments(parser)
     add_import_argument(parser)
@@ -344,18 +337,32 @@ def _build_sweep(parser: argparse.ArgumentParser) -> None:
 
 
 def _build_report(parser: argparse.ArgumentParser) -> None:
-    from emphatic_rl.report import add_report_arguments, run_report
+    from emphatic_rl.cli.report import add_report_arguments, run_report
 
     add_report_arguments(parser)
     parser.set_defaults(handler=run_report)
 
 
 def _build_gradients(parser: argparse.ArgumentParser) -> None:
-    from emphatic_rl.gradients import add_gradients_arguments, run_gradients
+    from emphatic_rl.cli.gradients import add_gradients_arguments, run_gradients
 
     add_gradients_arguments(parser)
     add_import_argument(parser)
     parser.set_defaults(handler=run_gradients)
+
+
+def _build_dyna(parser: argparse.ArgumentParser) -> None:
+    from emphatic_rl.cli.studies import add_study_arguments, cmd_dyna
+
+    add_study_arguments(parser, "dyna")
+    parser.set_defaults(handler=cmd_dyna)
+
+
+def _build_dyna_fa(parser: argparse.ArgumentParser) -> None:
+    from emphatic_rl.cli.studies import add_study_arguments, cmd_dyna_fa
+
+    add_study_arguments(parser, "dyna-fa")
+    parser.set_defaults(handler=cmd_dyna_fa)
 
 
 #: the commands: name -> (one-line help, function that adds the command's arguments). A command's module is
@@ -366,6 +373,8 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None]]] = {
     "sweep": ("run a study (a shipped study's name or a TOML): variants x grid x runs as populations", _build_sweep),
     "report": ("best settings, curves with CIs, report.md of a sweep", _build_report),
     "gradients": ("exact gradients and estimators on tabular MDPs", _build_gradients),
+    "dyna": ("run a tabular Dyna study (a shipped study's name or a TOML): runs, summary.md, figures", _build_dyna),
+    "dyna-fa": ("run a Dyna-FA dose-response study (a shipped study's name or a TOML)", _build_dyna_fa),
 }
 
 

@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from emphatic_rl.agents.actor_critic import BACKENDS, DTYPES, ActorCritic, preset_settings
+from emphatic_rl.agents.linear.actor_critic import BACKENDS, DTYPES, ActorCritic, preset_settings
 from emphatic_rl.agents.registry import AgentContext, per_member, register_agent
 from emphatic_rl.envs.base import BoxSpec, DiscreteSpec, TensorEnv
 from emphatic_rl.envs.registry import ENV_REGISTRY

@@ -41,8 +41,8 @@ one, which the multi-step predecessor variant can do when the model's hallucinat
 real (for a learned model, how often it hallucinates).
 
 Models. ``model = "given"``: the env's true dynamics with hallucinations injected at rate ``p_h``
-(:func:`emphatic_rl.agents.models.given_model_of`). ``model = "learned"``: a learned neural forward and backward
-model per member (:class:`emphatic_rl.agents.learned_models.LearnedTabularModel`: categorical distributions over
+(:func:`emphatic_rl.agents.dyna.models.given_model_of`). ``model = "learned"``: a learned neural forward and backward
+model per member (:class:`emphatic_rl.agents.dyna.learned_models.LearnedTabularModel`: categorical distributions over
 all cells, the unreachable ring included), trained by ``model_train_steps`` Adam steps per real step on
 ``model_batch`` real transitions per member replayed uniformly from the agent's own model replay (the last
 ``model_replay_size`` real transitions of each member); only the direction the variant plans with is trained. It
@@ -62,8 +62,8 @@ from typing import Any
 import torch
 
 from emphatic_rl.agents.base import ActionOutput, Agent
-from emphatic_rl.agents.learned_models import LearnedTabularModel
-from emphatic_rl.agents.models import BackwardModel, ForwardModel, given_model_of
+from emphatic_rl.agents.dyna.learned_models import LearnedTabularModel
+from emphatic_rl.agents.dyna.models import BackwardModel, ForwardModel, given_model_of
 from emphatic_rl.agents.registry import AgentContext, register_agent
 from emphatic_rl.seeding import stream_seed
 
@@ -992,7 +992,7 @@ def make_dyna(context: AgentContext, options: DynaOptions) -> DynaAgent:
     if spec_states != env.num_states:
         raise ValueError(
             f"agent 'dyna': the run's env has {spec_states} states but the model's env has {env.num_states}; "
-            "build the agent with emphatic_rl.agents.dyna.make_dyna_for_env(env, ...)"
+            "build the agent with emphatic_rl.agents.dyna.tabular.make_dyna_for_env(env, ...)"
         )
     agent = make_dyna_for_env(env, context.population_size, options, seed=context.seed)
     if options.value_function == "mlp":

@@ -14,14 +14,14 @@ ends is swap-removed from it, so the work is the sum of the real episode lengths
 Frozen (diverged) members are skipped: return NaN, length 0, no step taken. ``theta`` may be float32 or float64;
 the logits are summed in float64 (a float32 ``theta`` converts exactly).
 
-Parity with the torch envs: the constants are read from the env instance and its class (:func:`kernel_env`), never
-retyped; the transitions are written in the env's dtype and in its order of operations (Mountain Car in float64,
-Puddle World in float32, the puddle distance's norm as torch's CPU ``vector_norm`` computes it), so that from the
-same state and action (and noise) one step gives the same state, reward and termination. The exceptions: Mountain
-Car's ``cos`` is libm's here and torch's vectorised one there (they differ by one ulp on a small fraction of
-calls), and the logits' sum is rounded differently (float64 here). ``tests/agents/test_linear_rollouts.py``
-checks the dynamics step for step against the envs, the tile indices against :class:`TileCoder`, greedy
-evaluations against the torch evaluator exactly and sampled ones statistically.
+Parity with the torch envs: the transitions are the env kernels' own (``emphatic_rl.envs.kernels``, which the numba env
+backend steps through, with the env classes' constants), written in the env's dtype and in its order of operations
+(Mountain Car in float64, Puddle World in float32, the puddle distance's norm as torch's CPU ``vector_norm`` computes
+it), so that from the same state and action (and noise) one step gives the same state, reward and termination. The
+exceptions: Mountain Car's ``cos`` is libm's here and torch's vectorised one there (they differ by one ulp on a small
+fraction of calls), and the logits' sum is rounded differently (float64 here). ``tests/agents/test_linear_rollouts.py``
+checks the dynamics step for step against the envs, the tile indices against :class:`TileCoder`, greedy evaluations
+against the torch evaluator exactly and sampled ones statistically.
 
 Start states: the episodic objective's are drawn by the env itself (``eval_env.reset(seed)`` with the torch
 evaluator's seed), so both evaluators start from the very same states and the start distribution cannot drift;
@@ -52,6 +52,7 @@ import torch
 from numba import njit, prange
 
 from emphatic_rl.envs.classic import MountainCar
+from emphatic_rl.envs.kernels import mountain_car_dynamics, puddle_world_dynamics
 from emphatic_rl.envs.puddle_world import PuddleWorld
 from emphatic_rl.features import TileCoder
 from emphatic_rl.seeding import stream_seed
@@ -99,17 +100,17 @@ if hasattr(numba.core.cpu.CPUTargetOptions, "_nrt"):
 class KernelEnv:
     """An env's dynamics as the kernel takes them (see :func:`kernel_env`).
 
-    ``params`` (float64): Mountain Car ``[MIN_POSITION, MAX_POSITION, MAX_SPEED, GOAL_POSITION, FORCE, GRAVITY,
-    goal_velocity]``; Puddle World ``[PUDDLE_RADIUS, PUDDLE_PENALTY, NOISE_STD, GOAL]``. ``moves`` (float32
-    ``[A, 2]``) and ``segments`` (float32 ``[n, 4]``: start x, y, end x, y) are Puddle World's (empty for Mountain
-    Car). ``state_name`` is the env's ``[N, 2]`` state tensor; ``max_episode_steps`` 0 means no time limit.
+    The dynamics themselves are the env kernels' (``emphatic_rl.envs.kernels.mountain_car_dynamics`` and
+    ``puddle_world_dynamics``: one home for each task's equations), whose constants are the env classes'. ``params``
+    (float64) holds what varies per instance: Mountain Car ``[goal_velocity]``, Puddle World ``[NOISE_STD]``.
+    ``segments`` (float32 ``[n, 4]``: start x, y, end x, y) are Puddle World's puddles (empty for Mountain Car).
+    ``state_name`` is the env's ``[N, 2]`` state tensor; ``max_episode_steps`` 0 means no time limit.
     """
 
     kind: int
     name: str
     state_name: str
     params: np.ndarray
-    moves: np.ndarray
     segments: np.ndarray
     num_actions: int
     max_episode_steps: int
@@ -137,22 +138,15 @@ def kernel_env(env: Any) -> KernelEnv:
         raise ValueError(reason)
     limit = int(env.max_episode_steps) if env.max_episode_steps is not None else 0
     if isinstance(env, MountainCar):
-        cls = type(env)
-        params = np.array(
-            [cls.MIN_POSITION, cls.MAX_POSITION, cls.MAX_SPEED, cls.GOAL_POSITION, cls.FORCE, cls.GRAVITY,
-             env.goal_velocity],
-            dtype=np.float64,
-        )
-        empty = np.zeros((0, 2), dtype=np.float32)
-        return KernelEnv(MOUNTAIN_CAR, cls.name, "state", params, empty, np.zeros((0, 4), np.float32),
+        params = np.array([env.goal_velocity], dtype=np.float64)
+        return KernelEnv(MOUNTAIN_CAR, type(env).name, "state", params, np.zeros((0, 4), np.float32),
                          env.action_spec.n, limit)
     from emphatic_rl.envs import puddle_world as pw
 
-    params = np.array([pw.PUDDLE_RADIUS, pw.PUDDLE_PENALTY, pw.NOISE_STD, pw.GOAL], dtype=np.float64)
-    moves = env.moves.detach().cpu().numpy().astype(np.float32)
+    params = np.array([pw.NOISE_STD], dtype=np.float64)
     segments = torch.cat([env.segment_starts, env.segment_ends], dim=1).detach().cpu().numpy().astype(np.float32)
-    return KernelEnv(PUDDLE_WORLD, type(env).name, "position", params, np.ascontiguousarray(moves),
-                     np.ascontiguousarray(segments), env.action_spec.n, limit)
+    return KernelEnv(PUDDLE_WORLD, type(env).name, "position", params, np.ascontiguousarray(segments),
+                     env.action_spec.n, limit)
 
 
 @dataclass(frozen=True)
@@ -229,54 +223,6 @@ def _tile_index(obs0, obs1, low0, low1, offset0, offset1, width0, width1, top0, 
 
 
 @njit(inline="always", **_OPTIONS)
-def _mountain_car_step(position, velocity, action, min_position, max_position, max_speed, goal_position, force,
-                       gravity, goal_velocity):
-    """``MountainCar._transition`` for one copy (float64, same order of operations). Returns
-    ``(position, velocity, reward, terminated)``."""
-    push = np.float64(action - 1) * force
-    velocity = velocity + (push + math.cos(3.0 * position) * (-gravity))
-    velocity = min(max(velocity, -max_speed), max_speed)
-    position = min(max(position + velocity, min_position), max_position)
-    if position == min_position and velocity < 0.0:
-        velocity = 0.0
-    terminated = position >= goal_position and velocity >= goal_velocity
-    return position, velocity, np.float32(-1.0), terminated
-
-
-@njit(inline="always", **_OPTIONS)
-def _segment_distance(px, py, sx, sy, ex, ey):
-    """``distance_to_segment`` in float32 as torch computes it on the CPU (the norm of ``(dx, dy)`` is
-    ``sqrt(fma(dy, dy, dx * dx))``, the fused multiply-add emulated in float64)."""
-    dirx = ex - sx
-    diry = ey - sy
-    along = ((px - sx) * dirx + (py - sy) * diry) / (dirx * dirx + diry * diry)
-    along = min(max(along, np.float32(0.0)), np.float32(1.0))
-    dx = px - (sx + along * dirx)
-    dy = py - (sy + along * diry)
-    square = np.float32(np.float64(dy) * np.float64(dy) + np.float64(dx * dx))
-    return np.float32(math.sqrt(square))
-
-
-@njit(**_OPTIONS)
-def _puddle_world_step(x, y, action, noise_x, noise_y, params, moves, segments):
-    """``PuddleWorld._transition`` for one copy with the given float32 noise (float32, same order of operations).
-    Returns ``(x, y, reward, terminated)``."""
-    zero = np.float32(0.0)
-    one = np.float32(1.0)
-    x = min(max(x + moves[action, 0] + noise_x, zero), one)
-    y = min(max(y + moves[action, 1] + noise_y, zero), one)
-    goal = np.float32(params[3])
-    if x >= goal and y >= goal:
-        return x, y, np.float32(-1.0), True
-    radius = np.float32(params[0])
-    penalty = zero
-    for i in range(segments.shape[0]):
-        distance = _segment_distance(x, y, segments[i, 0], segments[i, 1], segments[i, 2], segments[i, 3])
-        penalty += max(radius - distance, zero)
-    return x, y, np.float32(-1.0) - np.float32(params[1]) * penalty, False
-
-
-@njit(inline="always", **_OPTIONS)
 def _normal_pair(stream, t):
     """Two standard normal numbers (Box-Muller) from draws 1 and 2 of step ``t``."""
     u1 = 1.0 - _uniform(stream, t, 1)  # (0, 1]
@@ -329,7 +275,7 @@ def _choose(l0, l1, l2, l3, num_actions, greedy, u):
 
 
 @njit(**_OPTIONS)
-def _member_rollouts(p, kind, params, moves, segments, theta, low, width, offsets, grid, strides, tiling_base,
+def _member_rollouts(p, kind, params, segments, theta, low, width, offsets, grid, strides, tiling_base,
                      bias_index, starts, key, max_steps, greedy, state, active, streams, returns,
                      lengths):
     """All ``E`` rollouts of member ``p``; returns the number of steps taken (the sum of their lengths).
@@ -351,7 +297,7 @@ def _member_rollouts(p, kind, params, moves, segments, theta, low, width, offset
         lengths[p, e] = 0
     low0, low1, width0, width1 = low[0], low[1], width[0], width[1]
     top0, top1, stride0, stride1 = grid[0] - 1, grid[1] - 1, strides[0], strides[1]
-    noise_std = np.float32(params[2]) if kind == PUDDLE_WORLD else np.float32(0.0)
+    noise_std = np.float32(params[0]) if kind == PUDDLE_WORLD else np.float32(0.0)
     running = num_episodes
     taken = 0
     t = 0
@@ -384,17 +330,15 @@ def _member_rollouts(p, kind, params, moves, segments, theta, low, width, offset
             u = 0.0 if greedy else _uniform(stream, t, 0)
             action = _choose(l0, l1, l2, l3, num_actions, greedy, u)
             if kind == MOUNTAIN_CAR:
-                position, velocity, reward, terminated = _mountain_car_step(
-                    state[p, e, 0], state[p, e, 1], action, params[0], params[1], params[2], params[3], params[4],
-                    params[5], params[6],
-                )
+                position, velocity, terminated = mountain_car_dynamics(state[p, e, 0], state[p, e, 1], action,
+                                                                       params[0])
+                reward = np.float32(-1.0)
                 state[p, e, 0] = position
                 state[p, e, 1] = velocity
             else:
                 z0, z1 = _normal_pair(stream, t)
-                x, y, reward, terminated = _puddle_world_step(
-                    obs0, obs1, action, noise_std * np.float32(z0), noise_std * np.float32(z1), params, moves,
-                    segments,
+                x, y, reward, terminated = puddle_world_dynamics(
+                    obs0, obs1, action, noise_std * np.float32(z0), noise_std * np.float32(z1), segments
                 )
                 state[p, e, 0] = x
                 state[p, e, 1] = y
@@ -411,7 +355,7 @@ def _member_rollouts(p, kind, params, moves, segments, theta, low, width, offset
 
 
 @njit(**_OPTIONS)
-def _run_member(p, kind, params, moves, segments, theta, low, width, offsets, grid, strides, tiling_base, bias_index,
+def _run_member(p, kind, params, segments, theta, low, width, offsets, grid, strides, tiling_base, bias_index,
                 starts, frozen, key, max_steps, greedy, state, active, streams, returns, lengths,
                 member_steps):
     if frozen[p]:
@@ -421,29 +365,29 @@ def _run_member(p, kind, params, moves, segments, theta, low, width, offsets, gr
         member_steps[p] = 0
     else:
         member_steps[p] = _member_rollouts(
-            p, kind, params, moves, segments, theta, low, width, offsets, grid, strides, tiling_base, bias_index,
+            p, kind, params, segments, theta, low, width, offsets, grid, strides, tiling_base, bias_index,
             starts, key, max_steps, greedy, state, active, streams, returns, lengths,
         )
 
 
 @njit(**_OPTIONS)
-def _rollout_kernel(kind, params, moves, segments, theta, low, width, offsets, grid, strides, tiling_base,
+def _rollout_kernel(kind, params, segments, theta, low, width, offsets, grid, strides, tiling_base,
                     bias_index, starts, frozen, key, max_steps, greedy, state, active, streams, returns, lengths,
                     member_steps):
     """Every member, one after the other."""
     for p in range(theta.shape[0]):
-        _run_member(p, kind, params, moves, segments, theta, low, width, offsets, grid, strides, tiling_base,
+        _run_member(p, kind, params, segments, theta, low, width, offsets, grid, strides, tiling_base,
                     bias_index, starts, frozen, key, max_steps, greedy, state, active, streams, returns, lengths,
                     member_steps)
 
 
 @njit(parallel=True, **_OPTIONS)
-def _rollout_kernel_parallel(kind, params, moves, segments, theta, low, width, offsets, grid, strides, tiling_base,
+def _rollout_kernel_parallel(kind, params, segments, theta, low, width, offsets, grid, strides, tiling_base,
                              bias_index, starts, frozen, key, max_steps, greedy, state, active, streams, returns,
                              lengths, member_steps):
     """Members spread over numba's threads (each writes only its own rows: the same result as the serial kernel)."""
     for p in prange(theta.shape[0]):
-        _run_member(np.int64(p), kind, params, moves, segments, theta, low, width, offsets, grid, strides,
+        _run_member(np.int64(p), kind, params, segments, theta, low, width, offsets, grid, strides,
                     tiling_base, bias_index, starts, frozen, key, max_steps, greedy, state, active, streams, returns,
                     lengths, member_steps)
 
@@ -459,17 +403,17 @@ def _tile_indices_kernel(obs, low, width, offsets, grid, strides, tiling_base, b
 
 
 @njit(**_OPTIONS)
-def _trajectory_kernel(kind, params, moves, segments, starts, actions, noise, states, rewards, terminated):
+def _trajectory_kernel(kind, params, segments, starts, actions, noise, states, rewards, terminated):
     for n in range(starts.shape[0]):
         a = starts[n, 0]
         b = starts[n, 1]
         for t in range(actions.shape[0]):
             if kind == MOUNTAIN_CAR:
-                a, b, reward, done = _mountain_car_step(a, b, actions[t, n], params[0], params[1], params[2],
-                                                        params[3], params[4], params[5], params[6])
+                a, b, done = mountain_car_dynamics(a, b, actions[t, n], params[0])
+                reward = np.float32(-1.0)
             else:
-                x, y, reward, done = _puddle_world_step(np.float32(a), np.float32(b), actions[t, n],
-                                                        noise[t, n, 0], noise[t, n, 1], params, moves, segments)
+                x, y, reward, done = puddle_world_dynamics(np.float32(a), np.float32(b), actions[t, n],
+                                                           noise[t, n, 0], noise[t, n, 1], segments)
                 a = np.float64(x)
                 b = np.float64(y)
             states[t, n, 0] = a
@@ -514,7 +458,7 @@ def transition_trajectory(
     states = np.empty((steps, count, 2), dtype=np.float64)
     rewards = np.empty((steps, count), dtype=np.float32)
     terminated = np.empty((steps, count), dtype=np.bool_)
-    _trajectory_kernel(spec.kind, spec.params, spec.moves, spec.segments, starts_np, actions_np, noise_np, states,
+    _trajectory_kernel(spec.kind, spec.params, spec.segments, starts_np, actions_np, noise_np, states,
                        rewards, terminated)
     return states, rewards, terminated
 
@@ -592,7 +536,7 @@ def linear_rollouts(
     active = np.empty((num_members, num_episodes), dtype=np.int64)
     streams = np.empty((num_members, num_episodes), dtype=np.uint64)
     threads = max(1, min(int(num_threads or torch.get_num_threads()), numba.config.NUMBA_NUM_THREADS, num_members))
-    args = (spec.kind, spec.params, spec.moves, spec.segments, theta_np, tiles.low, tiles.width, tiles.offsets,
+    args = (spec.kind, spec.params, spec.segments, theta_np, tiles.low, tiles.width, tiles.offsets,
             tiles.grid, tiles.strides, tiles.tiling_base, tiles.bias_index, starts_np, frozen_np,
             np.uint64(rollout_key(seed)), cap, bool(greedy), state, active, streams, returns, lengths,
             member_steps)
@@ -616,7 +560,7 @@ def linear_rollouts(
 def unsupported_reason(agent: Any, env: Any, device: torch.device | str) -> str | None:
     """Why the kernel cannot evaluate ``agent`` on ``env`` (``None`` when it can): it needs the CPU, an
     :class:`ActorCritic` whose actor features are a 2-d :class:`TileCoder`, and a supported env."""
-    from emphatic_rl.agents.actor_critic import ActorCritic
+    from emphatic_rl.agents.linear.actor_critic import ActorCritic
 
     if torch.device(device).type != "cpu":
         return f"device {device} is not the CPU"

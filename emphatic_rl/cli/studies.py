@@ -1,0 +1,68 @@
+"""``emphatic-rl dyna`` and ``emphatic-rl dyna-fa``: the Dyna study programs' arguments, mapped onto
+:mod:`emphatic_rl.studies.dyna` and :mod:`emphatic_rl.studies.dyna_fa` (``load_config``, ``write_study``)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tomllib
+
+from emphatic_rl.cli import _fail
+
+
+def add_study_arguments(parser: argparse.ArgumentParser, kind: str) -> None:
+    """The arguments of the ``dyna`` (``kind="dyna"``) or ``dyna-fa`` (``kind="dyna-fa"``) command."""
+    if kind == "dyna":
+        shipped, out, example = "dyna-gridworld, see `emphatic-rl list studies`", "experiments/results/dyna", "seeds=5"
+    else:
+        shipped = "dyna-fa-cartpole, dyna-fa-catcher, dyna-fa-puddle-world"
+        out, example = "experiments/results/dyna-fa", "seeds=3 --set 'doses=[0, 0.5]'"
+    parser.add_argument("config", help=f"a shipped study's name ({shipped}) or a TOML file")
+    parser.add_argument("--out", default=out, help=f"output folder; default {out}")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help=f"override a study key, value parsed as TOML (e.g. --set {example})",
+    )
+    if kind == "dyna-fa":
+        parser.add_argument(
+            "--sweep",
+            action="store_true",
+            help="run the file's [sweep] table instead (step sizes x rollout lengths; its keys override [study])",
+        )
+
+
+def run_study_command(args: argparse.Namespace, kind: str) -> int:
+    """Run the ``dyna`` / ``dyna-fa`` command; returns the exit status (2 on bad input, before any work)."""
+    import torch
+
+    from emphatic_rl.studies import parse_set_overrides, resolve_study
+
+    if kind == "dyna":
+        from emphatic_rl.studies import dyna as study
+    else:
+        from emphatic_rl.studies import dyna_fa as study  # type: ignore[no-redef]
+    torch.set_num_threads(1)
+    try:
+        overrides = parse_set_overrides(args.set)
+        if kind == "dyna-fa":
+            config = study.load_config(resolve_study(args.config, kind=kind), overrides, sweep=args.sweep)
+        else:
+            config = study.load_config(resolve_study(args.config, kind=kind), overrides)
+    except (ValueError, TypeError, OSError, tomllib.TOMLDecodeError) as error:
+        return _fail(str(error))
+    seconds = study.write_study(config, args.out)
+    figures = "" if getattr(config, "is_sweep", False) else " and figures"
+    print(f"emphatic-rl {kind}: wrote {args.out}/summary.md, results.json{figures} in {seconds:.0f} s",
+          file=sys.stderr)
+    return 0
+
+
+def cmd_dyna(args: argparse.Namespace) -> int:
+    return run_study_command(args, "dyna")
+
+
+def cmd_dyna_fa(args: argparse.Namespace) -> int:
+    return run_study_command(args, "dyna-fa")
