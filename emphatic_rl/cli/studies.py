@@ -55,8 +55,7 @@ def run_study_command(args: argparse.Namespace, kind: str) -> int:
         return _fail(str(error))
     seconds = study.write_study(config, args.out)
     figures = "" if getattr(config, "is_sweep", False) else " and figures"
-    print(f"emphatic-rl {kind}: wrote {args.out}/summary.md, results.json{figures} in {seconds:.0f} s",
-          file=sys.stderr)
+    print(f"emphatic-rl {kind}: wrote {args.out}/summary.md, results.json{figures} in {seconds:.0f} s", file=sys.stderr)
     return 0
 
 
