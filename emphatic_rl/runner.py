@@ -264,7 +264,7 @@ class Runner:
                 f"emphatic-rl: env {self.run_.config.env!r} cannot be restored from a checkpoint; resuming with new "
                 "episodes"
             )
-            self.obs = self.env.reset(seed=self.run_.config.seed + self.step)
+            self.obs = self.env.reset(seed=stream_seed(self.run_.config.seed, "resume", index=self.step))
             self.stats.episode_return.zero_()
             self.stats.episode_length.zero_()
 
@@ -338,6 +338,27 @@ def rollout_returns(
     return episode_return.view(population_size, width), episode_length.view(population_size, width)
 
 
+class PolicyFunction:
+    """A hand-written policy as the target policy of one member, for :func:`rollout_returns` with
+    ``population_size=1`` (reference policies, random baselines).
+
+    Args:
+        fn: ``fn(obs [N, *obs_shape], generator) -> action [N, *action_shape]``.
+        generator: the ``torch.Generator`` handed to ``fn`` (``None``: ``fn`` draws nothing).
+    """
+
+    def __init__(
+        self,
+        fn: Callable[[torch.Tensor, torch.Generator | None], torch.Tensor],
+        generator: torch.Generator | None = None,
+    ) -> None:
+        self.fn, self.generator = fn, generator
+
+    def evaluation_action(self, obs: torch.Tensor) -> torch.Tensor:
+        """``obs [1, N, ...]`` -> ``action [1, N, ...]``."""
+        return self.fn(obs[0], self.generator).unsqueeze(0)
+
+
 # ---------------------------------------------------------------------------------------------------- callbacks
 class DivergenceGuard(Callback):
     """Every ``every`` steps, freeze members whose parameters became non-finite (``runner.diverged``)."""
@@ -385,14 +406,27 @@ class LogMetrics(Callback):
 
 class Evaluate(Callback):
     """Every ``every`` steps (``0``: only at the end), ``emphatic_rl.train.evaluate``: sets ``runner.last_eval``
-    (NaN for diverged members) and ``runner.last_evaluation``, and logs ``eval/<name>``."""
+    (NaN for diverged members) and ``runner.last_evaluation``, and logs ``eval/<name>``.
 
-    def __init__(self, every: int) -> None:
+    Args:
+        every: the evaluation period in loop iterations (``0``: only at the run's last step).
+        at_start: also evaluate before the first iteration of a run that starts at step 0 (the untrained
+            policies: a learning curve's first point).
+    """
+
+    def __init__(self, every: int, at_start: bool = False) -> None:
         self.every = every
+        self.at_start = at_start
+
+    def on_start(self, runner: Runner) -> None:
+        if self.at_start and runner.step == 0:
+            self._evaluate(runner)
 
     def on_step(self, runner: Runner) -> None:
-        if not runner.due(self.every):
-            return
+        if runner.due(self.every):
+            self._evaluate(runner)
+
+    def _evaluate(self, runner: Runner) -> None:
         from emphatic_rl.train import evaluate
 
         evaluation = evaluate(runner.run_, runner.step)

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from emphatic_rl.envs import make_env
+from emphatic_rl.runner import rollout_returns
 from emphatic_rl.train import CHECKPOINT_NAME, build_run, load_run_config
 
 
@@ -43,17 +44,8 @@ def play(run, episodes: int, seed: int) -> torch.Tensor:
     population = run.config.population_size
     env = make_env(run.config.env, population * episodes, run.device, **run.config.evaluation_env_options())
     obs = env.reset(seed=seed)
-    total = torch.zeros(env.num_envs, device=run.device)
-    running = torch.ones(env.num_envs, dtype=torch.bool, device=run.device)
-    for _ in range(run.config.eval_max_steps):
-        action = run.agent.evaluation_action(obs.view(population, episodes, *obs.shape[1:]))  # [P, E, ...]
-        result = env.step(action.reshape(env.num_envs, *action.shape[2:]))
-        total += torch.where(running, result.reward, 0.0)
-        running &= ~(result.terminated | result.truncated)
-        obs = result.obs
-        if not bool(running.any()):
-            break
-    return total.view(population, episodes)
+    returns, _ = rollout_returns(run.agent, env, obs, population, episodes, run.config.eval_max_steps)
+    return returns
 
 
 def main(argv: list[str] | None = None) -> int:

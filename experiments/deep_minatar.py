@@ -176,21 +176,17 @@ def report(args) -> None:
 def random_baselines(games, episodes: int = 500, max_steps: int = 1_000, seed: int = 1) -> None:
     """Print the uniform random policy's mean return per game (the study's env settings), with a 95% t-interval."""
     from emphatic_rl.envs import make_env
+    from emphatic_rl.runner import PolicyFunction, rollout_returns
 
     for game in games:
         cap = 2_500 if game == "freeway" else max_steps
         env = make_env("minatar-" + game.replace("_", "-"), episodes, minimal_action_set=True, check_actions=False)
-        env.reset(seed=seed)
+        obs = env.reset(seed=seed)
         generator = torch.Generator().manual_seed(seed)
-        returns = torch.zeros(episodes)
-        running = torch.ones(episodes, dtype=torch.bool)
-        for _ in range(cap):
-            result = env.step(torch.randint(0, env.action_spec.n, (episodes,), generator=generator))
-            returns += torch.where(running, result.reward, 0.0)
-            running &= ~(result.terminated | result.truncated)
-            if not bool(running.any()):
-                break
-        mean, half = stats.mean_ci(returns)
+        n = env.action_spec.n
+        uniform = PolicyFunction(lambda obs, g, n=n: torch.randint(0, n, (obs.shape[0],), generator=g), generator)
+        returns, _ = rollout_returns(uniform, env, obs, 1, episodes, cap)  # the library's rollout evaluator
+        mean, half = stats.mean_ci(returns[0])
         print(f"{game}: uniform random policy {mean:.2f} ± {half:.2f} "
               f"({episodes} episodes capped at {cap} steps)", flush=True)
 

@@ -1,10 +1,10 @@
 """How heavy-tailed is the emphasis F_t that ACE's actor and the ETD critic use? A diagnostic for a study's variants.
 
-Trains the study's variants exactly as ``emphatic-rl sweep`` would (same configs, same behaviour streams; no
-evaluation, nothing written but the table) and records, per setting and per window of steps, the distribution of
-the per-step emphasis ``F_t`` over all runs of that setting: quantiles, the largest value and the share of the
-window's total emphasis carried by its largest 1% of steps. With the ETD critic, ``F_t`` (times rho_t) scales every
-critic step, so a share near 1 means that a few steps make most of the critic's learning.
+Trains the study's variants exactly as ``emphatic-rl sweep`` would (same configs, same behaviour streams, the
+library's ``Runner``; no evaluation, nothing written but the table) and records, per setting and per window of
+steps, the distribution of the per-step emphasis ``F_t`` over all runs of that setting: quantiles, the largest value
+and the share of the window's total emphasis carried by its largest 1% of steps. With the ETD critic, ``F_t`` (times
+rho_t) scales every critic step, so a share near 1 means that a few steps make most of the critic's learning.
 
     python experiments/emphasis_tail.py experiments/results/j23-puddle-world/emphasis-tail/pw_etd.toml \
         --out experiments/results/j23-puddle-world/emphasis-tail/pw_etd.md
@@ -15,10 +15,11 @@ from __future__ import annotations
 import argparse
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
-from emphatic_rl.seeding import stream_seed
+from emphatic_rl.runner import Callback, Runner
 from emphatic_rl.studies.sweep import load_study, member_layout, plan_study
 from emphatic_rl.train import build_run
 
@@ -41,6 +42,34 @@ def window_rows(emphasis: torch.Tensor, setting_of: torch.Tensor) -> list[tuple[
     return rows
 
 
+class EmphasisWindows(Callback):
+    """Records the update's ``emphasis [P]`` every step and, every ``window`` steps (and at the last), appends one
+    table row per setting of ``chunk`` to ``lines`` (and prints it)."""
+
+    def __init__(self, window: int, chunk: Any, runs: int, lines: list[str]) -> None:
+        self.window, self.chunk, self.lines = window, chunk, lines
+        self.setting_of = torch.tensor([c for c, _ in member_layout(len(chunk.settings), runs)])
+        self.values: list[torch.Tensor] = []
+
+    def on_start(self, runner: Runner) -> None:
+        self.started = time.perf_counter()
+
+    def on_step(self, runner: Runner) -> None:
+        self.values.append(runner.metrics["emphasis"].detach().cpu())
+        if not runner.due(self.window):
+            return
+        step = runner.step
+        for setting, quantiles, largest, share in window_rows(torch.stack(self.values), self.setting_of):
+            values = ", ".join(f"{k} = {v:g}" for k, v in self.chunk.settings[setting].items())
+            cells = " | ".join(f"{q:.3g}" for q in quantiles)
+            self.lines.append(
+                f"| {self.chunk.variant.name} | {values} | {step - len(self.values) + 1}-{step} | {cells} | "
+                f"{largest:.3g} | {share:.2f} |"
+            )
+        print(self.lines[-1], f"({time.perf_counter() - self.started:.0f} s)", flush=True)
+        self.values = []
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("study", help="a study TOML (emphatic-rl sweep format)")
@@ -61,29 +90,9 @@ def main() -> None:
     for chunk in plan_study(study):
         if args.only and chunk.variant.name not in args.only:
             continue
-        config = chunk.config
-        run = build_run(config)
-        env, agent, buffer = run.env, run.agent, run.buffer
-        setting_of = torch.tensor([c for c, _ in member_layout(len(chunk.settings), study.runs)])
-        generator = torch.Generator(device=run.device)
-        generator.manual_seed(stream_seed(config.seed, "behaviour"))  # the training loop's behaviour stream
-        obs = env.reset(seed=config.seed)
-        window: list[torch.Tensor] = []
-        started = time.perf_counter()
-        for step in range(1, config.steps + 1):
-            action, log_prob = run.behaviour.act(obs, generator)
-            result = env.step(action)
-            buffer.add(obs, action, result.reward, result.terminated, result.truncated, result.final_obs, log_prob)
-            window.append(agent.update(buffer, step)["emphasis"].detach().cpu())
-            obs = result.obs
-            if step % args.window == 0 or step == config.steps:
-                for setting, quantiles, largest, share in window_rows(torch.stack(window), setting_of):
-                    values = ", ".join(f"{k} = {v:g}" for k, v in chunk.settings[setting].items())
-                    cells = " | ".join(f"{q:.3g}" for q in quantiles)
-                    lines.append(f"| {chunk.variant.name} | {values} | {step - len(window) + 1}-{step} | {cells} | "
-                                 f"{largest:.3g} | {share:.2f} |")
-                print(lines[-1], f"({time.perf_counter() - started:.0f} s)", flush=True)
-                window = []
+        run = build_run(chunk.config)
+        windows = EmphasisWindows(args.window, chunk, study.runs, lines)
+        Runner(run).run(chunk.config.steps, [windows])  # the training loop of emphatic-rl sweep, no evaluation
     text = "\n".join(lines) + "\n"
     print(text)
     if args.out:

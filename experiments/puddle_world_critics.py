@@ -26,7 +26,7 @@ import torch
 
 from emphatic_rl.config import TrainConfig
 from emphatic_rl.envs import make_env
-from emphatic_rl.seeding import stream_seed
+from emphatic_rl.runner import Lambda, Runner
 from emphatic_rl.stats import mean_ci
 from emphatic_rl.train import build_run
 
@@ -96,25 +96,21 @@ def critic_errors(
         "stream_of": [r for _ in alphas for r in range(runs)],
     }
     run = build_run(config)
-    env, agent, buffer = run.env, run.agent, run.buffer
+    agent = run.agent
     agent.policy.theta.zero_()
     agent.policy.theta[:, :, -1] = torch.tensor(probs).log()  # the bias feature is the last one
     state_features = agent.critic_features.dense(states).double()  # [K, d]
-    generator = torch.Generator(device=run.device)
-    generator.manual_seed(stream_seed(config.seed, "behaviour"))  # the training loop's behaviour stream
-    obs = env.reset(seed=config.seed)
     errors: dict[tuple[float, int], list[float]] = {}
-    for step in range(1, steps + 1):
-        action, log_prob = run.behaviour.act(obs, generator)
-        result = env.step(action)
-        buffer.add(obs, action, result.reward, result.terminated, result.truncated, result.final_obs, log_prob)
-        agent.update(buffer, step)
-        obs = result.obs
-        if step in checkpoints:
-            estimates = agent.critic.weights.double() @ state_features.T  # [P, K]
-            rmsve = ((estimates - values) ** 2).mean(dim=1).sqrt()  # non-finite when a member diverged
-            for index, alpha in enumerate(alphas):
-                errors[(alpha, step)] = rmsve[index * runs:(index + 1) * runs].tolist()
+
+    def record(runner: Runner) -> None:
+        if runner.step not in checkpoints:
+            return
+        estimates = agent.critic.weights.double() @ state_features.T  # [P, K]
+        rmsve = ((estimates - values) ** 2).mean(dim=1).sqrt()  # non-finite when a member diverged
+        for index, alpha in enumerate(alphas):
+            errors[(alpha, runner.step)] = rmsve[index * runs:(index + 1) * runs].tolist()
+
+    Runner(run).run(steps, [Lambda(record)])  # the training loop: uniform behaviour, the agent's updates
     return errors
 
 

@@ -22,31 +22,22 @@ import torch
 from emphatic_rl.checkpoints import load_checkpoint
 from emphatic_rl.envs import make_env
 from emphatic_rl.features import TileCoder
+from emphatic_rl.runner import PolicyFunction, rollout_returns
 
 UP, DOWN, RIGHT, LEFT = range(4)
 ACTION_LETTERS = "UDRL"
 
 
-@torch.no_grad()
 def mean_return_and_length(
     policy: Callable[[torch.Tensor, torch.Generator], torch.Tensor], episodes: int, seed: int
 ) -> tuple[float, float]:
-    """Mean undiscounted return and mean episode length of ``policy`` from the start, capped at 1000 steps."""
+    """Mean undiscounted return and mean episode length of ``policy`` from the start, capped at 1000 steps (the
+    library's rollout evaluator)."""
     env = make_env("puddle-world", episodes, max_episode_steps=1000)
     obs = env.reset(seed=seed)
     generator = torch.Generator().manual_seed(seed)
-    returns = torch.zeros(episodes)
-    lengths = torch.zeros(episodes)
-    running = torch.ones(episodes, dtype=torch.bool)
-    for _ in range(1000):
-        result = env.step(policy(obs, generator))
-        returns += torch.where(running, result.reward, 0.0)
-        lengths += running.float()
-        running &= ~(result.terminated | result.truncated)
-        obs = result.obs
-        if not bool(running.any()):
-            break
-    return float(returns.mean()), float(lengths.mean())
+    returns, lengths = rollout_returns(PolicyFunction(policy, generator), env, obs, 1, episodes, 1000)
+    return float(returns.mean()), float(lengths.float().mean())
 
 
 def reference_policies(episodes: int, seed: int) -> None:

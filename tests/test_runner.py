@@ -105,6 +105,34 @@ def test_named_streams_keep_the_historical_seeds():
         stream_seed(0, "bogus")
     with pytest.raises(ValueError, match="stream 'evaluation' is per evaluation; give the step"):
         stream_seed(0, "evaluation")
+    assert stream_seed(7, "population", index=3) == 7 + 3000
+    assert stream_seed(7, "resume", index=40) == 7 + 40
+    assert torch.equal(
+        stream_generator(7, "population", index=2).get_state(), torch.Generator().manual_seed(2007).get_state()
+    )
+    with pytest.raises(ValueError, match="stream 'population' is per index; give the index"):
+        stream_seed(0, "population")
+    with pytest.raises(ValueError, match="stream 'agent' takes no index"):
+        stream_seed(0, "agent", index=1)
+    with pytest.raises(ValueError, match="index must be an integer >= 0"):
+        stream_seed(0, "population", index=-1)
+
+
+def test_evaluate_at_start_gives_a_curve_its_first_point():
+    config = small_config()
+    points: list[tuple[int, torch.Tensor]] = []
+    record = Lambda(lambda r: points.append((r.step, r.last_eval.clone())), every=20)
+
+    class First(Callback):
+        def on_start(self, runner):
+            points.append((runner.step, runner.last_eval.clone()))
+
+    runner = Runner(build_run(config))
+    runner.run(40, [Evaluate(20, at_start=True), First(), record])
+    assert [step for step, _ in points] == [0, 20, 40]
+    assert torch.isfinite(points[0][1]).all()  # evaluated before the first step
+    runner.run(60, [Evaluate(20, at_start=True), First()])  # a continuing run: no second step-0 evaluation
+    assert points[-1][0] == 40 and torch.equal(points[-1][1], points[2][1])
 
 
 def test_runner_diverged_members_are_nan_in_evaluation():
@@ -114,3 +142,16 @@ def test_runner_diverged_members_are_nan_in_evaluation():
     runner.diverged[1] = True
     runner.run(20, [Evaluate(20)])
     assert math.isnan(float(runner.last_eval[1])) and torch.isfinite(runner.last_eval[[0, 2, 3]]).all()
+
+
+def test_rollout_returns_runs_a_hand_written_policy_function():
+    from emphatic_rl.envs.gridworld import BorderedGridworld
+    from emphatic_rl.runner import PolicyFunction, rollout_returns
+
+    env = BorderedGridworld(num_envs=3, height=3, width=3, max_episode_steps=10)
+    right_then_up = PolicyFunction(lambda obs, _: torch.where(obs % env.grid_cols < 3, 1, 0))  # the shortest path
+    returns, lengths = rollout_returns(right_then_up, env, env.reset(seed=0), 1, 3, 10)
+    assert returns.tolist() == [[-4.0] * 3] and lengths.tolist() == [[4] * 3]
+    always_left = PolicyFunction(lambda obs, _: torch.full_like(obs, 3))  # bumps into the wall until truncated
+    returns, lengths = rollout_returns(always_left, env, env.reset(seed=0), 1, 3, 50)
+    assert returns.tolist() == [[-10.0] * 3] and lengths.tolist() == [[10] * 3]

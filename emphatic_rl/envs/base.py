@@ -93,6 +93,40 @@ class StepResult(NamedTuple):
     final_obs: torch.Tensor
 
 
+@dataclass(frozen=True)
+class TabularDynamics:
+    """The dynamics of a deterministic tabular env as tables, with ``S`` states and ``A`` actions: what a planner
+    needs for a given model (tabular Dyna, :func:`emphatic_rl.agents.dyna.models.given_model_of`). Declared by envs with
+    ``has_tabular_dynamics`` through :meth:`TensorEnv.tabular_dynamics`.
+
+    - ``next_state``: ``int64[S, A]``, the next state of every state and action (extended to unreachable states by
+      the env's documented rule).
+    - ``reward``: ``float32[S, A]``; ``terminal``: ``bool[S, A]``, the transition ends the episode.
+    - ``real_state_mask``: ``bool[S]``, the real, reachable states (a model output elsewhere is a hallucination).
+    - ``terminal_states``: ``int64[T]``, states no transition starts from (never a predecessor).
+    - ``predecessor_triples``: ``(source, action, target)``, ``int64[M]`` each, the relation a backward model
+      inverts; ``None``: every ``(s, a) -> next_state[s, a]`` with ``s`` not terminal.
+    - ``state_coordinates``: ``float32[S, F]``, coordinates of the states in ``[-1, 1]`` for function approximation
+      that generalises between neighbouring states (``None``: the env has none; use one-hot states).
+    """
+
+    next_state: torch.Tensor
+    reward: torch.Tensor
+    terminal: torch.Tensor
+    real_state_mask: torch.Tensor
+    terminal_states: torch.Tensor
+    predecessor_triples: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+    state_coordinates: torch.Tensor | None = None
+
+    @property
+    def num_states(self) -> int:
+        return int(self.next_state.shape[0])
+
+    @property
+    def num_actions(self) -> int:
+        return int(self.next_state.shape[1])
+
+
 class TensorEnv(ABC):
     """Base class of every batched torch environment (see the module docstring for the protocol).
 
@@ -130,9 +164,27 @@ class TensorEnv(ABC):
     #: the tile coding that linear agents use on this env: ``(low, high, tiles per dim, tilings)`` (``None``: none).
     tile_layout: tuple[tuple[float, ...], tuple[float, ...], tuple[int, ...], int] | None = None
 
+    #: ``True`` when the env gives its dynamics as tables: ``tabular_dynamics()`` (a given model for tabular Dyna).
+    has_tabular_dynamics: bool = False
+    #: ``True`` when the env tells whether a state (e.g. one a model produced) is real: ``is_real_state()``.
+    has_real_state_test: bool = False
+
     def current_behaviour_probabilities(self) -> torch.Tensor:
         """``mu(.|S_t)`` of every copy's current state, ``[N, A]``; only for envs with ``has_state_behaviour``."""
         raise NotImplementedError(f"env {self.name!r} defines no behaviour policy on its state")
+
+    def tabular_dynamics(self, border_physics: str = "closed") -> TabularDynamics:
+        """The env's dynamics as tables (:class:`TabularDynamics`); only for envs with ``has_tabular_dynamics``.
+
+        ``border_physics``: how the tables extend the dynamics to unreachable states, where the env offers a choice
+        (``"closed"``, the default, for every env that declares the capability; see the env's documentation)."""
+        raise NotImplementedError(f"env {self.name!r} declares no tabular dynamics")
+
+    def is_real_state(self, state: torch.Tensor, terminal: torch.Tensor | None = None) -> torch.Tensor:
+        """``bool[B]``: whether each state of ``state [B, *state_shape]`` (in observation units) is a real state of
+        the env, one the true dynamics can produce; ``terminal bool[B]``: the transition that produced it ended the
+        episode (a last state may lie just past the env's bounds). Only for envs with ``has_real_state_test``."""
+        raise NotImplementedError(f"env {self.name!r} declares no test of which states are real")
 
     @property
     def supports_excursions(self) -> bool:

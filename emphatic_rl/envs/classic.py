@@ -218,6 +218,10 @@ class CartPole(ClassicControlEnv):
     TAU = 0.02
     THETA_THRESHOLD_RADIANS = 12 * 2 * math.pi / 360
     X_THRESHOLD = 2.4
+    #: how far past its bounds the last state of a real episode can lie: one step of at most this size (tau = 0.02 s
+    #: times a generous bound of 10 units/s on the velocities)
+    TERMINAL_SLACK = 0.2
+    has_real_state_test = True  # is_real_state(state, terminal): inside the termination bounds
 
     observation_spec = BoxSpec(
         (4,),
@@ -243,6 +247,27 @@ class CartPole(ClassicControlEnv):
 
     def _fresh_states(self, count: int) -> torch.Tensor:
         return self._uniform(count, 4, -0.05, 0.05)
+
+    def is_real_state(self, state: torch.Tensor, terminal: torch.Tensor | None = None) -> torch.Tensor:
+        """``bool[B]``: ``state [B, 4]`` ``(x, x_dot, theta, theta_dot)`` is finite and inside the termination bounds
+        ``|x| <= 2.4``, ``|theta| <= 12 deg``; past them it is real only if ``terminal`` marks the transition that
+        produced it as the episode's end and it lies within ``TERMINAL_SLACK`` of the bounds. (A state beyond the
+        bounds that does not end the episode is the hallucination the Hallucinating Value paper names for
+        CartPole.)
+
+        Raises:
+            ValueError: ``state`` is not ``[B, 4]``.
+        """
+        if state.dim() != 2 or state.shape[1] != 4:
+            raise ValueError(f"cartpole states must be [B, 4] (x, x_dot, theta, theta_dot), got {tuple(state.shape)}")
+        x, theta = state[:, 0].abs(), state[:, 2].abs()
+        inside = (x <= self.X_THRESHOLD) & (theta <= self.THETA_THRESHOLD_RADIANS)
+        finite = torch.isfinite(state).all(dim=1)
+        if terminal is None:
+            return inside & finite
+        slack = self.TERMINAL_SLACK
+        near = (x <= self.X_THRESHOLD + slack) & (theta <= self.THETA_THRESHOLD_RADIANS + slack)
+        return finite & (inside | (terminal.bool() & near))
 
     def _kernel_option(self) -> bool:
         return self.sutton_barto_reward

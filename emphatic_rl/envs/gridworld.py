@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import torch
 
-from emphatic_rl.envs.base import BoxSpec, DiscreteSpec, TensorEnv
+from emphatic_rl.envs.base import BoxSpec, DiscreteSpec, TabularDynamics, TensorEnv
 from emphatic_rl.envs.registry import register_env
 
 #: (row, col) offsets of actions 0 up, 1 right, 2 down, 3 left.
@@ -54,6 +54,8 @@ class BorderedGridworld(TensorEnv):
 
     name = "bordered-gridworld"
     state_names = ("cell",)
+    has_tabular_dynamics = True  # tabular_dynamics(border_physics): the given model of tabular Dyna
+    has_real_state_test = True  # is_real_state(index): the interior cells
 
     def __init__(
         self,
@@ -129,9 +131,42 @@ class BorderedGridworld(TensorEnv):
         """``index: int64[...]`` -> ``(row, col)``, ``int64[..., 2]`` in full-grid coordinates."""
         return torch.stack((index // self.grid_cols, index % self.grid_cols), dim=-1)
 
-    def is_real_state(self, index: torch.Tensor) -> torch.Tensor:
-        """``bool[...]``: whether each cell index in ``index: int64[...]`` is a real, reachable state."""
-        return self.real_state_mask[index]
+    def is_real_state(self, index: torch.Tensor, terminal: torch.Tensor | None = None) -> torch.Tensor:
+        """``bool[...]``: whether each cell index in ``index: int64[...]`` is a real, reachable state (an interior
+        cell); an index outside ``0 .. num_states - 1`` is not. ``terminal`` is not needed here (accepted for the
+        :meth:`TensorEnv.is_real_state` signature).
+
+        Raises:
+            ValueError: ``index`` is not an integer tensor.
+        """
+        if not isinstance(index, torch.Tensor) or index.dtype != torch.int64:
+            got = f"{index.dtype} {tuple(index.shape)}" if isinstance(index, torch.Tensor) else type(index).__name__
+            raise ValueError(f"bordered-gridworld states must be int64 cell indices, got {got}")
+        inside = (index >= 0) & (index < self.num_states)
+        mask = self.real_state_mask.to(index.device)
+        return inside & mask[index.clamp(0, self.num_states - 1)]
+
+    def state_coordinates(self) -> torch.Tensor:
+        """``float32[S, 2]``: every cell's ``(row, col)`` scaled to ``[-1, 1]`` over the full grid (border included),
+        so a network generalises between neighbouring cells, and between the border ring and the interior edge."""
+        coordinates = self.coordinates(torch.arange(self.num_states, device=self.device)).float()
+        scale = torch.tensor([self.grid_rows - 1, self.grid_cols - 1], dtype=torch.float32, device=self.device)
+        return 2 * coordinates / scale - 1
+
+    def tabular_dynamics(self, border_physics: str = "closed") -> TabularDynamics:
+        """The given model's tables (:class:`~emphatic_rl.envs.base.TabularDynamics`): ``model_transitions
+        (border_physics)``, the reward and terminal tables, the interior as the real states, the goal as the
+        terminal state and :meth:`state_coordinates`."""
+        forward, triples = self.model_transitions(border_physics)
+        return TabularDynamics(
+            next_state=forward,
+            reward=self.reward_table,
+            terminal=self.terminal_table,
+            real_state_mask=self.real_state_mask,
+            terminal_states=torch.tensor([self.goal_state], device=self.device),
+            predecessor_triples=triples,
+            state_coordinates=self.state_coordinates(),
+        )
 
     def model_transitions(
         self, border_physics: str = "closed"

@@ -85,6 +85,17 @@ class PuddleWorld(CompiledBackendMixin, TensorEnv):
     tile_layout = ((0.0, 0.0), (1.0, 1.0), (2, 2), 2)
     observation_spec = BoxSpec((2,), low=0.0, high=1.0)
     action_spec = DiscreteSpec(4)
+    has_real_state_test = True  # is_real_state(position): inside the unit square
+
+    def is_real_state(self, state: torch.Tensor, terminal: torch.Tensor | None = None) -> torch.Tensor:
+        """``bool[B]``: each position of ``state [B, 2]`` lies in the unit square (every move is clamped to it).
+
+        Raises:
+            ValueError: ``state`` is not ``[B, 2]``.
+        """
+        if state.dim() != 2 or state.shape[1] != 2:
+            raise ValueError(f"puddle-world states must be [B, 2] positions, got {tuple(state.shape)}")
+        return ((state >= 0.0) & (state <= 1.0)).all(dim=1)
 
     def __init__(
         self,

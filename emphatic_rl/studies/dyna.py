@@ -5,14 +5,18 @@ Run::
     emphatic-rl dyna experiments/dyna_gridworld.toml --out experiments/results/dyna
 
 For each variant the whole population (seeds x p_h values x step sizes) is one ``DynaAgent`` with ``Q[P, S, A]``
-learning in ``N = P`` gridworld copies; ``p_h`` and ``alpha`` are per-member tensors. The model-free baseline is the
-same agent with ``planning_steps = 0``; the perfect-model controls are the ``p_h = 0`` members.
+learning in ``N = P`` gridworld copies; ``p_h`` and ``alpha`` are per-member values. The model-free baseline is the
+same agent with ``planning_steps = 0``; the perfect-model controls are the ``p_h = 0`` members. Each population is
+one training run (:func:`population_config`) on the library's loop, :class:`emphatic_rl.runner.Runner`, with the
+:class:`~emphatic_rl.runner.Evaluate` callback and this study's :class:`StudyCurves`; population ``k`` is seeded
+from the ``population`` stream of :mod:`emphatic_rl.seeding`.
 
 Measured per member:
 - online return, every ``eval_every`` real steps: the mean return of the behaviour (epsilon-greedy) episodes that
   ended in that window (carried over when none ended);
-- greedy return, every ``eval_every`` real steps: the return of the greedy policy (first arg-max) from the start
-  cell, computed exactly by following the env's deterministic tables for ``max_episode_steps`` steps;
+- greedy return, every ``eval_every`` real steps: the return of one episode of the greedy policy (first arg-max)
+  from the start cell in an evaluation copy of the env, at most ``max_episode_steps`` steps (the env is
+  deterministic, so this is exact);
 - the planning instruments (fractions of updates whose target bootstraps from simulated/hallucinated states...).
 
 Outputs (in ``--out``): ``results.json`` (every number), ``summary.md`` (tables with mean and 95% CI over seeds),
@@ -33,9 +37,12 @@ from typing import Any
 
 import torch
 
-from emphatic_rl.agents.dyna.tabular import PLANNING_COUNTERS, VARIANTS, DynaOptions, make_dyna_for_env
-from emphatic_rl.buffers.trajectory import TrajectoryBuffer
+from emphatic_rl.agents.dyna.tabular import PLANNING_COUNTERS, VARIANTS, DynaAgent, DynaOptions
+from emphatic_rl.config import TrainConfig
 from emphatic_rl.envs.gridworld import ACTION_OFFSETS, BorderedGridworld
+from emphatic_rl.runner import Callback, Evaluate, Runner
+from emphatic_rl.seeding import stream_seed
+from emphatic_rl.train import build_run
 
 BASELINE = "model-free"
 
@@ -142,99 +149,95 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> St
     return StudyConfig(**table)
 
 
-def greedy_return(env: BorderedGridworld, q: torch.Tensor, horizon: int) -> torch.Tensor:
-    """Exact return ``[P]`` of the greedy policy of ``q: [P, S, A]`` from the start cell (deterministic env)."""
-    members = torch.arange(q.shape[0])
-    state = torch.full((q.shape[0],), env.start_state, dtype=torch.int64)
-    total = torch.zeros(q.shape[0])
-    alive = torch.ones(q.shape[0], dtype=torch.bool)
-    for _ in range(horizon):
-        action = q[members, state].argmax(dim=-1)
-        total += alive.float() * env.reward_table[state, action]
-        alive &= ~env.terminal_table[state, action]
-        state = env.next_state_table[state, action]
-    return total
+class StudyCurves(Callback):
+    """The study's per-member learning curves, every ``every`` loop steps (and before the first):
+
+    - ``online``: the mean return of the training (epsilon-greedy) episodes that ended in the window, from the
+      runner's episode statistics; a member with none keeps its last value, and before any episode has ended it is
+      the worst possible return (``worst``, a truncated episode);
+    - ``greedy``: the last evaluation return (``runner.last_eval``; place this after an ``Evaluate(every,
+      at_start=True)`` whose eval env runs one greedy episode per member).
+
+    After the run, ``online`` and ``greedy`` are lists of ``[P]`` tensors, point ``k`` at step ``k * every``.
+    """
+
+    def __init__(self, every: int, worst: float) -> None:
+        self.every, self.worst = every, worst
+        self.online: list[torch.Tensor] = []
+        self.greedy: list[torch.Tensor] = []
+
+    def on_start(self, runner: Runner) -> None:
+        self._last_online = torch.full((runner.population_size,), self.worst)
+        self._record(runner)
+
+    def on_step(self, runner: Runner) -> None:
+        if runner.step % self.every == 0:
+            window = runner.stats.flush().get("rollout/ep_rew_mean")
+            if window is not None:
+                self._last_online = torch.where(torch.isnan(window), self._last_online, window.cpu())
+            self._record(runner)
+
+    def _record(self, runner: Runner) -> None:
+        self.online.append(self._last_online.clone())
+        self.greedy.append(runner.last_eval.clone())
+
+
+def population_config(
+    config: StudyConfig, variant: str, planning_steps: int, p_h: torch.Tensor, alpha: torch.Tensor, seed: int
+) -> TrainConfig:
+    """The ``TrainConfig`` of one population of the study: agent ``dyna`` with one ``(p_h, alpha)`` per member on
+    the Bordered Gridworld, one env copy per member, one greedy evaluation episode per member (``max_episode_steps``
+    steps at most: the greedy return of a deterministic env, exact)."""
+    options = {
+        "variant": variant,
+        "planning_steps": planning_steps,
+        "rollout_length": config.rollout_length,
+        "gamma": config.gamma,
+        "epsilon": config.epsilon,
+        "q_init": config.q_init,
+        "border_physics": config.border_physics,
+        "value_function": config.value_function,
+        "hidden": config.hidden,
+        "learning_rate": config.learning_rate,
+        "replay_batch": config.replay_batch,
+        "buffer_size": config.steps,  # the network's replay keeps every real step of the study
+        "step_size": alpha.tolist(),
+        "hallucination_probability": p_h.tolist(),
+        **config.model_options(),
+    }
+    return TrainConfig(
+        agent="dyna",
+        env="bordered-gridworld",
+        env_options={"height": config.height, "width": config.width, "max_episode_steps": config.max_episode_steps},
+        agent_options=options,
+        steps=config.steps,
+        population_size=p_h.numel(),
+        num_envs=1,
+        eval_every=config.eval_every,
+        eval_episodes=1,
+        eval_max_steps=config.max_episode_steps,
+        seed=seed,
+        progress=False,
+    )
 
 
 def run_population(
     config: StudyConfig, variant: str, planning_steps: int, p_h: torch.Tensor, alpha: torch.Tensor, seed: int
 ) -> dict[str, torch.Tensor]:
-    """Train one population (``P = len(p_h)``) of one variant.
+    """Train one population (``P = len(p_h)``) of one variant with the ``Runner``.
 
     Returns ``online_curve`` and ``greedy_curve`` (``[evaluations, P]``, evaluation ``k`` at real step
     ``k * eval_every``), the final ``q [P, S, A]`` and the planning fractions ``[P]``.
     """
-    population = p_h.numel()
-    env = BorderedGridworld(
-        num_envs=population,
-        height=config.height,
-        width=config.width,
-        max_episode_steps=config.max_episode_steps,
-    )
-    options = DynaOptions(
-        variant=variant,
-        planning_steps=planning_steps,
-        rollout_length=config.rollout_length,
-        gamma=config.gamma,
-        epsilon=config.epsilon,
-        q_init=config.q_init,
-        border_physics=config.border_physics,
-        value_function=config.value_function,
-        hidden=config.hidden,
-        learning_rate=config.learning_rate,
-        replay_batch=config.replay_batch,
-        **config.model_options(),
-    )
-    agent = make_dyna_for_env(env, population, options, seed=seed, step_size=alpha, hallucination_probability=p_h)
-    obs = env.reset(seed=seed)
-    running = torch.zeros(population)
-    window_sum = torch.zeros(population)
-    window_count = torch.zeros(population)
-    # Before any episode has ended, the online return is the worst possible one (a truncated episode).
-    online = torch.full((population,), -float(config.max_episode_steps) * abs(env.step_reward))
-    online_curve = [online.clone()]
-    greedy_curve = [greedy_return(env, agent.q, config.max_episode_steps)]
-    buffer = None
-    if config.value_function == "mlp":
-        buffer = TrajectoryBuffer(config.steps, population, (), torch.int64)
-    for step in range(1, config.steps + 1):
-        action, log_prob = agent.act(obs.view(population, 1), step)
-        result = env.step(action.view(population))
-        if buffer is not None:  # the network's direct update replays real transitions from the buffer
-            buffer.add(
-                obs,
-                action.view(-1),
-                result.reward,
-                result.terminated,
-                result.truncated,
-                result.final_obs,
-                log_prob.view(-1),
-            )
-            agent.update(buffer, step)
-        else:
-            agent.observe(
-                obs.view(population, 1),
-                action,
-                result.reward.view(population, 1),
-                result.final_obs.view(population, 1),
-                result.terminated.view(population, 1),
-            )
-        running += result.reward
-        done = result.terminated | result.truncated
-        window_sum += torch.where(done, running, torch.zeros_like(running))
-        window_count += done.float()
-        running = torch.where(done, torch.zeros_like(running), running)
-        obs = result.obs
-        if step % config.eval_every == 0:
-            # Mean return of the episodes that ended in this window; a member with none keeps its last value.
-            online = torch.where(window_count > 0, window_sum / window_count.clamp(min=1.0), online)
-            window_sum.zero_()
-            window_count.zero_()
-            online_curve.append(online.clone())
-            greedy_curve.append(greedy_return(env, agent.q, config.max_episode_steps))
+    run = build_run(population_config(config, variant, planning_steps, p_h, alpha, seed))
+    env, agent = run.env, run.agent
+    assert isinstance(env, BorderedGridworld) and isinstance(agent, DynaAgent)
+    curves = StudyCurves(config.eval_every, -float(config.max_episode_steps) * abs(env.step_reward))
+    runner = Runner(run)
+    runner.run(config.steps, [Evaluate(config.eval_every, at_start=True), curves])
     return {
-        "online_curve": torch.stack(online_curve),
-        "greedy_curve": torch.stack(greedy_curve),
+        "online_curve": torch.stack(curves.online),
+        "greedy_curve": torch.stack(curves.greedy),
         "q": agent.q.clone(),
         **agent.planning_statistics(),
     }
@@ -269,7 +272,7 @@ def run_study(config: StudyConfig, progress: bool = True) -> dict[str, Any]:
             planning,
             p_h.reshape(-1).contiguous(),
             alpha.reshape(-1).contiguous(),
-            config.seed + 1000 * index,
+            stream_seed(config.seed, "population", index=index),
         )
         shape = p_h.shape
         runs[name] = {

@@ -34,7 +34,7 @@ def _linear_agent(**options) -> GaussianACE:
     agent = GaussianACE(_context(), GaussianACEOptions(**{**defaults, **options}))
     generator = torch.Generator().manual_seed(5)
     with torch.no_grad():
-        for net in (agent.policy_net, agent.critic, agent.critic_target, agent.emphasis, agent.emphasis_target):
+        for net in (agent.policy, agent.critic, agent.critic_target, agent.emphasis, agent.emphasis_target):
             if net is None:
                 continue
             for parameter in net.parameters():
@@ -70,7 +70,7 @@ def _batch():
 def _hand_actor_update(agent: GaussianACE, batch, emphasis_weight):
     """``mean_B rho M delta grad ln pi`` for the linear heads, by hand (unbounded box: plain Gaussian density)."""
     x, a = batch.obs, batch.action[..., 0]
-    out = _linear(agent.policy_net, x)
+    out = _linear(agent.policy, x)
     mean, raw_std = out[..., 0], out[..., 1]
     o = agent.options
     std = torch.nn.functional.softplus(raw_std + agent.std_offset) + o.min_std
@@ -89,7 +89,7 @@ def _actor_gradient(agent, batch, episode_start):
     out = agent.losses(batch, episode_start)
     agent.optimizer.zero_grad()
     out["actor"].sum().backward()
-    layer = agent.policy_net.layers[0]
+    layer = agent.policy.layers[0]
     return out, layer.weight.grad.clone(), layer.bias.grad.clone()
 
 
@@ -120,16 +120,16 @@ def test_bad_options(options, message):
 def test_std_is_positive_starts_at_init_std_and_actions_respect_the_box():
     agent = make_agent("gaussian-ace", _context(BoxSpec((2,), -2.0, 2.0)), learning_starts=0, hidden=[8])
     with torch.no_grad():
-        agent.policy_net.layers[-1].weight.zero_()
-        agent.policy_net.layers[-1].bias.zero_()
+        agent.policy.layers[-1].weight.zero_()
+        agent.policy.layers[-1].bias.zero_()
     obs = torch.randn(P, 400, D)
     mean, std = agent.distribution(obs)
     assert torch.allclose(std, torch.full_like(std, 0.5 * 2.0))  # init_std half-widths
     with torch.no_grad():
-        agent.policy_net.layers[-1].bias.fill_(-50.0)
+        agent.policy.layers[-1].bias.fill_(-50.0)
     assert float(agent.distribution(obs)[1].detach().min()) >= 0.05 * 2.0 - 1e-6  # floored at min_std, never <= 0
     with torch.no_grad():
-        agent.policy_net.layers[-1].bias.fill_(3.0)  # wide: many actions land on the bounds
+        agent.policy.layers[-1].bias.fill_(3.0)  # wide: many actions land on the bounds
     out = agent.act(obs, env_step=10)
     assert out.action.shape == (P, 400, 2) and out.log_prob.shape == (P, 400)
     assert float(out.action.abs().max()) <= 2.0 and bool((out.action.abs() == 2.0).any())

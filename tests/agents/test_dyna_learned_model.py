@@ -25,6 +25,27 @@ def random_policy_buffer(env, population: int, steps: int, seed: int = 0) -> Tra
     return buffer
 
 
+def loop_buffer(agent, env) -> TrajectoryBuffer:
+    """The loop's buffer for ``agent`` (one stream per env copy, the rows the agent asks for)."""
+    return TrajectoryBuffer(agent.buffer_capacity, env.num_envs, (), torch.int64)
+
+
+def loop_step(agent, env, buffer: TrajectoryBuffer, obs: torch.Tensor, step: int) -> tuple[torch.Tensor, dict]:
+    """One iteration of the training loop (act, step, store, update); returns the next obs and the metrics."""
+    action, log_prob = agent.act(obs.view(agent.population_size, -1), step)
+    result = env.step(action.view(-1))
+    buffer.add(obs, action.view(-1), result.reward, result.terminated, result.truncated, result.final_obs)
+    return result.obs, agent.update(buffer, step)
+
+
+def add_step(buffer: TrajectoryBuffer, obs, action, reward, next_obs, terminated) -> None:
+    """Store one step given as ``[P, 1]`` tensors (one stream per member)."""
+    buffer.add(
+        obs.view(-1), action.view(-1), reward.view(-1), terminated.view(-1), torch.zeros_like(terminated.view(-1)),
+        next_obs.view(-1),
+    )  # fmt: skip
+
+
 def fit(model, buffer: TrajectoryBuffer, population: int, iterations: int, batch: int = 32) -> None:
     generator = torch.Generator().manual_seed(1)
     for _ in range(iterations):
@@ -83,20 +104,12 @@ def test_a_fresh_learned_model_hallucinates_and_training_reduces_it_in_the_agent
     options = DynaOptions(variant="one-step-successor", model="learned", planning_steps=2, model_learning_rate=1e-2)
     agent = make_dyna_for_env(env, population, options, seed=0)
     obs = env.reset(seed=0)
+    buffer = loop_buffer(agent, env)
 
     def run(steps: int) -> dict:
         nonlocal obs
         for step in range(steps):
-            action, _ = agent.act(obs.view(population, 1), step)
-            result = env.step(action.view(population))
-            metrics = agent.observe(
-                obs.view(population, 1),
-                action,
-                result.reward.view(population, 1),
-                result.final_obs.view(population, 1),
-                result.terminated.view(population, 1),
-            )
-            obs = result.obs
+            obs, metrics = loop_step(agent, env, buffer, obs, step)
         return metrics
 
     early = run(10)
@@ -143,10 +156,14 @@ def test_dyna_with_a_learned_model_runs_through_the_training_loop_and_resumes(tm
         torch.tensor([[9], [17]]),
         torch.tensor([[False], [False]]),
     )
-    agent.observe(*step)
+    saved_buffer = run.buffer.state_dict()
+    add_step(run.buffer, *step)
+    agent.update(run.buffer, 301)
     after = agent.q.clone(), [p.detach().clone() for p in agent.forward_model.parameters]
     agent.load_state_dict(saved)
-    agent.observe(*step)
+    run.buffer.load_state_dict(saved_buffer)
+    add_step(run.buffer, *step)
+    agent.update(run.buffer, 301)
     assert torch.equal(agent.q, after[0])
     assert all(torch.equal(p, q) for p, q in zip(agent.forward_model.parameters, after[1], strict=True))
 
@@ -157,17 +174,9 @@ def test_every_variant_plans_with_the_learned_model(variant):
     env = BorderedGridworld(num_envs=population, height=3, width=3)
     agent = make_dyna_for_env(env, population, DynaOptions(variant=variant, model="learned", planning_steps=2))
     obs = env.reset(seed=0)
+    buffer = loop_buffer(agent, env)
     for step in range(20):
-        action, _ = agent.act(obs.view(population, 1), step)
-        result = env.step(action.view(population))
-        metrics = agent.observe(
-            obs.view(population, 1),
-            action,
-            result.reward.view(population, 1),
-            result.final_obs.view(population, 1),
-            result.terminated.view(population, 1),
-        )
-        obs = result.obs
+        obs, metrics = loop_step(agent, env, buffer, obs, step)
     assert (metrics["planning_updates"] > 0).all() and agent.parameters_finite().all()
     if variant == "multi-step-predecessor":
         assert (metrics["fraction_bootstrap_simulated"] == 0).all(), "the invariant holds with a learned model too"
@@ -271,7 +280,7 @@ def test_bad_input_raises_one_clear_error():
     vector = LearnedVectorModel(4, 2, 3, env_name="cartpole")
     with pytest.raises(ValueError, match=r"state must be float32\[P=3, D=4\]"):
         vector.sample_forward(torch.zeros(3, 2), torch.zeros(3, dtype=torch.long))
-    with pytest.raises(ValueError, match="knows bordered-gridworld, cartpole and puddle-world"):
+    with pytest.raises(ValueError, match="declares no test of which states are real"):
         LearnedVectorModel(4, 2, 3, env_name="catcher")
 
 
@@ -302,7 +311,9 @@ def test_the_agent_trains_only_the_direction_its_variant_plans_with():
             name: [p.detach().clone() for p in getattr(model, name).parameters()] for name in (trained, untouched)
         }
         step = (torch.tensor([[6]]), torch.tensor([[1]]), torch.tensor([[-1.0]]), torch.tensor([[7]]))
-        metrics = agent.observe(*step, torch.tensor([[False]]))
+        buffer = loop_buffer(agent, env)
+        add_step(buffer, *step, torch.tensor([[False]]))
+        metrics = agent.update(buffer, 0)
         assert f"model_{trained.split('_')[0]}_loss" in metrics
         changed = [
             not torch.equal(p, q) for p, q in zip(getattr(model, trained).parameters(), before[trained], strict=True)
@@ -313,3 +324,64 @@ def test_the_agent_trains_only_the_direction_its_variant_plans_with():
         )
     with pytest.raises(ValueError, match="directions must be a non-empty subset"):
         model.train_step(*(torch.zeros(1, 2, dtype=torch.long),) * 5, directions=("sideways",))
+
+
+def test_learned_models_train_on_the_last_model_replay_size_transitions_of_the_loop_buffer():
+    from emphatic_rl.agents.dyna.models import BackwardModel, ForwardModel, TrainableModel, given_model_of
+
+    class Spy(TrainableModel, ForwardModel, BackwardModel):
+        """The given model, declared trainable: records what the agent trains it on."""
+
+        def __init__(self, model):
+            self.model, self.batches = model, []
+
+        def sample_forward(self, state, action, generator):
+            return self.model.sample_forward(state, action, generator)
+
+        def sample_backward(self, state, generator):
+            return self.model.sample_backward(state, generator)
+
+        def train_step(self, obs, action, reward, next_obs, terminated, directions=("forward", "backward")):
+            self.batches.append(torch.stack((obs, action, next_obs), dim=-1))  # [P, B, 3]
+            return {"forward_loss": torch.zeros(obs.shape[0])}
+
+        def parameters_finite(self):
+            return torch.ones(2, dtype=torch.bool)
+
+        def freeze(self, members):
+            pass
+
+        def state_dict(self):
+            return {}
+
+        def load_state_dict(self, state):
+            pass
+
+    population, kept = 2, 3
+    env = BorderedGridworld(num_envs=population, height=3, width=3)
+    spy = Spy(given_model_of(env, 0.0, population))
+    options = DynaOptions(model_replay_size=kept, model_batch=64, planning_steps=1)
+    agent = DynaAgent(env.num_states, 4, population, options, forward_model=spy, backward_model=spy)
+    assert agent.learned_models == [spy] and agent.buffer_rows(1) == kept
+    buffer = TrajectoryBuffer(20, population, (), torch.int64)  # more rows than the models replay
+    obs = env.reset(seed=0)
+    for step in range(12):
+        obs, metrics = loop_step(agent, env, buffer, obs, step)
+        recent = buffer.transitions_at(
+            torch.arange(max(0, buffer.total_steps - kept), buffer.total_steps).repeat(population, 1),
+            torch.arange(population).unsqueeze(1).expand(-1, min(kept, step + 1)),
+        )
+        expected = torch.stack((recent.obs, recent.action, recent.next_obs), dim=-1)  # [P, kept, 3]
+        trained = spy.batches[-1]
+        for member in range(population):
+            allowed = {tuple(row) for row in expected[member].tolist()}
+            assert {tuple(row) for row in trained[member].tolist()} <= allowed
+    assert "model_forward_loss" in metrics
+    with pytest.raises(ValueError, match=r"learned models train from the loop's TrajectoryBuffer; call update"):
+        agent.observe(
+            obs.view(population, 1),
+            torch.zeros(population, 1, dtype=torch.long),
+            torch.zeros(population, 1),
+            obs.view(population, 1),
+            torch.zeros(population, 1, dtype=torch.bool),
+        )

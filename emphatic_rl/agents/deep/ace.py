@@ -78,8 +78,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from emphatic_rl.agents.base import ActionOutput, Agent
-from emphatic_rl.agents.networks import finite_members, make_population_network, mask_and_clip_member_gradients_
+from emphatic_rl.agents.base import ActionOutput
+from emphatic_rl.agents.deep.actor_critic import DeepActorCritic, replayed_episode_starts
+from emphatic_rl.agents.networks import make_population_network
 from emphatic_rl.agents.registry import (
     AgentContext,
     check_positive,
@@ -88,13 +89,7 @@ from emphatic_rl.agents.registry import (
     register_agent,
 )
 from emphatic_rl.buffers.trajectory import TransitionBatch
-from emphatic_rl.emphatic import (
-    actor_coefficient,
-    emphatic_weighting,
-    learned_emphasis_loss,
-    learned_emphasis_start_target,
-    learned_emphasis_target,
-)
+from emphatic_rl.emphatic import actor_coefficient
 from emphatic_rl.envs.base import DiscreteSpec
 from emphatic_rl.seeding import stream_seed
 
@@ -183,18 +178,7 @@ class DeepOffPACOptions(DeepACEOptions):
     emphasis: str = "none"
 
 
-def replayed_episode_starts(buffer: Any, batch: Any) -> torch.Tensor:
-    """``bool`` of ``batch.time_index``'s shape: the replayed ``S_t`` starts an episode (the stream's first row, or
-    the previous row of its stream ended). Unknown, hence ``False``, for the oldest stored row."""
-    previous_time = batch.time_index - 1
-    known = previous_time >= buffer.oldest_time
-    previous = buffer.transitions_at(
-        previous_time.clamp(min=buffer.oldest_time).flatten(), batch.stream_index.flatten()
-    )
-    return (batch.time_index == 0) | (known & previous.done.view(batch.time_index.shape))
-
-
-class DeepACE(Agent):
+class DeepACE(DeepActorCritic):
     """A population of ``P`` deep discrete actor-critics (ACE-direct / OffPAC) learning from replay.
 
     Args:
@@ -203,6 +187,7 @@ class DeepACE(Agent):
     """
 
     name = "deep-ace"
+    extra_generators = ("evaluation_generator",)
 
     def __init__(self, context: AgentContext, options: DeepACEOptions) -> None:
         if not isinstance(context.action_spec, DiscreteSpec):
@@ -223,33 +208,11 @@ class DeepACE(Agent):
         def network(out_dim: int) -> nn.Module:
             return make_population_network(P, obs_shape, out_dim, options.hidden).to(self.device)
 
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(context.seed)  # initialisation only; acting and sampling use self.generator
-            self.policy = network(self.num_actions)
-            self.critic = network(1)
-            self.critic_target = network(1)
-            self.emphasis = network(1) if self.uses_emphasis else None
-            self.emphasis_target = network(1) if self.uses_emphasis else None
-        self.critic_target.load_state_dict(self.critic.state_dict())
-        groups = [
-            {"params": list(self.policy.parameters()), "lr": options.actor_learning_rate},
-            {"params": list(self.critic.parameters()), "lr": options.critic_learning_rate},
-        ]
-        if self.emphasis is not None:
-            self.emphasis_target.load_state_dict(self.emphasis.state_dict())
-            groups.append({"params": list(self.emphasis.parameters()), "lr": options.emphasis_learning_rate})
-        self.optimizer = torch.optim.Adam(groups)
-        self.generator = torch.Generator(device=self.device)
-        self.generator.manual_seed(stream_seed(context.seed, "agent"))
+        self.build(context, network, self.num_actions)
         self.evaluation_generator = torch.Generator(device=self.device)
         self.evaluation_generator.manual_seed(stream_seed(context.seed, "agent_eval"))
-        self.active = torch.ones(P, dtype=torch.bool, device=self.device)
-        self.gradient_updates = 0
 
     # ------------------------------------------------------------------ networks
-    def _trained_networks(self) -> list[nn.Module]:
-        return [net for net in (self.policy, self.critic, self.emphasis) if net is not None]
-
     def log_policy(self, obs: torch.Tensor) -> torch.Tensor:
         """``log pi(.|s)``: ``[P, B, A]`` for ``obs: [P, B, *obs_shape]``."""
         return torch.log_softmax(self.policy(obs), dim=-1)
@@ -325,62 +288,17 @@ class DeepACE(Agent):
         o = self.options
         P, B = episode_start.shape
         action = batch.action.long().view(P, B)
-        reward = batch.reward.view(P, B)
-        not_terminated = (~batch.terminated.view(P, B)).float()
-        next_gamma = o.gamma * not_terminated  # gamma_{t+1}
-        interest = torch.ones_like(reward)  # uniform interest: i_t = i_{t+1} = 1
-
         log_pi_all = self.log_policy(batch.obs)  # [P, B, A]
         log_pi = log_pi_all.gather(-1, action.unsqueeze(-1)).squeeze(-1)
         rho = (log_pi.detach() - batch.behaviour_log_prob.view(P, B)).exp()
         rho_clipped = rho.clamp(max=o.rho_clip)
-
-        value = self.critic(batch.obs).squeeze(-1)  # [P, B]
-        with torch.no_grad():
-            critic_target = reward + next_gamma * self.critic_target(batch.next_obs).squeeze(-1)
-            delta = critic_target - value.detach()
-        critic_loss = (0.5 * rho_clipped * (critic_target - value).pow(2)).mean(dim=1)
-
-        zeros = torch.zeros(P, device=reward.device)
-        if self.emphasis is not None:
-            fhat_now = self.emphasis(batch.obs).squeeze(-1)  # [P, B]
-            fhat_next = self.emphasis(batch.next_obs).squeeze(-1)
-            with torch.no_grad():
-                followon = fhat_now.detach()
-                if o.clip_followon_at_zero:
-                    followon = followon.clamp(min=0.0)
-                fhat_target_now = self.emphasis_target(batch.obs).squeeze(-1)
-                emphasis_rho = rho.clamp(max=o.emphasis_rho_clip)
-                emphasis_target = learned_emphasis_target(
-                    interest, next_gamma, emphasis_rho, fhat_target_now, normalize=o.normalize_emphasis
-                )
-            per_sample = not_terminated * learned_emphasis_loss(fhat_next, emphasis_target)
-            if o.fit_start_state:  # gamma_0 = 0 at a start: the target is i_0 either way
-                start_target = learned_emphasis_start_target(interest, 0.0, normalize=o.normalize_emphasis)
-                per_sample = per_sample + episode_start.float() * learned_emphasis_loss(fhat_now, start_target)
-            emphasis_loss = per_sample.mean(dim=1)
-        else:
-            followon = interest
-            emphasis_target = torch.full_like(reward, math.nan)
-            emphasis_loss = zeros
-        weighting = emphatic_weighting(interest, followon, o.eta)  # M_t
+        out = self.critic_and_emphasis(batch, episode_start, rho, rho_clipped)
 
         probs = log_pi_all.exp()
         entropy = -(probs * log_pi_all).sum(dim=-1).mean(dim=1)  # [P]
-        actor_weight = actor_coefficient(rho_clipped, weighting, delta).detach()
+        actor_weight = actor_coefficient(rho_clipped, out["emphatic_weighting"], out["delta"]).detach()
         actor_loss = -(actor_weight * log_pi).mean(dim=1) - o.entropy_coef * entropy
-        return {
-            "actor": actor_loss,
-            "critic": critic_loss,
-            "emphasis": emphasis_loss,
-            "rho": rho,
-            "delta": delta,
-            "followon": followon,
-            "emphatic_weighting": weighting,
-            "emphasis_target": emphasis_target,
-            "entropy": entropy.detach(),
-            "value": value.detach(),
-        }
+        return {**out, "actor": actor_loss, "rho": rho, "entropy": entropy.detach()}
 
     def update(self, buffer: Any, env_step: int) -> dict[str, torch.Tensor]:
         o = self.options
@@ -390,12 +308,7 @@ class DeepACE(Agent):
         for _ in range(o.gradient_steps):
             batch, episode_start = self._sample(buffer)
             out = self.losses(batch, episode_start)
-            self.optimizer.zero_grad(set_to_none=True)
-            (out["actor"] + out["critic"] + out["emphasis"]).sum().backward()
-            for net in self._trained_networks():
-                mask_and_clip_member_gradients_(net.parameters(), self.active, self.options.max_grad_norm)
-            self.optimizer.step()
-            self.gradient_updates += 1
+            self.gradient_step(out)
             metrics = {
                 "actor_loss": out["actor"].detach(),
                 "critic_loss": out["critic"].detach(),
@@ -413,51 +326,6 @@ class DeepACE(Agent):
             epsilon = torch.full((self.population_size,), self.epsilon(env_step), device=self.device)
             metrics["rollout/exploration_rate"] = epsilon
         return metrics
-
-    def parameters_finite(self) -> torch.Tensor:
-        finite = finite_members(self.policy) & finite_members(self.critic)
-        if self.emphasis is not None:
-            finite &= finite_members(self.emphasis)
-        return finite
-
-    def freeze(self, members: torch.Tensor) -> None:
-        """Diverged members keep their parameters, get zero gradients and zeroed Adam moments from now on."""
-        members = members.to(self.device)
-        self.active &= ~members
-        for state in self.optimizer.state.values():
-            for key in ("exp_avg", "exp_avg_sq"):
-                if key in state:
-                    state[key][members] = 0.0
-
-    # ------------------------------------------------------------------ checkpointing
-    def state_dict(self) -> dict[str, Any]:
-        state = {
-            "policy": self.policy.state_dict(),
-            "critic": self.critic.state_dict(),
-            "critic_target": self.critic_target.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "generator": self.generator.get_state(),
-            "evaluation_generator": self.evaluation_generator.get_state(),
-            "active": self.active.clone(),
-            "gradient_updates": self.gradient_updates,
-        }
-        if self.emphasis is not None:
-            state["emphasis"] = self.emphasis.state_dict()
-            state["emphasis_target"] = self.emphasis_target.state_dict()
-        return state
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.policy.load_state_dict(state["policy"])
-        self.critic.load_state_dict(state["critic"])
-        self.critic_target.load_state_dict(state["critic_target"])
-        if self.emphasis is not None:
-            self.emphasis.load_state_dict(state["emphasis"])
-            self.emphasis_target.load_state_dict(state["emphasis_target"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.generator.set_state(state["generator"])
-        self.evaluation_generator.set_state(state["evaluation_generator"])
-        self.active.copy_(state["active"])
-        self.gradient_updates = state["gradient_updates"]
 
 
 @register_agent("deep-ace", DeepACEOptions, "deep ACE-direct (learned emphasis network, eta 1) on replay, discrete")

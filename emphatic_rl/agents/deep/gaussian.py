@@ -69,9 +69,9 @@ import torch
 from torch import nn
 
 from emphatic_rl.agents.action_boxes import ActionBox, clipped_gaussian_log_prob, require_box
-from emphatic_rl.agents.base import ActionOutput, Agent
-from emphatic_rl.agents.deep.ace import replayed_episode_starts
-from emphatic_rl.agents.networks import PopulationMLP, finite_members, mask_and_clip_member_gradients_, polyak_update_
+from emphatic_rl.agents.base import ActionOutput
+from emphatic_rl.agents.deep.actor_critic import DeepActorCritic, replayed_episode_starts
+from emphatic_rl.agents.networks import PopulationMLP, polyak_update_
 from emphatic_rl.agents.registry import (
     AgentContext,
     check_positive,
@@ -81,12 +81,7 @@ from emphatic_rl.agents.registry import (
 )
 from emphatic_rl.emphatic import (
     actor_coefficient,
-    emphatic_weighting,
-    learned_emphasis_loss,
-    learned_emphasis_start_target,
-    learned_emphasis_target,
 )
-from emphatic_rl.seeding import stream_seed
 
 __all__ = ["GaussianACE", "GaussianACEOptions", "GaussianOffPACOptions", "EMPHASIS_KINDS"]
 
@@ -153,7 +148,7 @@ class GaussianOffPACOptions(GaussianACEOptions):
     emphasis: str = "none"
 
 
-class GaussianACE(Agent):
+class GaussianACE(DeepActorCritic):
     """A population of ``P`` deep Gaussian actor-critics (ACE-direct / OffPAC) learning from replay.
 
     Args:
@@ -184,31 +179,12 @@ class GaussianACE(Agent):
         def network(out_dim: int) -> PopulationMLP:
             return PopulationMLP(P, obs_dim, out_dim, options.hidden).to(self.device)
 
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(context.seed)  # initialisation only; acting and sampling use self.generator
-            self.policy_net = network(2 * action_dim)
-            self.critic = network(1)
-            self.critic_target = network(1)
-            self.emphasis = network(1) if self.uses_emphasis else None
-            self.emphasis_target = network(1) if self.uses_emphasis else None
-        self.critic_target.load_state_dict(self.critic.state_dict())
-        groups = [
-            {"params": list(self.policy_net.parameters()), "lr": options.actor_learning_rate},
-            {"params": list(self.critic.parameters()), "lr": options.critic_learning_rate},
-        ]
-        if self.emphasis is not None:
-            self.emphasis_target.load_state_dict(self.emphasis.state_dict())
-            groups.append({"params": list(self.emphasis.parameters()), "lr": options.emphasis_learning_rate})
-        self.optimizer = torch.optim.Adam(groups)
-        self.generator = torch.Generator(device=self.device)
-        self.generator.manual_seed(stream_seed(context.seed, "agent"))
-        self.active = torch.ones(P, dtype=torch.bool, device=self.device)
-        self.gradient_updates = 0
+        self.build(context, network, 2 * action_dim)
 
     # ------------------------------------------------------------------ policy
     def distribution(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(mean, std)`` of ``pi(.|s)``, each ``[P, B, A]``, for ``obs: [P, B, obs_dim]``."""
-        raw_mean, raw_std = self.policy_net(obs).chunk(2, dim=-1)
+        raw_mean, raw_std = self.policy(obs).chunk(2, dim=-1)
         mean = self.box.squash(raw_mean)
         std = self.box.scale * (nn.functional.softplus(raw_std + self.std_offset) + self.options.min_std)
         return mean, std
@@ -265,60 +241,16 @@ class GaussianACE(Agent):
         o = self.options
         P, B = episode_start.shape
         action = batch.action.float().view(P, B, -1)
-        reward = batch.reward.view(P, B)
-        not_terminated = (~batch.terminated.view(P, B)).float()
-        next_gamma = o.gamma * not_terminated  # gamma_{t+1}
-        interest = torch.ones_like(reward)  # uniform interest
-
         mean, std = self.distribution(batch.obs)
         log_pi = clipped_gaussian_log_prob(mean, std, action, self.box)  # [P, B]
         rho = (log_pi.detach() - batch.behaviour_log_prob.view(P, B)).exp()
         rho_clipped = rho.clamp(max=o.rho_clip)
-
-        value = self.critic(batch.obs).squeeze(-1)
-        with torch.no_grad():
-            critic_target = reward + next_gamma * self.critic_target(batch.next_obs).squeeze(-1)
-            delta = critic_target - value.detach()
-        critic_loss = (0.5 * rho_clipped * (critic_target - value).pow(2)).mean(dim=1)
-
-        if self.emphasis is not None:
-            fhat_now = self.emphasis(batch.obs).squeeze(-1)
-            fhat_next = self.emphasis(batch.next_obs).squeeze(-1)
-            with torch.no_grad():
-                followon = fhat_now.detach()
-                if o.clip_followon_at_zero:
-                    followon = followon.clamp(min=0.0)
-                emphasis_rho = rho.clamp(max=o.emphasis_rho_clip)
-                fhat_target_now = self.emphasis_target(batch.obs).squeeze(-1)
-                emphasis_target = learned_emphasis_target(
-                    interest, next_gamma, emphasis_rho, fhat_target_now, normalize=o.normalize_emphasis
-                )
-            per_sample = not_terminated * learned_emphasis_loss(fhat_next, emphasis_target)
-            if o.fit_start_state:  # gamma_0 = 0 at a start: the target is i_0 either way
-                start_target = learned_emphasis_start_target(interest, 0.0, normalize=o.normalize_emphasis)
-                per_sample = per_sample + episode_start.float() * learned_emphasis_loss(fhat_now, start_target)
-            emphasis_loss = per_sample.mean(dim=1)
-        else:
-            followon = interest
-            emphasis_target = torch.full_like(reward, math.nan)
-            emphasis_loss = torch.zeros(P, device=reward.device)
-        weighting = emphatic_weighting(interest, followon, o.eta)  # M_t
+        out = self.critic_and_emphasis(batch, episode_start, rho, rho_clipped)
 
         entropy = (std.log() + 0.5 + 0.5 * math.log(2 * math.pi)).sum(-1).mean(dim=1)  # [P], unclipped Gaussian
-        actor_weight = actor_coefficient(rho_clipped, weighting, delta).detach()
+        actor_weight = actor_coefficient(rho_clipped, out["emphatic_weighting"], out["delta"]).detach()
         actor_loss = -(actor_weight * log_pi).mean(dim=1) - o.entropy_coef * entropy
-        return {
-            "actor": actor_loss,
-            "critic": critic_loss,
-            "emphasis": emphasis_loss,
-            "rho": rho,
-            "delta": delta,
-            "followon": followon,
-            "emphatic_weighting": weighting,
-            "emphasis_target": emphasis_target,
-            "value": value.detach(),
-            "std": std.detach().mean(dim=(1, 2)),
-        }
+        return {**out, "actor": actor_loss, "rho": rho, "std": std.detach().mean(dim=(1, 2))}
 
     def update(self, buffer: Any, env_step: int) -> dict[str, torch.Tensor]:
         o = self.options
@@ -328,15 +260,10 @@ class GaussianACE(Agent):
         for _ in range(o.gradient_steps):
             batch, episode_start = self._sample(buffer)
             out = self.losses(batch, episode_start)
-            self.optimizer.zero_grad(set_to_none=True)
-            (out["actor"] + out["critic"] + out["emphasis"]).sum().backward()
-            for net in self._trained_networks():
-                mask_and_clip_member_gradients_(net.parameters(), self.active, self.options.max_grad_norm)
-            self.optimizer.step()
+            self.gradient_step(out)
             polyak_update_(self.critic_target, self.critic, o.tau)
-            if self.emphasis is not None:
+            if self.emphasis is not None and self.emphasis_target is not None:
                 polyak_update_(self.emphasis_target, self.emphasis, o.tau)
-            self.gradient_updates += 1
             metrics = {
                 "actor_loss": out["actor"].detach(),
                 "critic_loss": out["critic"].detach(),
@@ -347,50 +274,6 @@ class GaussianACE(Agent):
                 "value_mean": out["value"].mean(dim=1),
             }
         return metrics
-
-    def _trained_networks(self) -> list[nn.Module]:
-        return [net for net in (self.policy_net, self.critic, self.emphasis) if net is not None]
-
-
-    # ------------------------------------------------------------------ divergence and checkpoints
-    def parameters_finite(self) -> torch.Tensor:
-        finite = finite_members(self.policy_net) & finite_members(self.critic)
-        if self.emphasis is not None:
-            finite &= finite_members(self.emphasis)
-        return finite.cpu()
-
-    def freeze(self, members: torch.Tensor) -> None:
-        """Diverged members keep their parameters, get zero gradients and zeroed Adam moments from now on."""
-        members = members.to(self.device)
-        self.active &= ~members
-        for state in self.optimizer.state.values():
-            for key in ("exp_avg", "exp_avg_sq"):
-                if key in state:
-                    state[key][members] = 0.0
-
-    def _networks(self) -> dict[str, nn.Module]:
-        nets = {"policy": self.policy_net, "critic": self.critic, "critic_target": self.critic_target}
-        if self.emphasis is not None:
-            nets.update(emphasis=self.emphasis, emphasis_target=self.emphasis_target)
-        return nets
-
-    def state_dict(self) -> dict[str, Any]:
-        state: dict[str, Any] = {name: net.state_dict() for name, net in self._networks().items()}
-        state.update(
-            optimizer=self.optimizer.state_dict(),
-            generator=self.generator.get_state(),
-            active=self.active.clone(),
-            gradient_updates=self.gradient_updates,
-        )
-        return state
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        for name, net in self._networks().items():
-            net.load_state_dict(state[name])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.generator.set_state(state["generator"])
-        self.active.copy_(state["active"])
-        self.gradient_updates = state["gradient_updates"]
 
 
 @register_agent(

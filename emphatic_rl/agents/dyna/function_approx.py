@@ -52,7 +52,7 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -74,6 +74,9 @@ from emphatic_rl.agents.dyna.vector_models import (
 )
 from emphatic_rl.agents.networks import PopulationMLP, mask_and_clip_member_gradients_, polyak_update_
 from emphatic_rl.agents.registry import AgentContext, register_agent
+
+if TYPE_CHECKING:
+    from emphatic_rl.buffers.trajectory import TrajectoryBuffer
 
 __all__ = ["DynaFAOptions", "DynaFAAgent", "make_dyna_fa_for_env"]
 
@@ -357,10 +360,11 @@ class DynaFAAgent(Agent):
         return obs.float()
 
     # ------------------------------------------------------------------ learning
-    def update(self, buffer: Any, env_step: int) -> dict[str, torch.Tensor]:
-        """Learn from the latest real step of ``buffer`` (anything with ``latest()``, or the step itself)."""
-        step = buffer.latest() if hasattr(buffer, "latest") else buffer
-        next_obs = step.final_obs if hasattr(step, "final_obs") else step.next_obs
+    def update(self, buffer: TrajectoryBuffer, env_step: int) -> dict[str, torch.Tensor]:
+        """Learn from the newest row of ``buffer`` (the real step of every stream; ``next_obs`` is its true
+        ``S_{t+1}``)."""
+        step = buffer.latest()
+        next_obs = step.next_obs
         shape = (self.population_size, -1)
         return self.observe(
             step.obs.reshape(*shape, self.obs_dim),

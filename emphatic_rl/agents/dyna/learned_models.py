@@ -24,9 +24,9 @@ holds one head per action, so ``(s, a) -> ...`` is one network pass and a gather
 regression of the state change (forward ``s' - s``, backward ``s - s'``) in units of the running standard deviation
 of the observations (inputs are standardised with the running mean/std of the training data, per member), reward
 (squared error) and a terminal logit; the backward model also predicts ``p(a | s')`` and samples the action from it.
-Every vector sample carries ``is_real`` from the env's validity region (``agents.dyna.models.is_real_state``:
-CartPole beyond its termination bounds without a terminal signal, Puddle World outside the unit square), or
-``None`` where no env name was given.
+Every vector sample carries ``is_real`` from the env's declared real-state test
+(:func:`emphatic_rl.agents.dyna.models.is_real_state`: CartPole beyond its termination bounds without a terminal signal,
+Puddle World outside the unit square), or ``None`` where no env name was given.
 
 Tabular samples are the plain :class:`~emphatic_rl.agents.dyna.models.ForwardSample` / ``BackwardSample``; the agent
 flags them with the env's ``real_state_mask`` (``is_real`` gives the same flag here), so the Dyna instruments count
@@ -45,7 +45,14 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 
-from emphatic_rl.agents.dyna.models import BackwardModel, BackwardSample, ForwardModel, ForwardSample, is_real_state
+from emphatic_rl.agents.dyna.models import (
+    BackwardModel,
+    BackwardSample,
+    ForwardModel,
+    ForwardSample,
+    TrainableModel,
+    is_real_state,
+)
 from emphatic_rl.agents.networks import PopulationMLP
 
 SAMPLINGS: tuple[str, ...] = ("sample", "mode")
@@ -89,8 +96,8 @@ def _categorical(probs: torch.Tensor, generator: torch.Generator) -> torch.Tenso
     return torch.searchsorted(cdf.contiguous(), u.contiguous()).squeeze(-1).clamp(max=probs.shape[-1] - 1)
 
 
-class _PopulationModelBase:
-    """Shared parts: the two networks, Adam over both, frozen members, state dicts."""
+class _PopulationModelBase(TrainableModel):
+    """Shared parts: the two networks, Adam over both, frozen members, state dicts (a ``TrainableModel``)."""
 
     population_size: int
     num_actions: int

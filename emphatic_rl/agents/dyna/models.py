@@ -7,8 +7,11 @@ A model answers batched queries, one per population member: ``state: int64[P]`` 
   terminal [P])``: one sampled predecessor transition ``previous_state --action, reward--> state``; ``terminal``
   says whether that transition ends the episode (``state`` is terminal).
 
-Models never say whether a state they return is real: the *environment* tells (``real_state_mask``), so the same
-instruments work for a given model with injected error and for a learned model that hallucinates by itself.
+Models never say whether a state they return is real: the *environment* tells (its ``real_state_mask`` and
+``is_real_state``, declared with ``has_real_state_test``), so the same instruments work for a given model with
+injected error and for a learned model that hallucinates by itself. What a model kind needs from the env is a declared
+capability, never probed: the given model needs ``has_tabular_dynamics`` (:func:`given_model_of`), a model that learns
+is a :class:`TrainableModel`.
 
 ``GivenTabularModel`` is the given model of a tabular env (the true dynamics tables, e.g. of
 :class:`~emphatic_rl.envs.gridworld.BorderedGridworld`) with controllable error (our construction for the hypothesis):
@@ -21,11 +24,13 @@ step reward, the transition is not terminal-entering unless the queried state is
 
 from __future__ import annotations
 
-import math
+import functools
 from abc import ABC, abstractmethod
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
+
+from emphatic_rl.envs.base import TabularDynamics, TensorEnv
 
 
 class ForwardSample(NamedTuple):
@@ -181,93 +186,132 @@ class GivenTabularModel(ForwardModel, BackwardModel):
         return BackwardSample(previous, action, reward, terminal)
 
 
+def tabular_dynamics_of(
+    env: TensorEnv, border_physics: str = "closed", needed_by: str = "a given tabular model"
+) -> TabularDynamics:
+    """``env.tabular_dynamics(border_physics)`` (:class:`~emphatic_rl.envs.base.TabularDynamics`), or one clear error
+    naming ``needed_by`` when the env does not declare the capability (``TensorEnv.has_tabular_dynamics``)."""
+    if not (isinstance(env, TensorEnv) and env.has_tabular_dynamics):
+        name = env.name if isinstance(env, TensorEnv) else type(env).__name__
+        raise ValueError(
+            f"{needed_by} needs an env that declares tabular dynamics (has_tabular_dynamics, e.g. "
+            f"'bordered-gridworld'); env {name!r} does not"
+        )
+    return env.tabular_dynamics(border_physics)
+
+
 def given_model_of(
-    env,
+    env: TensorEnv,
     hallucination_probability: float | list[float] | torch.Tensor,
     population_size: int,
     border_physics: str = "closed",
 ) -> GivenTabularModel:
-    """The given model of a tabular env with ``next_state_table``, ``reward_table``, ``terminal_table``,
-    ``real_state_mask`` (e.g. ``BorderedGridworld``): hallucinations go to the env's unreachable states.
+    """The given model of an env that declares tabular dynamics (``has_tabular_dynamics``, e.g.
+    ``BorderedGridworld``): its tables, with hallucinations drawn from its unreachable states.
 
-    ``border_physics`` (``"closed"`` or ``"open"``) picks how the model moves from unreachable states when the env
-    offers ``model_transitions`` (see :meth:`BorderedGridworld.model_transitions`).
+    ``border_physics`` (``"closed"`` or ``"open"``) picks how the model moves from unreachable states (see
+    :meth:`BorderedGridworld.model_transitions`).
+
+    Raises:
+        ValueError: the env declares no tabular dynamics, or does not offer ``border_physics``.
     """
-    for attribute in ("next_state_table", "reward_table", "terminal_table", "real_state_mask"):
-        if not hasattr(env, attribute):
-            raise ValueError(
-                f"env {type(env).__name__} has no {attribute!r}: a given tabular model needs an env with dynamics "
-                "tables (e.g. 'bordered-gridworld')"
-            )
-    unreachable = torch.nonzero(~env.real_state_mask).squeeze(1)
-    terminal_states = torch.tensor([env.goal_state]) if hasattr(env, "goal_state") else None
-    forward, triples = env.next_state_table, None
-    if hasattr(env, "model_transitions"):
-        forward, triples = env.model_transitions(border_physics)
-    elif border_physics != "closed":
-        raise ValueError(f"env {type(env).__name__} only supports border_physics='closed'")
+    dynamics = tabular_dynamics_of(env, border_physics, "a given tabular model (model='given')")
     return GivenTabularModel(
-        forward,
-        env.reward_table,
-        env.terminal_table,
-        unreachable,
+        dynamics.next_state,
+        dynamics.reward,
+        dynamics.terminal,
+        torch.nonzero(~dynamics.real_state_mask).squeeze(1),
         hallucination_probability,
         population_size,
-        terminal_states,
-        triples,
+        dynamics.terminal_states,
+        dynamics.predecessor_triples,
     )
 
 
+class TrainableModel(ABC):
+    """A model that learns from real transitions: Dyna trains it every real step on transitions replayed from the
+    loop's ``TrajectoryBuffer`` (:class:`emphatic_rl.agents.dyna.learned_models.LearnedTabularModel`). A model that is
+    not a ``TrainableModel`` is fixed (the given model)."""
+
+    @abstractmethod
+    def train_step(
+        self,
+        obs: torch.Tensor,
+        action: torch.Tensor,
+        reward: torch.Tensor,
+        next_obs: torch.Tensor,
+        terminated: torch.Tensor,
+        directions: tuple[str, ...] = ("forward", "backward"),
+    ) -> dict[str, torch.Tensor]:
+        """One optimiser step on transitions ``[P, B, ...]`` (``next_obs``: the true ``S_{t+1}``), training the
+        ``directions`` asked for; returns the losses, each ``[P]``."""
+
+    @abstractmethod
+    def parameters_finite(self) -> torch.Tensor:
+        """``bool[P]``: which members' parameters are finite."""
+
+    @abstractmethod
+    def freeze(self, members: torch.Tensor) -> None:
+        """Stop training ``members`` (``bool[P]``)."""
+
+    @abstractmethod
+    def state_dict(self) -> dict[str, Any]: ...
+
+    @abstractmethod
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
 # ---------------------------------------------------------------------------------------------------------------
-# "Is this a real state?" per env: the instruments' hallucination flag for model outputs (our construction).
-#: CartPole's termination bounds: |x| <= 2.4 and |theta| <= 12 degrees.
-CARTPOLE_X_LIMIT = 2.4
-CARTPOLE_THETA_LIMIT = 12 * 2 * math.pi / 360
-#: How far past its bounds a real terminal CartPole state can lie: one step of at most this size (tau = 0.02 s
-#: times a generous bound of 10 units/s on the velocities), so the last observation of a real episode is real.
-CARTPOLE_TERMINAL_SLACK = 0.2
+# "Is this a real state?": the instruments' hallucination flag for model outputs. Each env declares its own test
+# (``TensorEnv.has_real_state_test`` / ``is_real_state``); these helpers resolve an env name to a default instance.
 
 
-def is_real_state(env_name: str, state: torch.Tensor, terminal: torch.Tensor | None = None, env=None) -> torch.Tensor:
-    """``bool[B]``: whether each model-generated state is a real, reachable state of ``env_name``.
+@functools.cache
+def _default_env(env_name: str) -> TensorEnv:
+    from emphatic_rl.envs import make_env
 
-    - ``bordered-gridworld``: ``state: int64[B]`` cell indices; real = an interior cell (needs ``env`` for its
-      ``real_state_mask``; the default 6 x 6 layout otherwise).
-    - ``cartpole``: ``state: [B, 4]`` ``(x, x_dot, theta, theta_dot)``; real = inside the termination bounds
-      ``|x| <= 2.4``, ``|theta| <= 12 deg``; a state past them is real only if the model marks the transition
-      ``terminal`` and it lies within one step's slack (``CARTPOLE_TERMINAL_SLACK``) of the bounds. A state beyond
-      the bounds that does not end the episode is hallucinated (the kind of hallucination the paper names for
-      CartPole: beyond its termination bounds without signalling termination).
-    - ``puddle-world``: ``state: [B, 2]`` positions; real = inside the unit square (the env clamps every move).
+    return make_env(env_name, num_envs=1)
+
+
+def real_state_envs() -> list[str]:
+    """The registered envs that declare a real-state test (``has_real_state_test``)."""
+    from emphatic_rl.envs import ENV_REGISTRY
+
+    return sorted(name for name, entry in ENV_REGISTRY.items() if _declares_real_state_test(entry.factory))
+
+
+def _declares_real_state_test(factory: Any) -> bool:
+    return isinstance(factory, type) and issubclass(factory, TensorEnv) and factory.has_real_state_test
+
+
+def is_real_state(env: str | TensorEnv, state: torch.Tensor, terminal: torch.Tensor | None = None) -> torch.Tensor:
+    """``bool[B]``: whether each model-generated state is a real state of ``env``: ``env.is_real_state(state,
+    terminal)`` (see each env's documentation: the interior cells of the Bordered Gridworld, CartPole inside its
+    termination bounds, Puddle World inside the unit square).
+
+    Args:
+        env: an env that declares the test (``has_real_state_test``), or a registered env's name (its default
+            options; a state test that depends on the options, such as the gridworld's size, needs the env).
+        state: ``[B, *state_shape]`` in observation units (``int64[B]`` cell indices for tabular envs).
+        terminal: ``bool[B]``, the transition that produced each state ended the episode (``None``: unknown).
 
     Raises:
-        ValueError: an env this function cannot judge, or a state of the wrong shape.
+        ValueError: an env that declares no real-state test, or a state of the wrong shape.
     """
-    if env_name == "bordered-gridworld":
-        if state.dtype != torch.int64 or state.dim() != 1:
-            raise ValueError(
-                f"bordered-gridworld states must be int64[B] cell indices, got {state.dtype} {tuple(state.shape)}"
-            )
-        if env is None:
-            from emphatic_rl.envs.gridworld import BorderedGridworld
+    if isinstance(env, str):
+        from emphatic_rl.envs import ENV_REGISTRY
 
-            env = BorderedGridworld()
-        inside = (state >= 0) & (state < env.num_states)
-        return inside & env.real_state_mask.to(state.device)[state.clamp(0, env.num_states - 1)]
-    if env_name == "cartpole":
-        if state.dim() != 2 or state.shape[1] != 4:
-            raise ValueError(f"cartpole states must be [B, 4] (x, x_dot, theta, theta_dot), got {tuple(state.shape)}")
-        x, theta = state[:, 0].abs(), state[:, 2].abs()
-        inside = (x <= CARTPOLE_X_LIMIT) & (theta <= CARTPOLE_THETA_LIMIT)
-        near = (x <= CARTPOLE_X_LIMIT + CARTPOLE_TERMINAL_SLACK) & (
-            theta <= CARTPOLE_THETA_LIMIT + CARTPOLE_TERMINAL_SLACK
+        if env not in ENV_REGISTRY:
+            raise ValueError(f"is_real_state: unknown env {env!r}; envs with a real-state test: {real_state_envs()}")
+        if not _declares_real_state_test(ENV_REGISTRY[env].factory):
+            raise ValueError(
+                f"is_real_state: env {env!r} declares no test of which states are real (has_real_state_test); "
+                f"envs that do: {', '.join(real_state_envs())}"
+            )
+        env = _default_env(env)
+    elif not env.has_real_state_test:
+        raise ValueError(
+            f"is_real_state: env {env.name!r} declares no test of which states are real (has_real_state_test); "
+            f"envs that do: {', '.join(real_state_envs())}"
         )
-        finite = torch.isfinite(state).all(dim=1)
-        if terminal is None:
-            return inside & finite
-        return finite & (inside | (terminal.bool() & near))
-    if env_name == "puddle-world":
-        if state.dim() != 2 or state.shape[1] != 2:
-            raise ValueError(f"puddle-world states must be [B, 2] positions, got {tuple(state.shape)}")
-        return ((state >= 0.0) & (state <= 1.0)).all(dim=1)
-    raise ValueError(f"is_real_state knows bordered-gridworld, cartpole and puddle-world; got {env_name!r}")
+    return env.is_real_state(state, terminal)

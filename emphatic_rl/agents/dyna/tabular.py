@@ -44,9 +44,14 @@ Models. ``model = "given"``: the env's true dynamics with hallucinations injecte
 (:func:`emphatic_rl.agents.dyna.models.given_model_of`). ``model = "learned"``: a learned neural forward and backward
 model per member (:class:`emphatic_rl.agents.dyna.learned_models.LearnedTabularModel`: categorical distributions over
 all cells, the unreachable ring included), trained by ``model_train_steps`` Adam steps per real step on
-``model_batch`` real transitions per member replayed uniformly from the agent's own model replay (the last
-``model_replay_size`` real transitions of each member); only the direction the variant plans with is trained. It
-hallucinates by itself (untrained or badly fitted ``(s, a)`` pairs put mass on border cells); ``p_h`` must be 0.
+``model_batch`` real transitions per member replayed uniformly from the loop's ``TrajectoryBuffer`` (the last
+``model_replay_size`` real transitions of each member; ``update(buffer, step)``); only the direction the variant
+plans with is trained. It hallucinates by itself (untrained or badly fitted ``(s, a)`` pairs put mass on border
+cells); ``p_h`` must be 0.
+
+Env capabilities. The agent needs an env that declares tabular dynamics (``TensorEnv.has_tabular_dynamics``: the
+Bordered Gridworld); its ``TabularDynamics`` give the given model's tables, the real states and the state
+coordinates. Any other env is one clear error naming the capability.
 
 Population. ``Q: [P, S, A]``; every hyperparameter that is a rate (``step_size``, ``epsilon``, the model's
 ``p_h``) may be one value per member, so one run holds seeds x a p_h sweep. Acting takes ``obs: int64[P, E]``.
@@ -57,15 +62,26 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from emphatic_rl.agents.base import ActionOutput, Agent
 from emphatic_rl.agents.dyna.learned_models import LearnedTabularModel
-from emphatic_rl.agents.dyna.models import BackwardModel, ForwardModel, given_model_of
+from emphatic_rl.agents.dyna.models import (
+    BackwardModel,
+    ForwardModel,
+    GivenTabularModel,
+    TrainableModel,
+    given_model_of,
+    tabular_dynamics_of,
+)
 from emphatic_rl.agents.registry import AgentContext, register_agent
+from emphatic_rl.envs.base import TensorEnv
 from emphatic_rl.seeding import stream_seed
+
+if TYPE_CHECKING:
+    from emphatic_rl.buffers.trajectory import TrajectoryBuffer
 
 VARIANTS: tuple[str, ...] = (
     "one-step-successor",
@@ -138,7 +154,8 @@ class DynaOptions:
       ``learned`` (neural forward/backward models trained from replayed real transitions; ``p_h`` must be 0).
     - ``model_hidden`` (width of the learned models' 2 hidden layers), ``model_learning_rate`` (Adam),
       ``model_batch`` (transitions per member per training step), ``model_train_steps`` (training steps per real
-      step), ``model_replay_size`` (real transitions kept per member for model training), ``model_features``
+      step), ``model_replay_size`` (model training replays each member's last this many real transitions from the
+      loop's ``TrajectoryBuffer``, which keeps at least that many), ``model_features``
       (``one-hot`` cells or ``coordinates``: ``(row, col)`` in ``[-1, 1]``), ``model_sampling`` (``sample`` from
       the predicted distributions, or ``mode``: arg-max): options of ``model = "learned"`` only.
     - ``hallucination_probability``: ``p_h`` in ``[0, 1]``.
@@ -352,61 +369,62 @@ class DynaAgent(Agent):
         if self.uses_network:
             self._build_network(features)
         self._build_model_replay()
+        #: time rows of the loop's buffer for one env copy per member (``make_dyna`` sizes it for the run's copies)
+        self.buffer_capacity = self.buffer_rows(1)
         if self.planning_steps > 0:
             self._probe_models()
 
     # ------------------------------------------------------------------ learned models: training data
     def _build_model_replay(self) -> None:
-        """A learned model (anything with ``train_step``) is trained from a per-member ring of real transitions:
-        ``model_replay_states int64[P, C, 3]`` (``obs, action, next_obs``), ``model_replay_values float32[P, C, 2]``
-        (``reward, terminated``)."""
-        models = {id(m): m for m in (self.forward_model, self.backward_model) if hasattr(m, "train_step")}
-        self.learned_models = list(models.values())
+        """Learned models (every :class:`~emphatic_rl.agents.dyna.models.TrainableModel` among the forward and backward
+        models) train from the loop's ``TrajectoryBuffer``: the last ``model_replay_size`` real transitions of each
+        member (see :meth:`_train_models`)."""
+        self.learned_models: list[TrainableModel] = []
+        for model in (self.forward_model, self.backward_model):
+            if isinstance(model, TrainableModel) and all(model is not known for known in self.learned_models):
+                self.learned_models.append(model)
         #: which learned models the variant plans with, and so trains (an unused direction is not trained).
         self.model_directions = ("forward",) if "successor" in self.variant else ("backward",)
-        capacity = self.options.model_replay_size if self.learned_models else 1
-        p = self.population_size
-        self.model_replay_states = torch.zeros(p, capacity, 3, dtype=torch.int64, device=self.device)
-        self.model_replay_values = torch.zeros(p, capacity, 2, device=self.device)
-        self.model_replay_cursor = torch.zeros((), dtype=torch.int64)
-        self.model_replay_size = torch.zeros((), dtype=torch.int64)
 
-    def _train_models(
-        self,
-        obs: torch.Tensor,
-        action: torch.Tensor,
-        reward: torch.Tensor,
-        next_obs: torch.Tensor,
-        terminated: torch.Tensor,
-    ) -> dict[str, torch.Tensor]:
-        """Store the real step (all ``[P, E]``) in the model replay, then ``model_train_steps`` training steps of
-        every learned model on ``model_batch`` uniformly replayed transitions per member."""
+    def buffer_rows(self, envs_per_member: int = 1) -> int:
+        """Time rows the loop's ``TrajectoryBuffer`` must keep for this agent with ``envs_per_member`` env copies
+        per member: ``buffer_size`` transitions per member for the ``mlp`` value function's replay, and
+        ``model_replay_size`` for learned models' training (1 row: the tabular agent reads only the latest step)."""
+        rows = [1]
+        if self.uses_network:
+            rows.append(math.ceil(self.options.buffer_size / envs_per_member))
+        if self.learned_models:
+            rows.append(math.ceil(self.options.model_replay_size / envs_per_member))
+        return max(rows)
+
+    def _train_models(self, buffer: TrajectoryBuffer | None) -> dict[str, torch.Tensor]:
+        """``model_train_steps`` training steps of every learned model, each on ``model_batch`` transitions per
+        member drawn uniformly from the member's last ``model_replay_size`` real transitions in ``buffer`` (the
+        newest ``ceil(model_replay_size / E)`` time rows of its ``E`` streams; streams are member-major)."""
         if not self.learned_models:
             return {}
-        capacity = self.model_replay_states.shape[1]
-        e = obs.shape[1]
-        slots = (int(self.model_replay_cursor) + torch.arange(e)) % capacity
-        self.model_replay_states[:, slots.to(self.device)] = torch.stack((obs, action, next_obs), dim=-1)
-        self.model_replay_values[:, slots.to(self.device)] = torch.stack((reward.float(), terminated.float()), -1)
-        self.model_replay_cursor.fill_((int(self.model_replay_cursor) + e) % capacity)
-        self.model_replay_size.fill_(min(int(self.model_replay_size) + e, capacity))
+        if buffer is None:
+            raise ValueError(
+                "dyna: learned models train from the loop's TrajectoryBuffer; call update(buffer, env_step) "
+                "(observe() without a buffer serves given models only)"
+            )
+        p = self.population_size
+        e = buffer.num_streams // p
+        rows = min(len(buffer), math.ceil(self.options.model_replay_size / e))
+        oldest = buffer.total_steps - rows
+        first_stream = (self.members * e).unsqueeze(1)
         losses: dict[str, torch.Tensor] = {}
         for _ in range(self.options.model_train_steps):
-            index = torch.randint(
-                int(self.model_replay_size),
-                (self.population_size, self.options.model_batch),
-                generator=self.generator,
-                device=self.device,
-            )
-            states = self.model_replay_states.gather(1, index.unsqueeze(-1).expand(-1, -1, 3))
-            values = self.model_replay_values.gather(1, index.unsqueeze(-1).expand(-1, -1, 2))
+            index = torch.randint(rows * e, (p, self.options.model_batch), generator=self.generator, device=self.device)
+            time_index = oldest + torch.div(index, e, rounding_mode="floor")
+            batch = buffer.transitions_at(time_index, first_stream + index % e)
             for model in self.learned_models:
                 losses = model.train_step(
-                    states[..., 0],
-                    states[..., 1],
-                    values[..., 0],
-                    states[..., 2],
-                    values[..., 1].bool(),
+                    batch.obs.long(),
+                    batch.action.long(),
+                    batch.reward,
+                    batch.next_obs.long(),
+                    batch.terminated,
                     directions=self.model_directions,
                 )
         return {f"model_{key}": value for key, value in losses.items()}
@@ -545,36 +563,27 @@ class DynaAgent(Agent):
         return obs.long()
 
     # ------------------------------------------------------------------ learning
-    def update(self, buffer: Any, env_step: int) -> dict[str, torch.Tensor]:
-        """Learn from the latest real step in ``buffer`` (see ``observe``).
-
-        ``buffer`` is anything with a ``latest()`` method, or itself a mapping / object, holding ``obs``, ``action``,
-        ``reward``, ``terminated`` and ``final_obs`` (or ``next_obs``) laid out ``[P * E]`` or ``[P, E]``.
-        """
-        step = buffer.latest() if hasattr(buffer, "latest") else buffer
-
-        def field(*names: str) -> torch.Tensor:
-            for key in names:
-                if isinstance(step, dict) and key in step:
-                    return step[key]
-                if not isinstance(step, dict) and hasattr(step, key):
-                    return getattr(step, key)
-            raise ValueError(f"dyna.update: the latest step has none of the fields {names}")
-
+    def update(self, buffer: TrajectoryBuffer, env_step: int) -> dict[str, torch.Tensor]:
+        """Learn from the newest row of ``buffer`` (the real step of every stream, streams member-major: member
+        ``p`` owns streams ``p*E ... p*E + E - 1``): the direct update (the ``mlp`` value function replays
+        ``replay_batch`` real transitions per member from ``buffer`` instead), learned models' training on
+        transitions replayed from ``buffer``, then planning. Returns the metrics of :meth:`observe`."""
+        latest = buffer.latest()
         shape = (self.population_size, -1)
         replay = None
-        if self.uses_network and hasattr(buffer, "sample_transitions"):
+        if self.uses_network:
             batch = buffer.sample_transitions(
                 self.options.replay_batch, self.generator, num_groups=self.population_size
             )
             replay = (batch.obs, batch.action, batch.reward, batch.next_obs, batch.terminated)
-        return self.observe(
-            field("obs").reshape(shape),
-            field("action").reshape(shape),
-            field("reward").reshape(shape),
-            field("final_obs", "next_obs").reshape(shape),
-            field("terminated").reshape(shape),
-            replay=replay,
+        return self._learn(
+            latest.obs.reshape(shape),
+            latest.action.reshape(shape),
+            latest.reward.reshape(shape),
+            latest.next_obs.reshape(shape),
+            latest.terminated.reshape(shape),
+            replay,
+            buffer,
         )
 
     def observe(
@@ -586,15 +595,34 @@ class DynaAgent(Agent):
         terminated: torch.Tensor,
         replay: tuple[torch.Tensor, ...] | None = None,
     ) -> dict[str, torch.Tensor]:
-        """One real step for every member: direct update, bookkeeping, then planning.
+        """One real step for every member, without a loop buffer: direct update, bookkeeping, then planning (given
+        models only: learned models train from the loop's ``TrajectoryBuffer``, through :meth:`update`).
 
         Args (all ``[P, E]``): ``obs`` (state indices), ``action``, ``reward``, ``next_obs`` (the true ``S_{t+1}``,
         i.e. ``StepResult.final_obs``), ``terminated``. ``replay`` (``mlp`` only): real transitions
         ``(obs, action, reward, next_obs, terminated)``, each ``[P, B]``, for the direct update instead of the
         latest step.
 
-        Returns: metrics, each ``[P]``: ``td_error`` (mean absolute real TD error) and the planning fractions.
+        Returns: metrics, each ``[P]``: ``td_error`` (mean absolute real TD error), the planning fractions, and the
+        learned models' losses (``model_<name>``).
+
+        Raises:
+            ValueError: the agent has learned models (they need the buffer: use ``update``).
         """
+        return self._learn(obs, action, reward, next_obs, terminated, replay, None)
+
+    def _learn(
+        self,
+        obs: torch.Tensor,
+        action: torch.Tensor,
+        reward: torch.Tensor,
+        next_obs: torch.Tensor,
+        terminated: torch.Tensor,
+        replay: tuple[torch.Tensor, ...] | None,
+        buffer: TrajectoryBuffer | None,
+    ) -> dict[str, torch.Tensor]:
+        if self.learned_models and buffer is None:
+            self._train_models(None)  # raises the error that names update()
         obs, next_obs, action = obs.long(), next_obs.long(), action.long()
         p, e = obs.shape
         member = self.members.unsqueeze(1).expand(p, e)
@@ -622,7 +650,7 @@ class DynaAgent(Agent):
                 delta.abs().reshape(-1) * active.expand(p, e).reshape(-1),
                 by_model=False,
             )
-        model_metrics = self._train_models(obs, action, reward, next_obs, terminated)
+        model_metrics = self._train_models(buffer)
         for _ in range(self.planning_steps):
             self._plan()
         metrics = {"td_error": delta.abs().mean(dim=1), **model_metrics}
@@ -849,15 +877,7 @@ class DynaAgent(Agent):
             "frozen": self.frozen.clone(),
             "generator": self.generator.get_state(),
             **(
-                {
-                    "learned_models": [model.state_dict() for model in self.learned_models],
-                    "model_replay_states": self.model_replay_states.clone(),
-                    "model_replay_values": self.model_replay_values.clone(),
-                    "model_replay_cursor": self.model_replay_cursor.clone(),
-                    "model_replay_size": self.model_replay_size.clone(),
-                }
-                if self.learned_models
-                else {}
+                {"learned_models": [model.state_dict() for model in self.learned_models]} if self.learned_models else {}
             ),
             **(
                 {
@@ -890,8 +910,6 @@ class DynaAgent(Agent):
         if self.learned_models:
             for model, saved in zip(self.learned_models, state["learned_models"], strict=True):
                 model.load_state_dict(saved)
-            for key in ("model_replay_states", "model_replay_values", "model_replay_cursor", "model_replay_size"):
-                getattr(self, key).copy_(state[key])
         if self.uses_network:
             with torch.no_grad():
                 for tensor, saved in zip(self.network, state["network"], strict=True):
@@ -901,38 +919,56 @@ class DynaAgent(Agent):
             self._refresh_q()
 
 
-def state_features(env: Any) -> torch.Tensor:
-    """``float32[S, 2]``: the cells' ``(row, col)`` scaled to ``[-1, 1]`` over the full grid (border included), so a
-    network generalises between neighbouring cells, and between the border ring and the interior edge."""
-    if not hasattr(env, "coordinates"):
-        return torch.eye(env.num_states)
-    coordinates = env.coordinates(torch.arange(env.num_states, device=env.device)).float()
-    scale = torch.tensor([env.grid_rows - 1, env.grid_cols - 1], dtype=torch.float32, device=env.device)
-    return 2 * coordinates / scale - 1
+def state_features(env: TensorEnv) -> torch.Tensor:
+    """``float32[S, F]``: the env's declared state coordinates (``TabularDynamics.state_coordinates``; the
+    gridworld's ``(row, col)`` in ``[-1, 1]`` over the full grid, border included, so a network generalises between
+    neighbouring cells), or one-hot states where the env declares none.
+
+    Raises:
+        ValueError: the env declares no tabular dynamics.
+    """
+    dynamics = tabular_dynamics_of(env, needed_by="tabular Dyna")
+    if dynamics.state_coordinates is None:
+        return torch.eye(dynamics.num_states, device=env.device)
+    return dynamics.state_coordinates
 
 
-def learned_model_of(env: Any, population_size: int, options: DynaOptions, seed: int = 0) -> LearnedTabularModel:
+def learned_model_of(env: TensorEnv, population_size: int, options: DynaOptions, seed: int = 0) -> LearnedTabularModel:
     """The untrained learned forward/backward model of a tabular env (``DynaOptions.model = "learned"``).
 
-    Input features: ``one-hot`` cells (``[S, S]``) or ``coordinates`` (``state_features``, ``[S, 2]``); the flags
-    come from ``env.real_state_mask``.
+    Input features: ``one-hot`` cells (``[S, S]``) or ``coordinates`` (the env's declared state coordinates,
+    ``[S, F]``); the hallucination flags come from the env's real states. ``seed`` is the run seed; the model
+    samples from its own ``model`` stream (:mod:`emphatic_rl.seeding`).
+
+    Raises:
+        ValueError: the env declares no tabular dynamics, or no state coordinates for ``model_features =
+            "coordinates"``.
     """
-    features = torch.eye(env.num_states) if options.model_features == "one-hot" else state_features(env)
+    dynamics = tabular_dynamics_of(env, needed_by="tabular Dyna with a learned model")
+    if options.model_features == "one-hot":
+        features = torch.eye(dynamics.num_states)
+    elif dynamics.state_coordinates is None:
+        raise ValueError(
+            f"model_features='coordinates' needs an env that declares state coordinates; env {env.name!r} does "
+            "not (use model_features='one-hot')"
+        )
+    else:
+        features = dynamics.state_coordinates
     return LearnedTabularModel(
         features,
-        env.num_actions,
+        dynamics.num_actions,
         population_size,
         hidden=(options.model_hidden, options.model_hidden),
         learning_rate=options.model_learning_rate,
         sampling=options.model_sampling,
-        real_state_mask=env.real_state_mask,
+        real_state_mask=dynamics.real_state_mask,
         seed=stream_seed(seed, "model"),  # its own stream: not the agent's generator, nor the value function's weights
         device=env.device,
     )
 
 
 def make_dyna_for_env(
-    env: Any,
+    env: TensorEnv,
     population_size: int,
     options: DynaOptions,
     seed: int = 0,
@@ -940,28 +976,36 @@ def make_dyna_for_env(
     epsilon: torch.Tensor | None = None,
     hallucination_probability: float | list[float] | torch.Tensor | None = None,
 ) -> DynaAgent:
-    """A ``DynaAgent`` for a tabular env with dynamics tables (``bordered-gridworld``), its given model attached.
+    """A ``DynaAgent`` for an env that declares tabular dynamics (``has_tabular_dynamics``: the
+    ``bordered-gridworld``), its model attached: the given model of the env's tables, or a learned one.
 
+    ``seed`` is the run seed: the agent's one generator (initialisation, exploration, search control, model samples)
+    is the ``init`` stream of :mod:`emphatic_rl.seeding`, a learned model's own sampling the ``model`` stream.
     ``hallucination_probability`` overrides ``options.hallucination_probability`` (scalar or ``[P]``).
+
+    Raises:
+        ValueError: the env declares no tabular dynamics (one line naming it), or a bad option.
     """
     p_h = options.hallucination_probability if hallucination_probability is None else hallucination_probability
+    needed_by = f"tabular Dyna (model={options.model!r})"
+    dynamics = tabular_dynamics_of(env, options.border_physics if options.model == "given" else "closed", needed_by)
     if options.model == "learned":
         if bool((torch.as_tensor(p_h, dtype=torch.float32) != 0).any()):
             raise ValueError("hallucination_probability (p_h) must be 0 with model='learned' (it is the given model's)")
-        model = learned_model_of(env, population_size, options, seed=seed)
+        model: LearnedTabularModel | GivenTabularModel = learned_model_of(env, population_size, options, seed=seed)
     else:
         model = given_model_of(env, p_h, population_size, options.border_physics)
     return DynaAgent(
-        env.num_states,
-        env.num_actions,
+        dynamics.num_states,
+        dynamics.num_actions,
         population_size,
         options,
         forward_model=model,
         backward_model=model,
-        real_state_mask=env.real_state_mask,
+        real_state_mask=dynamics.real_state_mask,
         step_size=step_size,
         epsilon=epsilon,
-        seed=seed,
+        seed=stream_seed(seed, "init"),
         device=env.device,
         features=state_features(env) if options.value_function == "mlp" else None,
     )
@@ -983,18 +1027,17 @@ def make_dyna(context: AgentContext, options: DynaOptions) -> DynaAgent:
         if not context.env_name:
             raise ValueError("agent 'dyna' needs the env (or its name) in its context: its model is the env's dynamics")
         env = make_env(context.env_name, num_envs=1, device=context.device)
-    if not hasattr(env, "next_state_table"):
+    if not env.has_tabular_dynamics:
         raise ValueError(
-            f"agent 'dyna' is tabular and needs an env with dynamics tables (e.g. 'bordered-gridworld'); "
-            f"env {context.env_name or type(env).__name__!r} has none"
-        )
-    spec_states = int(getattr(context.observation_spec, "high", -1)) + 1
-    if spec_states != env.num_states:
-        raise ValueError(
-            f"agent 'dyna': the run's env has {spec_states} states but the model's env has {env.num_states}; "
-            "build the agent with emphatic_rl.agents.dyna.tabular.make_dyna_for_env(env, ...)"
+            f"agent 'dyna' is tabular and needs an env that declares tabular dynamics (has_tabular_dynamics, e.g. "
+            f"'bordered-gridworld'); env {context.env_name or env.name!r} does not"
         )
     agent = make_dyna_for_env(env, context.population_size, options, seed=context.seed)
-    if options.value_function == "mlp":
-        agent.buffer_capacity = math.ceil(options.buffer_size / context.envs_per_member)
+    spec_states = int(getattr(context.observation_spec, "high", -1)) + 1
+    if spec_states != agent.num_states:
+        raise ValueError(
+            f"agent 'dyna': the run's env has {spec_states} states but the model's env has {agent.num_states}; "
+            "build the agent with emphatic_rl.agents.dyna.tabular.make_dyna_for_env(env, ...)"
+        )
+    agent.buffer_capacity = agent.buffer_rows(context.envs_per_member)
     return agent

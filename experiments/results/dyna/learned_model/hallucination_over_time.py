@@ -18,39 +18,47 @@ import json
 
 import torch
 
-from emphatic_rl.agents.dyna.tabular import DynaOptions, make_dyna_for_env
-from emphatic_rl.envs.gridworld import BorderedGridworld
+from emphatic_rl.config import TrainConfig
+from emphatic_rl.runner import Callback, Runner
 from emphatic_rl.stats import mean_ci
+from emphatic_rl.train import build_run
+
+
+class HallucinationWindows(Callback):
+    """Every ``window`` steps: the seed-mean fraction of hallucinated model outputs (and its 95% t-interval over the
+    seeds) and of hallucinated bootstrap states over the window, then the instruments are reset."""
+
+    def __init__(self, window: int) -> None:
+        self.window = window
+        self.rows: dict[str, list[float]] = {
+            "end_step": [], "model_outputs_hallucinated": [], "ci": [], "bootstrap_halluc": [],
+        }  # fmt: skip
+
+    def on_step(self, runner: Runner) -> None:
+        if runner.step % self.window:
+            return
+        stats = runner.agent.planning_statistics()
+        rate = stats["fraction_model_outputs_hallucinated"]
+        self.rows["end_step"].append(runner.step)
+        self.rows["model_outputs_hallucinated"].append(rate.mean().item())
+        self.rows["ci"].append(mean_ci(rate)[1])  # 95% t-interval over the seeds
+        self.rows["bootstrap_halluc"].append(stats["fraction_bootstrap_hallucinated"].mean().item())
+        runner.agent.reset_statistics()
 
 
 def run(variant: str, seeds: int, steps: int, window: int, seed: int) -> dict[str, list[float]]:
-    env = BorderedGridworld(num_envs=seeds)
-    options = DynaOptions(
-        variant=variant, planning_steps=5, rollout_length=3, step_size=0.5, gamma=0.95, epsilon=0.1, model="learned"
-    )
-    agent = make_dyna_for_env(env, seeds, options, seed=seed)
-    obs = env.reset(seed=seed)
-    rows: dict[str, list[float]] = {"end_step": [], "model_outputs_hallucinated": [], "ci": [], "bootstrap_halluc": []}
-    for step in range(1, steps + 1):
-        action, _ = agent.act(obs.view(seeds, 1), step)
-        result = env.step(action.view(seeds))
-        agent.observe(
-            obs.view(seeds, 1),
-            action,
-            result.reward.view(seeds, 1),
-            result.final_obs.view(seeds, 1),
-            result.terminated.view(seeds, 1),
-        )
-        obs = result.obs
-        if step % window == 0:
-            stats = agent.planning_statistics()
-            rate = stats["fraction_model_outputs_hallucinated"]
-            rows["end_step"].append(step)
-            rows["model_outputs_hallucinated"].append(rate.mean().item())
-            rows["ci"].append(mean_ci(rate)[1])  # 95% t-interval over the seeds
-            rows["bootstrap_halluc"].append(stats["fraction_bootstrap_hallucinated"].mean().item())
-            agent.reset_statistics()
-    return rows
+    """One population of ``seeds`` learners of ``variant`` trained by the library's ``Runner``."""
+    options = {
+        "variant": variant, "planning_steps": 5, "rollout_length": 3, "step_size": 0.5, "gamma": 0.95, "epsilon": 0.1,
+        "model": "learned",
+    }  # fmt: skip
+    config = TrainConfig(
+        agent="dyna", env="bordered-gridworld", agent_options=options, population_size=seeds, num_envs=1,
+        steps=steps, seed=seed, eval_every=0, progress=False,
+    )  # fmt: skip
+    windows = HallucinationWindows(window)
+    Runner(build_run(config)).run(steps, [windows])
+    return windows.rows
 
 
 def main() -> None:
