@@ -48,7 +48,9 @@ def run_study_command(args: argparse.Namespace, kind: str) -> int:
     try:
         overrides = parse_set_overrides(args.set)
         if kind == "dyna-fa":
-            config = study.load_config(resolve_study(args.config, kind=kind), overrides, sweep=args.sweep)
+            from emphatic_rl.studies.dyna_fa import load_config as load_fa_config
+
+            config = load_fa_config(resolve_study(args.config, kind=kind), overrides, sweep=args.sweep)
         else:
             config = study.load_config(resolve_study(args.config, kind=kind), overrides)
     except (ValueError, TypeError, OSError, tomllib.TOMLDecodeError) as error:

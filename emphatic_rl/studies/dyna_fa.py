@@ -356,7 +356,7 @@ def summarise(config: FAStudyConfig, runs: dict[str, dict[str, torch.Tensor]]) -
                 baseline_final.append(final)
                 continue
             per_seed[(variant, condition)] = {"auc": auc, "final": final}
-            row = {"auc": mean_ci(auc), "final": mean_ci(final)}
+            row: dict[str, Any] = {"auc": mean_ci(auc), "final": mean_ci(final)}
             for counter in COUNTERS:
                 row[counter] = mean_ci(run[counter][c])
             updates = run["planning_updates"][c]

@@ -183,7 +183,7 @@ class _PopulationAdam:
         if not live:
             return
         params = [self.parameters[i] for i in live]
-        grads = [p.grad for p in params]
+        grads = [g for p in params if (g := p.grad) is not None]
         m = [self.m[i] for i in live]
         v = [self.v[i] for i in live]
         torch._foreach_lerp_(m, grads, 1 - b1)
