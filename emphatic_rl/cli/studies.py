@@ -26,6 +26,12 @@ def add_study_arguments(parser: argparse.ArgumentParser, kind: str) -> None:
         metavar="KEY=VALUE",
         help=f"override a study key, value parsed as TOML (e.g. --set {example})",
     )
+    if kind == "dyna-fa":
+        parser.add_argument(
+            "--sweep",
+            action="store_true",
+            help="run the file's [sweep] table instead (step sizes x rollout lengths; its keys override [study])",
+        )
 
 
 def run_study_command(args: argparse.Namespace, kind: str) -> int:
@@ -41,12 +47,17 @@ def run_study_command(args: argparse.Namespace, kind: str) -> int:
     torch.set_num_threads(1)
     try:
         overrides = parse_set_overrides(args.set)
-        config = study.load_config(resolve_study(args.config, kind=kind), overrides)
+        if kind == "dyna-fa":
+            from emphatic_rl.studies.dyna_fa import load_config as load_fa_config
+
+            config = load_fa_config(resolve_study(args.config, kind=kind), overrides, sweep=args.sweep)
+        else:
+            config = study.load_config(resolve_study(args.config, kind=kind), overrides)
     except (ValueError, TypeError, OSError, tomllib.TOMLDecodeError) as error:
         return _fail(str(error))
     seconds = study.write_study(config, args.out)
-    print(f"emphatic-rl {kind}: wrote {args.out}/summary.md, results.json and figures in {seconds:.0f} s",
-          file=sys.stderr)
+    figures = "" if getattr(config, "is_sweep", False) else " and figures"
+    print(f"emphatic-rl {kind}: wrote {args.out}/summary.md, results.json{figures} in {seconds:.0f} s", file=sys.stderr)
     return 0
 
 

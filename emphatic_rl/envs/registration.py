@@ -24,7 +24,7 @@ the tabular counterexamples.
   with ``num_envs=1`` on the CPU.
 - ``gymnasium.make_vec(id, num_envs=N)``: :class:`NativeVectorEnv`, the native batched env behind Gymnasium's
   ``VectorEnv`` API (the ids' ``vector_entry_point``, Gymnasium's default for ids that have one).
-- ``render_mode="rgb_array"`` or ``"human"`` on every env with a picture (classic control, Puddle World, the
+- ``render_mode="rgb_array"`` or ``"human"`` on every env with a picture (classic control, Puddle World, Catcher, the
   gridworlds, MinAtar; see :mod:`emphatic_rl.envs.rendering`), so ``gymnasium.wrappers.RecordVideo`` and
   Stable-Baselines3's ``make_vec_env`` work on these ids.
 

@@ -13,6 +13,8 @@ env                             frame size   picture
 ``acrobot``                     500 x 500    both links and the target height
 ``pendulum``                    500 x 500    the rod (upright is ``theta = 0``)
 ``puddle-world(-gaussian)``     400 x 400    the puddles, the goal corner, the agent
+``catcher``                     4 px/pixel   the 64 x 64 screen (black), the paddle (white), the fruit (red),
+                                             one small square per life left (top left)
 ``bordered-gridworld``          40 px/cell   border ring (dark), interior, start, goal, agent
 ``virtual-office``              360 x 360    walls, hallway (blue), rooms (green), goals, agent facing
 ``minatar-*``                   160 x 160    the 10 x 10 frame, one colour per channel (MinAtar's palette)
@@ -43,6 +45,7 @@ RENDER_FPS: dict[str, int] = {
     "acrobot": 15,
     "pendulum": 30,
     "puddle-world": 30,
+    "catcher": 30,
     "bordered-gridworld": 10,
     "virtual-office": 10,
     "minatar": 30,
@@ -204,6 +207,31 @@ def puddle_world_frame(position: Sequence[float], puddle_mask: np.ndarray) -> np
     return canvas.image
 
 
+def catcher_frame(state: Sequence[float], geometry: Any, scale: int = 4) -> np.ndarray:
+    """Catcher's raw state ``(paddle_x, paddle_vel, fruit_x, fruit_y, lives)`` (pixels, ``y`` down, as in
+    :func:`emphatic_rl.envs.catcher.catcher_step`) on a ``width x height`` screen drawn ``scale`` times larger:
+    black background, the paddle white, the fruit red (PLE's colours), and one small grey square per life left in
+    the top-left corner (ours). A fruit above the screen is not drawn."""
+    g = geometry
+    width, height = g.width * scale, g.height * scale
+    canvas = Canvas(width, height, BLACK)
+    paddle_x, _, fruit_x, fruit_y, lives = (float(v) for v in state)
+
+    def rect(cx: float, cy: float, w: float, h: float, color: Sequence[int]) -> None:
+        # game pixels (y down, centre) -> canvas pixels (y up, corners)
+        x0, x1 = (cx - w / 2) * scale, (cx + w / 2) * scale
+        y0, y1 = (g.height - (cy + h / 2)) * scale, (g.height - (cy - h / 2)) * scale
+        if x1 > x0 and y1 > y0:
+            canvas.rectangle(x0, y0, x1, y1, color)
+
+    rect(paddle_x, g.paddle_y, g.paddle_width, g.paddle_height, WHITE)
+    if fruit_y + g.fruit_size / 2 > 0:
+        rect(fruit_x, fruit_y, g.fruit_size, g.fruit_size, (255, 120, 120))
+    for life in range(max(int(round(lives)), 0)):
+        rect(2.0 + 3.0 * life, 2.0, 2.0, 2.0, (128, 128, 128))
+    return canvas.image
+
+
 def _puddle_mask(env: Any, size: int = 400) -> np.ndarray:
     """Pixels where ``env``'s puddle penalty is non-zero (image rows, y down), computed once per env."""
     import torch
@@ -321,6 +349,7 @@ _RENDERERS: dict[str, Callable[[Any, int], np.ndarray]] = {
     "pendulum": lambda env, i: pendulum_frame(_state_row(env, i)),
     "puddle-world": lambda env, i: puddle_world_frame(env.position[i].tolist(), _puddle_mask(env)),
     "puddle-world-gaussian": lambda env, i: puddle_world_frame(env.position[i].tolist(), _puddle_mask(env)),
+    "catcher": lambda env, i: catcher_frame(_state_row(env, i), env.geometry),
     "bordered-gridworld": lambda env, i: bordered_gridworld_frame(env, int(env.cell[i])),
     "virtual-office": lambda env, i: virtual_office_frame(int(env.cell[i]), int(env.facing[i])),
 }

@@ -4,10 +4,23 @@ One command per benchmark::
 
     emphatic-rl dyna-fa experiments/dyna_fa_cartpole.toml --out experiments/results/dyna-fa/cartpole
 
-Per variant, one batched population holds every condition x seed: the perfect model (``dose = 0``), the perfect
-model with injected error at each ``dose``, the learned model, and the model-free baseline (members that do not
-plan: the same agent, the same real budget). Outputs: ``results.json`` (every number), ``summary.md`` (tables),
+Per variant, one batched population holds the perfect model (``dose = 0``), the perfect model with injected error at
+each ``dose`` and the model-free baseline (members that do not plan: the same agent, the same real budget), every
+condition x step size x seed; a second population of the same variant holds the learned-model members (their neural
+models are trained only where they are used). Outputs: ``results.json`` (every number), ``summary.md`` (tables),
 ``learning_curves.png`` and ``dose_response.png``.
+
+The step-size and rollout-length sweep is the same program: ``learning_rate`` may be a list (one more member axis of
+every population) and ``rollout_length`` a list (one population per value for the multi-step variants). The
+``[sweep]`` table of a study TOML holds the shipped sweep (its keys override ``[study]``)::
+
+    emphatic-rl dyna-fa dyna-fa-cartpole --sweep --out experiments/results/dyna-fa/sweep/cartpole
+
+A sweep writes ``summary.md`` and ``results.json`` with the AUC of every (variant, rollout length, condition, step
+size) and the values its rule picks, fixed before the sweep ran: the step size with the best AUC of the model-free
+baseline (pooled over the sweep's populations), then per multi-step variant the rollout length with the best
+perfect-model AUC at that step size. The main study takes ``rollout_length`` per variant as a table
+(``rollout_length = { multi-step-successor = 2, multi-step-predecessor = 5 }``).
 
 Metric: *online return*, the mean return of the epsilon-greedy training episodes that end in each window of
 ``eval_every`` real steps (a member with no episode ending in a window keeps its previous value; windows before a
@@ -40,6 +53,7 @@ from emphatic_rl.envs import make_env
 from emphatic_rl.stats import mean_ci, t_quantile
 
 BASELINE = "model-free"
+MULTI_STEP = ("multi-step-successor", "multi-step-predecessor")
 COUNTERS = (
     "fraction_bootstrap_simulated",
     "fraction_bootstrap_hallucinated",
@@ -66,8 +80,8 @@ class FAStudyConfig:
     baseline: bool = True
     planning_steps: int = 5
     planning_batch: int = 16
-    rollout_length: int = 3
-    learning_rate: float = 1e-3
+    rollout_length: int | list[int] | dict[str, int] = 3
+    learning_rate: float | list[float] = 1e-3
     gamma: float = 0.99
     epsilon: float = 0.1
     hidden: int = 32
@@ -100,18 +114,61 @@ class FAStudyConfig:
             raise ValueError(f"seeds must be >= 2 (intervals need two runs), got {self.seeds}")
         if self.steps < 2 * self.eval_every:
             raise ValueError(f"steps ({self.steps}) must be at least 2 x eval_every ({self.eval_every})")
+        rates = self.learning_rate if isinstance(self.learning_rate, list) else [self.learning_rate]
+        if not rates or not all(_number(r) and 0 < r < math.inf for r in rates):
+            raise ValueError(
+                f"learning_rate must be a number > 0 or a non-empty list of them; got {self.learning_rate!r}"
+            )
+        n = self.rollout_length
+        if isinstance(n, dict):
+            bad = sorted(set(n) - set(MULTI_STEP))
+            if bad or not n:
+                raise ValueError(
+                    f"rollout_length as a table maps {', '.join(MULTI_STEP)} to a length; got key(s) {bad or n!r}"
+                )
+            values = list(n.values())
+        else:
+            values = n if isinstance(n, list) else [n]
+        if not values or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in values):
+            raise ValueError(
+                f"rollout_length must be an integer >= 1, a non-empty list of them or a table per multi-step variant; "
+                f"got {n!r}"
+            )
         # The agent's and env's own checks, now: unknown env options, a model kind the env cannot give.
         env = make_env(self.env, num_envs=1, **self.env_options)
-        make_dyna_fa_for_env(env, self.env, 1, self.agent_options(self.variants[0]))
+        make_dyna_fa_for_env(
+            env, self.env, 1, self.agent_options(self.variants[0], self.rollout_lengths(self.variants[0])[0])
+        )
 
-    def agent_options(self, variant: str) -> DynaFAOptions:
+    @property
+    def learning_rates(self) -> list[float]:
+        """The step sizes (one member axis of every population)."""
+        return [
+            float(r) for r in (self.learning_rate if isinstance(self.learning_rate, list) else [self.learning_rate])
+        ]
+
+    def rollout_lengths(self, variant: str) -> list[int]:
+        """The rollout lengths ``variant`` runs with (one population each; one-step variants: the first, unused)."""
+        n = self.rollout_length
+        if isinstance(n, dict):
+            return [int(n.get(variant, 3))]
+        values = n if isinstance(n, list) else [n]
+        return [int(v) for v in values] if variant in MULTI_STEP else [int(values[0])]
+
+    @property
+    def is_sweep(self) -> bool:
+        """More than one step size or rollout length: a sweep (its own summary)."""
+        n = self.rollout_length
+        return len(self.learning_rates) > 1 or (isinstance(n, list) and len(n) > 1)
+
+    def agent_options(self, variant: str, rollout_length: int) -> DynaFAOptions:
         return DynaFAOptions(
             variant=variant,
             planning_steps=self.planning_steps,
             planning_batch=self.planning_batch,
-            rollout_length=self.rollout_length,
+            rollout_length=rollout_length,
             model="perfect",
-            learning_rate=self.learning_rate,
+            learning_rate=self.learning_rates[0],
             gamma=self.gamma,
             epsilon=self.epsilon,
             hidden=self.hidden,
@@ -128,12 +185,23 @@ class FAStudyConfig:
         return names + (["learned"] if self.learned else []) + ([BASELINE] if self.baseline else [])
 
 
-def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> FAStudyConfig:
-    """Read the ``[study]`` table of a TOML file, apply ``overrides``; one ``ValueError`` per bad key or value."""
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def load_config(path: str | Path, overrides: dict[str, Any] | None = None, sweep: bool = False) -> FAStudyConfig:
+    """Read the ``[study]`` table of a TOML file, then (``sweep``) its ``[sweep]`` table, then ``overrides``; one
+    ``ValueError`` per bad key or value."""
     with open(path, "rb") as handle:
-        table = tomllib.load(handle).get("study")
+        data = tomllib.load(handle)
+    table = data.get("study")
     if not isinstance(table, dict):
         raise ValueError(f"{path}: no [study] table")
+    if sweep:
+        sweep_table = data.get("sweep")
+        if not isinstance(sweep_table, dict):
+            raise ValueError(f"{path}: --sweep needs a [sweep] table (keys that override [study]); this file has none")
+        table = {**table, **sweep_table}
     table = {**table, **(overrides or {})}
     allowed = {f.name for f in dataclasses.fields(FAStudyConfig)}
     unknown = sorted(set(table) - allowed)
@@ -142,29 +210,39 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> FA
     return FAStudyConfig(**table)
 
 
-def run_population(config: FAStudyConfig, variant: str, seed: int, progress_every: int = 0) -> dict[str, torch.Tensor]:
-    """Train one population of ``variant`` holding every condition x seed (members laid out condition-major).
+def run_population(
+    config: FAStudyConfig,
+    variant: str,
+    seed: int,
+    conditions: list[str],
+    rollout_length: int,
+    progress_every: int = 0,
+) -> dict[str, torch.Tensor]:
+    """Train one population of ``variant`` holding ``conditions`` x step sizes x seeds (members in that order; the
+    conditions all perfect-model ones, or ``["learned"]``).
 
-    Returns ``online_curve [windows, C, seeds]`` and each planning fraction / count as ``[C, seeds]``.
+    Returns ``online_curve [windows, C, L, seeds]`` and each planning fraction / count as ``[C, L, seeds]``.
     """
-    conditions = config.conditions
-    s = config.seeds
-    p = len(conditions) * s
-    dose = torch.zeros(len(conditions))
-    dose[: len(config.doses)] = torch.tensor([float(d) for d in config.doses])
-    use_learned = torch.tensor([c == "learned" for c in conditions])
-    plans = torch.tensor([c != BASELINE for c in conditions])
-    expand = lambda t: t.repeat_interleave(s)  # noqa: E731
+    s, rates = config.seeds, config.learning_rates
+    c_count, l_count = len(conditions), len(rates)
+    p = c_count * l_count * s
+    doses = {("perfect" if float(d) == 0 else f"dose {float(d):g}"): float(d) for d in config.doses}
+    per_member = lambda values: torch.tensor(values).view(-1, 1, 1).expand(c_count, l_count, s).reshape(p)  # noqa: E731
+    dose = per_member([doses.get(c, 0.0) for c in conditions])
+    use_learned = per_member([c == "learned" for c in conditions])
+    plans = per_member([c != BASELINE for c in conditions])
+    learning_rate = torch.tensor(rates).view(1, -1, 1).expand(c_count, l_count, s).reshape(p)
     env = make_env(config.env, num_envs=p, **config.env_options)
     agent = make_dyna_fa_for_env(
         env,
         config.env,
         p,
-        config.agent_options(variant),
+        config.agent_options(variant, rollout_length),
         seed=seed,
-        dose=expand(dose),
-        use_learned=expand(use_learned),
-        planning_members=expand(plans),
+        dose=dose,
+        learning_rate=learning_rate,
+        use_learned=use_learned,
+        planning_members=plans,
     )
     obs = env.reset(seed=seed)
     running = torch.zeros(p)
@@ -193,31 +271,61 @@ def run_population(config: FAStudyConfig, variant: str, seed: int, progress_ever
             window_count.zero_()
             curve.append(online.clone())
         if progress_every and step % progress_every == 0:
-            print(f"[dyna-fa-study] {config.env} {variant}: step {step}/{config.steps}", file=sys.stderr, flush=True)
+            print(
+                f"[dyna-fa-study] {config.env} {variant} n={rollout_length} {conditions}: step {step}/{config.steps}",
+                file=sys.stderr,
+                flush=True,
+            )
     online_curve = torch.stack(curve)  # [W, P]
     # Windows before a member's first finished episode take its first value.
     first = torch.where(torch.isnan(online_curve), float("inf"), 0.0).argmin(dim=0)  # first finite window
     first_value = online_curve.gather(0, first.unsqueeze(0)).squeeze(0)
     online_curve = torch.where(torch.isnan(online_curve), first_value.unsqueeze(0), online_curve)
     stats = agent.planning_statistics()
-    out = {"online_curve": online_curve.view(-1, len(conditions), s)}
+    out = {"online_curve": online_curve.view(-1, c_count, l_count, s)}
     for key, value in stats.items():
-        out[key] = value.view(len(conditions), s)
+        out[key] = value.view(c_count, l_count, s)
     return out
 
 
+def run_label(variant: str, rollout_length: int, config: FAStudyConfig) -> str:
+    """The name of one variant's runs: the variant, with ``n=...`` where a sweep runs it at several lengths."""
+    return f"{variant} n={rollout_length}" if len(config.rollout_lengths(variant)) > 1 else variant
+
+
 def run_study(config: FAStudyConfig, progress: bool = True) -> dict[str, dict[str, torch.Tensor]]:
+    """Every population of the study; per label (:func:`run_label`) the conditions of ``config.conditions`` joined:
+    ``online_curve [W, C, L, seeds]``, the instruments ``[C, L, seeds]``."""
     runs = {}
+    conditions = config.conditions
+    groups = [[c for c in conditions if c != "learned"]] + ([["learned"]] if "learned" in conditions else [])
     for index, variant in enumerate(config.variants):
-        started = time.time()
-        runs[variant] = run_population(config, variant, config.seed + 1000 * index, 500 if progress else 0)
-        if progress:
-            members = len(config.conditions) * config.seeds
-            print(
-                f"[dyna-fa-study] {config.env} {variant}: {members} members, {time.time() - started:.0f} s",
-                file=sys.stderr,
-            )
+        for n_index, n in enumerate(config.rollout_lengths(variant)):
+            parts: dict[str, dict[str, torch.Tensor]] = {}
+            for g_index, group in enumerate(groups):
+                started = time.time()
+                seed = config.seed + 1000 * index + 100 * n_index + 500 * g_index
+                out = run_population(config, variant, seed, group, n, 500 if progress else 0)
+                for c, condition in enumerate(group):
+                    parts[condition] = {k: v[:, c] if k == "online_curve" else v[c] for k, v in out.items()}
+                if progress:
+                    members = len(group) * len(config.learning_rates) * config.seeds
+                    print(
+                        f"[dyna-fa-study] {config.env} {variant} n={n} {group}: {members} members, "
+                        f"{time.time() - started:.0f} s",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+            runs[run_label(variant, n, config)] = {
+                key: torch.stack([parts[c][key] for c in conditions], dim=1 if key == "online_curve" else 0)
+                for key in parts[conditions[0]]
+            }
     return runs
+
+
+def _only_rate(runs: dict[str, dict[str, torch.Tensor]]) -> dict[str, dict[str, torch.Tensor]]:
+    """Drop the step-size axis of a study with one step size: ``[W, C, seeds]`` and ``[C, seeds]``."""
+    return {label: {k: v.select(-2, 0) for k, v in run.items()} for label, run in runs.items()}
 
 
 def _t(df: int) -> float:
@@ -270,20 +378,52 @@ def summarise(config: FAStudyConfig, runs: dict[str, dict[str, torch.Tensor]]) -
         }
     # Does multi-step predecessor stay ahead of the others under error, and do the others fall with the dose?
     error_conditions = [c for c in conditions if c not in ("perfect", BASELINE)]
-    if "multi-step-predecessor" in runs:
-        out["v4_minus_other"] = {
-            c: {
-                v: difference_ci(per_seed[("multi-step-predecessor", c)]["final"], per_seed[(v, c)]["final"])
-                for v in runs
-                if v != "multi-step-predecessor"
+    for suffix, metric in (("", "final"), ("_auc", "auc")):
+        if "multi-step-predecessor" in runs:
+            out["v4_minus_other" + suffix] = {
+                c: {
+                    v: difference_ci(per_seed[("multi-step-predecessor", c)][metric], per_seed[(v, c)][metric])
+                    for v in runs
+                    if v != "multi-step-predecessor"
+                }
+                for c in error_conditions
             }
-            for c in error_conditions
+        out["condition_minus_perfect" + suffix] = {
+            v: {c: difference_ci(per_seed[(v, c)][metric], per_seed[(v, "perfect")][metric]) for c in error_conditions}
+            for v in runs
         }
-    out["condition_minus_perfect"] = {
-        v: {c: difference_ci(per_seed[(v, c)]["final"], per_seed[(v, "perfect")]["final"]) for c in error_conditions}
+    # The dose response as one number: the least-squares slope of each run's metric on its dose (perfect = 0).
+    doses = [float(d) for d in config.doses]
+    names = ["perfect" if d == 0 else f"dose {d:g}" for d in doses]
+    if len(set(doses)) > 1:
+        out["dose_slope"] = {
+            v: {
+                metric: slope_ci(
+                    torch.cat([torch.full((config.seeds,), d) for d in doses]),
+                    torch.cat([per_seed[(v, n)][metric] for n in names]),
+                )
+                for metric in ("auc", "final")
+            }
+            for v in runs
+        }
+    out["per_seed"] = {
+        v: {c: {m: per_seed[(v, c)][m].tolist() for m in ("auc", "final")} for c in conditions if c != BASELINE}
         for v in runs
     }
+    if baseline_auc:
+        out["per_seed"][BASELINE] = {"auc": b_auc.tolist(), "final": b_final.tolist()}
     return out
+
+
+def slope_ci(x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
+    """The least-squares slope of ``y`` on ``x`` and its 95% half-width (Student-t, ``n - 2`` degrees of freedom)."""
+    x, y = x.double(), y.double()
+    dx = x - x.mean()
+    sxx = float(dx.square().sum())
+    slope = float((dx * (y - y.mean())).sum()) / sxx
+    residual = y - y.mean() - slope * dx
+    se = math.sqrt(float(residual.square().sum()) / max(x.numel() - 2, 1) / sxx)
+    return slope, _t(x.numel() - 2) * se
 
 
 def _fmt(pair: tuple[float, float], digits: int = 1) -> str:
@@ -298,7 +438,7 @@ def write_summary(config: FAStudyConfig, summary: dict[str, Any], out: Path, sec
         "",
         f"{config.seeds} seeds per cell; {config.steps} real steps; online return (epsilon = {config.epsilon}) in "
         f"windows of {config.eval_every} steps; final = last {summary['tail_windows']} windows; 95% t-intervals. "
-        f"Adam step size {config.learning_rate}, n = {config.rollout_length}, {config.planning_steps} planning steps "
+        f"Adam step size {config.learning_rate}, n = {_lengths(config)}, {config.planning_steps} planning steps "
         f"x {config.planning_batch} updates per real step, Q-network 2 x {config.hidden}, gamma {config.gamma}. "
         f"Env options: {config.env_options}. Wall time {seconds:.0f} s.",
         "",
@@ -345,12 +485,116 @@ def write_summary(config: FAStudyConfig, summary: dict[str, Any], out: Path, sec
         for c, d in summary["v4_minus_other"].items():
             lines.append(f"| {c} | " + " | ".join(_fmt(d[v]) for v in others) + " |")
         lines.append("")
+    if "v4_minus_other_auc" in summary:
+        others = [v for v in summary["table"] if v != "multi-step-predecessor"]
+        lines += ["## Multi-step predecessor minus each other variant, AUC (95% CI)", ""]
+        lines += ["| condition | " + " | ".join(others) + " |", "|---" * (len(others) + 1) + "|"]
+        for c, d in summary["v4_minus_other_auc"].items():
+            lines.append(f"| {c} | " + " | ".join(_fmt(d[v]) for v in others) + " |")
+        lines.append("")
     errs = [c for c in conditions if c != "perfect"]
-    lines += ["## Each condition minus the perfect model, final return (95% CI)", ""]
-    lines += ["| variant | " + " | ".join(errs) + " |", "|---" * (len(errs) + 1) + "|"]
-    for v, d in summary["condition_minus_perfect"].items():
-        lines.append(f"| {v} | " + " | ".join(_fmt(d[c]) for c in errs) + " |")
-    lines.append("")
+    for key, metric in (("condition_minus_perfect", "final return"), ("condition_minus_perfect_auc", "AUC")):
+        lines += [f"## Each condition minus the perfect model, {metric} (95% CI)", ""]
+        lines += ["| variant | " + " | ".join(errs) + " |", "|---" * (len(errs) + 1) + "|"]
+        for v, d in summary[key].items():
+            lines.append(f"| {v} | " + " | ".join(_fmt(d[c]) for c in errs) + " |")
+        lines.append("")
+    if "dose_slope" in summary:
+        lines += [
+            "## Dose response: least-squares slope of the return on the injected dose (per unit dose, 95% CI)",
+            "",
+            "| variant | AUC | final |",
+            "|---|---|---|",
+        ]
+        for v, d in summary["dose_slope"].items():
+            lines.append(f"| {v} | {_fmt(d['auc'])} | {_fmt(d['final'])} |")
+        lines.append("")
+    _atomic_write(out / "summary.md", "\n".join(lines))
+
+
+def _lengths(config: FAStudyConfig) -> str:
+    return ", ".join(f"{v}: {config.rollout_lengths(v)[0]}" for v in config.variants if v in MULTI_STEP) or "-"
+
+
+# ---------------------------------------------------------------------------------------------------- the sweep
+def summarise_sweep(config: FAStudyConfig, runs: dict[str, dict[str, torch.Tensor]]) -> dict[str, Any]:
+    """AUC / final per (label, condition, step size), the baseline's AUC per step size (pooled over the labels), and
+    the rule's choice: the step size with the best baseline AUC, then per multi-step variant the rollout length with
+    the best perfect-model AUC at that step size (higher mean wins)."""
+    conditions, rates = config.conditions, config.learning_rates
+    windows = next(iter(runs.values()))["online_curve"].shape[0]
+    tail = max(1, windows // 5)
+    table: dict[str, dict[str, list[dict[str, Any]]]] = {}
+    for label, run in runs.items():
+        curve = run["online_curve"]  # [W, C, L, S]
+        table[label] = {}
+        for c, condition in enumerate(conditions):
+            cells = []
+            for r in range(len(rates)):
+                cell = {"auc": mean_ci(curve[:, c, r].mean(0)), "final": mean_ci(curve[-tail:, c, r].mean(0))}
+                if condition != BASELINE:
+                    cell["fraction_real_toward_simulated"] = mean_ci(run["fraction_real_toward_simulated"][c, r])
+                cells.append(cell)
+            table[label][condition] = cells
+    out: dict[str, Any] = {"conditions": conditions, "learning_rates": rates, "windows": windows, "table": table}
+    if BASELINE in conditions:
+        b = conditions.index(BASELINE)
+        pooled = [torch.cat([run["online_curve"][:, b, r].mean(0) for run in runs.values()]) for r in range(len(rates))]
+        out["baseline_auc"] = [mean_ci(x) for x in pooled]
+        chosen_rate = max(range(len(rates)), key=lambda r: out["baseline_auc"][r][0])
+    else:
+        out["baseline_auc"] = None
+        chosen_rate = 0
+    lengths: dict[str, int] = {}
+    for variant in config.variants:
+        options = config.rollout_lengths(variant)
+        if variant in MULTI_STEP and "perfect" in conditions:
+            lengths[variant] = max(
+                options,
+                key=lambda n: table[run_label(variant, n, config)]["perfect"][chosen_rate]["auc"][0],
+            )
+    out["chosen"] = {"learning_rate": rates[chosen_rate], "rollout_length": lengths}
+    return out
+
+
+def write_sweep_summary(config: FAStudyConfig, summary: dict[str, Any], out: Path, seconds: float) -> None:
+    rates = summary["learning_rates"]
+    header = " | ".join(f"lr {r:g}" for r in rates)
+    lines = [
+        f"# Step-size and rollout-length sweep, Dyna with function approximation on {config.env}",
+        "",
+        f"{config.seeds} seeds per cell; {config.steps} real steps; online return (epsilon = {config.epsilon}) in "
+        f"windows of {config.eval_every} steps; AUC = mean over all windows; 95% t-intervals. Step sizes {rates}, "
+        f"rollout lengths {config.rollout_length} (multi-step variants), {config.planning_steps} planning steps x "
+        f"{config.planning_batch} updates per real step, Q-network 2 x {config.hidden}. Env options: "
+        f"{config.env_options}. Wall time {seconds:.0f} s.",
+        "",
+        "Rule (fixed before the sweep ran): the step size with the best AUC of the model-free baseline (pooled over "
+        "every population of the sweep); then, per multi-step variant, the rollout length with the best perfect-model "
+        "AUC at that step size.",
+        "",
+    ]
+    if summary["baseline_auc"] is not None:
+        lines += ["## Model-free baseline, AUC", "", f"| | {header} |", "|---" * (len(rates) + 1) + "|"]
+        lines.append("| model-free (pooled) | " + " | ".join(_fmt(x) for x in summary["baseline_auc"]) + " |")
+        lines.append("")
+    chosen = summary["chosen"]
+    lines += [
+        "## Chosen",
+        "",
+        f"- learning_rate = {chosen['learning_rate']:g}",
+        *(f"- rollout_length of {v} = {n}" for v, n in chosen["rollout_length"].items()),
+        "",
+    ]
+    for metric in ("auc", "final"):
+        lines += [f"## Online return, {metric}", "", f"| variant | condition | {header} |"]
+        lines.append("|---|---" + "|---" * len(rates) + "|")
+        for label, rows in summary["table"].items():
+            for condition, cells in rows.items():
+                if condition == BASELINE:
+                    continue
+                lines.append(f"| {label} | {condition} | " + " | ".join(_fmt(cell[metric]) for cell in cells) + " |")
+        lines.append("")
     _atomic_write(out / "summary.md", "\n".join(lines))
 
 
@@ -418,15 +662,21 @@ def plot(config: FAStudyConfig, runs: dict[str, dict[str, torch.Tensor]], summar
 
 
 def write_study(config: FAStudyConfig, out: str | Path) -> float:
-    """Run the study of ``config`` and write ``summary.md``, ``results.json`` and the figures in ``out`` (made if
-    missing); returns the seconds it took."""
+    """Run the study (or sweep, :attr:`FAStudyConfig.is_sweep`) of ``config`` and write ``summary.md``,
+    ``results.json`` and (a study) the figures in ``out`` (made if missing); returns the seconds it took."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     started = time.time()
     runs = run_study(config)
-    summary = summarise(config, runs)
     seconds = time.time() - started
-    _atomic_write(out / "results.json", json.dumps({"config": dataclasses.asdict(config), **summary}, indent=1))
-    write_summary(config, summary, out, seconds)
-    plot(config, runs, summary, out)
+    if config.is_sweep:
+        summary = summarise_sweep(config, runs)
+        _atomic_write(out / "results.json", json.dumps({"config": dataclasses.asdict(config), **summary}, indent=1))
+        write_sweep_summary(config, summary, out, seconds)
+    else:
+        runs = _only_rate(runs)
+        summary = summarise(config, runs)
+        _atomic_write(out / "results.json", json.dumps({"config": dataclasses.asdict(config), **summary}, indent=1))
+        write_summary(config, summary, out, seconds)
+        plot(config, runs, summary, out)
     return seconds

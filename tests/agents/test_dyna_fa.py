@@ -232,3 +232,101 @@ def test_study_runs_end_to_end_and_reports_the_instruments(tmp_path):
         assert table["multi-step-predecessor"][condition]["planning_updates"] > 0
     assert table["one-step-successor"]["dose 0.5"]["count_real_toward_hallucinated"] > 0
     assert results["baseline"]["runs"] == 4
+    assert len(results["per_seed"]["multi-step-predecessor"]["learned"]["auc"]) == 2
+    assert len(results["per_seed"]["model-free"]["final"]) == 4
+    assert set(results["dose_slope"]) == {"one-step-successor", "multi-step-predecessor"}
+    assert set(results["v4_minus_other_auc"]) == {"dose 0.5", "learned"}
+
+
+def test_dose_slope_is_the_least_squares_slope():
+    from emphatic_rl.studies.dyna_fa import slope_ci
+
+    x = torch.tensor([0.0, 0.0, 1.0, 1.0, 2.0, 2.0])
+    y = 2 * x + 1 + torch.tensor([0.1, -0.1, 0.1, -0.1, 0.1, -0.1])
+    slope, half = slope_ci(x, y)
+    # residuals +-0.1: s^2 = 0.06 / 4, Sxx = 4, se = sqrt(0.015 / 4); t(0.975, 4) = 2.7764
+    assert slope == pytest.approx(2.0) and half == pytest.approx(2.7764451 * (0.015 / 4) ** 0.5, rel=1e-5)
+
+
+def test_population_adam_matches_torch_adam_per_member_and_skips_inactive_members():
+    from emphatic_rl.agents.dyna.function_approx import _PopulationAdam
+
+    torch.manual_seed(0)
+    weight = torch.randn(3, 4, 2, requires_grad=True)
+    bias = torch.randn(3, 1, 2, requires_grad=True)
+    rates = torch.tensor([1e-3, 3e-2, 1e-1])
+    active = torch.tensor([True, False, True])
+    start = (weight.detach().clone(), bias.detach().clone())
+    optimiser = _PopulationAdam([weight, bias], rates)
+    references = []
+    for member in range(3):
+        w, b = start[0][member].clone().requires_grad_(), start[1][member].clone().requires_grad_()
+        references.append((w, b, torch.optim.Adam([w, b], lr=float(rates[member]))))
+    x = torch.randn(5, 4)
+    for _ in range(4):
+        weight.grad = bias.grad = None
+        ((x @ weight + bias).square().sum()).backward()
+        optimiser.step(active)
+        for w, b, adam in references:
+            adam.zero_grad()
+            ((x @ w + b).square().sum()).backward()
+            adam.step()
+    for member, (w, b, _) in enumerate(references):
+        if active[member]:
+            assert torch.allclose(weight[member], w, atol=1e-6) and torch.allclose(bias[member], b, atol=1e-6)
+        else:
+            assert torch.equal(weight[member], start[0][member]) and torch.equal(bias[member], start[1][member])
+
+
+def test_sweep_runs_every_step_size_and_length_and_applies_its_rule(tmp_path):
+    import json
+
+    out = tmp_path / "sweep"
+    args = ["dyna-fa-cartpole", "--sweep", "--out", str(out)]
+    for override in (
+        "seeds=2",
+        "steps=60",
+        "eval_every=20",
+        "warmup=4",
+        "hidden=8",
+        "planning_batch=4",
+        "learning_rate=[1e-3, 1e-2]",
+        'variants=["one-step-successor", "multi-step-predecessor"]',
+    ):
+        args += ["--set", override]
+    assert cli_main(["dyna-fa", *args]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["learning_rates"] == [1e-3, 1e-2]
+    assert set(results["table"]) == {"one-step-successor", "multi-step-predecessor n=2", "multi-step-predecessor n=5"}
+    cells = results["table"]["multi-step-predecessor n=5"]["perfect"]
+    assert len(cells) == 2 and all(cell["fraction_real_toward_simulated"][0] == 0 for cell in cells)
+    baseline = [mean for mean, _ in results["baseline_auc"]]
+    chosen = results["chosen"]
+    assert chosen["learning_rate"] == results["learning_rates"][baseline.index(max(baseline))]
+    r = results["learning_rates"].index(chosen["learning_rate"])
+    lengths = {n: results["table"][f"multi-step-predecessor n={n}"]["perfect"][r]["auc"][0] for n in (2, 5)}
+    assert chosen["rollout_length"] == {"multi-step-predecessor": max(lengths, key=lengths.get)}
+    assert "## Chosen" in (out / "summary.md").read_text()
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--set", "learning_rate=[1e-3, -1.0]"], "learning_rate must be a number > 0 or a non-empty list"),
+        (["--set", "rollout_length={ one-step-successor = 2 }"], "rollout_length as a table maps multi-step"),
+        (["--set", "rollout_length=[2, 0]"], "rollout_length must be an integer >= 1"),
+    ],
+)
+def test_sweep_keys_bad_input_exits_2(args, message, tmp_path, capsys):
+    out = tmp_path / "never"
+    assert cli_main(["dyna-fa", "dyna-fa-puddle-world", "--out", str(out), *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and message in err
+    assert not out.exists()
+
+
+def test_sweep_flag_needs_a_sweep_table(tmp_path, capsys):
+    config = tmp_path / "plain.toml"
+    config.write_text('[study]\nenv = "cartpole"\n')
+    assert cli_main(["dyna-fa", str(config), "--sweep", "--out", str(tmp_path / "never")]) == 2
+    assert "--sweep needs a [sweep] table" in capsys.readouterr().err

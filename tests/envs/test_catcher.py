@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gymnasium as gym
+import numpy as np
 import pytest
 import torch
 
@@ -105,6 +106,42 @@ def test_image_observation_paints_paddle_and_fruit():
     assert set(fruit_rows.tolist()) == {4, 5} and set(fruit_cols.tolist()) == {2}  # x (8, 12), y (18, 22)
     env.set_state(torch.tensor([30.0, 0.0, 10.0, -12.0, 3.0]))
     assert not bool(env._observe()[0][..., 1].any())  # above the screen: not drawn
+
+
+def test_rgb_array_frame_draws_paddle_fruit_and_lives():
+    from emphatic_rl.envs.rendering import render_frame
+
+    env = make_env("catcher", num_envs=1)
+    env.set_state(torch.tensor([30.0, 0.0, 10.0, 20.0, 2.0]))
+    frame = render_frame(env)
+    assert frame.shape == (256, 256, 3) and frame.dtype == np.uint8
+    white = (frame == 255).all(axis=-1)
+    rows, cols = white.nonzero()
+    # paddle: centre x 30, 13 wide -> x in (23.5, 36.5); y in (56.5, 59.5); 4 px per game pixel
+    assert rows.min() == 226 and rows.max() == 237 and cols.min() == 94 and cols.max() == 145
+    red = (frame == (255, 120, 120)).all(axis=-1)
+    rows, cols = red.nonzero()
+    assert rows.min() == 72 and rows.max() == 87 and cols.min() == 32 and cols.max() == 47  # x (8, 12), y (18, 22)
+    grey = (frame == 128).all(axis=-1)
+    assert grey.sum() == 2 * 8 * 8  # two lives left, 2 x 2 game pixels each
+    env.set_state(torch.tensor([30.0, 0.0, 10.0, -12.0, 3.0]))
+    frame = render_frame(env)
+    assert not (frame == (255, 120, 120)).all(axis=-1).any()  # a fruit above the screen is not drawn
+    assert (frame == 128).all(axis=-1).sum() == 3 * 8 * 8
+    gym_env = gym.make("emphatic_rl/Catcher-v0", render_mode="rgb_array")
+    gym_env.reset(seed=0)
+    assert gym_env.render().shape == (256, 256, 3) and gym_env.metadata["render_fps"] == 30
+
+
+def test_human_mode_draws_without_a_display():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    env = gym.make("emphatic_rl/Catcher-v0", render_mode="human")
+    env.reset(seed=0)
+    env.step(2)
+    assert env.render() is None
+    env.close()
 
 
 def test_registry_gymnasium_id_and_bad_options():

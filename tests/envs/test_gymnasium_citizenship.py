@@ -22,6 +22,7 @@ RENDERABLE_IDS = {
     "emphatic_rl/Pendulum-v1": (500, 500),
     "emphatic_rl/PuddleWorld-v0": (400, 400),
     "emphatic_rl/PuddleWorldGaussian-v0": (400, 400),
+    "emphatic_rl/Catcher-v0": (256, 256),
     "emphatic_rl/BorderedGridworld-v0": (320, 320),
     "emphatic_rl/VirtualOffice-v0": (360, 360),
     "emphatic_rl/MinAtar-Breakout-v1": (160, 160),

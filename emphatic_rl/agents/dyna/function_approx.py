@@ -174,17 +174,29 @@ class _PopulationAdam:
 
     @torch.no_grad()
     def step(self, active: torch.Tensor) -> None:
+        """One Adam step of every member with ``active[p]`` (the others keep their parameters), as multi-tensor
+        (``torch._foreach_*``) kernels: a dozen ops per step whatever the number of layers."""
         self.step_count += 1
         b1, b2 = self.betas
         c1, c2 = 1 - b1**self.step_count, 1 - b2**self.step_count
-        for p, m, v in zip(self.parameters, self.m, self.v, strict=True):
-            if p.grad is None:
-                continue
-            m.lerp_(p.grad, 1 - b1)
-            v.mul_(b2).addcmul_(p.grad, p.grad, value=1 - b2)
-            shape = (-1,) + (1,) * (p.dim() - 1)
-            scale = (self.lr * active.float()).view(shape) / c1
-            p.sub_(scale * m / ((v / c2).sqrt() + self.eps))
+        live = [i for i, p in enumerate(self.parameters) if p.grad is not None]
+        if not live:
+            return
+        params = [self.parameters[i] for i in live]
+        grads = [g for p in params if (g := p.grad) is not None]
+        m = [self.m[i] for i in live]
+        v = [self.v[i] for i in live]
+        torch._foreach_lerp_(m, grads, 1 - b1)
+        torch._foreach_mul_(v, b2)
+        torch._foreach_addcmul_(v, grads, grads, value=1 - b2)
+        denom = torch._foreach_div(v, c2)
+        torch._foreach_sqrt_(denom)
+        torch._foreach_add_(denom, self.eps)
+        rate = (self.lr * active.float()) / c1
+        scales = [rate.view((-1,) + (1,) * (p.dim() - 1)) for p in params]
+        update = torch._foreach_mul(m, scales)
+        torch._foreach_div_(update, denom)
+        torch._foreach_sub_(params, update)
 
     def state_dict(self) -> dict[str, Any]:
         return {"step_count": self.step_count, "m": [t.clone() for t in self.m], "v": [t.clone() for t in self.v]}
