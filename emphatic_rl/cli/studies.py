@@ -38,25 +38,22 @@ def run_study_command(args: argparse.Namespace, kind: str) -> int:
     """Run the ``dyna`` / ``dyna-fa`` command; returns the exit status (2 on bad input, before any work)."""
     import torch
 
-    from emphatic_rl.studies import parse_set_overrides, resolve_study
+    from emphatic_rl.studies import dyna, dyna_fa, parse_set_overrides, resolve_study
 
-    if kind == "dyna":
-        from emphatic_rl.studies import dyna as study
-    else:
-        from emphatic_rl.studies import dyna_fa as study  # type: ignore[no-redef]
     torch.set_num_threads(1)
     try:
         overrides = parse_set_overrides(args.set)
-        if kind == "dyna-fa":
-            from emphatic_rl.studies.dyna_fa import load_config as load_fa_config
-
-            config = load_fa_config(resolve_study(args.config, kind=kind), overrides, sweep=args.sweep)
-        else:
-            config = study.load_config(resolve_study(args.config, kind=kind), overrides)
+        path = resolve_study(args.config, kind=kind)
+        fa_config = dyna_fa.load_config(path, overrides, sweep=args.sweep) if kind == "dyna-fa" else None
+        config = dyna.load_config(path, overrides) if fa_config is None else None
     except (ValueError, TypeError, OSError, tomllib.TOMLDecodeError) as error:
         return _fail(str(error))
-    seconds = study.write_study(config, args.out)
-    figures = "" if getattr(config, "is_sweep", False) else " and figures"
+    if fa_config is not None:
+        seconds = dyna_fa.write_study(fa_config, args.out)
+    else:
+        assert config is not None  # loaded above when the kind is "dyna"
+        seconds = dyna.write_study(config, args.out)
+    figures = "" if fa_config is not None and fa_config.is_sweep else " and figures"
     print(f"emphatic-rl {kind}: wrote {args.out}/summary.md, results.json{figures} in {seconds:.0f} s", file=sys.stderr)
     return 0
 

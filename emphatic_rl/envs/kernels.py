@@ -37,7 +37,6 @@ import numpy as np
 from llvmlite import ir
 from numba import njit, types
 from numba.core import cgutils
-from numba.extending import intrinsic
 
 from emphatic_rl.envs.classic import Acrobot, CartPole, MountainCar, Pendulum
 from emphatic_rl.envs.minatar.kernels.common import KERNEL_OPTIONS
@@ -49,6 +48,7 @@ from emphatic_rl.envs.puddle_world import (
     PUDDLE_SEGMENTS,
     STEP_SIZE,
 )
+from emphatic_rl.intrinsics import intrinsic
 
 # Module-level constants are frozen into the compiled code.
 CP_GRAVITY = CartPole.GRAVITY
