@@ -37,6 +37,7 @@ from emphatic_rl.config import ConfigError
 CHECKSUM_PREFIX = b"emphatic-rl-sha256:"
 _COMMENT_LENGTH = len(CHECKSUM_PREFIX) + 64
 _EOCD_SIGNATURE = b"PK\x05\x06"
+_ZIP_SIGNATURE = b"PK\x03\x04"  # a zip archive's first local file header (torch.save's format)
 _EOCD_SIZE = 22  # the zip end-of-central-directory record without its comment
 
 
@@ -185,6 +186,9 @@ def load_checkpoint(path: str | Path, map_location: Any = "cpu", require_checksu
         raise CheckpointError(f"checkpoint {name!r} is truncated: its zip end record announces more bytes than remain")
     if digest is None and require_checksum:
         raise CheckpointError(f"checkpoint {name!r} has no stored checksum (not written by emphatic-rl, or cut off)")
+    if digest is None and not archive.startswith(_ZIP_SIGNATURE) and not _looks_like_a_pickle(archive):
+        # neither a torch zip archive nor a (legacy) pickle stream: random or foreign bytes
+        raise CheckpointError(f"checkpoint {name!r} is garbled or not a checkpoint (not a torch archive)")
     try:
         return torch.load(io.BytesIO(archive), map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as error:
@@ -196,10 +200,18 @@ def load_checkpoint(path: str | Path, map_location: Any = "cpu", require_checksu
             ) from None
         raise CheckpointError(f"checkpoint {name!r} is garbled or not a checkpoint (not a torch archive)") from None
     except Exception as error:  # torch raises RuntimeError / EOFError / ValueError ... for broken archives
+        if digest is None and not archive.startswith(_ZIP_SIGNATURE):
+            raise CheckpointError(f"checkpoint {name!r} is garbled or not a checkpoint (not a torch archive)") from None
         if digest is None:
             raise CheckpointError(f"checkpoint {name!r} is truncated or not a checkpoint (not a readable torch "
                                   "archive)") from None
         raise CheckpointError(f"checkpoint {name!r} is unreadable: {_first_line(str(error))}") from None
+
+
+def _looks_like_a_pickle(data: bytes) -> bool:
+    """Whether ``data`` opens as a pickle stream of protocol 2 or later (torch's legacy, non-zip format and a plain
+    ``pickle.dumps`` both do): the PROTO opcode followed by a protocol number."""
+    return len(data) >= 2 and data[0] == pickle.PROTO[0] and 2 <= data[1] <= pickle.HIGHEST_PROTOCOL
 
 
 def _zip_end_is_cut(data: bytes) -> bool:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import builtins
 import errno
 import os
+import random
 import stat
 
 import pytest
@@ -114,11 +115,12 @@ def _flip_byte_in_tensor_data(data: bytes) -> bytes:
         (lambda data: b"", "is empty"),
         (lambda data: data[: len(data) // 2], "truncated"),
         (lambda data: data[:-40], "truncated"),
-        (lambda data: os.urandom(4096), "garbled or not a checkpoint"),
-        (lambda data: b"PK\x03\x04" + os.urandom(2000), "truncated or not a checkpoint"),
+        (lambda data: random.Random(0).randbytes(4096), "garbled or not a checkpoint"),
+        (lambda data: bytes([0x80, 2]) + random.Random(1).randbytes(4094), "not a checkpoint"),
+        (lambda data: b"PK\x03\x04" + random.Random(2).randbytes(2000), "truncated or not a checkpoint"),
         (_flip_byte_in_tensor_data, "corrupted"),
     ],
-    ids=["empty", "half", "tail-cut", "random-bytes", "fake-zip", "garbled-tensor-bytes"],
+    ids=["empty", "half", "tail-cut", "random-bytes", "pickle-header-then-random", "fake-zip", "garbled-tensor-bytes"],
 )
 def test_a_damaged_checkpoint_is_one_clear_line(run_folder, tmp_path, capsys, damage, message):
     run = _copy_run(run_folder, tmp_path)
