@@ -16,12 +16,18 @@ name               seed                                 used by
 ``agent``          ``seed + 1``                         an agent's own sampling (exploration, replay batches)
 ``behaviour``      ``seed + 2``                         the fixed behaviour policy of the training loop
 ``agent_eval``     ``seed + 3``                         an agent's sampled evaluation actions (deep ACE)
-``model``          ``seed + 7919``                      a learned model's own sampling (Dyna)
+``model``          ``seed + 7919``                      a learned model's own sampling (Dyna); the learned vector
+                                                        models' initialisation (Dyna with a neural Q)
+``value_network``  ``seed + 104729``                    the Q-networks' initialisation of Dyna with a neural Q
 ``excursion_data`` ``seed + 7_777_777``                 the behaviour trajectories that give excursion start states
 ``evaluation``     ``(seed * 1_000_003 + step) % 2**63`` the evaluation env's reset at ``step``
 ``excursions``     ``evaluation + 12_345`` (mod 2**63)   the excursion rollouts' env at ``step``
 ``population``     ``seed + 1000 * index``              the run seed of a study's ``index``-th population (the Dyna
                                                         studies train one population per variant)
+``rollout_length`` ``seed + 100 * index``               within a population seed: the ``index``-th rollout length
+                                                        of a variant in the neural Dyna study's sweep
+``model_group``    ``seed + 500 * index``               within a population seed: the ``index``-th model group
+                                                        of the neural Dyna study (0: perfect and injected, 1: learned)
 ``resume``         ``seed + index``                     the training env's reset when a run resumes at step ``index``
                                                         in an env that cannot be restored from a checkpoint
 ================== ==================================== ===========================================================
@@ -41,12 +47,13 @@ STREAM_OFFSETS: dict[str, int] = {
     "behaviour": 2,
     "agent_eval": 3,
     "model": 7919,
+    "value_network": 104729,
     "excursion_data": 7_777_777,
 }
 #: Offsets of the per-evaluation streams from the evaluation seed ``(seed * 1_000_003 + step) % 2**63``.
 EVALUATION_OFFSETS: dict[str, int] = {"evaluation": 0, "excursions": 12_345}
 #: Per-index streams: ``seed + stride * index``.
-INDEXED_STRIDES: dict[str, int] = {"population": 1000, "resume": 1}
+INDEXED_STRIDES: dict[str, int] = {"population": 1000, "resume": 1, "rollout_length": 100, "model_group": 500}
 _MODULUS = 2**63
 
 

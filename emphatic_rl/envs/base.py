@@ -31,10 +31,13 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any, NamedTuple, Self
+from typing import TYPE_CHECKING, Any, NamedTuple, Self
 
 import numpy as np
 import torch
+
+if TYPE_CHECKING:
+    from emphatic_rl.envs.vector_dynamics import VectorDynamics
 
 
 @dataclass(frozen=True)
@@ -169,6 +172,10 @@ class TensorEnv(ABC):
     has_tabular_dynamics: bool = False
     #: ``True`` when the env tells whether a state (e.g. one a model produced) is real: ``is_real_state()``.
     has_real_state_test: bool = False
+    #: ``True`` when the env gives its true dynamics as a batched function of any vector states (forward, inverse,
+    #: reachable states, unreachable ones): ``vector_dynamics()`` (the perfect model, hallucination detector and
+    #: injected error of Dyna with function approximation).
+    has_vector_dynamics: bool = False
 
     def current_behaviour_probabilities(self) -> torch.Tensor:
         """``mu(.|S_t)`` of every copy's current state, ``[N, A]``; only for envs with ``has_state_behaviour``."""
@@ -186,6 +193,11 @@ class TensorEnv(ABC):
         the env, one the true dynamics can produce; ``terminal bool[B]``: the transition that produced it ended the
         episode (a last state may lie just past the env's bounds). Only for envs with ``has_real_state_test``."""
         raise NotImplementedError(f"env {self.name!r} declares no test of which states are real")
+
+    def vector_dynamics(self) -> VectorDynamics:
+        """The env's true dynamics on vector states (:class:`~emphatic_rl.envs.vector_dynamics.VectorDynamics`);
+        only for envs with ``has_vector_dynamics``."""
+        raise NotImplementedError(f"env {self.name!r} declares no vector dynamics")
 
     @property
     def supports_excursions(self) -> bool:

@@ -45,11 +45,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
 from emphatic_rl.envs.base import BoxSpec, DiscreteSpec, TensorEnv
 from emphatic_rl.envs.registry import register_env
+
+if TYPE_CHECKING:
+    from emphatic_rl.envs.vector_dynamics import VectorDynamics
 
 __all__ = ["Catcher", "CatcherGeometry", "catcher_step", "catcher_observe", "catcher_state_from_obs"]
 
@@ -204,6 +208,7 @@ class Catcher(TensorEnv):
     state_names = ("state",)
     action_spec = DiscreteSpec(3)
     observation_depends_only_on_state = True
+    has_vector_dynamics = True  # vector_dynamics(), with observation="vector" (an instance with images sets False)
 
     def __init__(
         self,
@@ -231,6 +236,8 @@ class Catcher(TensorEnv):
         self.geometry = CatcherGeometry(width, height, lives, float(loss_reward))
         self.observation = observation
         self.image_size = image_size
+        #: the game's rules on vector states (Dyna's perfect model and detector); not for image observations
+        self.has_vector_dynamics = observation == "vector"
         g = self.geometry
         if observation == "vector":
             self.observation_spec = BoxSpec(
@@ -242,6 +249,15 @@ class Catcher(TensorEnv):
             self.observation_spec = BoxSpec((image_size, image_size, 2), low=0.0, high=1.0, dtype=torch.bool)
         self.state = torch.zeros(num_envs, 5, dtype=torch.float32, device=self.device)
         self._reset_where(torch.ones(num_envs, dtype=torch.bool, device=self.device))
+
+    def vector_dynamics(self) -> VectorDynamics:
+        """The game's step on vector observations, its inverse, the reachable-state test and injected unreachable
+        states (:class:`~emphatic_rl.envs.vector_dynamics.CatcherDynamics`); only with ``observation="vector"``."""
+        if not self.has_vector_dynamics:
+            raise NotImplementedError("catcher gives vector dynamics only with observation='vector'")
+        from emphatic_rl.envs.vector_dynamics import CatcherDynamics
+
+        return CatcherDynamics(self.geometry)
 
     def set_state(self, state: torch.Tensor) -> None:
         """Put every copy in the raw state ``[N, 5]`` or ``[5]`` (pixels, see :func:`catcher_step`)."""

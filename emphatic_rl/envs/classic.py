@@ -17,12 +17,16 @@ same numbers). ``set_state(state)`` puts every copy in a given state, e.g. to mi
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from emphatic_rl.envs.base import BoxSpec, CompiledBackendMixin, DiscreteSpec, StepResult, TensorEnv
 from emphatic_rl.envs.registry import register_env
+
+if TYPE_CHECKING:
+    from emphatic_rl.envs.vector_dynamics import VectorDynamics
 
 __all__ = ["ClassicControlEnv", "CartPole", "MountainCar", "Acrobot", "Pendulum"]
 
@@ -233,6 +237,7 @@ class CartPole(ClassicControlEnv):
     #: times a generous bound of 10 units/s on the velocities)
     TERMINAL_SLACK = 0.2
     has_real_state_test = True  # is_real_state(state, terminal): inside the termination bounds
+    has_vector_dynamics = True  # vector_dynamics(): the Euler step, inverted exactly (Dyna with a neural Q)
 
     observation_spec = BoxSpec(
         (4,),
@@ -258,6 +263,13 @@ class CartPole(ClassicControlEnv):
 
     def _fresh_states(self, count: int) -> torch.Tensor:
         return self._uniform(count, 4, -0.05, 0.05)
+
+    def vector_dynamics(self) -> VectorDynamics:
+        """The Euler step as a batched function of any states, its exact inverse, the real-state test and injected
+        unreachable states (:class:`~emphatic_rl.envs.vector_dynamics.CartPoleDynamics`)."""
+        from emphatic_rl.envs.vector_dynamics import CartPoleDynamics
+
+        return CartPoleDynamics(self)
 
     def is_real_state(self, state: torch.Tensor, terminal: torch.Tensor | None = None) -> torch.Tensor:
         """``bool[B]``: ``state [B, 4]`` ``(x, x_dot, theta, theta_dot)`` is finite and inside the termination bounds

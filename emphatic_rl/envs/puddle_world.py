@@ -26,11 +26,16 @@ before reaching the goal corner.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import torch
 
 from emphatic_rl.envs.base import BoxSpec, CompiledBackendMixin, DiscreteSpec, StepResult, TensorEnv
 from emphatic_rl.envs.registry import register_env
+
+if TYPE_CHECKING:
+    from emphatic_rl.envs.vector_dynamics import VectorDynamics
 
 __all__ = [
     "PuddleWorld",
@@ -86,6 +91,14 @@ class PuddleWorld(CompiledBackendMixin, TensorEnv):
     observation_spec = BoxSpec((2,), low=0.0, high=1.0)
     action_spec = DiscreteSpec(4)
     has_real_state_test = True  # is_real_state(position): inside the unit square
+    has_vector_dynamics = True  # vector_dynamics(): the noisy moves and their inverse (Dyna with a neural Q)
+
+    def vector_dynamics(self) -> VectorDynamics:
+        """The moves as a batched function of any positions, their inverse, the real-state test and injected
+        unreachable positions (:class:`~emphatic_rl.envs.vector_dynamics.PuddleWorldDynamics`)."""
+        from emphatic_rl.envs.vector_dynamics import PuddleWorldDynamics
+
+        return PuddleWorldDynamics(self)
 
     def is_real_state(self, state: torch.Tensor, terminal: torch.Tensor | None = None) -> torch.Tensor:
         """``bool[B]``: each position of ``state [B, 2]`` lies in the unit square (every move is clamped to it).

@@ -48,9 +48,13 @@ import torch
 
 from emphatic_rl.agents.dyna.function_approx import DynaFAOptions, make_dyna_fa_for_env
 from emphatic_rl.agents.dyna.tabular import VARIANTS
-from emphatic_rl.agents.dyna.vector_models import VECTOR_ENVS
-from emphatic_rl.envs import make_env
+from emphatic_rl.agents.dyna.vector_models import vector_dynamics_envs
+from emphatic_rl.config import TrainConfig
+from emphatic_rl.envs import ENV_REGISTRY, make_env
+from emphatic_rl.runner import Callback, Runner
+from emphatic_rl.seeding import stream_seed
 from emphatic_rl.stats import mean_ci, t_quantile
+from emphatic_rl.train import build_run
 
 BASELINE = "model-free"
 MULTI_STEP = ("multi-step-successor", "multi-step-predecessor")
@@ -93,10 +97,11 @@ class FAStudyConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.env not in VECTOR_ENVS:
+        factory = ENV_REGISTRY[self.env].factory if self.env in ENV_REGISTRY else None
+        if not getattr(factory, "has_vector_dynamics", False):
             raise ValueError(
                 f"env {self.env!r} cannot give the perfect and learned models and the hallucination detector this "
-                f"study needs; allowed: {', '.join(VECTOR_ENVS)}"
+                f"study needs (it declares no vector dynamics); allowed: {', '.join(vector_dynamics_envs())}"
             )
         unknown = [v for v in self.variants if v not in VARIANTS]
         if unknown or not self.variants:
@@ -210,6 +215,70 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None, sweep
     return FAStudyConfig(**table)
 
 
+class OnlineReturn(Callback):
+    """The study's per-member learning curve: every ``every`` loop steps, the mean return of the training
+    (epsilon-greedy) episodes that ended in the window, from the runner's episode statistics (a member with none
+    keeps its previous value; NaN before its first episode ends). After the run, ``curve`` is a list of ``[P]``
+    tensors, point ``k`` at step ``(k + 1) * every``."""
+
+    def __init__(self, every: int) -> None:
+        self.every = every
+        self.curve: list[torch.Tensor] = []
+
+    def on_start(self, runner: Runner) -> None:
+        self._online = torch.full((runner.population_size,), float("nan"))
+
+    def on_step(self, runner: Runner) -> None:
+        if runner.step % self.every == 0:
+            window = runner.stats.flush().get("rollout/ep_rew_mean")
+            if window is not None:
+                self._online = torch.where(torch.isnan(window.cpu()), self._online, window.cpu())
+            self.curve.append(self._online.clone())
+
+
+class _StudyProgress(Callback):
+    def __init__(self, every: int, label: str, total: int) -> None:
+        self.every, self.label, self.total = every, label, total
+
+    def on_step(self, runner: Runner) -> None:
+        if runner.step % self.every == 0:
+            print(f"[dyna-fa-study] {self.label}: step {runner.step}/{self.total}", file=sys.stderr, flush=True)
+
+
+def population_config(
+    config: FAStudyConfig, variant: str, seed: int, conditions: list[str], rollout_length: int
+) -> TrainConfig:
+    """The ``TrainConfig`` of one population of the study: agent ``dyna-fa`` with ``conditions`` x step sizes x seeds
+    members (in that order; the conditions all perfect-model ones, or ``["learned"]``), one env copy per member."""
+    s, rates = config.seeds, config.learning_rates
+    c_count, l_count = len(conditions), len(rates)
+    doses = {("perfect" if float(d) == 0 else f"dose {float(d):g}"): float(d) for d in config.doses}
+
+    def per_member(values: list[Any]) -> list[Any]:
+        return [value for value in values for _ in range(l_count * s)]
+
+    options = dataclasses.asdict(config.agent_options(variant, rollout_length))
+    options.update(
+        model="learned" if conditions == ["learned"] else "perfect",
+        dose=per_member([doses.get(c, 0.0) for c in conditions]),
+        plans=per_member([c != BASELINE for c in conditions]),
+        learning_rate=[rate for _ in conditions for rate in rates for _ in range(s)],
+    )
+    return TrainConfig(
+        agent="dyna-fa",
+        env=config.env,
+        env_options=dict(config.env_options),
+        agent_options=options,
+        steps=config.steps,
+        population_size=c_count * l_count * s,
+        num_envs=1,
+        eval_episodes=1,
+        seed=seed,
+        progress=False,
+        logger="none",
+    )
+
+
 def run_population(
     config: FAStudyConfig,
     variant: str,
@@ -219,69 +288,24 @@ def run_population(
     progress_every: int = 0,
 ) -> dict[str, torch.Tensor]:
     """Train one population of ``variant`` holding ``conditions`` x step sizes x seeds (members in that order; the
-    conditions all perfect-model ones, or ``["learned"]``).
+    conditions all perfect-model ones, or ``["learned"]``) with the library's ``Runner``.
 
     Returns ``online_curve [windows, C, L, seeds]`` and each planning fraction / count as ``[C, L, seeds]``.
     """
-    s, rates = config.seeds, config.learning_rates
-    c_count, l_count = len(conditions), len(rates)
-    p = c_count * l_count * s
-    doses = {("perfect" if float(d) == 0 else f"dose {float(d):g}"): float(d) for d in config.doses}
-    per_member = lambda values: torch.tensor(values).view(-1, 1, 1).expand(c_count, l_count, s).reshape(p)  # noqa: E731
-    dose = per_member([doses.get(c, 0.0) for c in conditions])
-    use_learned = per_member([c == "learned" for c in conditions])
-    plans = per_member([c != BASELINE for c in conditions])
-    learning_rate = torch.tensor(rates).view(1, -1, 1).expand(c_count, l_count, s).reshape(p)
-    env = make_env(config.env, num_envs=p, **config.env_options)
-    agent = make_dyna_fa_for_env(
-        env,
-        config.env,
-        p,
-        config.agent_options(variant, rollout_length),
-        seed=seed,
-        dose=dose,
-        learning_rate=learning_rate,
-        use_learned=use_learned,
-        planning_members=plans,
-    )
-    obs = env.reset(seed=seed)
-    running = torch.zeros(p)
-    window_sum, window_count = torch.zeros(p), torch.zeros(p)
-    online = torch.full((p,), float("nan"))
-    curve = []
-    for step in range(1, config.steps + 1):
-        action, _ = agent.act(obs.unsqueeze(1), step)
-        result = env.step(action.view(p))
-        agent.observe(
-            obs.unsqueeze(1),
-            action,
-            result.reward.view(p, 1),
-            result.final_obs.unsqueeze(1),
-            result.terminated.view(p, 1),
-        )
-        running += result.reward
-        done = result.terminated | result.truncated
-        window_sum += torch.where(done, running, torch.zeros_like(running))
-        window_count += done.float()
-        running = torch.where(done, torch.zeros_like(running), running)
-        obs = result.obs
-        if step % config.eval_every == 0:
-            online = torch.where(window_count > 0, window_sum / window_count.clamp(min=1.0), online)
-            window_sum.zero_()
-            window_count.zero_()
-            curve.append(online.clone())
-        if progress_every and step % progress_every == 0:
-            print(
-                f"[dyna-fa-study] {config.env} {variant} n={rollout_length} {conditions}: step {step}/{config.steps}",
-                file=sys.stderr,
-                flush=True,
-            )
-    online_curve = torch.stack(curve)  # [W, P]
+    c_count, l_count, s = len(conditions), len(config.learning_rates), config.seeds
+    run = build_run(population_config(config, variant, seed, conditions, rollout_length))
+    curve = OnlineReturn(config.eval_every)
+    callbacks: list[Callback] = [curve]
+    if progress_every:
+        label = f"{config.env} {variant} n={rollout_length} {conditions}"
+        callbacks.append(_StudyProgress(progress_every, label, config.steps))
+    Runner(run).run(config.steps, callbacks)
+    online_curve = torch.stack(curve.curve)  # [W, P]
     # Windows before a member's first finished episode take its first value.
     first = torch.where(torch.isnan(online_curve), float("inf"), 0.0).argmin(dim=0)  # first finite window
     first_value = online_curve.gather(0, first.unsqueeze(0)).squeeze(0)
     online_curve = torch.where(torch.isnan(online_curve), first_value.unsqueeze(0), online_curve)
-    stats = agent.planning_statistics()
+    stats = run.agent.planning_statistics()  # type: ignore[attr-defined]
     out = {"online_curve": online_curve.view(-1, c_count, l_count, s)}
     for key, value in stats.items():
         out[key] = value.view(c_count, l_count, s)
@@ -304,7 +328,11 @@ def run_study(config: FAStudyConfig, progress: bool = True) -> dict[str, dict[st
             parts: dict[str, dict[str, torch.Tensor]] = {}
             for g_index, group in enumerate(groups):
                 started = time.time()
-                seed = config.seed + 1000 * index + 100 * n_index + 500 * g_index
+                seed = stream_seed(
+                    stream_seed(stream_seed(config.seed, "population", index=index), "rollout_length", index=n_index),
+                    "model_group",
+                    index=g_index,
+                )
                 out = run_population(config, variant, seed, group, n, 500 if progress else 0)
                 for c, condition in enumerate(group):
                     parts[condition] = {k: v[:, c] if k == "online_curve" else v[c] for k, v in out.items()}

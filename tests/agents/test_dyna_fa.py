@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from emphatic_rl.agents.dyna.function_approx import DynaFAOptions, make_dyna_fa_for_env
+from emphatic_rl.agents.dyna.function_approx import DynaFAAgent, DynaFAOptions, make_dyna_fa_for_env
 from emphatic_rl.agents.dyna.tabular import VARIANTS
 from emphatic_rl.agents.dyna.vector_models import (
     SimulatorModel,
@@ -14,11 +14,27 @@ from emphatic_rl.agents.dyna.vector_models import (
     inject_hallucinations,
     is_reachable,
 )
+from emphatic_rl.buffers.trajectory import TrajectoryBuffer
 from emphatic_rl.cli import main as cli_main
 from emphatic_rl.envs import make_env
 from emphatic_rl.envs.catcher import CatcherGeometry
 
 ENVS = ("cartpole", "catcher", "puddle-world")
+
+
+def loop(env, agent: DynaFAAgent, steps: int, seed: int = 1) -> TrajectoryBuffer:
+    """The Runner's loop by hand: act, step, store in the trajectory buffer, update (one env copy per member)."""
+    population = agent.population_size
+    spec = env.observation_spec
+    buffer = TrajectoryBuffer(agent.buffer_capacity, population, spec.shape, spec.dtype)
+    obs = env.reset(seed=seed)
+    for step in range(1, steps + 1):
+        action, log_prob = agent.act(obs.unsqueeze(1), step)
+        result = env.step(action.view(population))
+        buffer.add(obs, action.view(population), result.reward, result.terminated, result.truncated, result.final_obs)
+        agent.update(buffer, step)
+        obs = result.obs
+    return buffer
 
 
 def run(env_name: str, variant: str, steps: int = 40, population: int = 2, **options) -> dict[str, torch.Tensor]:
@@ -34,18 +50,7 @@ def run(env_name: str, variant: str, steps: int = 40, population: int = 2, **opt
         **options,
     )
     agent = make_dyna_fa_for_env(env, env_name, population, opts, seed=1)
-    obs = env.reset(seed=1)
-    for step in range(steps):
-        action, _ = agent.act(obs.unsqueeze(1), step)
-        result = env.step(action.view(population))
-        agent.observe(
-            obs.unsqueeze(1),
-            action,
-            result.reward.view(population, 1),
-            result.final_obs.unsqueeze(1),
-            result.terminated.view(population, 1),
-        )
-        obs = result.obs
+    loop(env, agent, steps)
     return agent.planning_statistics()
 
 
@@ -78,15 +83,14 @@ def test_detector_accepts_every_real_state_and_rejects_every_injected_one(env_na
     env = make_env(env_name, num_envs=16)
     generator = torch.Generator().manual_seed(0)
     obs = env.reset(seed=0)
-    geometry = getattr(env, "geometry", None)
     for _ in range(150):
         result = env.step(torch.randint(env.action_spec.n, (16,), generator=generator))
-        assert bool(is_reachable(env_name, result.final_obs, result.terminated, geometry).all())
-        assert bool(is_reachable(env_name, result.obs, None, geometry).all())
+        assert bool(is_reachable(env, result.final_obs, result.terminated).all())
+        assert bool(is_reachable(env, result.obs, None).all())
         obs = result.obs
-    injected, mask = inject_hallucinations(env_name, obs.view(2, 8, -1), torch.ones(2), generator)
-    assert bool(mask.all()) and not bool(is_reachable(env_name, injected, None, geometry).any())
-    same, mask = inject_hallucinations(env_name, obs.view(2, 8, -1), torch.zeros(2), generator)
+    injected, mask = inject_hallucinations(env, obs.view(2, 8, -1), torch.ones(2), generator)
+    assert bool(mask.all()) and not bool(is_reachable(env, injected, None).any())
+    same, mask = inject_hallucinations(env, obs.view(2, 8, -1), torch.zeros(2), generator)
     assert not bool(mask.any()) and torch.equal(same, obs.view(2, 8, -1))
 
 
@@ -109,7 +113,8 @@ def test_detector_hand_examples():
         )
         / scale
     )
-    assert is_reachable("catcher", catcher, geometry=g).tolist() == [True, False, False, False]
+    assert is_reachable("catcher", catcher).tolist() == [True, False, False, False]
+    assert is_reachable(make_env("catcher"), catcher).tolist() == [True, False, False, False]
 
 
 def test_perfect_models_invert_the_dynamics():
@@ -124,7 +129,7 @@ def test_perfect_models_invert_the_dynamics():
         obs = env.reset(seed=2)
         for _ in range(20):
             obs = env.step(torch.randint(env.action_spec.n, (32,), generator=generator)).obs
-        model = SimulatorModel(env_name, env)
+        model = SimulatorModel(env)
         query = obs.view(4, 8, -1)
         back = model.backward(query, generator)
         assert bool(back.valid.all())
@@ -147,21 +152,17 @@ def test_baseline_members_do_not_plan():
         env,
         "cartpole",
         4,
-        DynaFAOptions(variant="one-step-successor", warmup=4, planning_batch=4, queue_size=8, hidden=8),
-        planning_members=torch.tensor([True, True, False, False]),
+        DynaFAOptions(
+            variant="one-step-successor",
+            warmup=4,
+            planning_steps=2,
+            planning_batch=4,
+            queue_size=8,
+            hidden=8,
+            plans=(True, True, False, False),
+        ),
     )
-    obs = env.reset(seed=0)
-    for step in range(12):
-        action, _ = agent.act(obs.unsqueeze(1), step)
-        result = env.step(action.view(4))
-        agent.observe(
-            obs.unsqueeze(1),
-            action,
-            result.reward.view(4, 1),
-            result.final_obs.unsqueeze(1),
-            result.terminated.view(4, 1),
-        )
-        obs = result.obs
+    loop(env, agent, 12, seed=0)
     updates = agent.planning_statistics()["planning_updates"]
     assert bool((updates[:2] > 0).all()) and bool((updates[2:] == 0).all())
 
@@ -183,8 +184,36 @@ def test_bad_options_one_clear_error(options, message):
 def test_a_model_kind_the_env_cannot_give():
     with pytest.raises(ValueError, match="needs vector observations"):
         make_dyna_fa_for_env(make_env("catcher", observation="image"), "catcher", 1, DynaFAOptions())
-    with pytest.raises(ValueError, match="available for cartpole, catcher, puddle-world only"):
+    with pytest.raises(ValueError, match="needs an env that declares vector dynamics .* env 'mountain-car' does not"):
         make_dyna_fa_for_env(make_env("mountain-car"), "mountain-car", 1, DynaFAOptions())
+    # the model-free baseline needs no model
+    make_dyna_fa_for_env(make_env("mountain-car"), "mountain-car", 1, DynaFAOptions(planning_steps=0))
+
+
+def test_an_env_of_ones_own_that_declares_vector_dynamics_gets_models_detector_and_injection():
+    """The capability is the env's declaration, not a list of names: a user's env class (here a renamed CartPole,
+    registered nowhere) that declares ``has_vector_dynamics`` plans, and the invariant holds on it."""
+    from emphatic_rl.envs.classic import CartPole
+
+    class MyCartPole(CartPole):
+        name = "my-cartpole"
+
+    class NoDynamics(CartPole):
+        name = "no-dynamics"
+        has_vector_dynamics = False
+
+    for variant in ("one-step-successor", "multi-step-predecessor"):
+        env = MyCartPole(num_envs=2)
+        opts = DynaFAOptions(variant=variant, planning_steps=2, planning_batch=8, queue_size=32, warmup=8, hidden=8)
+        agent = make_dyna_fa_for_env(env, "my-cartpole", 2, opts.__class__(**{**opts.__dict__, "dose": 0.3}))
+        loop(env, agent, 30)
+        stats = agent.planning_statistics()
+        assert bool((stats["planning_updates"] > 0).all())
+        assert float(stats["fraction_model_outputs_hallucinated"].min()) > 0.0  # the injection reached the detector
+        toward = float(stats["fraction_real_toward_simulated"].max())
+        assert (toward == 0.0) if variant == "multi-step-predecessor" else (toward > 0.0)
+    with pytest.raises(ValueError, match="env 'no-dynamics' does not"):
+        make_dyna_fa_for_env(NoDynamics(num_envs=1), "no-dynamics", 1, DynaFAOptions())
 
 
 @pytest.mark.parametrize(
@@ -248,34 +277,122 @@ def test_dose_slope_is_the_least_squares_slope():
     assert slope == pytest.approx(2.0) and half == pytest.approx(2.7764451 * (0.015 / 4) ** 0.5, rel=1e-5)
 
 
-def test_population_adam_matches_torch_adam_per_member_and_skips_inactive_members():
+def test_population_adam_matches_torch_adam_per_member_clips_per_member_and_skips_inactive_members():
     from emphatic_rl.agents.dyna.function_approx import _PopulationAdam
 
     torch.manual_seed(0)
-    weight = torch.randn(3, 4, 2, requires_grad=True)
-    bias = torch.randn(3, 1, 2, requires_grad=True)
+    weight = torch.randn(3, 4, 2)
+    bias = torch.randn(3, 1, 2)
     rates = torch.tensor([1e-3, 3e-2, 1e-1])
     active = torch.tensor([True, False, True])
-    start = (weight.detach().clone(), bias.detach().clone())
-    optimiser = _PopulationAdam([weight, bias], rates)
+    flat = torch.cat((weight.reshape(3, -1), bias.reshape(3, -1)), dim=1)
+    start = flat.clone()
+    optimiser = _PopulationAdam(flat, rates, max_norm=5.0)
     references = []
     for member in range(3):
-        w, b = start[0][member].clone().requires_grad_(), start[1][member].clone().requires_grad_()
+        w, b = weight[member].clone().requires_grad_(), bias[member].clone().requires_grad_()
         references.append((w, b, torch.optim.Adam([w, b], lr=float(rates[member]))))
     x = torch.randn(5, 4)
     for _ in range(4):
-        weight.grad = bias.grad = None
-        ((x @ weight + bias).square().sum()).backward()
-        optimiser.step(active)
+        w_, b_ = flat[:, :8].view(3, 4, 2).clone().requires_grad_(), flat[:, 8:].view(3, 1, 2).clone().requires_grad_()
+        ((x @ w_ + b_).square().sum()).backward()
+        assert w_.grad is not None and b_.grad is not None
+        optimiser.step(torch.cat((w_.grad.reshape(3, -1), b_.grad.reshape(3, -1)), dim=1), active)
         for w, b, adam in references:
             adam.zero_grad()
             ((x @ w + b).square().sum()).backward()
+            torch.nn.utils.clip_grad_norm_([w, b], 5.0)
             adam.step()
     for member, (w, b, _) in enumerate(references):
         if active[member]:
-            assert torch.allclose(weight[member], w, atol=1e-6) and torch.allclose(bias[member], b, atol=1e-6)
+            expected = torch.cat((w.detach().reshape(-1), b.detach().reshape(-1)))
+            assert torch.allclose(flat[member], expected, atol=1e-6)
         else:
-            assert torch.equal(weight[member], start[0][member]) and torch.equal(bias[member], start[1][member])
+            assert torch.equal(flat[member], start[member])
+
+
+def test_hand_written_gradient_equals_autograd():
+    """The gradient step's hand-written backward gives autograd's gradient of the same weighted loss."""
+    torch.manual_seed(1)
+    env = make_env("cartpole", num_envs=3)
+    agent = make_dyna_fa_for_env(env, "cartpole", 3, DynaFAOptions(hidden=8, planning_steps=0))
+    obs, action = torch.randn(3, 5, 4), torch.randint(2, (3, 5))
+    target, weight = torch.randn(3, 5), torch.rand(3, 5) > 0.3
+    for w in (None, weight):
+        params = [p.detach().clone().requires_grad_() for p in agent.q_net.parameters()]
+        x = obs
+        for index in range(0, len(params), 2):
+            x = torch.baddbmm(params[index + 1], x, params[index])
+            x = torch.relu(x) if index + 2 < len(params) else x
+        delta = target - x.gather(-1, action.unsqueeze(-1)).squeeze(-1)
+        w_f = torch.ones_like(delta) if w is None else w.float()
+        ((0.5 * w_f * delta.square()).sum(dim=1) / w_f.sum(dim=1).clamp(min=1.0)).sum().backward()
+        expected = torch.cat([p.grad.reshape(3, -1) for p in params if p.grad is not None], dim=1)
+        captured: list[torch.Tensor] = []
+        step = agent.optimizer.step
+        agent.optimizer.step = lambda grad, active, sink=captured: sink.append(grad.clone())  # type: ignore[method-assign]
+        td = agent._gradient_step(obs, action, target, w, planning=False)
+        agent.optimizer.step = step  # type: ignore[method-assign]
+        assert torch.allclose(captured[0], expected, atol=1e-6)
+        assert torch.allclose(td, delta.detach(), atol=1e-6)
+
+
+def test_replay_draws_from_the_trajectory_buffer_as_the_private_ring_did():
+    """Each member's replay batch is a uniform draw over its own last ``replay_size`` transitions: the same indices,
+    from the same generator state, as the agent's former private ring (``randint(filled, (P, B))`` into slots
+    written at ``step % replay_size``), also after the ring wrapped."""
+    population, capacity, batch = 3, 5, 16
+    buffer = TrajectoryBuffer(capacity, population, (1,), torch.float32)
+    ring = torch.zeros(population, capacity)
+    for step in range(1, 8):
+        value = (10.0 * step + torch.arange(population)).unsqueeze(1)
+        zeros = torch.zeros(population)
+        buffer.add(value, torch.zeros(population, dtype=torch.int64), zeros, zeros.bool(), zeros.bool(), value)
+        ring[:, (step - 1) % capacity] = value.squeeze(1)
+        filled = min(step, capacity)
+        drawn = buffer.sample_transitions(batch, torch.Generator().manual_seed(step), num_groups=population)
+        index = torch.randint(filled, (population, batch), generator=torch.Generator().manual_seed(step))
+        assert torch.equal(drawn.obs.squeeze(-1), ring.gather(1, index))
+
+
+def test_a_runner_run_resumes_exactly_from_its_state():
+    from emphatic_rl.config import TrainConfig
+    from emphatic_rl.runner import Runner
+    from emphatic_rl.train import build_run
+
+    def build(variant: str):
+        options = {"variant": variant, "planning_steps": 2, "planning_batch": 4, "queue_size": 16, "warmup": 8}
+        options.update(hidden=8, model_hidden=8, dose=[0.0, 0.3], plans=[True, False], model="learned")
+        config = TrainConfig(
+            agent="dyna-fa",
+            env="catcher",
+            population_size=2,
+            steps=40,
+            seed=3,
+            agent_options=options,
+            progress=False,
+            logger="none",
+        )
+        return build_run(config)
+
+    for variant in ("one-step-predecessor", "multi-step-successor"):
+        straight = build(variant)
+        Runner(straight).run(40)
+        first = build(variant)
+        half = Runner(first)
+        half.run(20)
+        state = half.state_dict()
+        resumed = build(variant)
+        runner = Runner(resumed)
+        runner.load_state_dict(state)
+        runner.run(40)
+        a, b = straight.agent, resumed.agent
+        assert isinstance(a, DynaFAAgent) and isinstance(b, DynaFAAgent)
+        assert torch.equal(a.q_flat, b.q_flat) and torch.equal(a.target_flat, b.target_flat)
+        assert torch.equal(a.planning_counts, b.planning_counts)
+        assert a.learned_network is not None and b.learned_network is not None
+        for x, y in zip(a.learned_network.parameters, b.learned_network.parameters, strict=True):
+            assert torch.equal(x, y)
 
 
 def test_sweep_runs_every_step_size_and_length_and_applies_its_rule(tmp_path):

@@ -61,22 +61,21 @@ from emphatic_rl.agents.dyna.learned_models import LearnedVectorModel
 from emphatic_rl.agents.dyna.tabular import PLANNING_COUNTERS, VARIANTS, _as_member_tensor
 from emphatic_rl.agents.dyna.vector_models import (
     MODEL_KINDS,
-    VECTOR_ENVS,
     LearnedModel,
     MixedModel,
     SimulatorModel,
     VectorBackward,
     VectorForward,
-    catcher_geometry_of,
-    check_env_supported,
     inject_hallucinations,
-    is_reachable,
+    vector_dynamics_of,
 )
-from emphatic_rl.agents.networks import PopulationMLP, mask_and_clip_member_gradients_, polyak_update_
+from emphatic_rl.agents.networks import PopulationLinear, PopulationMLP
 from emphatic_rl.agents.registry import AgentContext, register_agent
+from emphatic_rl.seeding import stream_seed
 
 if TYPE_CHECKING:
-    from emphatic_rl.buffers.trajectory import TrajectoryBuffer
+    from emphatic_rl.buffers.trajectory import TrajectoryBuffer, TransitionBatch
+    from emphatic_rl.envs.vector_dynamics import VectorDynamics
 
 __all__ = ["DynaFAOptions", "DynaFAAgent", "make_dyna_fa_for_env"]
 
@@ -88,7 +87,8 @@ class DynaFAOptions:
     - ``variant``: one of ``VARIANTS``; ``planning_steps`` (>= 0; 0: the model-free baseline), ``planning_batch``
       (simulated updates per planning step), ``rollout_length`` (``n`` >= 1 of the multi-step variants).
     - ``model``: ``perfect`` (the env's true simulator) or ``learned``; ``dose``: injected-error probability in
-      ``[0, 1]`` per model output (a number, or one value per member).
+      ``[0, 1]`` per model output (a number, or one value per member); ``plans``: whether a member plans (a bool, or
+      one per member; the others are model-free baselines with the same real budget).
     - ``learning_rate`` (Adam, > 0; number or per member), ``gamma`` in ``[0, 1]``, ``epsilon`` in ``[0, 1]``
       (number or per member), ``hidden`` (width of the Q-network's 2 layers), ``target_tau`` in ``(0, 1]``,
       ``max_grad_norm`` (> 0).
@@ -103,6 +103,7 @@ class DynaFAOptions:
     rollout_length: int = 3
     model: str = "perfect"
     dose: float | tuple[float, ...] = 0.0
+    plans: bool | tuple[bool, ...] = True
     learning_rate: float | tuple[float, ...] = 1e-3
     gamma: float = 0.99
     epsilon: float | tuple[float, ...] = 0.1
@@ -140,8 +141,12 @@ class DynaFAOptions:
             value = getattr(self, key)
             if not isinstance(value, int) or isinstance(value, bool) or value < low:
                 raise ValueError(f"{key} must be an integer >= {low}, got {value!r}")
-        if self.planning_batch > self.queue_size:
-            raise ValueError(f"planning_batch ({self.planning_batch}) must be <= queue_size ({self.queue_size})")
+        if self.planning_batch * max(self.planning_steps, 1) > self.queue_size:
+            raise ValueError(
+                f"planning_steps x planning_batch ({self.planning_steps} x {self.planning_batch}) must be <= "
+                f"queue_size ({self.queue_size}): the predecessor variants pop one step's worth of states at once"
+            )
+        _as_member_flags("plans", self.plans, None)
         _as_member_tensor("dose", self.dose, None, 0.0, 1.0)
         _as_member_tensor("epsilon", self.epsilon, None, 0.0, 1.0)
         _as_member_tensor("learning_rate", self.learning_rate, None, 0.0, math.inf, low_open=True)
@@ -153,58 +158,105 @@ class DynaFAOptions:
                 raise ValueError(f"{key} must be > 0, got {value!r}")
         if not (isinstance(self.priority_threshold, (int, float)) and self.priority_threshold >= 0):
             raise ValueError(f"priority_threshold must be >= 0, got {self.priority_threshold!r}")
-        for key in ("dose", "epsilon", "learning_rate"):
+        for key in ("dose", "epsilon", "learning_rate", "plans"):
             value = getattr(self, key)
             if isinstance(value, list):
                 object.__setattr__(self, key, tuple(value))
 
 
-class _PopulationAdam:
-    """Adam (Kingma & Ba; PyTorch's defaults) over parameters with a leading member axis ``P`` and a step size per
-    member, ``lr: [P]`` (``torch.optim.Adam`` takes one step size for all)."""
+def _as_member_flags(
+    name: str, value: bool | tuple[bool, ...] | list[bool], population_size: int | None
+) -> torch.Tensor:
+    """A flag as ``bool[P]`` (one bool or one per member), or one clear error (``population_size=None``: any count)."""
+    values = list(value) if isinstance(value, (list, tuple)) else [value]
+    if not values or not all(isinstance(v, bool) for v in values):
+        raise ValueError(f"{name} must be true/false or a list of them (one per member), got {value!r}")
+    if population_size is not None and len(values) not in (1, population_size):
+        raise ValueError(f"{name} must be one flag or one per member ({population_size}), got {len(values)}")
+    flags = torch.tensor(values, dtype=torch.bool)
+    return flags.expand(population_size).clone() if population_size is not None and len(values) == 1 else flags
 
-    def __init__(self, parameters: list[torch.Tensor], lr: torch.Tensor, betas=(0.9, 0.999), eps: float = 1e-8):
-        self.parameters = parameters
+
+def _flatten_parameters_(module: torch.nn.Module) -> torch.Tensor:
+    """Move the parameters of a population network (each with leading axis ``P``) into one contiguous ``[P, N]``
+    tensor and make each parameter a view of its block, so that an optimiser step, a Polyak update or a finiteness
+    check is one kernel over all layers. Returns the flat tensor (the module computes as before)."""
+    params = list(module.parameters())
+    p = params[0].shape[0]
+    flat = torch.cat([t.detach().reshape(p, -1) for t in params], dim=1).contiguous()
+    offset = 0
+    for t in params:
+        size = t[0].numel()
+        t.data = flat[:, offset : offset + size].view(t.shape)
+        offset += size
+    return flat
+
+
+def _layer_views(module: PopulationMLP) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """``(weight [P, in, out], bias [P, 1, out])`` of each layer, as plain tensors (views of the flat parameters)."""
+    layers: list[tuple[torch.Tensor, torch.Tensor]] = []
+    for layer in module.layers:
+        assert isinstance(layer, PopulationLinear)
+        layers.append((layer.weight.detach(), layer.bias.detach()))
+    return layers
+
+
+def _mlp(layers: list[tuple[torch.Tensor, torch.Tensor]], x: torch.Tensor) -> torch.Tensor:
+    """The population MLP's forward pass on ``x [P, B, D]`` without ``nn.Module`` dispatch (no gradient)."""
+    last = len(layers) - 1
+    for index, (weight, bias) in enumerate(layers):
+        x = torch.baddbmm(bias, x, weight)
+        if index < last:
+            x = x.relu_()
+    return x
+
+
+class _PopulationAdam:
+    """Adam (Kingma & Ba; PyTorch's defaults) over the flat parameters ``[P, N]`` of a population with a step size per
+    member, ``lr: [P]`` (``torch.optim.Adam`` takes one step size for all), each member's gradient first clipped to
+    norm ``max_norm`` on its own: a dozen kernels per step over all layers at once.
+
+    The second moment is kept at least 1e-35 (a normal float32: once a weight's gradient stays 0, as a dead ReLU
+    unit's does, its moment would decay into denormal numbers, whose square roots cost a hundred times more on CPU);
+    that changes no float32 update (``sqrt(1e-35 / c2)`` is below ``eps``'s rounding)."""
+
+    def __init__(
+        self, flat: torch.Tensor, lr: torch.Tensor, betas=(0.9, 0.999), eps: float = 1e-8, max_norm: float = math.inf
+    ):
+        self.flat = flat
         self.lr = lr
         self.betas = betas
         self.eps = eps
+        self.max_norm = float(max_norm)
         self.step_count = 0
-        self.m = [torch.zeros_like(p) for p in parameters]
-        self.v = [torch.zeros_like(p) for p in parameters]
+        self.m = torch.zeros_like(flat)
+        self.v = torch.zeros_like(flat)
 
     @torch.no_grad()
-    def step(self, active: torch.Tensor) -> None:
-        """One Adam step of every member with ``active[p]`` (the others keep their parameters), as multi-tensor
-        (``torch._foreach_*``) kernels: a dozen ops per step whatever the number of layers."""
+    def step(self, grad: torch.Tensor, active: torch.Tensor) -> None:
+        """Clip ``grad [P, N]`` per member (in place), then one Adam step of every member with ``active[p]`` (the
+        others keep their parameters, and their moments decay as ``torch.optim.Adam``'s would with a zero
+        gradient)."""
         self.step_count += 1
         b1, b2 = self.betas
         c1, c2 = 1 - b1**self.step_count, 1 - b2**self.step_count
-        live = [i for i, p in enumerate(self.parameters) if p.grad is not None]
-        if not live:
-            return
-        params = [self.parameters[i] for i in live]
-        grads = [g for p in params if (g := p.grad) is not None]
-        m = [self.m[i] for i in live]
-        v = [self.v[i] for i in live]
-        torch._foreach_lerp_(m, grads, 1 - b1)
-        torch._foreach_mul_(v, b2)
-        torch._foreach_addcmul_(v, grads, grads, value=1 - b2)
-        denom = torch._foreach_div(v, c2)
-        torch._foreach_sqrt_(denom)
-        torch._foreach_add_(denom, self.eps)
-        rate = (self.lr * active.float()) / c1
-        scales = [rate.view((-1,) + (1,) * (p.dim() - 1)) for p in params]
-        update = torch._foreach_mul(m, scales)
-        torch._foreach_div_(update, denom)
-        torch._foreach_sub_(params, update)
+        if math.isfinite(self.max_norm):
+            norm = torch.linalg.vector_norm(grad, dim=1, keepdim=True)
+            grad.mul_((self.max_norm / (norm + 1e-6)).clamp_(max=1.0).mul_(active.unsqueeze(1)))
+        else:
+            grad.mul_(active.unsqueeze(1))
+        self.m.lerp_(grad, 1 - b1)
+        self.v.mul_(b2).addcmul_(grad, grad, value=1 - b2).clamp_(min=1e-35)
+        denom = self.v.sqrt().mul_(1.0 / math.sqrt(c2)).add_(self.eps)
+        self.flat.addcdiv_(self.m * ((self.lr * active) / c1).unsqueeze(1), denom, value=-1.0)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"step_count": self.step_count, "m": [t.clone() for t in self.m], "v": [t.clone() for t in self.v]}
+        return {"step_count": self.step_count, "m": self.m.clone(), "v": self.v.clone()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.step_count = int(state["step_count"])
-        for mine, saved in zip(self.m + self.v, state["m"] + state["v"], strict=True):
-            mine.copy_(saved)
+        self.m.copy_(state["m"])
+        self.v.copy_(state["v"])
 
 
 class _Queue:
@@ -242,8 +294,12 @@ class _Queue:
 class DynaFAAgent(Agent):
     """A population of ``P`` Dyna learners with neural Q-functions on a vector-state env (module docstring).
 
+    The loop's :class:`~emphatic_rl.buffers.trajectory.TrajectoryBuffer` is the replay: :meth:`update` reads the
+    newest real step of every stream from it and draws the direct updates' and the planning starts' real
+    transitions from the member's own streams (``buffer_capacity`` rows: the last ``replay_size`` transitions).
+
     Args:
-        env_name: one of ``VECTOR_ENVS`` (picks the hallucination detector and the injection).
+        env_name: the env's registered name (for messages).
         obs_dim: ``D``; ``num_actions``: ``A``; ``population_size``: ``P``.
         options: ``DynaFAOptions``.
         model: a ``SimulatorModel`` or ``LearnedModel`` (``None`` only with ``planning_steps = 0``).
@@ -251,10 +307,12 @@ class DynaFAAgent(Agent):
         dose: optional per-member override ``float32[P]``.
         learning_rate: optional per-member override ``float32[P]``.
         epsilon: optional per-member override ``float32[P]``.
-        planning_members: ``bool[P]``, the members that plan (default: all); the others are model-free baselines
-            inside the same population (same real budget, same direct updates).
-        geometry: Catcher's geometry for its detector (default screen otherwise).
-        seed: the agent's generator seed (exploration, replay, models' draws).
+        planning_members: ``bool[P]``, the members that plan (default: ``options.plans``); the others are
+            model-free baselines inside the same population (same real budget, same direct updates).
+        dynamics: the env's :class:`~emphatic_rl.envs.vector_dynamics.VectorDynamics` (the hallucination detector
+            and the injected error); ``None`` only with ``planning_steps = 0``.
+        seed: the agent's generator seed (exploration, replay, models' draws); the Q-networks are initialised from
+            the ``value_network`` stream of the same seed.
         device: torch device.
     """
 
@@ -273,14 +331,15 @@ class DynaFAAgent(Agent):
         dose: torch.Tensor | None = None,
         learning_rate: torch.Tensor | None = None,
         epsilon: torch.Tensor | None = None,
-        geometry=None,
+        dynamics: VectorDynamics | None = None,
         seed: int = 0,
         device: torch.device | str = "cpu",
         planning_members: torch.Tensor | None = None,
     ) -> None:
-        check_env_supported(env_name, "agent 'dyna-fa'")
-        if options.planning_steps > 0 and model is None:
-            raise ValueError(f"variant {options.variant!r} with planning_steps > 0 needs a model")
+        if options.planning_steps > 0 and (model is None or dynamics is None):
+            raise ValueError(
+                f"variant {options.variant!r} with planning_steps > 0 needs a model and the env's dynamics"
+            )
         self.env_name = env_name
         self.options = options
         self.device = torch.device(device)
@@ -288,10 +347,11 @@ class DynaFAAgent(Agent):
         self.obs_dim, self.num_actions = obs_dim, num_actions
         self.variant = options.variant
         self.gamma = float(options.gamma)
-        self.geometry = geometry
+        self.dynamics = dynamics
         self.model = model
         self.learned_network = learned_network
         self.dose = _as_member_tensor("dose", options.dose if dose is None else dose, p, 0.0, 1.0).to(self.device)
+        self._injects = bool((self.dose > 0).any())
         self.epsilon = _as_member_tensor("epsilon", options.epsilon if epsilon is None else epsilon, p, 0.0, 1.0).to(
             self.device
         )
@@ -301,38 +361,43 @@ class DynaFAAgent(Agent):
         self.generator = torch.Generator(device=self.device)
         self.generator.manual_seed(int(seed))
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(int(seed) + 104729)
+            torch.manual_seed(stream_seed(int(seed), "value_network"))
             self.q_net = PopulationMLP(p, obs_dim, num_actions, (options.hidden, options.hidden)).to(self.device)
         self.target_net = copy.deepcopy(self.q_net)
         for parameter in self.target_net.parameters():
             parameter.requires_grad_(False)
-        self.optimizer = _PopulationAdam(list(self.q_net.parameters()), lr)
+        self.q_flat = _flatten_parameters_(self.q_net)
+        self.target_flat = _flatten_parameters_(self.target_net)
+        self._layers = _layer_views(self.q_net)
+        self._target_layers = _layer_views(self.target_net)
+        self.grad_flat = torch.zeros_like(self.q_flat)
+        self.optimizer = _PopulationAdam(self.q_flat, lr, max_norm=options.max_grad_norm)
         self.members = torch.arange(p, device=self.device)
-        c = options.replay_size
-        self.replay_obs = torch.zeros(p, c, obs_dim, device=self.device)
-        self.replay_next = torch.zeros(p, c, obs_dim, device=self.device)
-        self.replay_action = torch.zeros(p, c, dtype=torch.int64, device=self.device)
-        self.replay_reward = torch.zeros(p, c, device=self.device)
-        self.replay_terminated = torch.zeros(p, c, dtype=torch.bool, device=self.device)
-        self.replay_cursor = 0
-        self.replay_filled = 0
+        #: time rows of the loop's buffer for one env copy per member (``make_dyna_fa`` sizes it for the run)
+        self.buffer_capacity = options.replay_size
         self.queue = _Queue(p, options.queue_size, obs_dim, self.device)
         self.planning_counts = torch.zeros(p, len(PLANNING_COUNTERS), device=self.device)
         self.model_output_counts = torch.zeros(p, 2, device=self.device)
         self.frozen = torch.zeros(p, dtype=torch.bool, device=self.device)
         self.model_direction = ("forward",) if "successor" in self.variant else ("backward",)
         if planning_members is None:
-            planning_members = torch.ones(p, dtype=torch.bool)
+            planning_members = _as_member_flags("plans", options.plans, p)
         if tuple(planning_members.shape) != (p,):
             raise ValueError(f"planning_members must be bool[{p}], got shape {tuple(planning_members.shape)}")
         self.planning_members = planning_members.bool().to(self.device)
         self._plans = options.planning_steps > 0 and bool(self.planning_members.any())
+        self._refresh_masks()
+
+    def _refresh_masks(self) -> None:
+        self._learning = ~self.frozen
+        self._planning = ~self.frozen & self.planning_members
+        self._planning_f = self._planning.float().unsqueeze(1)  # [P, 1]
 
     # ------------------------------------------------------------------ acting
     def _q(self, obs: torch.Tensor, target: bool = False) -> torch.Tensor:
         """``obs [P, B, D]`` -> ``Q [P, B, A]`` (no gradient)."""
         with torch.no_grad():
-            return (self.target_net if target else self.q_net)(obs)
+            return _mlp(self._target_layers if target else self._layers, obs)
 
     def act(self, obs: torch.Tensor, env_step: int) -> ActionOutput:
         """Epsilon-greedy actions for ``obs [P, E, D]`` -> ``action int64[P, E]``, ``log_prob [P, E]``."""
@@ -360,86 +425,53 @@ class DynaFAAgent(Agent):
         return obs.float()
 
     # ------------------------------------------------------------------ learning
-    def update(self, buffer: TrajectoryBuffer, env_step: int) -> dict[str, torch.Tensor]:
-        """Learn from the newest row of ``buffer`` (the real step of every stream; ``next_obs`` is its true
-        ``S_{t+1}``)."""
-        step = buffer.latest()
-        next_obs = step.next_obs
-        shape = (self.population_size, -1)
-        return self.observe(
-            step.obs.reshape(*shape, self.obs_dim),
-            step.action.reshape(shape),
-            step.reward.reshape(shape),
-            next_obs.reshape(*shape, self.obs_dim),
-            step.terminated.reshape(shape),
-        )
+    def _sample(self, buffer: TrajectoryBuffer, count: int) -> TransitionBatch:
+        """``count`` real transitions per member, uniform over the member's stored ones: leading dims ``[P, count]``."""
+        return buffer.sample_transitions(count, self.generator, num_groups=self.population_size)
 
-    def observe(
-        self,
-        obs: torch.Tensor,
-        action: torch.Tensor,
-        reward: torch.Tensor,
-        next_obs: torch.Tensor,
-        terminated: torch.Tensor,
-    ) -> dict[str, torch.Tensor]:
-        """One real step of every member (``obs, next_obs [P, E, D]``, the rest ``[P, E]``; ``next_obs`` is the
-        true ``S_{t+1}``, ``StepResult.final_obs``). Returns metrics ``[P]``."""
-        obs, next_obs = obs.float().to(self.device), next_obs.float().to(self.device)
-        action, reward = action.long().to(self.device), reward.float().to(self.device)
-        terminated = terminated.bool().to(self.device)
-        e = obs.shape[1]
-        slots = (self.replay_cursor + torch.arange(e, device=self.device)) % self.options.replay_size
-        self.replay_obs[:, slots] = obs
-        self.replay_next[:, slots] = next_obs
-        self.replay_action[:, slots] = action
-        self.replay_reward[:, slots] = reward
-        self.replay_terminated[:, slots] = terminated
-        self.replay_cursor = (self.replay_cursor + e) % self.options.replay_size
-        self.replay_filled = min(self.replay_filled + e, self.options.replay_size)
-        metrics: dict[str, torch.Tensor] = {}
+    def update(self, buffer: TrajectoryBuffer, env_step: int) -> dict[str, torch.Tensor]:
+        """One real step of every member: the newest row of ``buffer`` (streams member-major: member ``p`` owns
+        streams ``p*E ... p*E + E - 1``; ``next_obs`` is the true ``S_{t+1}``) enters the predecessor queue, then
+        the direct update on ``replay_batch`` transitions replayed from ``buffer``, the learned model's training,
+        planning and the target update. Returns metrics ``[P]``: ``td_error`` and :meth:`planning_statistics`."""
+        p, d = self.population_size, self.obs_dim
+        step = buffer.latest()
+        e = buffer.num_streams // p
         if "predecessor" in self.variant:
-            q_now = self._q(obs, target=True)
-            target = reward + self.gamma * (~terminated).float() * self._q(next_obs, target=True).max(-1).values
-            delta = (target - q_now.gather(-1, action.unsqueeze(-1)).squeeze(-1)).abs()
-            no = torch.zeros_like(terminated)
-            self.queue.push(obs, delta * (~self.frozen).float().unsqueeze(1), no, no)
-        if self.replay_filled < self.options.warmup:
-            return {"td_error": torch.zeros(self.population_size), **self.planning_statistics()}
-        index = self._replay_index(self.options.replay_batch)
-        r_obs, r_action, r_reward, r_next, r_term = self._replay(index)
-        r_target = r_reward + self.gamma * (~r_term).float() * self._q(r_next, target=True).max(-1).values
-        td = self._gradient_step(r_obs, r_action, r_target, planning=False)
-        metrics["td_error"] = td.abs().mean(dim=1).cpu()
+            obs = step.obs.reshape(p, e, d).float()
+            both = self._q(torch.cat((obs, step.next_obs.reshape(p, e, d).float()), dim=1), target=True)
+            action = step.action.reshape(p, e, 1).long()
+            not_done = (~step.terminated.reshape(p, e)).float()
+            target = step.reward.reshape(p, e).float() + self.gamma * not_done * both[:, e:].max(-1).values
+            delta = (target - both[:, :e].gather(-1, action).squeeze(-1)).abs()
+            no = torch.zeros(p, e, dtype=torch.bool, device=self.device)
+            self.queue.push(obs, delta * self._learning.float().unsqueeze(1), no, no)
+        if len(buffer) * e < self.options.warmup:
+            return {"td_error": torch.zeros(p), **self.planning_statistics()}
+        replay = self._sample(buffer, self.options.replay_batch)
+        r_next = self._q(replay.next_obs.float(), target=True).max(-1).values
+        r_target = replay.reward.float() + self.gamma * (~replay.terminated).float() * r_next
+        td = self._gradient_step(replay.obs.float(), replay.action, r_target, planning=False)
+        metrics: dict[str, torch.Tensor] = {"td_error": td.abs().mean(dim=1).cpu()}
         if self.learned_network is not None and self._plans:
             for _ in range(self.options.model_train_steps):
-                m_index = self._replay_index(self.options.model_batch)
-                losses = self.learned_network.train_step(*self._replay(m_index), directions=self.model_direction)
+                batch = self._sample(buffer, self.options.model_batch)
+                losses = self.learned_network.train_step(
+                    batch.obs.float(),
+                    batch.action,
+                    batch.reward.float(),
+                    batch.next_obs.float(),
+                    batch.terminated,
+                    directions=self.model_direction,
+                )
             metrics.update({f"model_{k}": v.cpu() for k, v in losses.items()})
         if self._plans:
-            for _ in range(self.options.planning_steps):
-                self._plan()
-        polyak_update_(self.target_net, self.q_net, self.options.target_tau)
+            self._plan(buffer)
+        self.target_flat.lerp_(self.q_flat, self.options.target_tau)
         metrics.update(self.planning_statistics())
         return metrics
 
-    def _replay_index(self, count: int) -> torch.Tensor:
-        return torch.randint(
-            self.replay_filled, (self.population_size, count), generator=self.generator, device=self.device
-        )
-
-    def _replay(
-        self, index: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``(obs [P, B, D], action, reward, next_obs [P, B, D], terminated)`` at ``index [P, B]``."""
-        expand = index.unsqueeze(-1).expand(-1, -1, self.obs_dim)
-        return (
-            self.replay_obs.gather(1, expand),
-            self.replay_action.gather(1, index),
-            self.replay_reward.gather(1, index),
-            self.replay_next.gather(1, expand),
-            self.replay_terminated.gather(1, index),
-        )
-
+    @torch.no_grad()
     def _gradient_step(
         self,
         obs: torch.Tensor,
@@ -448,53 +480,74 @@ class DynaFAAgent(Agent):
         weight: torch.Tensor | None = None,
         planning: bool = True,
     ) -> torch.Tensor:
-        """One Adam step per member on ``0.5 sum_b w (target - Q(obs, action))^2 / sum_b w``; returns the TD errors
-        ``[P, B]`` before the step. A planning step leaves the non-planning members unchanged."""
-        q = self.q_net(obs).gather(-1, action.unsqueeze(-1)).squeeze(-1)
-        delta = target.detach() - q
-        w = torch.ones_like(delta) if weight is None else weight.float()
-        loss = (0.5 * w * delta.square()).sum(dim=1) / w.sum(dim=1).clamp(min=1.0)
-        for parameter in self.q_net.parameters():
-            parameter.grad = None
-        loss.sum().backward()
-        active = ~self.frozen & self.planning_members if planning else ~self.frozen
-        mask_and_clip_member_gradients_(list(self.q_net.parameters()), active, self.options.max_grad_norm)
-        self.optimizer.step(active)
-        return delta.detach()
+        """One Adam step per member on ``0.5 sum_b w (target - Q(obs, action))^2 / max(sum_b w, 1)``, each member's
+        gradient clipped to norm ``max_grad_norm``; returns the TD errors ``[P, B]`` before the step. A planning step
+        leaves the non-planning members unchanged.
+
+        The gradient is written by hand (the network is 2 ReLU layers and a linear head): the same numbers as
+        autograd (``tests/agents/test_dyna_fa.py`` checks them) with a third of the kernels and no graph."""
+        layers = self._layers
+        inputs = [obs]
+        x = obs
+        last = len(layers) - 1
+        for index, (w, b) in enumerate(layers):
+            x = torch.baddbmm(b, x, w)
+            if index < last:
+                x = x.relu_()
+                inputs.append(x)
+        index_a = action.unsqueeze(-1)
+        delta = target.unsqueeze(-1) - x.gather(-1, index_a)  # [P, B, 1]
+        if weight is None:
+            coefficient = delta * (-1.0 / delta.shape[1])
+        else:
+            w_f = weight.float().unsqueeze(-1)
+            coefficient = (w_f * delta).div_(w_f.sum(dim=1, keepdim=True).clamp(min=1.0).neg_())
+        upstream = torch.zeros_like(x).scatter_(-1, index_a, coefficient)  # dLoss / dQ
+        p = x.shape[0]
+        grads: list[torch.Tensor] = []
+        for index in range(last, -1, -1):
+            grads.append(upstream.sum(dim=1).view(p, -1))
+            grads.append(torch.bmm(inputs[index].transpose(1, 2), upstream).view(p, -1))
+            if index > 0:
+                upstream = torch.ops.aten.threshold_backward(
+                    torch.bmm(upstream, layers[index][0].transpose(1, 2)), inputs[index], 0.0
+                )
+        torch.cat(grads[::-1], dim=1, out=self.grad_flat)  # the flat layout: weight, bias of each layer in order
+        self.optimizer.step(self.grad_flat, self._planning if planning else self._learning)
+        return delta.squeeze(-1)
 
     # ------------------------------------------------------------------ models, with injection and the detector
     def _flag(self, state: torch.Tensor, terminal: torch.Tensor | None) -> torch.Tensor:
-        return is_reachable(self.env_name, state, terminal, self.geometry)
+        assert self.dynamics is not None  # planning has the env's dynamics
+        return self.dynamics.is_reachable(state, terminal)
 
     def _count_outputs(self, real: torch.Tensor, valid: torch.Tensor | None = None) -> None:
         """Count the model's output states (``real bool[P, B]``; ``valid``: those that exist)."""
-        active = (~self.frozen & self.planning_members).float().unsqueeze(1)
-        if valid is not None:
-            active = active * valid.float()
+        active = self._planning_f if valid is None else self._planning_f * valid
         self.model_output_counts[:, 0] += active.sum(dim=1)
-        self.model_output_counts[:, 1] += (active * (~real).float()).sum(dim=1)
+        self.model_output_counts[:, 1] += (active * ~real).sum(dim=1)
 
     def _forward(
         self, state: torch.Tensor, action: torch.Tensor, used: torch.Tensor | None = None
     ) -> tuple[VectorForward, torch.Tensor]:
         """The model's step, with injected error, and ``real bool[P, B]`` (the detector's verdict). ``used``: the
         outputs the planning update will read (a rollout past a terminal step is not counted)."""
-        assert self.model is not None  # planning (planning_steps > 0) has a model
+        assert self.model is not None and self.dynamics is not None  # planning (planning_steps > 0) has a model
         sample = self.model.forward(state, action, self.generator)
         nxt, terminal = sample.next_state, sample.terminal
-        if bool((self.dose > 0).any()):
-            nxt, injected = inject_hallucinations(self.env_name, nxt, self.dose, self.generator)
+        if self._injects:
+            nxt, injected = inject_hallucinations(self.dynamics, nxt, self.dose, self.generator)
             terminal = terminal & ~injected
         real = self._flag(nxt, terminal)
         self._count_outputs(real, used)
         return VectorForward(nxt, sample.reward.float(), terminal), real
 
     def _backward(self, state: torch.Tensor, used: torch.Tensor | None = None) -> tuple[VectorBackward, torch.Tensor]:
-        assert self.model is not None  # planning (planning_steps > 0) has a model
+        assert self.model is not None and self.dynamics is not None  # planning (planning_steps > 0) has a model
         sample = self.model.backward(state, self.generator)
         previous = sample.previous_state
-        if bool((self.dose > 0).any()):
-            previous, _ = inject_hallucinations(self.env_name, previous, self.dose, self.generator)
+        if self._injects:
+            previous, _ = inject_hallucinations(self.dynamics, previous, self.dose, self.generator)
         real = self._flag(previous, torch.zeros_like(sample.terminal))
         self._count_outputs(real, sample.valid if used is None else sample.valid & used)
         return VectorBackward(previous, sample.action, sample.reward.float(), sample.terminal, sample.valid), real
@@ -514,22 +567,31 @@ class DynaFAAgent(Agent):
             ),
             dim=-1,
         )
-        keep = performed & (~self.frozen & self.planning_members).unsqueeze(1)
-        self.planning_counts += (columns & keep.unsqueeze(-1)).float().sum(dim=1)
+        keep = performed & self._planning.unsqueeze(1)
+        self.planning_counts += (columns & keep.unsqueeze(-1)).sum(dim=1, dtype=torch.float32)
 
     # ------------------------------------------------------------------ planning
-    def _plan(self) -> None:
+    def _plan(self, buffer: TrajectoryBuffer) -> None:
+        """``planning_steps`` planning steps of ``planning_batch`` updates each. The search control, the model's
+        answers and the targets of all steps are drawn at once (one batch of ``planning_steps x planning_batch``,
+        with the networks as they are after the direct update), then one gradient step per planning step on its
+        slice: the same number and size of value updates as drawing step by step, in a few kernels."""
         if self.variant == "one-step-successor":
-            self._plan_successor(1)
+            self._plan_successor(1, buffer)
         elif self.variant == "multi-step-successor":
-            self._plan_successor(self.options.rollout_length)
+            self._plan_successor(self.options.rollout_length, buffer)
         elif self.variant == "one-step-predecessor":
-            self._plan_one_step_predecessor()
+            self._plan_one_step_predecessor(buffer)
         else:
-            self._plan_multi_step_predecessor()
+            self._plan_multi_step_predecessor(buffer)
 
-    def _plan_successor(self, length: int) -> None:
-        start, start_action, _, _, _ = self._replay(self._replay_index(self.options.planning_batch))
+    def _slices(self) -> list[slice]:
+        b = self.options.planning_batch
+        return [slice(k * b, (k + 1) * b) for k in range(self.options.planning_steps)]
+
+    def _plan_successor(self, length: int, buffer: TrajectoryBuffer) -> None:
+        starts = self._sample(buffer, self.options.planning_steps * self.options.planning_batch)
+        start, start_action = starts.obs.float(), starts.action
         state, action = start, start_action
         ret = torch.zeros(start_action.shape, device=self.device)
         discount = torch.ones_like(ret)
@@ -547,26 +609,35 @@ class DynaFAAgent(Agent):
             if k + 1 < length:
                 action = self._q(state).argmax(dim=-1)
         target = ret + alive.float() * discount * self._q(state, target=True).max(-1).values
-        self._gradient_step(start, start_action, target)
         no = torch.zeros_like(alive)
         self._count(torch.ones_like(alive), no, torch.ones_like(alive), alive, alive & ~real, path)
+        for part in self._slices():
+            self._gradient_step(start[:, part], start_action[:, part], target[:, part])
 
-    def _pop(self):
-        """Search control of the predecessor variants: ``(states, simulated, hallucinated)`` ``[P, B, ...]``."""
-        b = self.options.planning_batch
-        states, simulated, hallucinated, from_queue = self.queue.pop(b, self.options.priority_threshold)
-        uniform = self._replay(self._replay_index(b))[0]
+    def _pop(self, buffer: TrajectoryBuffer):
+        """Search control of the predecessor variants: ``(states, simulated, hallucinated)`` ``[P, K x B, ...]``."""
+        count = self.options.planning_steps * self.options.planning_batch
+        states, simulated, hallucinated, from_queue = self.queue.pop(count, self.options.priority_threshold)
+        uniform = self._sample(buffer, count).obs.float()
         states = torch.where(from_queue.unsqueeze(-1), states, uniform)
         return states, simulated, hallucinated
 
-    def _plan_one_step_predecessor(self) -> None:
-        state, simulated, hallucinated = self._pop()
+    def _plan_one_step_predecessor(self, buffer: TrajectoryBuffer) -> None:
+        state, simulated, hallucinated = self._pop(buffer)
         sample, real = self._backward(state)
         bootstraps = ~sample.terminal
         target = sample.reward + self.gamma * bootstraps.float() * self._q(state, target=True).max(-1).values
         valid = sample.valid
-        delta = self._gradient_step(sample.previous_state, sample.action, target, valid)
-        active = (~self.frozen).float().unsqueeze(1) * valid.float()
+        delta = torch.cat(
+            [
+                self._gradient_step(
+                    sample.previous_state[:, part], sample.action[:, part], target[:, part], valid[:, part]
+                )
+                for part in self._slices()
+            ],
+            dim=1,
+        )
+        active = self._learning.float().unsqueeze(1) * valid.float()
         self.queue.push(sample.previous_state, delta.abs() * active, torch.ones_like(real), ~real)
         self._count(
             valid,
@@ -577,8 +648,8 @@ class DynaFAAgent(Agent):
             torch.zeros_like(real),
         )
 
-    def _plan_multi_step_predecessor(self) -> None:
-        real_state, _, _ = self._pop()  # this variant's queue only ever holds real states
+    def _plan_multi_step_predecessor(self, buffer: TrajectoryBuffer) -> None:
+        real_state, _, _ = self._pop(buffer)  # this variant's queue only ever holds real states
         value = self._q(real_state, target=True).max(-1).values
         alive = torch.ones(value.shape, dtype=torch.bool, device=self.device)
         path = torch.zeros_like(alive)
@@ -602,20 +673,30 @@ class DynaFAAgent(Agent):
             greedy = q_prev.gather(-1, sample.action.unsqueeze(-1)).squeeze(-1) >= q_prev.max(-1).values
             alive = alive & greedy
             current = sample.previous_state
-        self._gradient_step(
-            torch.cat(states, dim=1), torch.cat(actions, dim=1), torch.cat(targets, dim=1), torch.cat(weights, dim=1)
-        )
+        # [P, n, K x B] -> per planning step k its chains, [P, n x B] (chain step major, as one step's batch)
+        p, n = self.population_size, self.options.rollout_length
+        k_steps, b = self.options.planning_steps, self.options.planning_batch
+
+        def per_step(values: list[torch.Tensor]) -> torch.Tensor:
+            stacked = torch.stack(values, dim=1)  # [P, n, K*B, ...]
+            tail = stacked.shape[3:]
+            return stacked.view(p, n, k_steps, b, *tail).transpose(1, 2).reshape(p, k_steps, n * b, *tail)
+
+        all_states, all_actions = per_step(states), per_step(actions)
+        all_targets, all_weights = per_step(targets), per_step(weights)
+        for k in range(k_steps):
+            self._gradient_step(all_states[:, k], all_actions[:, k], all_targets[:, k], all_weights[:, k])
 
     # ------------------------------------------------------------------ instruments
     def planning_statistics(self) -> dict[str, torch.Tensor]:
         """Fractions of planning updates (``[P]`` each) since the last ``reset_statistics``, and their count."""
-        updates = self.planning_counts[:, 0]
-        safe = updates.clamp(min=1.0)
-        stats = {"planning_updates": updates.cpu().clone()}
-        for column, counter in enumerate(PLANNING_COUNTERS[1:], start=1):
-            stats[f"fraction_{counter}"] = (self.planning_counts[:, column] / safe).cpu()
-        outputs = self.model_output_counts[:, 0].clamp(min=1.0)
-        stats["fraction_model_outputs_hallucinated"] = (self.model_output_counts[:, 1] / outputs).cpu()
+        counts = self.planning_counts.cpu()
+        fractions = counts[:, 1:] / counts[:, :1].clamp(min=1.0)
+        stats = {"planning_updates": counts[:, 0].clone()}
+        for column, counter in enumerate(PLANNING_COUNTERS[1:]):
+            stats[f"fraction_{counter}"] = fractions[:, column]
+        outputs = self.model_output_counts.cpu()
+        stats["fraction_model_outputs_hallucinated"] = outputs[:, 1] / outputs[:, 0].clamp(min=1.0)
         return stats
 
     def reset_statistics(self) -> None:
@@ -624,53 +705,37 @@ class DynaFAAgent(Agent):
 
     # ------------------------------------------------------------------ loop hooks and checkpoints
     def parameters_finite(self) -> torch.Tensor:
-        finite = torch.ones(self.population_size, dtype=torch.bool, device=self.device)
-        for parameter in self.q_net.parameters():
-            finite &= torch.isfinite(parameter.detach()).flatten(1).all(dim=1)
+        finite = torch.isfinite(self.q_flat).all(dim=1)
         if self.learned_network is not None:
             finite &= self.learned_network.parameters_finite()
         return finite.cpu()
 
     def freeze(self, members: torch.Tensor) -> None:
         self.frozen |= members.to(self.device).bool()
+        self._refresh_masks()
         if self.learned_network is not None:
             self.learned_network.freeze(members)
 
-    _TENSORS = (
-        "replay_obs",
-        "replay_next",
-        "replay_action",
-        "replay_reward",
-        "replay_terminated",
-        "planning_counts",
-        "model_output_counts",
-        "frozen",
-    )
+    _TENSORS = ("q_flat", "target_flat", "planning_counts", "model_output_counts", "frozen")
 
     def state_dict(self) -> dict[str, Any]:
+        """Everything a bit-identical resume needs besides the loop's buffer (which holds the replay)."""
         return {
-            "q_net": {k: v.detach().clone() for k, v in self.q_net.state_dict().items()},
-            "target_net": {k: v.detach().clone() for k, v in self.target_net.state_dict().items()},
             "optimizer": self.optimizer.state_dict(),
             "queue": {k: getattr(self.queue, k).clone() for k in ("states", "priority", "simulated", "hallucinated")},
-            "replay_cursor": self.replay_cursor,
-            "replay_filled": self.replay_filled,
             "generator": self.generator.get_state(),
             **{k: getattr(self, k).clone() for k in self._TENSORS},
             **({"learned_network": self.learned_network.state_dict()} if self.learned_network is not None else {}),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.q_net.load_state_dict(state["q_net"])
-        self.target_net.load_state_dict(state["target_net"])
         self.optimizer.load_state_dict(state["optimizer"])
         for key, value in state["queue"].items():
-            getattr(self.queue, key).copy_(value)
-        self.replay_cursor = int(state["replay_cursor"])
-        self.replay_filled = int(state["replay_filled"])
+            setattr(self.queue, key, value.clone().to(self.device))
         self.generator.set_state(state["generator"])
         for key in self._TENSORS:
             getattr(self, key).copy_(state[key])
+        self._refresh_masks()
         if self.learned_network is not None:
             self.learned_network.load_state_dict(state["learned_network"])
 
@@ -685,24 +750,29 @@ def make_dyna_fa_for_env(
     learning_rate: torch.Tensor | None = None,
     use_learned: torch.Tensor | None = None,
     planning_members: torch.Tensor | None = None,
+    envs_per_member: int = 1,
 ) -> DynaFAAgent:
-    """A ``DynaFAAgent`` for ``env`` (an instance of ``env_name``, one of ``VECTOR_ENVS``), its model attached.
+    """A ``DynaFAAgent`` for ``env`` (an env that declares vector dynamics, ``has_vector_dynamics``), its model
+    attached, its ``buffer_capacity`` sized for ``envs_per_member`` env copies per member.
 
     ``use_learned`` (``bool[P]``) mixes the model kinds in one population: those members plan with the learned model,
     the others with the perfect one (``options.model`` is then ignored). ``planning_members`` (``bool[P]``) makes the
-    other members model-free baselines. ``dose`` and ``learning_rate`` override the options per member.
+    other members model-free baselines (default: ``options.plans``). ``dose`` and ``learning_rate`` override the
+    options per member. The learned model's networks are initialised from the ``model`` stream of ``seed``.
 
     Raises:
-        ValueError: an env these models do not know, a model kind the env cannot give (a perfect model of an image
-            observation), or a bad option.
+        ValueError: an env without vector observations, or one that declares no vector dynamics while the agent plans
+            (a model kind the env cannot give), or a bad option.
     """
-    check_env_supported(env_name, f"agent 'dyna-fa' (model {options.model!r})")
     spec = env.observation_spec
     if len(spec.shape) != 1:
         raise ValueError(
             f"agent 'dyna-fa' needs vector observations; env {env_name!r} gives shape {spec.shape} "
             "(catcher: observation='vector')"
         )
+    dynamics = None
+    if options.planning_steps > 0:
+        dynamics = vector_dynamics_of(env, f"agent 'dyna-fa' (model {options.model!r})")
     obs_dim, num_actions = spec.shape[0], int(env.action_spec.n)
     model: SimulatorModel | LearnedModel | MixedModel | None = None
     network = None
@@ -710,8 +780,8 @@ def make_dyna_fa_for_env(
         raise ValueError(f"use_learned must be bool[{population_size}], got shape {tuple(use_learned.shape)}")
     mixed = use_learned is not None and bool(use_learned.any()) and not bool(use_learned.all())
     learned = options.model == "learned" if use_learned is None else bool(use_learned.any())
-    if options.planning_steps > 0:
-        perfect = SimulatorModel(env_name, env) if (mixed or not learned) else None
+    if dynamics is not None:
+        perfect = SimulatorModel(dynamics) if (mixed or not learned) else None
         model = perfect
         if learned:
             network = LearnedVectorModel(
@@ -720,7 +790,7 @@ def make_dyna_fa_for_env(
                 population_size,
                 hidden=(options.model_hidden, options.model_hidden),
                 learning_rate=options.model_learning_rate,
-                seed=seed + 7919,
+                seed=stream_seed(seed, "model"),
                 device=env.device,
             )
             learned_model = LearnedModel(network)
@@ -728,7 +798,7 @@ def make_dyna_fa_for_env(
             if mixed:
                 assert perfect is not None and use_learned is not None  # made above for a mixed population
                 model = MixedModel(perfect, learned_model, use_learned)
-    return DynaFAAgent(
+    agent = DynaFAAgent(
         env_name,
         obs_dim,
         num_actions,
@@ -738,11 +808,13 @@ def make_dyna_fa_for_env(
         learned_network=network,
         dose=dose,
         learning_rate=learning_rate,
-        geometry=catcher_geometry_of(env) if env_name == "catcher" else None,
+        dynamics=dynamics,
         seed=seed,
         device=env.device,
         planning_members=planning_members,
     )
+    agent.buffer_capacity = math.ceil(options.replay_size / envs_per_member)
+    return agent
 
 
 @register_agent(
@@ -751,15 +823,18 @@ def make_dyna_fa_for_env(
     "Dyna with a neural Q: one-/multi-step successor/predecessor planning, perfect/learned/injected models",
 )
 def make_dyna_fa(context: AgentContext, options: DynaFAOptions) -> DynaFAAgent:
-    """Registry factory: the run's env must be one of ``VECTOR_ENVS`` (vector observations)."""
-    if context.env_name not in VECTOR_ENVS:
-        raise ValueError(
-            f"agent 'dyna-fa' runs on {', '.join(VECTOR_ENVS)} (its models and hallucination detector); "
-            f"got env {context.env_name!r}"
-        )
+    """Registry factory: the run's env must give vector observations and, for planning, declare vector dynamics
+    (``has_vector_dynamics``: cartpole, catcher, puddle-world)."""
     env = context.env
     if env is None:
         from emphatic_rl.envs import make_env
 
         env = make_env(context.env_name, num_envs=1, device=context.device)
-    return make_dyna_fa_for_env(env, context.env_name, context.population_size, options, seed=context.seed)
+    return make_dyna_fa_for_env(
+        env,
+        context.env_name,
+        context.population_size,
+        options,
+        seed=context.seed,
+        envs_per_member=context.envs_per_member,
+    )
