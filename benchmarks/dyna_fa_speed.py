@@ -7,9 +7,10 @@ A *population step* is one real step of every member of one study population: ac
 update, planning, the target update (``emphatic_rl.studies.dyna_fa.run_population``, whatever loop that checkout
 has). The workload is the study's: 10 seeds x (perfect, doses 0.1 / 0.25 / 0.5, model-free) = 50 members, 2
 planning steps of 32, ``n = 3``, Adam 3e-3, a 2 x ``--hidden`` Q-network, on CartPole, Catcher and Puddle World for
-each of the four variants. Each measurement is a fresh process (``PYTHONPATH`` set to the checkout) that runs
-``--steps`` population steps after 150 warm-up ones (the warm-up fills the replay past ``warmup = 100`` and compiles
-the numba kernels) and reports the CPU time per step of the timed part.
+each of the four variants. Each measurement is a fresh process (``PYTHONPATH`` set to the checkout) that first runs
+a throwaway 150-step population (imports, numba compilation), then times a 150-step run and a ``150 + --steps``-step
+run of the same seed and reports the difference per step: the CPU time of ``--steps`` population steps after the
+replay is past ``warmup = 100``.
 
 Method: ``--rounds`` rounds; in each round every workload runs on both checkouts back to back (the order alternating
 between rounds). The table gives the median steps per second over rounds and the median of the per-round ratios
@@ -36,9 +37,9 @@ def config(total):
                          planning_steps=2, planning_batch=32, rollout_length=3, learning_rate=3e-3, eval_every=50,
                          hidden=hidden)
 conditions = ["perfect", "dose 0.1", "dose 0.25", "dose 0.5", "model-free"]
-warm = config(150)
+run_population(config(150), variant, 0, conditions, 3)  # imports, numba compilation / cache loading
 started = time.process_time()
-run_population(warm, variant, 0, conditions, 3)
+run_population(config(150), variant, 0, conditions, 3)
 warm_time = time.process_time() - started
 started = time.process_time()
 run_population(config(150 + steps), variant, 0, conditions, 3)
