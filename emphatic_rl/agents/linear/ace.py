@@ -171,7 +171,8 @@ def build_actor_critic(preset: str, context: AgentContext, options: ActorCriticO
         lab = DiscreteLab(tabular.mdp, settings.get("interest", "uniform"))
 
         def oracle_values(theta: torch.Tensor) -> torch.Tensor:
-            policy = torch.softmax(torch.einsum("sd,pad->psa", lab.features.double(), theta.detach().double().cpu()), -1)
+            logits = torch.einsum("sd,pad->psa", lab.features.double(), theta.detach().double().cpu())
+            policy = torch.softmax(logits, -1)
             return lab.batched_values(policy).float().to(theta.device)
 
     agent = ActorCritic(

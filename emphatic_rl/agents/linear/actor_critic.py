@@ -665,7 +665,7 @@ class ActorCritic(Agent):
             block.copy_(theta.permute(0, 2, 1))
             self.policy.theta = block.permute(0, 2, 1)
         vectors: list[tuple[str, Critic | LearnedEmphasis]] = [] if action_values else [("weights", critic)]
-        if hasattr(critic, "correction") and not action_values:
+        if critic.correction is not None and not action_values:
             vectors.append(("correction", critic))
         if learned is not None:
             vectors.append(("weights", learned))
@@ -690,13 +690,13 @@ class ActorCritic(Agent):
         self._last_critic_index: torch.Tensor | None = None
         self._state_is_lazy = False
         # per-learner vectors packed into two blocks (the agent's and its modules' tensors become rows of them)
-        alpha_h = getattr(critic, "alpha_h", critic.alpha)
+        alpha_h = critic.alpha if critic.alpha_h is None else critic.alpha_h
         alpha_emphasis = learned.alpha if learned is not None else torch.zeros(P, dtype=dtype)
         hyperparameters = torch.stack(
             [self.alpha_actor, critic.alpha, alpha_h, alpha_emphasis, self.critic_lambda, self.eta]
         ).contiguous()
         self.alpha_actor, critic.alpha = hyperparameters[0], hyperparameters[1]
-        if hasattr(critic, "alpha_h"):
+        if critic.alpha_h is not None:
             critic.alpha_h = hyperparameters[2]
         if learned is not None:
             learned.alpha = hyperparameters[3]
@@ -717,8 +717,10 @@ class ActorCritic(Agent):
         self._numba_state = dict(
             theta=self.policy.theta.numpy(),
             weights=empty_rows if action_values else critic.weights.numpy(),
-            trace=critic.trace.numpy() if hasattr(critic, "trace") and not action_values else empty_rows,
-            correction=critic.correction.numpy() if hasattr(critic, "correction") and not action_values else empty_rows,
+            trace=critic.trace.numpy() if critic.trace is not None and not action_values else empty_rows,
+            correction=(
+                critic.correction.numpy() if critic.correction is not None and not action_values else empty_rows
+            ),
             fhat=learned.weights.numpy() if learned is not None else empty_rows,
             action_block=action_block.numpy(),
             scalars=scalars.numpy(),
