@@ -39,7 +39,7 @@ def test_discrete_env_is_a_clear_error():
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        ({"emphasis": "trace"}, "emphasis must be one of none, learned"),
+        ({"emphasis": "trace"}, "unknown emphasis .trace.; allowed: learned, none"),
         ({"tau": 0.0}, "tau must be > 0"),
         ({"exploration_noise": -0.1}, "exploration_noise must be > 0"),
         ({"eta": 2.0}, "eta must be in"),

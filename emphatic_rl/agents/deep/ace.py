@@ -80,6 +80,7 @@ from torch import nn
 
 from emphatic_rl.agents.base import ActionOutput
 from emphatic_rl.agents.deep.actor_critic import DeepActorCritic, replayed_episode_starts
+from emphatic_rl.agents.deep.options import EMPHASIS_KINDS, EmphaticReplayOptions, check_count
 from emphatic_rl.agents.networks import make_population_network
 from emphatic_rl.agents.registry import (
     AgentContext,
@@ -104,70 +105,44 @@ __all__ = [
 ]
 
 BEHAVIOURS = ("fixed", "epsilon-greedy")
-EMPHASIS_KINDS = ("learned", "none")
 INTEREST_KINDS = ("uniform",)
 EVALUATION_KINDS = ("sample", "greedy")
 
 
 @dataclass(frozen=True)
-class DeepACEOptions:
-    """Hyperparameters of ``deep-ace`` (see the module docstring for each one's role)."""
+class DeepACEOptions(EmphaticReplayOptions):
+    """Hyperparameters of ``deep-ace`` (see the module docstring for each one's role; the shared ones are those of
+    ``EmphaticReplayOptions`` and ``ReplayOptions``)."""
 
-    eta: float = 1.0
-    emphasis: str = "learned"
     normalize_emphasis: bool = False
-    fit_start_state: bool = True
-    clip_followon_at_zero: bool = True
     interest: str = "uniform"
     behaviour: str = "fixed"
-    gamma: float = 0.99
-    actor_learning_rate: float = 3e-4
-    critic_learning_rate: float = 1e-3
-    emphasis_learning_rate: float = 1e-3
     entropy_coef: float = 0.01
-    rho_clip: float = 2.0
     emphasis_rho_clip: float = 2.0
-    buffer_size: int = 100_000
     batch_size: int = 64
-    learning_starts: int = 1_000
-    train_every: int = 1
-    gradient_steps: int = 1
     target_update_every: int = 250
     epsilon_start: float = 1.0
     epsilon_end: float = 0.1
     epsilon_decay_steps: int = 10_000
     evaluation: str = "sample"
     hidden: tuple[int, ...] = (128, 128)
-    max_grad_norm: float = 10.0
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         for name, value, allowed in (
-            ("emphasis", self.emphasis, EMPHASIS_KINDS),
             ("interest", self.interest, INTEREST_KINDS),
             ("behaviour", self.behaviour, BEHAVIOURS),
             ("evaluation", self.evaluation, EVALUATION_KINDS),
         ):
             if value not in allowed:
                 raise ValueError(f"unknown {name} {value!r}; allowed: {', '.join(allowed)}")
-        if not isinstance(self.eta, int | float) or isinstance(self.eta, bool):
-            raise ValueError(f"eta must be a number in [0, 1], got {self.eta!r}")
-        check_unit_interval("eta", self.eta)
-        check_unit_interval("gamma", self.gamma)
-        check_switches(self, ("fit_start_state", "clip_followon_at_zero"))
-        for name in ("actor_learning_rate", "critic_learning_rate", "emphasis_learning_rate", "rho_clip",
-                     "emphasis_rho_clip", "max_grad_norm"):
-            check_positive(name, getattr(self, name))
+        check_switches(self, ("normalize_emphasis",))
+        check_positive("emphasis_rho_clip", self.emphasis_rho_clip)
         check_positive("entropy_coef", self.entropy_coef, allow_zero=True)
-        for name in ("buffer_size", "batch_size", "train_every", "gradient_steps", "target_update_every",
-                     "epsilon_decay_steps"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool):
-                raise ValueError(f"{name} must be an integer > 0, got {value!r}")
-            check_positive(name, value)
-        check_positive("learning_starts", self.learning_starts, allow_zero=True)
+        for name in ("target_update_every", "epsilon_decay_steps"):
+            check_count(name, getattr(self, name))
         for name in ("epsilon_start", "epsilon_end"):
             check_unit_interval(name, getattr(self, name))
-        object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
 
 
 @dataclass(frozen=True)

@@ -62,14 +62,9 @@ from emphatic_rl.agents.action_boxes import (
 )
 from emphatic_rl.agents.base import ActionOutput, Agent
 from emphatic_rl.agents.deep.ace import replayed_episode_starts
+from emphatic_rl.agents.deep.options import EMPHASIS_KINDS, EmphaticReplayOptions
 from emphatic_rl.agents.networks import PopulationMLP, finite_members, mask_and_clip_member_gradients_, polyak_update_
-from emphatic_rl.agents.registry import (
-    AgentContext,
-    check_positive,
-    check_switches,
-    check_unit_interval,
-    register_agent,
-)
+from emphatic_rl.agents.registry import AgentContext, check_positive, check_unit_interval, register_agent
 from emphatic_rl.emphatic import (
     emphatic_weighting,
     learned_emphasis_loss,
@@ -78,12 +73,13 @@ from emphatic_rl.emphatic import (
 )
 from emphatic_rl.seeding import stream_seed
 
-EMPHASIS_CHOICES = ("none", "learned")
+EMPHASIS_CHOICES = EMPHASIS_KINDS  # the emphasis of the deep emphatic agents
 
 
 @dataclass(frozen=True)
-class DDPGOptions:
-    """Hyperparameters of deep DDPG / emphatic DDPG (defaults tuned on native Pendulum, see experiments/results/dpg).
+class DDPGOptions(EmphaticReplayOptions):
+    """Hyperparameters of deep DDPG / emphatic DDPG (defaults tuned on native Pendulum, see experiments/results/dpg;
+    the shared ones are those of ``EmphaticReplayOptions`` and ``ReplayOptions``).
 
     ``exploration_noise`` and ``emphasis_target_std`` are fractions of the action half-width. ``emphasis``:
     ``"none"`` (DDPG) or ``"learned"`` (deep emphatic DPG, see the module docstring, also for ``fit_start_state``
@@ -91,41 +87,20 @@ class DDPGOptions:
     """
 
     actor_learning_rate: float = 1e-3
-    critic_learning_rate: float = 1e-3
-    gamma: float = 0.99
     tau: float = 0.005
-    buffer_size: int = 100_000
-    batch_size: int = 256
-    learning_starts: int = 1_000
-    train_every: int = 1
-    gradient_steps: int = 1
     exploration_noise: float = 0.1
-    hidden: tuple[int, ...] = (64, 64)
-    max_grad_norm: float = 10.0
     emphasis: str = "none"
-    eta: float = 1.0
     emphasis_learning_rate: float = 3e-4
     emphasis_target_std: float = 0.1
     rho_clip: float = 5.0
     emphasis_clip: float = 10.0
     fit_start_state: bool = False
-    clip_followon_at_zero: bool = True
 
     def __post_init__(self) -> None:
-        for name in ("actor_learning_rate", "critic_learning_rate", "emphasis_learning_rate", "tau"):
-            check_positive(name, getattr(self, name))
-        check_unit_interval("gamma", self.gamma)
+        super().__post_init__()
         check_unit_interval("tau", self.tau)
-        check_unit_interval("eta", self.eta)
-        check_switches(self, ("fit_start_state", "clip_followon_at_zero"))
-        for name in ("buffer_size", "batch_size", "train_every", "gradient_steps", "max_grad_norm"):
+        for name in ("tau", "exploration_noise", "emphasis_target_std", "emphasis_clip"):
             check_positive(name, getattr(self, name))
-        check_positive("learning_starts", self.learning_starts, allow_zero=True)
-        for name in ("exploration_noise", "emphasis_target_std", "rho_clip", "emphasis_clip"):
-            check_positive(name, getattr(self, name))
-        if self.emphasis not in EMPHASIS_CHOICES:
-            raise ValueError(f"emphasis must be one of {', '.join(EMPHASIS_CHOICES)}, got {self.emphasis!r}")
-        object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
 
 
 class DDPG(Agent):

@@ -29,7 +29,13 @@ from typing import Any
 import torch
 
 from emphatic_rl.agents.linear.actor_critic import BACKENDS, DTYPES, ActorCritic, preset_settings
-from emphatic_rl.agents.registry import AgentContext, per_member, register_agent
+from emphatic_rl.agents.registry import (
+    AgentContext,
+    check_switches,
+    check_unit_interval,
+    per_member,
+    register_agent,
+)
 from emphatic_rl.envs.base import BoxSpec, DiscreteSpec, TensorEnv
 from emphatic_rl.envs.registry import ENV_REGISTRY
 from emphatic_rl.envs.tabular import TabularEnv
@@ -85,10 +91,9 @@ class ActorCriticOptions:
             raise ValueError(f"unknown dtype {self.dtype!r}; allowed: {', '.join(DTYPES)}")
         if self.backend not in BACKENDS:
             raise ValueError(f"unknown backend {self.backend!r}; allowed: {', '.join(BACKENDS)}")
-        if not isinstance(self.fit_stream_start, bool):
-            raise ValueError(f"fit_stream_start must be true or false, got {self.fit_stream_start!r}")
-        if self.gamma is not None and not 0.0 <= self.gamma <= 1.0:
-            raise ValueError(f"gamma must be in [0, 1], got {self.gamma!r}")
+        check_switches(self, ("normalize_emphasis", "timeout_as_terminal", "fit_stream_start"))
+        if self.gamma is not None:
+            check_unit_interval("gamma", self.gamma)
 
 
 def _tabular_env(env: Any) -> TabularEnv | None:
