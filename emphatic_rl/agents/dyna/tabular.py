@@ -895,7 +895,28 @@ class DynaAgent(Agent):
             ),
         }
 
+    #: keys of the learned models' own replay ring, kept in checkpoints before the models trained from the loop's
+    #: ``TrajectoryBuffer``
+    OLD_MODEL_REPLAY_KEYS = ("model_replay_states", "model_replay_values", "model_replay_cursor", "model_replay_size")
+
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore a ``state_dict()``.
+
+        Raises:
+            CheckpointError: ``state`` was written by an older tabular Dyna with learned models, which kept its own
+                replay of real transitions (``model_replay_*``). The models now train from the run's trajectory
+                buffer, and such a checkpoint's buffer holds only the latest step, so the run cannot continue as it
+                would have: it is refused rather than resumed differently.
+        """
+        if any(key in state for key in self.OLD_MODEL_REPLAY_KEYS):
+            from emphatic_rl.checkpoints import CheckpointError
+
+            raise CheckpointError(
+                "it was written by an older tabular Dyna whose learned models kept their own replay of real "
+                "transitions (model_replay_*); the models now train from the run's trajectory buffer, which that "
+                "checkpoint does not hold (its buffer keeps only the latest step), so the run cannot continue as it "
+                "would have: start it again"
+            )
         for key in (
             "q",
             "visited_pair",
