@@ -73,7 +73,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, fields
-from typing import Any
 
 import torch
 from torch import nn
@@ -89,7 +88,7 @@ from emphatic_rl.agents.registry import (
     check_unit_interval,
     register_agent,
 )
-from emphatic_rl.buffers.trajectory import TransitionBatch
+from emphatic_rl.buffers.trajectory import TrajectoryBuffer, TransitionBatch
 from emphatic_rl.emphatic import actor_coefficient
 from emphatic_rl.envs.base import DiscreteSpec
 from emphatic_rl.seeding import stream_seed
@@ -232,7 +231,7 @@ class DeepACE(DeepActorCritic):
         return torch.multinomial(probs, 1, generator=self.evaluation_generator).squeeze(1).view(logits.shape[:2])
 
     # ------------------------------------------------------------------ learning
-    def _sample(self, buffer: Any) -> tuple[Any, torch.Tensor]:
+    def _sample(self, buffer: TrajectoryBuffer) -> tuple[TransitionBatch, torch.Tensor]:
         """A batch with leading dims ``[P, B]`` and ``episode_start: bool[P, B]`` (``S_t`` starts an episode; all
         False when no emphasis network is trained or ``fit_start_state`` is off: its only user is the start term).
 
@@ -252,7 +251,7 @@ class DeepACE(DeepActorCritic):
             return batch, torch.zeros(P, B, dtype=torch.bool, device=self.device)
         return batch, replayed_episode_starts(buffer, batch).view(P, B)
 
-    def losses(self, batch: Any, episode_start: torch.Tensor) -> dict[str, torch.Tensor]:
+    def losses(self, batch: TransitionBatch, episode_start: torch.Tensor) -> dict[str, torch.Tensor]:
         """The members' losses and diagnostics for one batch (fields ``[P, B, ...]``).
 
         Returns ``actor``, ``critic``, ``emphasis`` (``[P]``, differentiable; ``emphasis`` is zeros when no emphasis
@@ -275,7 +274,7 @@ class DeepACE(DeepActorCritic):
         actor_loss = -(actor_weight * log_pi).mean(dim=1) - o.entropy_coef * entropy
         return {**out, "actor": actor_loss, "rho": rho, "entropy": entropy.detach()}
 
-    def update(self, buffer: Any, env_step: int) -> dict[str, torch.Tensor]:
+    def update(self, buffer: TrajectoryBuffer, env_step: int) -> dict[str, torch.Tensor]:
         o = self.options
         metrics: dict[str, torch.Tensor] = {}
         if env_step < o.learning_starts or env_step % o.train_every != 0:

@@ -65,6 +65,7 @@ from emphatic_rl.agents.deep.ace import replayed_episode_starts
 from emphatic_rl.agents.deep.options import EMPHASIS_KINDS, EmphaticReplayOptions
 from emphatic_rl.agents.networks import PopulationMLP, finite_members, mask_and_clip_member_gradients_, polyak_update_
 from emphatic_rl.agents.registry import AgentContext, check_positive, check_unit_interval, register_agent
+from emphatic_rl.buffers.trajectory import TrajectoryBuffer, TransitionBatch
 from emphatic_rl.emphatic import (
     emphatic_weighting,
     learned_emphasis_loss,
@@ -177,7 +178,7 @@ class DDPG(Agent):
             return self.box.finite_actions(self.policy(obs))
 
     # ------------------------------------------------------------------ learning
-    def update(self, buffer: Any, env_step: int) -> dict[str, torch.Tensor]:
+    def update(self, buffer: TrajectoryBuffer, env_step: int) -> dict[str, torch.Tensor]:
         o = self.options
         metrics: dict[str, torch.Tensor] = {}
         if env_step < o.learning_starts or env_step % o.train_every != 0:
@@ -190,7 +191,7 @@ class DDPG(Agent):
             metrics = self.learn(batch, episode_start)
         return metrics
 
-    def learn(self, batch: Any, episode_start: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    def learn(self, batch: TransitionBatch, episode_start: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """One gradient step of critic, emphasis (if learned) and actor on ``batch`` (fields ``[P, B, ...]``).
 
         ``episode_start``: ``bool[P, B]``, the replayed ``S_t`` starts an episode; needed with a learned emphasis
@@ -242,7 +243,7 @@ class DDPG(Agent):
 
     def _learn_emphasis(
         self,
-        batch: Any,
+        batch: TransitionBatch,
         obs: torch.Tensor,
         next_obs: torch.Tensor,
         action: torch.Tensor,

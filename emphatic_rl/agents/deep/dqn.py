@@ -50,6 +50,7 @@ from emphatic_rl.agents.registry import (
     check_unit_interval,
     register_agent,
 )
+from emphatic_rl.buffers.trajectory import TrajectoryBuffer, TransitionBatch
 from emphatic_rl.envs.base import DiscreteSpec
 from emphatic_rl.seeding import stream_seed
 
@@ -191,11 +192,11 @@ class DQN(Agent):
         return self.evaluation_action(obs)
 
     # ------------------------------------------------------------------ learning
-    def _sample(self, buffer: Any):
+    def _sample(self, buffer: TrajectoryBuffer):
         """A batch ``[P, B, ...]`` where member ``p`` sees only its own streams ``p*E ... p*E + E - 1``."""
         return buffer.sample_transitions(self.options.batch_size, self.generator, num_groups=self.population_size)
 
-    def update(self, buffer: Any, env_step: int) -> dict[str, torch.Tensor]:
+    def update(self, buffer: TrajectoryBuffer, env_step: int) -> dict[str, torch.Tensor]:
         o = self.options
         metrics: dict[str, torch.Tensor] = {}
         if env_step < o.learning_starts or env_step % o.train_every != 0:
@@ -457,7 +458,7 @@ class _KernelPath:
         )
         return ActionOutput(torch.from_numpy(action), torch.from_numpy(log_prob))
 
-    def gradient_step(self, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    def gradient_step(self, batch: TransitionBatch) -> tuple[torch.Tensor, torch.Tensor]:
         """One update of every member from ``batch`` (``[P, B, ...]``); returns ``(loss [P], q_mean [P])``."""
         agent, o = self.agent, self.agent.options
         optimizer = agent.optimizer

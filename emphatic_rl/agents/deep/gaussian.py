@@ -63,7 +63,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import nn
@@ -80,6 +79,7 @@ from emphatic_rl.agents.registry import (
     check_unit_interval,
     register_agent,
 )
+from emphatic_rl.buffers.trajectory import TrajectoryBuffer, TransitionBatch
 from emphatic_rl.emphatic import (
     actor_coefficient,
 )
@@ -193,7 +193,7 @@ class GaussianACE(DeepActorCritic):
         return self.box.clip(mean + std * noise)
 
     # ------------------------------------------------------------------ learning
-    def _sample(self, buffer: Any) -> tuple[Any, torch.Tensor]:
+    def _sample(self, buffer: TrajectoryBuffer) -> tuple[TransitionBatch, torch.Tensor]:
         """Member ``p``'s batch from its own streams (fields ``[P, B, ...]``) and ``episode_start: bool[P, B]``
         (``S_t`` starts an episode; read from the buffer only when an emphasis network fits start states)."""
         P, B = self.population_size, self.options.batch_size
@@ -202,7 +202,7 @@ class GaussianACE(DeepActorCritic):
             return batch, torch.zeros(P, B, dtype=torch.bool, device=self.device)
         return batch, replayed_episode_starts(buffer, batch).view(P, B)
 
-    def losses(self, batch: Any, episode_start: torch.Tensor) -> dict[str, torch.Tensor]:
+    def losses(self, batch: TransitionBatch, episode_start: torch.Tensor) -> dict[str, torch.Tensor]:
         """The members' losses and diagnostics for one batch (fields ``[P, B, ...]``, ``action [P, B, A]``).
 
         Returns ``actor``, ``critic``, ``emphasis`` (``[P]``, differentiable; ``emphasis`` is zeros without an
@@ -224,7 +224,7 @@ class GaussianACE(DeepActorCritic):
         actor_loss = -(actor_weight * log_pi).mean(dim=1) - o.entropy_coef * entropy
         return {**out, "actor": actor_loss, "rho": rho, "std": std.detach().mean(dim=(1, 2))}
 
-    def update(self, buffer: Any, env_step: int) -> dict[str, torch.Tensor]:
+    def update(self, buffer: TrajectoryBuffer, env_step: int) -> dict[str, torch.Tensor]:
         o = self.options
         metrics: dict[str, torch.Tensor] = {}
         if env_step < o.learning_starts or env_step % o.train_every != 0:

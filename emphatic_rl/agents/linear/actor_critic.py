@@ -57,6 +57,7 @@ from emphatic_rl.agents.linear.critics import (
     make_critic,
 )
 from emphatic_rl.agents.policies import LinearSoftmaxPolicy
+from emphatic_rl.buffers.trajectory import TrajectoryBuffer
 from emphatic_rl.emphatic import actor_coefficient, emphatic_weighting
 from emphatic_rl.features import Features
 
@@ -834,7 +835,7 @@ class ActorCritic(Agent):
         if self._lazy_correction():
             self._kernels.materialize_correction(self._numba_state["correction"], self._numba_state["scalars"][1])
 
-    def update(self, buffer: Any, env_step: int) -> dict[str, torch.Tensor]:
+    def update(self, buffer: TrajectoryBuffer, env_step: int) -> dict[str, torch.Tensor]:
         """Learn from ``buffer.latest()`` (one row per stream, ``N = R``)."""
         batch = buffer.latest()
         obs, next_obs = batch.obs.to(self.device), batch.next_obs.to(self.device)
