@@ -288,7 +288,7 @@ class LinearDPG:
         # ---- actor
         self.actor_weights += (scale * self.alpha_actor * weighting * dq_da).unsqueeze(-1) * features
         return {
-            "emphasis": followon,
+            "followon": followon,
             "emphatic_weighting": weighting,
             "action_value_gradient": dq_da,
             "td_error": td_error,

@@ -109,9 +109,9 @@ def test_learned_emphasis_update_runs_and_weights_are_positive():
     buffer = _fill(agent, 2, steps=120)
     before = [p.clone() for p in agent.actor.parameters()]
     metrics = agent.update(buffer, env_step=120)
-    for key in ("critic_loss", "actor_loss", "emphasis_loss", "emphasis_mean", "importance_ratio_mean"):
+    for key in ("critic_loss", "actor_loss", "emphasis_loss", "followon_mean", "importance_ratio_mean"):
         assert metrics[key].shape == (2,) and bool(torch.isfinite(metrics[key]).all())
-    assert float(metrics["emphasis_mean"].min()) >= 0.0
+    assert float(metrics["followon_mean"].min()) >= 0.0
     assert any(not torch.equal(a, b) for a, b in zip(before, agent.actor.parameters(), strict=True))
 
 
@@ -137,7 +137,7 @@ def test_learned_emphasis_switches_fit_start_state_and_clip_followon_at_zero():
     with torch.no_grad():
         raw.emphasis_net.layers[-1].bias.fill_(-5.0)  # fhat < 0 everywhere
     metrics = raw.learn(_fill(raw, 2, steps=60).sample_transitions(32, torch.Generator().manual_seed(1), num_groups=2))
-    assert float(metrics["emphasis_mean"].max()) < 0.0  # F_t = fhat(S_t), not clipped at 0
+    assert float(metrics["followon_mean"].max()) < 0.0  # F_t = fhat(S_t), not clipped at 0
 
 
 def test_linear_dpg_reports_followon_and_emphatic_weighting():
@@ -145,7 +145,7 @@ def test_linear_dpg_reports_followon_and_emphatic_weighting():
     x, ones = torch.ones(2, 1, dtype=D), torch.ones(2, dtype=D)
     ratio = torch.tensor([2.0, 4.0], dtype=D)
     m = learner.update_step(x, ones, ones, x, ones, ones, action_value_gradient=ones, emphatic_ratio=ratio)
-    assert m["emphasis"].tolist() == [2.0, 4.0]  # F_t
+    assert m["followon"].tolist() == [2.0, 4.0]  # F_t
     assert m["emphatic_weighting"].tolist() == [0.75 + 0.25 * 2.0, 0.75 + 0.25 * 4.0]  # M_t
 
 

@@ -284,7 +284,7 @@ class DDPG(Agent):
             weights = emphatic_weighting(1.0, emphasis, o.eta)  # M_t, uniform interest
         return weights, {
             "emphasis_loss": emphasis_loss.detach(),
-            "emphasis_mean": emphasis.mean(dim=1),
+            "followon_mean": emphasis.mean(dim=1),
             "importance_ratio_mean": rho.mean(dim=1),
         }
 

@@ -506,7 +506,7 @@ class ActorCritic(Agent):
             critic_obs_features, critic_next_features: the critic's features of ``S_t`` and ``S_{t+1}`` when
                 they differ from the actor's (see ``critic_features``); default: the actor's.
 
-        Returns metrics, each ``[P]``: ``td_error``, ``emphasis`` (``F_t``), ``emphatic_weighting`` (``M_t``),
+        Returns metrics, each ``[P]``: ``td_error``, ``followon`` (``F_t``), ``emphatic_weighting`` (``M_t``),
         ``importance_ratio`` (``rho_t``).
         """
         R = self.num_streams
@@ -626,7 +626,7 @@ class ActorCritic(Agent):
                 tensor.copy_(torch.where(mask, old, tensor))
         return {
             "td_error": td_error,
-            "emphasis": followon,
+            "followon": followon,
             "emphatic_weighting": weighting,
             "importance_ratio": rho_t,
         }
@@ -796,7 +796,7 @@ class ActorCritic(Agent):
         td_error, followon, weighting, rho = outputs.unbind(0)
         return {
             "td_error": td_error,
-            "emphasis": followon,
+            "followon": followon,
             "emphatic_weighting": weighting,
             "importance_ratio": rho,
         }
