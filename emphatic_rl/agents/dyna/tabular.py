@@ -78,7 +78,7 @@ from emphatic_rl.agents.dyna.models import (
     tabular_dynamics_of,
 )
 from emphatic_rl.agents.registry import AgentContext, register_agent
-from emphatic_rl.envs.base import TensorEnv
+from emphatic_rl.envs.base import BoxSpec, TensorEnv
 from emphatic_rl.seeding import stream_seed
 
 if TYPE_CHECKING:
@@ -1060,7 +1060,8 @@ def make_dyna(context: AgentContext, options: DynaOptions) -> DynaAgent:
             f"'bordered-gridworld'); env {context.env_name or env.name!r} does not"
         )
     agent = make_dyna_for_env(env, context.population_size, options, seed=context.seed)
-    spec_states = int(getattr(context.observation_spec, "high", -1)) + 1
+    spec = context.observation_spec  # a tabular env observes its state index: a scalar box [0, S - 1]
+    spec_states = int(spec.high) + 1 if isinstance(spec, BoxSpec) and isinstance(spec.high, int | float) else -1
     if spec_states != agent.num_states:
         raise ValueError(
             f"agent 'dyna': the run's env has {spec_states} states but the model's env has {agent.num_states}; "
