@@ -237,7 +237,7 @@ def test_cli_train_gaussian_ace_on_pendulum(tmp_path, capsys):
     main(["train", "--agent", "gaussian-ace", "--env", "pendulum", "--steps", "200", "--out", str(out),
           "--no-progress", "--set", "agent.learning_starts=50", "--set", "agent.batch_size=32"])
     names = {row[1] for row in read_metrics(out / "metrics.csv")}
-    assert {"eval/return", "train/followon_mean", "train/rho_mean", "train/policy_std"} <= names
+    assert {"eval/return", "train/followon_mean", "train/importance_ratio_mean", "train/policy_std"} <= names
 
 
 def test_stored_log_prob_is_the_clipped_gaussian_of_the_acting_policy():

@@ -287,7 +287,7 @@ class DeepACE(DeepActorCritic):
                 "actor_loss": out["actor"].detach(),
                 "critic_loss": out["critic"].detach(),
                 "emphasis_loss": out["emphasis"].detach(),
-                "rho_mean": out["rho"].mean(dim=1),
+                "importance_ratio_mean": out["rho"].mean(dim=1),
                 "followon_mean": out["followon"].mean(dim=1),
                 "entropy": out["entropy"],
                 "value_mean": out["value"].mean(dim=1),

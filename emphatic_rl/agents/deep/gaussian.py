@@ -240,7 +240,7 @@ class GaussianACE(DeepActorCritic):
                 "actor_loss": out["actor"].detach(),
                 "critic_loss": out["critic"].detach(),
                 "emphasis_loss": out["emphasis"].detach(),
-                "rho_mean": out["rho"].mean(dim=1),
+                "importance_ratio_mean": out["rho"].mean(dim=1),
                 "followon_mean": out["followon"].mean(dim=1),
                 "policy_std": out["std"],
                 "value_mean": out["value"].mean(dim=1),
