@@ -145,10 +145,9 @@ def parse_set_arguments(items: list[str]) -> dict[str, Any]:
 
 
 def _check_int(name: str, value: Any, minimum: int, maximum: int | None = None) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum or (maximum is not None
-                                                                                     and value > maximum):
-        allowed = f">= {minimum}" if maximum is None else f"in [{minimum}, {maximum}]"
-        raise ConfigError(f"{name} must be an integer {allowed}, got {value!r}")
+    from emphatic_rl.validation import check_count
+
+    check_count(name, value, minimum, maximum, error=ConfigError)
 
 
 #: the largest run seed: every generator is seeded from seed + small offsets, and numpy-seeded envs take 32 bits

@@ -79,7 +79,7 @@ from torch import nn
 
 from emphatic_rl.agents.base import ActionOutput
 from emphatic_rl.agents.deep.actor_critic import DeepActorCritic, replayed_episode_starts
-from emphatic_rl.agents.deep.options import EMPHASIS_KINDS, EmphaticReplayOptions, check_count
+from emphatic_rl.agents.deep.options import EMPHASIS_KINDS, EmphaticReplayOptions
 from emphatic_rl.agents.networks import make_population_network
 from emphatic_rl.agents.registry import (
     AgentContext,
@@ -92,6 +92,7 @@ from emphatic_rl.buffers.trajectory import TrajectoryBuffer, TransitionBatch
 from emphatic_rl.emphatic import actor_coefficient
 from emphatic_rl.envs.base import DiscreteSpec
 from emphatic_rl.seeding import stream_seed
+from emphatic_rl.validation import check_count
 
 __all__ = [
     "DeepACE",

@@ -41,7 +41,7 @@ from torch import nn
 
 from emphatic_rl.agents.base import ActionOutput, Agent
 from emphatic_rl.agents.deep import dqn_kernels
-from emphatic_rl.agents.deep.options import ReplayOptions, check_count
+from emphatic_rl.agents.deep.options import ReplayOptions
 from emphatic_rl.agents.networks import PopulationLinear, PopulationMLP, make_population_network
 from emphatic_rl.agents.registry import (
     AgentContext,
@@ -53,6 +53,7 @@ from emphatic_rl.agents.registry import (
 from emphatic_rl.buffers.trajectory import TrajectoryBuffer, TransitionBatch
 from emphatic_rl.envs.base import DiscreteSpec
 from emphatic_rl.seeding import stream_seed
+from emphatic_rl.validation import check_count
 
 BACKENDS = ("auto", "torch", "numba")
 

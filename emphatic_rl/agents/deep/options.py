@@ -1,4 +1,5 @@
-"""The options every deep replay agent shares, and their validation, written once.
+"""The options every deep replay agent shares, and their validation, written once (with the checks of
+``emphatic_rl.validation``).
 
 ``ReplayOptions`` holds what DQN, deep ACE / OffPAC, Gaussian ACE / OffPAC and DDPG all have (the discount, the
 replay buffer and how often to learn from it, the network's hidden widths, gradient clipping);
@@ -11,26 +12,20 @@ derives from one of them, redeclares a field only to change its default, and val
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
-from emphatic_rl.agents.registry import check_positive, check_switches, check_unit_interval
+from emphatic_rl.validation import (
+    check_choice,
+    check_count,
+    check_number,
+    check_positive,
+    check_switches,
+    check_unit_interval,
+)
 
-__all__ = ["ReplayOptions", "EmphaticReplayOptions", "EMPHASIS_KINDS", "check_count", "check_number"]
+__all__ = ["ReplayOptions", "EmphaticReplayOptions", "EMPHASIS_KINDS"]
 
 #: the emphasis of the deep emphatic agents: a learned ``fhat`` network (ACE-direct's), or none (``F_t = i_t``)
 EMPHASIS_KINDS = ("learned", "none")
-
-
-def check_count(name: str, value: Any, minimum: int = 1) -> None:
-    """One clear error unless ``value`` is an integer (not a bool) ``>= minimum``."""
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-
-
-def check_number(name: str, value: Any) -> None:
-    """One clear error unless ``value`` is a real number (an int or a float, not a bool)."""
-    if not isinstance(value, int | float) or isinstance(value, bool):
-        raise ValueError(f"{name} must be a number, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -94,8 +89,7 @@ class EmphaticReplayOptions(ReplayOptions):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.emphasis not in EMPHASIS_KINDS:
-            raise ValueError(f"unknown emphasis {self.emphasis!r}; allowed: {', '.join(EMPHASIS_KINDS)}")
+        check_choice("emphasis", self.emphasis, EMPHASIS_KINDS)
         check_number("eta", self.eta)
         check_unit_interval("eta", self.eta)
         check_switches(self, ("fit_start_state", "clip_followon_at_zero"))

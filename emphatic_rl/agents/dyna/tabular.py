@@ -80,6 +80,7 @@ from emphatic_rl.agents.dyna.models import (
 from emphatic_rl.agents.registry import AgentContext, register_agent
 from emphatic_rl.envs.base import BoxSpec, TensorEnv
 from emphatic_rl.seeding import stream_seed
+from emphatic_rl.validation import check_count, check_number, check_positive
 
 if TYPE_CHECKING:
     from emphatic_rl.buffers.trajectory import TrajectoryBuffer
@@ -229,13 +230,10 @@ class DynaOptions:
             "model_train_steps",
             "model_replay_size",
         ):
-            value = getattr(self, key)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{key} must be an integer >= 1, got {value!r}")
+            check_count(key, getattr(self, key))
         for key in ("learning_rate", "model_learning_rate"):
-            value = getattr(self, key)
-            if not (isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0):
-                raise ValueError(f"{key} must be > 0, got {value!r}")
+            check_number(key, getattr(self, key))
+            check_positive(key, getattr(self, key))
         if self.model_features not in MODEL_FEATURES:
             raise ValueError(f"model_features must be one of {', '.join(MODEL_FEATURES)}; got {self.model_features!r}")
         if self.model_sampling not in ("sample", "mode"):
