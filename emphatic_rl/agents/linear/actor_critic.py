@@ -40,7 +40,7 @@ default True, as the authors' code does); dense features are not divided.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import torch
@@ -60,6 +60,9 @@ from emphatic_rl.agents.policies import LinearSoftmaxPolicy
 from emphatic_rl.buffers.trajectory import TrajectoryBuffer
 from emphatic_rl.emphatic import actor_coefficient, emphatic_weighting
 from emphatic_rl.features import Features
+
+if TYPE_CHECKING:
+    from emphatic_rl.exact.lab import DiscreteLab
 
 __all__ = [
     "ActorCritic",
@@ -882,7 +885,7 @@ class ActorCritic(Agent):
         return self.policy.sample(features, self.generator)
 
     #: the exact lab of the tabular MDP the agent learns on (set by its builder), for ``exact_objective``
-    exact_lab: Any = None
+    exact_lab: DiscreteLab | None = None
 
     def exact_objective(self) -> torch.Tensor | None:
         """``J_mu [P]`` of every member's current policy (float64, exact) when ``exact_lab`` is set; else ``None``."""
