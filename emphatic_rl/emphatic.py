@@ -67,9 +67,7 @@ def critic_emphasis(interest: T, followon: T, trace_decay: T) -> T:
     return trace_decay * interest + (1 - trace_decay) * followon
 
 
-def learned_emphasis_target(
-    next_interest: T, next_gamma: T, rho: T, followon: T, normalize: bool = False
-) -> T:
+def learned_emphasis_target(next_interest: T, next_gamma: T, rho: T, followon: T, normalize: bool = False) -> T:
     """ACE-direct's backward-TD target for ``fhat(S_{t+1})``: ``i_{t+1} + gamma_{t+1} rho_t fhat(S_t)``.
 
     ``followon`` is ``fhat(S_t)`` read before this step's update (deep agents: a target network's value and,

@@ -207,9 +207,7 @@ def emphatic_copies(source: str) -> list[tuple[int, str]]:
         elif _convex_combination(node, LAMBDA):
             found.append((node.lineno, "M^c = lambda i + (1 - lambda) F: call emphatic.critic_emphasis"))
         elif _followon_recursion(node):
-            found.append(
-                (node.lineno, "i + gamma rho F: call emphatic.followon_trace / learned_emphasis_target")
-            )
+            found.append((node.lineno, "i + gamma rho F: call emphatic.followon_trace / learned_emphasis_target"))
     return found
 
 

@@ -166,9 +166,7 @@ class DeepACE(DeepActorCritic):
 
     def __init__(self, context: AgentContext, options: DeepACEOptions) -> None:
         if not isinstance(context.action_spec, DiscreteSpec):
-            raise ValueError(
-                "agent 'deep-ace' needs a discrete action space; this env's actions are continuous"
-            )
+            raise ValueError("agent 'deep-ace' needs a discrete action space; this env's actions are continuous")
         self.options = options
         self.device = context.device
         self.population_size = context.population_size
@@ -244,8 +242,11 @@ class DeepACE(DeepActorCritic):
         else:
             flat = buffer.sample_transitions(P * B, self.generator)
             batch = TransitionBatch(
-                **{f.name: getattr(flat, f.name).view(P, B, *getattr(flat, f.name).shape[1:])
-                   for f in fields(flat) if f.name != "extras"},
+                **{
+                    f.name: getattr(flat, f.name).view(P, B, *getattr(flat, f.name).shape[1:])
+                    for f in fields(flat)
+                    if f.name != "extras"
+                },
                 extras={name: value.view(P, B, *value.shape[1:]) for name, value in flat.extras.items()},
             )
         if self.emphasis is None or not self.options.fit_start_state:  # only the start term needs episode starts

@@ -87,7 +87,6 @@ from emphatic_rl.emphatic import (
 __all__ = ["GaussianACE", "GaussianACEOptions", "GaussianOffPACOptions", "EMPHASIS_KINDS"]
 
 
-
 @dataclass(frozen=True)
 class GaussianACEOptions(EmphaticReplayOptions):
     """Hyperparameters of ``gaussian-ace`` (see the module docstring; the shared ones are those of
@@ -249,7 +248,8 @@ class GaussianACE(DeepActorCritic):
 
 
 @register_agent(
-    "gaussian-ace", GaussianACEOptions,
+    "gaussian-ace",
+    GaussianACEOptions,
     "deep Gaussian ACE-direct on replay (learned emphasis net; eta 0 = OffPAC), continuous actions",
 )
 def make_gaussian_ace(context: AgentContext, options: GaussianACEOptions) -> GaussianACE:

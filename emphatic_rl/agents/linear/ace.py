@@ -100,9 +100,7 @@ def _tabular_env(env: Any) -> TabularEnv | None:
     return env if isinstance(env, TabularEnv) else None
 
 
-def choose_features(
-    options: ActorCriticOptions, context: AgentContext, env: Any
-) -> tuple[Features, Features]:
+def choose_features(options: ActorCriticOptions, context: AgentContext, env: Any) -> tuple[Features, Features]:
     """``(actor_features, critic_features)`` for the env (see the module docstring)."""
     obs_shape = context.observation_spec.shape
     kind = options.features

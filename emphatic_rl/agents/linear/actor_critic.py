@@ -151,6 +151,7 @@ def numba_unsupported(
         return f"the numba backend covers emphasis {', '.join(NUMBA_EMPHASIS)}, not {emphasis!r}; use 'torch'"
     return None
 
+
 PRESETS: dict[str, dict[str, Any]] = {
     "ace": {"emphasis": "followon", "eta": 1.0, "interest": "uniform"},
     "ace-direct": {"emphasis": "learned", "eta": 1.0, "interest": "uniform"},
@@ -176,9 +177,7 @@ def _hyperparameter(
     if tensor.dim() == 0:
         tensor = tensor.expand(population_size)
     if tuple(tensor.shape) != (population_size,):
-        raise ValueError(
-            f"{name} must be a scalar or have shape [P={population_size}], got {tuple(tensor.shape)}"
-        )
+        raise ValueError(f"{name} must be a scalar or have shape [P={population_size}], got {tuple(tensor.shape)}")
     bad = ~torch.isfinite(tensor) | ((tensor <= low) if low_open else (tensor < low))
     if high is not None:
         bad |= tensor > high
@@ -270,9 +269,7 @@ class ActorCritic(Agent):
     ) -> None:
         # ---------------------------------------------------------------- validation, before any work
         if not isinstance(features, Features):
-            raise ValueError(
-                f"features must be an emphatic_rl.features.Features, got {type(features).__name__}"
-            )
+            raise ValueError(f"features must be an emphatic_rl.features.Features, got {type(features).__name__}")
         critic_features = features if critic_features is None else critic_features
         if not isinstance(critic_features, Features):
             raise ValueError(
@@ -294,19 +291,13 @@ class ActorCritic(Agent):
             if value not in allowed:
                 raise ValueError(f"unknown {option} {value!r}; allowed: {', '.join(allowed)}")
         if actor_update == "all_actions" and critic != "gq":
-            raise ValueError(
-                f"actor_update 'all_actions' needs critic 'gq' (action values), got critic {critic!r}"
-            )
+            raise ValueError(f"actor_update 'all_actions' needs critic 'gq' (action values), got critic {critic!r}")
         if critic == "gq" and actor_update != "all_actions":
-            raise ValueError(
-                "critic 'gq' learns action values and is only used with actor_update 'all_actions'"
-            )
+            raise ValueError("critic 'gq' learns action values and is only used with actor_update 'all_actions'")
         if critic == "oracle" and not callable(oracle_values):
             raise ValueError("critic 'oracle' needs oracle_values: a callable theta [P, A, d] -> v [P, S]")
         if normalize_emphasis and emphasis not in ("followon", "learned"):
-            raise ValueError(
-                f"normalize_emphasis applies to emphasis 'followon' or 'learned', not {emphasis!r}"
-            )
+            raise ValueError(f"normalize_emphasis applies to emphasis 'followon' or 'learned', not {emphasis!r}")
         if not (isinstance(gamma, (int, float)) and 0.0 <= gamma <= 1.0):
             raise ValueError(f"gamma must be a number in [0, 1], got {gamma!r}")
         if isinstance(dtype, str):
@@ -390,9 +381,7 @@ class ActorCritic(Agent):
         self.timeout_as_terminal = bool(timeout_as_terminal)
         self.evaluation = evaluation
         self.sparse = bool(features.binary)
-        divisor = (
-            float(features.num_active) if (self.sparse and divide_step_sizes and features.num_active) else 1.0
-        )
+        divisor = float(features.num_active) if (self.sparse and divide_step_sizes and features.num_active) else 1.0
         critic_divisor = (
             float(critic_features.num_active)
             if (self.sparse and divide_step_sizes and critic_features.num_active)
@@ -562,9 +551,7 @@ class ActorCritic(Agent):
 
         log_probs_t = self.policy.log_probs(x_t)  # theta before this step's updates
         probs_t = log_probs_t.exp()
-        rho_t = torch.exp(
-            log_probs_t.gather(1, a_t[:, None]).squeeze(1) - behaviour_log_prob.to(dtype)[streams]
-        )
+        rho_t = torch.exp(log_probs_t.gather(1, a_t[:, None]).squeeze(1) - behaviour_log_prob.to(dtype)[streams])
 
         if self.emphasis == "none":
             followon = interest_t
@@ -758,11 +745,15 @@ class ActorCritic(Agent):
         critic_next_features: torch.Tensor | None,
     ) -> dict[str, torch.Tensor]:
         def array(tensor: torch.Tensor, dtype: Any) -> np.ndarray:
-            values = tensor.numpy() if tensor.device.type == "cpu" and not tensor.requires_grad else (
-                tensor.detach().cpu().numpy()
+            values = (
+                tensor.numpy()
+                if tensor.device.type == "cpu" and not tensor.requires_grad
+                else (tensor.detach().cpu().numpy())
             )
-            return values if values.dtype == dtype and values.flags.c_contiguous else (
-                np.ascontiguousarray(values, dtype=dtype)
+            return (
+                values
+                if values.dtype == dtype and values.flags.c_contiguous
+                else (np.ascontiguousarray(values, dtype=dtype))
             )
 
         x_t = array(obs_features, np.int64)
@@ -919,9 +910,7 @@ class ActorCritic(Agent):
         """Stop updating the members where ``members`` (``bool[P]``) is true; their parameters stay as they are."""
         members = torch.as_tensor(members, dtype=torch.bool, device=self.device)
         if members.shape != (self.population_size,):
-            raise ValueError(
-                f"freeze: members must be bool[P={self.population_size}], got {tuple(members.shape)}"
-            )
+            raise ValueError(f"freeze: members must be bool[P={self.population_size}], got {tuple(members.shape)}")
         self._write_out_traces()  # the kernel skips frozen members from now on: their traces must be written out
         self.frozen |= members
         self._any_frozen = bool(self.frozen.any())
