@@ -140,6 +140,35 @@ def test_learned_emphasis_switches_fit_start_state_and_clip_followon_at_zero():
     assert float(metrics["followon_mean"].max()) < 0.0  # F_t = fhat(S_t), not clipped at 0
 
 
+@pytest.mark.parametrize("after", [True, False])
+def test_followon_after_update_reads_f_after_or_before_the_emphasis_step(after):
+    """DDPG reads F_t = f(S_t) after this step's emphasis update by default (``followon_after_update``); False reads
+    it before, as deep ACE does. The other reading differs (the step moved f)."""
+    ctx = AgentContext(BoxSpec((3,), -8.0, 8.0), BoxSpec((1,), -2.0, 2.0), 2, 2, 4, torch.device("cpu"), 0, 1000)
+    agent = make_agent("dpg", ctx, emphasis="learned", learning_starts=50, hidden=[16], batch_size=32,
+                       followon_after_update=after, emphasis_learning_rate=0.05)
+    batch = _fill(agent, 2, steps=60).sample_transitions(32, torch.Generator().manual_seed(2), num_groups=2)
+    obs = batch.obs.float()
+    with torch.no_grad():
+        before = agent.emphasis_net(obs).squeeze(-1).clamp(0.0, agent.options.emphasis_clip).mean(dim=1)
+    metrics = agent.learn(batch)
+    with torch.no_grad():
+        now = agent.emphasis_net(obs).squeeze(-1).clamp(0.0, agent.options.emphasis_clip).mean(dim=1)
+    assert not torch.allclose(before, now)
+    assert torch.allclose(metrics["followon_mean"], now if after else before)
+
+
+def test_normalize_emphasis_is_an_option_of_ddpg_too():
+    ctx = AgentContext(BoxSpec((3,), -8.0, 8.0), BoxSpec((1,), -2.0, 2.0), 2, 2, 4, torch.device("cpu"), 0, 1000)
+    losses = []
+    for normalize in (True, False):
+        agent = make_agent("dpg", ctx, emphasis="learned", learning_starts=50, hidden=[16], batch_size=32,
+                           normalize_emphasis=normalize)
+        batch = _fill(agent, 2, steps=60).sample_transitions(32, torch.Generator().manual_seed(3), num_groups=2)
+        losses.append(agent.learn(batch)["emphasis_loss"])
+    assert not torch.allclose(losses[0], losses[1])  # target (1 - gamma) + gamma rho f' against 1 + gamma rho f'
+
+
 def test_linear_dpg_reports_followon_and_emphatic_weighting():
     learner = LinearDPG(1, 2, 0.1, emphasis="oracle", eta=0.25, dtype=D)
     x, ones = torch.ones(2, 1, dtype=D), torch.ones(2, dtype=D)

@@ -84,7 +84,6 @@ from emphatic_rl.agents.networks import make_population_network
 from emphatic_rl.agents.registry import (
     AgentContext,
     check_positive,
-    check_switches,
     check_unit_interval,
     register_agent,
 )
@@ -136,7 +135,6 @@ class DeepACEOptions(EmphaticReplayOptions):
         ):
             if value not in allowed:
                 raise ValueError(f"unknown {name} {value!r}; allowed: {', '.join(allowed)}")
-        check_switches(self, ("normalize_emphasis",))
         check_positive("emphasis_rho_clip", self.emphasis_rho_clip)
         check_positive("entropy_coef", self.entropy_coef, allow_zero=True)
         for name in ("target_update_every", "epsilon_decay_steps"):

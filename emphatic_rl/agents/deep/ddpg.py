@@ -35,8 +35,13 @@ Gaussian agents (``deep_ace``, ``deep_gaussian``), it says so in an option or he
   the replayed ``S_t`` that start an episode (read from the buffer as ``deep_ace`` does).
 - ``clip_followon_at_zero`` (default ``True``): ``f`` is clipped at 0 where it is used as ``F`` (in ``M_t`` and in
   the bootstrap of the target); ``F_t`` is also capped at ``emphasis_clip`` in ``M_t``.
+- ``normalize_emphasis`` (default ``True``, as ``deep_gaussian``; ``deep_ace`` defaults to ``False``): the
+  normalised target above; ``False`` uses ``i + gamma rho max(f'(s_t), 0)``.
+- ``followon_after_update`` (default ``True``): ``F_t`` (and so ``M_t``) is read from ``f`` after this step's
+  emphasis update, as the learning rates were tuned; ``False`` reads it before the update, as ``deep_ace`` and
+  ``deep_gaussian`` do.
 - The emphasis loss is the squared error (twice ``emphatic.learned_emphasis_loss``) averaged over the rows that
-  carry a term, and ``M_t`` is read after this step's emphasis update; the learning rates were tuned this way.
+  carry a term (the scale the learning rates were tuned at).
 
 The equations (``M_t``, the emphasis target and loss) are those of ``emphatic_rl.emphatic``, defined there once.
 
@@ -64,7 +69,13 @@ from emphatic_rl.agents.base import ActionOutput, Agent
 from emphatic_rl.agents.deep.ace import replayed_episode_starts
 from emphatic_rl.agents.deep.options import EMPHASIS_KINDS, EmphaticReplayOptions
 from emphatic_rl.agents.networks import PopulationMLP, finite_members, mask_and_clip_member_gradients_, polyak_update_
-from emphatic_rl.agents.registry import AgentContext, check_positive, check_unit_interval, register_agent
+from emphatic_rl.agents.registry import (
+    AgentContext,
+    check_positive,
+    check_switches,
+    check_unit_interval,
+    register_agent,
+)
 from emphatic_rl.buffers.trajectory import TrajectoryBuffer, TransitionBatch
 from emphatic_rl.emphatic import (
     emphatic_weighting,
@@ -96,9 +107,11 @@ class DDPGOptions(EmphaticReplayOptions):
     rho_clip: float = 5.0
     emphasis_clip: float = 10.0
     fit_start_state: bool = False
+    followon_after_update: bool = True
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        check_switches(self, ("followon_after_update",))
         check_unit_interval("tau", self.tau)
         for name in ("tau", "exploration_noise", "emphasis_target_std", "emphasis_clip"):
             check_positive(name, getattr(self, name))
@@ -260,8 +273,8 @@ class DDPG(Agent):
             carried = self.emphasis_target(obs).squeeze(-1)
             if o.clip_followon_at_zero:
                 carried = carried.clamp(min=0.0)
-            # normalised, uniform interest i = 1; a terminal S_{t+1} is masked out of the loss below
-            emphasis_target = learned_emphasis_target(1.0, o.gamma, rho, carried, normalize=True)
+            # uniform interest i = 1; a terminal S_{t+1} is masked out of the loss below
+            emphasis_target = learned_emphasis_target(1.0, o.gamma, rho, carried, normalize=o.normalize_emphasis)
         prediction = self.emphasis_net(next_obs).squeeze(-1)
         # a terminal S_{t+1} receives no emphasis flow (the next step starts a new episode): skip it. The loss is the
         # squared error, twice learned_emphasis_loss (the scale the learning rate was tuned at).
@@ -269,17 +282,21 @@ class DDPG(Agent):
         if o.fit_start_state:  # f(S_0) <- i_0 (gamma_0 = 0 at a start, so normalised or not the target is i_0)
             assert episode_start is not None  # update() checked it
             start = episode_start.to(prediction.dtype)
-            start_target = learned_emphasis_start_target(1.0, 0.0, normalize=True)
+            start_target = learned_emphasis_start_target(1.0, 0.0, normalize=o.normalize_emphasis)
             start_error = start * (2 * learned_emphasis_loss(self.emphasis_net(obs).squeeze(-1), start_target))
             emphasis_loss = (squared_error + start_error).sum(1) / (continuing + start).sum(1).clamp(min=1)
         else:
             emphasis_loss = squared_error.sum(1) / continuing.sum(1).clamp(min=1)
+        if not o.followon_after_update:  # F_t = f(S_t) before this step's emphasis update (as deep ACE reads it)
+            with torch.no_grad():
+                emphasis = self.emphasis_net(obs).squeeze(-1)
         self.emphasis_optimizer.zero_grad(set_to_none=True)
         emphasis_loss.sum().backward()
         mask_and_clip_member_gradients_(list(self.emphasis_net.parameters()), self.active, o.max_grad_norm)
         self.emphasis_optimizer.step()
         with torch.no_grad():
-            emphasis = self.emphasis_net(obs).squeeze(-1)  # F_t
+            if o.followon_after_update:  # F_t = f(S_t) after this step's emphasis update (the tuned default)
+                emphasis = self.emphasis_net(obs).squeeze(-1)
             emphasis = emphasis.clamp(0.0 if o.clip_followon_at_zero else None, o.emphasis_clip)
             weights = emphatic_weighting(1.0, emphasis, o.eta)  # M_t, uniform interest
         return weights, {

@@ -75,7 +75,6 @@ from emphatic_rl.agents.networks import PopulationMLP, polyak_update_
 from emphatic_rl.agents.registry import (
     AgentContext,
     check_positive,
-    check_switches,
     check_unit_interval,
     register_agent,
 )
@@ -93,7 +92,6 @@ class GaussianACEOptions(EmphaticReplayOptions):
     ``EmphaticReplayOptions`` and ``ReplayOptions``). ``init_std`` and ``min_std`` are fractions of the action
     half-width (of 1 on an unbounded box)."""
 
-    normalize_emphasis: bool = True
     entropy_coef: float = 0.0
     emphasis_rho_clip: float = 2.0
     init_std: float = 0.5
@@ -102,7 +100,6 @@ class GaussianACEOptions(EmphaticReplayOptions):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check_switches(self, ("normalize_emphasis",))
         check_unit_interval("tau", self.tau)
         for name in ("emphasis_rho_clip", "init_std", "min_std", "tau"):
             check_positive(name, getattr(self, name))

@@ -70,6 +70,8 @@ class EmphaticReplayOptions(ReplayOptions):
 
     - ``eta``: ``M_t = (1 - eta) i_t + eta F_t``, in ``[0, 1]`` (0: OffPAC, 1: ACE).
     - ``emphasis``: ``"learned"`` (an ``fhat`` network fit by backward TD, ACE-direct's) or ``"none"``.
+    - ``normalize_emphasis``: the normalised target ``(1 - gamma_{t+1}) i_{t+1} + gamma_{t+1} rho_t fhat(S_t)``
+      (``fhat`` then estimates ``m / d_mu`` times ``1 - gamma``, a constant scale of the actor's step).
     - ``fit_start_state``: also fit ``fhat(S_0) <- i_0`` at episode starts (a start state is never anyone's
       ``S_{t+1}``).
     - ``clip_followon_at_zero``: ``F_t = max(fhat(S_t), 0)`` (the true ratio ``m / d_mu`` is non-negative; the
@@ -80,6 +82,7 @@ class EmphaticReplayOptions(ReplayOptions):
 
     eta: float = 1.0
     emphasis: str = "learned"
+    normalize_emphasis: bool = True
     fit_start_state: bool = True
     clip_followon_at_zero: bool = True
     actor_learning_rate: float = 3e-4
@@ -92,7 +95,7 @@ class EmphaticReplayOptions(ReplayOptions):
         check_choice("emphasis", self.emphasis, EMPHASIS_KINDS)
         check_number("eta", self.eta)
         check_unit_interval("eta", self.eta)
-        check_switches(self, ("fit_start_state", "clip_followon_at_zero"))
+        check_switches(self, ("normalize_emphasis", "fit_start_state", "clip_followon_at_zero"))
         for name in ("actor_learning_rate", "critic_learning_rate", "emphasis_learning_rate", "rho_clip"):
             check_number(name, getattr(self, name))
             check_positive(name, getattr(self, name))
