@@ -187,15 +187,15 @@ class TensorEnv(ABC):
         episode (a last state may lie just past the env's bounds). Only for envs with ``has_real_state_test``."""
         raise NotImplementedError(f"env {self.name!r} declares no test of which states are real")
 
-    def set_state(self, *args: Any, **kwargs: Any) -> None:
-        """Put every copy in a given state (each env documents its arguments, e.g. CartPole's
-        ``[x, x_dot, theta, theta_dot]``); envs that cannot be put in a given state raise ``NotImplementedError``."""
-        raise NotImplementedError(f"env {self.name!r} has no set_state: it cannot be put in a given state")
-
     @property
     def supports_excursions(self) -> bool:
         """``True`` when copies can be put in given states (``state_names``): the excursions objective."""
         return bool(self.state_names)
+
+    def set_state(self, *args: Any, **kwargs: Any) -> None:
+        """Put every copy in a given state (each env documents its arguments, e.g. CartPole's
+        ``[x, x_dot, theta, theta_dot]``); envs that cannot be put in a given state raise ``NotImplementedError``."""
+        raise NotImplementedError(f"env {self.name!r} has no set_state: it cannot be put in a given state")
 
     def __init__(
         self,
