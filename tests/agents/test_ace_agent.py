@@ -102,9 +102,7 @@ def random_stream(num_streams, num_steps, seed=0):
     data = []
     for _ in range(num_steps):
         action = torch.randint(3, (num_streams,), generator=g)
-        next_obs = (obs + 0.05 * (torch.rand(num_streams, 2, generator=g) - 0.5) * span).clamp(
-            low, low + span
-        )
+        next_obs = (obs + 0.05 * (torch.rand(num_streams, 2, generator=g) - 0.5) * span).clamp(low, low + span)
         terminated = torch.rand(num_streams, generator=g) < 0.02
         data.append(
             (
@@ -229,9 +227,7 @@ def test_ideal_trace_uses_the_current_policy():
 
 def test_all_actions_with_gq_learns_and_dense_features_work():
     features = DenseFeatures(3, normalize=True)
-    agent = ActorCritic(
-        features, 2, 2, critic="gq", actor_update="all_actions", alpha_actor=0.5, alpha_critic=0.5
-    )
+    agent = ActorCritic(features, 2, 2, critic="gq", actor_update="all_actions", alpha_actor=0.5, alpha_critic=0.5)
     g = torch.Generator().manual_seed(0)
     for _ in range(50):
         obs = torch.rand(2, 3, generator=g)
@@ -273,9 +269,7 @@ def test_state_dict_round_trip_continues_identically():
     feed(first, data[20:], MC_TILES)
     feed(second, data[20:], MC_TILES)
     assert torch.equal(first.policy.theta, second.policy.theta)
-    assert torch.equal(
-        first.evaluation_action(torch.zeros(2, 5, 2)), second.evaluation_action(torch.zeros(2, 5, 2))
-    )
+    assert torch.equal(first.evaluation_action(torch.zeros(2, 5, 2)), second.evaluation_action(torch.zeros(2, 5, 2)))
 
 
 @pytest.mark.parametrize(

@@ -116,9 +116,7 @@ def run_case(case: str, backend: str, dtype: torch.dtype, fit_stream_start: bool
     return snapshots
 
 
-def compare(
-    case: str, snapshots, tolerance: float, startupdate: bool, diverged_tolerance: float | None = None
-) -> None:
+def compare(case: str, snapshots, tolerance: float, startupdate: bool, diverged_tolerance: float | None = None) -> None:
     environment = ENVIRONMENTS[case[:2]][0]
     data = load(environment)
     prefix = f"{case}__startupdate__" if startupdate else f"{case}__"
@@ -140,9 +138,7 @@ def compare(
             bound = tolerance
             if diverged_tolerance is not None and case in DIVERGING and checkpoint > 1000:
                 bound = diverged_tolerance
-            assert error <= bound, (
-                f"{case} {name} at step {checkpoint}: relative error {error:.3g} > {bound:g}"
-            )
+            assert error <= bound, f"{case} {name} at step {checkpoint}: relative error {error:.3g} > {bound:g}"
             compared += 1
     assert compared >= 20
 
