@@ -329,7 +329,7 @@ def numba_available() -> bool:
 
 #: The compiled backends allocate the output tensors of several steps at once (see :class:`CompiledBackendMixin`):
 #: blocks of at most this many bytes ...
-OUTPUT_BLOCK_BYTES = 1 << 16
+OUTPUT_BLOCK_BYTES = 1 << 18
 #: ... and at most this many steps.
 OUTPUT_BLOCK_STEPS = 64
 #: The compiled backends reuse the memory of the last this many sets of output blocks once no tensor refers to it.
@@ -352,7 +352,7 @@ class CompiledBackendMixin:
     - the five output tensors of ``OUTPUT_BLOCK_STEPS`` future steps (at most ``OUTPUT_BLOCK_BYTES`` bytes, so a
       single step at large ``N``) are allocated together and split into separate tensors, and their
       ``StepResult`` made, in one go. Each step fills and returns the next unused one: every step still returns
-      tensors that no later step writes to (a kept tensor keeps its block alive, at most 64 KiB);
+      tensors that no later step writes to (a kept tensor keeps its block alive, at most 256 KiB);
     - the memory of such a set of blocks is reused once nothing refers to it any more: the env keeps the last
       ``OUTPUT_POOL_SETS`` sets, and a set is taken again only when the reference counts of its numpy blocks show
       that no tensor made from them is alive (``torch.from_numpy`` keeps its array referenced until the tensor's

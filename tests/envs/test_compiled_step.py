@@ -91,10 +91,10 @@ def test_sincos_gives_the_bits_of_libm_sin_and_cos():
     assert all(math.sin(v) == s and math.cos(v) == c for v, s, c in zip(x.tolist(), sine, cosine, strict=True))
 
 
-@pytest.mark.parametrize("num_envs", [3, 2048])  # many steps per block; one step per block (large N)
+@pytest.mark.parametrize("num_envs", [3, 8192])  # many steps per block; one step per block (large N)
 def test_output_memory_is_reused_only_when_nothing_refers_to_it(num_envs):
     env = make_env("cartpole", num_envs=num_envs, max_episode_steps=9)
-    assert (env._block_steps == 1) == (num_envs == 2048)
+    assert (env._block_steps == 1) == (num_envs == 8192)
     env.reset(seed=1)
     generator = torch.Generator().manual_seed(1)
     # a loop that drops its results steps on a few sets of blocks, not on fresh memory every time
