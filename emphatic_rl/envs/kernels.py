@@ -129,16 +129,18 @@ def pointer_to(typingctx, address, element):
 @njit(inline="always", **KERNEL_OPTIONS)
 def end_of_step(n, terminal, elapsed, max_steps, terminated, truncated, ended, count):
     """Count copy ``n``'s step, apply the time limit (``max_steps <= 0``: none), write the flags; append ``n`` to
-    ``ended`` if its episode ended (its step counter restarts at 0). Returns the new count of ended copies."""
-    elapsed[n] += 1
-    cut = max_steps > 0 and elapsed[n] >= max_steps and not terminal
+    ``ended`` if its episode ended (its step counter restarts at 0). Returns the new count of ended copies.
+
+    Without branches (the flags of random episodes are unpredictable): ``ended[count]`` is always written (``count <=
+    n``, so in bounds) and kept only when the count moves on."""
+    steps = elapsed[n] + 1
+    cut = (max_steps > 0) & (steps >= max_steps) & (not terminal)
+    done = terminal | cut
     terminated[n] = terminal
     truncated[n] = cut
-    if terminal or cut:
-        elapsed[n] = 0
-        ended[count] = n
-        return count + 1
-    return count
+    elapsed[n] = 0 if done else steps
+    ended[count] = n
+    return count + done
 
 
 @njit(**KERNEL_OPTIONS)
