@@ -134,3 +134,26 @@ def test_output_memory_is_reused_only_when_nothing_refers_to_it(num_envs):
             assert np.array_equal(got, want)
         else:
             assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize("sutton_barto", [False, True])
+def test_cartpole_kernel_four_copies_at_a_time_gives_the_bits_of_the_scalar_physics(sutton_barto):
+    from emphatic_rl.envs.kernels import cartpole_dynamics
+
+    rng = np.random.default_rng(5)
+    n = 4 * 1000 + 3  # groups of four and a remainder stepped one by one
+    low, high = [-2.4, -3.0, -0.21, -3.0], [2.4, 3.0, 0.21, 3.0]
+    start = rng.uniform(low, high, size=(n, 4))
+    actions = rng.integers(0, 2, n)
+    env = make_env("cartpole", num_envs=n, sutton_barto_reward=sutton_barto)
+    env.set_state(torch.from_numpy(start))
+    result = env.step(torch.from_numpy(actions))
+    expected = np.array([cartpole_dynamics(*start[i], bool(actions[i] == 1)) for i in range(n)])
+    assert np.array_equal(result.final_obs.numpy(), expected.astype(np.float32))
+    done = (result.terminated | result.truncated).numpy()
+    assert 0 < done.sum() < n
+    assert np.array_equal(env.state.numpy()[~done], expected[~done])  # float64, bit for bit
+    terminal = (np.abs(expected[:, 0]) > 2.4) | (np.abs(expected[:, 2]) > 12 * 2 * math.pi / 360)
+    assert np.array_equal(result.terminated.numpy(), terminal)
+    reward = -terminal.astype(np.float32) if sutton_barto else np.ones(n, np.float32)
+    assert np.array_equal(result.reward.numpy(), reward)
