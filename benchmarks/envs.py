@@ -7,7 +7,8 @@ Peers, each with its default settings, single-threaded (``torch.set_num_threads(
 XLA's CPU backend on one thread), stepping ``N`` copies with uniformly random actions:
 
 - ``ours``: our ``TensorEnv`` as a user gets it on the CPU (``make_env(name, num_envs=N)``: the compiled numba
-  backend, actions checked, same-step autoreset, fresh output tensors every step, ``final_obs`` included);
+  backend, actions checked, same-step autoreset, new output tensors every step, ``final_obs`` included; the memory
+  under them is reused once nothing refers to an earlier step's outputs, as here where each result is dropped);
 - ``ours torch``: the same env on its torch backend (``set_backend("torch")``, the path for GPUs);
 - ``gymnasium``: Gymnasium's batched vector env where it has one (``gymnasium.make_vec(id, num_envs=N,
   vectorization_mode="vector_entry_point")``: ``CartPoleVectorEnv``, numpy over all copies). Gymnasium 1.4 has
@@ -18,12 +19,16 @@ XLA's CPU backend on one thread), stepping ``N`` copies with uniformly random ac
 
 Puddle World has no peer in either library (ours only).
 
-The action batches for ours and Gymnasium are drawn before timing (64 batches, used in turn); gymnax samples inside
-its jitted step. Peers take turns in ``--rounds`` interleaved rounds of ``--seconds`` each (at least one batch
+The action batches for ours and Gymnasium are drawn before timing (64 batches, used in turn; the same int64
+numbers, a torch tensor over the numpy array for ours); gymnax samples inside its jitted step. Per step Gymnasium's
+``CartPoleVectorEnv`` does less than ours: it checks the actions too, but resets ended copies on the following step
+(no final observation) and returns four arrays, where ours also computes and returns ``final_obs``.
+
+Peers take turns in ``--rounds`` interleaved rounds of ``--seconds`` each (at least one batch
 step), so load from other jobs hits all alike; each figure is the median over rounds of env steps per second
 (``N`` x batch steps / wall-clock seconds); ratios are ratios of medians. The load average is noted before and
 after. A second table gives the fixed cost of one ``step`` at small ``N`` (microseconds), with the kernel call
-alone (preallocated outputs, actions already arrays) to show what the checks and the fresh output tensors cost.
+alone (preallocated outputs, actions already arrays) to show what the checks and the new output tensors cost.
 """
 
 from __future__ import annotations
@@ -272,10 +277,12 @@ def main(argv: list[str] | None = None) -> None:
             f"- {args.rounds} interleaved rounds of {args.seconds:g} s per peer; medians of env steps per second "
             "(N copies x batch steps / wall-clock s); ratios are ratios of medians",
             "- ours: `make_env(name, num_envs=N)` defaults (numba backend on CPU, actions checked, same-step "
-            "autoreset with `final_obs`, fresh output tensors); Gymnasium: `make_vec(..., "
+            "autoreset with `final_obs`, new output tensors every step); Gymnasium: `make_vec(..., "
             'vectorization_mode="vector_entry_point")` where it exists (CartPole), else `SyncVectorEnv` (a Python '
             "loop; Gymnasium has no batched MountainCar, Acrobot or Pendulum); gymnax: `jit(vmap(step))` with the "
             "action sampled inside, after compilation, each call waited for",
+            "- actions for ours and Gymnasium drawn before timing (the same numbers); Gymnasium's `CartPoleVectorEnv` "
+            "does less per step than ours (next-step autoreset: no final observation, four arrays returned)",
             "",
             "Env steps per second, per wall-clock second and (in parentheses) per second of the process's CPU "
             "time; Gymnasium's kind of vector env after its figure:",
@@ -286,7 +293,7 @@ def main(argv: list[str] | None = None) -> None:
             "Fixed cost of one batch step at small N, microseconds of CPU time (medians; wall-clock time on a loaded "
             "machine mostly measures the other jobs): `kernel alone` is the compiled step "
             "on preallocated outputs with actions already arrays (restarts included); `checks + fresh outputs` is "
-            "the difference, the price of the shape/dtype checks and of the five fresh output tensors `step` "
+            "the difference, the price of the shape/dtype checks and of the five new output tensors `step` "
             "returns (the API promises that a returned tensor is never overwritten by a later step).",
             "",
             cost_header,

@@ -347,7 +347,10 @@ class Model:
             config.device = device
         model = cls.__new__(cls)
         model._init(config)
-        model.agent.load_state_dict(payload["agent"])
+        try:
+            model.agent.load_state_dict(payload["agent"])
+        except CheckpointError as error:  # a state the agent refuses (an older format it cannot continue), its reason
+            raise ValueError(f"{str(path)!r} cannot be loaded: {error}") from None
         model._loaded_steps = int(payload.get("steps", 0))
         return model
 

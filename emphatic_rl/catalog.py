@@ -119,6 +119,7 @@ def build_catalog(compatibility: bool = True) -> dict[str, Any]:
     from emphatic_rl.agents import AGENT_REGISTRY, load_agents
     from emphatic_rl.config import TrainConfig
     from emphatic_rl.envs import ENV_REGISTRY
+    from emphatic_rl.envs.base import DiscreteSpec
     from emphatic_rl.studies import find_studies
 
     torch.set_num_threads(1)
@@ -157,7 +158,7 @@ def build_catalog(compatibility: bool = True) -> dict[str, Any]:
         envs[name] = {
             "description": _one_line(env_entry.description),
             "options": _option_rows(fields, env_probe),
-            "actions": f"discrete({action.n})" if hasattr(action, "n") else f"box{tuple(action.shape)}",
+            "actions": f"discrete({action.n})" if isinstance(action, DiscreteSpec) else f"box{tuple(action.shape)}",
             "observations": f"{str(observation.dtype).replace('torch.', '')}{list(observation.shape)}",
             "gymnasium_ids": gym_ids.get(name, []),
         }

@@ -106,11 +106,11 @@ def apply_overrides(config: TrainConfig, overrides: dict[str, Any]) -> TrainConf
     """Set top-level fields and ``agent.<key>`` / ``env.<key>`` options; unknown top-level keys are an error."""
     for key, value in overrides.items():
         if key.startswith("agent."):
-            config.agent_options[key[len("agent."):]] = value
+            config.agent_options[key[len("agent.") :]] = value
         elif key.startswith("env."):
-            config.env_options[key[len("env."):]] = value
+            config.env_options[key[len("env.") :]] = value
         elif key.startswith("eval_env."):
-            config.eval_env_options[key[len("eval_env."):]] = value
+            config.eval_env_options[key[len("eval_env.") :]] = value
         elif key in ("agent_options", "env_options", "eval_env_options"):
             if not isinstance(value, dict):
                 raise ConfigError(f"{key} must be a table of options, got {value!r}")
@@ -145,10 +145,9 @@ def parse_set_arguments(items: list[str]) -> dict[str, Any]:
 
 
 def _check_int(name: str, value: Any, minimum: int, maximum: int | None = None) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum or (maximum is not None
-                                                                                     and value > maximum):
-        allowed = f">= {minimum}" if maximum is None else f"in [{minimum}, {maximum}]"
-        raise ConfigError(f"{name} must be an integer {allowed}, got {value!r}")
+    from emphatic_rl.validation import check_count
+
+    check_count(name, value, minimum, maximum, error=ConfigError)
 
 
 #: the largest run seed: every generator is seeded from seed + small offsets, and numpy-seeded envs take 32 bits
@@ -175,9 +174,11 @@ def validate_config(config: TrainConfig) -> None:
         raise ConfigError(f"progress must be true or false, got {config.progress!r}")
     behaviour = config.behaviour
     if behaviour not in ("default", "uniform") and not (
-        isinstance(behaviour, list) and behaviour
-        and all(isinstance(p, (int, float)) and not isinstance(p, bool) and math.isfinite(p) and p >= 0
-                for p in behaviour)
+        isinstance(behaviour, list)
+        and behaviour
+        and all(
+            isinstance(p, (int, float)) and not isinstance(p, bool) and math.isfinite(p) and p >= 0 for p in behaviour
+        )
     ):
         raise ConfigError(
             f"behaviour must be 'default', 'uniform' or a list of action probabilities, got {behaviour!r}"
@@ -267,7 +268,8 @@ def conforms(value: Any, annotation: Any, allow_infinite: bool = False) -> bool:
             return False
         if origin is tuple and arguments and not (len(arguments) == 2 and arguments[1] is Ellipsis):
             return len(value) == len(arguments) and all(
-                conforms(v, a, allow_infinite) for v, a in zip(value, arguments, strict=True))
+                conforms(v, a, allow_infinite) for v, a in zip(value, arguments, strict=True)
+            )
         item = arguments[0] if arguments else Any
         return all(conforms(v, item, allow_infinite) for v in value)
     if origin is dict or annotation is dict:
@@ -287,8 +289,9 @@ def _is_infinite_number(value: Any) -> bool:
     return isinstance(value, float) and math.isinf(value)
 
 
-def check_typed_options(annotations: dict[str, Any], options: dict[str, Any], where: str,
-                        defaults: dict[str, Any] | None = None) -> None:
+def check_typed_options(
+    annotations: dict[str, Any], options: dict[str, Any], where: str, defaults: dict[str, Any] | None = None
+) -> None:
     """One ``ConfigError`` for the first option whose value does not match its annotation.
 
     Args:
@@ -304,7 +307,8 @@ def check_typed_options(annotations: dict[str, Any], options: dict[str, Any], wh
         annotation = annotations[name]
         default = defaults.get(name)
         allow_infinite = _is_infinite_number(default) or (
-            isinstance(default, (list, tuple)) and any(_is_infinite_number(v) for v in default))
+            isinstance(default, (list, tuple)) and any(_is_infinite_number(v) for v in default)
+        )
         if not conforms(value, annotation, allow_infinite):
             example = ""
             if default is not None and not isinstance(default, bool) and conforms(default, annotation):
@@ -339,5 +343,6 @@ def check_dataclass_options(options_class: type, options: dict[str, Any], where:
             defaults[f.name] = f.default
         elif f.default_factory is not dataclasses.MISSING:
             defaults[f.name] = f.default_factory()
-    check_typed_options({f.name: annotations.get(f.name, Any) for f in dataclasses.fields(options_class)}, options,
-                        where, defaults)
+    check_typed_options(
+        {f.name: annotations.get(f.name, Any) for f in dataclasses.fields(options_class)}, options, where, defaults
+    )

@@ -8,8 +8,9 @@ Names (the same in code, docs and metrics):
 
 - ``i_t``: interest of ``S_t``; ``gamma_t``: the discount *into* ``S_t`` (0 at the first state of an episode);
   ``rho_t = pi(A_t|S_t) / mu(A_t|S_t)``.
-- ``F_t`` (**followon**, metric ``emphasis``): the follow-on estimate of the emphatic ratio ``m(s) / d_mu(s)``:
-  the sampled trace, a learned ``fhat(S_t)`` (ACE-direct) or the ideal trace.
+- ``F_t`` (**followon**; metric ``followon``, its batch mean ``followon_mean`` in the deep agents): the follow-on
+  estimate of the emphatic ratio ``m(s) / d_mu(s)``: the sampled trace, a learned ``fhat(S_t)`` (ACE-direct) or
+  the ideal trace.
 - ``M_t`` (**emphatic weighting**, metric ``emphatic_weighting``): ``(1 - eta) i_t + eta F_t``; the actor's
   weight (eta = 0: OffPAC, ``M_t = i_t``; eta = 1: ACE, ``M_t = F_t``).
 - ``M^c_t`` (**critic emphasis**): ETD(lambda)'s ``lambda i_t + (1 - lambda) F_t``.
@@ -66,9 +67,7 @@ def critic_emphasis(interest: T, followon: T, trace_decay: T) -> T:
     return trace_decay * interest + (1 - trace_decay) * followon
 
 
-def learned_emphasis_target(
-    next_interest: T, next_gamma: T, rho: T, followon: T, normalize: bool = False
-) -> T:
+def learned_emphasis_target(next_interest: T, next_gamma: T, rho: T, followon: T, normalize: bool = False) -> T:
     """ACE-direct's backward-TD target for ``fhat(S_{t+1})``: ``i_{t+1} + gamma_{t+1} rho_t fhat(S_t)``.
 
     ``followon`` is ``fhat(S_t)`` read before this step's update (deep agents: a target network's value and,

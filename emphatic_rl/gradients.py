@@ -192,7 +192,7 @@ def compute(args: GradientsOptions, lab: Lab, estimators: list[str]) -> dict[str
         "estimators": {},
     }
     names: Any = estimators
-    if getattr(args, "progress", False) and (args.ascent or args.samples):  # seconds to minutes per estimator
+    if args.progress and (args.ascent or args.samples):  # seconds to minutes per estimator
         from tqdm import tqdm
 
         names = tqdm(estimators, desc="estimators", unit="estimator", dynamic_ncols=True, leave=False)

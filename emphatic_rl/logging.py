@@ -46,11 +46,14 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 
 from emphatic_rl.checkpoints import atomic_write_bytes, save_checkpoint
+
+if TYPE_CHECKING:
+    from emphatic_rl.config import TrainConfig
 
 CSV_HEADER = ["step", "metric", "member", "value"]
 #: populations up to this size get one TensorBoard curve per member; larger ones get means (per setting).
@@ -295,10 +298,10 @@ class Logger:
         self._backends = [_BACKEND_CLASSES[name](self.out_dir, resume_step is not None) for name in backends]
 
     @classmethod
-    def from_config(cls, out_dir: str | Path, config: Any, resume_step: int | None = None) -> Logger:
+    def from_config(cls, out_dir: str | Path, config: TrainConfig, resume_step: int | None = None) -> Logger:
         """The logger of a ``TrainConfig`` run: its ``logger`` backends, its per-member settings; a new run (no
         ``resume_step``) records the hyperparameters at once."""
-        backends = logger_backends(getattr(config, "logger", "tensorboard"))
+        backends = logger_backends(config.logger)
         shared, per_member = run_hyperparameters(config)
         logger = cls(
             out_dir,

@@ -415,6 +415,8 @@ def train(
             )
         try:
             runner.load_state_dict(state)
+        except CheckpointError as error:  # a checkpoint the agent refuses, with its reason
+            raise CheckpointError(f"checkpoint {str(path)!r} cannot be resumed: {error}") from None
         except (KeyError, ValueError, RuntimeError, TypeError, AttributeError, IndexError) as error:
             detail = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
             raise CheckpointError(

@@ -55,7 +55,7 @@ class EmphasisWindows(Callback):
         self.started = time.perf_counter()
 
     def on_step(self, runner: Runner) -> None:
-        self.values.append(runner.metrics["emphasis"].detach().cpu())
+        self.values.append(runner.metrics["followon"].detach().cpu())
         if not runner.due(self.window):
             return
         step = runner.step

@@ -186,3 +186,38 @@ def test_stale_temporary_files_of_a_killed_write_are_removed_on_resume(run_folde
     stale.write_bytes(b"half a checkpoint")
     assert _cli(["train", "--resume", str(run), "--steps", "50", "--no-progress"], capsys)[0] == 0
     assert not stale.exists()
+
+
+def test_an_old_learned_model_dyna_checkpoint_is_refused_in_one_line(tmp_path, capsys):
+    """Tabular Dyna with learned models once kept its own replay ring (``model_replay_*`` in the agent's state) and a
+    one-row trajectory buffer; its models now train from the loop's buffer, so such a checkpoint cannot continue as
+    it would have. Resuming it is one line naming the file and why, exit code 2, and nothing is written."""
+    out = tmp_path / "run"
+    args = ["--agent", "dyna", "--env", "bordered-gridworld", "--steps", "40", "--population", "1",
+            "--set", "eval_every=0", "--set", "eval_episodes=1", "--set", "progress=false",
+            "--set", "agent.model=\"learned\"", "--set", "agent.model_replay_size=1"]
+    assert main(["train", *args, "--out", str(out)]) == 0
+    path = out / "checkpoint.pt"
+    state = load_checkpoint(path)
+    population, capacity = 1, 8  # the old ring: obs, action, next_obs and reward, terminated of the last steps
+    state["agent"].update(
+        model_replay_states=torch.zeros(population, capacity, 3, dtype=torch.int64),
+        model_replay_values=torch.zeros(population, capacity, 2),
+        model_replay_cursor=torch.tensor(0),
+        model_replay_size=torch.tensor(capacity),
+    )
+    save_checkpoint(state, path)
+    before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    capsys.readouterr()
+    assert main(["train", "--resume", str(out), "--steps", "80"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert "cannot be resumed" in err and "checkpoint.pt" in err and "model_replay_" in err and "start it again" in err
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
+
+    from emphatic_rl.agents.dyna.tabular import DynaAgent
+
+    for key in DynaAgent.OLD_MODEL_REPLAY_KEYS:  # the same checkpoint in today's format resumes
+        state["agent"].pop(key)
+    save_checkpoint(state, path)
+    assert main(["train", "--resume", str(out), "--steps", "80"]) == 0

@@ -183,10 +183,23 @@ def _followon_recursion(node: ast.BinOp) -> bool:
     return False
 
 
+WEIGHTING = re.compile(r"weighting|(^|_)m(_t)?$", re.IGNORECASE)  # M_t by its names: weighting, m, m_t
+DELTA = re.compile(r"delta|td_error", re.IGNORECASE)
+
+
+def _actor_coefficient(node: ast.BinOp) -> bool:
+    """``rho * M * delta`` (one product chain with a rho, an emphatic weighting and a TD error among its factors)."""
+    labels = [_label(f) or "" for f in _factors(node)]
+    return all(any(pattern.search(x) for x in labels) for pattern in (RHO, WEIGHTING, DELTA))
+
+
 def emphatic_copies(source: str) -> list[tuple[int, str]]:
     """``(line, shape)`` of every emphatic equation written in ``source`` (docstrings and comments are no code)."""
     found = []
     for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Mult) and _actor_coefficient(node):
+            found.append((node.lineno, "rho M delta: call emphatic.actor_coefficient"))
+            continue
         if not (isinstance(node, ast.BinOp) and isinstance(node.op, ast.Add)):
             continue
         if _convex_combination(node, ETA):
@@ -194,9 +207,7 @@ def emphatic_copies(source: str) -> list[tuple[int, str]]:
         elif _convex_combination(node, LAMBDA):
             found.append((node.lineno, "M^c = lambda i + (1 - lambda) F: call emphatic.critic_emphasis"))
         elif _followon_recursion(node):
-            found.append(
-                (node.lineno, "i + gamma rho F: call emphatic.followon_trace / learned_emphasis_target")
-            )
+            found.append((node.lineno, "i + gamma rho F: call emphatic.followon_trace / learned_emphasis_target"))
     return found
 
 
@@ -226,6 +237,7 @@ def test_the_home_module_itself_is_found_by_the_check():
         "M_t = (1 - eta) i + eta F",
         "M^c = lambda i + (1 - lambda) F",
         "i + gamma rho F",
+        "rho M delta",
     }
 
 
@@ -243,6 +255,8 @@ def test_the_home_module_itself_is_found_by_the_check():
         "f = i_t + gamma_t * rho_prev * f",
         "f = interest + gamma * self.previous_rho * self.previous_followon",
         "y = (1 - gamma) + gamma * rho.clamp(max=c) * carried",
+        "c = alpha * rho_t * weighting * td_error",
+        "c = (rho * m_t * delta)[:, None]",
     ],
 )
 def test_the_detector_flags_each_shape(code):
@@ -259,6 +273,8 @@ def test_the_detector_flags_each_shape(code):
         "prob = epsilon / n + (1.0 - epsilon) * greedy",
         "target = reward + gamma * v",
         "m = emphatic_weighting(i, f, eta)",
+        "c = alpha * actor_coefficient(rho, weighting, delta)",
+        "loss = 0.5 * rho_clipped * delta * delta",  # a weighted TD loss: no emphatic weighting
     ],
 )
 def test_the_detector_leaves_other_arithmetic_alone(code):

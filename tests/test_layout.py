@@ -154,3 +154,18 @@ def test_every_cited_module_and_file_exists():
             if not (ROOT / match.group(0)).exists():
                 stale.add(f"{path.relative_to(ROOT)}: {match.group(0)}")
     assert not stale, "references to modules or files that do not exist:\n" + "\n".join(sorted(stale))
+
+
+#: repository paths a page may cite: a top folder, then a file or folder name (templated names such as
+#: ``results/minatar_<device>.md`` are not paths and are left alone)
+REPO_PATH = re.compile(r"(?<![\w/.<{-])((?:benchmarks|experiments|tests|examples|docs|\.ci)/[\w./-]*[\w])(?![\w<{*-])")
+
+
+def test_every_path_the_readme_and_docs_cite_exists():
+    pages = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
+    missing = set()
+    for page in pages:
+        for match in REPO_PATH.finditer(page.read_text()):
+            if not (ROOT / match.group(1)).exists():
+                missing.add(f"{page.relative_to(ROOT)}: {match.group(1)}")
+    assert not missing, "paths cited by the README or the docs that do not exist:\n" + "\n".join(sorted(missing))

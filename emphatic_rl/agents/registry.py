@@ -22,6 +22,24 @@ import torch
 
 from emphatic_rl.agents.base import Agent
 from emphatic_rl.envs.base import Spec
+from emphatic_rl.validation import check_positive, check_switches, check_unit_interval
+
+__all__ = [
+    "AgentContext",
+    "AgentEntry",
+    "AGENT_REGISTRY",
+    "MemberRange",
+    "per_member",
+    "register_agent",
+    "agent_names",
+    "sweepable_agent_names",
+    "get_agent_entry",
+    "make_agent",
+    # the shared option checks, re-exported from emphatic_rl.validation
+    "check_positive",
+    "check_switches",
+    "check_unit_interval",
+]
 
 
 @dataclass(frozen=True)
@@ -146,24 +164,3 @@ def make_agent(name: str, context: AgentContext, **options: Any) -> Agent:
     """Validate ``options`` for agent ``name`` and build it."""
     entry = get_agent_entry(name)
     return entry.factory(context, entry.build_options(options))
-
-
-def check_positive(name: str, value: float, allow_zero: bool = False) -> None:
-    """One clear error for a step size, count or rate that must be > 0 (or >= 0)."""
-    ok = value >= 0 if allow_zero else value > 0
-    if not ok:
-        raise ValueError(f"{name} must be {'>= 0' if allow_zero else '> 0'}, got {value!r}")
-
-
-def check_unit_interval(name: str, value: float) -> None:
-    if not 0.0 <= value <= 1.0:
-        raise ValueError(f"{name} must be in [0, 1], got {value!r}")
-
-
-def check_switches(options: Any, names: tuple[str, ...]) -> None:
-    """One clear error unless each named option of ``options`` is a ``bool`` (switches such as the emphatic
-    ``fit_start_state`` / ``clip_followon_at_zero`` are Python bools, constant per agent)."""
-    for name in names:
-        value = getattr(options, name)
-        if not isinstance(value, bool):
-            raise ValueError(f"{name} must be true or false, got {value!r}")

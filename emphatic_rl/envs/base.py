@@ -29,6 +29,7 @@ Subclasses implement three batched hooks without Python loops over copies:
 from __future__ import annotations
 
 import math
+import sys
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple, Self
@@ -204,6 +205,11 @@ class TensorEnv(ABC):
         """``True`` when copies can be put in given states (``state_names``): the excursions objective."""
         return bool(self.state_names)
 
+    def set_state(self, *args: Any, **kwargs: Any) -> None:
+        """Put every copy in a given state (each env documents its arguments, e.g. CartPole's
+        ``[x, x_dot, theta, theta_dot]``); envs that cannot be put in a given state raise ``NotImplementedError``."""
+        raise NotImplementedError(f"env {self.name!r} has no set_state: it cannot be put in a given state")
+
     def __init__(
         self,
         num_envs: int,
@@ -340,9 +346,11 @@ def numba_available() -> bool:
 
 #: The compiled backends allocate the output tensors of several steps at once (see :class:`CompiledBackendMixin`):
 #: blocks of at most this many bytes ...
-OUTPUT_BLOCK_BYTES = 1 << 16
+OUTPUT_BLOCK_BYTES = 1 << 18
 #: ... and at most this many steps.
 OUTPUT_BLOCK_STEPS = 64
+#: The compiled backends reuse the memory of the last this many sets of output blocks once no tensor refers to it.
+OUTPUT_POOL_SETS = 4
 
 
 class CompiledBackendMixin:
@@ -361,7 +369,14 @@ class CompiledBackendMixin:
     - the five output tensors of ``OUTPUT_BLOCK_STEPS`` future steps (at most ``OUTPUT_BLOCK_BYTES`` bytes, so a
       single step at large ``N``) are allocated together and split into separate tensors, and their
       ``StepResult`` made, in one go. Each step fills and returns the next unused one: every step still returns
-      tensors that no later step writes to (a kept tensor keeps its block alive, at most 64 KiB).
+      tensors that no later step writes to (a kept tensor keeps its block alive, at most 256 KiB);
+    - the memory of such a set of blocks is reused once nothing refers to it any more: the env keeps the last
+      ``OUTPUT_POOL_SETS`` sets, and a set is taken again only when the reference counts of its numpy blocks show
+      that no tensor made from them is alive (``torch.from_numpy`` keeps its array referenced until the tensor's
+      storage is freed: while any tensor, view, ``.numpy()`` array or autograd record of a step's outputs exists,
+      that set is not reused). A loop that drops its results (or keeps only the last one) thus steps on warm memory
+      instead of fresh pages (glibc's ``malloc`` serves large blocks as new zeroed pages, a page fault per 4 KiB);
+      a loop that keeps every result simply gets new memory every time, as before.
     """
 
     _backend: str = "torch"
@@ -412,17 +427,32 @@ class CompiledBackendMixin:
         self._slot = self._block_steps  # no block yet: the first step makes one
         self._blocks: tuple[np.ndarray, ...] = ()
         self._results: list[StepResult] = []
+        #: sets of output blocks that may be reused: ``(blocks, reference counts of the blocks when unused)``
+        self._output_pool: list[tuple[tuple[np.ndarray, ...], tuple[int, ...]]] = []
 
     def _new_output_blocks(self) -> None:
-        """Allocate the outputs of the next ``_block_steps`` steps: numpy blocks ``[K, N, ...]`` that the kernels
+        """Make the outputs of the next ``_block_steps`` steps current: numpy blocks ``[K, N, ...]`` that the kernels
         write (``final_obs, obs, reward, terminated, truncated``) and, over the same memory, one ``StepResult`` of
-        separate tensors per step."""
-        steps, n, shape = self._block_steps, self.num_envs, self.observation_spec.shape
-        final_obs = np.empty((steps, n, *shape), self._obs_block_dtype)
-        obs = np.empty((steps, n, *shape), self._obs_block_dtype)
-        reward = np.empty((steps, n), np.float32)
-        terminated, truncated = np.empty((steps, n), np.bool_), np.empty((steps, n), np.bool_)
-        self._blocks = (final_obs, obs, reward, terminated, truncated)
+        separate tensors per step. The blocks are a set from the pool that no tensor refers to any more, else new
+        ones (see the class docstring)."""
+        self._results = []  # drop the env's own references to the tensors of the set just used up
+        for blocks, unused in self._output_pool:
+            if tuple(map(sys.getrefcount, blocks)) == unused:  # no tensor, view or array of them is alive
+                break
+        else:
+            blocks = self._allocate_output_blocks()
+            if len(self._output_pool) >= OUTPUT_POOL_SETS:
+                del self._output_pool[0]  # the oldest set is still in use: leave it to its holders
+            self._output_pool.append((blocks, tuple(map(sys.getrefcount, blocks))))
+        self._blocks = blocks
+        final_obs, obs, reward, terminated, truncated = blocks
+        if self._block_steps == 1:  # large N: five tensors over the blocks' only row (cheaper than unbind)
+            tensor = torch.from_numpy
+            self._results = [
+                StepResult(tensor(obs[0]), tensor(reward[0]), tensor(terminated[0]), tensor(truncated[0]),
+                           tensor(final_obs[0]))
+            ]  # fmt: skip
+            return
 
         def split(block: np.ndarray) -> tuple[torch.Tensor, ...]:
             return torch.from_numpy(block).unbind(0)
@@ -430,6 +460,15 @@ class CompiledBackendMixin:
         self._results = list(
             map(StepResult, split(obs), split(reward), split(terminated), split(truncated), split(final_obs))
         )
+
+    def _allocate_output_blocks(self) -> tuple[np.ndarray, ...]:
+        """New numpy blocks ``(final_obs, obs, reward, terminated, truncated)`` for ``_block_steps`` steps."""
+        steps, n, shape = self._block_steps, self.num_envs, self.observation_spec.shape
+        final_obs = np.empty((steps, n, *shape), self._obs_block_dtype)
+        obs = np.empty((steps, n, *shape), self._obs_block_dtype)
+        reward = np.empty((steps, n), np.float32)
+        terminated, truncated = np.empty((steps, n), np.bool_), np.empty((steps, n), np.bool_)
+        return final_obs, obs, reward, terminated, truncated
 
     def _kernel_action(self, action: Any) -> torch.Tensor:
         """The slow path of the action check (the fast one is in ``step``): convert ``action`` to a contiguous CPU

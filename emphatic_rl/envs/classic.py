@@ -181,10 +181,14 @@ class ClassicControlEnv(CompiledBackendMixin, TensorEnv):
             self._raise_bad_action(action, -1 - count)
         if count or not self.draw_only_ended:
             # the same draws as the torch backend's _reset_where: one row per ended copy (in order), or one per copy
-            fresh = self._fresh_states(count if self.draw_only_ended else self.num_envs)
-            self._restart_rows(self._ended, count, fresh.numpy(), not self.draw_only_ended, state)
+            fresh = self._fresh_rows(count if self.draw_only_ended else self.num_envs)
+            self._restart_rows(self._ended, count, fresh, not self.draw_only_ended, state)
             self._observe_kernel(self._ended, count, state, self._blocks[1], slot)
         return self._results[slot]
+
+    def _fresh_rows(self, rows: int) -> np.ndarray:
+        """``_fresh_states(rows)`` as a numpy array of at least ``rows`` rows (the numba backend's restarts)."""
+        return self._fresh_states(rows).numpy()
 
     def _run_step_kernel(self, action_address: int, state: np.ndarray, slot: int) -> int:
         """One call of the step kernel: the actions at ``action_address``, the outputs into row ``slot`` of the
@@ -270,6 +274,17 @@ class CartPole(ClassicControlEnv):
         from emphatic_rl.envs.vector_dynamics import CartPoleDynamics
 
         return CartPoleDynamics(self)
+
+    def _setup_kernels(self) -> None:
+        super()._setup_kernels()
+        # the start states of a step's restarts are drawn into the first rows of this buffer (no new tensor)
+        self._fresh_buffer = torch.empty(self.num_envs, 4, dtype=torch.float64)
+        self._fresh_buffer_np = self._fresh_buffer.numpy()
+
+    def _fresh_rows(self, rows: int) -> np.ndarray:
+        # the same draws as _fresh_states(rows): uniform_ fills a contiguous [rows, 4] block in the same order
+        self._fresh_buffer[:rows].uniform_(-0.05, 0.05, generator=self.generator)
+        return self._fresh_buffer_np
 
     def is_real_state(self, state: torch.Tensor, terminal: torch.Tensor | None = None) -> torch.Tensor:
         """``bool[B]``: ``state [B, 4]`` ``(x, x_dot, theta, theta_dot)`` is finite and inside the termination bounds

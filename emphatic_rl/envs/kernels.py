@@ -129,16 +129,18 @@ def pointer_to(typingctx, address, element):
 @njit(inline="always", **KERNEL_OPTIONS)
 def end_of_step(n, terminal, elapsed, max_steps, terminated, truncated, ended, count):
     """Count copy ``n``'s step, apply the time limit (``max_steps <= 0``: none), write the flags; append ``n`` to
-    ``ended`` if its episode ended (its step counter restarts at 0). Returns the new count of ended copies."""
-    elapsed[n] += 1
-    cut = max_steps > 0 and elapsed[n] >= max_steps and not terminal
+    ``ended`` if its episode ended (its step counter restarts at 0). Returns the new count of ended copies.
+
+    Without branches (the flags of random episodes are unpredictable): ``ended[count]`` is always written (``count <=
+    n``, so in bounds) and kept only when the count moves on."""
+    steps = elapsed[n] + 1
+    cut = (max_steps > 0) & (steps >= max_steps) & (not terminal)
+    done = terminal | cut
     terminated[n] = terminal
     truncated[n] = cut
-    if terminal or cut:
-        elapsed[n] = 0
-        ended[count] = n
-        return count + 1
-    return count
+    elapsed[n] = 0 if done else steps
+    ended[count] = n
+    return count + done
 
 
 @njit(**KERNEL_OPTIONS)
@@ -198,6 +200,54 @@ def cartpole_euler(x, x_dot, theta, theta_dot, push_right, sintheta, costheta):
     return x + CP_TAU * x_dot, x_dot + CP_TAU * xacc, theta + CP_TAU * theta_dot, theta_dot + CP_TAU * thetaacc
 
 
+_FOUR_FLOATS = types.UniTuple(types.float64, 4)
+
+
+@intrinsic
+def cartpole_euler4(typingctx, x, x_dot, theta, theta_dot, force, sintheta, costheta):
+    """:func:`cartpole_euler` of four copies at once, each argument a 4-tuple of float64 (``force``: +-10 N per copy):
+    the same operations in the same order, as LLVM vector operations on ``<4 x double>`` (IEEE arithmetic is exact
+    per lane, so each copy gets the bits of the scalar function; four divisions per copy become four vector
+    divisions per four copies). Returns ``(x, x_dot, theta, theta_dot)``, each a 4-tuple."""
+    if any(value != _FOUR_FLOATS for value in (x, x_dot, theta, theta_dot, force, sintheta, costheta)):
+        return None
+    result = types.UniTuple(_FOUR_FLOATS, 4)
+
+    def codegen(context, builder, signature, args):
+        vector = ir.VectorType(ir.DoubleType(), 4)
+        lanes = [ir.Constant(ir.IntType(32), i) for i in range(4)]
+
+        def pack(four):
+            value = ir.Constant(vector, ir.Undefined)
+            for i in range(4):
+                value = builder.insert_element(value, builder.extract_value(four, i), lanes[i])
+            return value
+
+        def splat(number):
+            return ir.Constant(vector, [ir.Constant(ir.DoubleType(), float(number))] * 4)
+
+        def unpack(value):
+            return context.make_tuple(builder, _FOUR_FLOATS, [builder.extract_element(value, lane) for lane in lanes])
+
+        X, XD, TH, THD, F, S, C = (pack(arg) for arg in args)
+        mul, div, add, sub = builder.fmul, builder.fdiv, builder.fadd, builder.fsub
+        mass, pml = splat(CP_TOTAL_MASS), splat(CP_POLEMASS_LENGTH)
+        # temp = (force + pml * (theta_dot * theta_dot) * sintheta) / total_mass
+        temp = div(add(F, mul(mul(pml, mul(THD, THD)), S)), mass)
+        # thetaacc = (g * sintheta - costheta * temp) / (length * (4/3 - masspole * (costheta * costheta) / mass))
+        share = div(mul(splat(CP_MASSPOLE), mul(C, C)), mass)
+        thetaacc = div(
+            sub(mul(splat(CP_GRAVITY), S), mul(C, temp)), mul(splat(CP_LENGTH), sub(splat(4.0 / 3.0), share))
+        )
+        # xacc = temp - pml * thetaacc * costheta / mass
+        xacc = sub(temp, div(mul(mul(pml, thetaacc), C), mass))
+        tau = splat(CP_TAU)
+        new = (add(X, mul(tau, XD)), add(XD, mul(tau, xacc)), add(TH, mul(tau, THD)), add(THD, mul(tau, thetaacc)))
+        return context.make_tuple(builder, signature.return_type, [unpack(value) for value in new])
+
+    return result(x, x_dot, theta, theta_dot, force, sintheta, costheta), codegen
+
+
 @njit(inline="always", **KERNEL_OPTIONS)
 def cartpole_dynamics(x, x_dot, theta, theta_dot, push_right):
     """One Euler step of CartPole-v1 (Gymnasium's expressions, in its order). Returns the new
@@ -212,6 +262,30 @@ def cartpole_terminal(x, theta):
     return x < -CP_X_THRESHOLD or x > CP_X_THRESHOLD or theta < -CP_THETA_THRESHOLD or theta > CP_THETA_THRESHOLD
 
 
+@njit(inline="always", **KERNEL_OPTIONS)
+def _force(action):
+    """The force of a CartPole action (1: push right)."""
+    return CP_FORCE_MAG if action == 1 else -CP_FORCE_MAG
+
+
+@njit(inline="always", **KERNEL_OPTIONS)
+def _cartpole_write(n, x, x_dot, theta, theta_dot, sutton_barto, state, obs, final_obs, reward, terminated):
+    """Store copy ``n``'s new state, observations, termination flag (``cartpole_terminal`` without branches) and
+    reward."""
+    state[n, 0], state[n, 1], state[n, 2], state[n, 3] = x, x_dot, theta, theta_dot
+    terminal = (x < -CP_X_THRESHOLD) | (x > CP_X_THRESHOLD) | (theta < -CP_THETA_THRESHOLD)
+    terminal = terminal | (theta > CP_THETA_THRESHOLD)
+    terminated[n] = terminal
+    final_obs[n, 0] = obs[n, 0] = x
+    final_obs[n, 1] = obs[n, 1] = x_dot
+    final_obs[n, 2] = obs[n, 2] = theta
+    final_obs[n, 3] = obs[n, 3] = theta_dot
+    if sutton_barto:
+        reward[n] = -1.0 if terminal else 0.0
+    else:
+        reward[n] = 1.0
+
+
 @njit(**KERNEL_OPTIONS)
 def cartpole_step(
     action_address, state, elapsed, max_steps, sutton_barto, final_block, obs_block, reward_block, terminated_block,
@@ -219,7 +293,9 @@ def cartpole_step(
 ):  # fmt: skip
     """Step every CartPole copy (see the module docstring for the arguments and the return value). ``trig``
     (``float64[N, 2]``) is scratch space: the sines and cosines are computed in a first pass of libm calls, the
-    Euler steps in a second pass without calls, the step counters and the list of ended copies in a third."""
+    Euler steps in a second pass without calls (four copies at a time in vector operations,
+    :func:`cartpole_euler4`, the last ``N % 4`` one by one), the step counters and the list of ended copies in a
+    third."""
     N = state.shape[0]
     actions = pointer_to(action_address, np.int64(0))
     bad = first_bad_discrete(actions, N, 2)
@@ -229,21 +305,35 @@ def cartpole_step(
     terminated, truncated = terminated_block[slot], truncated_block[slot]
     for n in range(N):
         trig[n, 0], trig[n, 1] = sincos(state[n, 2])
-    for n in range(N):
-        x, x_dot, theta, theta_dot = cartpole_euler(
+    grouped = N - N % 4
+    for a in range(0, grouped, 4):
+        b, c, d = a + 1, a + 2, a + 3
+        x, x_dot, theta, theta_dot = cartpole_euler4(
+            (state[a, 0], state[b, 0], state[c, 0], state[d, 0]),
+            (state[a, 1], state[b, 1], state[c, 1], state[d, 1]),
+            (state[a, 2], state[b, 2], state[c, 2], state[d, 2]),
+            (state[a, 3], state[b, 3], state[c, 3], state[d, 3]),
+            (_force(actions[a]), _force(actions[b]), _force(actions[c]), _force(actions[d])),
+            (trig[a, 0], trig[b, 0], trig[c, 0], trig[d, 0]),
+            (trig[a, 1], trig[b, 1], trig[c, 1], trig[d, 1]),
+        )
+        _cartpole_write(
+            a, x[0], x_dot[0], theta[0], theta_dot[0], sutton_barto, state, obs, final_obs, reward, terminated
+        )
+        _cartpole_write(
+            b, x[1], x_dot[1], theta[1], theta_dot[1], sutton_barto, state, obs, final_obs, reward, terminated
+        )
+        _cartpole_write(
+            c, x[2], x_dot[2], theta[2], theta_dot[2], sutton_barto, state, obs, final_obs, reward, terminated
+        )
+        _cartpole_write(
+            d, x[3], x_dot[3], theta[3], theta_dot[3], sutton_barto, state, obs, final_obs, reward, terminated
+        )
+    for n in range(grouped, N):
+        x1, x_dot1, theta1, theta_dot1 = cartpole_euler(
             state[n, 0], state[n, 1], state[n, 2], state[n, 3], actions[n] == 1, trig[n, 0], trig[n, 1]
         )
-        state[n, 0], state[n, 1], state[n, 2], state[n, 3] = x, x_dot, theta, theta_dot
-        terminal = (x < -CP_X_THRESHOLD) | (x > CP_X_THRESHOLD) | (theta < -CP_THETA_THRESHOLD)
-        terminated[n] = terminal | (theta > CP_THETA_THRESHOLD)  # cartpole_terminal without branches
-        final_obs[n, 0] = obs[n, 0] = x
-        final_obs[n, 1] = obs[n, 1] = x_dot
-        final_obs[n, 2] = obs[n, 2] = theta
-        final_obs[n, 3] = obs[n, 3] = theta_dot
-        if sutton_barto:
-            reward[n] = -1.0 if terminated[n] else 0.0
-        else:
-            reward[n] = 1.0
+        _cartpole_write(n, x1, x_dot1, theta1, theta_dot1, sutton_barto, state, obs, final_obs, reward, terminated)
     count = 0
     for n in range(N):
         count = end_of_step(n, terminated[n], elapsed, max_steps, terminated, truncated, ended, count)

@@ -177,10 +177,10 @@ class NativeGymEnv(gym.Env):
     def set_state(self, *args: Any, **kwargs: Any) -> None:
         """Put the env in a given state: the native env's ``set_state`` (e.g. CartPole's
         ``[x, x_dot, theta, theta_dot]``), kept in step with the scalar copy on the fast path."""
-        set_native_state = getattr(self.native_env, "set_state", None)
-        if set_native_state is None:
-            raise TypeError(f"env {self.native_env.name!r} has no set_state: it cannot be put in a given state")
-        set_native_state(*args, **kwargs)
+        try:
+            self.native_env.set_state(*args, **kwargs)
+        except NotImplementedError as error:  # the TensorEnv default: this env declares no set_state
+            raise TypeError(str(error)) from None
         if self.scalar is not None:  # the scalar copy's native env is native_env
             self.scalar.set_state(self.scalar.native.state[0].tolist())
         self._final_frame = None

@@ -27,6 +27,7 @@ its pygame drawings. :data:`RENDERABLE` lists the env classes that can be drawn.
 from __future__ import annotations
 
 import math
+import weakref
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -232,18 +233,22 @@ def catcher_frame(state: Sequence[float], geometry: Any, scale: int = 4) -> np.n
     return canvas.image
 
 
+#: the puddle mask of each Puddle World env drawn so far (computed once per env, dropped with it)
+_PUDDLE_MASKS: weakref.WeakKeyDictionary[Any, np.ndarray] = weakref.WeakKeyDictionary()
+
+
 def _puddle_mask(env: Any, size: int = 400) -> np.ndarray:
     """Pixels where ``env``'s puddle penalty is non-zero (image rows, y down), computed once per env."""
     import torch
 
-    mask = getattr(env, "_render_puddle_mask", None)
+    mask = _PUDDLE_MASKS.get(env)
     if mask is None:
         centres = (np.arange(size) + 0.5) / size
         px, py = np.meshgrid(centres, centres[::-1])
         points = torch.as_tensor(np.stack([px.ravel(), py.ravel()], axis=1), dtype=torch.float32)
         penalty = env.puddle_penalty(points.to(env.device)).abs().cpu()
         mask = (penalty > 0.01 * float(penalty.max())).reshape(size, size).numpy()
-        env._render_puddle_mask = mask
+        _PUDDLE_MASKS[env] = mask
     return mask
 
 

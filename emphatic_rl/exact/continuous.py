@@ -42,6 +42,7 @@ import torch
 
 from emphatic_rl.agents.emphasis import FollowonTrace
 from emphatic_rl.emphatic import actor_coefficient, emphatic_weighting
+from emphatic_rl.exact.lab import ContinuousLab
 
 DTYPE64 = torch.float64
 
@@ -79,7 +80,7 @@ def run_sampled_gaussian_ace(
 
     ``rho_clip``: optional truncation of ``rho`` (``None``: exact ratios, as in the paper's code).
     """
-    if getattr(lab, "policy_kind", None) != "gaussian":
+    if not (isinstance(lab, ContinuousLab) and lab.policy_kind == "gaussian"):
         raise ValueError("run_sampled_gaussian_ace needs a ContinuousLab with policy='gaussian'")
     if not alpha > 0:
         raise ValueError(f"alpha must be positive, got {alpha!r}")
@@ -288,7 +289,7 @@ class LinearDPG:
         # ---- actor
         self.actor_weights += (scale * self.alpha_actor * weighting * dq_da).unsqueeze(-1) * features
         return {
-            "emphasis": followon,
+            "followon": followon,
             "emphatic_weighting": weighting,
             "action_value_gradient": dq_da,
             "td_error": td_error,
@@ -383,7 +384,7 @@ def run_sampled_linear_dpg(
     ``"learned"``). The critic is the oracle ``grad_a q`` of the current policy (as in the N18 scripts) or the
     compatible COPDAC-Q critic. A learner stops after ``episodes`` terminal transitions.
     """
-    if getattr(lab, "policy_kind", None) != "deterministic":
+    if not (isinstance(lab, ContinuousLab) and lab.policy_kind == "deterministic"):
         raise ValueError("run_sampled_linear_dpg needs a ContinuousLab with policy='deterministic'")
     for name in variants:
         if name not in LINEAR_EMPHASIS_CHOICES:

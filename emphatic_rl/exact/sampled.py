@@ -39,7 +39,7 @@ class SampledStep:
 
     Per stream (``[K]``): ``state`` ``S_t``, ``action`` ``A_t ~ mu``, ``next_state``, ``reward`` ``R_{t+1}``,
     ``discount`` ``gamma_{t+1}``, ``interest`` ``i_t``, ``rho`` ``pi(A_t|S_t) / mu(A_t|S_t)``, ``followon``
-    ``F_t``, ``emphasis`` ``M_t = (1 - eta) i_t + eta F_t``, ``delta`` (the TD error with the true ``v_pi``);
+    ``F_t``, ``emphatic_weighting`` ``M_t = (1 - eta) i_t + eta F_t``, ``delta`` (the TD error with the true ``v_pi``);
     ``score`` ``[K, *theta_shape]``, ``grad_theta ln pi(A_t|S_t)``. Shared: ``lab``, ``theta``, ``eta``, ``pi``
     ``[S, A]``, ``v`` ``[S]`` and ``q`` ``[S, A]`` (the true values of the fixed ``theta``), ``scores``
     ``[S, A, *theta_shape]`` (``grad ln pi(a|s)`` for every pair).
@@ -56,7 +56,7 @@ class SampledStep:
     interest: torch.Tensor
     rho: torch.Tensor
     followon: torch.Tensor
-    emphasis: torch.Tensor
+    emphatic_weighting: torch.Tensor
     delta: torch.Tensor
     score: torch.Tensor
     pi: torch.Tensor

@@ -45,7 +45,7 @@ def test_per_step_order_by_hand():
     # t = 0: gamma_0 = 0 (stream start), pi = (.5, .5), rho_0 = .5/.75 = 2/3, F_0 = i = 1, M = 1,
     # delta = 1 + .9 * 0 - 0 = 1; w(s0) = .5 * 1 * rho = 1/3; theta[:, s0] += .5 * rho * 1 * 1 * (e_1 - pi)
     m = step(agent, 0, 1, 1.0, 1)
-    assert m["emphasis"].item() == pytest.approx(1.0)
+    assert m["followon"].item() == pytest.approx(1.0)
     assert m["importance_ratio"].item() == pytest.approx(2 / 3)
     assert m["td_error"].item() == pytest.approx(1.0)
     assert agent.critic.weights[0].tolist() == pytest.approx([1 / 3, 0.0])
@@ -54,7 +54,7 @@ def test_per_step_order_by_hand():
     # delta = 0 + .9 * w(s0) - w(s1) = .3 with the critic BEFORE its update; w(s1) += .5 * .3 * 2 = .3;
     # theta[:, s1] += .5 * 2 * 1.6 * .3 * (e_0 - pi) = .48 * (.5, -.5)
     m = step(agent, 1, 0, 0.0, 0)
-    assert m["emphasis"].item() == pytest.approx(1.6)
+    assert m["followon"].item() == pytest.approx(1.6)
     assert m["emphatic_weighting"].item() == pytest.approx(1.6)
     assert m["td_error"].item() == pytest.approx(0.3)
     assert agent.critic.weights[0].tolist() == pytest.approx([1 / 3, 0.3])
@@ -65,7 +65,7 @@ def test_per_step_order_by_hand():
     rho_2 = pi_1 / 0.75
     m = step(agent, 0, 1, 2.0, 1, terminated=True)
     assert m["importance_ratio"].item() == pytest.approx(rho_2, rel=1e-5)
-    assert m["emphasis"].item() == pytest.approx(3.88, rel=1e-6)
+    assert m["followon"].item() == pytest.approx(3.88, rel=1e-6)
     assert m["td_error"].item() == pytest.approx(5 / 3, rel=1e-6)
     assert agent.critic.weights[0, 0].item() == pytest.approx(1 / 3 + 0.5 * (5 / 3) * rho_2, rel=1e-5)
     coef = 0.5 * rho_2 * 3.88 * (5 / 3)
@@ -73,14 +73,14 @@ def test_per_step_order_by_hand():
     assert agent.policy.theta[0, :, 0].tolist() == pytest.approx(expected_theta, rel=1e-5)
     # t = 3: a new episode: gamma_3 = 0 so F_3 = i = 1 whatever rho_2 and F_2 were
     m = step(agent, 1, 0, 0.0, 0)
-    assert m["emphasis"].item() == pytest.approx(1.0)
+    assert m["followon"].item() == pytest.approx(1.0)
 
 
 def test_eta_interpolates_and_episodic_interest():
     agent = one_hot_agent(eta=0.25, interest="episodic")
     m0 = step(agent, 0, 1, 0.0, 1)  # episode start: i = 1, F = 1
     m1 = step(agent, 1, 1, 0.0, 0)  # i = 0, F = 0 + .9 * (2/3) * 1 = .6, M = .75 * 0 + .25 * .6
-    assert (m0["emphatic_weighting"].item(), m1["emphasis"].item()) == pytest.approx((1.0, 0.6))
+    assert (m0["emphatic_weighting"].item(), m1["followon"].item()) == pytest.approx((1.0, 0.6))
     assert m1["emphatic_weighting"].item() == pytest.approx(0.15)
 
 
@@ -91,7 +91,7 @@ def test_timeouts_terminal_or_bootstrapped():
         m = step(agent, 0, 1, 1.0, 1, truncated=True)
         assert m["td_error"].item() == pytest.approx(expected_delta)
         m = step(agent, 1, 0, 0.0, 0)
-        assert m["emphasis"].item() == pytest.approx(1.0)  # the trace restarts on the next episode either way
+        assert m["followon"].item() == pytest.approx(1.0)  # the trace restarts on the next episode either way
 
 
 def random_stream(num_streams, num_steps, seed=0):
@@ -102,9 +102,7 @@ def random_stream(num_streams, num_steps, seed=0):
     data = []
     for _ in range(num_steps):
         action = torch.randint(3, (num_streams,), generator=g)
-        next_obs = (obs + 0.05 * (torch.rand(num_streams, 2, generator=g) - 0.5) * span).clamp(
-            low, low + span
-        )
+        next_obs = (obs + 0.05 * (torch.rand(num_streams, 2, generator=g) - 0.5) * span).clamp(low, low + span)
         terminated = torch.rand(num_streams, generator=g) < 0.02
         data.append(
             (
@@ -211,7 +209,7 @@ def test_ideal_trace_equals_followon_trace_for_a_fixed_policy():
                 torch.zeros_like(terminated),
                 MC_TILES(next_obs),
                 log_mu,
-            )["emphasis"]
+            )["followon"]
             for agent in agents
         ]
         assert torch.allclose(emphases[0], emphases[1], rtol=1e-5)
@@ -223,15 +221,13 @@ def test_ideal_trace_uses_the_current_policy():
     theta_now = agent.policy.theta.clone()
     m = step(agent, 1, 0, 0.0, 0)
     rho_0_now = torch.softmax(theta_now[0, :, 0], 0)[1].item() / 0.75  # recomputed with theta after step 0
-    assert m["emphasis"].item() == pytest.approx(1 + 0.9 * rho_0_now, rel=1e-6)
+    assert m["followon"].item() == pytest.approx(1 + 0.9 * rho_0_now, rel=1e-6)
     assert rho_0_now != pytest.approx(2 / 3)
 
 
 def test_all_actions_with_gq_learns_and_dense_features_work():
     features = DenseFeatures(3, normalize=True)
-    agent = ActorCritic(
-        features, 2, 2, critic="gq", actor_update="all_actions", alpha_actor=0.5, alpha_critic=0.5
-    )
+    agent = ActorCritic(features, 2, 2, critic="gq", actor_update="all_actions", alpha_actor=0.5, alpha_critic=0.5)
     g = torch.Generator().manual_seed(0)
     for _ in range(50):
         obs = torch.rand(2, 3, generator=g)
@@ -273,9 +269,7 @@ def test_state_dict_round_trip_continues_identically():
     feed(first, data[20:], MC_TILES)
     feed(second, data[20:], MC_TILES)
     assert torch.equal(first.policy.theta, second.policy.theta)
-    assert torch.equal(
-        first.evaluation_action(torch.zeros(2, 5, 2)), second.evaluation_action(torch.zeros(2, 5, 2))
-    )
+    assert torch.equal(first.evaluation_action(torch.zeros(2, 5, 2)), second.evaluation_action(torch.zeros(2, 5, 2)))
 
 
 @pytest.mark.parametrize(

@@ -65,7 +65,7 @@ def run_agent(agent, transitions, start, num_steps, seed=0):
             log_mu[action],
         )
         if t >= num_steps // 5:
-            sums.index_put_((torch.arange(n), state), metrics["emphasis"].double(), accumulate=True)
+            sums.index_put_((torch.arange(n), state), metrics["followon"].double(), accumulate=True)
             counts.index_put_((torch.arange(n), state), torch.ones(n, dtype=torch.float64), accumulate=True)
         if agent.learned_emphasis is not None and t >= num_steps - num_steps // 4:
             learned += agent.learned_emphasis.weights

@@ -54,9 +54,7 @@ def exact_quantities(transitions, rewards, mu, pi):
     p_pi = torch.einsum("sa,sat->st", pi, transitions)
     r_pi = (pi * rewards).sum(1)
     # stationary distribution of mu: d^T P_mu = d^T, sum d = 1
-    system = torch.cat(
-        [(p_mu.T - torch.eye(num_states, dtype=torch.float64)), torch.ones(1, num_states).double()]
-    )
+    system = torch.cat([(p_mu.T - torch.eye(num_states, dtype=torch.float64)), torch.ones(1, num_states).double()])
     rhs = torch.cat([torch.zeros(num_states), torch.ones(1)]).double()
     d_mu = torch.linalg.lstsq(system, rhs[:, None]).solution.squeeze(1)
     return d_mu, p_pi, r_pi
@@ -132,9 +130,9 @@ def run_critic(critic, problem, num_steps, seed=0, one_hot=False, iid=False):
         if iid:
             state = torch.multinomial(d_mu.float().expand(num_streams, -1), 1, generator=g).squeeze(1)
         if t in (num_steps // 2, (3 * num_steps) // 4):  # anneal
-            for name in ("alpha", "alpha_h"):
-                if hasattr(critic, name):
-                    getattr(critic, name).mul_(0.25)
+            for step_size in (critic.alpha, critic.alpha_h):  # alpha_h: None for critics without h
+                if step_size is not None:
+                    step_size.mul_(0.25)
         if t >= num_steps - num_steps // 4:
             total += critic.weights
             count += 1
@@ -312,3 +310,32 @@ def test_sparse_and_dense_features_give_the_same_critic(problem):
             critic.update(step, critic.td_error(step))
         results.append(critic.weights)
     assert torch.allclose(results[0], results[1], atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["td", "tdc", "gtd", "tdrc", "etd", "gq", "oracle"])
+def test_every_critic_declares_its_trace_and_correction(name):
+    """The actor-critic and its compiled backend read ``trace``, ``correction`` and ``alpha_h`` as declared
+    attributes (a tensor, or None for a critic without one), never by probing: each critic's declaration matches
+    the state it saves."""
+    from emphatic_rl.agents.linear.critics import CRITICS, Critic
+
+    kwargs = {"value_function": lambda theta: torch.zeros(2, 3)} if name == "oracle" else {"alpha": 0.1}
+    critic = CRITICS[name](num_features=3, population_size=2, **kwargs)
+    assert isinstance(critic, Critic)
+    assert (critic.trace is not None) == ("trace" in critic.state_names)
+    assert (critic.correction is not None) == ("correction" in critic.state_names)
+    assert (critic.alpha_h is not None) == (critic.correction is not None)
+    for tensor in (critic.trace, critic.correction):
+        if tensor is not None:
+            assert tensor.shape == critic.weights.shape
+    if critic.alpha_h is not None:
+        assert critic.alpha_h.shape == (2,)
+
+
+def test_the_actor_critic_does_not_probe_its_critic():
+    import inspect
+
+    import emphatic_rl.agents.linear.actor_critic as module
+
+    source = inspect.getsource(module)
+    assert "hasattr(" not in source and "getattr(critic" not in source

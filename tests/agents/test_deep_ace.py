@@ -21,8 +21,16 @@ STATES, ACTIONS, P, B = 4, 3, 2, 5
 
 
 def _context(population=P, streams=1, obs_shape=(STATES,), action_spec=None) -> AgentContext:
-    return AgentContext(BoxSpec(obs_shape, 0.0, 1.0), action_spec or DiscreteSpec(ACTIONS), population, streams,
-                        streams, torch.device("cpu"), seed=0, total_steps=100)
+    return AgentContext(
+        BoxSpec(obs_shape, 0.0, 1.0),
+        action_spec or DiscreteSpec(ACTIONS),
+        population,
+        streams,
+        streams,
+        torch.device("cpu"),
+        seed=0,
+        total_steps=100,
+    )
 
 
 def _linear_agent(**options) -> DeepACE:
@@ -59,10 +67,16 @@ def _batch():
     action = torch.randint(ACTIONS, (P, B), generator=generator)
     eye = torch.eye(STATES)
     batch = TransitionBatch(
-        obs=eye[state], action=action, reward=torch.randn(P, B, generator=generator), terminated=terminated,
-        truncated=torch.zeros(P, B, dtype=torch.bool), next_obs=eye[next_state],
-        behaviour_log_prob=behaviour_probs.log()[action], interest=torch.ones(P, B),
-        time_index=torch.zeros(P, B, dtype=torch.int64), stream_index=torch.zeros(P, B, dtype=torch.int64),
+        obs=eye[state],
+        action=action,
+        reward=torch.randn(P, B, generator=generator),
+        terminated=terminated,
+        truncated=torch.zeros(P, B, dtype=torch.bool),
+        next_obs=eye[next_state],
+        behaviour_log_prob=behaviour_probs.log()[action],
+        interest=torch.ones(P, B),
+        time_index=torch.zeros(P, B, dtype=torch.int64),
+        stream_index=torch.zeros(P, B, dtype=torch.int64),
     )
     episode_start = torch.tensor([[True, False, False, True, False], [False, False, False, False, True]])
     return batch, episode_start, behaviour_probs[action]
@@ -186,8 +200,14 @@ def test_episode_starts_are_read_from_the_buffer():
     ends[[1, 4, 7], [0, 1, 2]] = True
     ends[5, 0] = True
     for t in range(10):  # 10 rows into a 6-row ring: times 4..9 stay, time 4 is the oldest
-        buffer.add(torch.rand(3, STATES), torch.zeros(3, dtype=torch.int64), torch.zeros(3), ends[t],
-                   torch.zeros(3, dtype=torch.bool), torch.rand(3, STATES))
+        buffer.add(
+            torch.rand(3, STATES),
+            torch.zeros(3, dtype=torch.int64),
+            torch.zeros(3),
+            ends[t],
+            torch.zeros(3, dtype=torch.bool),
+            torch.rand(3, STATES),
+        )
     batch, start = agent._sample(buffer)
     assert batch.obs.shape == (2, 64, STATES) and start.shape == (2, 64)
     t, n = batch.time_index, batch.stream_index
@@ -232,11 +252,28 @@ def test_presets_and_behaviour_switch():
 
 
 def _config(behaviour: str, steps: int, **top) -> TrainConfig:
-    return TrainConfig(agent="deep-ace", env="minatar-breakout", steps=steps, num_envs=2, population_size=2,
-                       behaviour="uniform", eval_every=20, eval_episodes=1, eval_max_steps=30, checkpoint_every=20,
-                       log_every=20, progress=False, **top,
-                       agent_options={"learning_starts": 10, "batch_size": 8, "target_update_every": 7,
-                                      "behaviour": behaviour, "epsilon_decay_steps": 30})
+    return TrainConfig(
+        agent="deep-ace",
+        env="minatar-breakout",
+        steps=steps,
+        num_envs=2,
+        population_size=2,
+        behaviour="uniform",
+        eval_every=20,
+        eval_episodes=1,
+        eval_max_steps=30,
+        checkpoint_every=20,
+        log_every=20,
+        progress=False,
+        **top,
+        agent_options={
+            "learning_starts": 10,
+            "batch_size": 8,
+            "target_update_every": 7,
+            "behaviour": behaviour,
+            "epsilon_decay_steps": 30,
+        },
+    )
 
 
 @pytest.mark.parametrize("behaviour", ["fixed", "epsilon-greedy"])
@@ -257,14 +294,34 @@ def test_resume_through_the_loop_is_bit_identical(tmp_path, behaviour):
 def test_cli_train_on_minatar_breakout(tmp_path, capsys):
     from emphatic_rl.cli import main
 
-    code = main(["train", "--agent", "deep-ace", "--env", "minatar-breakout", "--steps", "200", "--no-progress",
-                 "--out", str(tmp_path / "run"), "--set", "agent.learning_starts=100", "--set", "agent.batch_size=8",
-                 "--set", "eval_episodes=1", "--set", "eval_every=0"])
+    code = main(
+        [
+            "train",
+            "--agent",
+            "deep-ace",
+            "--env",
+            "minatar-breakout",
+            "--steps",
+            "200",
+            "--no-progress",
+            "--out",
+            str(tmp_path / "run"),
+            "--set",
+            "agent.learning_starts=100",
+            "--set",
+            "agent.batch_size=8",
+            "--set",
+            "eval_episodes=1",
+            "--set",
+            "eval_every=0",
+        ]
+    )
     assert code == 0
     from emphatic_rl.logging import read_metrics
 
     names = {name for _, name, *_ in read_metrics(tmp_path / "run" / "metrics.csv")}
-    assert {"train/actor_loss", "train/critic_loss", "train/emphasis_loss", "train/rho_mean", "eval/return"} <= names
+    expected = {"train/actor_loss", "train/critic_loss", "train/emphasis_loss", "train/importance_ratio_mean"}
+    assert expected | {"eval/return"} <= names
 
 
 def test_learned_emphasis_network_fits_m_over_d_mu_on_replayed_tabular_data():
@@ -273,12 +330,17 @@ def test_learned_emphasis_network_fits_m_over_d_mu_on_replayed_tabular_data():
     import importlib.util
     from pathlib import Path
 
-    spec = importlib.util.spec_from_file_location("ace_emphasis_problem", Path(__file__).with_name(
-        "test_ace_emphasis.py"))
+    spec = importlib.util.spec_from_file_location(
+        "ace_emphasis_problem", Path(__file__).with_name("test_ace_emphasis.py")
+    )
     problem = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(problem)
     MU, NUM_STATES, episodic_problem, exact_emphasis = (  # noqa: N806
-        problem.MU, problem.NUM_STATES, problem.episodic_problem, problem.exact_emphasis)
+        problem.MU,
+        problem.NUM_STATES,
+        problem.episodic_problem,
+        problem.exact_emphasis,
+    )
     transitions, start = episodic_problem()
     expected, _ = exact_emphasis(transitions, start)  # gamma 0.8
     streams, rows = 64, 250
@@ -290,15 +352,41 @@ def test_learned_emphasis_network_fits_m_over_d_mu_on_replayed_tabular_data():
         action = torch.multinomial(MU.expand(streams, -1), 1, generator=g).squeeze(1)
         next_state = torch.multinomial(transitions[state, action].float(), 1, generator=g).squeeze(1)
         terminated = next_state == NUM_STATES
-        buffer.add(eye[state], action, torch.zeros(streams), terminated, torch.zeros(streams, dtype=torch.bool),
-                   eye[next_state], MU.log()[action])
+        buffer.add(
+            eye[state],
+            action,
+            torch.zeros(streams),
+            terminated,
+            torch.zeros(streams, dtype=torch.bool),
+            eye[next_state],
+            MU.log()[action],
+        )
         restart = torch.multinomial(start.float().expand(streams, -1), 1, generator=g).squeeze(1)
         state = torch.where(terminated, restart, next_state)
-    context = AgentContext(BoxSpec((NUM_STATES + 1,), 0.0, 1.0), DiscreteSpec(2), 1, streams, streams,
-                           torch.device("cpu"), seed=0, total_steps=1)
-    agent = DeepACE(context, DeepACEOptions(
-        hidden=(), gamma=0.8, emphasis_rho_clip=math.inf, actor_learning_rate=1e-12, emphasis_learning_rate=0.02,
-        batch_size=512, learning_starts=0, target_update_every=20, buffer_size=streams * rows))
+    context = AgentContext(
+        BoxSpec((NUM_STATES + 1,), 0.0, 1.0),
+        DiscreteSpec(2),
+        1,
+        streams,
+        streams,
+        torch.device("cpu"),
+        seed=0,
+        total_steps=1,
+    )
+    agent = DeepACE(
+        context,
+        DeepACEOptions(
+            hidden=(),
+            gamma=0.8,
+            emphasis_rho_clip=math.inf,
+            actor_learning_rate=1e-12,
+            emphasis_learning_rate=0.02,
+            batch_size=512,
+            learning_starts=0,
+            target_update_every=20,
+            buffer_size=streams * rows,
+        ),
+    )
     with torch.no_grad():
         for parameter in agent.policy.parameters():
             parameter.zero_()  # uniform target policy, held fixed by the vanishing actor step

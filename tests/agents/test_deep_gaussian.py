@@ -24,8 +24,16 @@ P, B, D = 2, 6, 3  # members, batch, observation dim
 
 
 def _context(action_spec=None, population=P) -> AgentContext:
-    return AgentContext(BoxSpec((D,), -1.0, 1.0), action_spec or BoxSpec((1,), -math.inf, math.inf), population, 1,
-                        1, torch.device("cpu"), seed=0, total_steps=100)
+    return AgentContext(
+        BoxSpec((D,), -1.0, 1.0),
+        action_spec or BoxSpec((1,), -math.inf, math.inf),
+        population,
+        1,
+        1,
+        torch.device("cpu"),
+        seed=0,
+        total_steps=100,
+    )
 
 
 def _linear_agent(**options) -> GaussianACE:
@@ -52,15 +60,24 @@ def _batch():
     obs = torch.randn(P, B, D, generator=generator)
     behaviour_mean, behaviour_std = 0.3, 1.2
     action = behaviour_mean + behaviour_std * torch.randn(P, B, 1, generator=generator)
-    log_mu = (-0.5 * ((action - behaviour_mean) / behaviour_std).square() - math.log(behaviour_std)
-              - 0.5 * math.log(2 * math.pi)).squeeze(-1)
+    log_mu = (
+        -0.5 * ((action - behaviour_mean) / behaviour_std).square()
+        - math.log(behaviour_std)
+        - 0.5 * math.log(2 * math.pi)
+    ).squeeze(-1)
     terminated = torch.zeros(P, B, dtype=torch.bool)
     terminated[0, 1] = terminated[1, 4] = True
     batch = TransitionBatch(
-        obs=obs, action=action, reward=torch.randn(P, B, generator=generator), terminated=terminated,
-        truncated=torch.zeros(P, B, dtype=torch.bool), next_obs=torch.randn(P, B, D, generator=generator),
-        behaviour_log_prob=log_mu, interest=torch.ones(P, B),
-        time_index=torch.zeros(P, B, dtype=torch.int64), stream_index=torch.zeros(P, B, dtype=torch.int64),
+        obs=obs,
+        action=action,
+        reward=torch.randn(P, B, generator=generator),
+        terminated=terminated,
+        truncated=torch.zeros(P, B, dtype=torch.bool),
+        next_obs=torch.randn(P, B, D, generator=generator),
+        behaviour_log_prob=log_mu,
+        interest=torch.ones(P, B),
+        time_index=torch.zeros(P, B, dtype=torch.int64),
+        stream_index=torch.zeros(P, B, dtype=torch.int64),
     )
     episode_start = torch.zeros(P, B, dtype=torch.bool)
     episode_start[0, 0] = episode_start[1, 3] = True
@@ -77,8 +94,9 @@ def _hand_actor_update(agent: GaussianACE, batch, emphasis_weight):
     log_pi = -0.5 * ((a - mean) / std).square() - std.log() - 0.5 * math.log(2 * math.pi)
     rho = (log_pi - batch.behaviour_log_prob).exp()
     gamma = o.gamma * (~batch.terminated).float()
-    delta = batch.reward + gamma * _linear(agent.critic_target, batch.next_obs)[..., 0] - _linear(agent.critic, x)[
-        ..., 0]
+    delta = (
+        batch.reward + gamma * _linear(agent.critic_target, batch.next_obs)[..., 0] - _linear(agent.critic, x)[..., 0]
+    )
     d_mean = (a - mean) / std**2  # d ln N / d mean
     d_raw_std = (-1 / std + (a - mean) ** 2 / std**3) * torch.sigmoid(raw_std + agent.std_offset)
     coefficient = (rho * emphasis_weight * delta / B).unsqueeze(-1) * torch.stack([d_mean, d_raw_std], -1)
@@ -191,8 +209,9 @@ def test_emphasis_loss_is_the_backward_td_of_ace_md(normalize):
     assert torch.allclose(out["emphasis_target"], target, atol=1e-5)
     fhat_next = _linear(agent.emphasis, batch.next_obs)[..., 0]
     fhat_now = _linear(agent.emphasis, batch.obs)[..., 0]
-    expected = 0.5 * ((~batch.terminated).float() * (fhat_next - target) ** 2
-                      + episode_start.float() * (fhat_now - 1) ** 2).mean(1)
+    expected = 0.5 * (
+        (~batch.terminated).float() * (fhat_next - target) ** 2 + episode_start.float() * (fhat_now - 1) ** 2
+    ).mean(1)
     assert torch.allclose(out["emphasis"], expected, atol=1e-5)
 
 
@@ -212,9 +231,20 @@ def test_fit_start_state_and_clip_followon_switches():
 
 # ---------------------------------------------------------------------------------------------- loop, resume, CLI
 def _config(steps: int) -> TrainConfig:
-    return TrainConfig(agent="gaussian-ace", env="pendulum", steps=steps, num_envs=2, population_size=2,
-                       eval_every=0, eval_episodes=1, eval_max_steps=20, checkpoint_every=20, log_every=20,
-                       progress=False, agent_options={"learning_starts": 10, "hidden": [16], "batch_size": 16})
+    return TrainConfig(
+        agent="gaussian-ace",
+        env="pendulum",
+        steps=steps,
+        num_envs=2,
+        population_size=2,
+        eval_every=0,
+        eval_episodes=1,
+        eval_max_steps=20,
+        checkpoint_every=20,
+        log_every=20,
+        progress=False,
+        agent_options={"learning_starts": 10, "hidden": [16], "batch_size": 16},
+    )
 
 
 def test_resume_through_the_loop_is_bit_identical(tmp_path):
@@ -234,10 +264,26 @@ def test_cli_train_gaussian_ace_on_pendulum(tmp_path, capsys):
     from emphatic_rl.logging import read_metrics
 
     out = tmp_path / "run"
-    main(["train", "--agent", "gaussian-ace", "--env", "pendulum", "--steps", "200", "--out", str(out),
-          "--no-progress", "--set", "agent.learning_starts=50", "--set", "agent.batch_size=32"])
+    main(
+        [
+            "train",
+            "--agent",
+            "gaussian-ace",
+            "--env",
+            "pendulum",
+            "--steps",
+            "200",
+            "--out",
+            str(out),
+            "--no-progress",
+            "--set",
+            "agent.learning_starts=50",
+            "--set",
+            "agent.batch_size=32",
+        ]
+    )
     names = {row[1] for row in read_metrics(out / "metrics.csv")}
-    assert {"eval/return", "train/emphasis_mean", "train/rho_mean", "train/policy_std"} <= names
+    assert {"eval/return", "train/followon_mean", "train/importance_ratio_mean", "train/policy_std"} <= names
 
 
 def test_stored_log_prob_is_the_clipped_gaussian_of_the_acting_policy():

@@ -39,7 +39,7 @@ def test_discrete_env_is_a_clear_error():
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        ({"emphasis": "trace"}, "emphasis must be one of none, learned"),
+        ({"emphasis": "trace"}, "unknown emphasis .trace.; allowed: learned, none"),
         ({"tau": 0.0}, "tau must be > 0"),
         ({"exploration_noise": -0.1}, "exploration_noise must be > 0"),
         ({"eta": 2.0}, "eta must be in"),
@@ -75,8 +75,9 @@ def test_clipped_gaussian_log_prob_is_a_probability_measure():
 
 
 def test_behaviour_actions_stay_in_the_box_and_log_probs_match():
-    agent = make_agent("dpg", context(BoxSpec((1,), -2.0, 2.0), population=2), learning_starts=0,
-                       exploration_noise=2.0, hidden=[8])
+    agent = make_agent(
+        "dpg", context(BoxSpec((1,), -2.0, 2.0), population=2), learning_starts=0, exploration_noise=2.0, hidden=[8]
+    )
     obs = torch.randn(2, 500, 3)
     out = agent.act(obs, env_step=10)
     assert out.action.shape == (2, 500, 1) and out.log_prob.shape == (2, 500)
@@ -90,15 +91,22 @@ def test_behaviour_actions_stay_in_the_box_and_log_probs_match():
 # ---------------------------------------------------------------------------------------------- learning path
 def _fill(agent, population, steps=300):
     env = make_env("pendulum", num_envs=population * 2)
-    buffer = TrajectoryBuffer(capacity=1000, num_streams=population * 2, obs_shape=(3,), obs_dtype=torch.float32,
-                              action_shape=(1,), action_dtype=torch.float32)
+    buffer = TrajectoryBuffer(
+        capacity=1000,
+        num_streams=population * 2,
+        obs_shape=(3,),
+        obs_dtype=torch.float32,
+        action_shape=(1,),
+        action_dtype=torch.float32,
+    )
     obs = env.reset(seed=0)
     for step in range(1, steps + 1):
         out = agent.act(obs.view(population, 2, 3), step)
         action = out.action.reshape(-1, 1)
         result = env.step(action)
-        buffer.add(obs, action, result.reward, result.terminated, result.truncated, result.final_obs,
-                   out.log_prob.reshape(-1))
+        buffer.add(
+            obs, action, result.reward, result.terminated, result.truncated, result.final_obs, out.log_prob.reshape(-1)
+        )
         obs = result.obs
     return buffer
 
@@ -109,9 +117,9 @@ def test_learned_emphasis_update_runs_and_weights_are_positive():
     buffer = _fill(agent, 2, steps=120)
     before = [p.clone() for p in agent.actor.parameters()]
     metrics = agent.update(buffer, env_step=120)
-    for key in ("critic_loss", "actor_loss", "emphasis_loss", "emphasis_mean", "importance_ratio_mean"):
+    for key in ("critic_loss", "actor_loss", "emphasis_loss", "followon_mean", "importance_ratio_mean"):
         assert metrics[key].shape == (2,) and bool(torch.isfinite(metrics[key]).all())
-    assert float(metrics["emphasis_mean"].min()) >= 0.0
+    assert float(metrics["followon_mean"].min()) >= 0.0
     assert any(not torch.equal(a, b) for a, b in zip(before, agent.actor.parameters(), strict=True))
 
 
@@ -120,8 +128,9 @@ def test_learned_emphasis_switches_fit_start_state_and_clip_followon_at_zero():
     ctx = AgentContext(BoxSpec((3,), -8.0, 8.0), BoxSpec((1,), -2.0, 2.0), 2, 2, 4, torch.device("cpu"), 0, 1000)
     losses = {}
     for fit in (False, True):
-        agent = make_agent("dpg", ctx, emphasis="learned", learning_starts=50, hidden=[16], batch_size=64,
-                           fit_start_state=fit)
+        agent = make_agent(
+            "dpg", ctx, emphasis="learned", learning_starts=50, hidden=[16], batch_size=64, fit_start_state=fit
+        )
         assert agent.options.fit_start_state is fit and agent.options.clip_followon_at_zero
         buffer = _fill(agent, 2, steps=60)
         batch = buffer.sample_transitions(64, torch.Generator().manual_seed(0), num_groups=2)
@@ -132,12 +141,51 @@ def test_learned_emphasis_switches_fit_start_state_and_clip_followon_at_zero():
                 agent.learn(batch)
         losses[fit] = agent.learn(batch, start)["emphasis_loss"]
     assert not torch.allclose(losses[False], losses[True])
-    raw = make_agent("dpg", ctx, emphasis="learned", learning_starts=50, hidden=[16], batch_size=32,
-                     clip_followon_at_zero=False)
+    raw = make_agent(
+        "dpg", ctx, emphasis="learned", learning_starts=50, hidden=[16], batch_size=32, clip_followon_at_zero=False
+    )
     with torch.no_grad():
         raw.emphasis_net.layers[-1].bias.fill_(-5.0)  # fhat < 0 everywhere
     metrics = raw.learn(_fill(raw, 2, steps=60).sample_transitions(32, torch.Generator().manual_seed(1), num_groups=2))
-    assert float(metrics["emphasis_mean"].max()) < 0.0  # F_t = fhat(S_t), not clipped at 0
+    assert float(metrics["followon_mean"].max()) < 0.0  # F_t = fhat(S_t), not clipped at 0
+
+
+@pytest.mark.parametrize("after", [True, False])
+def test_followon_after_update_reads_f_after_or_before_the_emphasis_step(after):
+    """DDPG reads F_t = f(S_t) after this step's emphasis update by default (``followon_after_update``); False reads
+    it before, as deep ACE does. The other reading differs (the step moved f)."""
+    ctx = AgentContext(BoxSpec((3,), -8.0, 8.0), BoxSpec((1,), -2.0, 2.0), 2, 2, 4, torch.device("cpu"), 0, 1000)
+    agent = make_agent(
+        "dpg",
+        ctx,
+        emphasis="learned",
+        learning_starts=50,
+        hidden=[16],
+        batch_size=32,
+        followon_after_update=after,
+        emphasis_learning_rate=0.05,
+    )
+    batch = _fill(agent, 2, steps=60).sample_transitions(32, torch.Generator().manual_seed(2), num_groups=2)
+    obs = batch.obs.float()
+    with torch.no_grad():
+        before = agent.emphasis_net(obs).squeeze(-1).clamp(0.0, agent.options.emphasis_clip).mean(dim=1)
+    metrics = agent.learn(batch)
+    with torch.no_grad():
+        now = agent.emphasis_net(obs).squeeze(-1).clamp(0.0, agent.options.emphasis_clip).mean(dim=1)
+    assert not torch.allclose(before, now)
+    assert torch.allclose(metrics["followon_mean"], now if after else before)
+
+
+def test_normalize_emphasis_is_an_option_of_ddpg_too():
+    ctx = AgentContext(BoxSpec((3,), -8.0, 8.0), BoxSpec((1,), -2.0, 2.0), 2, 2, 4, torch.device("cpu"), 0, 1000)
+    losses = []
+    for normalize in (True, False):
+        agent = make_agent(
+            "dpg", ctx, emphasis="learned", learning_starts=50, hidden=[16], batch_size=32, normalize_emphasis=normalize
+        )
+        batch = _fill(agent, 2, steps=60).sample_transitions(32, torch.Generator().manual_seed(3), num_groups=2)
+        losses.append(agent.learn(batch)["emphasis_loss"])
+    assert not torch.allclose(losses[0], losses[1])  # target (1 - gamma) + gamma rho f' against 1 + gamma rho f'
 
 
 def test_linear_dpg_reports_followon_and_emphatic_weighting():
@@ -145,7 +193,7 @@ def test_linear_dpg_reports_followon_and_emphatic_weighting():
     x, ones = torch.ones(2, 1, dtype=D), torch.ones(2, dtype=D)
     ratio = torch.tensor([2.0, 4.0], dtype=D)
     m = learner.update_step(x, ones, ones, x, ones, ones, action_value_gradient=ones, emphatic_ratio=ratio)
-    assert m["emphasis"].tolist() == [2.0, 4.0]  # F_t
+    assert m["followon"].tolist() == [2.0, 4.0]  # F_t
     assert m["emphatic_weighting"].tolist() == [0.75 + 0.25 * 2.0, 0.75 + 0.25 * 4.0]  # M_t
 
 
@@ -162,10 +210,20 @@ def test_frozen_member_does_not_move():
 
 
 def test_train_loop_and_resume_are_bit_identical(tmp_path):
-    config = TrainConfig(agent="dpg", env="pendulum", steps=60, num_envs=2, population_size=2, eval_every=0,
-                         eval_episodes=1, eval_max_steps=20, checkpoint_every=30, log_every=30, progress=False,
-                         agent_options={"learning_starts": 20, "hidden": [16], "batch_size": 16,
-                                        "emphasis": "learned"})
+    config = TrainConfig(
+        agent="dpg",
+        env="pendulum",
+        steps=60,
+        num_envs=2,
+        population_size=2,
+        eval_every=0,
+        eval_episodes=1,
+        eval_max_steps=20,
+        checkpoint_every=30,
+        log_every=30,
+        progress=False,
+        agent_options={"learning_starts": 20, "hidden": [16], "batch_size": 16, "emphasis": "learned"},
+    )
     full = train(config, tmp_path / "full")
     half = TrainConfig(**{**config.to_dict(), "steps": 30})
     train(half, tmp_path / "resumed")
@@ -232,7 +290,7 @@ def test_compatible_critic_learns_the_action_value_gradient_for_a_fixed_policy()
     x = torch.ones(4, 1)
     for _ in range(20000):
         a = 0.5 * torch.randn(4)
-        reward = -(a - 1) ** 2
+        reward = -((a - 1) ** 2)
         learner.update_step(x, a, reward, x, torch.zeros(4), torch.zeros(4))
     assert torch.allclose(learner.advantage_weights.squeeze(1), torch.full((4,), 2.0), atol=0.2)
 
@@ -255,9 +313,15 @@ def random_continuous_mdp(seed: int, S: int, d: int) -> ContinuousActionMDP:
         return c0.unsqueeze(1) + c1.unsqueeze(1) * torch.sin(action) - c2.abs().unsqueeze(1) * 0.1 * action**2
 
     return ContinuousActionMDP(
-        next_state_probs, expected_reward, discount, start / start.sum(),
-        torch.randn(S, d, generator=g, dtype=D), torch.randn(S, d, generator=g, dtype=D),
-        torch.randn(S, generator=g, dtype=D), torch.rand(S, generator=g, dtype=D) + 0.3, name="random-continuous",
+        next_state_probs,
+        expected_reward,
+        discount,
+        start / start.sum(),
+        torch.randn(S, d, generator=g, dtype=D),
+        torch.randn(S, d, generator=g, dtype=D),
+        torch.randn(S, generator=g, dtype=D),
+        torch.rand(S, generator=g, dtype=D) + 0.3,
+        name="random-continuous",
     )
 
 
@@ -287,8 +351,20 @@ def test_deep_dpg_solves_native_pendulum_within_30k_steps(tmp_path):
     measured study run (experiments/results/dpg/pendulum_table.md) has mean -162.8 (it first passes -200 at 6000
     steps: -149.4); 8000 steps leave a 37-point margin and take minutes, not the hour 30k steps take on 2 shared
     cores."""
-    config = TrainConfig(agent="dpg", env="pendulum", steps=8_000, seed=0, population_size=5, num_envs=1,
-                         eval_every=2_000, eval_episodes=10, eval_max_steps=200, checkpoint_every=0, log_every=1_000,
-                         progress=False, agent_options={"emphasis": "none"})
+    config = TrainConfig(
+        agent="dpg",
+        env="pendulum",
+        steps=8_000,
+        seed=0,
+        population_size=5,
+        num_envs=1,
+        eval_every=2_000,
+        eval_episodes=10,
+        eval_max_steps=200,
+        checkpoint_every=0,
+        log_every=1_000,
+        progress=False,
+        agent_options={"emphasis": "none"},
+    )
     result = train(config, tmp_path / "run")
     assert float(result.final_eval_return.mean()) > -200

@@ -114,7 +114,7 @@ def test_numba_equals_torch_in_float64(settings) -> None:
     metrics_torch = feed(theirs, data, 0, 300)
     assert_close(flat_state(ours), flat_state(theirs), 1e-12)
     for m_n, m_t in zip(metrics_numba[-5:], metrics_torch[-5:], strict=True):
-        for key in ("td_error", "emphasis", "emphatic_weighting", "importance_ratio"):
+        for key in ("td_error", "followon", "emphatic_weighting", "importance_ratio"):
             torch.testing.assert_close(m_n[key], m_t[key], rtol=1e-10, atol=1e-10)
 
 

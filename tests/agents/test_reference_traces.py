@@ -18,7 +18,7 @@ start-state update added (``__startupdate__``).
 from __future__ import annotations
 
 import json
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -39,7 +39,7 @@ PRESET = {
 }
 
 
-@lru_cache(maxsize=None)
+@cache
 def load(environment: str) -> dict[str, np.ndarray]:
     with np.load(DATA / f"{environment}.npz") as data:
         return {key: data[key] for key in data.files}
@@ -47,7 +47,7 @@ def load(environment: str) -> dict[str, np.ndarray]:
 
 def cases() -> list[str]:
     names = []
-    for prefix, (environment, _, _) in ENVIRONMENTS.items():
+    for environment, _, _ in ENVIRONMENTS.values():
         meta = json.loads(str(load(environment)["meta_json"]))
         names.extend(sorted(meta["cases"]))
     return names
@@ -103,7 +103,7 @@ def run_case(case: str, backend: str, dtype: torch.dtype, fit_stream_start: bool
                 "theta": state["theta"][0][:, perm],
                 "critic_w": critic["weights"][0][perm],
                 "critic_trace": critic["trace"][0][perm],
-                "F": metrics["emphasis"][0],
+                "F": metrics["followon"][0],
                 "M": metrics["emphatic_weighting"][0],
                 "delta": metrics["td_error"][0],
                 "rho": metrics["importance_ratio"][0],
@@ -116,9 +116,7 @@ def run_case(case: str, backend: str, dtype: torch.dtype, fit_stream_start: bool
     return snapshots
 
 
-def compare(
-    case: str, snapshots, tolerance: float, startupdate: bool, diverged_tolerance: float | None = None
-) -> None:
+def compare(case: str, snapshots, tolerance: float, startupdate: bool, diverged_tolerance: float | None = None) -> None:
     environment = ENVIRONMENTS[case[:2]][0]
     data = load(environment)
     prefix = f"{case}__startupdate__" if startupdate else f"{case}__"
@@ -140,9 +138,7 @@ def compare(
             bound = tolerance
             if diverged_tolerance is not None and case in DIVERGING and checkpoint > 1000:
                 bound = diverged_tolerance
-            assert error <= bound, (
-                f"{case} {name} at step {checkpoint}: relative error {error:.3g} > {bound:g}"
-            )
+            assert error <= bound, f"{case} {name} at step {checkpoint}: relative error {error:.3g} > {bound:g}"
             compared += 1
     assert compared >= 20
 
@@ -161,7 +157,8 @@ def test_float64_matches_the_authors_learner(case: str, backend: str) -> None:
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("case", [c for c in CASES if "ace-direct" in c])
 def test_float64_start_state_fit_matches_the_startupdate_arrays(case: str, backend: str) -> None:
-    snapshots = run_case(case, backend, torch.float64, fit_stream_start=True, steps=1000 if backend == "torch" else 10_000)
+    steps = 1000 if backend == "torch" else 10_000
+    snapshots = run_case(case, backend, torch.float64, fit_stream_start=True, steps=steps)
     compare(case, snapshots, 1e-10, startupdate=True, diverged_tolerance=1e-6)
 
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from emphatic_rl.envs import make_env
-from emphatic_rl.envs.base import OUTPUT_BLOCK_STEPS
+from emphatic_rl.envs.base import OUTPUT_BLOCK_STEPS, StepResult
 
 NAMES = ("cartpole", "mountain-car", "acrobot", "pendulum", "puddle-world")
 
@@ -89,3 +89,71 @@ def test_sincos_gives_the_bits_of_libm_sin_and_cos():
     sine, cosine = np.empty_like(x), np.empty_like(x)
     both(x, sine, cosine)
     assert all(math.sin(v) == s and math.cos(v) == c for v, s, c in zip(x.tolist(), sine, cosine, strict=True))
+
+
+@pytest.mark.parametrize("num_envs", [3, 8192])  # many steps per block; one step per block (large N)
+def test_output_memory_is_reused_only_when_nothing_refers_to_it(num_envs):
+    env = make_env("cartpole", num_envs=num_envs, max_episode_steps=9)
+    assert (env._block_steps == 1) == (num_envs == 8192)
+    env.reset(seed=1)
+    generator = torch.Generator().manual_seed(1)
+    # a loop that drops its results steps on a few sets of blocks, not on fresh memory every time
+    pointers = {
+        env.step(_actions("cartpole", num_envs, generator)).obs.data_ptr() for _ in range(6 * OUTPUT_BLOCK_STEPS)
+    }
+    assert len(pointers) <= 2 * env._block_steps
+    # every way of keeping a step's outputs alive keeps them from being overwritten
+    weight = torch.ones(4, requires_grad=True)
+    held, expected, gradient = [], [], torch.zeros(4)
+    for step in range(3 * OUTPUT_BLOCK_STEPS):
+        result = env.step(_actions("cartpole", num_envs, generator))
+        kind = step % 5
+        if kind == 0:
+            held.append(result)  # the whole result
+            expected.append([t.clone() for t in result])
+        elif kind == 1:
+            held.append(result.obs[:, 1:3])  # a view only
+            expected.append(result.obs[:, 1:3].clone())
+        elif kind == 2:
+            held.append(result.final_obs.numpy())  # a numpy array over it
+            expected.append(result.final_obs.clone().numpy())
+        elif kind == 3:
+            held.append((result.reward * 1).sum() + (result.obs @ weight).sum())  # kept by autograd only
+            gradient += result.obs.sum(0)
+        else:
+            held.append(torch.utils.dlpack.from_dlpack(torch.utils.dlpack.to_dlpack(result.terminated)))
+            expected.append(result.terminated.clone())
+        del result
+    sum(loss for loss in held[3::5]).backward()
+    torch.testing.assert_close(weight.grad, gradient, rtol=1e-5, atol=1e-3)
+    kept = [h for i, h in enumerate(held) if i % 5 != 3]
+    for got, want in zip(kept, expected, strict=True):
+        if isinstance(got, StepResult):
+            assert all(torch.equal(a, b) for a, b in zip(got, want, strict=True))
+        elif isinstance(got, np.ndarray):
+            assert np.array_equal(got, want)
+        else:
+            assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize("sutton_barto", [False, True])
+def test_cartpole_kernel_four_copies_at_a_time_gives_the_bits_of_the_scalar_physics(sutton_barto):
+    from emphatic_rl.envs.kernels import cartpole_dynamics
+
+    rng = np.random.default_rng(5)
+    n = 4 * 1000 + 3  # groups of four and a remainder stepped one by one
+    low, high = [-2.4, -3.0, -0.21, -3.0], [2.4, 3.0, 0.21, 3.0]
+    start = rng.uniform(low, high, size=(n, 4))
+    actions = rng.integers(0, 2, n)
+    env = make_env("cartpole", num_envs=n, sutton_barto_reward=sutton_barto)
+    env.set_state(torch.from_numpy(start))
+    result = env.step(torch.from_numpy(actions))
+    expected = np.array([cartpole_dynamics(*start[i], bool(actions[i] == 1)) for i in range(n)])
+    assert np.array_equal(result.final_obs.numpy(), expected.astype(np.float32))
+    done = (result.terminated | result.truncated).numpy()
+    assert 0 < done.sum() < n
+    assert np.array_equal(env.state.numpy()[~done], expected[~done])  # float64, bit for bit
+    terminal = (np.abs(expected[:, 0]) > 2.4) | (np.abs(expected[:, 2]) > 12 * 2 * math.pi / 360)
+    assert np.array_equal(result.terminated.numpy(), terminal)
+    reward = -terminal.astype(np.float32) if sutton_barto else np.ones(n, np.float32)
+    assert np.array_equal(result.reward.numpy(), reward)

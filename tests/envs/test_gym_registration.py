@@ -106,3 +106,13 @@ def test_import_emphatic_rl_is_enough():
     code = "import emphatic_rl, gymnasium; print(gymnasium.make('emphatic_rl/PuddleWorld-v0').reset(seed=0))"
     completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert completed.returncode == 0, completed.stderr
+
+
+def test_set_state_is_declared_not_probed():
+    """``TensorEnv.set_state`` is declared on every env (``NotImplementedError`` where it does not apply); the
+    Gymnasium bridge forwards it and turns the refusal into one ``TypeError`` naming the env."""
+    env = gym.make("emphatic_rl/BorderedGridworld-v0")
+    env.reset(seed=0)
+    with pytest.raises(TypeError, match="env 'bordered-gridworld' has no set_state"):
+        env.unwrapped.set_state(torch.tensor([0]))
+    env.close()

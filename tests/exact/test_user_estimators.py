@@ -82,7 +82,7 @@ def test_monte_carlo_detects_a_sampled_form_that_does_not_match_its_expectation(
         return lab.expected_update("offpac", theta)
 
     def ace_sampled(step):  # ...but samples ACE's update
-        return (step.rho * step.emphasis * step.delta)[:, None, None] * step.score
+        return (step.rho * step.emphatic_weighting * step.delta)[:, None, None] * step.score
 
     def offpac_sampled(step):
         return (step.rho * step.interest * step.delta)[:, None, None] * step.score

@@ -73,25 +73,25 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, fields
-from typing import Any
 
 import torch
 from torch import nn
 
 from emphatic_rl.agents.base import ActionOutput
 from emphatic_rl.agents.deep.actor_critic import DeepActorCritic, replayed_episode_starts
+from emphatic_rl.agents.deep.options import EMPHASIS_KINDS, EmphaticReplayOptions
 from emphatic_rl.agents.networks import make_population_network
 from emphatic_rl.agents.registry import (
     AgentContext,
     check_positive,
-    check_switches,
     check_unit_interval,
     register_agent,
 )
-from emphatic_rl.buffers.trajectory import TransitionBatch
+from emphatic_rl.buffers.trajectory import TrajectoryBuffer, TransitionBatch
 from emphatic_rl.emphatic import actor_coefficient
 from emphatic_rl.envs.base import DiscreteSpec
 from emphatic_rl.seeding import stream_seed
+from emphatic_rl.validation import check_count
 
 __all__ = [
     "DeepACE",
@@ -104,70 +104,43 @@ __all__ = [
 ]
 
 BEHAVIOURS = ("fixed", "epsilon-greedy")
-EMPHASIS_KINDS = ("learned", "none")
 INTEREST_KINDS = ("uniform",)
 EVALUATION_KINDS = ("sample", "greedy")
 
 
 @dataclass(frozen=True)
-class DeepACEOptions:
-    """Hyperparameters of ``deep-ace`` (see the module docstring for each one's role)."""
+class DeepACEOptions(EmphaticReplayOptions):
+    """Hyperparameters of ``deep-ace`` (see the module docstring for each one's role; the shared ones are those of
+    ``EmphaticReplayOptions`` and ``ReplayOptions``)."""
 
-    eta: float = 1.0
-    emphasis: str = "learned"
     normalize_emphasis: bool = False
-    fit_start_state: bool = True
-    clip_followon_at_zero: bool = True
     interest: str = "uniform"
     behaviour: str = "fixed"
-    gamma: float = 0.99
-    actor_learning_rate: float = 3e-4
-    critic_learning_rate: float = 1e-3
-    emphasis_learning_rate: float = 1e-3
     entropy_coef: float = 0.01
-    rho_clip: float = 2.0
     emphasis_rho_clip: float = 2.0
-    buffer_size: int = 100_000
     batch_size: int = 64
-    learning_starts: int = 1_000
-    train_every: int = 1
-    gradient_steps: int = 1
     target_update_every: int = 250
     epsilon_start: float = 1.0
     epsilon_end: float = 0.1
     epsilon_decay_steps: int = 10_000
     evaluation: str = "sample"
     hidden: tuple[int, ...] = (128, 128)
-    max_grad_norm: float = 10.0
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         for name, value, allowed in (
-            ("emphasis", self.emphasis, EMPHASIS_KINDS),
             ("interest", self.interest, INTEREST_KINDS),
             ("behaviour", self.behaviour, BEHAVIOURS),
             ("evaluation", self.evaluation, EVALUATION_KINDS),
         ):
             if value not in allowed:
                 raise ValueError(f"unknown {name} {value!r}; allowed: {', '.join(allowed)}")
-        if not isinstance(self.eta, int | float) or isinstance(self.eta, bool):
-            raise ValueError(f"eta must be a number in [0, 1], got {self.eta!r}")
-        check_unit_interval("eta", self.eta)
-        check_unit_interval("gamma", self.gamma)
-        check_switches(self, ("fit_start_state", "clip_followon_at_zero"))
-        for name in ("actor_learning_rate", "critic_learning_rate", "emphasis_learning_rate", "rho_clip",
-                     "emphasis_rho_clip", "max_grad_norm"):
-            check_positive(name, getattr(self, name))
+        check_positive("emphasis_rho_clip", self.emphasis_rho_clip)
         check_positive("entropy_coef", self.entropy_coef, allow_zero=True)
-        for name in ("buffer_size", "batch_size", "train_every", "gradient_steps", "target_update_every",
-                     "epsilon_decay_steps"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool):
-                raise ValueError(f"{name} must be an integer > 0, got {value!r}")
-            check_positive(name, value)
-        check_positive("learning_starts", self.learning_starts, allow_zero=True)
+        for name in ("target_update_every", "epsilon_decay_steps"):
+            check_count(name, getattr(self, name))
         for name in ("epsilon_start", "epsilon_end"):
             check_unit_interval(name, getattr(self, name))
-        object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
 
 
 @dataclass(frozen=True)
@@ -191,9 +164,7 @@ class DeepACE(DeepActorCritic):
 
     def __init__(self, context: AgentContext, options: DeepACEOptions) -> None:
         if not isinstance(context.action_spec, DiscreteSpec):
-            raise ValueError(
-                "agent 'deep-ace' needs a discrete action space; this env's actions are continuous"
-            )
+            raise ValueError("agent 'deep-ace' needs a discrete action space; this env's actions are continuous")
         self.options = options
         self.device = context.device
         self.population_size = context.population_size
@@ -257,7 +228,7 @@ class DeepACE(DeepActorCritic):
         return torch.multinomial(probs, 1, generator=self.evaluation_generator).squeeze(1).view(logits.shape[:2])
 
     # ------------------------------------------------------------------ learning
-    def _sample(self, buffer: Any) -> tuple[Any, torch.Tensor]:
+    def _sample(self, buffer: TrajectoryBuffer) -> tuple[TransitionBatch, torch.Tensor]:
         """A batch with leading dims ``[P, B]`` and ``episode_start: bool[P, B]`` (``S_t`` starts an episode; all
         False when no emphasis network is trained or ``fit_start_state`` is off: its only user is the start term).
 
@@ -269,15 +240,18 @@ class DeepACE(DeepActorCritic):
         else:
             flat = buffer.sample_transitions(P * B, self.generator)
             batch = TransitionBatch(
-                **{f.name: getattr(flat, f.name).view(P, B, *getattr(flat, f.name).shape[1:])
-                   for f in fields(flat) if f.name != "extras"},
+                **{
+                    f.name: getattr(flat, f.name).view(P, B, *getattr(flat, f.name).shape[1:])
+                    for f in fields(flat)
+                    if f.name != "extras"
+                },
                 extras={name: value.view(P, B, *value.shape[1:]) for name, value in flat.extras.items()},
             )
         if self.emphasis is None or not self.options.fit_start_state:  # only the start term needs episode starts
             return batch, torch.zeros(P, B, dtype=torch.bool, device=self.device)
         return batch, replayed_episode_starts(buffer, batch).view(P, B)
 
-    def losses(self, batch: Any, episode_start: torch.Tensor) -> dict[str, torch.Tensor]:
+    def losses(self, batch: TransitionBatch, episode_start: torch.Tensor) -> dict[str, torch.Tensor]:
         """The members' losses and diagnostics for one batch (fields ``[P, B, ...]``).
 
         Returns ``actor``, ``critic``, ``emphasis`` (``[P]``, differentiable; ``emphasis`` is zeros when no emphasis
@@ -300,7 +274,7 @@ class DeepACE(DeepActorCritic):
         actor_loss = -(actor_weight * log_pi).mean(dim=1) - o.entropy_coef * entropy
         return {**out, "actor": actor_loss, "rho": rho, "entropy": entropy.detach()}
 
-    def update(self, buffer: Any, env_step: int) -> dict[str, torch.Tensor]:
+    def update(self, buffer: TrajectoryBuffer, env_step: int) -> dict[str, torch.Tensor]:
         o = self.options
         metrics: dict[str, torch.Tensor] = {}
         if env_step < o.learning_starts or env_step % o.train_every != 0:
@@ -313,8 +287,8 @@ class DeepACE(DeepActorCritic):
                 "actor_loss": out["actor"].detach(),
                 "critic_loss": out["critic"].detach(),
                 "emphasis_loss": out["emphasis"].detach(),
-                "rho_mean": out["rho"].mean(dim=1),
-                "emphasis_mean": out["followon"].mean(dim=1),
+                "importance_ratio_mean": out["rho"].mean(dim=1),
+                "followon_mean": out["followon"].mean(dim=1),
                 "entropy": out["entropy"],
                 "value_mean": out["value"].mean(dim=1),
             }

@@ -31,6 +31,7 @@ from torch import nn
 from emphatic_rl.agents.base import Agent
 from emphatic_rl.agents.networks import finite_members, mask_and_clip_member_gradients_
 from emphatic_rl.agents.registry import AgentContext
+from emphatic_rl.buffers.trajectory import TrajectoryBuffer, TransitionBatch
 from emphatic_rl.emphatic import (
     emphatic_weighting,
     learned_emphasis_loss,
@@ -42,7 +43,7 @@ from emphatic_rl.seeding import stream_seed
 __all__ = ["DeepActorCritic", "replayed_episode_starts"]
 
 
-def replayed_episode_starts(buffer: Any, batch: Any) -> torch.Tensor:
+def replayed_episode_starts(buffer: TrajectoryBuffer, batch: TransitionBatch) -> torch.Tensor:
     """``bool`` of ``batch.time_index``'s shape: the replayed ``S_t`` starts an episode (the stream's first row, or
     the previous row of its stream ended). Unknown, hence ``False``, for the oldest stored row."""
     previous_time = batch.time_index - 1

@@ -35,8 +35,13 @@ Gaussian agents (``deep_ace``, ``deep_gaussian``), it says so in an option or he
   the replayed ``S_t`` that start an episode (read from the buffer as ``deep_ace`` does).
 - ``clip_followon_at_zero`` (default ``True``): ``f`` is clipped at 0 where it is used as ``F`` (in ``M_t`` and in
   the bootstrap of the target); ``F_t`` is also capped at ``emphasis_clip`` in ``M_t``.
+- ``normalize_emphasis`` (default ``True``, as ``deep_gaussian``; ``deep_ace`` defaults to ``False``): the
+  normalised target above; ``False`` uses ``i + gamma rho max(f'(s_t), 0)``.
+- ``followon_after_update`` (default ``True``): ``F_t`` (and so ``M_t``) is read from ``f`` after this step's
+  emphasis update, as the learning rates were tuned; ``False`` reads it before the update, as ``deep_ace`` and
+  ``deep_gaussian`` do.
 - The emphasis loss is the squared error (twice ``emphatic.learned_emphasis_loss``) averaged over the rows that
-  carry a term, and ``M_t`` is read after this step's emphasis update; the learning rates were tuned this way.
+  carry a term (the scale the learning rates were tuned at).
 
 The equations (``M_t``, the emphasis target and loss) are those of ``emphatic_rl.emphatic``, defined there once.
 
@@ -62,6 +67,7 @@ from emphatic_rl.agents.action_boxes import (
 )
 from emphatic_rl.agents.base import ActionOutput, Agent
 from emphatic_rl.agents.deep.ace import replayed_episode_starts
+from emphatic_rl.agents.deep.options import EMPHASIS_KINDS, EmphaticReplayOptions
 from emphatic_rl.agents.networks import PopulationMLP, finite_members, mask_and_clip_member_gradients_, polyak_update_
 from emphatic_rl.agents.registry import (
     AgentContext,
@@ -70,6 +76,7 @@ from emphatic_rl.agents.registry import (
     check_unit_interval,
     register_agent,
 )
+from emphatic_rl.buffers.trajectory import TrajectoryBuffer, TransitionBatch
 from emphatic_rl.emphatic import (
     emphatic_weighting,
     learned_emphasis_loss,
@@ -78,12 +85,13 @@ from emphatic_rl.emphatic import (
 )
 from emphatic_rl.seeding import stream_seed
 
-EMPHASIS_CHOICES = ("none", "learned")
+EMPHASIS_CHOICES = EMPHASIS_KINDS  # the emphasis of the deep emphatic agents
 
 
 @dataclass(frozen=True)
-class DDPGOptions:
-    """Hyperparameters of deep DDPG / emphatic DDPG (defaults tuned on native Pendulum, see experiments/results/dpg).
+class DDPGOptions(EmphaticReplayOptions):
+    """Hyperparameters of deep DDPG / emphatic DDPG (defaults tuned on native Pendulum, see experiments/results/dpg;
+    the shared ones are those of ``EmphaticReplayOptions`` and ``ReplayOptions``).
 
     ``exploration_noise`` and ``emphasis_target_std`` are fractions of the action half-width. ``emphasis``:
     ``"none"`` (DDPG) or ``"learned"`` (deep emphatic DPG, see the module docstring, also for ``fit_start_state``
@@ -91,41 +99,22 @@ class DDPGOptions:
     """
 
     actor_learning_rate: float = 1e-3
-    critic_learning_rate: float = 1e-3
-    gamma: float = 0.99
     tau: float = 0.005
-    buffer_size: int = 100_000
-    batch_size: int = 256
-    learning_starts: int = 1_000
-    train_every: int = 1
-    gradient_steps: int = 1
     exploration_noise: float = 0.1
-    hidden: tuple[int, ...] = (64, 64)
-    max_grad_norm: float = 10.0
     emphasis: str = "none"
-    eta: float = 1.0
     emphasis_learning_rate: float = 3e-4
     emphasis_target_std: float = 0.1
     rho_clip: float = 5.0
     emphasis_clip: float = 10.0
     fit_start_state: bool = False
-    clip_followon_at_zero: bool = True
+    followon_after_update: bool = True
 
     def __post_init__(self) -> None:
-        for name in ("actor_learning_rate", "critic_learning_rate", "emphasis_learning_rate", "tau"):
-            check_positive(name, getattr(self, name))
-        check_unit_interval("gamma", self.gamma)
+        super().__post_init__()
+        check_switches(self, ("followon_after_update",))
         check_unit_interval("tau", self.tau)
-        check_unit_interval("eta", self.eta)
-        check_switches(self, ("fit_start_state", "clip_followon_at_zero"))
-        for name in ("buffer_size", "batch_size", "train_every", "gradient_steps", "max_grad_norm"):
+        for name in ("tau", "exploration_noise", "emphasis_target_std", "emphasis_clip"):
             check_positive(name, getattr(self, name))
-        check_positive("learning_starts", self.learning_starts, allow_zero=True)
-        for name in ("exploration_noise", "emphasis_target_std", "rho_clip", "emphasis_clip"):
-            check_positive(name, getattr(self, name))
-        if self.emphasis not in EMPHASIS_CHOICES:
-            raise ValueError(f"emphasis must be one of {', '.join(EMPHASIS_CHOICES)}, got {self.emphasis!r}")
-        object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
 
 
 class DDPG(Agent):
@@ -202,7 +191,7 @@ class DDPG(Agent):
             return self.box.finite_actions(self.policy(obs))
 
     # ------------------------------------------------------------------ learning
-    def update(self, buffer: Any, env_step: int) -> dict[str, torch.Tensor]:
+    def update(self, buffer: TrajectoryBuffer, env_step: int) -> dict[str, torch.Tensor]:
         o = self.options
         metrics: dict[str, torch.Tensor] = {}
         if env_step < o.learning_starts or env_step % o.train_every != 0:
@@ -215,7 +204,7 @@ class DDPG(Agent):
             metrics = self.learn(batch, episode_start)
         return metrics
 
-    def learn(self, batch: Any, episode_start: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    def learn(self, batch: TransitionBatch, episode_start: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """One gradient step of critic, emphasis (if learned) and actor on ``batch`` (fields ``[P, B, ...]``).
 
         ``episode_start``: ``bool[P, B]``, the replayed ``S_t`` starts an episode; needed with a learned emphasis
@@ -267,7 +256,7 @@ class DDPG(Agent):
 
     def _learn_emphasis(
         self,
-        batch: Any,
+        batch: TransitionBatch,
         obs: torch.Tensor,
         next_obs: torch.Tensor,
         action: torch.Tensor,
@@ -284,8 +273,8 @@ class DDPG(Agent):
             carried = self.emphasis_target(obs).squeeze(-1)
             if o.clip_followon_at_zero:
                 carried = carried.clamp(min=0.0)
-            # normalised, uniform interest i = 1; a terminal S_{t+1} is masked out of the loss below
-            emphasis_target = learned_emphasis_target(1.0, o.gamma, rho, carried, normalize=True)
+            # uniform interest i = 1; a terminal S_{t+1} is masked out of the loss below
+            emphasis_target = learned_emphasis_target(1.0, o.gamma, rho, carried, normalize=o.normalize_emphasis)
         prediction = self.emphasis_net(next_obs).squeeze(-1)
         # a terminal S_{t+1} receives no emphasis flow (the next step starts a new episode): skip it. The loss is the
         # squared error, twice learned_emphasis_loss (the scale the learning rate was tuned at).
@@ -293,22 +282,26 @@ class DDPG(Agent):
         if o.fit_start_state:  # f(S_0) <- i_0 (gamma_0 = 0 at a start, so normalised or not the target is i_0)
             assert episode_start is not None  # update() checked it
             start = episode_start.to(prediction.dtype)
-            start_target = learned_emphasis_start_target(1.0, 0.0, normalize=True)
+            start_target = learned_emphasis_start_target(1.0, 0.0, normalize=o.normalize_emphasis)
             start_error = start * (2 * learned_emphasis_loss(self.emphasis_net(obs).squeeze(-1), start_target))
             emphasis_loss = (squared_error + start_error).sum(1) / (continuing + start).sum(1).clamp(min=1)
         else:
             emphasis_loss = squared_error.sum(1) / continuing.sum(1).clamp(min=1)
+        if not o.followon_after_update:  # F_t = f(S_t) before this step's emphasis update (as deep ACE reads it)
+            with torch.no_grad():
+                emphasis = self.emphasis_net(obs).squeeze(-1)
         self.emphasis_optimizer.zero_grad(set_to_none=True)
         emphasis_loss.sum().backward()
         mask_and_clip_member_gradients_(list(self.emphasis_net.parameters()), self.active, o.max_grad_norm)
         self.emphasis_optimizer.step()
         with torch.no_grad():
-            emphasis = self.emphasis_net(obs).squeeze(-1)  # F_t
+            if o.followon_after_update:  # F_t = f(S_t) after this step's emphasis update (the tuned default)
+                emphasis = self.emphasis_net(obs).squeeze(-1)
             emphasis = emphasis.clamp(0.0 if o.clip_followon_at_zero else None, o.emphasis_clip)
             weights = emphatic_weighting(1.0, emphasis, o.eta)  # M_t, uniform interest
         return weights, {
             "emphasis_loss": emphasis_loss.detach(),
-            "emphasis_mean": emphasis.mean(dim=1),
+            "followon_mean": emphasis.mean(dim=1),
             "importance_ratio_mean": rho.mean(dim=1),
         }
 

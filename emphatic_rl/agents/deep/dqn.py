@@ -41,26 +41,31 @@ from torch import nn
 
 from emphatic_rl.agents.base import ActionOutput, Agent
 from emphatic_rl.agents.deep import dqn_kernels
+from emphatic_rl.agents.deep.options import ReplayOptions
 from emphatic_rl.agents.networks import PopulationLinear, PopulationMLP, make_population_network
-from emphatic_rl.agents.registry import AgentContext, check_positive, check_unit_interval, register_agent
+from emphatic_rl.agents.registry import (
+    AgentContext,
+    check_positive,
+    check_switches,
+    check_unit_interval,
+    register_agent,
+)
+from emphatic_rl.buffers.trajectory import TrajectoryBuffer, TransitionBatch
 from emphatic_rl.envs.base import DiscreteSpec
 from emphatic_rl.seeding import stream_seed
+from emphatic_rl.validation import check_count
 
 BACKENDS = ("auto", "torch", "numba")
 
 
 @dataclass(frozen=True)
-class DQNOptions:
+class DQNOptions(ReplayOptions):
     """Hyperparameters of DQN (defaults reach CartPole's 475 within 100k steps; see
-    tests/agents/test_dqn_learning.py)."""
+    tests/agents/test_dqn_learning.py). The replay ones are those of ``ReplayOptions``."""
 
     learning_rate: float = 1e-3
-    gamma: float = 0.99
     buffer_size: int = 50_000
     batch_size: int = 128
-    learning_starts: int = 1_000
-    train_every: int = 1
-    gradient_steps: int = 1
     target_update_every: int = 500
     epsilon_start: float = 1.0
     epsilon_end: float = 0.05
@@ -68,24 +73,20 @@ class DQNOptions:
     eval_epsilon: float = 0.0
     hidden: tuple[int, ...] = (128, 128)
     double_q: bool = False
-    max_grad_norm: float = 10.0
     #: ``"auto"`` (the compiled kernels on CPU for MLP Q-networks, else torch), ``"torch"`` or ``"numba"`` (an error
     #: where it does not apply); see the module docstring
     backend: str = "auto"
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.backend not in BACKENDS:
             raise ValueError(f"unknown backend {self.backend!r}; allowed: {', '.join(BACKENDS)}")
         check_positive("learning_rate", self.learning_rate)
-        check_unit_interval("gamma", self.gamma)
-        for name in ("buffer_size", "batch_size", "train_every", "gradient_steps", "target_update_every"):
-            check_positive(name, getattr(self, name))
-        check_positive("learning_starts", self.learning_starts, allow_zero=True)
-        check_positive("epsilon_decay_steps", self.epsilon_decay_steps)
+        for name in ("target_update_every", "epsilon_decay_steps"):
+            check_count(name, getattr(self, name))
         for name in ("epsilon_start", "epsilon_end", "eval_epsilon"):
             check_unit_interval(name, getattr(self, name))
-        check_positive("max_grad_norm", self.max_grad_norm)
-        object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
+        check_switches(self, ("double_q",))
 
 
 class DQN(Agent):
@@ -192,11 +193,11 @@ class DQN(Agent):
         return self.evaluation_action(obs)
 
     # ------------------------------------------------------------------ learning
-    def _sample(self, buffer: Any):
+    def _sample(self, buffer: TrajectoryBuffer):
         """A batch ``[P, B, ...]`` where member ``p`` sees only its own streams ``p*E ... p*E + E - 1``."""
         return buffer.sample_transitions(self.options.batch_size, self.generator, num_groups=self.population_size)
 
-    def update(self, buffer: Any, env_step: int) -> dict[str, torch.Tensor]:
+    def update(self, buffer: TrajectoryBuffer, env_step: int) -> dict[str, torch.Tensor]:
         o = self.options
         metrics: dict[str, torch.Tensor] = {}
         if env_step < o.learning_starts or env_step % o.train_every != 0:
@@ -458,7 +459,7 @@ class _KernelPath:
         )
         return ActionOutput(torch.from_numpy(action), torch.from_numpy(log_prob))
 
-    def gradient_step(self, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    def gradient_step(self, batch: TransitionBatch) -> tuple[torch.Tensor, torch.Tensor]:
         """One update of every member from ``batch`` (``[P, B, ...]``); returns ``(loss [P], q_mean [P])``."""
         agent, o = self.agent, self.agent.options
         optimizer = agent.optimizer

@@ -63,7 +63,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import nn
@@ -71,73 +70,42 @@ from torch import nn
 from emphatic_rl.agents.action_boxes import ActionBox, clipped_gaussian_log_prob, require_box
 from emphatic_rl.agents.base import ActionOutput
 from emphatic_rl.agents.deep.actor_critic import DeepActorCritic, replayed_episode_starts
+from emphatic_rl.agents.deep.options import EMPHASIS_KINDS, EmphaticReplayOptions
 from emphatic_rl.agents.networks import PopulationMLP, polyak_update_
 from emphatic_rl.agents.registry import (
     AgentContext,
     check_positive,
-    check_switches,
     check_unit_interval,
     register_agent,
 )
+from emphatic_rl.buffers.trajectory import TrajectoryBuffer, TransitionBatch
 from emphatic_rl.emphatic import (
     actor_coefficient,
 )
 
 __all__ = ["GaussianACE", "GaussianACEOptions", "GaussianOffPACOptions", "EMPHASIS_KINDS"]
 
-EMPHASIS_KINDS = ("learned", "none")
-
 
 @dataclass(frozen=True)
-class GaussianACEOptions:
-    """Hyperparameters of ``gaussian-ace`` (see the module docstring). ``init_std`` and ``min_std`` are fractions of
-    the action half-width (of 1 on an unbounded box)."""
+class GaussianACEOptions(EmphaticReplayOptions):
+    """Hyperparameters of ``gaussian-ace`` (see the module docstring; the shared ones are those of
+    ``EmphaticReplayOptions`` and ``ReplayOptions``). ``init_std`` and ``min_std`` are fractions of the action
+    half-width (of 1 on an unbounded box)."""
 
-    eta: float = 1.0
-    emphasis: str = "learned"
-    normalize_emphasis: bool = True
-    fit_start_state: bool = True
-    clip_followon_at_zero: bool = True
-    gamma: float = 0.99
-    actor_learning_rate: float = 3e-4
-    critic_learning_rate: float = 1e-3
-    emphasis_learning_rate: float = 1e-3
     entropy_coef: float = 0.0
-    rho_clip: float = 2.0
     emphasis_rho_clip: float = 2.0
     init_std: float = 0.5
     min_std: float = 0.05
     tau: float = 0.005
-    buffer_size: int = 100_000
-    batch_size: int = 256
-    learning_starts: int = 1_000
-    train_every: int = 1
-    gradient_steps: int = 1
-    hidden: tuple[int, ...] = (64, 64)
-    max_grad_norm: float = 10.0
 
     def __post_init__(self) -> None:
-        if self.emphasis not in EMPHASIS_KINDS:
-            raise ValueError(f"unknown emphasis {self.emphasis!r}; allowed: {', '.join(EMPHASIS_KINDS)}")
-        if not isinstance(self.eta, int | float) or isinstance(self.eta, bool):
-            raise ValueError(f"eta must be a number in [0, 1], got {self.eta!r}")
-        check_unit_interval("eta", self.eta)
-        check_unit_interval("gamma", self.gamma)
+        super().__post_init__()
         check_unit_interval("tau", self.tau)
-        check_switches(self, ("fit_start_state", "clip_followon_at_zero"))
-        for name in ("actor_learning_rate", "critic_learning_rate", "emphasis_learning_rate", "rho_clip",
-                     "emphasis_rho_clip", "init_std", "min_std", "tau", "max_grad_norm"):
+        for name in ("emphasis_rho_clip", "init_std", "min_std", "tau"):
             check_positive(name, getattr(self, name))
         if not self.init_std > self.min_std:
             raise ValueError(f"init_std must be > min_std, got init_std={self.init_std!r}, min_std={self.min_std!r}")
         check_positive("entropy_coef", self.entropy_coef, allow_zero=True)
-        for name in ("buffer_size", "batch_size", "train_every", "gradient_steps"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool):
-                raise ValueError(f"{name} must be an integer > 0, got {value!r}")
-            check_positive(name, value)
-        check_positive("learning_starts", self.learning_starts, allow_zero=True)
-        object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
 
 
 @dataclass(frozen=True)
@@ -221,7 +189,7 @@ class GaussianACE(DeepActorCritic):
         return self.box.clip(mean + std * noise)
 
     # ------------------------------------------------------------------ learning
-    def _sample(self, buffer: Any) -> tuple[Any, torch.Tensor]:
+    def _sample(self, buffer: TrajectoryBuffer) -> tuple[TransitionBatch, torch.Tensor]:
         """Member ``p``'s batch from its own streams (fields ``[P, B, ...]``) and ``episode_start: bool[P, B]``
         (``S_t`` starts an episode; read from the buffer only when an emphasis network fits start states)."""
         P, B = self.population_size, self.options.batch_size
@@ -230,7 +198,7 @@ class GaussianACE(DeepActorCritic):
             return batch, torch.zeros(P, B, dtype=torch.bool, device=self.device)
         return batch, replayed_episode_starts(buffer, batch).view(P, B)
 
-    def losses(self, batch: Any, episode_start: torch.Tensor) -> dict[str, torch.Tensor]:
+    def losses(self, batch: TransitionBatch, episode_start: torch.Tensor) -> dict[str, torch.Tensor]:
         """The members' losses and diagnostics for one batch (fields ``[P, B, ...]``, ``action [P, B, A]``).
 
         Returns ``actor``, ``critic``, ``emphasis`` (``[P]``, differentiable; ``emphasis`` is zeros without an
@@ -252,7 +220,7 @@ class GaussianACE(DeepActorCritic):
         actor_loss = -(actor_weight * log_pi).mean(dim=1) - o.entropy_coef * entropy
         return {**out, "actor": actor_loss, "rho": rho, "std": std.detach().mean(dim=(1, 2))}
 
-    def update(self, buffer: Any, env_step: int) -> dict[str, torch.Tensor]:
+    def update(self, buffer: TrajectoryBuffer, env_step: int) -> dict[str, torch.Tensor]:
         o = self.options
         metrics: dict[str, torch.Tensor] = {}
         if env_step < o.learning_starts or env_step % o.train_every != 0:
@@ -268,8 +236,8 @@ class GaussianACE(DeepActorCritic):
                 "actor_loss": out["actor"].detach(),
                 "critic_loss": out["critic"].detach(),
                 "emphasis_loss": out["emphasis"].detach(),
-                "rho_mean": out["rho"].mean(dim=1),
-                "emphasis_mean": out["followon"].mean(dim=1),
+                "importance_ratio_mean": out["rho"].mean(dim=1),
+                "followon_mean": out["followon"].mean(dim=1),
                 "policy_std": out["std"],
                 "value_mean": out["value"].mean(dim=1),
             }
@@ -277,7 +245,8 @@ class GaussianACE(DeepActorCritic):
 
 
 @register_agent(
-    "gaussian-ace", GaussianACEOptions,
+    "gaussian-ace",
+    GaussianACEOptions,
     "deep Gaussian ACE-direct on replay (learned emphasis net; eta 0 = OffPAC), continuous actions",
 )
 def make_gaussian_ace(context: AgentContext, options: GaussianACEOptions) -> GaussianACE:

@@ -78,8 +78,9 @@ from emphatic_rl.agents.dyna.models import (
     tabular_dynamics_of,
 )
 from emphatic_rl.agents.registry import AgentContext, register_agent
-from emphatic_rl.envs.base import TensorEnv
+from emphatic_rl.envs.base import BoxSpec, TensorEnv
 from emphatic_rl.seeding import stream_seed
+from emphatic_rl.validation import check_count, check_number, check_positive
 
 if TYPE_CHECKING:
     from emphatic_rl.buffers.trajectory import TrajectoryBuffer
@@ -229,13 +230,10 @@ class DynaOptions:
             "model_train_steps",
             "model_replay_size",
         ):
-            value = getattr(self, key)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{key} must be an integer >= 1, got {value!r}")
+            check_count(key, getattr(self, key))
         for key in ("learning_rate", "model_learning_rate"):
-            value = getattr(self, key)
-            if not (isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0):
-                raise ValueError(f"{key} must be > 0, got {value!r}")
+            check_number(key, getattr(self, key))
+            check_positive(key, getattr(self, key))
         if self.model_features not in MODEL_FEATURES:
             raise ValueError(f"model_features must be one of {', '.join(MODEL_FEATURES)}; got {self.model_features!r}")
         if self.model_sampling not in ("sample", "mode"):
@@ -895,7 +893,28 @@ class DynaAgent(Agent):
             ),
         }
 
+    #: keys of the learned models' own replay ring, kept in checkpoints before the models trained from the loop's
+    #: ``TrajectoryBuffer``
+    OLD_MODEL_REPLAY_KEYS = ("model_replay_states", "model_replay_values", "model_replay_cursor", "model_replay_size")
+
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore a ``state_dict()``.
+
+        Raises:
+            CheckpointError: ``state`` was written by an older tabular Dyna with learned models, which kept its own
+                replay of real transitions (``model_replay_*``). The models now train from the run's trajectory
+                buffer, and such a checkpoint's buffer holds only the latest step, so the run cannot continue as it
+                would have: it is refused rather than resumed differently.
+        """
+        if any(key in state for key in self.OLD_MODEL_REPLAY_KEYS):
+            from emphatic_rl.checkpoints import CheckpointError
+
+            raise CheckpointError(
+                "it was written by an older tabular Dyna whose learned models kept their own replay of real "
+                "transitions (model_replay_*); the models now train from the run's trajectory buffer, which that "
+                "checkpoint does not hold (its buffer keeps only the latest step), so the run cannot continue as it "
+                "would have: start it again"
+            )
         for key in (
             "q",
             "visited_pair",
@@ -1039,7 +1058,8 @@ def make_dyna(context: AgentContext, options: DynaOptions) -> DynaAgent:
             f"'bordered-gridworld'); env {context.env_name or env.name!r} does not"
         )
     agent = make_dyna_for_env(env, context.population_size, options, seed=context.seed)
-    spec_states = int(getattr(context.observation_spec, "high", -1)) + 1
+    spec = context.observation_spec  # a tabular env observes its state index: a scalar box [0, S - 1]
+    spec_states = int(spec.high) + 1 if isinstance(spec, BoxSpec) and isinstance(spec.high, int | float) else -1
     if spec_states != agent.num_states:
         raise ValueError(
             f"agent 'dyna': the run's env has {spec_states} states but the model's env has {agent.num_states}; "

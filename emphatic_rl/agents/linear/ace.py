@@ -29,7 +29,13 @@ from typing import Any
 import torch
 
 from emphatic_rl.agents.linear.actor_critic import BACKENDS, DTYPES, ActorCritic, preset_settings
-from emphatic_rl.agents.registry import AgentContext, per_member, register_agent
+from emphatic_rl.agents.registry import (
+    AgentContext,
+    check_switches,
+    check_unit_interval,
+    per_member,
+    register_agent,
+)
 from emphatic_rl.envs.base import BoxSpec, DiscreteSpec, TensorEnv
 from emphatic_rl.envs.registry import ENV_REGISTRY
 from emphatic_rl.envs.tabular import TabularEnv
@@ -85,19 +91,16 @@ class ActorCriticOptions:
             raise ValueError(f"unknown dtype {self.dtype!r}; allowed: {', '.join(DTYPES)}")
         if self.backend not in BACKENDS:
             raise ValueError(f"unknown backend {self.backend!r}; allowed: {', '.join(BACKENDS)}")
-        if not isinstance(self.fit_stream_start, bool):
-            raise ValueError(f"fit_stream_start must be true or false, got {self.fit_stream_start!r}")
-        if self.gamma is not None and not 0.0 <= self.gamma <= 1.0:
-            raise ValueError(f"gamma must be in [0, 1], got {self.gamma!r}")
+        check_switches(self, ("normalize_emphasis", "timeout_as_terminal", "fit_stream_start"))
+        if self.gamma is not None:
+            check_unit_interval("gamma", self.gamma)
 
 
 def _tabular_env(env: Any) -> TabularEnv | None:
     return env if isinstance(env, TabularEnv) else None
 
 
-def choose_features(
-    options: ActorCriticOptions, context: AgentContext, env: Any
-) -> tuple[Features, Features]:
+def choose_features(options: ActorCriticOptions, context: AgentContext, env: Any) -> tuple[Features, Features]:
     """``(actor_features, critic_features)`` for the env (see the module docstring)."""
     obs_shape = context.observation_spec.shape
     kind = options.features
@@ -171,7 +174,8 @@ def build_actor_critic(preset: str, context: AgentContext, options: ActorCriticO
         lab = DiscreteLab(tabular.mdp, settings.get("interest", "uniform"))
 
         def oracle_values(theta: torch.Tensor) -> torch.Tensor:
-            policy = torch.softmax(torch.einsum("sd,pad->psa", lab.features.double(), theta.detach().double().cpu()), -1)
+            logits = torch.einsum("sd,pad->psa", lab.features.double(), theta.detach().double().cpu())
+            policy = torch.softmax(logits, -1)
             return lab.batched_values(policy).float().to(theta.device)
 
     agent = ActorCritic(

@@ -40,7 +40,7 @@ default True, as the authors' code does); dense features are not divided.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import torch
@@ -57,8 +57,12 @@ from emphatic_rl.agents.linear.critics import (
     make_critic,
 )
 from emphatic_rl.agents.policies import LinearSoftmaxPolicy
+from emphatic_rl.buffers.trajectory import TrajectoryBuffer
 from emphatic_rl.emphatic import actor_coefficient, emphatic_weighting
 from emphatic_rl.features import Features
+
+if TYPE_CHECKING:
+    from emphatic_rl.exact.lab import DiscreteLab
 
 __all__ = [
     "ActorCritic",
@@ -147,6 +151,7 @@ def numba_unsupported(
         return f"the numba backend covers emphasis {', '.join(NUMBA_EMPHASIS)}, not {emphasis!r}; use 'torch'"
     return None
 
+
 PRESETS: dict[str, dict[str, Any]] = {
     "ace": {"emphasis": "followon", "eta": 1.0, "interest": "uniform"},
     "ace-direct": {"emphasis": "learned", "eta": 1.0, "interest": "uniform"},
@@ -172,9 +177,7 @@ def _hyperparameter(
     if tensor.dim() == 0:
         tensor = tensor.expand(population_size)
     if tuple(tensor.shape) != (population_size,):
-        raise ValueError(
-            f"{name} must be a scalar or have shape [P={population_size}], got {tuple(tensor.shape)}"
-        )
+        raise ValueError(f"{name} must be a scalar or have shape [P={population_size}], got {tuple(tensor.shape)}")
     bad = ~torch.isfinite(tensor) | ((tensor <= low) if low_open else (tensor < low))
     if high is not None:
         bad |= tensor > high
@@ -266,9 +269,7 @@ class ActorCritic(Agent):
     ) -> None:
         # ---------------------------------------------------------------- validation, before any work
         if not isinstance(features, Features):
-            raise ValueError(
-                f"features must be an emphatic_rl.features.Features, got {type(features).__name__}"
-            )
+            raise ValueError(f"features must be an emphatic_rl.features.Features, got {type(features).__name__}")
         critic_features = features if critic_features is None else critic_features
         if not isinstance(critic_features, Features):
             raise ValueError(
@@ -290,19 +291,13 @@ class ActorCritic(Agent):
             if value not in allowed:
                 raise ValueError(f"unknown {option} {value!r}; allowed: {', '.join(allowed)}")
         if actor_update == "all_actions" and critic != "gq":
-            raise ValueError(
-                f"actor_update 'all_actions' needs critic 'gq' (action values), got critic {critic!r}"
-            )
+            raise ValueError(f"actor_update 'all_actions' needs critic 'gq' (action values), got critic {critic!r}")
         if critic == "gq" and actor_update != "all_actions":
-            raise ValueError(
-                "critic 'gq' learns action values and is only used with actor_update 'all_actions'"
-            )
+            raise ValueError("critic 'gq' learns action values and is only used with actor_update 'all_actions'")
         if critic == "oracle" and not callable(oracle_values):
             raise ValueError("critic 'oracle' needs oracle_values: a callable theta [P, A, d] -> v [P, S]")
         if normalize_emphasis and emphasis not in ("followon", "learned"):
-            raise ValueError(
-                f"normalize_emphasis applies to emphasis 'followon' or 'learned', not {emphasis!r}"
-            )
+            raise ValueError(f"normalize_emphasis applies to emphasis 'followon' or 'learned', not {emphasis!r}")
         if not (isinstance(gamma, (int, float)) and 0.0 <= gamma <= 1.0):
             raise ValueError(f"gamma must be a number in [0, 1], got {gamma!r}")
         if isinstance(dtype, str):
@@ -386,9 +381,7 @@ class ActorCritic(Agent):
         self.timeout_as_terminal = bool(timeout_as_terminal)
         self.evaluation = evaluation
         self.sparse = bool(features.binary)
-        divisor = (
-            float(features.num_active) if (self.sparse and divide_step_sizes and features.num_active) else 1.0
-        )
+        divisor = float(features.num_active) if (self.sparse and divide_step_sizes and features.num_active) else 1.0
         critic_divisor = (
             float(critic_features.num_active)
             if (self.sparse and divide_step_sizes and critic_features.num_active)
@@ -505,7 +498,7 @@ class ActorCritic(Agent):
             critic_obs_features, critic_next_features: the critic's features of ``S_t`` and ``S_{t+1}`` when
                 they differ from the actor's (see ``critic_features``); default: the actor's.
 
-        Returns metrics, each ``[P]``: ``td_error``, ``emphasis`` (``F_t``), ``emphatic_weighting`` (``M_t``),
+        Returns metrics, each ``[P]``: ``td_error``, ``followon`` (``F_t``), ``emphatic_weighting`` (``M_t``),
         ``importance_ratio`` (``rho_t``).
         """
         R = self.num_streams
@@ -558,9 +551,7 @@ class ActorCritic(Agent):
 
         log_probs_t = self.policy.log_probs(x_t)  # theta before this step's updates
         probs_t = log_probs_t.exp()
-        rho_t = torch.exp(
-            log_probs_t.gather(1, a_t[:, None]).squeeze(1) - behaviour_log_prob.to(dtype)[streams]
-        )
+        rho_t = torch.exp(log_probs_t.gather(1, a_t[:, None]).squeeze(1) - behaviour_log_prob.to(dtype)[streams])
 
         if self.emphasis == "none":
             followon = interest_t
@@ -625,7 +616,7 @@ class ActorCritic(Agent):
                 tensor.copy_(torch.where(mask, old, tensor))
         return {
             "td_error": td_error,
-            "emphasis": followon,
+            "followon": followon,
             "emphatic_weighting": weighting,
             "importance_ratio": rho_t,
         }
@@ -665,7 +656,7 @@ class ActorCritic(Agent):
             block.copy_(theta.permute(0, 2, 1))
             self.policy.theta = block.permute(0, 2, 1)
         vectors: list[tuple[str, Critic | LearnedEmphasis]] = [] if action_values else [("weights", critic)]
-        if hasattr(critic, "correction") and not action_values:
+        if critic.correction is not None and not action_values:
             vectors.append(("correction", critic))
         if learned is not None:
             vectors.append(("weights", learned))
@@ -690,13 +681,13 @@ class ActorCritic(Agent):
         self._last_critic_index: torch.Tensor | None = None
         self._state_is_lazy = False
         # per-learner vectors packed into two blocks (the agent's and its modules' tensors become rows of them)
-        alpha_h = getattr(critic, "alpha_h", critic.alpha)
+        alpha_h = critic.alpha if critic.alpha_h is None else critic.alpha_h
         alpha_emphasis = learned.alpha if learned is not None else torch.zeros(P, dtype=dtype)
         hyperparameters = torch.stack(
             [self.alpha_actor, critic.alpha, alpha_h, alpha_emphasis, self.critic_lambda, self.eta]
         ).contiguous()
         self.alpha_actor, critic.alpha = hyperparameters[0], hyperparameters[1]
-        if hasattr(critic, "alpha_h"):
+        if critic.alpha_h is not None:
             critic.alpha_h = hyperparameters[2]
         if learned is not None:
             learned.alpha = hyperparameters[3]
@@ -717,8 +708,10 @@ class ActorCritic(Agent):
         self._numba_state = dict(
             theta=self.policy.theta.numpy(),
             weights=empty_rows if action_values else critic.weights.numpy(),
-            trace=critic.trace.numpy() if hasattr(critic, "trace") and not action_values else empty_rows,
-            correction=critic.correction.numpy() if hasattr(critic, "correction") and not action_values else empty_rows,
+            trace=critic.trace.numpy() if critic.trace is not None and not action_values else empty_rows,
+            correction=(
+                critic.correction.numpy() if critic.correction is not None and not action_values else empty_rows
+            ),
             fhat=learned.weights.numpy() if learned is not None else empty_rows,
             action_block=action_block.numpy(),
             scalars=scalars.numpy(),
@@ -752,11 +745,15 @@ class ActorCritic(Agent):
         critic_next_features: torch.Tensor | None,
     ) -> dict[str, torch.Tensor]:
         def array(tensor: torch.Tensor, dtype: Any) -> np.ndarray:
-            values = tensor.numpy() if tensor.device.type == "cpu" and not tensor.requires_grad else (
-                tensor.detach().cpu().numpy()
+            values = (
+                tensor.numpy()
+                if tensor.device.type == "cpu" and not tensor.requires_grad
+                else (tensor.detach().cpu().numpy())
             )
-            return values if values.dtype == dtype and values.flags.c_contiguous else (
-                np.ascontiguousarray(values, dtype=dtype)
+            return (
+                values
+                if values.dtype == dtype and values.flags.c_contiguous
+                else (np.ascontiguousarray(values, dtype=dtype))
             )
 
         x_t = array(obs_features, np.int64)
@@ -793,7 +790,7 @@ class ActorCritic(Agent):
         td_error, followon, weighting, rho = outputs.unbind(0)
         return {
             "td_error": td_error,
-            "emphasis": followon,
+            "followon": followon,
             "emphatic_weighting": weighting,
             "importance_ratio": rho,
         }
@@ -832,7 +829,7 @@ class ActorCritic(Agent):
         if self._lazy_correction():
             self._kernels.materialize_correction(self._numba_state["correction"], self._numba_state["scalars"][1])
 
-    def update(self, buffer: Any, env_step: int) -> dict[str, torch.Tensor]:
+    def update(self, buffer: TrajectoryBuffer, env_step: int) -> dict[str, torch.Tensor]:
         """Learn from ``buffer.latest()`` (one row per stream, ``N = R``)."""
         batch = buffer.latest()
         obs, next_obs = batch.obs.to(self.device), batch.next_obs.to(self.device)
@@ -879,7 +876,7 @@ class ActorCritic(Agent):
         return self.policy.sample(features, self.generator)
 
     #: the exact lab of the tabular MDP the agent learns on (set by its builder), for ``exact_objective``
-    exact_lab: Any = None
+    exact_lab: DiscreteLab | None = None
 
     def exact_objective(self) -> torch.Tensor | None:
         """``J_mu [P]`` of every member's current policy (float64, exact) when ``exact_lab`` is set; else ``None``."""
@@ -913,9 +910,7 @@ class ActorCritic(Agent):
         """Stop updating the members where ``members`` (``bool[P]``) is true; their parameters stay as they are."""
         members = torch.as_tensor(members, dtype=torch.bool, device=self.device)
         if members.shape != (self.population_size,):
-            raise ValueError(
-                f"freeze: members must be bool[P={self.population_size}], got {tuple(members.shape)}"
-            )
+            raise ValueError(f"freeze: members must be bool[P={self.population_size}], got {tuple(members.shape)}")
         self._write_out_traces()  # the kernel skips frozen members from now on: their traces must be written out
         self.frozen |= members
         self._any_frozen = bool(self.frozen.any())

@@ -81,9 +81,7 @@ def _population_tensor(
     if tensor.dim() == 0:
         tensor = tensor.expand(population_size).clone()
     if tuple(tensor.shape) != (population_size,):
-        raise ValueError(
-            f"{name} must be a scalar or a tensor [P={population_size}], got shape {tuple(tensor.shape)}"
-        )
+        raise ValueError(f"{name} must be a scalar or a tensor [P={population_size}], got shape {tuple(tensor.shape)}")
     return tensor
 
 
@@ -105,6 +103,14 @@ class Critic:
     #: whether ``td_error`` needs ``next_policy_probs`` / ``policy_theta`` in the transition
     needs_next_policy = False
     needs_policy_theta = False
+    #: Declared state, read by the actor-critic and its compiled backend (never probed with ``hasattr``):
+    #: ``trace``, the eligibility trace shaped like ``weights`` (``None``: the critic keeps none, as the oracle);
+    #: ``correction``, the gradient-TD auxiliary weights ``h`` shaped like ``weights``, and ``alpha_h [P]``, their
+    #: step size (``None`` for critics without ``h``: TD, ETD, the oracle). Subclasses that keep one declare it
+    #: as a tensor.
+    trace: torch.Tensor | None = None
+    correction: torch.Tensor | None = None
+    alpha_h: torch.Tensor | None = None
 
     def __init__(
         self,
@@ -139,9 +145,7 @@ class Critic:
         """Apply one update given ``td_error = self.td_error(transition)`` computed before any change."""
         raise NotImplementedError
 
-    def _decay_and_add_trace(
-        self, trace: torch.Tensor, transition: CriticTransition, scale: torch.Tensor
-    ) -> None:
+    def _decay_and_add_trace(self, trace: torch.Tensor, transition: CriticTransition, scale: torch.Tensor) -> None:
         """``trace = rho_t (gamma_t lambda trace + scale x_t)``."""
         trace.mul_((transition.rho * transition.gamma * self.trace_decay)[:, None])
         add_scaled_(trace, transition.features, transition.rho * scale)
@@ -163,6 +167,7 @@ class TDCritic(Critic):
 
     name = "td"
     state_names = ("weights", "trace")
+    trace: torch.Tensor
 
     def __init__(
         self,
@@ -186,6 +191,9 @@ class TDCCritic(Critic):
 
     name = "tdc"
     state_names = ("weights", "trace", "correction")
+    trace: torch.Tensor
+    correction: torch.Tensor
+    alpha_h: torch.Tensor
 
     def __init__(
         self,
@@ -260,6 +268,7 @@ class ETDCritic(Critic):
 
     name = "etd"
     state_names = ("weights", "trace")
+    trace: torch.Tensor
 
     def __init__(
         self,
@@ -289,6 +298,9 @@ class GQCritic(Critic):
     name = "gq"
     state_names = ("weights", "trace", "correction")
     needs_next_policy = True
+    trace: torch.Tensor
+    correction: torch.Tensor
+    alpha_h: torch.Tensor
 
     def __init__(
         self,
@@ -337,9 +349,7 @@ class GQCritic(Critic):
         h_taken = action_values(self.correction, transition.features).gather(1, transition.action[:, None])
         self.weights.add_((self.alpha * td_error)[:, None, None] * self.trace)
         coef = -self.alpha * transition.next_gamma * (1 - self.trace_decay) * trace_dot_h
-        add_action_scaled_(
-            self.weights, transition.next_features, coef[:, None] * transition.next_policy_probs
-        )
+        add_action_scaled_(self.weights, transition.next_features, coef[:, None] * transition.next_policy_probs)
         self.correction.add_((self.alpha_h * td_error)[:, None, None] * self.trace)
         add_action_scaled_(self.correction, transition.features, -self.alpha_h[:, None] * h_taken * one_hot)
 
