@@ -9,16 +9,25 @@ Value function. A population of ``P`` Q-networks (:class:`~emphatic_rl.agents.ne
 bootstrap reads. Each value update is one Adam step per member (the step size ``learning_rate`` may differ per
 member) on the mean squared TD error of a batch, each member's gradient clipped to norm ``max_grad_norm``.
 
-Each real step: act epsilon-greedily; store the transition in the member's own replay (the last ``replay_size``); a
+Each real step (the library's ``Runner``): act epsilon-greedily; the loop stores the transition in its
+``TrajectoryBuffer``, which is the replay (each member's own streams, the last ``replay_size`` transitions); a
 *direct* update on ``replay_batch`` replayed real transitions; train the learned model (if any); then
 ``planning_steps`` planning steps of ``planning_batch`` simulated updates each; then the target update. Nothing is
-learned before ``warmup`` real transitions. ``planning_steps = 0`` is the model-free baseline: the same agent with
-the same real budget (it is DQN-style Q-learning with replay).
+learned before ``warmup`` real transitions. ``planning_steps = 0`` (or ``plans = false`` for some members) is the
+model-free baseline: the same agent with the same real budget (it is DQN-style Q-learning with replay).
 
-Search control, from real states: the successor variants draw real ``(s, a)`` pairs uniformly from the replay; the
-predecessor variants pop the ``planning_batch`` highest-priority states of a queue of ``queue_size`` entries
-(real states enter it with the ``|delta|`` of their direct update; entries below ``priority_threshold`` are replaced
-by states drawn uniformly from the replay).
+The planning steps of one real step draw their search control, the model's answers and their targets in one
+batch of ``planning_steps x planning_batch`` (with the networks as they are after the direct update), then make one
+gradient step each on their slice: the same number and size of value updates as drawing step by step, in a few
+kernels. (So a simulated predecessor that the one-step predecessor variant pushes can be popped from the next real
+step on, and the multi-step variants' greedy checks use the network before this real step's planning updates.) The
+gradient of the 2-layer network is written by hand and its parameters are one flat ``[P, N]`` tensor, so clipping
+and Adam are one pass each (tested against autograd and ``torch.optim.Adam``).
+
+Search control, from real states: the successor variants draw real ``(s, a)`` pairs uniformly from the replay;
+the predecessor variants pop the ``planning_steps x planning_batch`` highest-priority states of a queue of
+``queue_size`` entries (real states enter it with the ``|delta|`` of their direct update; entries below
+``priority_threshold`` are replaced by states drawn uniformly from the replay).
 
 - ``one-step-successor`` (Dyna-Q): ``(r, s2) ~ forward(s, a)``; target ``r + gamma max_b Qt(s2, b)``.
 - ``multi-step-successor``: ``n`` forward steps, greedy actions (online network) after the first; target
@@ -33,11 +42,11 @@ by states drawn uniformly from the replay).
 
 Terminal handling: no bootstrap past a transition the model marks terminal; the env's time limit is bootstrapped.
 
-Models (``agents.dyna.vector_models``): ``model = "perfect"`` is the true simulator (forward, and inverted
-for the predecessor variants), ``"learned"`` a neural forward/backward model per member trained on ``model_batch``
-replayed real transitions per real step (only the direction the variant plans with). ``dose`` (one value in
-``[0, 1]`` per member allowed) injects error into either: each model output state is, with probability ``dose``,
-replaced by a state the real dynamics cannot produce.
+Models (``agents.dyna.vector_models``, from the env's declared ``vector_dynamics()``): ``model = "perfect"`` is the
+true simulator (forward, and inverted for the predecessor variants), ``"learned"`` a neural forward/backward model
+per member trained on ``model_batch`` replayed real transitions per real step (only the direction the variant plans
+with). ``dose`` (one value in ``[0, 1]`` per member allowed) injects error into either: each model output state is,
+with probability ``dose``, replaced by a state the real dynamics cannot produce.
 
 Instruments (as the tabular agent's, ``PLANNING_COUNTERS``): for every planning value update, per member, whether the
 updated state is simulated (a model output) and whether it is hallucinated (the env's detector says no real dynamics
