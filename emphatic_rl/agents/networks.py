@@ -130,3 +130,18 @@ def polyak_update_(target: nn.Module, online: nn.Module, tau: float) -> None:
     """``target <- (1 - tau) target + tau online``, parameter by parameter (``tau = 1`` copies)."""
     for t, o in zip(target.parameters(), online.parameters(), strict=True):
         t.lerp_(o, tau)
+
+
+def flatten_member_parameters_(module: nn.Module) -> torch.Tensor:
+    """Move every parameter of a population network (leading axis ``P``) into one contiguous ``[P, D]`` tensor and
+    make the parameters views of it (same values; ``module`` keeps working and ``load_state_dict`` writes through).
+    Returns the flat tensor, a leaf that an optimiser can own."""
+    parameters = list(module.parameters())
+    P = parameters[0].shape[0]
+    flat = torch.cat([p.detach().reshape(P, -1) for p in parameters], dim=1)
+    offset = 0
+    for p in parameters:
+        size = p[0].numel()
+        p.data = flat[:, offset : offset + size].view(p.shape)
+        offset += size
+    return flat

@@ -117,6 +117,13 @@ def cartpole_inverse(next_state: torch.Tensor, action: torch.Tensor, iterations:
     return torch.stack((x1 - tau * x_dot, x_dot, theta, theta_dot), -1)
 
 
+def _env_real_state_test(env, state: torch.Tensor, terminal: torch.Tensor | None) -> torch.Tensor:
+    """``env.is_real_state`` (which takes flat ``[B, D]`` states) on ``state [..., D]``: ``bool[...]``."""
+    flat = state.reshape(-1, state.shape[-1])
+    flat_terminal = None if terminal is None else terminal.reshape(-1)
+    return env.is_real_state(flat, flat_terminal).reshape(state.shape[:-1])
+
+
 class CartPoleDynamics(VectorDynamics):
     """CartPole-v1's Euler step, inverted exactly; real states lie inside the termination bounds (or just past them
     on an episode's last step); injected states have ``x`` or ``theta`` beyond its bound by ``U(0.3, 1.0)``."""
@@ -147,9 +154,7 @@ class CartPoleDynamics(VectorDynamics):
         return beyond & self.is_reachable(state, torch.ones_like(beyond))
 
     def is_reachable(self, state, terminal=None):
-        flat = state.reshape(-1, state.shape[-1])
-        flat_terminal = None if terminal is None else terminal.reshape(-1)
-        return self.env.is_real_state(flat, flat_terminal).reshape(state.shape[:-1])
+        return _env_real_state_test(self.env, state, terminal)
 
     def unreachable(self, state, injected, side, pick, u):
         out = state.clone()
@@ -194,9 +199,7 @@ class PuddleWorldDynamics(VectorDynamics):
         return (state >= 0.95).all(dim=-1) & (state <= 1.0).all(dim=-1)
 
     def is_reachable(self, state, terminal=None):
-        flat = state.reshape(-1, state.shape[-1])
-        flat_terminal = None if terminal is None else terminal.reshape(-1)
-        return self.env.is_real_state(flat, flat_terminal).reshape(state.shape[:-1])
+        return _env_real_state_test(self.env, state, terminal)
 
     def unreachable(self, state, injected, side, pick, u):
         out = state.clone()

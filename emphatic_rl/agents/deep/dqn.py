@@ -42,7 +42,12 @@ from torch import nn
 from emphatic_rl.agents.base import ActionOutput, Agent
 from emphatic_rl.agents.deep import dqn_kernels
 from emphatic_rl.agents.deep.options import ReplayOptions
-from emphatic_rl.agents.networks import PopulationLinear, PopulationMLP, make_population_network
+from emphatic_rl.agents.networks import (
+    PopulationLinear,
+    PopulationMLP,
+    flatten_member_parameters_,
+    make_population_network,
+)
 from emphatic_rl.agents.registry import (
     AgentContext,
     check_positive,
@@ -338,21 +343,6 @@ class DQN(Agent):
         self.active.copy_(state["active"])
         self._any_frozen = bool((~self.active).any())
         self.gradient_updates = state["gradient_updates"]
-
-
-def flatten_member_parameters_(module: nn.Module) -> torch.Tensor:
-    """Move every parameter of a population network (leading axis ``P``) into one contiguous ``[P, D]`` tensor and
-    make the parameters views of it (same values; ``module`` keeps working and ``load_state_dict`` writes through).
-    Returns the flat tensor, a leaf that an optimiser can own."""
-    parameters = list(module.parameters())
-    P = parameters[0].shape[0]
-    flat = torch.cat([p.detach().reshape(P, -1) for p in parameters], dim=1)
-    offset = 0
-    for p in parameters:
-        size = p[0].numel()
-        p.data = flat[:, offset : offset + size].view(p.shape)
-        offset += size
-    return flat
 
 
 def _fused_adam_if_available(device: torch.device) -> dict[str, Any]:

@@ -78,7 +78,7 @@ from emphatic_rl.agents.dyna.vector_models import (
     inject_hallucinations,
     vector_dynamics_of,
 )
-from emphatic_rl.agents.networks import PopulationLinear, PopulationMLP
+from emphatic_rl.agents.networks import PopulationLinear, PopulationMLP, flatten_member_parameters_
 from emphatic_rl.agents.registry import AgentContext, register_agent
 from emphatic_rl.seeding import stream_seed
 
@@ -184,21 +184,6 @@ def _as_member_flags(
         raise ValueError(f"{name} must be one flag or one per member ({population_size}), got {len(values)}")
     flags = torch.tensor(values, dtype=torch.bool)
     return flags.expand(population_size).clone() if population_size is not None and len(values) == 1 else flags
-
-
-def _flatten_parameters_(module: torch.nn.Module) -> torch.Tensor:
-    """Move the parameters of a population network (each with leading axis ``P``) into one contiguous ``[P, N]``
-    tensor and make each parameter a view of its block, so that an optimiser step, a Polyak update or a finiteness
-    check is one kernel over all layers. Returns the flat tensor (the module computes as before)."""
-    params = list(module.parameters())
-    p = params[0].shape[0]
-    flat = torch.cat([t.detach().reshape(p, -1) for t in params], dim=1).contiguous()
-    offset = 0
-    for t in params:
-        size = t[0].numel()
-        t.data = flat[:, offset : offset + size].view(t.shape)
-        offset += size
-    return flat
 
 
 def _layer_views(module: PopulationMLP) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -375,8 +360,8 @@ class DynaFAAgent(Agent):
         self.target_net = copy.deepcopy(self.q_net)
         for parameter in self.target_net.parameters():
             parameter.requires_grad_(False)
-        self.q_flat = _flatten_parameters_(self.q_net)
-        self.target_flat = _flatten_parameters_(self.target_net)
+        self.q_flat = flatten_member_parameters_(self.q_net)
+        self.target_flat = flatten_member_parameters_(self.target_net)
         self._layers = _layer_views(self.q_net)
         self._target_layers = _layer_views(self.target_net)
         self.grad_flat = torch.zeros_like(self.q_flat)
