@@ -28,18 +28,6 @@ if hasattr(numba.core.cpu.CPUTargetOptions, "_nrt"):
     _OPTIONS["_nrt"] = False
 
 
-@intrinsic
-def _pointer(typingctx, address, witness):
-    """The integer ``address`` as a pointer to elements of ``witness``'s dtype (to view caller memory as an array
-    with ``numba.carray`` without a numpy object per call: the caller passes ``tensor.data_ptr()``)."""
-    pointer_type = types.CPointer(witness.dtype)
-
-    def codegen(context, builder, signature, args):
-        return builder.inttoptr(args[0], context.get_value_type(pointer_type))
-
-    return pointer_type(address, witness), codegen
-
-
 #: Eight 0/1 bytes read as one little-endian uint64 hold bit ``j`` at bit ``8 j``; multiplying by this constant
 #: moves bit ``j`` to bit ``56 + j`` with no two partial products on one bit (nothing carries): the packed byte is the
 #: top byte (the same trick as :func:`emphatic_rl.buffers.packing.pack_bool`).
@@ -140,9 +128,11 @@ def _add_row(
 
 @intrinsic
 def _typed_pointer(typingctx, address, element):
-    """The integer ``address`` as a pointer to values of the scalar ``element``'s type (for storage of a fixed
-    dtype, whose address the buffer caches: an integer argument costs less per call than an array)."""
-    pointer_type = types.CPointer(element)
+    """The integer ``address`` as a pointer to values of ``element``'s type: a scalar, or a numpy scalar type such
+    as ``np.float32`` passed as an argument (which costs nothing to pass). For storage whose address the buffer
+    caches: an integer argument costs less per call than an array."""
+    value_type = element.instance_type if isinstance(element, types.NumberClass) else element
+    pointer_type = types.CPointer(value_type)
 
     def codegen(context, builder, signature, args):
         return builder.inttoptr(args[0], context.get_value_type(pointer_type))
@@ -150,60 +140,78 @@ def _typed_pointer(typingctx, address, element):
     return pointer_type(address, element), codegen
 
 
-@njit(cache=True)  # reference counting on: numba.carray builds arrays inside
-def add_row(
-    row,
-    time,
-    packed,
-    num_streams,
-    cells,
-    addresses,
-    obs_store,
-    action_store,
-    final_store,
-    capacity,
-    storage,
-    num_slots,
-    by_words,
-):
-    """Write time row ``row`` (global time ``time``) of every stream from contiguous CPU inputs at ``addresses``.
+def compiled(dispatcher, example_args):
+    """The compiled function of the numba ``dispatcher`` for the types of ``example_args`` (compiled now or loaded from
+    numba's cache), callable without the dispatcher's per-call typing of the arguments (about half the cost of a call
+    that does little work, as an ``add`` of one row does). Call it only with arguments of exactly those types (the
+    compiled function converts each argument to its type without checking). Where numba's JIT is disabled, the
+    dispatcher (the plain Python function) itself."""
+    compile_for = getattr(dispatcher, "compile", None)
+    if compile_for is None:
+        return dispatcher
+    return compile_for(tuple(numba.typeof(arg) for arg in example_args))
 
-    ``addresses``: eight integers, the data of obs, action, reward, terminated, truncated, final obs, behaviour
-    log-prob and interest, each ``[N, ...]`` contiguous in the stored dtype (bool observations as 0/1 bytes),
-    observations of ``cells`` elements. ``storage``: six integers, the addresses of the buffer's ``scalars``
-    (``float32[T * N, 3]``), ``ends`` (``bool[T * N, 2]``), ``final_slot`` (``int32[T * N]``), ``final_head`` and
-    ``final_live`` (one ``int64`` each, updated in place) and ``row_time`` (``int64[T]``), ``T = capacity``.
-    ``num_slots`` is ``K``, the size of the final-observation ring (the caller has made sure ``live + N <= K``).
-    ``by_words``: pack bool observations eight cells per multiplication, reading them as ``uint64`` (cells a multiple
-    of 8, 8-byte aligned, little-endian host). Returns the new number of referenced final-observation slots.
+
+#: ``layout[k]`` of :func:`add_row`: what each position holds.
+ADD_LAYOUT = (
+    "packed", "num_streams", "cells", "width", "action_width", "capacity", "num_slots", "by_words",
+    "obs", "action", "final_store", "scalars", "ends", "final_slot", "final_head", "final_live", "row_time",
+)  # fmt: skip
+
+
+@njit(cache=True)  # reference counting on: numba.carray builds arrays inside
+def add_row(time, inputs, layout, obs_type, action_type):
+    """Write the row of global time ``time`` (ring row ``time % T``) of every stream from contiguous CPU inputs.
+
+    ``inputs``: eight integers, the addresses of obs, action, reward, terminated, truncated, final obs, behaviour
+    log-prob and interest, each ``[N, ...]`` contiguous in the stored dtype (bool observations as 0/1 bytes).
+    ``layout``: seventeen integers fixed between calls until the final-observation store grows
+    (:data:`ADD_LAYOUT`): ``packed`` (1: bool observations bit-packed), ``N``, ``cells`` (elements of one
+    observation), ``width`` (stored elements of one observation: ``cells``, or ``ceil(cells / 8)`` bytes when
+    packed), ``A`` (elements of one action), ``T`` (the capacity in rows), ``K`` (slots of the final-observation
+    ring), ``by_words`` (1: pack bool observations eight cells per multiplication, reading them as ``uint64``, when
+    both observation inputs are 8-byte aligned; cells a multiple of 8 on a little-endian host), then the addresses
+    of the buffer's ``obs`` (``[T * N, width]``), ``action`` (``[T * N, A]``), final-observation store (``[K + N,
+    width]``), ``scalars`` (``float32[T * N, 3]``), ``ends`` (``bool[T * N, 2]``), ``final_slot`` (``int32[T *
+    N]``), ``final_head`` and ``final_live`` (one ``int64`` each, updated in place) and ``row_time`` (``int64[T]``).
+    ``obs_type`` / ``action_type``: the numpy scalar types of the stored observations and actions (``np.uint8`` for
+    packed ones); they type the pointers.
+
+    Every argument is a number, a tuple of numbers or a type, so a call costs little to unbox. Returns the new
+    number of referenced final-observation slots, or -1, having written nothing, when this row's episode ends might
+    not fit in the ring (``live + N > K`` with ``K < T * N``): the caller grows the store and calls again.
     """
-    N = num_streams
+    packed, N, cells, width, A, capacity = layout[0], layout[1], layout[2], layout[3], layout[4], layout[5]
+    num_slots = layout[6]
     rows = capacity * N
-    words = N if by_words else 0
+    final_live = numba.carray(_typed_pointer(layout[15], np.int64), 1)
+    if final_live[0] + N > num_slots and num_slots < rows:
+        return -1
+    words = N if layout[7] != 0 and (inputs[0] | inputs[5]) & 7 == 0 else 0
     return _add_row(
-        row,
+        time % capacity,
         time,
-        packed,
-        numba.carray(_pointer(addresses[0], obs_store), (N, cells)),
-        numba.carray(_pointer(addresses[1], action_store), (N, action_store.shape[1])),
-        numba.carray(_typed_pointer(addresses[2], np.float32(0)), N),
-        numba.carray(_typed_pointer(addresses[3], np.bool_(False)), N),
-        numba.carray(_typed_pointer(addresses[4], np.bool_(False)), N),
-        numba.carray(_pointer(addresses[5], obs_store), (N, cells)),
-        numba.carray(_typed_pointer(addresses[6], np.float32(0)), N),
-        numba.carray(_typed_pointer(addresses[7], np.float32(0)), N),
-        obs_store,
-        action_store,
-        numba.carray(_typed_pointer(storage[0], np.float32(0)), (rows, 3)),
-        numba.carray(_typed_pointer(storage[1], np.bool_(False)), (rows, 2)),
-        final_store,
-        numba.carray(_typed_pointer(storage[2], np.int32(0)), rows),
+        packed != 0,
+        numba.carray(_typed_pointer(inputs[0], obs_type), (N, cells)),
+        numba.carray(_typed_pointer(inputs[1], action_type), (N, A)),
+        numba.carray(_typed_pointer(inputs[2], np.float32), N),
+        numba.carray(_typed_pointer(inputs[3], np.bool_), N),
+        numba.carray(_typed_pointer(inputs[4], np.bool_), N),
+        numba.carray(_typed_pointer(inputs[5], obs_type), (N, cells)),
+        numba.carray(_typed_pointer(inputs[6], np.float32), N),
+        numba.carray(_typed_pointer(inputs[7], np.float32), N),
+        numba.carray(_typed_pointer(layout[8], obs_type), (rows, width)),
+        numba.carray(_typed_pointer(layout[9], action_type), (rows, A)),
+        numba.carray(_typed_pointer(layout[11], np.float32), (rows, 3)),
+        numba.carray(_typed_pointer(layout[12], np.bool_), (rows, 2)),
+        numba.carray(_typed_pointer(layout[10], obs_type), (num_slots + N, width)),
+        numba.carray(_typed_pointer(layout[13], np.int32), rows),
         num_slots,
-        numba.carray(_typed_pointer(storage[3], np.int64(0)), 1),
-        numba.carray(_typed_pointer(storage[4], np.int64(0)), 1),
-        numba.carray(_typed_pointer(storage[5], np.int64(0)), capacity),
-        numba.carray(_typed_pointer(addresses[0], np.uint64(0)), (words, cells // 8)),
-        numba.carray(_typed_pointer(addresses[5], np.uint64(0)), (words, cells // 8)),
+        numba.carray(_typed_pointer(layout[14], np.int64), 1),
+        final_live,
+        numba.carray(_typed_pointer(layout[16], np.int64), capacity),
+        numba.carray(_typed_pointer(inputs[0], np.uint64), (words, cells // 8)),
+        numba.carray(_typed_pointer(inputs[5], np.uint64), (words, cells // 8)),
     )
 
 

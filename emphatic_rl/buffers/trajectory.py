@@ -314,9 +314,17 @@ class TrajectoryBuffer:
         self._host_checks = self._on_cpu = self._device.type == "cpu"
         # the fast path of add (numba backend, no extras): the shapes it compares against
         self._fast_add = self.backend == "numba" and not extras
-        self._obs_batch_shape = torch.Size((N, *obs_shape))
-        self._action_batch_shape = torch.Size((N, *action_shape))
         self._stream_shape = (N,)
+        # tensors of one element are contiguous whatever their strides: at N = 1 only the observations' contiguity
+        # can differ (and observations of one element need no check either)
+        self._stream_contiguity = N > 1
+        self._fast_key = (
+            (obs_dtype, obs_dtype, action_dtype, _FLOAT32, _BOOL, _BOOL)
+            + (torch.Size((N, *obs_shape)),) * 2
+            + (torch.Size((N, *action_shape)),)
+            + (torch.Size(self._stream_shape),) * 3
+            + (True,) * (12 if N > 1 else 8)  # on the CPU; contiguous
+        )
         self._row_has_end = [False] * T
         self._default_log_prob = torch.zeros(N, device=dev)
         self._default_interest = torch.ones(N, device=dev)
@@ -324,9 +332,7 @@ class TrajectoryBuffer:
         self._default_interest_address = self._default_interest.data_ptr()
         self._stream_ids = torch.arange(N, device=dev)
 
-        self._cursor = 0  # physical row the next add writes
-        self._size = 0
-        self._total_steps = 0
+        self._total_steps = 0  # add calls so far; the next writes row _cursor = _total_steps % T, see _size too
         self._refresh_flat_views()
 
     def _refresh_flat_views(self) -> None:
@@ -350,13 +356,28 @@ class TrajectoryBuffer:
             self._np_row_time = self._row_time.numpy()
             self._np_final_head = self._final_head.view(1).numpy()
             self._np_final_live = self._final_live.view(1).numpy()
-            self._live_host = int(self._np_final_live[0])  # kept equal to _final_live by add (the kernel returns it)
-            # storage of fixed dtypes, handed to the add kernel as addresses (integers cost less per call than arrays)
-            fixed = (self._scalars, self._ends, self._final_slot, self._final_head, self._final_live, self._row_time)
-            self._storage_addresses = tuple(t.data_ptr() for t in fixed)
             self._np_dtypes = (torch.empty(0, dtype=self.obs_dtype).numpy().dtype, self._np_action.dtype)
             self._obs_cells, self._action_width = math.prod(self.obs_shape), math.prod(self.action_shape)
             self._unpack_by_words = self.packs_obs and self._obs_cells % 8 == 0 and sys.byteorder == "little"
+            # the add kernel's fixed arguments (kernels.ADD_LAYOUT: the layout and the addresses of the storage, since
+            # numbers cost less per call than arrays), the stored dtypes' numpy types, and the kernel compiled for them
+            storage = (self._obs, self._action, self._final_store, self._scalars, self._ends, self._final_slot)
+            self._add_layout = (
+                int(self.packs_obs),
+                self._num_streams,
+                self._obs_cells,
+                width,
+                self._action_width,
+                self._capacity,
+                self._final_slots,
+                int(self._unpack_by_words),
+                *(t.data_ptr() for t in storage),
+                *(t.data_ptr() for t in (self._final_head, self._final_live, self._row_time)),
+            )
+            self._obs_type, self._action_type = self._np_obs.dtype.type, self._np_action.dtype.type
+            self._add_kernel = kernels.compiled(
+                kernels.add_row, (0, (0,) * 8, self._add_layout, self._obs_type, self._action_type)
+            )
 
     # ------------------------------------------------------------------ properties
     @property
@@ -449,40 +470,31 @@ class TrajectoryBuffer:
         kind (bool / integer / floating) mismatch raises ``ValueError`` before anything is written.
         """
         if self._fast_add and not extras:
-            try:  # a list or an array has no tensor attributes: AttributeError, or a dtype that is not a torch dtype
-                fast = (
-                    obs.dtype is self.obs_dtype
-                    and final_obs.dtype is self.obs_dtype
-                    and action.dtype is self.action_dtype
-                    and reward.dtype is _FLOAT32
-                    and terminated.dtype is _BOOL
-                    and truncated.dtype is _BOOL
-                    and obs.shape == self._obs_batch_shape
-                    and final_obs.shape == self._obs_batch_shape
-                    and action.shape == self._action_batch_shape
-                    and reward.shape == self._stream_shape
-                    and terminated.shape == self._stream_shape
-                    and truncated.shape == self._stream_shape
-                    and obs.is_cpu
-                    and final_obs.is_cpu
-                    and action.is_cpu
-                    and reward.is_cpu
-                    and terminated.is_cpu
-                    and truncated.is_cpu
-                    and obs.is_contiguous()
-                    and final_obs.is_contiguous()
-                    and action.is_contiguous()
-                    and reward.is_contiguous()
-                    and terminated.is_contiguous()
-                    and truncated.is_contiguous()
-                    and isinstance(obs, torch.Tensor)  # the checks above were attribute reads of tensors
-                )
-            except AttributeError:
+            # The common case on the CPU (numba backend, no extras, CPU tensors of the stored dtypes and shapes,
+            # contiguous, as the envs return them), recognised by comparing one tuple of attribute reads with the
+            # cached expected one; anything else (a list, an array, another dtype, a strided view) takes the general
+            # path below, which converts or raises one clear line. At N = 1 the per-call cost is all there is: the
+            # ``[N]`` tensors then have one element, always contiguous, so only the observations' contiguity is read.
+            try:
+                if self._stream_contiguity:
+                    key = (
+                        obs.dtype, final_obs.dtype, action.dtype, reward.dtype, terminated.dtype, truncated.dtype,
+                        obs.shape, final_obs.shape, action.shape, reward.shape, terminated.shape, truncated.shape,
+                        obs.is_cpu, final_obs.is_cpu, action.is_cpu, reward.is_cpu, terminated.is_cpu,
+                        truncated.is_cpu, obs.is_contiguous(), final_obs.is_contiguous(), action.is_contiguous(),
+                        reward.is_contiguous(), terminated.is_contiguous(), truncated.is_contiguous(),
+                    )  # fmt: skip
+                else:
+                    key = (
+                        obs.dtype, final_obs.dtype, action.dtype, reward.dtype, terminated.dtype, truncated.dtype,
+                        obs.shape, final_obs.shape, action.shape, reward.shape, terminated.shape, truncated.shape,
+                        obs.is_cpu, final_obs.is_cpu, action.is_cpu, reward.is_cpu, terminated.is_cpu,
+                        truncated.is_cpu, obs.is_contiguous(), final_obs.is_contiguous(),
+                    )  # fmt: skip
+                fast = key == self._fast_key
+            except (AttributeError, TypeError):  # not a tensor
                 fast = False
             if fast:
-                # The common case on the CPU (numba backend, no extras, tensors as the env returns them), checked in
-                # attribute reads; anything else takes the general path below, which converts or raises. The body
-                # is _add_numba's, inlined (at N = 1 the per-call cost is all there is).
                 if behaviour_log_prob is None:
                     log_prob_address = self._default_log_prob_address
                 else:
@@ -495,42 +507,21 @@ class TrajectoryBuffer:
                 else:
                     interest = self._checked("interest", interest, self._stream_shape, torch.float32)
                     interest_address = interest.data_ptr()
-                N = self._num_streams
-                needed = self._live_host + N
-                if needed > self._final_slots:
-                    self._reserve_numba_slots()
-                else:
-                    self._final_live_bound = needed
-                obs_address, final_address = obs.data_ptr(), final_obs.data_ptr()
-                self._live_host = kernels.add_row(
-                    self._cursor,
-                    self._total_steps,
-                    self.packs_obs,
-                    N,
-                    self._obs_cells,
-                    (
-                        obs_address,
-                        action.data_ptr(),
-                        reward.data_ptr(),
-                        terminated.data_ptr(),
-                        truncated.data_ptr(),
-                        final_address,
-                        log_prob_address,
-                        interest_address,
-                    ),
-                    self._np_obs,
-                    self._np_action,
-                    self._np_final_store,
-                    self._capacity,
-                    self._storage_addresses,
-                    self._final_slots,
-                    self._unpack_by_words and not (obs_address | final_address) & 7,
+                time = self._total_steps
+                inputs = (
+                    obs.data_ptr(),
+                    action.data_ptr(),
+                    reward.data_ptr(),
+                    terminated.data_ptr(),
+                    truncated.data_ptr(),
+                    final_obs.data_ptr(),
+                    log_prob_address,
+                    interest_address,
                 )
-                cursor = self._cursor + 1
-                self._cursor = 0 if cursor == self._capacity else cursor
-                if self._size < self._capacity:
-                    self._size += 1
-                self._total_steps += 1
+                if self._add_kernel(time, inputs, self._add_layout, self._obs_type, self._action_type) < 0:
+                    self._grow_for_next_row()  # the ring of final observations may be full: grow it, write again
+                    self._add_kernel(time, inputs, self._add_layout, self._obs_type, self._action_type)
+                self._total_steps = time + 1
                 return
         N = self._num_streams
         obs = self._checked("obs", obs, (N, *self.obs_shape), self.obs_dtype)
@@ -607,52 +598,44 @@ class TrajectoryBuffer:
         self._advance()
 
     def _advance(self) -> None:
-        self._cursor = (self._cursor + 1) % self._capacity
-        self._size = min(self._size + 1, self._capacity)
         self._total_steps += 1
+
+    @property
+    def _cursor(self) -> int:
+        """The physical row the next ``add`` writes (row ``t % T`` holds time ``t``)."""
+        return self._total_steps % self._capacity
+
+    @property
+    def _size(self) -> int:
+        """Valid time rows."""
+        return min(self._total_steps, self._capacity)
 
     def _add_numba(self, obs, action, reward, terminated, truncated, final_obs, log_prob, interest) -> None:
         """The row write of :meth:`add` as one compiled call (inputs checked, on CPU, in the stored dtypes)."""
-        N = self._num_streams
-        self._reserve_numba_slots()
         # The inputs (contiguous, see _checked) go to the kernel as addresses: tensor.data_ptr() costs far less per
         # call than tensor.numpy(), and this is most of the cost of a small add.
-        obs_address, final_address = obs.data_ptr(), final_obs.data_ptr()
-        addresses = (
-            obs_address,
+        inputs = (
+            obs.data_ptr(),
             action.data_ptr(),
             reward.data_ptr(),
             terminated.data_ptr(),
             truncated.data_ptr(),
-            final_address,
+            final_obs.data_ptr(),
             log_prob.data_ptr(),
             interest.data_ptr(),
         )
-        self._live_host = kernels.add_row(
-            self._cursor,
-            self._total_steps,
-            self.packs_obs,
-            N,
-            self._obs_cells,
-            addresses,
-            self._np_obs,
-            self._np_action,
-            self._np_final_store,
-            self._capacity,
-            self._storage_addresses,
-            self._final_slots,
-            self._unpack_by_words and not (obs_address | final_address) & 7,  # pack by 8-byte words when aligned
-        )
+        if self._add_kernel(self._total_steps, inputs, self._add_layout, self._obs_type, self._action_type) < 0:
+            self._grow_for_next_row()
+            self._add_kernel(self._total_steps, inputs, self._add_layout, self._obs_type, self._action_type)
 
-    def _reserve_numba_slots(self) -> None:
-        """Make sure the next kernel ``add`` (at most ``N`` episode ends) cannot overwrite a referenced final-obs slot:
-        on the CPU the live count is known on the host (the kernel returns it), so reserve exactly."""
-        N = self._num_streams
-        live = self._live_host
-        needed = min(live + N, self._capacity * N)
+    def _grow_for_next_row(self) -> None:
+        """Grow the final-observation store so that the next kernel ``add`` (at most ``N`` episode ends) cannot
+        overwrite a referenced slot: on the CPU the live count is read from the storage, so reserve exactly."""
+        N, max_slots = self._num_streams, self._capacity * self._num_streams
+        live = int(self._np_final_live[0])
+        needed = min(live + N, max_slots)
         if needed > self._final_slots:
-            self._grow_final_store(live, min(self._capacity * N, max(2 * self._final_slots, 2 * needed)))
-        self._final_live_bound = needed
+            self._grow_final_store(live, min(max_slots, max(2 * self._final_slots, 2 * needed)))
 
     def _checked(self, name: str, value: Any, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
         if (
@@ -1036,7 +1019,8 @@ class TrajectoryBuffer:
             size=self._size,
             total_steps=self._total_steps,
             final_slots=self._final_slots,
-            final_live_bound=self._final_live_bound,
+            # a host-side upper bound on the referenced final-observation slots; the CPU kernels keep the exact count
+            final_live_bound=int(self._np_final_live[0]) if self.backend == "numba" else self._final_live_bound,
         )
         return state
 
@@ -1053,9 +1037,14 @@ class TrajectoryBuffer:
         self._extras = {
             name: t.to(self._device).clone(memory_format=torch.contiguous_format) for name, t in state["extras"].items()
         }
-        self._cursor = int(state["cursor"])
-        self._size = int(state["size"])
-        self._total_steps = int(state["total_steps"])
+        total_steps, capacity = int(state["total_steps"]), self._capacity
+        if (int(state["cursor"]), int(state["size"])) != (total_steps % capacity, min(total_steps, capacity)):
+            raise ValueError(
+                f"TrajectoryBuffer.load_state_dict: cursor {state['cursor']} and size {state['size']} do not match "
+                f"total_steps {total_steps} (a buffer of capacity {self._capacity} has cursor = total_steps % capacity "
+                "and size = min(total_steps, capacity))"
+            )
+        self._total_steps = total_steps
         self._final_slots = int(state["final_slots"])
         self._final_live_bound = int(state["final_live_bound"])
         self._row_has_end = (self._final_slot < self._final_slots).any(dim=1).tolist()

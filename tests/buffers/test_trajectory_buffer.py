@@ -633,13 +633,14 @@ def test_numba_backend_needs_cpu_and_numpy_dtypes():
     assert TrajectoryBuffer(4, 1, (2,), torch.bfloat16, backend="auto").backend == "torch"
 
 
+@pytest.mark.parametrize("N", [3, 1])
 @pytest.mark.parametrize(("shape", "dtype"), [((5, 4, 4), torch.bool), ((3, 3), torch.bool), ((4,), torch.float32)])
-def test_fast_add_leaves_the_torch_backends_state_bit_for_bit(shape, dtype):
+def test_fast_add_leaves_the_torch_backends_state_bit_for_bit(shape, dtype, N):
     """The numba backend's fast path of ``add`` (no extras; bool observations packed by 8-byte words when their cells
     are a multiple of 8 and aligned, byte by byte otherwise) leaves every state tensor equal to the torch backend's,
     and a restored copy continues bit-identically."""
     rng = np.random.default_rng(7)
-    N, T = 3, 5
+    T = 5
     buffers = {b: TrajectoryBuffer(T, N, shape, dtype, final_obs_slots=1, backend=b) for b in ("numba", "torch")}
     assert buffers["numba"]._unpack_by_words == (dtype == torch.bool and math.prod(shape) % 8 == 0)
     buffers["numba"]._checked = lambda *args: pytest.fail("the general path of add was taken")
@@ -679,3 +680,68 @@ def test_fast_add_leaves_the_torch_backends_state_bit_for_bit(shape, dtype):
                 assert torch.equal(value, other[key]), key
             elif key != "final_live_bound":  # a host-side bound: exact on the CPU kernels, looser on torch's path
                 assert value == other[key], key
+
+
+@pytest.mark.parametrize("N", [1, 2])
+def test_fast_add_takes_one_element_views_and_leaves_strided_inputs_to_the_general_path(N):
+    """At ``N = 1`` the ``[N]`` inputs have one element, so any view of them is contiguous and the fast path takes it;
+    a strided observation (or, at ``N > 1``, a strided reward) goes through the general path; every case stores the
+    torch backend's bits."""
+    rng = np.random.default_rng(3)
+    buffers = {b: TrajectoryBuffer(4, N, (3,), torch.float32, final_obs_slots=1, backend=b) for b in ("numba", "torch")}
+    general = []
+    original = buffers["numba"]._checked
+    buffers["numba"]._checked = lambda name, *args: general.append(name) or original(name, *args)
+    for t in range(12):
+        wide = torch.from_numpy(rng.random((N, 6))).float()
+        rewards = torch.from_numpy(rng.random(2 * N)).float()
+        u = rng.random(N)
+        terminated = torch.from_numpy(u < 0.4)
+        if N == 1:
+            terminated = terminated[0].expand(1)  # stride 0, one element
+        step = dict(
+            obs=wide[:, ::2] if t % 3 == 0 else wide[:, :3].contiguous(),  # every third obs strided
+            action=torch.from_numpy(rng.integers(0, 4, N)),
+            reward=rewards[::2] if t % 3 == 1 else rewards[:N],  # strided (at N = 1: one element, a view of stride 2)
+            terminated=terminated,
+            truncated=torch.from_numpy((u >= 0.4) & (u < 0.5)),
+            final_obs=torch.from_numpy(rng.random((N, 3))).float(),
+        )
+        before = len(general)
+        for buffer in buffers.values():
+            buffer.add(**step)
+        took_general = len(general) > before
+        assert took_general == (t % 3 == 0 or (t % 3 == 1 and N > 1)), (t, general[before:])
+    states = [buffers[b].state_dict() for b in ("numba", "torch")]
+    for key, value in states[0].items():
+        if isinstance(value, torch.Tensor):
+            assert torch.equal(value, states[1][key]), key
+        elif key != "final_live_bound":
+            assert value == states[1][key], key
+
+
+def test_load_state_dict_rejects_cursor_and_size_that_do_not_match_total_steps():
+    buffer = TrajectoryBuffer(4, 2, (3,), torch.float32)
+    for _ in range(5):
+        buffer.add(**good_step())
+    state = buffer.state_dict()
+    assert (state["cursor"], state["size"], state["total_steps"]) == (1, 4, 5)
+    state["cursor"] = 2
+    with pytest.raises(ValueError, match=r"cursor 2 and size 4 do not match total_steps 5"):
+        TrajectoryBuffer(4, 2, (3,), torch.float32).load_state_dict(state)
+
+
+def test_compiled_kernel_is_the_dispatchers_function_for_those_types():
+    """``kernels.compiled`` gives the dispatcher's compiled function for the example arguments' types: same results
+    without the per-call typing."""
+    from numba import njit
+
+    from emphatic_rl.buffers import kernels
+
+    @njit
+    def weighted(values, scale):
+        return values[0] * scale + values[1]
+
+    direct = kernels.compiled(weighted, ((1, 2), 3))
+    assert direct((4, 5), 6) == weighted((4, 5), 6) == 29
+    assert kernels.compiled(weighted.py_func, ((1, 2), 3)) is weighted.py_func  # no JIT: the function itself
