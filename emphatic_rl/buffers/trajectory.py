@@ -475,6 +475,7 @@ class TrajectoryBuffer:
             # cached expected one; anything else (a list, an array, another dtype, a strided view) takes the general
             # path below, which converts or raises one clear line. At N = 1 the per-call cost is all there is: the
             # ``[N]`` tensors then have one element, always contiguous, so only the observations' contiguity is read.
+            key: tuple[Any, ...]
             try:
                 if self._stream_contiguity:
                     key = (
