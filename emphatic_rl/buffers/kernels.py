@@ -160,13 +160,13 @@ ADD_LAYOUT = (
 
 
 @njit(cache=True)  # reference counting on: numba.carray builds arrays inside
-def add_row(time, inputs, layout, obs_type, action_type):
+def add_row(time, inputs, layout_address, obs_type, action_type):
     """Write the row of global time ``time`` (ring row ``time % T``) of every stream from contiguous CPU inputs.
 
     ``inputs``: eight integers, the addresses of obs, action, reward, terminated, truncated, final obs, behaviour
     log-prob and interest, each ``[N, ...]`` contiguous in the stored dtype (bool observations as 0/1 bytes).
-    ``layout``: seventeen integers fixed between calls until the final-observation store grows
-    (:data:`ADD_LAYOUT`): ``packed`` (1: bool observations bit-packed), ``N``, ``cells`` (elements of one
+    ``layout_address``: the address of the layout, seventeen ``int64`` fixed between calls until the final-observation
+    store grows (:data:`ADD_LAYOUT`): ``packed`` (1: bool observations bit-packed), ``N``, ``cells`` (elements of one
     observation), ``width`` (stored elements of one observation: ``cells``, or ``ceil(cells / 8)`` bytes when
     packed), ``A`` (elements of one action), ``T`` (the capacity in rows), ``K`` (slots of the final-observation
     ring), ``by_words`` (1: pack bool observations eight cells per multiplication, reading them as ``uint64``, when
@@ -177,10 +177,12 @@ def add_row(time, inputs, layout, obs_type, action_type):
     ``obs_type`` / ``action_type``: the numpy scalar types of the stored observations and actions (``np.uint8`` for
     packed ones); they type the pointers.
 
-    Every argument is a number, a tuple of numbers or a type, so a call costs little to unbox. Returns the new
-    number of referenced final-observation slots, or -1, having written nothing, when this row's episode ends might
-    not fit in the ring (``live + N > K`` with ``K < T * N``): the caller grows the store and calls again.
+    Every argument is a number, a tuple of numbers or a type, so a call costs little to unbox (one address for the
+    layout costs less than seventeen numbers). Returns the new number of referenced final-observation slots, or -1,
+    having written nothing, when this row's episode ends might not fit in the ring (``live + N > K`` with ``K < T *
+    N``): the caller grows the store and calls again.
     """
+    layout = numba.carray(_typed_pointer(layout_address, np.int64), len(ADD_LAYOUT))
     packed, N, cells, width, A, capacity = layout[0], layout[1], layout[2], layout[3], layout[4], layout[5]
     num_slots = layout[6]
     rows = capacity * N

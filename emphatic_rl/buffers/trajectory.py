@@ -362,21 +362,25 @@ class TrajectoryBuffer:
             # the add kernel's fixed arguments (kernels.ADD_LAYOUT: the layout and the addresses of the storage, since
             # numbers cost less per call than arrays), the stored dtypes' numpy types, and the kernel compiled for them
             storage = (self._obs, self._action, self._final_store, self._scalars, self._ends, self._final_slot)
-            self._add_layout = (
-                int(self.packs_obs),
-                self._num_streams,
-                self._obs_cells,
-                width,
-                self._action_width,
-                self._capacity,
-                self._final_slots,
-                int(self._unpack_by_words),
-                *(t.data_ptr() for t in storage),
-                *(t.data_ptr() for t in (self._final_head, self._final_live, self._row_time)),
+            self._add_layout = np.array(
+                [
+                    int(self.packs_obs),
+                    self._num_streams,
+                    self._obs_cells,
+                    width,
+                    self._action_width,
+                    self._capacity,
+                    self._final_slots,
+                    int(self._unpack_by_words),
+                    *(t.data_ptr() for t in storage),
+                    *(t.data_ptr() for t in (self._final_head, self._final_live, self._row_time)),
+                ],
+                dtype=np.int64,
             )
+            self._add_layout_address = self._add_layout.ctypes.data
             self._obs_type, self._action_type = self._np_obs.dtype.type, self._np_action.dtype.type
             self._add_kernel = kernels.compiled(
-                kernels.add_row, (0, (0,) * 8, self._add_layout, self._obs_type, self._action_type)
+                kernels.add_row, (0, (0,) * 8, self._add_layout_address, self._obs_type, self._action_type)
             )
 
     # ------------------------------------------------------------------ properties
@@ -519,9 +523,9 @@ class TrajectoryBuffer:
                     log_prob_address,
                     interest_address,
                 )
-                if self._add_kernel(time, inputs, self._add_layout, self._obs_type, self._action_type) < 0:
+                if self._add_kernel(time, inputs, self._add_layout_address, self._obs_type, self._action_type) < 0:
                     self._grow_for_next_row()  # the ring of final observations may be full: grow it, write again
-                    self._add_kernel(time, inputs, self._add_layout, self._obs_type, self._action_type)
+                    self._add_kernel(time, inputs, self._add_layout_address, self._obs_type, self._action_type)
                 self._total_steps = time + 1
                 return
         N = self._num_streams
@@ -625,9 +629,9 @@ class TrajectoryBuffer:
             log_prob.data_ptr(),
             interest.data_ptr(),
         )
-        if self._add_kernel(self._total_steps, inputs, self._add_layout, self._obs_type, self._action_type) < 0:
+        if self._add_kernel(self._total_steps, inputs, self._add_layout_address, self._obs_type, self._action_type) < 0:
             self._grow_for_next_row()
-            self._add_kernel(self._total_steps, inputs, self._add_layout, self._obs_type, self._action_type)
+            self._add_kernel(self._total_steps, inputs, self._add_layout_address, self._obs_type, self._action_type)
 
     def _grow_for_next_row(self) -> None:
         """Grow the final-observation store so that the next kernel ``add`` (at most ``N`` episode ends) cannot
