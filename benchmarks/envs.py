@@ -107,7 +107,7 @@ def kernel_only_stepper(name: str, num_envs: int) -> Callable[[], None]:
     env._new_output_blocks()  # one step's outputs, reused by every call
     counter = [0]
 
-    def batch_step() -> None:
+    def batch_step(batches: list[np.ndarray] = batches) -> None:  # keeps the arrays behind the addresses alive
         state = env._state_array()
         count = env._run_step_kernel(addresses[counter[0] % 64], state, 0)
         if count:
