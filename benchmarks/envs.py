@@ -146,12 +146,14 @@ def load_average() -> str:
 def median_rates(
     steppers: dict[str, Callable[[], None]], num_envs: int, seconds: float, rounds: int
 ) -> dict[str, tuple[float, float]]:
-    """Median over ``rounds`` interleaved rounds of each peer's env steps per second: ``(wall, cpu)``."""
+    """Median over ``rounds`` interleaved rounds of each peer's env steps per second: ``(wall, cpu)``. The order of
+    the peers is reversed every other round (the first to run after another peer runs on colder caches)."""
     for batch_step in steppers.values():  # warm-up
         batch_step()
     rates: dict[str, list[tuple[float, float]]] = {name: [] for name in steppers}
-    for _ in range(rounds):
-        for name, batch_step in steppers.items():
+    for round_index in range(rounds):
+        order = list(steppers.items())
+        for name, batch_step in order if round_index % 2 == 0 else order[::-1]:  # no peer always first
             gc.collect()
             gc.disable()
             try:

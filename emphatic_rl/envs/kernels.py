@@ -248,6 +248,36 @@ def cartpole_euler4(typingctx, x, x_dot, theta, theta_dot, force, sintheta, cost
     return result(x, x_dot, theta, theta_dot, force, sintheta, costheta), codegen
 
 
+@intrinsic
+def cartpole_terminal4(typingctx, x, theta):
+    """:func:`cartpole_terminal` of four copies at once (``x`` and ``theta`` 4-tuples of float64): the four
+    comparisons as vector comparisons, no branch. Returns a 4-tuple of booleans."""
+    if x != _FOUR_FLOATS or theta != _FOUR_FLOATS:
+        return None
+    result = types.UniTuple(types.boolean, 4)
+
+    def codegen(context, builder, signature, args):
+        vector = ir.VectorType(ir.DoubleType(), 4)
+        lanes = [ir.Constant(ir.IntType(32), i) for i in range(4)]
+
+        def pack(four):
+            value = ir.Constant(vector, ir.Undefined)
+            for i in range(4):
+                value = builder.insert_element(value, builder.extract_value(four, i), lanes[i])
+            return value
+
+        def outside(value, bound):
+            low = builder.fcmp_ordered("<", value, ir.Constant(vector, [ir.Constant(ir.DoubleType(), -bound)] * 4))
+            high = builder.fcmp_ordered(">", value, ir.Constant(vector, [ir.Constant(ir.DoubleType(), bound)] * 4))
+            return builder.or_(low, high)
+
+        X, TH = pack(args[0]), pack(args[1])
+        ends = builder.or_(outside(X, CP_X_THRESHOLD), outside(TH, CP_THETA_THRESHOLD))
+        return context.make_tuple(builder, result, [builder.extract_element(ends, lane) for lane in lanes])
+
+    return result(x, theta), codegen
+
+
 @njit(inline="always", **KERNEL_OPTIONS)
 def cartpole_dynamics(x, x_dot, theta, theta_dot, push_right):
     """One Euler step of CartPole-v1 (Gymnasium's expressions, in its order). Returns the new
@@ -300,12 +330,9 @@ def store_float32x4(typingctx, array, row, four):
 
 
 @njit(inline="always", **KERNEL_OPTIONS)
-def _cartpole_write(n, x, x_dot, theta, theta_dot, sutton_barto, state, obs, final_obs, reward, terminated):
-    """Store copy ``n``'s new state, observations, termination flag (``cartpole_terminal`` without branches) and
-    reward."""
+def _cartpole_write(n, x, x_dot, theta, theta_dot, terminal, sutton_barto, state, obs, final_obs, reward, terminated):
+    """Store copy ``n``'s new state, observations, termination flag and reward."""
     state[n, 0], state[n, 1], state[n, 2], state[n, 3] = x, x_dot, theta, theta_dot
-    terminal = (x < -CP_X_THRESHOLD) | (x > CP_X_THRESHOLD) | (theta < -CP_THETA_THRESHOLD)
-    terminal = terminal | (theta > CP_THETA_THRESHOLD)
     terminated[n] = terminal
     store_float32x4(obs, n, (x, x_dot, theta, theta_dot))
     store_float32x4(final_obs, n, (x, x_dot, theta, theta_dot))
@@ -344,23 +371,21 @@ def cartpole_step(
             (trig[a, 0], trig[b, 0], trig[c, 0], trig[d, 0]),
             (trig[a, 1], trig[b, 1], trig[c, 1], trig[d, 1]),
         )
-        _cartpole_write(
-            a, x[0], x_dot[0], theta[0], theta_dot[0], sutton_barto, state, obs, final_obs, reward, terminated
-        )
-        _cartpole_write(
-            b, x[1], x_dot[1], theta[1], theta_dot[1], sutton_barto, state, obs, final_obs, reward, terminated
-        )
-        _cartpole_write(
-            c, x[2], x_dot[2], theta[2], theta_dot[2], sutton_barto, state, obs, final_obs, reward, terminated
-        )
-        _cartpole_write(
-            d, x[3], x_dot[3], theta[3], theta_dot[3], sutton_barto, state, obs, final_obs, reward, terminated
-        )
+        ends = cartpole_terminal4(x, theta)
+        w, r, o, f, e = state, reward, obs, final_obs, terminated
+        _cartpole_write(a, x[0], x_dot[0], theta[0], theta_dot[0], ends[0], sutton_barto, w, o, f, r, e)
+        _cartpole_write(b, x[1], x_dot[1], theta[1], theta_dot[1], ends[1], sutton_barto, w, o, f, r, e)
+        _cartpole_write(c, x[2], x_dot[2], theta[2], theta_dot[2], ends[2], sutton_barto, w, o, f, r, e)
+        _cartpole_write(d, x[3], x_dot[3], theta[3], theta_dot[3], ends[3], sutton_barto, w, o, f, r, e)
     for n in range(grouped, N):
         x1, x_dot1, theta1, theta_dot1 = cartpole_euler(
             state[n, 0], state[n, 1], state[n, 2], state[n, 3], actions[n] == 1, trig[n, 0], trig[n, 1]
         )
-        _cartpole_write(n, x1, x_dot1, theta1, theta_dot1, sutton_barto, state, obs, final_obs, reward, terminated)
+        terminal = (x1 < -CP_X_THRESHOLD) | (x1 > CP_X_THRESHOLD) | (theta1 < -CP_THETA_THRESHOLD)
+        terminal = terminal | (theta1 > CP_THETA_THRESHOLD)  # cartpole_terminal without branches
+        _cartpole_write(
+            n, x1, x_dot1, theta1, theta_dot1, terminal, sutton_barto, state, obs, final_obs, reward, terminated
+        )
     count = 0
     for n in range(N):
         count = end_of_step(n, terminated[n], elapsed, max_steps, terminated, truncated, ended, count)
