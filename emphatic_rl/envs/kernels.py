@@ -143,6 +143,25 @@ def end_of_step(n, terminal, elapsed, max_steps, terminated, truncated, ended, c
     return count + done
 
 
+@njit(inline="always", **KERNEL_OPTIONS)
+def end_of_steps(num_envs, elapsed, max_steps, terminated, truncated, ended):
+    """:func:`end_of_step` of every copy whose ``terminated`` flag is already written: the step counters and the
+    time limit in one loop without a dependency between copies (which the compiler vectorises), the list of ended
+    copies in a second. Returns the count of ended copies."""
+    limit = max_steps if max_steps > 0 else np.int64(1) << 62
+    for n in range(num_envs):
+        steps = elapsed[n] + 1
+        terminal = terminated[n]
+        cut = (steps >= limit) & (not terminal)
+        truncated[n] = cut
+        elapsed[n] = 0 if terminal | cut else steps
+    count = 0
+    for n in range(num_envs):
+        ended[count] = n
+        count += terminated[n] | truncated[n]
+    return count
+
+
 @njit(**KERNEL_OPTIONS)
 def first_bad_action_at(action_address, num_envs, num_actions):
     """``-1 - n`` for the first copy ``n`` whose action (of the ``int64[num_envs]`` at ``action_address``) is outside
@@ -349,7 +368,7 @@ def cartpole_step(
     (``float64[N, 2]``) is scratch space: the sines and cosines are computed in a first pass of libm calls, the
     Euler steps in a second pass without calls (four copies at a time in vector operations,
     :func:`cartpole_euler4`, the last ``N % 4`` one by one), the step counters and the list of ended copies in a
-    third."""
+    third (:func:`end_of_steps`)."""
     N = state.shape[0]
     actions = pointer_to(action_address, np.int64(0))
     bad = first_bad_discrete(actions, N, 2)
@@ -386,10 +405,7 @@ def cartpole_step(
         _cartpole_write(
             n, x1, x_dot1, theta1, theta_dot1, terminal, sutton_barto, state, obs, final_obs, reward, terminated
         )
-    count = 0
-    for n in range(N):
-        count = end_of_step(n, terminated[n], elapsed, max_steps, terminated, truncated, ended, count)
-    return count
+    return end_of_steps(N, elapsed, max_steps, terminated, truncated, ended)
 
 
 # ============================================================================================ Mountain Car
