@@ -328,16 +328,32 @@ class TrajectoryBuffer:
         self._row_has_end = [False] * T
         self._default_log_prob = torch.zeros(N, device=dev)
         self._default_interest = torch.ones(N, device=dev)
-        self._default_log_prob_address = self._default_log_prob.data_ptr()
-        self._default_interest_address = self._default_interest.data_ptr()
         self._stream_ids = torch.arange(N, device=dev)
 
         self._total_steps = 0  # add calls so far; the next writes row _cursor = _total_steps % T, see _size too
         self._refresh_flat_views()
 
+    #: attributes derived from the storage by _refresh_flat_views (views, addresses): not copied or pickled
+    _DERIVED = frozenset(
+        "_obs_flat _action_flat _scalars_flat _ends_flat _final_slot_flat _extras_flat _np_obs _np_action _np_scalars "
+        "_np_ends _np_final_store _np_final_slot _np_row_time _np_final_head _np_final_live _add_layout "
+        "_add_layout_address _add_kernel _default_log_prob_address _default_interest_address".split()
+    )
+
+    def __getstate__(self) -> dict[str, Any]:
+        """The buffer without its views and addresses of the storage (a copy or an unpickled buffer makes its own:
+        numpy views and cached addresses would otherwise still point at the original's memory)."""
+        return {name: value for name, value in self.__dict__.items() if name not in self._DERIVED}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._refresh_flat_views()
+
     def _refresh_flat_views(self) -> None:
         """``[T * N, ...]`` views of the storage (same memory), indexed by ``flat = row * N + stream``; for the numba
         backend also numpy views of the same memory, ``[T * N, D]`` for observations and actions."""
+        self._default_log_prob_address = self._default_log_prob.data_ptr()
+        self._default_interest_address = self._default_interest.data_ptr()
         rows = self._capacity * self._num_streams
         self._obs_flat = self._obs.view(rows, *self._stored_obs_shape)
         self._action_flat = self._action.view(rows, *self.action_shape)

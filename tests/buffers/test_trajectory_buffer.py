@@ -745,3 +745,42 @@ def test_compiled_kernel_is_the_dispatchers_function_for_those_types():
     direct = kernels.compiled(weighted, ((1, 2), 3))
     assert direct((4, 5), 6) == weighted((4, 5), 6) == 29
     assert kernels.compiled(weighted.py_func, ((1, 2), 3)) is weighted.py_func  # no JIT: the function itself
+
+
+@pytest.mark.parametrize("how", ["deepcopy", "pickle"])
+def test_a_copied_buffer_writes_its_own_storage(how):
+    """A deep copy (or an unpickled copy) of a buffer has its own views and storage addresses: adding to it leaves the
+    original unchanged, and both continue as a buffer fed the same steps would."""
+    import copy
+    import pickle
+
+    rng = np.random.default_rng(11)
+
+    def step() -> dict[str, torch.Tensor]:
+        u = rng.random(2)
+        return dict(
+            obs=torch.from_numpy(rng.random((2, 3))).float(),
+            action=torch.from_numpy(rng.integers(0, 4, 2)),
+            reward=torch.from_numpy(rng.random(2)).float(),
+            terminated=torch.from_numpy(u < 0.3),
+            truncated=torch.from_numpy((u >= 0.3) & (u < 0.4)),
+            final_obs=torch.from_numpy(rng.random((2, 3))).float(),
+        )
+
+    original, reference = TrajectoryBuffer(4, 2, (3,), torch.float32), TrajectoryBuffer(4, 2, (3,), torch.float32)
+    for _ in range(6):
+        fields = step()
+        original.add(**fields)
+        reference.add(**fields)
+    frozen = original.state_dict()
+    copied = copy.deepcopy(original) if how == "deepcopy" else pickle.loads(pickle.dumps(original))
+    for _ in range(7):  # past the initial final-observation slots: the copy's store grows
+        fields = step()
+        copied.add(**fields)
+        reference.add(**fields)
+    after = original.state_dict()
+    for key, value in frozen.items():
+        assert torch.equal(value, after[key]) if isinstance(value, torch.Tensor) else value == after[key], key
+    for key, value in reference.state_dict().items():
+        other = copied.state_dict()[key]
+        assert torch.equal(value, other) if isinstance(value, torch.Tensor) else value == other, key
