@@ -405,13 +405,27 @@ class CompiledBackendMixin:
         if backend == "auto":
             backend = "numba" if on_cpu and numba_available() else "torch"
         if backend == "numba":
+            before = set(self.__dict__)
             spec = self.action_spec
             self._kernel_action_shape = (self.num_envs, *spec.shape)
             self._kernel_action_dtype = torch.int64 if isinstance(spec, DiscreteSpec) else spec.dtype
             self._setup_kernels()
             self._setup_output_blocks()
+            # what the numba backend made (kernels, scratch, views of the state, output blocks): rebuilt, not copied
+            self._compiled_names = getattr(self, "_compiled_names", frozenset()) | (set(self.__dict__) - before)
         self._backend = backend
         return self
+
+    def __getstate__(self) -> dict[str, Any]:
+        """The env without what its numba backend made (a copy or an unpickled env makes its own: numpy views and
+        output blocks would otherwise still share, or no longer share, memory with the wrong tensors)."""
+        dropped = self.__dict__.get("_compiled_names", frozenset())
+        return {name: value for name, value in self.__dict__.items() if name not in dropped}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        if self._backend == "numba":
+            self.set_backend("numba")
 
     def _setup_kernels(self) -> None:
         """Import the compiled kernels and allocate the scratch arrays they use."""
