@@ -10,17 +10,24 @@ condition x step size x seed; a second population of the same variant holds the 
 models are trained only where they are used). Outputs: ``results.json`` (every number), ``summary.md`` (tables),
 ``learning_curves.png`` and ``dose_response.png``.
 
-The step-size and rollout-length sweep is the same program: ``learning_rate`` may be a list (one more member axis of
-every population) and ``rollout_length`` a list (one population per value for the multi-step variants). The
-``[sweep]`` table of a study TOML holds the shipped sweep (its keys override ``[study]``)::
+The sweeps are the same program: ``learning_rate`` and ``target_tau`` may be lists (their product is one more member
+axis of every population, the *settings*) and ``rollout_length`` a list (one population per value for the
+multi-step variants). A study TOML holds its shipped sweeps as tables whose keys override ``[study]``: ``[sweep]``
+(step sizes x rollout lengths, short runs) and ``[sweep-target-tau]`` (the target network's step at the study's
+length)::
 
     emphatic-rl dyna-fa dyna-fa-cartpole --sweep --out experiments/results/dyna-fa/sweep/cartpole
+    emphatic-rl dyna-fa dyna-fa-cartpole --sweep target-tau --out experiments/results/dyna-fa/sweep-target-tau/cartpole
 
-A sweep writes ``summary.md`` and ``results.json`` with the AUC of every (variant, rollout length, condition, step
-size) and the values its rule picks, fixed before the sweep ran: the step size with the best AUC of the model-free
-baseline (pooled over the sweep's populations), then per multi-step variant the rollout length with the best
-perfect-model AUC at that step size. The main study takes ``rollout_length`` per variant as a table
-(``rollout_length = { multi-step-successor = 2, multi-step-predecessor = 5 }``).
+A sweep writes ``summary.md`` and ``results.json`` with the AUC of every (variant, rollout length, condition,
+setting) and the values its rule picks: the setting (step size, target step) with the best AUC of the model-free
+baseline (pooled over the sweep's populations) gives the step size of every member and the baseline's target step;
+then per variant, among the settings with that step size, the (target step, rollout length) with the best
+perfect-model AUC. The main study takes ``rollout_length`` per multi-step variant and ``target_tau`` per variant (and
+``model-free``) as tables (``rollout_length = { multi-step-successor = 2, multi-step-predecessor = 5 }``).
+
+Instrument of value divergence: per member, the mean over the direct update's replayed batch of the bootstrap value
+``max_a Q_target(S', a)``, sampled at the end of each window (``max_q``: its peak over the run and its last value).
 
 Metric: *online return*, the mean return of the epsilon-greedy training episodes that end in each window of
 ``eval_every`` real steps (a member with no episode ending in a window keeps its previous value; windows before a
@@ -86,12 +93,12 @@ class FAStudyConfig:
     planning_batch: int = 16
     rollout_length: int | list[int] | dict[str, int] = 3
     learning_rate: float | list[float] = 1e-3
+    target_tau: float | list[float] | dict[str, float] = 0.05
     gamma: float = 0.99
     epsilon: float = 0.1
     hidden: int = 32
     replay_batch: int = 32
     warmup: int = 100
-    target_tau: float = 0.05
     model_hidden: int = 64
     model_learning_rate: float = 1e-3
     seed: int = 0
@@ -124,6 +131,22 @@ class FAStudyConfig:
             raise ValueError(
                 f"learning_rate must be a number > 0 or a non-empty list of them; got {self.learning_rate!r}"
             )
+        tau = self.target_tau
+        names = [*self.variants, *([BASELINE] if self.baseline else [])]
+        if isinstance(tau, dict):
+            missing, extra = [v for v in names if v not in tau], sorted(set(tau) - set(VARIANTS) - {BASELINE})
+            if missing or extra:
+                raise ValueError(
+                    f"target_tau as a table maps each studied variant and {BASELINE!r} to a value; "
+                    f"missing {missing}, unknown {extra}"
+                )
+            taus = list(tau.values())
+        else:
+            taus = tau if isinstance(tau, list) else [tau]
+        if not taus or not all(_number(t) and 0 < t <= 1 for t in taus):
+            raise ValueError(
+                f"target_tau must be a number in (0, 1], a non-empty list of them or a table per variant; got {tau!r}"
+            )
         n = self.rollout_length
         if isinstance(n, dict):
             bad = sorted(set(n) - set(MULTI_STEP))
@@ -147,10 +170,25 @@ class FAStudyConfig:
 
     @property
     def learning_rates(self) -> list[float]:
-        """The step sizes (one member axis of every population)."""
+        """The step sizes."""
         return [
             float(r) for r in (self.learning_rate if isinstance(self.learning_rate, list) else [self.learning_rate])
         ]
+
+    @property
+    def settings(self) -> list[tuple[float, float | None]]:
+        """The member axis of every population: (step size, target step) pairs, the product of the ``learning_rate``
+        and ``target_tau`` lists; the target step is ``None`` where ``target_tau`` is not a list (then
+        :meth:`target_tau_of` gives it per variant)."""
+        taus: list[float | None] = [float(t) for t in self.target_tau] if isinstance(self.target_tau, list) else [None]
+        return [(rate, tau) for rate in self.learning_rates for tau in taus]
+
+    def target_tau_of(self, variant: str, setting: tuple[float, float | None]) -> float:
+        """The target step of ``variant``'s members (``variant`` = ``"model-free"`` for the baseline's)."""
+        if setting[1] is not None:
+            return setting[1]
+        tau = self.target_tau
+        return float(tau[variant]) if isinstance(tau, dict) else float(tau)  # type: ignore[arg-type]
 
     def rollout_lengths(self, variant: str) -> list[int]:
         """The rollout lengths ``variant`` runs with (one population each; one-step variants: the first, unused)."""
@@ -162,9 +200,9 @@ class FAStudyConfig:
 
     @property
     def is_sweep(self) -> bool:
-        """More than one step size or rollout length: a sweep (its own summary)."""
+        """More than one setting (step size x target step) or rollout length: a sweep (its own summary)."""
         n = self.rollout_length
-        return len(self.learning_rates) > 1 or (isinstance(n, list) and len(n) > 1)
+        return len(self.settings) > 1 or (isinstance(n, list) and len(n) > 1)
 
     def agent_options(self, variant: str, rollout_length: int) -> DynaFAOptions:
         return DynaFAOptions(
@@ -179,7 +217,7 @@ class FAStudyConfig:
             hidden=self.hidden,
             replay_batch=self.replay_batch,
             warmup=self.warmup,
-            target_tau=self.target_tau,
+            target_tau=self.target_tau_of(variant, self.settings[0]),
             model_hidden=self.model_hidden,
             model_learning_rate=self.model_learning_rate,
         )
@@ -194,18 +232,23 @@ def _number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def load_config(path: str | Path, overrides: dict[str, Any] | None = None, sweep: bool = False) -> FAStudyConfig:
-    """Read the ``[study]`` table of a TOML file, then (``sweep``) its ``[sweep]`` table, then ``overrides``; one
-    ``ValueError`` per bad key or value."""
+def load_config(path: str | Path, overrides: dict[str, Any] | None = None, sweep: bool | str = False) -> FAStudyConfig:
+    """Read the ``[study]`` table of a TOML file, then (``sweep``) a sweep table — ``True`` or ``"sweep"``:
+    ``[sweep]``; a name: ``[sweep-<name>]`` — then ``overrides``; one ``ValueError`` per bad key or value."""
     with open(path, "rb") as handle:
         data = tomllib.load(handle)
     table = data.get("study")
     if not isinstance(table, dict):
         raise ValueError(f"{path}: no [study] table")
     if sweep:
-        sweep_table = data.get("sweep")
+        name = "sweep" if sweep is True or sweep == "sweep" else f"sweep-{sweep}"
+        sweep_table = data.get(name)
         if not isinstance(sweep_table, dict):
-            raise ValueError(f"{path}: --sweep needs a [sweep] table (keys that override [study]); this file has none")
+            shipped = [key for key, value in data.items() if key.startswith("sweep") and isinstance(value, dict)]
+            flags = ", ".join("--sweep" if k == "sweep" else f"--sweep {k[len('sweep-') :]}" for k in shipped)
+            raise ValueError(
+                f"{path}: no [{name}] table (keys that override [study]); this file's sweeps: {flags or 'none'}"
+            )
         table = {**table, **sweep_table}
     table = {**table, **(overrides or {})}
     allowed = {f.name for f in dataclasses.fields(FAStudyConfig)}
@@ -236,6 +279,20 @@ class OnlineReturn(Callback):
             self.curve.append(self._online.clone())
 
 
+class ReplayMaxQ(Callback):
+    """The instrument of value divergence: every ``every`` loop steps, each member's
+    :attr:`~emphatic_rl.agents.dyna.function_approx.DynaFAAgent.replay_max_q`. After the run, ``curve`` is a list of
+    ``[P]`` tensors aligned with :class:`OnlineReturn`'s."""
+
+    def __init__(self, every: int) -> None:
+        self.every = every
+        self.curve: list[torch.Tensor] = []
+
+    def on_step(self, runner: Runner) -> None:
+        if runner.step % self.every == 0:
+            self.curve.append(runner.agent.replay_max_q.detach().cpu().clone())  # type: ignore[attr-defined]
+
+
 class _StudyProgress(Callback):
     def __init__(self, every: int, label: str, total: int) -> None:
         self.every, self.label, self.total = every, label, total
@@ -248,10 +305,10 @@ class _StudyProgress(Callback):
 def population_config(
     config: FAStudyConfig, variant: str, seed: int, conditions: list[str], rollout_length: int
 ) -> TrainConfig:
-    """The ``TrainConfig`` of one population of the study: agent ``dyna-fa`` with ``conditions`` x step sizes x seeds
+    """The ``TrainConfig`` of one population of the study: agent ``dyna-fa`` with ``conditions`` x settings x seeds
     members (in that order; the conditions all perfect-model ones, or ``["learned"]``), one env copy per member."""
-    s, rates = config.seeds, config.learning_rates
-    c_count, l_count = len(conditions), len(rates)
+    s, settings = config.seeds, config.settings
+    c_count, l_count = len(conditions), len(settings)
     doses = {("perfect" if float(d) == 0 else f"dose {float(d):g}"): float(d) for d in config.doses}
 
     def per_member(values: list[Any]) -> list[Any]:
@@ -262,7 +319,13 @@ def population_config(
         model="learned" if conditions == ["learned"] else "perfect",
         dose=per_member([doses.get(c, 0.0) for c in conditions]),
         plans=per_member([c != BASELINE for c in conditions]),
-        learning_rate=[rate for _ in conditions for rate in rates for _ in range(s)],
+        learning_rate=[rate for _ in conditions for rate, _ in settings for _ in range(s)],
+        target_tau=[
+            config.target_tau_of(BASELINE if c == BASELINE else variant, setting)
+            for c in conditions
+            for setting in settings
+            for _ in range(s)
+        ],
     )
     return TrainConfig(
         agent="dyna-fa",
@@ -287,15 +350,16 @@ def run_population(
     rollout_length: int,
     progress_every: int = 0,
 ) -> dict[str, torch.Tensor]:
-    """Train one population of ``variant`` holding ``conditions`` x step sizes x seeds (members in that order; the
+    """Train one population of ``variant`` holding ``conditions`` x settings x seeds (members in that order; the
     conditions all perfect-model ones, or ``["learned"]``) with the library's ``Runner``.
 
-    Returns ``online_curve [windows, C, L, seeds]`` and each planning fraction / count as ``[C, L, seeds]``.
+    Returns ``online_curve`` and ``max_q_curve`` ``[windows, C, L, seeds]`` (L: :attr:`FAStudyConfig.settings`) and
+    each planning fraction / count as ``[C, L, seeds]``.
     """
-    c_count, l_count, s = len(conditions), len(config.learning_rates), config.seeds
+    c_count, l_count, s = len(conditions), len(config.settings), config.seeds
     run = build_run(population_config(config, variant, seed, conditions, rollout_length))
-    curve = OnlineReturn(config.eval_every)
-    callbacks: list[Callback] = [curve]
+    curve, max_q = OnlineReturn(config.eval_every), ReplayMaxQ(config.eval_every)
+    callbacks: list[Callback] = [curve, max_q]
     if progress_every:
         label = f"{config.env} {variant} n={rollout_length} {conditions}"
         callbacks.append(_StudyProgress(progress_every, label, config.steps))
@@ -306,7 +370,10 @@ def run_population(
     first_value = online_curve.gather(0, first.unsqueeze(0)).squeeze(0)
     online_curve = torch.where(torch.isnan(online_curve), first_value.unsqueeze(0), online_curve)
     stats = run.agent.planning_statistics()  # type: ignore[attr-defined]
-    out = {"online_curve": online_curve.view(-1, c_count, l_count, s)}
+    out = {
+        "online_curve": online_curve.view(-1, c_count, l_count, s),
+        "max_q_curve": torch.stack(max_q.curve).view(-1, c_count, l_count, s),
+    }
     for key, value in stats.items():
         out[key] = value.view(c_count, l_count, s)
     return out
@@ -319,7 +386,7 @@ def run_label(variant: str, rollout_length: int, config: FAStudyConfig) -> str:
 
 def run_study(config: FAStudyConfig, progress: bool = True) -> dict[str, dict[str, torch.Tensor]]:
     """Every population of the study; per label (:func:`run_label`) the conditions of ``config.conditions`` joined:
-    ``online_curve [W, C, L, seeds]``, the instruments ``[C, L, seeds]``."""
+    ``online_curve`` and ``max_q_curve`` ``[W, C, L, seeds]``, the instruments ``[C, L, seeds]``."""
     runs = {}
     conditions = config.conditions
     groups = [[c for c in conditions if c != "learned"]] + ([["learned"]] if "learned" in conditions else [])
@@ -335,9 +402,9 @@ def run_study(config: FAStudyConfig, progress: bool = True) -> dict[str, dict[st
                 )
                 out = run_population(config, variant, seed, group, n, 500 if progress else 0)
                 for c, condition in enumerate(group):
-                    parts[condition] = {k: v[:, c] if k == "online_curve" else v[c] for k, v in out.items()}
+                    parts[condition] = {k: v[:, c] if k.endswith("_curve") else v[c] for k, v in out.items()}
                 if progress:
-                    members = len(group) * len(config.learning_rates) * config.seeds
+                    members = len(group) * len(config.settings) * config.seeds
                     print(
                         f"[dyna-fa-study] {config.env} {variant} n={n} {group}: {members} members, "
                         f"{time.time() - started:.0f} s",
@@ -345,14 +412,14 @@ def run_study(config: FAStudyConfig, progress: bool = True) -> dict[str, dict[st
                         flush=True,
                     )
             runs[run_label(variant, n, config)] = {
-                key: torch.stack([parts[c][key] for c in conditions], dim=1 if key == "online_curve" else 0)
+                key: torch.stack([parts[c][key] for c in conditions], dim=1 if key.endswith("_curve") else 0)
                 for key in parts[conditions[0]]
             }
     return runs
 
 
-def _only_rate(runs: dict[str, dict[str, torch.Tensor]]) -> dict[str, dict[str, torch.Tensor]]:
-    """Drop the step-size axis of a study with one step size: ``[W, C, seeds]`` and ``[C, seeds]``."""
+def _only_setting(runs: dict[str, dict[str, torch.Tensor]]) -> dict[str, dict[str, torch.Tensor]]:
+    """Drop the settings axis of a study with one setting: ``[W, C, seeds]`` and ``[C, seeds]``."""
     return {label: {k: v.select(-2, 0) for k, v in run.items()} for label, run in runs.items()}
 
 
@@ -374,17 +441,25 @@ def summarise(config: FAStudyConfig, runs: dict[str, dict[str, torch.Tensor]]) -
     tail = max(1, windows // 5)
     table: dict[str, dict[str, Any]] = {}
     per_seed: dict[tuple[str, str], dict[str, torch.Tensor]] = {}
-    baseline_auc, baseline_final = [], []
+    baseline_auc, baseline_final, baseline_q_peak, baseline_q_last = [], [], [], []
     for variant, run in runs.items():
-        curve = run["online_curve"]
+        curve, max_q = run["online_curve"], run["max_q_curve"]
         for c, condition in enumerate(conditions):
             auc, final = curve[:, c].mean(0), curve[-tail:, c].mean(0)
+            q_peak, q_last = max_q[:, c].max(0).values, max_q[-1, c]
             if condition == BASELINE:
                 baseline_auc.append(auc)
                 baseline_final.append(final)
+                baseline_q_peak.append(q_peak)
+                baseline_q_last.append(q_last)
                 continue
             per_seed[(variant, condition)] = {"auc": auc, "final": final}
-            row: dict[str, Any] = {"auc": mean_ci(auc), "final": mean_ci(final)}
+            row: dict[str, Any] = {
+                "auc": mean_ci(auc),
+                "final": mean_ci(final),
+                "max_q_peak": mean_ci(q_peak),
+                "max_q_last": mean_ci(q_last),
+            }
             for counter in COUNTERS:
                 row[counter] = mean_ci(run[counter][c])
             updates = run["planning_updates"][c]
@@ -396,7 +471,13 @@ def summarise(config: FAStudyConfig, runs: dict[str, dict[str, torch.Tensor]]) -
     out: dict[str, Any] = {"conditions": conditions, "windows": windows, "tail_windows": tail, "table": table}
     if baseline_auc:
         b_auc, b_final = torch.cat(baseline_auc), torch.cat(baseline_final)
-        out["baseline"] = {"auc": mean_ci(b_auc), "final": mean_ci(b_final), "runs": int(b_auc.numel())}
+        out["baseline"] = {
+            "auc": mean_ci(b_auc),
+            "final": mean_ci(b_final),
+            "max_q_peak": mean_ci(torch.cat(baseline_q_peak)),
+            "max_q_last": mean_ci(torch.cat(baseline_q_last)),
+            "runs": int(b_auc.numel()),
+        }
         out["perfect_minus_baseline"] = {
             v: {
                 "auc": difference_ci(per_seed[(v, "perfect")]["auc"], b_auc),
@@ -466,15 +547,16 @@ def write_summary(config: FAStudyConfig, summary: dict[str, Any], out: Path, sec
         "",
         f"{config.seeds} seeds per cell; {config.steps} real steps; online return (epsilon = {config.epsilon}) in "
         f"windows of {config.eval_every} steps; final = last {summary['tail_windows']} windows; 95% t-intervals. "
-        f"Adam step size {config.learning_rate}, n = {_lengths(config)}, {config.planning_steps} planning steps "
-        f"x {config.planning_batch} updates per real step, Q-network 2 x {config.hidden}, gamma {config.gamma}. "
-        f"Env options: {config.env_options}. Wall time {seconds:.0f} s.",
+        f"Adam step size {config.learning_rate}, target step {_taus(config)}, n = {_lengths(config)}, "
+        f"{config.planning_steps} planning steps x {config.planning_batch} updates per real step, Q-network "
+        f"2 x {config.hidden}, gamma {config.gamma}. Env options: {config.env_options}. Wall time {seconds:.0f} s.",
         "",
     ]
     if "baseline" in summary:
         b = summary["baseline"]
         lines += [
-            f"Model-free baseline ({b['runs']} runs): AUC {_fmt(b['auc'])}, final {_fmt(b['final'])}.",
+            f"Model-free baseline ({b['runs']} runs): AUC {_fmt(b['auc'])}, final {_fmt(b['final'])}; "
+            f"max_q peak {_fmt(b['max_q_peak'])}, last {_fmt(b['max_q_last'])}.",
             "",
         ]
     for metric in ("final", "auc"):
@@ -499,6 +581,21 @@ def write_summary(config: FAStudyConfig, summary: dict[str, Any], out: Path, sec
                 f"{_fmt(r['fraction_real_toward_hallucinated'], 3)} ({r['count_real_toward_hallucinated']:.0f}) | "
                 f"{_fmt(r['fraction_updated_hallucinated'], 3)} | {_fmt(r['fraction_model_outputs_hallucinated'], 3)} |"
             )
+    lines.append("")
+    bound = 1.0 / (1.0 - config.gamma) if config.gamma < 1 else math.inf
+    lines += [
+        "## Value magnitude: mean over the replayed batch of max_a Q_target(S', a), peak over the run / last "
+        f"(mean ± 95% CI over seeds; 1 / (1 - gamma) = {bound:g})",
+        "",
+        "| variant | " + " | ".join(conditions) + " |",
+        "|---" * (len(conditions) + 1) + "|",
+    ]
+    for variant, rows in summary["table"].items():
+        lines.append(
+            f"| {variant} | "
+            + " | ".join(f"{_fmt(rows[c]['max_q_peak'])} / {_fmt(rows[c]['max_q_last'])}" for c in conditions)
+            + " |"
+        )
     lines.append("")
     if "perfect_minus_baseline" in summary:
         lines += ["## Perfect model minus model-free (difference, 95% CI)", "", "| variant | AUC | final |"]
@@ -540,16 +637,31 @@ def write_summary(config: FAStudyConfig, summary: dict[str, Any], out: Path, sec
     _atomic_write(out / "summary.md", "\n".join(lines))
 
 
+def _taus(config: FAStudyConfig) -> str:
+    tau = config.target_tau
+    if isinstance(tau, dict):
+        return ", ".join(f"{k}: {v:g}" for k, v in tau.items())
+    return str(tau)
+
+
+def _setting_label(config: FAStudyConfig, setting: tuple[float, float | None]) -> str:
+    rate, tau = setting
+    if isinstance(config.target_tau, list) and len(config.learning_rates) == 1:
+        return f"tau {tau:g}"
+    return f"lr {rate:g}" + (f", tau {tau:g}" if isinstance(config.target_tau, list) else "")
+
+
 def _lengths(config: FAStudyConfig) -> str:
     return ", ".join(f"{v}: {config.rollout_lengths(v)[0]}" for v in config.variants if v in MULTI_STEP) or "-"
 
 
 # ---------------------------------------------------------------------------------------------------- the sweep
 def summarise_sweep(config: FAStudyConfig, runs: dict[str, dict[str, torch.Tensor]]) -> dict[str, Any]:
-    """AUC / final per (label, condition, step size), the baseline's AUC per step size (pooled over the labels), and
-    the rule's choice: the step size with the best baseline AUC, then per multi-step variant the rollout length with
-    the best perfect-model AUC at that step size (higher mean wins)."""
-    conditions, rates = config.conditions, config.learning_rates
+    """AUC / final per (label, condition, setting), the baseline's AUC per setting (pooled over the labels), and the
+    rule's choice: the setting with the best baseline AUC gives the step size (and, where ``target_tau`` is swept, the
+    baseline's target step); then per variant, among the settings with that step size, the (target step, rollout
+    length) with the best perfect-model AUC (higher mean wins; the first on a tie)."""
+    conditions, settings = config.conditions, config.settings
     windows = next(iter(runs.values()))["online_curve"].shape[0]
     tail = max(1, windows // 5)
     table: dict[str, dict[str, list[dict[str, Any]]]] = {}
@@ -558,52 +670,76 @@ def summarise_sweep(config: FAStudyConfig, runs: dict[str, dict[str, torch.Tenso
         table[label] = {}
         for c, condition in enumerate(conditions):
             cells = []
-            for r in range(len(rates)):
-                cell = {"auc": mean_ci(curve[:, c, r].mean(0)), "final": mean_ci(curve[-tail:, c, r].mean(0))}
+            for r in range(len(settings)):
+                cell = {
+                    "auc": mean_ci(curve[:, c, r].mean(0)),
+                    "final": mean_ci(curve[-tail:, c, r].mean(0)),
+                    "max_q_peak": mean_ci(run["max_q_curve"][:, c, r].max(0).values),
+                }
                 if condition != BASELINE:
                     cell["fraction_real_toward_simulated"] = mean_ci(run["fraction_real_toward_simulated"][c, r])
                 cells.append(cell)
             table[label][condition] = cells
-    out: dict[str, Any] = {"conditions": conditions, "learning_rates": rates, "windows": windows, "table": table}
+    out: dict[str, Any] = {
+        "conditions": conditions,
+        "learning_rates": config.learning_rates,
+        "settings": [{"learning_rate": rate, "target_tau": tau} for rate, tau in settings],
+        "windows": windows,
+        "table": table,
+    }
+    swept_tau = isinstance(config.target_tau, list)
     if BASELINE in conditions:
         b = conditions.index(BASELINE)
-        pooled = [torch.cat([run["online_curve"][:, b, r].mean(0) for run in runs.values()]) for r in range(len(rates))]
+        pooled = [
+            torch.cat([run["online_curve"][:, b, r].mean(0) for run in runs.values()]) for r in range(len(settings))
+        ]
         out["baseline_auc"] = [mean_ci(x) for x in pooled]
-        chosen_rate = max(range(len(rates)), key=lambda r: out["baseline_auc"][r][0])
+        best = max(range(len(settings)), key=lambda r: out["baseline_auc"][r][0])
     else:
         out["baseline_auc"] = None
-        chosen_rate = 0
+        best = 0
+    rate = settings[best][0]
+    candidates = [r for r, setting in enumerate(settings) if setting[0] == rate]
     lengths: dict[str, int] = {}
+    taus: dict[str, float] = {BASELINE: config.target_tau_of(BASELINE, settings[best])} if swept_tau else {}
     for variant in config.variants:
-        options = config.rollout_lengths(variant)
-        if variant in MULTI_STEP and "perfect" in conditions:
-            lengths[variant] = max(
-                options,
-                key=lambda n: table[run_label(variant, n, config)]["perfect"][chosen_rate]["auc"][0],
-            )
-    out["chosen"] = {"learning_rate": rates[chosen_rate], "rollout_length": lengths}
+        if "perfect" not in conditions:
+            break
+        pairs = [(r, n) for r in candidates for n in config.rollout_lengths(variant)]
+        r, n = max(pairs, key=lambda pair: table[run_label(variant, pair[1], config)]["perfect"][pair[0]]["auc"][0])
+        if variant in MULTI_STEP:
+            lengths[variant] = n
+        if swept_tau:
+            taus[variant] = config.target_tau_of(variant, settings[r])
+    out["chosen"] = {"learning_rate": rate, "rollout_length": lengths}
+    if swept_tau:
+        out["chosen"]["target_tau"] = taus
     return out
 
 
 def write_sweep_summary(config: FAStudyConfig, summary: dict[str, Any], out: Path, seconds: float) -> None:
-    rates = summary["learning_rates"]
-    header = " | ".join(f"lr {r:g}" for r in rates)
+    settings = config.settings
+    header = " | ".join(_setting_label(config, s) for s in settings)
+    swept = "target steps" if isinstance(config.target_tau, list) and len(config.learning_rates) == 1 else "settings"
     lines = [
-        f"# Step-size and rollout-length sweep, Dyna with function approximation on {config.env}",
+        f"# Sweep of Dyna with function approximation on {config.env}",
         "",
         f"{config.seeds} seeds per cell; {config.steps} real steps; online return (epsilon = {config.epsilon}) in "
-        f"windows of {config.eval_every} steps; AUC = mean over all windows; 95% t-intervals. Step sizes {rates}, "
-        f"rollout lengths {config.rollout_length} (multi-step variants), {config.planning_steps} planning steps x "
-        f"{config.planning_batch} updates per real step, Q-network 2 x {config.hidden}. Env options: "
-        f"{config.env_options}. Wall time {seconds:.0f} s.",
+        f"windows of {config.eval_every} steps; AUC = mean over all windows; 95% t-intervals. Step sizes "
+        f"{config.learning_rates}, target steps {_taus(config)}, rollout lengths {config.rollout_length} "
+        f"(multi-step variants), {config.planning_steps} planning steps x {config.planning_batch} updates per real "
+        f"step, Q-network 2 x {config.hidden}. Env options: {config.env_options}. Wall time {seconds:.0f} s.",
         "",
-        "Rule (fixed before the sweep ran): the step size with the best AUC of the model-free baseline (pooled over "
-        "every population of the sweep); then, per multi-step variant, the rollout length with the best perfect-model "
-        "AUC at that step size.",
+        "Rule: the setting with the best AUC of the model-free baseline (pooled over every population of the sweep) "
+        "gives the step size of every member"
+        + (" and the baseline's target step" if isinstance(config.target_tau, list) else "")
+        + "; then, per variant, among the settings with that step size, the "
+        + ("(target step, rollout length)" if isinstance(config.target_tau, list) else "rollout length")
+        + " with the best perfect-model AUC.",
         "",
     ]
     if summary["baseline_auc"] is not None:
-        lines += ["## Model-free baseline, AUC", "", f"| | {header} |", "|---" * (len(rates) + 1) + "|"]
+        lines += ["## Model-free baseline, AUC", "", f"| | {header} |", "|---" * (len(settings) + 1) + "|"]
         lines.append("| model-free (pooled) | " + " | ".join(_fmt(x) for x in summary["baseline_auc"]) + " |")
         lines.append("")
     chosen = summary["chosen"]
@@ -612,11 +748,15 @@ def write_sweep_summary(config: FAStudyConfig, summary: dict[str, Any], out: Pat
         "",
         f"- learning_rate = {chosen['learning_rate']:g}",
         *(f"- rollout_length of {v} = {n}" for v, n in chosen["rollout_length"].items()),
+        *(f"- target_tau of {v} = {t:g}" for v, t in chosen.get("target_tau", {}).items()),
         "",
     ]
-    for metric in ("auc", "final"):
-        lines += [f"## Online return, {metric}", "", f"| variant | condition | {header} |"]
-        lines.append("|---|---" + "|---" * len(rates) + "|")
+    lines += [f"Compared {swept}: {header.replace(' | ', '; ')}.", ""]
+    for metric in ("auc", "final", "max_q_peak"):
+        title = "peak of the mean max_a Q_target(S', a) over the run" if metric == "max_q_peak" else metric
+        lines += [f"## Online return, {title}" if metric != "max_q_peak" else f"## Value magnitude, {title}", ""]
+        lines += [f"| variant | condition | {header} |"]
+        lines.append("|---|---" + "|---" * len(settings) + "|")
         for label, rows in summary["table"].items():
             for condition, cells in rows.items():
                 if condition == BASELINE:
@@ -702,7 +842,7 @@ def write_study(config: FAStudyConfig, out: str | Path) -> float:
         _atomic_write(out / "results.json", json.dumps({"config": dataclasses.asdict(config), **summary}, indent=1))
         write_sweep_summary(config, summary, out, seconds)
     else:
-        runs = _only_rate(runs)
+        runs = _only_setting(runs)
         summary = summarise(config, runs)
         _atomic_write(out / "results.json", json.dumps({"config": dataclasses.asdict(config), **summary}, indent=1))
         write_summary(config, summary, out, seconds)
