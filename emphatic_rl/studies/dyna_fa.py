@@ -361,7 +361,8 @@ def run_population(
     curve, max_q = OnlineReturn(config.eval_every), ReplayMaxQ(config.eval_every)
     callbacks: list[Callback] = [curve, max_q]
     if progress_every:
-        label = f"{config.env} {variant} n={rollout_length} {conditions}"
+        length = f" n={rollout_length}" if variant in MULTI_STEP else ""
+        label = f"{config.env} {variant}{length} {conditions}"
         callbacks.append(_StudyProgress(progress_every, label, config.steps))
     Runner(run).run(config.steps, callbacks)
     online_curve = torch.stack(curve.curve)  # [W, P]
@@ -406,7 +407,8 @@ def run_study(config: FAStudyConfig, progress: bool = True) -> dict[str, dict[st
                 if progress:
                     members = len(group) * len(config.settings) * config.seeds
                     print(
-                        f"[dyna-fa-study] {config.env} {variant} n={n} {group}: {members} members, "
+                        f"[dyna-fa-study] {config.env} {variant}{f' n={n}' if variant in MULTI_STEP else ''} {group}: "
+                        f"{members} members, "
                         f"{time.time() - started:.0f} s",
                         file=sys.stderr,
                         flush=True,
