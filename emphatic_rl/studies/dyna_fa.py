@@ -13,18 +13,18 @@ models are trained only where they are used). Outputs: ``results.json`` (every n
 The sweeps are the same program: ``learning_rate`` and ``target_tau`` may be lists (their product is one more member
 axis of every population, the *settings*) and ``rollout_length`` a list (one population per value for the
 multi-step variants). A study TOML holds its shipped sweeps as tables whose keys override ``[study]``: ``[sweep]``
-(step sizes x rollout lengths, short runs) and ``[sweep-target-tau]`` (the target network's step at the study's
-length)::
+(step sizes x rollout lengths) and ``[sweep-target-tau]`` (the target network's step, at the step sizes and
+rollout lengths the first one picked)::
 
     emphatic-rl dyna-fa dyna-fa-cartpole --sweep --out experiments/results/dyna-fa/sweep/cartpole
     emphatic-rl dyna-fa dyna-fa-cartpole --sweep target-tau --out experiments/results/dyna-fa/sweep-target-tau/cartpole
 
 A sweep writes ``summary.md`` and ``results.json`` with the AUC of every (variant, rollout length, condition,
-setting) and the values its rule picks: the setting (step size, target step) with the best AUC of the model-free
-baseline (pooled over the sweep's populations) gives the step size of every member and the baseline's target step;
-then per variant, among the settings with that step size, the (target step, rollout length) with the best
-perfect-model AUC. The main study takes ``rollout_length`` per multi-step variant and ``target_tau`` per variant (and
-``model-free``) as tables (``rollout_length = { multi-step-successor = 2, multi-step-predecessor = 5 }``).
+setting) and the values its rule picks, each method at its best: the model-free baseline's setting (step size,
+target step) is the one with its best AUC (pooled over the sweep's populations); each variant's (setting, rollout
+length) the one with its best perfect-model AUC. The main study takes ``learning_rate`` and ``target_tau`` per
+variant and for ``model-free``, and ``rollout_length`` per multi-step variant, as tables
+(``rollout_length = { multi-step-successor = 2, multi-step-predecessor = 5 }``); a single number holds for all.
 
 Instrument of value divergence: per member, the mean over the direct update's replayed batch of the bootstrap value
 ``max_a Q_target(S', a)``, sampled at the end of each window (``max_q``: its peak over the run and its last value).
@@ -92,7 +92,7 @@ class FAStudyConfig:
     planning_steps: int = 5
     planning_batch: int = 16
     rollout_length: int | list[int] | dict[str, int] = 3
-    learning_rate: float | list[float] = 1e-3
+    learning_rate: float | list[float] | dict[str, float] = 1e-3
     target_tau: float | list[float] | dict[str, float] = 0.05
     gamma: float = 0.99
     epsilon: float = 0.1
@@ -126,27 +126,8 @@ class FAStudyConfig:
             raise ValueError(f"seeds must be >= 2 (intervals need two runs), got {self.seeds}")
         if self.steps < 2 * self.eval_every:
             raise ValueError(f"steps ({self.steps}) must be at least 2 x eval_every ({self.eval_every})")
-        rates = self.learning_rate if isinstance(self.learning_rate, list) else [self.learning_rate]
-        if not rates or not all(_number(r) and 0 < r < math.inf for r in rates):
-            raise ValueError(
-                f"learning_rate must be a number > 0 or a non-empty list of them; got {self.learning_rate!r}"
-            )
-        tau = self.target_tau
-        names = [*self.variants, *([BASELINE] if self.baseline else [])]
-        if isinstance(tau, dict):
-            missing, extra = [v for v in names if v not in tau], sorted(set(tau) - set(VARIANTS) - {BASELINE})
-            if missing or extra:
-                raise ValueError(
-                    f"target_tau as a table maps each studied variant and {BASELINE!r} to a value; "
-                    f"missing {missing}, unknown {extra}"
-                )
-            taus = list(tau.values())
-        else:
-            taus = tau if isinstance(tau, list) else [tau]
-        if not taus or not all(_number(t) and 0 < t <= 1 for t in taus):
-            raise ValueError(
-                f"target_tau must be a number in (0, 1], a non-empty list of them or a table per variant; got {tau!r}"
-            )
+        self._check_per_name("learning_rate", lambda r: 0 < r < math.inf, "a number > 0")
+        self._check_per_name("target_tau", lambda t: 0 < t <= 1, "a number in (0, 1]")
         n = self.rollout_length
         if isinstance(n, dict):
             bad = sorted(set(n) - set(MULTI_STEP))
@@ -168,27 +149,48 @@ class FAStudyConfig:
             env, self.env, 1, self.agent_options(self.variants[0], self.rollout_lengths(self.variants[0])[0])
         )
 
-    @property
-    def learning_rates(self) -> list[float]:
-        """The step sizes."""
-        return [
-            float(r) for r in (self.learning_rate if isinstance(self.learning_rate, list) else [self.learning_rate])
-        ]
+    def _check_per_name(self, key: str, valid: Any, allowed: str) -> None:
+        """``key`` is a number, a non-empty list of them (a sweep axis) or a table naming each studied variant and
+        ``model-free``; every value ``valid``."""
+        value = getattr(self, key)
+        if isinstance(value, dict):
+            names = [*self.variants, *([BASELINE] if self.baseline else [])]
+            missing, extra = [v for v in names if v not in value], sorted(set(value) - set(VARIANTS) - {BASELINE})
+            if missing or extra:
+                raise ValueError(
+                    f"{key} as a table maps each studied variant and {BASELINE!r} to a value; "
+                    f"missing {missing}, unknown {extra}"
+                )
+            values = list(value.values())
+        else:
+            values = value if isinstance(value, list) else [value]
+        if not values or not all(_number(v) and valid(v) for v in values):
+            raise ValueError(f"{key} must be {allowed}, a non-empty list of them or a table per variant; got {value!r}")
+
+    @staticmethod
+    def _axis(value: Any) -> list[float | None]:
+        return [float(v) for v in value] if isinstance(value, list) else [None]
 
     @property
-    def settings(self) -> list[tuple[float, float | None]]:
+    def settings(self) -> list[tuple[float | None, float | None]]:
         """The member axis of every population: (step size, target step) pairs, the product of the ``learning_rate``
-        and ``target_tau`` lists; the target step is ``None`` where ``target_tau`` is not a list (then
-        :meth:`target_tau_of` gives it per variant)."""
-        taus: list[float | None] = [float(t) for t in self.target_tau] if isinstance(self.target_tau, list) else [None]
-        return [(rate, tau) for rate in self.learning_rates for tau in taus]
+        and ``target_tau`` lists; an entry is ``None`` where its key is not a list (then :meth:`learning_rate_of` /
+        :meth:`target_tau_of` give it per variant)."""
+        return [(rate, tau) for rate in self._axis(self.learning_rate) for tau in self._axis(self.target_tau)]
 
-    def target_tau_of(self, variant: str, setting: tuple[float, float | None]) -> float:
-        """The target step of ``variant``'s members (``variant`` = ``"model-free"`` for the baseline's)."""
-        if setting[1] is not None:
-            return setting[1]
-        tau = self.target_tau
-        return float(tau[variant]) if isinstance(tau, dict) else float(tau)  # type: ignore[arg-type]
+    def _of(self, key: str, name: str, swept: float | None) -> float:
+        if swept is not None:
+            return swept
+        value = getattr(self, key)
+        return float(value[name]) if isinstance(value, dict) else float(value)
+
+    def learning_rate_of(self, name: str, setting: tuple[float | None, float | None]) -> float:
+        """The step size of ``name``'s members (a variant, or ``"model-free"`` for the baseline's) in ``setting``."""
+        return self._of("learning_rate", name, setting[0])
+
+    def target_tau_of(self, name: str, setting: tuple[float | None, float | None]) -> float:
+        """The target step of ``name``'s members (a variant, or ``"model-free"`` for the baseline's) in ``setting``."""
+        return self._of("target_tau", name, setting[1])
 
     def rollout_lengths(self, variant: str) -> list[int]:
         """The rollout lengths ``variant`` runs with (one population each; one-step variants: the first, unused)."""
@@ -211,7 +213,7 @@ class FAStudyConfig:
             planning_batch=self.planning_batch,
             rollout_length=rollout_length,
             model="perfect",
-            learning_rate=self.learning_rates[0],
+            learning_rate=self.learning_rate_of(variant, self.settings[0]),
             gamma=self.gamma,
             epsilon=self.epsilon,
             hidden=self.hidden,
@@ -319,7 +321,12 @@ def population_config(
         model="learned" if conditions == ["learned"] else "perfect",
         dose=per_member([doses.get(c, 0.0) for c in conditions]),
         plans=per_member([c != BASELINE for c in conditions]),
-        learning_rate=[rate for _ in conditions for rate, _ in settings for _ in range(s)],
+        learning_rate=[
+            config.learning_rate_of(BASELINE if c == BASELINE else variant, setting)
+            for c in conditions
+            for setting in settings
+            for _ in range(s)
+        ],
         target_tau=[
             config.target_tau_of(BASELINE if c == BASELINE else variant, setting)
             for c in conditions
@@ -549,7 +556,8 @@ def write_summary(config: FAStudyConfig, summary: dict[str, Any], out: Path, sec
         "",
         f"{config.seeds} seeds per cell; {config.steps} real steps; online return (epsilon = {config.epsilon}) in "
         f"windows of {config.eval_every} steps; final = last {summary['tail_windows']} windows; 95% t-intervals. "
-        f"Adam step size {config.learning_rate}, target step {_taus(config)}, n = {_lengths(config)}, "
+        f"Adam step size {_per_name(config.learning_rate)}, target step {_per_name(config.target_tau)}, "
+        f"n = {_lengths(config)}, "
         f"{config.planning_steps} planning steps x {config.planning_batch} updates per real step, Q-network "
         f"2 x {config.hidden}, gamma {config.gamma}. Env options: {config.env_options}. Wall time {seconds:.0f} s.",
         "",
@@ -587,7 +595,7 @@ def write_summary(config: FAStudyConfig, summary: dict[str, Any], out: Path, sec
     bound = 1.0 / (1.0 - config.gamma) if config.gamma < 1 else math.inf
     lines += [
         "## Value magnitude: mean over the replayed batch of max_a Q_target(S', a), peak over the run / last "
-        f"(mean ± 95% CI over seeds; 1 / (1 - gamma) = {bound:g})",
+        f"(mean ± 95% CI over seeds; a return of rewards at most r per step is at most r / (1 - gamma) = {bound:g} r)",
         "",
         "| variant | " + " | ".join(conditions) + " |",
         "|---" * (len(conditions) + 1) + "|",
@@ -639,18 +647,16 @@ def write_summary(config: FAStudyConfig, summary: dict[str, Any], out: Path, sec
     _atomic_write(out / "summary.md", "\n".join(lines))
 
 
-def _taus(config: FAStudyConfig) -> str:
-    tau = config.target_tau
-    if isinstance(tau, dict):
-        return ", ".join(f"{k}: {v:g}" for k, v in tau.items())
-    return str(tau)
+def _per_name(value: Any) -> str:
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k}: {v:g}" for k, v in value.items()) + "}"
+    return str(value)
 
 
-def _setting_label(config: FAStudyConfig, setting: tuple[float, float | None]) -> str:
+def _setting_label(setting: tuple[float | None, float | None]) -> str:
     rate, tau = setting
-    if isinstance(config.target_tau, list) and len(config.learning_rates) == 1:
-        return f"tau {tau:g}"
-    return f"lr {rate:g}" + (f", tau {tau:g}" if isinstance(config.target_tau, list) else "")
+    parts = ([f"lr {rate:g}"] if rate is not None else []) + ([f"tau {tau:g}"] if tau is not None else [])
+    return ", ".join(parts) or "-"
 
 
 def _lengths(config: FAStudyConfig) -> str:
@@ -660,9 +666,9 @@ def _lengths(config: FAStudyConfig) -> str:
 # ---------------------------------------------------------------------------------------------------- the sweep
 def summarise_sweep(config: FAStudyConfig, runs: dict[str, dict[str, torch.Tensor]]) -> dict[str, Any]:
     """AUC / final per (label, condition, setting), the baseline's AUC per setting (pooled over the labels), and the
-    rule's choice: the setting with the best baseline AUC gives the step size (and, where ``target_tau`` is swept, the
-    baseline's target step); then per variant, among the settings with that step size, the (target step, rollout
-    length) with the best perfect-model AUC (higher mean wins; the first on a tie)."""
+    rule's choice, each method at its best: the baseline's setting with its best AUC; per variant the (setting,
+    rollout length) with its best perfect-model AUC (higher mean wins; the first on a tie). Only the swept keys are
+    chosen (``learning_rate`` / ``target_tau`` as tables per variant and ``model-free``)."""
     conditions, settings = config.conditions, config.settings
     windows = next(iter(runs.values()))["online_curve"].shape[0]
     tail = max(1, windows // 5)
@@ -684,60 +690,62 @@ def summarise_sweep(config: FAStudyConfig, runs: dict[str, dict[str, torch.Tenso
             table[label][condition] = cells
     out: dict[str, Any] = {
         "conditions": conditions,
-        "learning_rates": config.learning_rates,
         "settings": [{"learning_rate": rate, "target_tau": tau} for rate, tau in settings],
         "windows": windows,
         "table": table,
     }
-    swept_tau = isinstance(config.target_tau, list)
     if BASELINE in conditions:
         b = conditions.index(BASELINE)
         pooled = [
             torch.cat([run["online_curve"][:, b, r].mean(0) for run in runs.values()]) for r in range(len(settings))
         ]
         out["baseline_auc"] = [mean_ci(x) for x in pooled]
-        best = max(range(len(settings)), key=lambda r: out["baseline_auc"][r][0])
     else:
         out["baseline_auc"] = None
-        best = 0
-    rate = settings[best][0]
-    candidates = [r for r, setting in enumerate(settings) if setting[0] == rate]
+    out["chosen"] = choose(config, out)
+    return out
+
+
+def choose(config: FAStudyConfig, summary: dict[str, Any]) -> dict[str, Any]:
+    """The sweep's rule on a sweep summary (``table`` and ``baseline_auc`` of :func:`summarise_sweep`, also as read
+    back from its ``results.json``), each method at its best: the baseline's setting with its best pooled AUC; per
+    variant the (setting, rollout length) with its best perfect-model AUC (higher mean wins; the first on a tie).
+    Returns ``rollout_length`` per multi-step variant and, for each swept key (``learning_rate``, ``target_tau``), a
+    table per variant and ``model-free``."""
+    settings, table = config.settings, summary["table"]
+    best: dict[str, int] = {}
+    if summary["baseline_auc"] is not None:
+        best[BASELINE] = max(range(len(settings)), key=lambda r: summary["baseline_auc"][r][0])
     lengths: dict[str, int] = {}
-    taus: dict[str, float] = {BASELINE: config.target_tau_of(BASELINE, settings[best])} if swept_tau else {}
-    for variant in config.variants:
-        if "perfect" not in conditions:
-            break
-        pairs = [(r, n) for r in candidates for n in config.rollout_lengths(variant)]
+    for variant in config.variants if "perfect" in config.conditions else []:
+        pairs = [(r, n) for r in range(len(settings)) for n in config.rollout_lengths(variant)]
         r, n = max(pairs, key=lambda pair: table[run_label(variant, pair[1], config)]["perfect"][pair[0]]["auc"][0])
+        best[variant] = r
         if variant in MULTI_STEP:
             lengths[variant] = n
-        if swept_tau:
-            taus[variant] = config.target_tau_of(variant, settings[r])
-    out["chosen"] = {"learning_rate": rate, "rollout_length": lengths}
-    if swept_tau:
-        out["chosen"]["target_tau"] = taus
-    return out
+    chosen: dict[str, Any] = {"rollout_length": lengths}
+    for key, index in (("learning_rate", 0), ("target_tau", 1)):
+        if isinstance(getattr(config, key), list):
+            chosen[key] = {name: settings[r][index] for name, r in best.items()}
+    return chosen
 
 
 def write_sweep_summary(config: FAStudyConfig, summary: dict[str, Any], out: Path, seconds: float) -> None:
     settings = config.settings
-    header = " | ".join(_setting_label(config, s) for s in settings)
-    swept = "target steps" if isinstance(config.target_tau, list) and len(config.learning_rates) == 1 else "settings"
+    header = " | ".join(_setting_label(s) for s in settings)
     lines = [
         f"# Sweep of Dyna with function approximation on {config.env}",
         "",
         f"{config.seeds} seeds per cell; {config.steps} real steps; online return (epsilon = {config.epsilon}) in "
         f"windows of {config.eval_every} steps; AUC = mean over all windows; 95% t-intervals. Step sizes "
-        f"{config.learning_rates}, target steps {_taus(config)}, rollout lengths {config.rollout_length} "
+        f"{_per_name(config.learning_rate)}, target steps {_per_name(config.target_tau)}, rollout lengths "
+        f"{_per_name(config.rollout_length)} "
         f"(multi-step variants), {config.planning_steps} planning steps x {config.planning_batch} updates per real "
         f"step, Q-network 2 x {config.hidden}. Env options: {config.env_options}. Wall time {seconds:.0f} s.",
         "",
-        "Rule: the setting with the best AUC of the model-free baseline (pooled over every population of the sweep) "
-        "gives the step size of every member"
-        + (" and the baseline's target step" if isinstance(config.target_tau, list) else "")
-        + "; then, per variant, among the settings with that step size, the "
-        + ("(target step, rollout length)" if isinstance(config.target_tau, list) else "rollout length")
-        + " with the best perfect-model AUC.",
+        "Rule (each method at its best): the model-free baseline takes the setting with its best AUC (pooled over "
+        "every population of the sweep); each variant the setting (and, multi-step, the rollout length) with its "
+        "best perfect-model AUC.",
         "",
     ]
     if summary["baseline_auc"] is not None:
@@ -745,15 +753,13 @@ def write_sweep_summary(config: FAStudyConfig, summary: dict[str, Any], out: Pat
         lines.append("| model-free (pooled) | " + " | ".join(_fmt(x) for x in summary["baseline_auc"]) + " |")
         lines.append("")
     chosen = summary["chosen"]
-    lines += [
-        "## Chosen",
-        "",
-        f"- learning_rate = {chosen['learning_rate']:g}",
-        *(f"- rollout_length of {v} = {n}" for v, n in chosen["rollout_length"].items()),
-        *(f"- target_tau of {v} = {t:g}" for v, t in chosen.get("target_tau", {}).items()),
-        "",
-    ]
-    lines += [f"Compared {swept}: {header.replace(' | ', '; ')}.", ""]
+    names = [*([BASELINE] if summary["baseline_auc"] is not None else []), *config.variants]
+    lines += ["## Chosen", "", "| | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+    for key in ("learning_rate", "target_tau", "rollout_length"):
+        if key in chosen and chosen[key]:
+            cells = [f"{chosen[key][v]:g}" if v in chosen[key] else "-" for v in names]
+            lines.append(f"| {key} | " + " | ".join(cells) + " |")
+    lines.append("")
     for metric in ("auc", "final", "max_q_peak"):
         title = "peak of the mean max_a Q_target(S', a) over the run" if metric == "max_q_peak" else metric
         lines += [f"## Online return, {title}" if metric != "max_q_peak" else f"## Value magnitude, {title}", ""]

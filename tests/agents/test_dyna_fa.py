@@ -419,23 +419,48 @@ def test_sweep_runs_every_step_size_and_length_and_applies_its_rule(tmp_path):
         args += ["--set", override]
     assert cli_main(["dyna-fa", *args]) == 0
     results = json.loads((out / "results.json").read_text())
-    assert results["learning_rates"] == [1e-3, 1e-2]
+    rates = [setting["learning_rate"] for setting in results["settings"]]
+    assert rates == [1e-3, 1e-2]
     assert set(results["table"]) == {"one-step-successor", "multi-step-predecessor n=2", "multi-step-predecessor n=5"}
     cells = results["table"]["multi-step-predecessor n=5"]["perfect"]
     assert len(cells) == 2 and all(cell["fraction_real_toward_simulated"][0] == 0 for cell in cells)
+    # each method at its best: the baseline by its pooled AUC, each variant by its perfect-model AUC
     baseline = [mean for mean, _ in results["baseline_auc"]]
     chosen = results["chosen"]
-    assert chosen["learning_rate"] == results["learning_rates"][baseline.index(max(baseline))]
-    r = results["learning_rates"].index(chosen["learning_rate"])
-    lengths = {n: results["table"][f"multi-step-predecessor n={n}"]["perfect"][r]["auc"][0] for n in (2, 5)}
-    assert chosen["rollout_length"] == {"multi-step-predecessor": max(lengths, key=lengths.get)}
-    assert "## Chosen" in (out / "summary.md").read_text()
+    assert chosen["learning_rate"]["model-free"] == rates[baseline.index(max(baseline))]
+    one_step = [cell["auc"][0] for cell in results["table"]["one-step-successor"]["perfect"]]
+    assert chosen["learning_rate"]["one-step-successor"] == rates[one_step.index(max(one_step))]
+    pairs = {
+        (r, n): results["table"][f"multi-step-predecessor n={n}"]["perfect"][r]["auc"][0]
+        for r in (0, 1)
+        for n in (2, 5)
+    }
+    r, n = max(pairs, key=pairs.get)
+    assert chosen["rollout_length"] == {"multi-step-predecessor": n}
+    assert chosen["learning_rate"]["multi-step-predecessor"] == rates[r]
+    assert "target_tau" not in chosen  # not swept
+    assert "| learning_rate | " in (out / "summary.md").read_text()
+    # a study takes the chosen tables
+    from emphatic_rl.studies.dyna_fa import load_config, population_config
+
+    config = load_config(
+        "experiments/dyna_fa_cartpole.toml",
+        {
+            "seeds": 2,
+            "variants": ["one-step-successor", "multi-step-predecessor"],
+            "learning_rate": chosen["learning_rate"],
+        },
+    )
+    train = population_config(config, "one-step-successor", 0, ["perfect", "model-free"], 2)
+    expected = [chosen["learning_rate"]["one-step-successor"]] * 2 + [chosen["learning_rate"]["model-free"]] * 2
+    assert train.agent_options["learning_rate"] == expected
 
 
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--set", "learning_rate=[1e-3, -1.0]"], "learning_rate must be a number > 0 or a non-empty list"),
+        (["--set", "learning_rate=[1e-3, -1.0]"], "learning_rate must be a number > 0, a non-empty list of them"),
+        (["--set", "learning_rate={ model-free = 1e-3 }"], "learning_rate as a table maps each studied variant"),
         (["--set", "rollout_length={ one-step-successor = 2 }"], "rollout_length as a table maps multi-step"),
         (["--set", "rollout_length=[2, 0]"], "rollout_length must be an integer >= 1"),
     ],
@@ -572,4 +597,4 @@ def test_target_tau_sweep_applies_its_rule(tmp_path):
         assert chosen[variant] == taus[auc.index(max(auc))]
         assert all(cell["max_q_peak"][0] > 0 for cell in results["table"][variant]["perfect"])  # reward +1 per step
     text = (out / "summary.md").read_text()
-    assert "- target_tau of multi-step-predecessor = " in text and "| tau 0.01 | tau 0.02 | tau 0.05 |" in text
+    assert "| target_tau | " in text and "| tau 0.01 | tau 0.02 | tau 0.05 |" in text
