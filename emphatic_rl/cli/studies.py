@@ -29,8 +29,13 @@ def add_study_arguments(parser: argparse.ArgumentParser, kind: str) -> None:
     if kind == "dyna-fa":
         parser.add_argument(
             "--sweep",
-            action="store_true",
-            help="run the file's [sweep] table instead (step sizes x rollout lengths; its keys override [study])",
+            nargs="?",
+            const="sweep",
+            default=None,
+            metavar="NAME",
+            help="run one of the file's sweeps instead: alone, its [sweep] table (step sizes x rollout lengths); "
+            "with a NAME, its [sweep-NAME] table (the shipped studies have `--sweep target-tau`); the table's keys "
+            "override [study]",
         )
 
 
@@ -44,7 +49,7 @@ def run_study_command(args: argparse.Namespace, kind: str) -> int:
     try:
         overrides = parse_set_overrides(args.set)
         path = resolve_study(args.config, kind=kind)
-        fa_config = dyna_fa.load_config(path, overrides, sweep=args.sweep) if kind == "dyna-fa" else None
+        fa_config = dyna_fa.load_config(path, overrides, sweep=args.sweep or False) if kind == "dyna-fa" else None
         config = dyna.load_config(path, overrides) if fa_config is None else None
     except (ValueError, TypeError, OSError, tomllib.TOMLDecodeError) as error:
         return _fail(str(error))

@@ -10,17 +10,24 @@ condition x step size x seed; a second population of the same variant holds the 
 models are trained only where they are used). Outputs: ``results.json`` (every number), ``summary.md`` (tables),
 ``learning_curves.png`` and ``dose_response.png``.
 
-The step-size and rollout-length sweep is the same program: ``learning_rate`` may be a list (one more member axis of
-every population) and ``rollout_length`` a list (one population per value for the multi-step variants). The
-``[sweep]`` table of a study TOML holds the shipped sweep (its keys override ``[study]``)::
+The sweeps are the same program: ``learning_rate`` and ``target_tau`` may be lists (their product is one more member
+axis of every population, the *settings*) and ``rollout_length`` a list (one population per value for the
+multi-step variants). A study TOML holds its shipped sweeps as tables whose keys override ``[study]``: ``[sweep]``
+(step sizes x rollout lengths) and ``[sweep-target-tau]`` (the target network's step, at the step sizes and
+rollout lengths the first one picked)::
 
     emphatic-rl dyna-fa dyna-fa-cartpole --sweep --out experiments/results/dyna-fa/sweep/cartpole
+    emphatic-rl dyna-fa dyna-fa-cartpole --sweep target-tau --out experiments/results/dyna-fa/sweep-target-tau/cartpole
 
-A sweep writes ``summary.md`` and ``results.json`` with the AUC of every (variant, rollout length, condition, step
-size) and the values its rule picks, fixed before the sweep ran: the step size with the best AUC of the model-free
-baseline (pooled over the sweep's populations), then per multi-step variant the rollout length with the best
-perfect-model AUC at that step size. The main study takes ``rollout_length`` per variant as a table
-(``rollout_length = { multi-step-successor = 2, multi-step-predecessor = 5 }``).
+A sweep writes ``summary.md`` and ``results.json`` with the AUC of every (variant, rollout length, condition,
+setting) and the values its rule picks, each method at its best: the model-free baseline's setting (step size,
+target step) is the one with its best AUC (pooled over the sweep's populations); each variant's (setting, rollout
+length) the one with its best perfect-model AUC. The main study takes ``learning_rate`` and ``target_tau`` per
+variant and for ``model-free``, and ``rollout_length`` per multi-step variant, as tables
+(``rollout_length = { multi-step-successor = 2, multi-step-predecessor = 5 }``); a single number holds for all.
+
+Instrument of value divergence: per member, the mean over the direct update's replayed batch of the bootstrap value
+``max_a Q_target(S', a)``, sampled at the end of each window (``max_q``: its peak over the run and its last value).
 
 Metric: *online return*, the mean return of the epsilon-greedy training episodes that end in each window of
 ``eval_every`` real steps (a member with no episode ending in a window keeps its previous value; windows before a
@@ -85,13 +92,13 @@ class FAStudyConfig:
     planning_steps: int = 5
     planning_batch: int = 16
     rollout_length: int | list[int] | dict[str, int] = 3
-    learning_rate: float | list[float] = 1e-3
+    learning_rate: float | list[float] | dict[str, float] = 1e-3
+    target_tau: float | list[float] | dict[str, float] = 0.05
     gamma: float = 0.99
     epsilon: float = 0.1
     hidden: int = 32
     replay_batch: int = 32
     warmup: int = 100
-    target_tau: float = 0.05
     model_hidden: int = 64
     model_learning_rate: float = 1e-3
     seed: int = 0
@@ -119,11 +126,8 @@ class FAStudyConfig:
             raise ValueError(f"seeds must be >= 2 (intervals need two runs), got {self.seeds}")
         if self.steps < 2 * self.eval_every:
             raise ValueError(f"steps ({self.steps}) must be at least 2 x eval_every ({self.eval_every})")
-        rates = self.learning_rate if isinstance(self.learning_rate, list) else [self.learning_rate]
-        if not rates or not all(_number(r) and 0 < r < math.inf for r in rates):
-            raise ValueError(
-                f"learning_rate must be a number > 0 or a non-empty list of them; got {self.learning_rate!r}"
-            )
+        self._check_per_name("learning_rate", lambda r: 0 < r < math.inf, "a number > 0")
+        self._check_per_name("target_tau", lambda t: 0 < t <= 1, "a number in (0, 1]")
         n = self.rollout_length
         if isinstance(n, dict):
             bad = sorted(set(n) - set(MULTI_STEP))
@@ -145,12 +149,48 @@ class FAStudyConfig:
             env, self.env, 1, self.agent_options(self.variants[0], self.rollout_lengths(self.variants[0])[0])
         )
 
+    def _check_per_name(self, key: str, valid: Any, allowed: str) -> None:
+        """``key`` is a number, a non-empty list of them (a sweep axis) or a table naming each studied variant and
+        ``model-free``; every value ``valid``."""
+        value = getattr(self, key)
+        if isinstance(value, dict):
+            names = [*self.variants, *([BASELINE] if self.baseline else [])]
+            missing, extra = [v for v in names if v not in value], sorted(set(value) - set(VARIANTS) - {BASELINE})
+            if missing or extra:
+                raise ValueError(
+                    f"{key} as a table maps each studied variant and {BASELINE!r} to a value; "
+                    f"missing {missing}, unknown {extra}"
+                )
+            values = list(value.values())
+        else:
+            values = value if isinstance(value, list) else [value]
+        if not values or not all(_number(v) and valid(v) for v in values):
+            raise ValueError(f"{key} must be {allowed}, a non-empty list of them or a table per variant; got {value!r}")
+
+    @staticmethod
+    def _axis(value: Any) -> list[float | None]:
+        return [float(v) for v in value] if isinstance(value, list) else [None]
+
     @property
-    def learning_rates(self) -> list[float]:
-        """The step sizes (one member axis of every population)."""
-        return [
-            float(r) for r in (self.learning_rate if isinstance(self.learning_rate, list) else [self.learning_rate])
-        ]
+    def settings(self) -> list[tuple[float | None, float | None]]:
+        """The member axis of every population: (step size, target step) pairs, the product of the ``learning_rate``
+        and ``target_tau`` lists; an entry is ``None`` where its key is not a list (then :meth:`learning_rate_of` /
+        :meth:`target_tau_of` give it per variant)."""
+        return [(rate, tau) for rate in self._axis(self.learning_rate) for tau in self._axis(self.target_tau)]
+
+    def _of(self, key: str, name: str, swept: float | None) -> float:
+        if swept is not None:
+            return swept
+        value = getattr(self, key)
+        return float(value[name]) if isinstance(value, dict) else float(value)
+
+    def learning_rate_of(self, name: str, setting: tuple[float | None, float | None]) -> float:
+        """The step size of ``name``'s members (a variant, or ``"model-free"`` for the baseline's) in ``setting``."""
+        return self._of("learning_rate", name, setting[0])
+
+    def target_tau_of(self, name: str, setting: tuple[float | None, float | None]) -> float:
+        """The target step of ``name``'s members (a variant, or ``"model-free"`` for the baseline's) in ``setting``."""
+        return self._of("target_tau", name, setting[1])
 
     def rollout_lengths(self, variant: str) -> list[int]:
         """The rollout lengths ``variant`` runs with (one population each; one-step variants: the first, unused)."""
@@ -162,9 +202,9 @@ class FAStudyConfig:
 
     @property
     def is_sweep(self) -> bool:
-        """More than one step size or rollout length: a sweep (its own summary)."""
+        """More than one setting (step size x target step) or rollout length: a sweep (its own summary)."""
         n = self.rollout_length
-        return len(self.learning_rates) > 1 or (isinstance(n, list) and len(n) > 1)
+        return len(self.settings) > 1 or (isinstance(n, list) and len(n) > 1)
 
     def agent_options(self, variant: str, rollout_length: int) -> DynaFAOptions:
         return DynaFAOptions(
@@ -173,13 +213,13 @@ class FAStudyConfig:
             planning_batch=self.planning_batch,
             rollout_length=rollout_length,
             model="perfect",
-            learning_rate=self.learning_rates[0],
+            learning_rate=self.learning_rate_of(variant, self.settings[0]),
             gamma=self.gamma,
             epsilon=self.epsilon,
             hidden=self.hidden,
             replay_batch=self.replay_batch,
             warmup=self.warmup,
-            target_tau=self.target_tau,
+            target_tau=self.target_tau_of(variant, self.settings[0]),
             model_hidden=self.model_hidden,
             model_learning_rate=self.model_learning_rate,
         )
@@ -194,18 +234,23 @@ def _number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def load_config(path: str | Path, overrides: dict[str, Any] | None = None, sweep: bool = False) -> FAStudyConfig:
-    """Read the ``[study]`` table of a TOML file, then (``sweep``) its ``[sweep]`` table, then ``overrides``; one
-    ``ValueError`` per bad key or value."""
+def load_config(path: str | Path, overrides: dict[str, Any] | None = None, sweep: bool | str = False) -> FAStudyConfig:
+    """Read the ``[study]`` table of a TOML file, then (``sweep``) a sweep table — ``True`` or ``"sweep"``:
+    ``[sweep]``; a name: ``[sweep-<name>]`` — then ``overrides``; one ``ValueError`` per bad key or value."""
     with open(path, "rb") as handle:
         data = tomllib.load(handle)
     table = data.get("study")
     if not isinstance(table, dict):
         raise ValueError(f"{path}: no [study] table")
     if sweep:
-        sweep_table = data.get("sweep")
+        name = "sweep" if sweep is True or sweep == "sweep" else f"sweep-{sweep}"
+        sweep_table = data.get(name)
         if not isinstance(sweep_table, dict):
-            raise ValueError(f"{path}: --sweep needs a [sweep] table (keys that override [study]); this file has none")
+            shipped = [key for key, value in data.items() if key.startswith("sweep") and isinstance(value, dict)]
+            flags = ", ".join("--sweep" if k == "sweep" else f"--sweep {k[len('sweep-') :]}" for k in shipped)
+            raise ValueError(
+                f"{path}: no [{name}] table (keys that override [study]); this file's sweeps: {flags or 'none'}"
+            )
         table = {**table, **sweep_table}
     table = {**table, **(overrides or {})}
     allowed = {f.name for f in dataclasses.fields(FAStudyConfig)}
@@ -236,6 +281,20 @@ class OnlineReturn(Callback):
             self.curve.append(self._online.clone())
 
 
+class ReplayMaxQ(Callback):
+    """The instrument of value divergence: every ``every`` loop steps, each member's
+    :attr:`~emphatic_rl.agents.dyna.function_approx.DynaFAAgent.replay_max_q`. After the run, ``curve`` is a list of
+    ``[P]`` tensors aligned with :class:`OnlineReturn`'s."""
+
+    def __init__(self, every: int) -> None:
+        self.every = every
+        self.curve: list[torch.Tensor] = []
+
+    def on_step(self, runner: Runner) -> None:
+        if runner.step % self.every == 0:
+            self.curve.append(runner.agent.replay_max_q.detach().cpu().clone())  # type: ignore[attr-defined]
+
+
 class _StudyProgress(Callback):
     def __init__(self, every: int, label: str, total: int) -> None:
         self.every, self.label, self.total = every, label, total
@@ -248,10 +307,10 @@ class _StudyProgress(Callback):
 def population_config(
     config: FAStudyConfig, variant: str, seed: int, conditions: list[str], rollout_length: int
 ) -> TrainConfig:
-    """The ``TrainConfig`` of one population of the study: agent ``dyna-fa`` with ``conditions`` x step sizes x seeds
+    """The ``TrainConfig`` of one population of the study: agent ``dyna-fa`` with ``conditions`` x settings x seeds
     members (in that order; the conditions all perfect-model ones, or ``["learned"]``), one env copy per member."""
-    s, rates = config.seeds, config.learning_rates
-    c_count, l_count = len(conditions), len(rates)
+    s, settings = config.seeds, config.settings
+    c_count, l_count = len(conditions), len(settings)
     doses = {("perfect" if float(d) == 0 else f"dose {float(d):g}"): float(d) for d in config.doses}
 
     def per_member(values: list[Any]) -> list[Any]:
@@ -262,7 +321,18 @@ def population_config(
         model="learned" if conditions == ["learned"] else "perfect",
         dose=per_member([doses.get(c, 0.0) for c in conditions]),
         plans=per_member([c != BASELINE for c in conditions]),
-        learning_rate=[rate for _ in conditions for rate in rates for _ in range(s)],
+        learning_rate=[
+            config.learning_rate_of(BASELINE if c == BASELINE else variant, setting)
+            for c in conditions
+            for setting in settings
+            for _ in range(s)
+        ],
+        target_tau=[
+            config.target_tau_of(BASELINE if c == BASELINE else variant, setting)
+            for c in conditions
+            for setting in settings
+            for _ in range(s)
+        ],
     )
     return TrainConfig(
         agent="dyna-fa",
@@ -287,17 +357,19 @@ def run_population(
     rollout_length: int,
     progress_every: int = 0,
 ) -> dict[str, torch.Tensor]:
-    """Train one population of ``variant`` holding ``conditions`` x step sizes x seeds (members in that order; the
+    """Train one population of ``variant`` holding ``conditions`` x settings x seeds (members in that order; the
     conditions all perfect-model ones, or ``["learned"]``) with the library's ``Runner``.
 
-    Returns ``online_curve [windows, C, L, seeds]`` and each planning fraction / count as ``[C, L, seeds]``.
+    Returns ``online_curve`` and ``max_q_curve`` ``[windows, C, L, seeds]`` (L: :attr:`FAStudyConfig.settings`) and
+    each planning fraction / count as ``[C, L, seeds]``.
     """
-    c_count, l_count, s = len(conditions), len(config.learning_rates), config.seeds
+    c_count, l_count, s = len(conditions), len(config.settings), config.seeds
     run = build_run(population_config(config, variant, seed, conditions, rollout_length))
-    curve = OnlineReturn(config.eval_every)
-    callbacks: list[Callback] = [curve]
+    curve, max_q = OnlineReturn(config.eval_every), ReplayMaxQ(config.eval_every)
+    callbacks: list[Callback] = [curve, max_q]
     if progress_every:
-        label = f"{config.env} {variant} n={rollout_length} {conditions}"
+        length = f" n={rollout_length}" if variant in MULTI_STEP else ""
+        label = f"{config.env} {variant}{length} {conditions}"
         callbacks.append(_StudyProgress(progress_every, label, config.steps))
     Runner(run).run(config.steps, callbacks)
     online_curve = torch.stack(curve.curve)  # [W, P]
@@ -306,7 +378,10 @@ def run_population(
     first_value = online_curve.gather(0, first.unsqueeze(0)).squeeze(0)
     online_curve = torch.where(torch.isnan(online_curve), first_value.unsqueeze(0), online_curve)
     stats = run.agent.planning_statistics()  # type: ignore[attr-defined]
-    out = {"online_curve": online_curve.view(-1, c_count, l_count, s)}
+    out = {
+        "online_curve": online_curve.view(-1, c_count, l_count, s),
+        "max_q_curve": torch.stack(max_q.curve).view(-1, c_count, l_count, s),
+    }
     for key, value in stats.items():
         out[key] = value.view(c_count, l_count, s)
     return out
@@ -319,7 +394,7 @@ def run_label(variant: str, rollout_length: int, config: FAStudyConfig) -> str:
 
 def run_study(config: FAStudyConfig, progress: bool = True) -> dict[str, dict[str, torch.Tensor]]:
     """Every population of the study; per label (:func:`run_label`) the conditions of ``config.conditions`` joined:
-    ``online_curve [W, C, L, seeds]``, the instruments ``[C, L, seeds]``."""
+    ``online_curve`` and ``max_q_curve`` ``[W, C, L, seeds]``, the instruments ``[C, L, seeds]``."""
     runs = {}
     conditions = config.conditions
     groups = [[c for c in conditions if c != "learned"]] + ([["learned"]] if "learned" in conditions else [])
@@ -335,24 +410,25 @@ def run_study(config: FAStudyConfig, progress: bool = True) -> dict[str, dict[st
                 )
                 out = run_population(config, variant, seed, group, n, 500 if progress else 0)
                 for c, condition in enumerate(group):
-                    parts[condition] = {k: v[:, c] if k == "online_curve" else v[c] for k, v in out.items()}
+                    parts[condition] = {k: v[:, c] if k.endswith("_curve") else v[c] for k, v in out.items()}
                 if progress:
-                    members = len(group) * len(config.learning_rates) * config.seeds
+                    members = len(group) * len(config.settings) * config.seeds
                     print(
-                        f"[dyna-fa-study] {config.env} {variant} n={n} {group}: {members} members, "
+                        f"[dyna-fa-study] {config.env} {variant}{f' n={n}' if variant in MULTI_STEP else ''} {group}: "
+                        f"{members} members, "
                         f"{time.time() - started:.0f} s",
                         file=sys.stderr,
                         flush=True,
                     )
             runs[run_label(variant, n, config)] = {
-                key: torch.stack([parts[c][key] for c in conditions], dim=1 if key == "online_curve" else 0)
+                key: torch.stack([parts[c][key] for c in conditions], dim=1 if key.endswith("_curve") else 0)
                 for key in parts[conditions[0]]
             }
     return runs
 
 
-def _only_rate(runs: dict[str, dict[str, torch.Tensor]]) -> dict[str, dict[str, torch.Tensor]]:
-    """Drop the step-size axis of a study with one step size: ``[W, C, seeds]`` and ``[C, seeds]``."""
+def _only_setting(runs: dict[str, dict[str, torch.Tensor]]) -> dict[str, dict[str, torch.Tensor]]:
+    """Drop the settings axis of a study with one setting: ``[W, C, seeds]`` and ``[C, seeds]``."""
     return {label: {k: v.select(-2, 0) for k, v in run.items()} for label, run in runs.items()}
 
 
@@ -374,17 +450,25 @@ def summarise(config: FAStudyConfig, runs: dict[str, dict[str, torch.Tensor]]) -
     tail = max(1, windows // 5)
     table: dict[str, dict[str, Any]] = {}
     per_seed: dict[tuple[str, str], dict[str, torch.Tensor]] = {}
-    baseline_auc, baseline_final = [], []
+    baseline_auc, baseline_final, baseline_q_peak, baseline_q_last = [], [], [], []
     for variant, run in runs.items():
-        curve = run["online_curve"]
+        curve, max_q = run["online_curve"], run["max_q_curve"]
         for c, condition in enumerate(conditions):
             auc, final = curve[:, c].mean(0), curve[-tail:, c].mean(0)
+            q_peak, q_last = max_q[:, c].max(0).values, max_q[-1, c]
             if condition == BASELINE:
                 baseline_auc.append(auc)
                 baseline_final.append(final)
+                baseline_q_peak.append(q_peak)
+                baseline_q_last.append(q_last)
                 continue
             per_seed[(variant, condition)] = {"auc": auc, "final": final}
-            row: dict[str, Any] = {"auc": mean_ci(auc), "final": mean_ci(final)}
+            row: dict[str, Any] = {
+                "auc": mean_ci(auc),
+                "final": mean_ci(final),
+                "max_q_peak": mean_ci(q_peak),
+                "max_q_last": mean_ci(q_last),
+            }
             for counter in COUNTERS:
                 row[counter] = mean_ci(run[counter][c])
             updates = run["planning_updates"][c]
@@ -396,7 +480,13 @@ def summarise(config: FAStudyConfig, runs: dict[str, dict[str, torch.Tensor]]) -
     out: dict[str, Any] = {"conditions": conditions, "windows": windows, "tail_windows": tail, "table": table}
     if baseline_auc:
         b_auc, b_final = torch.cat(baseline_auc), torch.cat(baseline_final)
-        out["baseline"] = {"auc": mean_ci(b_auc), "final": mean_ci(b_final), "runs": int(b_auc.numel())}
+        out["baseline"] = {
+            "auc": mean_ci(b_auc),
+            "final": mean_ci(b_final),
+            "max_q_peak": mean_ci(torch.cat(baseline_q_peak)),
+            "max_q_last": mean_ci(torch.cat(baseline_q_last)),
+            "runs": int(b_auc.numel()),
+        }
         out["perfect_minus_baseline"] = {
             v: {
                 "auc": difference_ci(per_seed[(v, "perfect")]["auc"], b_auc),
@@ -466,15 +556,17 @@ def write_summary(config: FAStudyConfig, summary: dict[str, Any], out: Path, sec
         "",
         f"{config.seeds} seeds per cell; {config.steps} real steps; online return (epsilon = {config.epsilon}) in "
         f"windows of {config.eval_every} steps; final = last {summary['tail_windows']} windows; 95% t-intervals. "
-        f"Adam step size {config.learning_rate}, n = {_lengths(config)}, {config.planning_steps} planning steps "
-        f"x {config.planning_batch} updates per real step, Q-network 2 x {config.hidden}, gamma {config.gamma}. "
-        f"Env options: {config.env_options}. Wall time {seconds:.0f} s.",
+        f"Adam step size {_per_name(config.learning_rate)}, target step {_per_name(config.target_tau)}, "
+        f"n = {_lengths(config)}, "
+        f"{config.planning_steps} planning steps x {config.planning_batch} updates per real step, Q-network "
+        f"2 x {config.hidden}, gamma {config.gamma}. Env options: {config.env_options}. Wall time {seconds:.0f} s.",
         "",
     ]
     if "baseline" in summary:
         b = summary["baseline"]
         lines += [
-            f"Model-free baseline ({b['runs']} runs): AUC {_fmt(b['auc'])}, final {_fmt(b['final'])}.",
+            f"Model-free baseline ({b['runs']} runs): AUC {_fmt(b['auc'])}, final {_fmt(b['final'])}; "
+            f"max_q peak {_fmt(b['max_q_peak'])}, last {_fmt(b['max_q_last'])}.",
             "",
         ]
     for metric in ("final", "auc"):
@@ -499,6 +591,21 @@ def write_summary(config: FAStudyConfig, summary: dict[str, Any], out: Path, sec
                 f"{_fmt(r['fraction_real_toward_hallucinated'], 3)} ({r['count_real_toward_hallucinated']:.0f}) | "
                 f"{_fmt(r['fraction_updated_hallucinated'], 3)} | {_fmt(r['fraction_model_outputs_hallucinated'], 3)} |"
             )
+    lines.append("")
+    bound = 1.0 / (1.0 - config.gamma) if config.gamma < 1 else math.inf
+    lines += [
+        "## Value magnitude: mean over the replayed batch of max_a Q_target(S', a), peak over the run / last "
+        f"(mean ± 95% CI over seeds; a return of rewards at most r per step is at most r / (1 - gamma) = {bound:g} r)",
+        "",
+        "| variant | " + " | ".join(conditions) + " |",
+        "|---" * (len(conditions) + 1) + "|",
+    ]
+    for variant, rows in summary["table"].items():
+        lines.append(
+            f"| {variant} | "
+            + " | ".join(f"{_fmt(rows[c]['max_q_peak'])} / {_fmt(rows[c]['max_q_last'])}" for c in conditions)
+            + " |"
+        )
     lines.append("")
     if "perfect_minus_baseline" in summary:
         lines += ["## Perfect model minus model-free (difference, 95% CI)", "", "| variant | AUC | final |"]
@@ -540,16 +647,29 @@ def write_summary(config: FAStudyConfig, summary: dict[str, Any], out: Path, sec
     _atomic_write(out / "summary.md", "\n".join(lines))
 
 
+def _per_name(value: Any) -> str:
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k}: {v:g}" for k, v in value.items()) + "}"
+    return str(value)
+
+
+def _setting_label(setting: tuple[float | None, float | None]) -> str:
+    rate, tau = setting
+    parts = ([f"lr {rate:g}"] if rate is not None else []) + ([f"tau {tau:g}"] if tau is not None else [])
+    return ", ".join(parts) or "-"
+
+
 def _lengths(config: FAStudyConfig) -> str:
     return ", ".join(f"{v}: {config.rollout_lengths(v)[0]}" for v in config.variants if v in MULTI_STEP) or "-"
 
 
 # ---------------------------------------------------------------------------------------------------- the sweep
 def summarise_sweep(config: FAStudyConfig, runs: dict[str, dict[str, torch.Tensor]]) -> dict[str, Any]:
-    """AUC / final per (label, condition, step size), the baseline's AUC per step size (pooled over the labels), and
-    the rule's choice: the step size with the best baseline AUC, then per multi-step variant the rollout length with
-    the best perfect-model AUC at that step size (higher mean wins)."""
-    conditions, rates = config.conditions, config.learning_rates
+    """AUC / final per (label, condition, setting), the baseline's AUC per setting (pooled over the labels), and the
+    rule's choice, each method at its best: the baseline's setting with its best AUC; per variant the (setting,
+    rollout length) with its best perfect-model AUC (higher mean wins; the first on a tie). Only the swept keys are
+    chosen (``learning_rate`` / ``target_tau`` as tables per variant and ``model-free``)."""
+    conditions, settings = config.conditions, config.settings
     windows = next(iter(runs.values()))["online_curve"].shape[0]
     tail = max(1, windows // 5)
     table: dict[str, dict[str, list[dict[str, Any]]]] = {}
@@ -558,65 +678,93 @@ def summarise_sweep(config: FAStudyConfig, runs: dict[str, dict[str, torch.Tenso
         table[label] = {}
         for c, condition in enumerate(conditions):
             cells = []
-            for r in range(len(rates)):
-                cell = {"auc": mean_ci(curve[:, c, r].mean(0)), "final": mean_ci(curve[-tail:, c, r].mean(0))}
+            for r in range(len(settings)):
+                cell = {
+                    "auc": mean_ci(curve[:, c, r].mean(0)),
+                    "final": mean_ci(curve[-tail:, c, r].mean(0)),
+                    "max_q_peak": mean_ci(run["max_q_curve"][:, c, r].max(0).values),
+                }
                 if condition != BASELINE:
                     cell["fraction_real_toward_simulated"] = mean_ci(run["fraction_real_toward_simulated"][c, r])
                 cells.append(cell)
             table[label][condition] = cells
-    out: dict[str, Any] = {"conditions": conditions, "learning_rates": rates, "windows": windows, "table": table}
+    out: dict[str, Any] = {
+        "conditions": conditions,
+        "settings": [{"learning_rate": rate, "target_tau": tau} for rate, tau in settings],
+        "windows": windows,
+        "table": table,
+    }
     if BASELINE in conditions:
         b = conditions.index(BASELINE)
-        pooled = [torch.cat([run["online_curve"][:, b, r].mean(0) for run in runs.values()]) for r in range(len(rates))]
+        pooled = [
+            torch.cat([run["online_curve"][:, b, r].mean(0) for run in runs.values()]) for r in range(len(settings))
+        ]
         out["baseline_auc"] = [mean_ci(x) for x in pooled]
-        chosen_rate = max(range(len(rates)), key=lambda r: out["baseline_auc"][r][0])
     else:
         out["baseline_auc"] = None
-        chosen_rate = 0
-    lengths: dict[str, int] = {}
-    for variant in config.variants:
-        options = config.rollout_lengths(variant)
-        if variant in MULTI_STEP and "perfect" in conditions:
-            lengths[variant] = max(
-                options,
-                key=lambda n: table[run_label(variant, n, config)]["perfect"][chosen_rate]["auc"][0],
-            )
-    out["chosen"] = {"learning_rate": rates[chosen_rate], "rollout_length": lengths}
+    out["chosen"] = choose(config, out)
     return out
 
 
+def choose(config: FAStudyConfig, summary: dict[str, Any]) -> dict[str, Any]:
+    """The sweep's rule on a sweep summary (``table`` and ``baseline_auc`` of :func:`summarise_sweep`, also as read
+    back from its ``results.json``), each method at its best: the baseline's setting with its best pooled AUC; per
+    variant the (setting, rollout length) with its best perfect-model AUC (higher mean wins; the first on a tie).
+    Returns ``rollout_length`` per multi-step variant and, for each swept key (``learning_rate``, ``target_tau``), a
+    table per variant and ``model-free``."""
+    settings, table = config.settings, summary["table"]
+    best: dict[str, int] = {}
+    if summary["baseline_auc"] is not None:
+        best[BASELINE] = max(range(len(settings)), key=lambda r: summary["baseline_auc"][r][0])
+    lengths: dict[str, int] = {}
+    for variant in config.variants if "perfect" in config.conditions else []:
+        pairs = [(r, n) for r in range(len(settings)) for n in config.rollout_lengths(variant)]
+        r, n = max(pairs, key=lambda pair: table[run_label(variant, pair[1], config)]["perfect"][pair[0]]["auc"][0])
+        best[variant] = r
+        if variant in MULTI_STEP:
+            lengths[variant] = n
+    chosen: dict[str, Any] = {"rollout_length": lengths}
+    for key, index in (("learning_rate", 0), ("target_tau", 1)):
+        if isinstance(getattr(config, key), list):
+            chosen[key] = {name: settings[r][index] for name, r in best.items()}
+    return chosen
+
+
 def write_sweep_summary(config: FAStudyConfig, summary: dict[str, Any], out: Path, seconds: float) -> None:
-    rates = summary["learning_rates"]
-    header = " | ".join(f"lr {r:g}" for r in rates)
+    settings = config.settings
+    header = " | ".join(_setting_label(s) for s in settings)
     lines = [
-        f"# Step-size and rollout-length sweep, Dyna with function approximation on {config.env}",
+        f"# Sweep of Dyna with function approximation on {config.env}",
         "",
         f"{config.seeds} seeds per cell; {config.steps} real steps; online return (epsilon = {config.epsilon}) in "
-        f"windows of {config.eval_every} steps; AUC = mean over all windows; 95% t-intervals. Step sizes {rates}, "
-        f"rollout lengths {config.rollout_length} (multi-step variants), {config.planning_steps} planning steps x "
-        f"{config.planning_batch} updates per real step, Q-network 2 x {config.hidden}. Env options: "
-        f"{config.env_options}. Wall time {seconds:.0f} s.",
+        f"windows of {config.eval_every} steps; AUC = mean over all windows; 95% t-intervals. Step sizes "
+        f"{_per_name(config.learning_rate)}, target steps {_per_name(config.target_tau)}, rollout lengths "
+        f"{_per_name(config.rollout_length)} "
+        f"(multi-step variants), {config.planning_steps} planning steps x {config.planning_batch} updates per real "
+        f"step, Q-network 2 x {config.hidden}. Env options: {config.env_options}. Wall time {seconds:.0f} s.",
         "",
-        "Rule (fixed before the sweep ran): the step size with the best AUC of the model-free baseline (pooled over "
-        "every population of the sweep); then, per multi-step variant, the rollout length with the best perfect-model "
-        "AUC at that step size.",
+        "Rule (each method at its best): the model-free baseline takes the setting with its best AUC (pooled over "
+        "every population of the sweep); each variant the setting (and, multi-step, the rollout length) with its "
+        "best perfect-model AUC.",
         "",
     ]
     if summary["baseline_auc"] is not None:
-        lines += ["## Model-free baseline, AUC", "", f"| | {header} |", "|---" * (len(rates) + 1) + "|"]
+        lines += ["## Model-free baseline, AUC", "", f"| | {header} |", "|---" * (len(settings) + 1) + "|"]
         lines.append("| model-free (pooled) | " + " | ".join(_fmt(x) for x in summary["baseline_auc"]) + " |")
         lines.append("")
     chosen = summary["chosen"]
-    lines += [
-        "## Chosen",
-        "",
-        f"- learning_rate = {chosen['learning_rate']:g}",
-        *(f"- rollout_length of {v} = {n}" for v, n in chosen["rollout_length"].items()),
-        "",
-    ]
-    for metric in ("auc", "final"):
-        lines += [f"## Online return, {metric}", "", f"| variant | condition | {header} |"]
-        lines.append("|---|---" + "|---" * len(rates) + "|")
+    names = [*([BASELINE] if summary["baseline_auc"] is not None else []), *config.variants]
+    lines += ["## Chosen", "", "| | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+    for key in ("learning_rate", "target_tau", "rollout_length"):
+        if key in chosen and chosen[key]:
+            cells = [f"{chosen[key][v]:g}" if v in chosen[key] else "-" for v in names]
+            lines.append(f"| {key} | " + " | ".join(cells) + " |")
+    lines.append("")
+    for metric in ("auc", "final", "max_q_peak"):
+        title = "peak of the mean max_a Q_target(S', a) over the run" if metric == "max_q_peak" else metric
+        lines += [f"## Online return, {title}" if metric != "max_q_peak" else f"## Value magnitude, {title}", ""]
+        lines += [f"| variant | condition | {header} |"]
+        lines.append("|---|---" + "|---" * len(settings) + "|")
         for label, rows in summary["table"].items():
             for condition, cells in rows.items():
                 if condition == BASELINE:
@@ -702,7 +850,7 @@ def write_study(config: FAStudyConfig, out: str | Path) -> float:
         _atomic_write(out / "results.json", json.dumps({"config": dataclasses.asdict(config), **summary}, indent=1))
         write_sweep_summary(config, summary, out, seconds)
     else:
-        runs = _only_rate(runs)
+        runs = _only_setting(runs)
         summary = summarise(config, runs)
         _atomic_write(out / "results.json", json.dumps({"config": dataclasses.asdict(config), **summary}, indent=1))
         write_summary(config, summary, out, seconds)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -265,6 +267,10 @@ def test_study_runs_end_to_end_and_reports_the_instruments(tmp_path):
     assert len(results["per_seed"]["model-free"]["final"]) == 4
     assert set(results["dose_slope"]) == {"one-step-successor", "multi-step-predecessor"}
     assert set(results["v4_minus_other_auc"]) == {"dose 0.5", "learned"}
+    for condition in ("perfect", "dose 0.5", "learned"):
+        peak, last = (table["one-step-successor"][condition][k][0] for k in ("max_q_peak", "max_q_last"))
+        assert math.isfinite(peak) and peak >= last
+    assert "## Value magnitude" in (out / "summary.md").read_text()
 
 
 def test_dose_slope_is_the_least_squares_slope():
@@ -413,23 +419,48 @@ def test_sweep_runs_every_step_size_and_length_and_applies_its_rule(tmp_path):
         args += ["--set", override]
     assert cli_main(["dyna-fa", *args]) == 0
     results = json.loads((out / "results.json").read_text())
-    assert results["learning_rates"] == [1e-3, 1e-2]
+    rates = [setting["learning_rate"] for setting in results["settings"]]
+    assert rates == [1e-3, 1e-2]
     assert set(results["table"]) == {"one-step-successor", "multi-step-predecessor n=2", "multi-step-predecessor n=5"}
     cells = results["table"]["multi-step-predecessor n=5"]["perfect"]
     assert len(cells) == 2 and all(cell["fraction_real_toward_simulated"][0] == 0 for cell in cells)
+    # each method at its best: the baseline by its pooled AUC, each variant by its perfect-model AUC
     baseline = [mean for mean, _ in results["baseline_auc"]]
     chosen = results["chosen"]
-    assert chosen["learning_rate"] == results["learning_rates"][baseline.index(max(baseline))]
-    r = results["learning_rates"].index(chosen["learning_rate"])
-    lengths = {n: results["table"][f"multi-step-predecessor n={n}"]["perfect"][r]["auc"][0] for n in (2, 5)}
-    assert chosen["rollout_length"] == {"multi-step-predecessor": max(lengths, key=lengths.get)}
-    assert "## Chosen" in (out / "summary.md").read_text()
+    assert chosen["learning_rate"]["model-free"] == rates[baseline.index(max(baseline))]
+    one_step = [cell["auc"][0] for cell in results["table"]["one-step-successor"]["perfect"]]
+    assert chosen["learning_rate"]["one-step-successor"] == rates[one_step.index(max(one_step))]
+    pairs = {
+        (r, n): results["table"][f"multi-step-predecessor n={n}"]["perfect"][r]["auc"][0]
+        for r in (0, 1)
+        for n in (2, 5)
+    }
+    r, n = max(pairs, key=pairs.get)
+    assert chosen["rollout_length"] == {"multi-step-predecessor": n}
+    assert chosen["learning_rate"]["multi-step-predecessor"] == rates[r]
+    assert "target_tau" not in chosen  # not swept
+    assert "| learning_rate | " in (out / "summary.md").read_text()
+    # a study takes the chosen tables
+    from emphatic_rl.studies.dyna_fa import load_config, population_config
+
+    config = load_config(
+        "experiments/dyna_fa_cartpole.toml",
+        {
+            "seeds": 2,
+            "variants": ["one-step-successor", "multi-step-predecessor"],
+            "learning_rate": chosen["learning_rate"],
+        },
+    )
+    train = population_config(config, "one-step-successor", 0, ["perfect", "model-free"], 2)
+    expected = [chosen["learning_rate"]["one-step-successor"]] * 2 + [chosen["learning_rate"]["model-free"]] * 2
+    assert train.agent_options["learning_rate"] == expected
 
 
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--set", "learning_rate=[1e-3, -1.0]"], "learning_rate must be a number > 0 or a non-empty list"),
+        (["--set", "learning_rate=[1e-3, -1.0]"], "learning_rate must be a number > 0, a non-empty list of them"),
+        (["--set", "learning_rate={ model-free = 1e-3 }"], "learning_rate as a table maps each studied variant"),
         (["--set", "rollout_length={ one-step-successor = 2 }"], "rollout_length as a table maps multi-step"),
         (["--set", "rollout_length=[2, 0]"], "rollout_length must be an integer >= 1"),
     ],
@@ -446,4 +477,124 @@ def test_sweep_flag_needs_a_sweep_table(tmp_path, capsys):
     config = tmp_path / "plain.toml"
     config.write_text('[study]\nenv = "cartpole"\n')
     assert cli_main(["dyna-fa", str(config), "--sweep", "--out", str(tmp_path / "never")]) == 2
-    assert "--sweep needs a [sweep] table" in capsys.readouterr().err
+    assert "no [sweep] table" in capsys.readouterr().err
+    assert cli_main(["dyna-fa", "dyna-fa-cartpole", "--sweep", "gamma", "--out", str(tmp_path / "never")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "no [sweep-gamma] table" in err and "--sweep, --sweep target-tau" in err
+    assert not (tmp_path / "never").exists()
+
+
+def test_target_tau_per_member_changes_only_its_member():
+    """A population with target steps (0.02, 0.05) runs member 1 bit for bit as a population with 0.05 for both (the
+    draws are made for all members at once), and member 0 differently."""
+
+    def final_parameters(tau):
+        env = make_env("cartpole", num_envs=2)
+        opts = DynaFAOptions(
+            variant="one-step-predecessor",
+            planning_steps=2,
+            planning_batch=4,
+            queue_size=16,
+            warmup=4,
+            hidden=8,
+            target_tau=tau,
+        )
+        agent = make_dyna_fa_for_env(env, "cartpole", 2, opts, seed=3)
+        loop(env, agent, 30)
+        return agent.q_flat.clone(), agent.target_flat.clone()
+
+    q_mixed, target_mixed = final_parameters((0.02, 0.05))
+    q_same, target_same = final_parameters(0.05)
+    q_list, _ = final_parameters([0.05, 0.05])
+    assert torch.equal(q_mixed[1], q_same[1]) and torch.equal(target_mixed[1], target_same[1])
+    assert not torch.equal(target_mixed[0], target_same[0])
+    assert torch.equal(q_list, q_same)
+    with pytest.raises(ValueError, match=r"target_tau must be in \(0.0, 1.0\]"):
+        DynaFAOptions(target_tau=(0.05, 0.0))
+
+
+def test_replay_max_q_is_the_mean_bootstrap_value_of_the_replayed_batch():
+    env = make_env("cartpole", num_envs=3)
+    opts = DynaFAOptions(variant="one-step-successor", planning_steps=1, planning_batch=4, warmup=4, hidden=8)
+    agent = make_dyna_fa_for_env(env, "cartpole", 3, opts, seed=0)
+    loop(env, agent, 12)
+    seen = []
+    sample = agent._sample
+
+    def recording(buffer, count):
+        batch = sample(buffer, count)
+        if not seen:  # the direct update's replay, drawn while the target network is still the step's
+            seen.append(agent._q(batch.next_obs.float(), target=True).max(-1).values.mean(dim=1))
+        return batch
+
+    agent._sample = recording  # type: ignore[method-assign]
+    obs = env.reset(seed=5)
+    buffer = TrajectoryBuffer(agent.buffer_capacity, 3, env.observation_spec.shape, env.observation_spec.dtype)
+    for _ in range(6):
+        action, _ = agent.act(obs.unsqueeze(1), 1)
+        result = env.step(action.view(3))
+        buffer.add(obs, action.view(3), result.reward, result.terminated, result.truncated, result.final_obs)
+        obs = result.obs
+    agent.update(buffer, 13)
+    assert len(seen) == 1 and torch.equal(agent.replay_max_q, seen[0])
+
+
+def test_study_gives_each_variant_and_the_baseline_its_target_step():
+    from emphatic_rl.studies.dyna_fa import load_config, population_config
+
+    taus = {"one-step-successor": 0.01, "multi-step-predecessor": 0.02, "model-free": 0.05}
+    config = load_config(
+        "experiments/dyna_fa_cartpole.toml",
+        {"seeds": 2, "variants": ["one-step-successor", "multi-step-predecessor"], "target_tau": taus},
+    )
+    conditions = [c for c in config.conditions if c != "learned"]  # perfect, doses..., model-free
+    train = population_config(config, "multi-step-predecessor", 0, conditions, 2)
+    member_taus = train.agent_options["target_tau"]
+    assert member_taus == [0.02] * 2 * (len(conditions) - 1) + [0.05] * 2
+    assert population_config(config, "one-step-successor", 0, ["learned"], 2).agent_options["target_tau"] == [0.01] * 2
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("target_tau={ one-step-successor = 0.02 }", "target_tau as a table maps each studied variant and"),
+        ("target_tau=[0.02, 1.5]", "target_tau must be a number in (0, 1]"),
+        ("target_tau=0", "target_tau must be a number in (0, 1]"),
+    ],
+)
+def test_target_tau_bad_input_exits_2(override, message, tmp_path, capsys):
+    out = tmp_path / "never"
+    assert cli_main(["dyna-fa", "dyna-fa-cartpole", "--out", str(out), "--set", override]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and message in err
+    assert not out.exists()
+
+
+def test_target_tau_sweep_applies_its_rule(tmp_path):
+    import json
+
+    out = tmp_path / "sweep"
+    args = ["dyna-fa-cartpole", "--sweep", "target-tau", "--out", str(out)]
+    for override in (
+        "seeds=2",
+        "steps=60",
+        "eval_every=20",
+        "warmup=4",
+        "hidden=8",
+        "planning_batch=4",
+        'variants=["one-step-predecessor", "multi-step-predecessor"]',
+    ):
+        args += ["--set", override]
+    assert cli_main(["dyna-fa", *args]) == 0
+    results = json.loads((out / "results.json").read_text())
+    taus = [setting["target_tau"] for setting in results["settings"]]
+    assert taus == [0.01, 0.02, 0.05] and results["conditions"] == ["perfect", "model-free"]
+    chosen = results["chosen"]["target_tau"]
+    baseline = [mean for mean, _ in results["baseline_auc"]]
+    assert chosen["model-free"] == taus[baseline.index(max(baseline))]
+    for variant in ("one-step-predecessor", "multi-step-predecessor"):
+        auc = [cell["auc"][0] for cell in results["table"][variant]["perfect"]]
+        assert chosen[variant] == taus[auc.index(max(auc))]
+        assert all(cell["max_q_peak"][0] > 0 for cell in results["table"][variant]["perfect"])  # reward +1 per step
+    text = (out / "summary.md").read_text()
+    assert "| target_tau | " in text and "| tau 0.01 | tau 0.02 | tau 0.05 |" in text

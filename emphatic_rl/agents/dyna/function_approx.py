@@ -99,8 +99,8 @@ class DynaFAOptions:
       ``[0, 1]`` per model output (a number, or one value per member); ``plans``: whether a member plans (a bool, or
       one per member; the others are model-free baselines with the same real budget).
     - ``learning_rate`` (Adam, > 0; number or per member), ``gamma`` in ``[0, 1]``, ``epsilon`` in ``[0, 1]``
-      (number or per member), ``hidden`` (width of the Q-network's 2 layers), ``target_tau`` in ``(0, 1]``,
-      ``max_grad_norm`` (> 0).
+      (number or per member), ``hidden`` (width of the Q-network's 2 layers), ``target_tau`` in ``(0, 1]`` (the
+      target network's Polyak step per real step; number or per member), ``max_grad_norm`` (> 0).
     - ``replay_size`` (real transitions kept per member), ``replay_batch`` (direct update batch), ``warmup`` (real
       transitions before learning starts), ``queue_size``, ``priority_threshold`` (>= 0).
     - ``model_hidden``, ``model_learning_rate``, ``model_batch``, ``model_train_steps``: the learned model's.
@@ -117,7 +117,7 @@ class DynaFAOptions:
     gamma: float = 0.99
     epsilon: float | tuple[float, ...] = 0.1
     hidden: int = 32
-    target_tau: float = 0.05
+    target_tau: float | tuple[float, ...] = 0.05
     max_grad_norm: float = 10.0
     replay_size: int = 10_000
     replay_batch: int = 32
@@ -160,14 +160,14 @@ class DynaFAOptions:
         _as_member_tensor("epsilon", self.epsilon, None, 0.0, 1.0)
         _as_member_tensor("learning_rate", self.learning_rate, None, 0.0, math.inf, low_open=True)
         _as_member_tensor("gamma", self.gamma, 1, 0.0, 1.0)
-        _as_member_tensor("target_tau", self.target_tau, 1, 0.0, 1.0, low_open=True)
+        _as_member_tensor("target_tau", self.target_tau, None, 0.0, 1.0, low_open=True)
         for key in ("max_grad_norm", "model_learning_rate"):
             value = getattr(self, key)
             if not (isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < math.inf):
                 raise ValueError(f"{key} must be > 0, got {value!r}")
         if not (isinstance(self.priority_threshold, (int, float)) and self.priority_threshold >= 0):
             raise ValueError(f"priority_threshold must be >= 0, got {self.priority_threshold!r}")
-        for key in ("dose", "epsilon", "learning_rate", "plans"):
+        for key in ("dose", "epsilon", "learning_rate", "plans", "target_tau"):
             value = getattr(self, key)
             if isinstance(value, list):
                 object.__setattr__(self, key, tuple(value))
@@ -352,6 +352,13 @@ class DynaFAAgent(Agent):
         lr = _as_member_tensor(
             "learning_rate", options.learning_rate if learning_rate is None else learning_rate, p, 0.0, math.inf, True
         ).to(self.device)
+        #: the target network's Polyak step per member ``[P, 1]``
+        self.target_tau = (
+            _as_member_tensor("target_tau", options.target_tau, p, 0.0, 1.0, True).to(self.device).unsqueeze(1)
+        )
+        #: per member, the mean over the latest replayed batch of ``max_a Q_target(S', a)`` (the bootstrap value of
+        #: the direct update; 0 before learning starts): the study's instrument of value divergence
+        self.replay_max_q = torch.zeros(p, device=self.device)
         self.generator = torch.Generator(device=self.device)
         self.generator.manual_seed(int(seed))
         with torch.random.fork_rng(devices=[]):
@@ -444,6 +451,7 @@ class DynaFAAgent(Agent):
             return {"td_error": torch.zeros(p), **self.planning_statistics()}
         replay = self._sample(buffer, self.options.replay_batch)
         r_next = self._q(replay.next_obs.float(), target=True).max(-1).values
+        self.replay_max_q = r_next.mean(dim=1)
         r_target = replay.reward.float() + self.gamma * (~replay.terminated).float() * r_next
         td = self._gradient_step(replay.obs.float(), replay.action, r_target, planning=False)
         metrics: dict[str, torch.Tensor] = {"td_error": td.abs().mean(dim=1).cpu()}
@@ -461,7 +469,7 @@ class DynaFAAgent(Agent):
             metrics.update({f"model_{k}": v.cpu() for k, v in losses.items()})
         if self._plans:
             self._plan(buffer)
-        self.target_flat.lerp_(self.q_flat, self.options.target_tau)
+        self.target_flat.lerp_(self.q_flat, self.target_tau)
         metrics.update(self.planning_statistics())
         return metrics
 
