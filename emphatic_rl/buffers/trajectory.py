@@ -316,7 +316,7 @@ class TrajectoryBuffer:
         self._fast_add = self.backend == "numba" and not extras
         self._stream_shape = (N,)
         # tensors of one element are contiguous whatever their strides: at N = 1 only the observations' contiguity
-        # can differ (and observations of one element need no check either)
+        # can differ, so only theirs is read
         self._stream_contiguity = N > 1
         self._fast_key = (
             (obs_dtype, obs_dtype, action_dtype, _FLOAT32, _BOOL, _BOOL)
