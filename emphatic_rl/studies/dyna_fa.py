@@ -466,8 +466,7 @@ def summarise(config: FAStudyConfig, runs: dict[str, dict[str, torch.Tensor]]) -
             row: dict[str, Any] = {
                 "auc": mean_ci(auc),
                 "final": mean_ci(final),
-                "max_q_peak": mean_ci(q_peak),
-                "max_q_last": mean_ci(q_last),
+                **_value_magnitude(q_peak, q_last),
             }
             for counter in COUNTERS:
                 row[counter] = mean_ci(run[counter][c])
@@ -483,8 +482,7 @@ def summarise(config: FAStudyConfig, runs: dict[str, dict[str, torch.Tensor]]) -
         out["baseline"] = {
             "auc": mean_ci(b_auc),
             "final": mean_ci(b_final),
-            "max_q_peak": mean_ci(torch.cat(baseline_q_peak)),
-            "max_q_last": mean_ci(torch.cat(baseline_q_last)),
+            **_value_magnitude(torch.cat(baseline_q_peak), torch.cat(baseline_q_last)),
             "runs": int(b_auc.numel()),
         }
         out["perfect_minus_baseline"] = {
@@ -533,6 +531,23 @@ def summarise(config: FAStudyConfig, runs: dict[str, dict[str, torch.Tensor]]) -
     return out
 
 
+def _value_magnitude(peak: torch.Tensor, last: torch.Tensor) -> dict[str, Any]:
+    """The value instrument over runs: mean ± CI of the peak and the last value over the runs whose values stayed
+    finite, and how many runs' values became non-finite (NaN / inf: the Q-network diverged)."""
+    finite = torch.isfinite(peak) & torch.isfinite(last)
+    nan = (math.nan, math.nan)
+    return {
+        "max_q_peak": mean_ci(peak[finite]) if bool(finite.any()) else nan,
+        "max_q_last": mean_ci(last[finite]) if bool(finite.any()) else nan,
+        "max_q_nonfinite_runs": int((~finite).sum()),
+    }
+
+
+def _magnitude_cell(row: dict[str, Any]) -> str:
+    cell = f"{_fmt(row['max_q_peak'])} / {_fmt(row['max_q_last'])}"
+    return cell + (f" ({row['max_q_nonfinite_runs']} non-finite)" if row["max_q_nonfinite_runs"] else "")
+
+
 def slope_ci(x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
     """The least-squares slope of ``y`` on ``x`` and its 95% half-width (Student-t, ``n - 2`` degrees of freedom)."""
     x, y = x.double(), y.double()
@@ -566,7 +581,7 @@ def write_summary(config: FAStudyConfig, summary: dict[str, Any], out: Path, sec
         b = summary["baseline"]
         lines += [
             f"Model-free baseline ({b['runs']} runs): AUC {_fmt(b['auc'])}, final {_fmt(b['final'])}; "
-            f"max_q peak {_fmt(b['max_q_peak'])}, last {_fmt(b['max_q_last'])}.",
+            f"max_q peak / last {_magnitude_cell(b)}.",
             "",
         ]
     for metric in ("final", "auc"):
@@ -595,17 +610,14 @@ def write_summary(config: FAStudyConfig, summary: dict[str, Any], out: Path, sec
     bound = 1.0 / (1.0 - config.gamma) if config.gamma < 1 else math.inf
     lines += [
         "## Value magnitude: mean over the replayed batch of max_a Q_target(S', a), peak over the run / last "
-        f"(mean ± 95% CI over seeds; a return of rewards at most r per step is at most r / (1 - gamma) = {bound:g} r)",
+        f"(mean ± 95% CI over the runs whose values stayed finite, the others counted; a return of rewards at most r "
+        f"per step is at most r / (1 - gamma) = {bound:g} r)",
         "",
         "| variant | " + " | ".join(conditions) + " |",
         "|---" * (len(conditions) + 1) + "|",
     ]
     for variant, rows in summary["table"].items():
-        lines.append(
-            f"| {variant} | "
-            + " | ".join(f"{_fmt(rows[c]['max_q_peak'])} / {_fmt(rows[c]['max_q_last'])}" for c in conditions)
-            + " |"
-        )
+        lines.append(f"| {variant} | " + " | ".join(_magnitude_cell(rows[c]) for c in conditions) + " |")
     lines.append("")
     if "perfect_minus_baseline" in summary:
         lines += ["## Perfect model minus model-free (difference, 95% CI)", "", "| variant | AUC | final |"]
@@ -682,7 +694,7 @@ def summarise_sweep(config: FAStudyConfig, runs: dict[str, dict[str, torch.Tenso
                 cell = {
                     "auc": mean_ci(curve[:, c, r].mean(0)),
                     "final": mean_ci(curve[-tail:, c, r].mean(0)),
-                    "max_q_peak": mean_ci(run["max_q_curve"][:, c, r].max(0).values),
+                    **_value_magnitude(run["max_q_curve"][:, c, r].max(0).values, run["max_q_curve"][-1, c, r]),
                 }
                 if condition != BASELINE:
                     cell["fraction_real_toward_simulated"] = mean_ci(run["fraction_real_toward_simulated"][c, r])

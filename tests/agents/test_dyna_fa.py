@@ -598,3 +598,15 @@ def test_target_tau_sweep_applies_its_rule(tmp_path):
         assert all(cell["max_q_peak"][0] > 0 for cell in results["table"][variant]["perfect"])  # reward +1 per step
     text = (out / "summary.md").read_text()
     assert "| target_tau | " in text and "| tau 0.01 | tau 0.02 | tau 0.05 |" in text
+
+
+def test_value_magnitude_counts_diverged_runs_apart():
+    from emphatic_rl.studies.dyna_fa import _value_magnitude
+
+    peak = torch.tensor([10.0, 20.0, float("nan"), 30.0])
+    last = torch.tensor([5.0, 15.0, float("nan"), float("inf")])
+    out = _value_magnitude(peak, last)
+    assert out["max_q_nonfinite_runs"] == 2
+    assert out["max_q_peak"][0] == pytest.approx(15.0) and out["max_q_last"][0] == pytest.approx(10.0)
+    none = _value_magnitude(torch.tensor([float("nan")] * 2), torch.tensor([1.0, 2.0]))
+    assert none["max_q_nonfinite_runs"] == 2 and math.isnan(none["max_q_peak"][0])
