@@ -315,15 +315,15 @@ class TrajectoryBuffer:
         # the fast path of add (numba backend, no extras): the shapes it compares against
         self._fast_add = self.backend == "numba" and not extras
         self._stream_shape = (N,)
-        # tensors of one element are contiguous whatever their strides: at N = 1 only the observations' contiguity
-        # can differ, so only theirs is read
+        # tensors of one element are contiguous whatever their strides: at N = 1 only the observations' and the
+        # actions' contiguity can differ (an action of shape [1, A] may be a strided view), so only theirs is read
         self._stream_contiguity = N > 1
         self._fast_key = (
             (obs_dtype, obs_dtype, action_dtype, _FLOAT32, _BOOL, _BOOL)
             + (torch.Size((N, *obs_shape)),) * 2
             + (torch.Size((N, *action_shape)),)
             + (torch.Size(self._stream_shape),) * 3
-            + (True,) * (12 if N > 1 else 8)  # on the CPU; contiguous
+            + (True,) * (12 if N > 1 else 9)  # on the CPU; contiguous
         )
         self._row_has_end = [False] * T
         self._default_log_prob = torch.zeros(N, device=dev)
@@ -494,7 +494,8 @@ class TrajectoryBuffer:
             # contiguous, as the envs return them), recognised by comparing one tuple of attribute reads with the
             # cached expected one; anything else (a list, an array, another dtype, a strided view) takes the general
             # path below, which converts or raises one clear line. At N = 1 the per-call cost is all there is: the
-            # ``[N]`` tensors then have one element, always contiguous, so only the observations' contiguity is read.
+            # ``[N]`` tensors then have one element, always contiguous, so only the observations' and actions'
+            # contiguity is read.
             key: tuple[Any, ...]
             try:
                 if self._stream_contiguity:
@@ -510,7 +511,7 @@ class TrajectoryBuffer:
                         obs.dtype, final_obs.dtype, action.dtype, reward.dtype, terminated.dtype, truncated.dtype,
                         obs.shape, final_obs.shape, action.shape, reward.shape, terminated.shape, truncated.shape,
                         obs.is_cpu, final_obs.is_cpu, action.is_cpu, reward.is_cpu, terminated.is_cpu,
-                        truncated.is_cpu, obs.is_contiguous(), final_obs.is_contiguous(),
+                        truncated.is_cpu, obs.is_contiguous(), final_obs.is_contiguous(), action.is_contiguous(),
                     )  # fmt: skip
                 fast = key == self._fast_key
             except (AttributeError, TypeError):  # not a tensor

@@ -720,6 +720,21 @@ def test_fast_add_takes_one_element_views_and_leaves_strided_inputs_to_the_gener
             assert value == states[1][key], key
 
 
+@pytest.mark.parametrize("N", [1, 3])
+def test_a_strided_vector_action_is_stored_as_given(N):
+    """A continuous action ``[N, A]`` may be a strided view even at ``N = 1``: stored as its values, on both
+    backends."""
+    for backend in ("numba", "torch"):
+        buffer = TrajectoryBuffer(
+            4, N, (2,), torch.float32, action_shape=(3,), action_dtype=torch.float32, backend=backend
+        )
+        action = torch.arange(6 * N, dtype=torch.float32).view(N, 6)[:, ::2]
+        obs = torch.zeros(N, 2)
+        no = torch.zeros(N, dtype=torch.bool)
+        buffer.add(obs, action, torch.zeros(N), no, no, obs)
+        assert torch.equal(buffer.latest().action, action), backend
+
+
 def test_load_state_dict_rejects_cursor_and_size_that_do_not_match_total_steps():
     buffer = TrajectoryBuffer(4, 2, (3,), torch.float32)
     for _ in range(5):
