@@ -294,7 +294,10 @@ def load_study(path: str | Path, full: bool = False, base_overrides: dict[str, A
         grid.update(extra)
         for key in ("stream_of",):
             if key in options:
-                raise ConfigError(f"variant {vname!r}: {key} is set by the sweep (member p = run * settings + setting reads stream run)")
+                raise ConfigError(
+                    f"variant {vname!r}: {key} is set by the sweep "
+                    "(member p = run * settings + setting reads stream run)"
+                )
         clash = [k for k in grid if k in options]
         if clash:
             where = "[base.agent_options]" if clash[0] in per_member_in_base else f"variant {vname!r} agent_options"
