@@ -222,6 +222,14 @@ def cartpole_euler(x, x_dot, theta, theta_dot, push_right, sintheta, costheta):
 _FOUR_FLOATS = types.UniTuple(types.float64, 4)
 
 
+def _pack4(builder, four):
+    """The four float64 of a numba 4-tuple as one LLVM ``<4 x double>`` vector (for the vector intrinsics below)."""
+    value = ir.Constant(ir.VectorType(ir.DoubleType(), 4), ir.Undefined)
+    for i in range(4):
+        value = builder.insert_element(value, builder.extract_value(four, i), ir.Constant(ir.IntType(32), i))
+    return value
+
+
 @intrinsic
 def cartpole_euler4(typingctx, x, x_dot, theta, theta_dot, force, sintheta, costheta):
     """:func:`cartpole_euler` of four copies at once, each argument a 4-tuple of float64 (``force``: +-10 N per copy):
@@ -236,19 +244,13 @@ def cartpole_euler4(typingctx, x, x_dot, theta, theta_dot, force, sintheta, cost
         vector = ir.VectorType(ir.DoubleType(), 4)
         lanes = [ir.Constant(ir.IntType(32), i) for i in range(4)]
 
-        def pack(four):
-            value = ir.Constant(vector, ir.Undefined)
-            for i in range(4):
-                value = builder.insert_element(value, builder.extract_value(four, i), lanes[i])
-            return value
-
         def splat(number):
             return ir.Constant(vector, [ir.Constant(ir.DoubleType(), float(number))] * 4)
 
         def unpack(value):
             return context.make_tuple(builder, _FOUR_FLOATS, [builder.extract_element(value, lane) for lane in lanes])
 
-        X, XD, TH, THD, F, S, C = (pack(arg) for arg in args)
+        X, XD, TH, THD, F, S, C = (_pack4(builder, arg) for arg in args)
         mul, div, add, sub = builder.fmul, builder.fdiv, builder.fadd, builder.fsub
         mass, pml = splat(CP_TOTAL_MASS), splat(CP_POLEMASS_LENGTH)
         # temp = (force + pml * (theta_dot * theta_dot) * sintheta) / total_mass
@@ -279,18 +281,12 @@ def cartpole_terminal4(typingctx, x, theta):
         vector = ir.VectorType(ir.DoubleType(), 4)
         lanes = [ir.Constant(ir.IntType(32), i) for i in range(4)]
 
-        def pack(four):
-            value = ir.Constant(vector, ir.Undefined)
-            for i in range(4):
-                value = builder.insert_element(value, builder.extract_value(four, i), lanes[i])
-            return value
-
         def outside(value, bound):
             low = builder.fcmp_ordered("<", value, ir.Constant(vector, [ir.Constant(ir.DoubleType(), -bound)] * 4))
             high = builder.fcmp_ordered(">", value, ir.Constant(vector, [ir.Constant(ir.DoubleType(), bound)] * 4))
             return builder.or_(low, high)
 
-        X, TH = pack(args[0]), pack(args[1])
+        X, TH = _pack4(builder, args[0]), _pack4(builder, args[1])
         ends = builder.or_(outside(X, CP_X_THRESHOLD), outside(TH, CP_THETA_THRESHOLD))
         return context.make_tuple(builder, result, [builder.extract_element(ends, lane) for lane in lanes])
 
