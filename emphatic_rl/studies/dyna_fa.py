@@ -101,6 +101,7 @@ class FAStudyConfig:
     warmup: int = 100
     model_hidden: int = 64
     model_learning_rate: float = 1e-3
+    search_control: str = "queue"
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -222,6 +223,7 @@ class FAStudyConfig:
             target_tau=self.target_tau_of(variant, self.settings[0]),
             model_hidden=self.model_hidden,
             model_learning_rate=self.model_learning_rate,
+            search_control=self.search_control,
         )
 
     @property
@@ -574,7 +576,8 @@ def write_summary(config: FAStudyConfig, summary: dict[str, Any], out: Path, sec
         f"Adam step size {_per_name(config.learning_rate)}, target step {_per_name(config.target_tau)}, "
         f"n = {_lengths(config)}, "
         f"{config.planning_steps} planning steps x {config.planning_batch} updates per real step, Q-network "
-        f"2 x {config.hidden}, gamma {config.gamma}. Env options: {config.env_options}. Wall time {seconds:.0f} s.",
+        f"2 x {config.hidden}, gamma {config.gamma}, search control of the predecessor variants "
+        f"{config.search_control}. Env options: {config.env_options}. Wall time {seconds:.0f} s.",
         "",
     ]
     if "baseline" in summary:
@@ -753,7 +756,8 @@ def write_sweep_summary(config: FAStudyConfig, summary: dict[str, Any], out: Pat
         f"{_per_name(config.learning_rate)}, target steps {_per_name(config.target_tau)}, rollout lengths "
         f"{_per_name(config.rollout_length)} "
         f"(multi-step variants), {config.planning_steps} planning steps x {config.planning_batch} updates per real "
-        f"step, Q-network 2 x {config.hidden}. Env options: {config.env_options}. Wall time {seconds:.0f} s.",
+        f"step, Q-network 2 x {config.hidden}, search control of the predecessor variants {config.search_control}. "
+        f"Env options: {config.env_options}. Wall time {seconds:.0f} s.",
         "",
         "Rule (each method at its best): the model-free baseline takes the setting with its best AUC (pooled over "
         "every population of the sweep); each variant the setting (and, multi-step, the rollout length) with its "

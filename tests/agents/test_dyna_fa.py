@@ -176,6 +176,7 @@ def test_baseline_members_do_not_plan():
         ({"dose": 1.5}, r"dose must be in \[0.0, 1.0\]"),
         ({"dose": [0.1, -0.2]}, r"dose must be in \[0.0, 1.0\]"),
         ({"model": "oracle"}, "model must be one of perfect, learned"),
+        ({"search_control": "random"}, "search_control must be one of queue, uniform"),
     ],
 )
 def test_bad_options_one_clear_error(options, message):
@@ -610,3 +611,27 @@ def test_value_magnitude_counts_diverged_runs_apart():
     assert out["max_q_peak"][0] == pytest.approx(15.0) and out["max_q_last"][0] == pytest.approx(10.0)
     none = _value_magnitude(torch.tensor([float("nan")] * 2), torch.tensor([1.0, 2.0]))
     assert none["max_q_nonfinite_runs"] == 2 and math.isnan(none["max_q_peak"][0])
+
+
+def test_uniform_search_control_plans_back_from_real_states_without_the_queue():
+    """The ablation: the predecessor variants plan back from real states drawn from the replay; the queue is never
+    popped, and multi-step predecessor still never bootstraps a real state from a simulated one."""
+    for variant in ("one-step-predecessor", "multi-step-predecessor"):
+        env = make_env("cartpole", num_envs=2)
+        opts = DynaFAOptions(
+            variant=variant,
+            planning_steps=2,
+            planning_batch=8,
+            queue_size=32,
+            warmup=8,
+            hidden=8,
+            search_control="uniform",
+        )
+        agent = make_dyna_fa_for_env(env, "cartpole", 2, opts, seed=1)
+        popped: list[tuple] = []
+        agent.queue.pop = lambda *args, popped=popped: popped.append(args)  # type: ignore[method-assign]
+        loop(env, agent, 30)
+        stats = agent.planning_statistics()
+        assert not popped and bool((stats["planning_updates"] > 0).all())
+        if variant == "multi-step-predecessor":
+            assert float(stats["fraction_real_toward_simulated"].max()) == 0.0

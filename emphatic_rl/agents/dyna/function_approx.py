@@ -27,7 +27,9 @@ and Adam are one pass each (tested against autograd and ``torch.optim.Adam``).
 Search control, from real states: the successor variants draw real ``(s, a)`` pairs uniformly from the replay;
 the predecessor variants pop the ``planning_steps x planning_batch`` highest-priority states of a queue of
 ``queue_size`` entries (real states enter it with the ``|delta|`` of their direct update; entries below
-``priority_threshold`` are replaced by states drawn uniformly from the replay).
+``priority_threshold`` are replaced by states drawn uniformly from the replay). With ``search_control = "uniform"``
+(an ablation, not the paper's algorithm) the predecessor variants draw their real states uniformly from the replay
+too, and the queue is not used.
 
 - ``one-step-successor`` (Dyna-Q): ``(r, s2) ~ forward(s, a)``; target ``r + gamma max_b Qt(s2, b)``.
 - ``multi-step-successor``: ``n`` forward steps, greedy actions (online network) after the first; target
@@ -86,7 +88,11 @@ if TYPE_CHECKING:
     from emphatic_rl.buffers.trajectory import TrajectoryBuffer, TransitionBatch
     from emphatic_rl.envs.vector_dynamics import VectorDynamics
 
-__all__ = ["DynaFAOptions", "DynaFAAgent", "make_dyna_fa_for_env"]
+__all__ = ["DynaFAOptions", "DynaFAAgent", "make_dyna_fa_for_env", "SEARCH_CONTROLS"]
+
+#: how the predecessor variants pick the real states they plan back from: the priority queue (the paper's, default)
+#: or uniformly from the replay (an ablation)
+SEARCH_CONTROLS = ("queue", "uniform")
 
 
 @dataclass(frozen=True)
@@ -102,7 +108,8 @@ class DynaFAOptions:
       (number or per member), ``hidden`` (width of the Q-network's 2 layers), ``target_tau`` in ``(0, 1]`` (the
       target network's Polyak step per real step; number or per member), ``max_grad_norm`` (> 0).
     - ``replay_size`` (real transitions kept per member), ``replay_batch`` (direct update batch), ``warmup`` (real
-      transitions before learning starts), ``queue_size``, ``priority_threshold`` (>= 0).
+      transitions before learning starts), ``queue_size``, ``priority_threshold`` (>= 0), ``search_control``
+      (``queue``, the default, or ``uniform``: how the predecessor variants pick the states they plan back from).
     - ``model_hidden``, ``model_learning_rate``, ``model_batch``, ``model_train_steps``: the learned model's.
     """
 
@@ -124,6 +131,7 @@ class DynaFAOptions:
     warmup: int = 100
     queue_size: int = 256
     priority_threshold: float = 1e-3
+    search_control: str = "queue"
     model_hidden: int = 64
     model_learning_rate: float = 1e-3
     model_batch: int = 64
@@ -165,6 +173,8 @@ class DynaFAOptions:
             value = getattr(self, key)
             if not (isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < math.inf):
                 raise ValueError(f"{key} must be > 0, got {value!r}")
+        if self.search_control not in SEARCH_CONTROLS:
+            raise ValueError(f"search_control must be one of {', '.join(SEARCH_CONTROLS)}; got {self.search_control!r}")
         if not (isinstance(self.priority_threshold, (int, float)) and self.priority_threshold >= 0):
             raise ValueError(f"priority_threshold must be >= 0, got {self.priority_threshold!r}")
         for key in ("dose", "epsilon", "learning_rate", "plans", "target_tau"):
@@ -619,6 +629,10 @@ class DynaFAAgent(Agent):
     def _pop(self, buffer: TrajectoryBuffer):
         """Search control of the predecessor variants: ``(states, simulated, hallucinated)`` ``[P, K x B, ...]``."""
         count = self.options.planning_steps * self.options.planning_batch
+        if self.options.search_control == "uniform":
+            uniform = self._sample(buffer, count).obs.float()
+            no = torch.zeros(uniform.shape[:2], dtype=torch.bool, device=self.device)
+            return uniform, no, no
         states, simulated, hallucinated, from_queue = self.queue.pop(count, self.options.priority_threshold)
         uniform = self._sample(buffer, count).obs.float()
         states = torch.where(from_queue.unsqueeze(-1), states, uniform)
