@@ -402,22 +402,18 @@ def test_a_runner_run_resumes_exactly_from_its_state():
             assert torch.equal(x, y)
 
 
+def small_sweep(*overrides: str) -> list[str]:
+    """``--set`` arguments of a sweep small enough for a test (2 seeds, 60 steps, tiny networks), then ``overrides``."""
+    keys = ("seeds=2", "steps=60", "eval_every=20", "warmup=4", "hidden=8", "planning_batch=4", *overrides)
+    return [arg for key in keys for arg in ("--set", key)]
+
+
 def test_sweep_runs_every_step_size_and_length_and_applies_its_rule(tmp_path):
     import json
 
     out = tmp_path / "sweep"
     args = ["dyna-fa-cartpole", "--sweep", "--out", str(out)]
-    for override in (
-        "seeds=2",
-        "steps=60",
-        "eval_every=20",
-        "warmup=4",
-        "hidden=8",
-        "planning_batch=4",
-        "learning_rate=[1e-3, 1e-2]",
-        'variants=["one-step-successor", "multi-step-predecessor"]',
-    ):
-        args += ["--set", override]
+    args += small_sweep("learning_rate=[1e-3, 1e-2]", 'variants=["one-step-successor", "multi-step-predecessor"]')
     assert cli_main(["dyna-fa", *args]) == 0
     results = json.loads((out / "results.json").read_text())
     rates = [setting["learning_rate"] for setting in results["settings"]]
@@ -576,16 +572,7 @@ def test_target_tau_sweep_applies_its_rule(tmp_path):
 
     out = tmp_path / "sweep"
     args = ["dyna-fa-cartpole", "--sweep", "target-tau", "--out", str(out)]
-    for override in (
-        "seeds=2",
-        "steps=60",
-        "eval_every=20",
-        "warmup=4",
-        "hidden=8",
-        "planning_batch=4",
-        'variants=["one-step-predecessor", "multi-step-predecessor"]',
-    ):
-        args += ["--set", override]
+    args += small_sweep('variants=["one-step-predecessor", "multi-step-predecessor"]')
     assert cli_main(["dyna-fa", *args]) == 0
     results = json.loads((out / "results.json").read_text())
     taus = [setting["target_tau"] for setting in results["settings"]]
