@@ -102,6 +102,8 @@ class FAStudyConfig:
     model_hidden: int = 64
     model_learning_rate: float = 1e-3
     search_control: str = "queue"
+    predecessor_start: str = "next-state"
+    predecessor_action: str = "uniform"
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -224,12 +226,23 @@ class FAStudyConfig:
             model_hidden=self.model_hidden,
             model_learning_rate=self.model_learning_rate,
             search_control=self.search_control,
+            predecessor_start=self.predecessor_start,
+            predecessor_action=self.predecessor_action,
         )
 
     @property
     def conditions(self) -> list[str]:
         names = ["perfect" if float(d) == 0 else f"dose {float(d):g}" for d in self.doses]
         return names + (["learned"] if self.learned else []) + ([BASELINE] if self.baseline else [])
+
+
+def _predecessor_setup(config: FAStudyConfig) -> str:
+    """How the predecessor variants plan, in words (the summaries' header)."""
+    start = "the state each real transition reached" if config.predecessor_start == "next-state" else "the state it left"
+    return (
+        f"the predecessor variants plan back from {start} (search control {config.search_control}, predecessor "
+        f"action {config.predecessor_action})"
+    )
 
 
 def _number(value: Any) -> bool:
@@ -576,8 +589,8 @@ def write_summary(config: FAStudyConfig, summary: dict[str, Any], out: Path, sec
         f"Adam step size {_per_name(config.learning_rate)}, target step {_per_name(config.target_tau)}, "
         f"n = {_lengths(config)}, "
         f"{config.planning_steps} planning steps x {config.planning_batch} updates per real step, Q-network "
-        f"2 x {config.hidden}, gamma {config.gamma}, search control of the predecessor variants "
-        f"{config.search_control}. Env options: {config.env_options}. Wall time {seconds:.0f} s.",
+        f"2 x {config.hidden}, gamma {config.gamma}, {_predecessor_setup(config)}. Env options: {config.env_options}. "
+        f"Wall time {seconds:.0f} s.",
         "",
     ]
     if "baseline" in summary:
@@ -756,7 +769,7 @@ def write_sweep_summary(config: FAStudyConfig, summary: dict[str, Any], out: Pat
         f"{_per_name(config.learning_rate)}, target steps {_per_name(config.target_tau)}, rollout lengths "
         f"{_per_name(config.rollout_length)} "
         f"(multi-step variants), {config.planning_steps} planning steps x {config.planning_batch} updates per real "
-        f"step, Q-network 2 x {config.hidden}, search control of the predecessor variants {config.search_control}. "
+        f"step, Q-network 2 x {config.hidden}, {_predecessor_setup(config)}. "
         f"Env options: {config.env_options}. Wall time {seconds:.0f} s.",
         "",
         "Rule (each method at its best): the model-free baseline takes the setting with its best AUC (pooled over "

@@ -177,6 +177,8 @@ def test_baseline_members_do_not_plan():
         ({"dose": [0.1, -0.2]}, r"dose must be in \[0.0, 1.0\]"),
         ({"model": "oracle"}, "model must be one of perfect, learned"),
         ({"search_control": "random"}, "search_control must be one of queue, uniform"),
+        ({"predecessor_start": "previous"}, "predecessor_start must be one of next-state, state"),
+        ({"predecessor_action": "greedy"}, "predecessor_action must be one of uniform, behaviour"),
     ],
 )
 def test_bad_options_one_clear_error(options, message):
@@ -622,3 +624,66 @@ def test_uniform_search_control_plans_back_from_real_states_without_the_queue():
         assert not popped and bool((stats["planning_updates"] > 0).all())
         if variant == "multi-step-predecessor":
             assert float(stats["fraction_real_toward_simulated"].max()) == 0.0
+
+
+@pytest.mark.parametrize("start", ["next-state", "state"])
+def test_the_queue_takes_the_state_a_real_transition_reached_or_the_one_it_left(start):
+    """``predecessor_start``: each real transition pushes ``S_{t+1}`` (the default) or ``S_t`` with its ``|delta|``."""
+    env = make_env("cartpole", num_envs=2)
+    opts = DynaFAOptions(
+        variant="multi-step-predecessor", planning_steps=1, planning_batch=4, queue_size=8, warmup=50, hidden=8,
+        predecessor_start=start,
+    )
+    agent = make_dyna_fa_for_env(env, "cartpole", 2, opts, seed=1)
+    buffer = loop(env, agent, 1)  # before the warm-up: nothing is popped yet
+    step = buffer.latest()
+    expected = (step.next_obs if start == "next-state" else step.obs).reshape(2, 1, 4)
+    top = agent.queue.priority.argmax(dim=1)
+    assert bool((agent.queue.priority.max(dim=1).values > 0).all())
+    torch.testing.assert_close(agent.queue.states[torch.arange(2), top].unsqueeze(1), expected, rtol=0, atol=0)
+
+
+def test_a_terminal_real_state_teaches_its_predecessors_the_terminal_reward():
+    """Planning back from a terminal real state (CartPole past its bound, entered by the episode's last step): the
+    predecessor's target is the reward alone, no bootstrap; from a non-terminal one it bootstraps."""
+    env = make_env("cartpole", num_envs=1)
+    for variant in ("one-step-predecessor", "multi-step-predecessor"):
+        opts = DynaFAOptions(
+            variant=variant, planning_steps=1, planning_batch=2, queue_size=4, warmup=1, hidden=8, rollout_length=1
+        )
+        agent = make_dyna_fa_for_env(env, "cartpole", 1, opts, seed=3)
+        buffer = loop(env, agent, 3)
+        terminal = torch.tensor([[2.41, 0.5, 0.05, 0.1]])  # a real terminal state: just past x = 2.4
+        inside = torch.tensor([[0.01, 0.02, -0.03, 0.04]])
+        states = torch.cat((terminal, inside)).unsqueeze(0)
+        assert SimulatorModel(env).backward(states, torch.Generator()).terminal.tolist() == [[True, False]]
+        agent.queue.priority.zero_()
+        agent.queue.push(states, torch.tensor([[5.0, 4.0]]), *(torch.zeros(1, 2, dtype=torch.bool),) * 2)
+        targets: list[torch.Tensor] = []
+        agent._gradient_step = lambda obs, action, target, weight=None, planning=True: (  # type: ignore[method-assign]
+            targets.append(target.clone()) or torch.zeros_like(target)
+        )
+        agent._plan(buffer)
+        bootstrap = 1.0 + agent.gamma * agent._q(inside.unsqueeze(0), target=True).max(-1).values
+        assert targets[0][0, 0].item() == 1.0  # the reward of the step into the terminal state, nothing more
+        assert targets[0][0, 1].item() == pytest.approx(bootstrap.item())
+
+
+def test_behaviour_predecessor_actions_follow_the_policy_at_each_predecessor():
+    """``predecessor_action = "behaviour"``: the weight of action ``a`` is the epsilon-greedy probability of ``a`` at
+    its own candidate predecessor; with epsilon 0 the perfect model picks only actions greedy there."""
+    env = make_env("cartpole", num_envs=2)
+    opts = DynaFAOptions(variant="one-step-predecessor", epsilon=0.0, hidden=8, predecessor_action="behaviour")
+    agent = make_dyna_fa_for_env(env, "cartpole", 2, opts, seed=5)
+    state = 0.05 * torch.randn(2, 64, 4, generator=torch.Generator().manual_seed(0))
+    previous, _, valid = agent.dynamics.predecessors(state, None)  # [A, P, B, D]
+    weights = agent._behaviour_weights(previous)  # [P, B, A]
+    for a in range(2):
+        greedy_there = agent._q(previous[a]).argmax(-1) == a
+        torch.testing.assert_close(weights[..., a], greedy_there.float())
+    sample = agent.model.backward(state, torch.Generator().manual_seed(1), agent._behaviour_weights)
+    chosen = weights.gather(-1, sample.action.unsqueeze(-1)).squeeze(-1)
+    has_greedy_valid = (weights * valid.float().permute(1, 2, 0)).sum(-1) > 0
+    assert bool((chosen[has_greedy_valid] == 1).all()) and int(has_greedy_valid.sum()) > 0
+    agent.epsilon.fill_(1.0)
+    torch.testing.assert_close(agent._behaviour_weights(previous), torch.full_like(weights, 0.5))

@@ -26,10 +26,19 @@ and Adam are one pass each (tested against autograd and ``torch.optim.Adam``).
 
 Search control, from real states: the successor variants draw real ``(s, a)`` pairs uniformly from the replay;
 the predecessor variants pop the ``planning_steps x planning_batch`` highest-priority states of a queue of
-``queue_size`` entries (real states enter it with the ``|delta|`` of their direct update; entries below
-``priority_threshold`` are replaced by states drawn uniformly from the replay). With ``search_control = "uniform"``
-(an ablation, not the paper's algorithm) the predecessor variants draw their real states uniformly from the replay
-too, and the queue is not used.
+``queue_size`` entries (entries below ``priority_threshold`` are replaced by real states drawn uniformly from the
+replay). Each real transition ``(S_t, A_t, R, S_{t+1})`` pushes the state it *reached*, ``S_{t+1}``, with its
+``|delta_t|`` (target network): prioritized sweeping (Moore and Atkeson 1993; Sutton and Barto 2018, Sec. 8.4) queues
+the real pair ``(S_t, A_t)`` with that priority and updates it first, and here the direct update is a replayed
+batch, not the newest transition, so the predecessor of ``S_{t+1}`` under ``A_t`` *is* that real transition, and the
+terminal ones are planned from too (CartPole's only signal). ``predecessor_start = "state"`` pushes ``S_t`` instead
+(this agent's first version: no planning update ever reaches a terminal transition; on CartPole it made the
+predecessor variants slower than model-free, ``experiments/results/dyna-fa/REPORT.md``). With
+``search_control = "uniform"`` (an ablation, not the paper's algorithm) the predecessor variants draw those real
+states uniformly from the replay instead, and the queue is not used. The perfect backward model draws the
+predecessor's action uniformly among the valid ones; ``predecessor_action = "behaviour"`` weights each by the
+behaviour policy's probability of it at its own predecessor (the learned backward model learns ``p(a | s')`` from
+the data, so it needs no such switch).
 
 - ``one-step-successor`` (Dyna-Q): ``(r, s2) ~ forward(s, a)``; target ``r + gamma max_b Qt(s2, b)``.
 - ``multi-step-successor``: ``n`` forward steps, greedy actions (online network) after the first; target
@@ -93,6 +102,13 @@ __all__ = ["DynaFAOptions", "DynaFAAgent", "make_dyna_fa_for_env", "SEARCH_CONTR
 #: how the predecessor variants pick the real states they plan back from: the priority queue (the paper's, default)
 #: or uniformly from the replay (an ablation)
 SEARCH_CONTROLS = ("queue", "uniform")
+#: which state of a real transition ``(S_t, A_t, R, S_{t+1})`` the predecessor variants plan back from: the state
+#: it reached (``S_{t+1}``, the default: its predecessor under ``A_t`` is the real transition itself, terminal ones
+#: included, as prioritized sweeping queues the real pair) or the state it left (``S_t``, this agent's first version)
+PREDECESSOR_STARTS = ("next-state", "state")
+#: how the perfect backward model picks the predecessor's action among the valid ones: uniformly, or with the
+#: behaviour policy's probability of that action at that predecessor
+PREDECESSOR_ACTIONS = ("uniform", "behaviour")
 
 
 @dataclass(frozen=True)
@@ -109,7 +125,9 @@ class DynaFAOptions:
       target network's Polyak step per real step; number or per member), ``max_grad_norm`` (> 0).
     - ``replay_size`` (real transitions kept per member), ``replay_batch`` (direct update batch), ``warmup`` (real
       transitions before learning starts), ``queue_size``, ``priority_threshold`` (>= 0), ``search_control``
-      (``queue``, the default, or ``uniform``: how the predecessor variants pick the states they plan back from).
+      (``queue``, the default, or ``uniform``: how the predecessor variants pick the states they plan back from),
+      ``predecessor_start`` (``next-state``, the default, or ``state``: which state of a real transition enters the
+      queue), ``predecessor_action`` (``uniform``, the default, or ``behaviour``: the perfect backward model's action).
     - ``model_hidden``, ``model_learning_rate``, ``model_batch``, ``model_train_steps``: the learned model's.
     """
 
@@ -132,6 +150,8 @@ class DynaFAOptions:
     queue_size: int = 256
     priority_threshold: float = 1e-3
     search_control: str = "queue"
+    predecessor_start: str = "next-state"
+    predecessor_action: str = "uniform"
     model_hidden: int = 64
     model_learning_rate: float = 1e-3
     model_batch: int = 64
@@ -175,6 +195,14 @@ class DynaFAOptions:
                 raise ValueError(f"{key} must be > 0, got {value!r}")
         if self.search_control not in SEARCH_CONTROLS:
             raise ValueError(f"search_control must be one of {', '.join(SEARCH_CONTROLS)}; got {self.search_control!r}")
+        if self.predecessor_start not in PREDECESSOR_STARTS:
+            raise ValueError(
+                f"predecessor_start must be one of {', '.join(PREDECESSOR_STARTS)}; got {self.predecessor_start!r}"
+            )
+        if self.predecessor_action not in PREDECESSOR_ACTIONS:
+            raise ValueError(
+                f"predecessor_action must be one of {', '.join(PREDECESSOR_ACTIONS)}; got {self.predecessor_action!r}"
+            )
         if not (isinstance(self.priority_threshold, (int, float)) and self.priority_threshold >= 0):
             raise ValueError(f"priority_threshold must be >= 0, got {self.priority_threshold!r}")
         for key in ("dose", "epsilon", "learning_rate", "plans", "target_tau"):
@@ -456,7 +484,8 @@ class DynaFAAgent(Agent):
             target = step.reward.reshape(p, e).float() + self.gamma * not_done * both[:, e:].max(-1).values
             delta = (target - both[:, :e].gather(-1, action).squeeze(-1)).abs()
             no = torch.zeros(p, e, dtype=torch.bool, device=self.device)
-            self.queue.push(obs, delta * self._learning.float().unsqueeze(1), no, no)
+            start = step.next_obs if self.options.predecessor_start == "next-state" else step.obs
+            self.queue.push(start.reshape(p, e, d).float(), delta * self._learning.float().unsqueeze(1), no, no)
         if len(buffer) * e < self.options.warmup:
             return {"td_error": torch.zeros(p), **self.planning_statistics()}
         replay = self._sample(buffer, self.options.replay_batch)
@@ -556,13 +585,24 @@ class DynaFAAgent(Agent):
 
     def _backward(self, state: torch.Tensor, used: torch.Tensor | None = None) -> tuple[VectorBackward, torch.Tensor]:
         assert self.model is not None and self.dynamics is not None  # planning (planning_steps > 0) has a model
-        sample = self.model.backward(state, self.generator)
+        weights = self._behaviour_weights if self.options.predecessor_action == "behaviour" else None
+        sample = self.model.backward(state, self.generator, weights)
         previous = sample.previous_state
         if self._injects:
             previous, _ = inject_hallucinations(self.dynamics, previous, self.dose, self.generator)
         real = self._flag(previous, torch.zeros_like(sample.terminal))
         self._count_outputs(real, sample.valid if used is None else sample.valid & used)
         return VectorBackward(previous, sample.action, sample.reward.float(), sample.terminal, sample.valid), real
+
+    def _behaviour_weights(self, previous: torch.Tensor) -> torch.Tensor:
+        """The behaviour policy's probability of each action ``a`` at its candidate predecessor ``previous[a]``
+        (``[A, P, B, D]`` -> ``[P, B, A]``): epsilon-greedy with the online network."""
+        a, p, b, d = previous.shape
+        q = self._q(previous.permute(1, 0, 2, 3).reshape(p, a * b, d)).view(p, a, b, a)
+        own = torch.arange(a, device=self.device).view(1, a, 1)
+        eps = self.epsilon.view(p, 1, 1)
+        probability = eps / a + (1 - eps) * (q.argmax(dim=-1) == own).float()  # [P, A, B]
+        return probability.transpose(1, 2)
 
     def _count(self, performed, updated_simulated, updated_real, bootstrap_simulated, bootstrap_hallucinated, path):
         """Accumulate the instruments of one batch of planning updates (all ``bool[P, B]``)."""
@@ -629,12 +669,12 @@ class DynaFAAgent(Agent):
     def _pop(self, buffer: TrajectoryBuffer):
         """Search control of the predecessor variants: ``(states, simulated, hallucinated)`` ``[P, K x B, ...]``."""
         count = self.options.planning_steps * self.options.planning_batch
+        replayed = self._sample(buffer, count)
+        uniform = (replayed.next_obs if self.options.predecessor_start == "next-state" else replayed.obs).float()
         if self.options.search_control == "uniform":
-            uniform = self._sample(buffer, count).obs.float()
             no = torch.zeros(uniform.shape[:2], dtype=torch.bool, device=self.device)
             return uniform, no, no
         states, simulated, hallucinated, from_queue = self.queue.pop(count, self.options.priority_threshold)
-        uniform = self._sample(buffer, count).obs.float()
         states = torch.where(from_queue.unsqueeze(-1), states, uniform)
         return states, simulated, hallucinated
 

@@ -14,7 +14,8 @@ Perfect models (``SimulatorModel``, the "perfect-model control"):
   Catcher's new fruit drawn from the caller's generator);
 - backward (the predecessor ``s --a--> s'`` of a queried ``s'``): the action is drawn uniformly among the actions that
   give a valid predecessor (our choice: the true predecessor distribution depends on the behaviour policy, which
-  a model of the env cannot know), then the dynamics are inverted:
+  a model of the env cannot know; a caller may weight the actions, e.g. by that policy, with ``action_weights``),
+  then the dynamics are inverted:
 
   * CartPole: exact inversion of the Euler step. ``x = x' - tau x_dot``, ``theta = theta' - tau theta_dot`` and
     ``(x_dot, theta_dot) = (x_dot', theta_dot') - tau (x_acc, theta_acc)(theta, theta_dot, a)``; the accelerations
@@ -67,6 +68,7 @@ state change, ``p(a | s')`` for the backward direction), queried here on ``[P, B
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import torch
@@ -91,6 +93,9 @@ __all__ = [
 ]
 
 MODEL_KINDS: tuple[str, ...] = ("perfect", "learned")
+
+#: ``previous [A, P, B, D]`` (the candidate predecessor of each action) -> weights ``[P, B, A]`` of the actions
+ActionWeights = Callable[[torch.Tensor], torch.Tensor]
 
 
 class VectorForward(NamedTuple):
@@ -207,10 +212,15 @@ class SimulatorModel:
         """``state [P, B, D]``, ``action int64[P, B]`` -> one true step of each."""
         return VectorForward(*self.dynamics.forward(state, action, generator))
 
-    def backward(self, state: torch.Tensor, generator: torch.Generator) -> VectorBackward:
-        """``state [P, B, D]`` -> one predecessor transition of each (action uniform among the valid ones)."""
+    def backward(
+        self, state: torch.Tensor, generator: torch.Generator, action_weights: ActionWeights | None = None
+    ) -> VectorBackward:
+        """``state [P, B, D]`` -> one predecessor transition of each: the action uniform among the valid ones, or
+        (``action_weights``) drawn with the weights it gives the candidate predecessors, among the valid ones."""
         previous, reward, valid = self.dynamics.predecessors(state, generator)
         weights = valid.float().permute(1, 2, 0)  # [P, B, A]
+        if action_weights is not None:
+            weights = weights * action_weights(previous)
         has_predecessor = weights.sum(-1) > 0
         weights = torch.where(has_predecessor.unsqueeze(-1), weights, torch.ones_like(weights))
         action = _categorical(weights / weights.sum(-1, keepdim=True), generator)  # [P, B]
@@ -238,7 +248,10 @@ class LearnedModel:
             nxt, reward, terminal_logit = self.network.forward_heads(state, action)
         return VectorForward(nxt, reward, terminal_logit > 0)
 
-    def backward(self, state: torch.Tensor, generator: torch.Generator) -> VectorBackward:
+    def backward(
+        self, state: torch.Tensor, generator: torch.Generator, action_weights: ActionWeights | None = None
+    ) -> VectorBackward:
+        """The learned ``p(a | s')`` picks the action (``action_weights`` is not used: it is learned from the data)."""
         with torch.no_grad():
             action_logits, previous, reward, terminal_logit = self.network.backward_heads(state)
         action = _categorical(torch.softmax(action_logits, dim=-1), generator)  # [P, B]
@@ -271,8 +284,10 @@ class MixedModel:
             tuple(perfect), tuple(x.to(y.dtype) for x, y in zip(learned, perfect, strict=True)), VectorForward
         )
 
-    def backward(self, state: torch.Tensor, generator: torch.Generator) -> VectorBackward:
-        perfect = self.perfect.backward(state, generator)
+    def backward(
+        self, state: torch.Tensor, generator: torch.Generator, action_weights: ActionWeights | None = None
+    ) -> VectorBackward:
+        perfect = self.perfect.backward(state, generator, action_weights)
         learned = self.learned.backward(state, generator)
         return self._pick(
             tuple(perfect), tuple(x.to(y.dtype) for x, y in zip(learned, perfect, strict=True)), VectorBackward
