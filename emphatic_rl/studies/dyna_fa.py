@@ -238,7 +238,8 @@ class FAStudyConfig:
 
 def _predecessor_setup(config: FAStudyConfig) -> str:
     """How the predecessor variants plan, in words (the summaries' header)."""
-    start = "the state each real transition reached" if config.predecessor_start == "next-state" else "the state it left"
+    reached = config.predecessor_start == "next-state"
+    start = "the state each real transition reached" if reached else "the state it left"
     return (
         f"the predecessor variants plan back from {start} (search control {config.search_control}, predecessor "
         f"action {config.predecessor_action})"

@@ -631,7 +631,12 @@ def test_the_queue_takes_the_state_a_real_transition_reached_or_the_one_it_left(
     """``predecessor_start``: each real transition pushes ``S_{t+1}`` (the default) or ``S_t`` with its ``|delta|``."""
     env = make_env("cartpole", num_envs=2)
     opts = DynaFAOptions(
-        variant="multi-step-predecessor", planning_steps=1, planning_batch=4, queue_size=8, warmup=50, hidden=8,
+        variant="multi-step-predecessor",
+        planning_steps=1,
+        planning_batch=4,
+        queue_size=8,
+        warmup=50,
+        hidden=8,
         predecessor_start=start,
     )
     agent = make_dyna_fa_for_env(env, "cartpole", 2, opts, seed=1)
@@ -660,9 +665,12 @@ def test_a_terminal_real_state_teaches_its_predecessors_the_terminal_reward():
         agent.queue.priority.zero_()
         agent.queue.push(states, torch.tensor([[5.0, 4.0]]), *(torch.zeros(1, 2, dtype=torch.bool),) * 2)
         targets: list[torch.Tensor] = []
-        agent._gradient_step = lambda obs, action, target, weight=None, planning=True: (  # type: ignore[method-assign]
-            targets.append(target.clone()) or torch.zeros_like(target)
-        )
+
+        def record(obs, action, target, weight=None, planning=True, targets=targets):
+            targets.append(target.clone())
+            return torch.zeros_like(target)
+
+        agent._gradient_step = record  # type: ignore[method-assign]
         agent._plan(buffer)
         bootstrap = 1.0 + agent.gamma * agent._q(inside.unsqueeze(0), target=True).max(-1).values
         assert targets[0][0, 0].item() == 1.0  # the reward of the step into the terminal state, nothing more
