@@ -39,18 +39,15 @@ def loop(env, agent: DynaFAAgent, steps: int, seed: int = 1) -> TrajectoryBuffer
     return buffer
 
 
+def small_options(variant: str, **overrides) -> DynaFAOptions:
+    """The tests' small planner: 2 planning steps of 8 updates, a queue of 32, warm-up 8, a 2 x 8 Q-network."""
+    settings = {"planning_steps": 2, "planning_batch": 8, "queue_size": 32, "warmup": 8, "hidden": 8, **overrides}
+    return DynaFAOptions(variant=variant, **settings)
+
+
 def run(env_name: str, variant: str, steps: int = 40, population: int = 2, **options) -> dict[str, torch.Tensor]:
     env = make_env(env_name, num_envs=population)
-    opts = DynaFAOptions(
-        variant=variant,
-        planning_steps=2,
-        planning_batch=8,
-        queue_size=32,
-        warmup=8,
-        hidden=8,
-        model_hidden=8,
-        **options,
-    )
+    opts = small_options(variant, model_hidden=8, **options)
     agent = make_dyna_fa_for_env(env, env_name, population, opts, seed=1)
     loop(env, agent, steps)
     return agent.planning_statistics()
@@ -209,7 +206,7 @@ def test_an_env_of_ones_own_that_declares_vector_dynamics_gets_models_detector_a
 
     for variant in ("one-step-successor", "multi-step-predecessor"):
         env = MyCartPole(num_envs=2)
-        opts = DynaFAOptions(variant=variant, planning_steps=2, planning_batch=8, queue_size=32, warmup=8, hidden=8)
+        opts = small_options(variant)
         agent = make_dyna_fa_for_env(env, "my-cartpole", 2, opts.__class__(**{**opts.__dict__, "dose": 0.3}))
         loop(env, agent, 30)
         stats = agent.planning_statistics()
@@ -489,15 +486,7 @@ def test_target_tau_per_member_changes_only_its_member():
 
     def final_parameters(tau):
         env = make_env("cartpole", num_envs=2)
-        opts = DynaFAOptions(
-            variant="one-step-predecessor",
-            planning_steps=2,
-            planning_batch=4,
-            queue_size=16,
-            warmup=4,
-            hidden=8,
-            target_tau=tau,
-        )
+        opts = small_options("one-step-predecessor", planning_batch=4, queue_size=16, warmup=4, target_tau=tau)
         agent = make_dyna_fa_for_env(env, "cartpole", 2, opts, seed=3)
         loop(env, agent, 30)
         return agent.q_flat.clone(), agent.target_flat.clone()
@@ -607,15 +596,7 @@ def test_uniform_search_control_plans_back_from_real_states_without_the_queue():
     popped, and multi-step predecessor still never bootstraps a real state from a simulated one."""
     for variant in ("one-step-predecessor", "multi-step-predecessor"):
         env = make_env("cartpole", num_envs=2)
-        opts = DynaFAOptions(
-            variant=variant,
-            planning_steps=2,
-            planning_batch=8,
-            queue_size=32,
-            warmup=8,
-            hidden=8,
-            search_control="uniform",
-        )
+        opts = small_options(variant, search_control="uniform")
         agent = make_dyna_fa_for_env(env, "cartpole", 2, opts, seed=1)
         popped: list[tuple] = []
         agent.queue.pop = lambda *args, popped=popped: popped.append(args)  # type: ignore[method-assign]
@@ -630,14 +611,8 @@ def test_uniform_search_control_plans_back_from_real_states_without_the_queue():
 def test_the_queue_takes_the_state_a_real_transition_reached_or_the_one_it_left(start):
     """``predecessor_start``: each real transition pushes ``S_{t+1}`` (the default) or ``S_t`` with its ``|delta|``."""
     env = make_env("cartpole", num_envs=2)
-    opts = DynaFAOptions(
-        variant="multi-step-predecessor",
-        planning_steps=1,
-        planning_batch=4,
-        queue_size=8,
-        warmup=50,
-        hidden=8,
-        predecessor_start=start,
+    opts = small_options(
+        "multi-step-predecessor", planning_steps=1, planning_batch=4, queue_size=8, warmup=50, predecessor_start=start
     )
     agent = make_dyna_fa_for_env(env, "cartpole", 2, opts, seed=1)
     buffer = loop(env, agent, 1)  # before the warm-up: nothing is popped yet
@@ -653,9 +628,7 @@ def test_a_terminal_real_state_teaches_its_predecessors_the_terminal_reward():
     predecessor's target is the reward alone, no bootstrap; from a non-terminal one it bootstraps."""
     env = make_env("cartpole", num_envs=1)
     for variant in ("one-step-predecessor", "multi-step-predecessor"):
-        opts = DynaFAOptions(
-            variant=variant, planning_steps=1, planning_batch=2, queue_size=4, warmup=1, hidden=8, rollout_length=1
-        )
+        opts = small_options(variant, planning_steps=1, planning_batch=2, queue_size=4, warmup=1, rollout_length=1)
         agent = make_dyna_fa_for_env(env, "cartpole", 1, opts, seed=3)
         buffer = loop(env, agent, 3)
         terminal = torch.tensor([[2.41, 0.5, 0.05, 0.1]])  # a real terminal state: just past x = 2.4
