@@ -104,6 +104,7 @@ class FAStudyConfig:
     search_control: str = "queue"
     predecessor_start: str = "next-state"
     predecessor_action: str = "uniform"
+    planning_update: str = "separate"
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -228,12 +229,23 @@ class FAStudyConfig:
             search_control=self.search_control,
             predecessor_start=self.predecessor_start,
             predecessor_action=self.predecessor_action,
+            planning_update=self.planning_update,
         )
 
     @property
     def conditions(self) -> list[str]:
         names = ["perfect" if float(d) == 0 else f"dose {float(d):g}" for d in self.doses]
         return names + (["learned"] if self.learned else []) + ([BASELINE] if self.baseline else [])
+
+
+def _planning_setup(config: FAStudyConfig) -> str:
+    """How much the variants plan per real step and how those updates reach the optimizer, in words."""
+    how = (
+        "each planning step its own Adam step after the direct update's"
+        if config.planning_update == "separate"
+        else "all in one Adam step with the direct update (each batch's loss weighted equally)"
+    )
+    return f"{config.planning_steps} planning steps x {config.planning_batch} updates per real step, {how}"
 
 
 def _predecessor_setup(config: FAStudyConfig) -> str:
@@ -589,8 +601,8 @@ def write_summary(config: FAStudyConfig, summary: dict[str, Any], out: Path, sec
         f"windows of {config.eval_every} steps; final = last {summary['tail_windows']} windows; 95% t-intervals. "
         f"Adam step size {_per_name(config.learning_rate)}, target step {_per_name(config.target_tau)}, "
         f"n = {_lengths(config)}, "
-        f"{config.planning_steps} planning steps x {config.planning_batch} updates per real step, Q-network "
-        f"2 x {config.hidden}, gamma {config.gamma}, {_predecessor_setup(config)}. Env options: {config.env_options}. "
+        f"{_planning_setup(config)}, Q-network 2 x {config.hidden}, gamma {config.gamma}, "
+        f"{_predecessor_setup(config)}. Env options: {config.env_options}. "
         f"Wall time {seconds:.0f} s.",
         "",
     ]
@@ -769,8 +781,8 @@ def write_sweep_summary(config: FAStudyConfig, summary: dict[str, Any], out: Pat
         f"windows of {config.eval_every} steps; AUC = mean over all windows; 95% t-intervals. Step sizes "
         f"{_per_name(config.learning_rate)}, target steps {_per_name(config.target_tau)}, rollout lengths "
         f"{_per_name(config.rollout_length)} "
-        f"(multi-step variants), {config.planning_steps} planning steps x {config.planning_batch} updates per real "
-        f"step, Q-network 2 x {config.hidden}, {_predecessor_setup(config)}. "
+        f"(multi-step variants), {_planning_setup(config)}, Q-network 2 x {config.hidden}, "
+        f"{_predecessor_setup(config)}. "
         f"Env options: {config.env_options}. Wall time {seconds:.0f} s.",
         "",
         "Rule (each method at its best): the model-free baseline takes the setting with its best AUC (pooled over "

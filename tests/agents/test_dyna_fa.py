@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from emphatic_rl.agents.dyna.function_approx import DynaFAAgent, DynaFAOptions, make_dyna_fa_for_env
+from emphatic_rl.agents.dyna.function_approx import DynaFAAgent, DynaFAOptions, _Updates, make_dyna_fa_for_env
 from emphatic_rl.agents.dyna.tabular import VARIANTS
 from emphatic_rl.agents.dyna.vector_models import (
     SimulatorModel,
@@ -176,6 +176,7 @@ def test_baseline_members_do_not_plan():
         ({"search_control": "random"}, "search_control must be one of queue, uniform"),
         ({"predecessor_start": "previous"}, "predecessor_start must be one of next-state, state"),
         ({"predecessor_action": "greedy"}, "predecessor_action must be one of uniform, behaviour"),
+        ({"planning_update": "joint"}, "planning_update must be one of separate, mixed"),
     ],
 )
 def test_bad_options_one_clear_error(options, message):
@@ -341,6 +342,55 @@ def test_hand_written_gradient_equals_autograd():
         agent.optimizer.step = step  # type: ignore[method-assign]
         assert torch.allclose(captured[0], expected, atol=1e-6)
         assert torch.allclose(td, delta.detach(), atol=1e-6)
+
+
+def test_mixed_planning_update_is_one_step_on_the_mean_of_the_batches_losses():
+    """``planning_update = "mixed"``: one gradient of every learning member on the direct batch and the planning
+    batches together, equal to autograd's gradient of the mean over the member's batches of each batch's loss
+    ``0.5 sum_b w (target - Q)^2 / max(sum_b w, 1)``; a member that does not plan takes its direct batch's alone."""
+    torch.manual_seed(2)
+    env = make_env("cartpole", num_envs=3)
+    opts = small_options("one-step-predecessor", plans=(True, False, True), planning_update="mixed")
+    agent = make_dyna_fa_for_env(env, "cartpole", 3, opts)
+    sizes, planning = (5, 4, 4), torch.tensor([True, False, True])
+    batches = [
+        _Updates(torch.randn(3, b, 4), torch.randint(2, (3, b)), torch.randn(3, b), None if i == 0 else w)
+        for i, (b, w) in enumerate(
+            zip(sizes, (None, torch.rand(3, 4) > 0.3, torch.zeros(3, 4, dtype=torch.bool)), strict=True)
+        )
+    ]
+    params = [p.detach().clone().requires_grad_() for p in agent.q_net.parameters()]
+    losses = []
+    for updates in batches:
+        x = updates.obs
+        for index in range(0, len(params), 2):
+            x = torch.baddbmm(params[index + 1], x, params[index])
+            x = torch.relu(x) if index + 2 < len(params) else x
+        delta = updates.target - x.gather(-1, updates.action.unsqueeze(-1)).squeeze(-1)
+        w_f = torch.ones_like(delta) if updates.weight is None else updates.weight.float()
+        losses.append((0.5 * w_f * delta.square()).sum(dim=1) / w_f.sum(dim=1).clamp(min=1.0))
+    per_member = torch.where(planning, sum(losses) / 3, losses[0])
+    per_member.sum().backward()
+    expected = torch.cat([p.grad.reshape(3, -1) for p in params if p.grad is not None], dim=1)
+    captured: list[tuple[torch.Tensor, torch.Tensor]] = []
+    agent.optimizer.step = lambda grad, active: captured.append((grad.clone(), active.clone()))  # type: ignore[method-assign]
+    deltas = agent._mixed_step(batches)
+    assert len(captured) == 1 and bool(captured[0][1].all())
+    assert torch.allclose(captured[0][0], expected, atol=1e-6)
+    assert [tuple(d.shape) for d in deltas] == [(3, b) for b in sizes]
+
+
+@pytest.mark.parametrize("planning_update, steps_per_real_step", [("separate", 3), ("mixed", 1)])
+def test_optimizer_steps_per_real_step(planning_update, steps_per_real_step):
+    """Separate planning updates make one Adam step per planning step after the direct one; mixed, one in all."""
+    env = make_env("cartpole", num_envs=2)
+    opts = small_options("multi-step-predecessor", planning_update=planning_update)
+    agent = make_dyna_fa_for_env(env, "cartpole", 2, opts, seed=4)
+    buffer = loop(env, agent, 20)
+    before = agent.optimizer.step_count
+    agent.update(buffer, 20)
+    assert agent.optimizer.step_count - before == steps_per_real_step
+    assert bool(agent.parameters_finite().all())
 
 
 def test_replay_draws_from_the_trajectory_buffer_as_the_private_ring_did():
@@ -637,14 +687,8 @@ def test_a_terminal_real_state_teaches_its_predecessors_the_terminal_reward():
         assert SimulatorModel(env).backward(states, torch.Generator()).terminal.tolist() == [[True, False]]
         agent.queue.priority.zero_()
         agent.queue.push(states, torch.tensor([[5.0, 4.0]]), *(torch.zeros(1, 2, dtype=torch.bool),) * 2)
-        targets: list[torch.Tensor] = []
-
-        def record(obs, action, target, weight=None, planning=True, targets=targets):
-            targets.append(target.clone())
-            return torch.zeros_like(target)
-
-        agent._gradient_step = record  # type: ignore[method-assign]
-        agent._plan(buffer)
+        planned, _ = agent._plan(buffer)
+        targets = [updates.target for updates in planned]
         bootstrap = 1.0 + agent.gamma * agent._q(inside.unsqueeze(0), target=True).max(-1).values
         assert targets[0][0, 0].item() == 1.0  # the reward of the step into the terminal state, nothing more
         assert targets[0][0, 1].item() == pytest.approx(bootstrap.item())

@@ -71,8 +71,9 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 
@@ -97,7 +98,7 @@ if TYPE_CHECKING:
     from emphatic_rl.buffers.trajectory import TrajectoryBuffer, TransitionBatch
     from emphatic_rl.envs.vector_dynamics import VectorDynamics
 
-__all__ = ["DynaFAOptions", "DynaFAAgent", "make_dyna_fa_for_env", "SEARCH_CONTROLS"]
+__all__ = ["DynaFAOptions", "DynaFAAgent", "make_dyna_fa_for_env", "PLANNING_UPDATES", "SEARCH_CONTROLS"]
 
 #: how the predecessor variants pick the real states they plan back from: the priority queue (the paper's, default)
 #: or uniformly from the replay (an ablation)
@@ -109,6 +110,24 @@ PREDECESSOR_STARTS = ("next-state", "state")
 #: how the perfect backward model picks the predecessor's action among the valid ones: uniformly, or with the
 #: behaviour policy's probability of that action at that predecessor
 PREDECESSOR_ACTIONS = ("uniform", "behaviour")
+#: how the planning updates reach the optimizer: one Adam step per planning step after the direct update's
+#: (``separate``, this agent's first version) or one Adam step per real step on the direct batch and every planning
+#: step's batch together, each batch's loss weighted equally (``mixed``)
+PLANNING_UPDATES = ("separate", "mixed")
+
+
+class _Updates(NamedTuple):
+    """One batch of value updates: ``Q(obs, action)`` toward ``target``, all ``[P, B, ...]``; ``weight [P, B]``
+    (``None``: every update counts) marks the valid ones."""
+
+    obs: torch.Tensor
+    action: torch.Tensor
+    target: torch.Tensor
+    weight: torch.Tensor | None
+
+
+#: what a variant's planning hands back: one batch of updates per planning step, and what to do with their TD errors
+_Planned = tuple[list[_Updates], Callable[[list[torch.Tensor]], None] | None]
 
 
 @dataclass(frozen=True)
@@ -127,7 +146,10 @@ class DynaFAOptions:
       transitions before learning starts), ``queue_size``, ``priority_threshold`` (>= 0), ``search_control``
       (``queue``, the default, or ``uniform``: how the predecessor variants pick the states they plan back from),
       ``predecessor_start`` (``next-state``, the default, or ``state``: which state of a real transition enters the
-      queue), ``predecessor_action`` (``uniform``, the default, or ``behaviour``: the perfect backward model's action).
+      queue), ``predecessor_action`` (``uniform``, the default, or ``behaviour``: the perfect backward model's action),
+      ``planning_update`` (``separate``, the default: one Adam step per planning step after the direct update's, or
+      ``mixed``: one Adam step per real step on the direct and planning batches together, each batch weighted
+      equally).
     - ``model_hidden``, ``model_learning_rate``, ``model_batch``, ``model_train_steps``: the learned model's.
     """
 
@@ -152,6 +174,7 @@ class DynaFAOptions:
     search_control: str = "queue"
     predecessor_start: str = "next-state"
     predecessor_action: str = "uniform"
+    planning_update: str = "separate"
     model_hidden: int = 64
     model_learning_rate: float = 1e-3
     model_batch: int = 64
@@ -202,6 +225,10 @@ class DynaFAOptions:
         if self.predecessor_action not in PREDECESSOR_ACTIONS:
             raise ValueError(
                 f"predecessor_action must be one of {', '.join(PREDECESSOR_ACTIONS)}; got {self.predecessor_action!r}"
+            )
+        if self.planning_update not in PLANNING_UPDATES:
+            raise ValueError(
+                f"planning_update must be one of {', '.join(PLANNING_UPDATES)}; got {self.planning_update!r}"
             )
         if not (isinstance(self.priority_threshold, (int, float)) and self.priority_threshold >= 0):
             raise ValueError(f"priority_threshold must be >= 0, got {self.priority_threshold!r}")
@@ -492,8 +519,11 @@ class DynaFAAgent(Agent):
         r_next = self._q(replay.next_obs.float(), target=True).max(-1).values
         self.replay_max_q = r_next.mean(dim=1)
         r_target = replay.reward.float() + self.gamma * (~replay.terminated).float() * r_next
-        td = self._gradient_step(replay.obs.float(), replay.action, r_target, planning=False)
-        metrics: dict[str, torch.Tensor] = {"td_error": td.abs().mean(dim=1).cpu()}
+        direct = _Updates(replay.obs.float(), replay.action, r_target, None)
+        mixed = self.options.planning_update == "mixed"
+        if not mixed:
+            td = self._gradient_step(*direct, planning=False)
+        model_metrics: dict[str, torch.Tensor] = {}
         if self.learned_network is not None and self._plans:
             for _ in range(self.options.model_train_steps):
                 batch = self._sample(buffer, self.options.model_batch)
@@ -505,12 +535,41 @@ class DynaFAAgent(Agent):
                     batch.terminated,
                     directions=self.model_direction,
                 )
-            metrics.update({f"model_{k}": v.cpu() for k, v in losses.items()})
-        if self._plans:
-            self._plan(buffer)
+            model_metrics = {f"model_{k}": v.cpu() for k, v in losses.items()}
+        planned, after_planning = self._plan(buffer) if self._plans else ([], None)
+        if mixed:
+            td, *planning_deltas = self._mixed_step([direct, *planned])
+        else:
+            planning_deltas = [self._gradient_step(*updates) for updates in planned]
+        if after_planning is not None:
+            after_planning(planning_deltas)
         self.target_flat.lerp_(self.q_flat, self.target_tau)
+        metrics: dict[str, torch.Tensor] = {"td_error": td.abs().mean(dim=1).cpu(), **model_metrics}
         metrics.update(self.planning_statistics())
         return metrics
+
+    def _mixed_step(self, batches: list[_Updates]) -> list[torch.Tensor]:
+        """``planning_update = "mixed"``: one Adam step of every learning member on the direct batch
+        (``batches[0]``) and the planning steps' batches together. Each batch's loss is its mean over its (valid)
+        updates, as a step of its own would take, and a member's loss is the mean over its batches: the direct one
+        and, if it plans, each planning step's. Returns each batch's TD errors ``[P, B_i]`` before the step."""
+        planning = self._planning_f  # [P, 1]
+        batch_count = 1.0 + (len(batches) - 1) * planning
+        weights = []
+        for index, updates in enumerate(batches):
+            weight = torch.ones_like(updates.target) if updates.weight is None else updates.weight.float()
+            if index > 0:
+                weight = weight * planning
+            weights.append(weight / weight.sum(dim=1, keepdim=True).clamp(min=1.0))
+        delta = self._gradient_step(
+            torch.cat([updates.obs for updates in batches], dim=1),
+            torch.cat([updates.action for updates in batches], dim=1),
+            torch.cat([updates.target for updates in batches], dim=1),
+            torch.cat(weights, dim=1) / batch_count,
+            planning=False,
+            normalized=True,
+        )
+        return list(delta.split([updates.target.shape[1] for updates in batches], dim=1))
 
     @torch.no_grad()
     def _gradient_step(
@@ -520,10 +579,12 @@ class DynaFAAgent(Agent):
         target: torch.Tensor,
         weight: torch.Tensor | None = None,
         planning: bool = True,
+        normalized: bool = False,
     ) -> torch.Tensor:
-        """One Adam step per member on ``0.5 sum_b w (target - Q(obs, action))^2 / max(sum_b w, 1)``, each member's
-        gradient clipped to norm ``max_grad_norm``; returns the TD errors ``[P, B]`` before the step. A planning step
-        leaves the non-planning members unchanged.
+        """One Adam step per member on ``0.5 sum_b w (target - Q(obs, action))^2 / max(sum_b w, 1)`` (``w = 1``
+        without ``weight``; ``normalized``: ``weight`` is already divided by its sum, and the loss is
+        ``0.5 sum_b w (target - Q)^2``), each member's gradient clipped to norm ``max_grad_norm``; returns the TD
+        errors ``[P, B]`` before the step. A planning step leaves the non-planning members unchanged.
 
         The gradient is written by hand (the network is 2 ReLU layers and a linear head): the same numbers as
         autograd (``tests/agents/test_dyna_fa.py`` checks them) with a third of the kernels and no graph."""
@@ -540,6 +601,8 @@ class DynaFAAgent(Agent):
         delta = target.unsqueeze(-1) - x.gather(-1, index_a)  # [P, B, 1]
         if weight is None:
             coefficient = delta * (-1.0 / delta.shape[1])
+        elif normalized:
+            coefficient = delta * weight.unsqueeze(-1).neg()
         else:
             w_f = weight.float().unsqueeze(-1)
             coefficient = (w_f * delta).div_(w_f.sum(dim=1, keepdim=True).clamp(min=1.0).neg_())
@@ -623,25 +686,25 @@ class DynaFAAgent(Agent):
         self.planning_counts += (columns & keep.unsqueeze(-1)).sum(dim=1, dtype=torch.float32)
 
     # ------------------------------------------------------------------ planning
-    def _plan(self, buffer: TrajectoryBuffer) -> None:
+    def _plan(self, buffer: TrajectoryBuffer) -> _Planned:
         """``planning_steps`` planning steps of ``planning_batch`` updates each. The search control, the model's
         answers and the targets of all steps are drawn at once (one batch of ``planning_steps x planning_batch``,
-        with the networks as they are after the direct update), then one gradient step per planning step on its
-        slice: the same number and size of value updates as drawing step by step, in a few kernels."""
+        with the networks as they are after the direct update's step, or before it with ``mixed`` updates): the
+        same number and size of value updates as drawing step by step, in a few kernels. Returns one batch of
+        updates per planning step and, for the one-step predecessor variant, what to do with their TD errors."""
         if self.variant == "one-step-successor":
-            self._plan_successor(1, buffer)
-        elif self.variant == "multi-step-successor":
-            self._plan_successor(self.options.rollout_length, buffer)
-        elif self.variant == "one-step-predecessor":
-            self._plan_one_step_predecessor(buffer)
-        else:
-            self._plan_multi_step_predecessor(buffer)
+            return self._plan_successor(1, buffer)
+        if self.variant == "multi-step-successor":
+            return self._plan_successor(self.options.rollout_length, buffer)
+        if self.variant == "one-step-predecessor":
+            return self._plan_one_step_predecessor(buffer)
+        return self._plan_multi_step_predecessor(buffer)
 
     def _slices(self) -> list[slice]:
         b = self.options.planning_batch
         return [slice(k * b, (k + 1) * b) for k in range(self.options.planning_steps)]
 
-    def _plan_successor(self, length: int, buffer: TrajectoryBuffer) -> None:
+    def _plan_successor(self, length: int, buffer: TrajectoryBuffer) -> _Planned:
         starts = self._sample(buffer, self.options.planning_steps * self.options.planning_batch)
         start, start_action = starts.obs.float(), starts.action
         state, action = start, start_action
@@ -663,8 +726,7 @@ class DynaFAAgent(Agent):
         target = ret + alive.float() * discount * self._q(state, target=True).max(-1).values
         no = torch.zeros_like(alive)
         self._count(torch.ones_like(alive), no, torch.ones_like(alive), alive, alive & ~real, path)
-        for part in self._slices():
-            self._gradient_step(start[:, part], start_action[:, part], target[:, part])
+        return [_Updates(start[:, part], start_action[:, part], target[:, part], None) for part in self._slices()], None
 
     def _pop(self, buffer: TrajectoryBuffer):
         """Search control of the predecessor variants: ``(states, simulated, hallucinated)`` ``[P, K x B, ...]``."""
@@ -678,33 +740,35 @@ class DynaFAAgent(Agent):
         states = torch.where(from_queue.unsqueeze(-1), states, uniform)
         return states, simulated, hallucinated
 
-    def _plan_one_step_predecessor(self, buffer: TrajectoryBuffer) -> None:
+    def _plan_one_step_predecessor(self, buffer: TrajectoryBuffer) -> _Planned:
         state, simulated, hallucinated = self._pop(buffer)
         sample, real = self._backward(state)
         bootstraps = ~sample.terminal
         target = sample.reward + self.gamma * bootstraps.float() * self._q(state, target=True).max(-1).values
         valid = sample.valid
-        delta = torch.cat(
-            [
-                self._gradient_step(
-                    sample.previous_state[:, part], sample.action[:, part], target[:, part], valid[:, part]
-                )
-                for part in self._slices()
-            ],
-            dim=1,
-        )
-        active = self._learning.float().unsqueeze(1) * valid.float()
-        self.queue.push(sample.previous_state, delta.abs() * active, torch.ones_like(real), ~real)
-        self._count(
-            valid,
-            torch.ones_like(real),
-            real,
-            simulated & bootstraps,
-            hallucinated & bootstraps,
-            torch.zeros_like(real),
-        )
+        planned = [
+            _Updates(sample.previous_state[:, part], sample.action[:, part], target[:, part], valid[:, part])
+            for part in self._slices()
+        ]
 
-    def _plan_multi_step_predecessor(self, buffer: TrajectoryBuffer) -> None:
+        def push_predecessors(deltas: list[torch.Tensor]) -> None:
+            """Push each simulated predecessor with its ``|delta|``, then count the updates."""
+            active = self._learning.float().unsqueeze(1) * valid.float()
+            self.queue.push(
+                sample.previous_state, torch.cat(deltas, dim=1).abs() * active, torch.ones_like(real), ~real
+            )
+            self._count(
+                valid,
+                torch.ones_like(real),
+                real,
+                simulated & bootstraps,
+                hallucinated & bootstraps,
+                torch.zeros_like(real),
+            )
+
+        return planned, push_predecessors
+
+    def _plan_multi_step_predecessor(self, buffer: TrajectoryBuffer) -> _Planned:
         real_state, _, _ = self._pop(buffer)  # this variant's queue only ever holds real states
         value = self._q(real_state, target=True).max(-1).values
         alive = torch.ones(value.shape, dtype=torch.bool, device=self.device)
@@ -740,8 +804,10 @@ class DynaFAAgent(Agent):
 
         all_states, all_actions = per_step(states), per_step(actions)
         all_targets, all_weights = per_step(targets), per_step(weights)
-        for k in range(k_steps):
-            self._gradient_step(all_states[:, k], all_actions[:, k], all_targets[:, k], all_weights[:, k])
+        planned = [
+            _Updates(all_states[:, k], all_actions[:, k], all_targets[:, k], all_weights[:, k]) for k in range(k_steps)
+        ]
+        return planned, None
 
     # ------------------------------------------------------------------ instruments
     def planning_statistics(self) -> dict[str, torch.Tensor]:
