@@ -104,7 +104,7 @@ class FAStudyConfig:
     search_control: str = "queue"
     predecessor_start: str = "next-state"
     predecessor_action: str = "uniform"
-    planning_update: str = "separate"
+    planning_update: str = "mixed"
     seed: int = 0
 
     def __post_init__(self) -> None:

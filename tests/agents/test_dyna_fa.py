@@ -176,7 +176,7 @@ def test_baseline_members_do_not_plan():
         ({"search_control": "random"}, "search_control must be one of queue, uniform"),
         ({"predecessor_start": "previous"}, "predecessor_start must be one of next-state, state"),
         ({"predecessor_action": "greedy"}, "predecessor_action must be one of uniform, behaviour"),
-        ({"planning_update": "joint"}, "planning_update must be one of separate, mixed"),
+        ({"planning_update": "joint"}, "planning_update must be one of mixed, separate"),
     ],
 )
 def test_bad_options_one_clear_error(options, message):

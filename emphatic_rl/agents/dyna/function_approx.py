@@ -6,8 +6,8 @@ ours where the paper is silent:
 
 Value function. A population of ``P`` Q-networks (:class:`~emphatic_rl.agents.networks.PopulationMLP`, 2 x
 ``hidden`` ReLU), one per member, and a Polyak-averaged target copy (``target_tau`` per real step) that every
-bootstrap reads. Each value update is one Adam step per member (the step size ``learning_rate`` may differ per
-member) on the mean squared TD error of a batch, each member's gradient clipped to norm ``max_grad_norm``.
+bootstrap reads. Value updates are Adam steps per member (the step size ``learning_rate`` may differ per member) on
+the mean squared TD error of a batch, each member's gradient clipped to norm ``max_grad_norm``.
 
 Each real step (the library's ``Runner``): act epsilon-greedily; the loop stores the transition in its
 ``TrajectoryBuffer``, which is the replay (each member's own streams, the last ``replay_size`` transitions); a
@@ -17,12 +17,26 @@ learned before ``warmup`` real transitions. ``planning_steps = 0`` (or ``plans =
 model-free baseline: the same agent with the same real budget (it is DQN-style Q-learning with replay).
 
 The planning steps of one real step draw their search control, the model's answers and their targets in one
-batch of ``planning_steps x planning_batch`` (with the networks as they are after the direct update), then make one
-gradient step each on their slice: the same number and size of value updates as drawing step by step, in a few
-kernels. (So a simulated predecessor that the one-step predecessor variant pushes can be popped from the next real
-step on, and the multi-step variants' greedy checks use the network before this real step's planning updates.) The
-gradient of the 2-layer network is written by hand and its parameters are one flat ``[P, N]`` tensor, so clipping
-and Adam are one pass each (tested against autograd and ``torch.optim.Adam``).
+batch of ``planning_steps x planning_batch``: the same number and size of value updates as drawing step by step, in
+a few kernels. (So a simulated predecessor that the one-step predecessor variant pushes can be popped from the next
+real step on, and the multi-step variants' greedy checks use the network before this real step's planning updates.)
+How those updates reach the optimizer is ``planning_update``:
+
+- ``mixed`` (the default): one Adam step per real step for every member on the direct batch and the planning
+  batches together (the planning drawn with the network before the step). A member's loss is the mean over its
+  batches (the direct one and, if it plans, each planning step's) of each batch's mean squared TD error, so the
+  planning updates add information to each step rather than more steps, as model-based agents that mix simulated
+  data into the minibatch do (MBPO, Janner et al. 2019). Each member takes exactly one Adam step per real step, so
+  a model-free member is plain DQN-style Q-learning with Adam. The Dyna-FA studies use this one
+  (``experiments/results/dyna-fa/REPORT.md``).
+- ``separate`` (this agent's first version): after the direct update's Adam step, one Adam step per planning step
+  on its slice, drawn with the network as it is after the direct step. A member that does not plan keeps its
+  parameters through the planning steps, but its Adam moments decay there as ``torch.optim.Adam``'s would with a
+  zero gradient, so its optimizer is not plain Adam. With a perfect model on CartPole the one-step variants learned
+  measurably more slowly than model-free this way (the report).
+
+The gradient of the 2-layer network is written by hand and its parameters are one flat ``[P, N]`` tensor, so
+clipping and Adam are one pass each (tested against autograd and ``torch.optim.Adam``).
 
 Search control, from real states: the successor variants draw real ``(s, a)`` pairs uniformly from the replay;
 the predecessor variants pop the ``planning_steps x planning_batch`` highest-priority states of a queue of
@@ -110,10 +124,10 @@ PREDECESSOR_STARTS = ("next-state", "state")
 #: how the perfect backward model picks the predecessor's action among the valid ones: uniformly, or with the
 #: behaviour policy's probability of that action at that predecessor
 PREDECESSOR_ACTIONS = ("uniform", "behaviour")
-#: how the planning updates reach the optimizer: one Adam step per planning step after the direct update's
-#: (``separate``, this agent's first version) or one Adam step per real step on the direct batch and every planning
-#: step's batch together, each batch's loss weighted equally (``mixed``)
-PLANNING_UPDATES = ("separate", "mixed")
+#: how the planning updates reach the optimizer: one Adam step per real step on the direct batch and every planning
+#: step's batch together, each batch's loss weighted equally (``mixed``, the default) or one Adam step per planning
+#: step after the direct update's (``separate``, this agent's first version)
+PLANNING_UPDATES = ("mixed", "separate")
 
 
 class _Updates(NamedTuple):
@@ -147,9 +161,9 @@ class DynaFAOptions:
       (``queue``, the default, or ``uniform``: how the predecessor variants pick the states they plan back from),
       ``predecessor_start`` (``next-state``, the default, or ``state``: which state of a real transition enters the
       queue), ``predecessor_action`` (``uniform``, the default, or ``behaviour``: the perfect backward model's action),
-      ``planning_update`` (``separate``, the default: one Adam step per planning step after the direct update's, or
-      ``mixed``: one Adam step per real step on the direct and planning batches together, each batch weighted
-      equally).
+      ``planning_update`` (``mixed``, the default: one Adam step per real step on the direct and planning batches
+      together, each batch weighted equally, or ``separate``: one Adam step per planning step after the direct
+      update's).
     - ``model_hidden``, ``model_learning_rate``, ``model_batch``, ``model_train_steps``: the learned model's.
     """
 
@@ -174,7 +188,7 @@ class DynaFAOptions:
     search_control: str = "queue"
     predecessor_start: str = "next-state"
     predecessor_action: str = "uniform"
-    planning_update: str = "separate"
+    planning_update: str = "mixed"
     model_hidden: int = 64
     model_learning_rate: float = 1e-3
     model_batch: int = 64
