@@ -393,6 +393,18 @@ def test_optimizer_steps_per_real_step(planning_update, steps_per_real_step):
     assert bool(agent.parameters_finite().all())
 
 
+def test_without_planning_mixed_and_separate_updates_are_the_same_agent():
+    """``planning_steps = 0`` (the model-free baseline): both ``planning_update`` modes take the same steps."""
+    env = make_env("cartpole", num_envs=2)
+    agents = []
+    for planning_update in ("mixed", "separate"):
+        opts = small_options("one-step-successor", planning_steps=0, planning_update=planning_update)
+        agents.append(make_dyna_fa_for_env(env, "cartpole", 2, opts, seed=6))
+        loop(env, agents[-1], 40)
+    assert torch.equal(agents[0].q_flat, agents[1].q_flat)
+    assert agents[0].optimizer.step_count == agents[1].optimizer.step_count > 0
+
+
 def test_replay_draws_from_the_trajectory_buffer_as_the_private_ring_did():
     """Each member's replay batch is a uniform draw over its own last ``replay_size`` transitions: the same indices,
     from the same generator state, as the agent's former private ring (``randint(filled, (P, B))`` into slots

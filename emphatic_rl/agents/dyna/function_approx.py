@@ -47,7 +47,7 @@ the real pair ``(S_t, A_t)`` with that priority and updates it first, and here t
 batch, not the newest transition, so the predecessor of ``S_{t+1}`` under ``A_t`` *is* that real transition, and the
 terminal ones are planned from too (CartPole's only signal). ``predecessor_start = "state"`` pushes ``S_t`` instead
 (this agent's first version: no planning update ever reaches a terminal transition; on CartPole it made the
-predecessor variants slower than model-free, ``experiments/results/dyna-fa/REPORT.md``). With
+predecessor variants slower than model-free, ``experiments/results/dyna-fa/separate-updates/REPORT.md``). With
 ``search_control = "uniform"`` (an ablation, not the paper's algorithm) the predecessor variants draw those real
 states uniformly from the replay instead, and the queue is not used. The perfect backward model draws the
 predecessor's action uniformly among the valid ones; ``predecessor_action = "behaviour"`` weights each by the
@@ -513,7 +513,9 @@ class DynaFAAgent(Agent):
         """One real step of every member: the newest row of ``buffer`` (streams member-major: member ``p`` owns
         streams ``p*E ... p*E + E - 1``; ``next_obs`` is the true ``S_{t+1}``) enters the predecessor queue, then
         the direct update on ``replay_batch`` transitions replayed from ``buffer``, the learned model's training,
-        planning and the target update. Returns metrics ``[P]``: ``td_error`` and :meth:`planning_statistics`."""
+        planning and the target update (``mixed``: the direct and the planning updates make one Adam step after
+        planning has drawn its batches; ``separate``: the direct step comes first, then one per planning step).
+        Returns metrics ``[P]``: ``td_error`` (the direct batch's) and :meth:`planning_statistics`."""
         p, d = self.population_size, self.obs_dim
         step = buffer.latest()
         e = buffer.num_streams // p
