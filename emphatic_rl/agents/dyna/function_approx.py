@@ -33,7 +33,7 @@ How those updates reach the optimizer is ``planning_update``:
   on its slice, drawn with the network as it is after the direct step. A member that does not plan keeps its
   parameters through the planning steps, but its Adam moments decay there as ``torch.optim.Adam``'s would with a
   zero gradient, so its optimizer is not plain Adam. With a perfect model on CartPole the one-step variants learned
-  measurably more slowly than model-free this way (the report).
+  measurably more slowly than model-free this way (``experiments/results/dyna-fa/separate-updates/REPORT.md``).
 
 The gradient of the 2-layer network is written by hand and its parameters are one flat ``[P, N]`` tensor, so
 clipping and Adam are one pass each (tested against autograd and ``torch.optim.Adam``).
