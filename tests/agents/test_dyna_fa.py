@@ -318,6 +318,18 @@ def test_population_adam_matches_torch_adam_per_member_clips_per_member_and_skip
             assert torch.equal(flat[member], start[member])
 
 
+def autograd_batch_loss(params: list[torch.Tensor], updates: _Updates) -> tuple[torch.Tensor, torch.Tensor]:
+    """The reference for the hand-written gradient: autograd's ``0.5 sum_b w (target - Q(obs, action))^2 /
+    max(sum_b w, 1)`` per member (``[P]``) through the 2-layer ReLU network ``params``, and the TD errors ``[P, B]``."""
+    x = updates.obs
+    for index in range(0, len(params), 2):
+        x = torch.baddbmm(params[index + 1], x, params[index])
+        x = torch.relu(x) if index + 2 < len(params) else x
+    delta = updates.target - x.gather(-1, updates.action.unsqueeze(-1)).squeeze(-1)
+    w_f = torch.ones_like(delta) if updates.weight is None else updates.weight.float()
+    return (0.5 * w_f * delta.square()).sum(dim=1) / w_f.sum(dim=1).clamp(min=1.0), delta
+
+
 def test_hand_written_gradient_equals_autograd():
     """The gradient step's hand-written backward gives autograd's gradient of the same weighted loss."""
     torch.manual_seed(1)
@@ -327,13 +339,8 @@ def test_hand_written_gradient_equals_autograd():
     target, weight = torch.randn(3, 5), torch.rand(3, 5) > 0.3
     for w in (None, weight):
         params = [p.detach().clone().requires_grad_() for p in agent.q_net.parameters()]
-        x = obs
-        for index in range(0, len(params), 2):
-            x = torch.baddbmm(params[index + 1], x, params[index])
-            x = torch.relu(x) if index + 2 < len(params) else x
-        delta = target - x.gather(-1, action.unsqueeze(-1)).squeeze(-1)
-        w_f = torch.ones_like(delta) if w is None else w.float()
-        ((0.5 * w_f * delta.square()).sum(dim=1) / w_f.sum(dim=1).clamp(min=1.0)).sum().backward()
+        loss, delta = autograd_batch_loss(params, _Updates(obs, action, target, w))
+        loss.sum().backward()
         expected = torch.cat([p.grad.reshape(3, -1) for p in params if p.grad is not None], dim=1)
         captured: list[torch.Tensor] = []
         step = agent.optimizer.step
@@ -360,15 +367,7 @@ def test_mixed_planning_update_is_one_step_on_the_mean_of_the_batches_losses():
         )
     ]
     params = [p.detach().clone().requires_grad_() for p in agent.q_net.parameters()]
-    losses = []
-    for updates in batches:
-        x = updates.obs
-        for index in range(0, len(params), 2):
-            x = torch.baddbmm(params[index + 1], x, params[index])
-            x = torch.relu(x) if index + 2 < len(params) else x
-        delta = updates.target - x.gather(-1, updates.action.unsqueeze(-1)).squeeze(-1)
-        w_f = torch.ones_like(delta) if updates.weight is None else updates.weight.float()
-        losses.append((0.5 * w_f * delta.square()).sum(dim=1) / w_f.sum(dim=1).clamp(min=1.0))
+    losses = [autograd_batch_loss(params, updates)[0] for updates in batches]
     per_member = torch.where(planning, sum(losses) / 3, losses[0])
     per_member.sum().backward()
     expected = torch.cat([p.grad.reshape(3, -1) for p in params if p.grad is not None], dim=1)
