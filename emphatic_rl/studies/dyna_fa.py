@@ -104,6 +104,7 @@ class FAStudyConfig:
     search_control: str = "queue"
     predecessor_start: str = "next-state"
     predecessor_action: str = "uniform"
+    successor_action: str = "replayed"
     planning_update: str = "mixed"
     seed: int = 0
 
@@ -229,6 +230,7 @@ class FAStudyConfig:
             search_control=self.search_control,
             predecessor_start=self.predecessor_start,
             predecessor_action=self.predecessor_action,
+            successor_action=self.successor_action,
             planning_update=self.planning_update,
         )
 
@@ -252,10 +254,13 @@ def _predecessor_setup(config: FAStudyConfig) -> str:
     """How the predecessor variants plan, in words (the summaries' header)."""
     reached = config.predecessor_start == "next-state"
     start = "the state each real transition reached" if reached else "the state it left"
-    return (
+    text = (
         f"the predecessor variants plan back from {start} (search control {config.search_control}, predecessor "
         f"action {config.predecessor_action})"
     )
+    if config.successor_action != "replayed":  # the default is not named, so earlier summaries read the same
+        text += f", the successor variants' planning action {config.successor_action}"
+    return text
 
 
 def _number(value: Any) -> bool:

@@ -175,7 +175,13 @@ def test_baseline_members_do_not_plan():
         ({"model": "oracle"}, "model must be one of perfect, learned"),
         ({"search_control": "random"}, "search_control must be one of queue, uniform"),
         ({"predecessor_start": "previous"}, "predecessor_start must be one of next-state, state"),
-        ({"predecessor_action": "greedy"}, "predecessor_action must be one of uniform, behaviour"),
+        ({"predecessor_action": "greedy"}, "predecessor_action must be one of uniform, behaviour, replayed"),
+        ({"predecessor_action": "replayed"}, 'predecessor_action = "replayed" needs search_control = "uniform"'),
+        (
+            {"predecessor_action": "replayed", "search_control": "uniform", "predecessor_start": "state"},
+            "got search_control='uniform', predecessor_start='state'",
+        ),
+        ({"successor_action": "greedy"}, "successor_action must be one of replayed, uniform"),
         ({"planning_update": "joint"}, "planning_update must be one of mixed, separate"),
     ],
 )
@@ -724,3 +730,67 @@ def test_behaviour_predecessor_actions_follow_the_policy_at_each_predecessor():
     assert bool((chosen[has_greedy_valid] == 1).all()) and int(has_greedy_valid.sum()) > 0
     agent.epsilon.fill_(1.0)
     torch.testing.assert_close(agent._behaviour_weights(previous), torch.full_like(weights, 0.5))
+
+
+def _capture_replay(agent: DynaFAAgent) -> list:
+    """Record every batch the agent replays (its search control draws)."""
+    drawn: list = []
+    sample = agent._sample
+
+    def recording(buffer, count):
+        batch = sample(buffer, count)
+        drawn.append(batch)
+        return batch
+
+    agent._sample = recording  # type: ignore[method-assign]
+    return drawn
+
+
+def test_replayed_predecessor_action_plans_back_along_the_real_transition():
+    """``predecessor_action = "replayed"`` (uniform search control): the first backward step takes the action of the
+    replayed transition that reached the real state. On CartPole (an exact inversion) that predecessor *is* the
+    replayed transition's state, so the planning update is that transition's own Q-learning update."""
+    env = make_env("cartpole", num_envs=2)
+    for variant in ("one-step-predecessor", "multi-step-predecessor"):
+        opts = small_options(
+            variant, search_control="uniform", predecessor_action="replayed", planning_steps=1, rollout_length=2
+        )
+        agent = make_dyna_fa_for_env(env, "cartpole", 2, opts, seed=4)
+        buffer = loop(env, agent, 30)
+        drawn = _capture_replay(agent)
+        planned, _ = agent._plan(buffer)
+        replayed = drawn[-1]
+        first = planned[0]
+        chain_start = slice(0, opts.planning_batch)  # a step's batch is chain step major: the first backward step
+        valid = first.weight[:, chain_start] if first.weight is not None else torch.ones_like(first.target, dtype=bool)
+        assert bool(valid.all())  # every real transition's own predecessor exists
+        assert torch.equal(first.action[:, chain_start], replayed.action)
+        torch.testing.assert_close(first.obs[:, chain_start], replayed.obs.float(), atol=1e-5, rtol=0)
+        bootstrap = agent._q(replayed.next_obs.float(), target=True).max(-1).values
+        expected = replayed.reward.float() + agent.gamma * (~replayed.terminated).float() * bootstrap
+        torch.testing.assert_close(first.target[:, chain_start], expected)
+
+
+def test_uniform_successor_action_draws_the_planning_action_not_the_replayed_one():
+    """``successor_action = "uniform"``: the planning update starts at the replayed real state with an action drawn
+    uniformly; by default (``replayed``) it takes the replayed transition's action."""
+    env = make_env("puddle-world", num_envs=2)
+    for choice in ("replayed", "uniform"):
+        opts = small_options(
+            "one-step-successor", successor_action=choice, planning_steps=4, planning_batch=64, queue_size=256
+        )
+        agent = make_dyna_fa_for_env(env, "puddle-world", 2, opts, seed=2)
+        agent.epsilon.fill_(0.0)  # the behaviour is greedy: the replay holds few actions per state
+        buffer = loop(env, agent, 30)
+        drawn = _capture_replay(agent)
+        planned, _ = agent._plan(buffer)
+        replayed = drawn[-1]
+        actions = torch.cat([updates.action for updates in planned], dim=1)
+        states = torch.cat([updates.obs for updates in planned], dim=1)
+        torch.testing.assert_close(states, replayed.obs.float(), rtol=0, atol=0)  # the replayed states either way
+        if choice == "replayed":
+            assert torch.equal(actions, replayed.action)
+        else:
+            counts = torch.bincount(actions.flatten(), minlength=4).float() / actions.numel()
+            assert float((counts - 0.25).abs().max()) < 0.06, counts  # 512 draws: 0.06 is 3 standard errors
+            assert float((actions != replayed.action).float().mean()) > 0.5

@@ -52,7 +52,11 @@ predecessor variants slower than model-free, ``experiments/results/dyna-fa/separ
 states uniformly from the replay instead, and the queue is not used. The perfect backward model draws the
 predecessor's action uniformly among the valid ones; ``predecessor_action = "behaviour"`` weights each by the
 behaviour policy's probability of it at its own predecessor (the learned backward model learns ``p(a | s')`` from
-the data, so it needs no such switch).
+the data, so it needs no such switch); ``predecessor_action = "replayed"`` (with uniform search control, an ablation)
+takes the action of the replayed transition that reached the real state, on the first backward step, so the
+predecessor's actions follow the data as a successor variant's do. Conversely ``successor_action = "uniform"`` (an
+ablation) draws the successor variants' planning action uniformly instead of taking the replayed one, so their
+actions follow the predecessor variants' distribution.
 
 - ``one-step-successor`` (Dyna-Q): ``(r, s2) ~ forward(s, a)``; target ``r + gamma max_b Qt(s2, b)``.
 - ``multi-step-successor``: ``n`` forward steps, greedy actions (online network) after the first; target
@@ -112,7 +116,15 @@ if TYPE_CHECKING:
     from emphatic_rl.buffers.trajectory import TrajectoryBuffer, TransitionBatch
     from emphatic_rl.envs.vector_dynamics import VectorDynamics
 
-__all__ = ["DynaFAOptions", "DynaFAAgent", "make_dyna_fa_for_env", "PLANNING_UPDATES", "SEARCH_CONTROLS"]
+__all__ = [
+    "DynaFAOptions",
+    "DynaFAAgent",
+    "make_dyna_fa_for_env",
+    "PLANNING_UPDATES",
+    "PREDECESSOR_ACTIONS",
+    "SEARCH_CONTROLS",
+    "SUCCESSOR_ACTIONS",
+]
 
 #: how the predecessor variants pick the real states they plan back from: the priority queue (the paper's, default)
 #: or uniformly from the replay (an ablation)
@@ -121,9 +133,13 @@ SEARCH_CONTROLS = ("queue", "uniform")
 #: it reached (``S_{t+1}``, the default: its predecessor under ``A_t`` is the real transition itself, terminal ones
 #: included, as prioritized sweeping queues the real pair) or the state it left (``S_t``, this agent's first version)
 PREDECESSOR_STARTS = ("next-state", "state")
-#: how the perfect backward model picks the predecessor's action among the valid ones: uniformly, or with the
-#: behaviour policy's probability of that action at that predecessor
-PREDECESSOR_ACTIONS = ("uniform", "behaviour")
+#: how the perfect backward model picks the predecessor's action among the valid ones: uniformly, with the
+#: behaviour policy's probability of that action at that predecessor, or (with ``search_control = "uniform"``) the
+#: action of the replayed real transition that reached the queried state, on the first backward step (an ablation)
+PREDECESSOR_ACTIONS = ("uniform", "behaviour", "replayed")
+#: the action of a successor variant's planning update at its replayed real state: the replayed transition's (Dyna-Q's
+#: search control, the default) or drawn uniformly (an ablation: the predecessor variants' action distribution)
+SUCCESSOR_ACTIONS = ("replayed", "uniform")
 #: how the planning updates reach the optimizer: one Adam step per real step on the direct batch and every planning
 #: step's batch together, each batch's loss weighted equally (``mixed``, the default) or one Adam step per planning
 #: step after the direct update's (``separate``, this agent's first version)
@@ -160,7 +176,9 @@ class DynaFAOptions:
       transitions before learning starts), ``queue_size``, ``priority_threshold`` (>= 0), ``search_control``
       (``queue``, the default, or ``uniform``: how the predecessor variants pick the states they plan back from),
       ``predecessor_start`` (``next-state``, the default, or ``state``: which state of a real transition enters the
-      queue), ``predecessor_action`` (``uniform``, the default, or ``behaviour``: the perfect backward model's action),
+      queue), ``predecessor_action`` (``uniform``, the default, ``behaviour``, or ``replayed`` with
+      ``search_control = "uniform"``: the perfect backward model's action), ``successor_action`` (``replayed``, the
+      default, or ``uniform``: the action of a successor variant's planning update),
       ``planning_update`` (``mixed``, the default: one Adam step per real step on the direct and planning batches
       together, each batch weighted equally, or ``separate``: one Adam step per planning step after the direct
       update's).
@@ -188,6 +206,7 @@ class DynaFAOptions:
     search_control: str = "queue"
     predecessor_start: str = "next-state"
     predecessor_action: str = "uniform"
+    successor_action: str = "replayed"
     planning_update: str = "mixed"
     model_hidden: int = 64
     model_learning_rate: float = 1e-3
@@ -239,6 +258,18 @@ class DynaFAOptions:
         if self.predecessor_action not in PREDECESSOR_ACTIONS:
             raise ValueError(
                 f"predecessor_action must be one of {', '.join(PREDECESSOR_ACTIONS)}; got {self.predecessor_action!r}"
+            )
+        if self.predecessor_action == "replayed" and (
+            self.search_control != "uniform" or self.predecessor_start != "next-state"
+        ):
+            raise ValueError(
+                'predecessor_action = "replayed" needs search_control = "uniform" and predecessor_start = "next-state" '
+                "(the replayed transition's action is known only for the real state it reached, not for a queued one); "
+                f"got search_control={self.search_control!r}, predecessor_start={self.predecessor_start!r}"
+            )
+        if self.successor_action not in SUCCESSOR_ACTIONS:
+            raise ValueError(
+                f"successor_action must be one of {', '.join(SUCCESSOR_ACTIONS)}; got {self.successor_action!r}"
             )
         if self.planning_update not in PLANNING_UPDATES:
             raise ValueError(
@@ -662,9 +693,21 @@ class DynaFAAgent(Agent):
         self._count_outputs(real, used)
         return VectorForward(nxt, sample.reward.float(), terminal), real
 
-    def _backward(self, state: torch.Tensor, used: torch.Tensor | None = None) -> tuple[VectorBackward, torch.Tensor]:
+    def _backward(
+        self, state: torch.Tensor, used: torch.Tensor | None = None, action: torch.Tensor | None = None
+    ) -> tuple[VectorBackward, torch.Tensor]:
+        """The model's predecessor of each ``state [P, B, D]``, with injected error, and ``real bool[P, B]``.
+        ``action int64[P, B]``: the perfect model's predecessor action (``predecessor_action = "replayed"``)."""
         assert self.model is not None and self.dynamics is not None  # planning (planning_steps > 0) has a model
-        weights = self._behaviour_weights if self.options.predecessor_action == "behaviour" else None
+        weights: Callable[[torch.Tensor], torch.Tensor] | None = None
+        if action is not None:
+            chosen = torch.nn.functional.one_hot(action, self.num_actions).float()  # [P, B, A]
+
+            def weights(previous: torch.Tensor) -> torch.Tensor:
+                return chosen  # the one action (drawn only if its predecessor is valid)
+
+        elif self.options.predecessor_action == "behaviour":
+            weights = self._behaviour_weights
         sample = self.model.backward(state, self.generator, weights)
         previous = sample.previous_state
         if self._injects:
@@ -723,6 +766,10 @@ class DynaFAAgent(Agent):
     def _plan_successor(self, length: int, buffer: TrajectoryBuffer) -> _Planned:
         starts = self._sample(buffer, self.options.planning_steps * self.options.planning_batch)
         start, start_action = starts.obs.float(), starts.action
+        if self.options.successor_action == "uniform":
+            start_action = torch.randint(
+                self.num_actions, start_action.shape, generator=self.generator, device=self.device
+            )
         state, action = start, start_action
         ret = torch.zeros(start_action.shape, device=self.device)
         discount = torch.ones_like(ret)
@@ -745,20 +792,22 @@ class DynaFAAgent(Agent):
         return [_Updates(start[:, part], start_action[:, part], target[:, part], None) for part in self._slices()], None
 
     def _pop(self, buffer: TrajectoryBuffer):
-        """Search control of the predecessor variants: ``(states, simulated, hallucinated)`` ``[P, K x B, ...]``."""
+        """Search control of the predecessor variants: ``(states, simulated, hallucinated)`` ``[P, K x B, ...]`` and
+        the first backward step's action ``int64[P, K x B]`` (``predecessor_action = "replayed"``; else ``None``)."""
         count = self.options.planning_steps * self.options.planning_batch
         replayed = self._sample(buffer, count)
         uniform = (replayed.next_obs if self.options.predecessor_start == "next-state" else replayed.obs).float()
         if self.options.search_control == "uniform":
             no = torch.zeros(uniform.shape[:2], dtype=torch.bool, device=self.device)
-            return uniform, no, no
+            action = replayed.action if self.options.predecessor_action == "replayed" else None
+            return uniform, no, no, action
         states, simulated, hallucinated, from_queue = self.queue.pop(count, self.options.priority_threshold)
         states = torch.where(from_queue.unsqueeze(-1), states, uniform)
-        return states, simulated, hallucinated
+        return states, simulated, hallucinated, None
 
     def _plan_one_step_predecessor(self, buffer: TrajectoryBuffer) -> _Planned:
-        state, simulated, hallucinated = self._pop(buffer)
-        sample, real = self._backward(state)
+        state, simulated, hallucinated, first_action = self._pop(buffer)
+        sample, real = self._backward(state, action=first_action)
         bootstraps = ~sample.terminal
         target = sample.reward + self.gamma * bootstraps.float() * self._q(state, target=True).max(-1).values
         valid = sample.valid
@@ -785,7 +834,7 @@ class DynaFAAgent(Agent):
         return planned, push_predecessors
 
     def _plan_multi_step_predecessor(self, buffer: TrajectoryBuffer) -> _Planned:
-        real_state, _, _ = self._pop(buffer)  # this variant's queue only ever holds real states
+        real_state, _, _, first_action = self._pop(buffer)  # this variant's queue only ever holds real states
         value = self._q(real_state, target=True).max(-1).values
         alive = torch.ones(value.shape, dtype=torch.bool, device=self.device)
         path = torch.zeros_like(alive)
@@ -793,7 +842,7 @@ class DynaFAAgent(Agent):
         current = real_state
         states, actions, targets, weights = [], [], [], []
         for k in range(self.options.rollout_length):
-            sample, real = self._backward(current, alive)
+            sample, real = self._backward(current, alive, first_action if k == 0 else None)
             alive = alive & sample.valid
             if k == 0:
                 value = value * (~sample.terminal).float()
