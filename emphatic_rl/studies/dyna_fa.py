@@ -104,6 +104,7 @@ class FAStudyConfig:
     search_control: str = "queue"
     predecessor_start: str = "next-state"
     predecessor_action: str = "uniform"
+    predecessor_state: str = "model"
     successor_action: str = "replayed"
     planning_update: str = "mixed"
     seed: int = 0
@@ -230,6 +231,7 @@ class FAStudyConfig:
             search_control=self.search_control,
             predecessor_start=self.predecessor_start,
             predecessor_action=self.predecessor_action,
+            predecessor_state=self.predecessor_state,
             successor_action=self.successor_action,
             planning_update=self.planning_update,
         )
@@ -258,7 +260,9 @@ def _predecessor_setup(config: FAStudyConfig) -> str:
         f"the predecessor variants plan back from {start} (search control {config.search_control}, predecessor "
         f"action {config.predecessor_action})"
     )
-    if config.successor_action != "replayed":  # the default is not named, so earlier summaries read the same
+    if config.predecessor_state != "model":  # the defaults are not named, so earlier summaries read the same
+        text += f", the first predecessor's state {config.predecessor_state}"
+    if config.successor_action != "replayed":
         text += f", the successor variants' planning action {config.successor_action}"
     return text
 

@@ -182,6 +182,8 @@ def test_baseline_members_do_not_plan():
             "got search_control='uniform', predecessor_start='state'",
         ),
         ({"successor_action": "greedy"}, "successor_action must be one of replayed, uniform"),
+        ({"predecessor_state": "real"}, "predecessor_state must be one of model, replayed"),
+        ({"predecessor_state": "replayed"}, 'predecessor_state = "replayed" needs predecessor_action = "replayed"'),
         ({"planning_update": "joint"}, "planning_update must be one of mixed, separate"),
     ],
 )
@@ -794,3 +796,32 @@ def test_uniform_successor_action_draws_the_planning_action_not_the_replayed_one
             counts = torch.bincount(actions.flatten(), minlength=4).float() / actions.numel()
             assert float((counts - 0.25).abs().max()) < 0.06, counts  # 512 draws: 0.06 is 3 standard errors
             assert float((actions != replayed.action).float().mean()) > 0.5
+
+
+def test_replayed_predecessor_state_makes_the_planning_update_the_real_transitions_own():
+    """The control ``predecessor_state = "replayed"``: on Puddle World (a noisy inversion) the model's predecessor
+    differs from the replayed ``S_t``; with the control it is ``S_t`` exactly, with its action and real target."""
+    env = make_env("puddle-world", num_envs=2)
+    for state in ("model", "replayed"):
+        opts = small_options(
+            "one-step-predecessor",
+            search_control="uniform",
+            predecessor_action="replayed",
+            predecessor_state=state,
+            planning_steps=1,
+            planning_batch=32,
+        )
+        agent = make_dyna_fa_for_env(env, "puddle-world", 2, opts, seed=4)
+        buffer = loop(env, agent, 40)
+        drawn = _capture_replay(agent)
+        planned, _ = agent._plan(buffer)
+        replayed, update = drawn[-1], planned[0]
+        assert torch.equal(update.action, replayed.action)
+        bootstrap = agent._q(replayed.next_obs.float(), target=True).max(-1).values
+        expected = replayed.reward.float() + agent.gamma * (~replayed.terminated).float() * bootstrap
+        torch.testing.assert_close(update.target, expected)
+        if state == "replayed":
+            assert torch.equal(update.obs, replayed.obs.float())
+        else:  # a fresh draw of the move's noise: near S_t, not S_t
+            gap = (update.obs - replayed.obs.float()).abs()
+            assert float(gap.max()) > 0 and float(gap.mean()) < 0.05

@@ -56,7 +56,10 @@ the data, so it needs no such switch); ``predecessor_action = "replayed"`` (with
 takes the action of the replayed transition that reached the real state, on the first backward step, so the
 predecessor's actions follow the data as a successor variant's do. Conversely ``successor_action = "uniform"`` (an
 ablation) draws the successor variants' planning action uniformly instead of taking the replayed one, so their
-actions follow the predecessor variants' distribution.
+actions follow the predecessor variants' distribution. ``predecessor_state = "replayed"`` (with the replayed action)
+goes further: the first backward step returns the replayed transition's own ``S_t``, so that planning update is
+exactly the real transition's (a control for everything but the model: the variant's update path, weights and
+settings with the data's own predecessors).
 
 - ``one-step-successor`` (Dyna-Q): ``(r, s2) ~ forward(s, a)``; target ``r + gamma max_b Qt(s2, b)``.
 - ``multi-step-successor``: ``n`` forward steps, greedy actions (online network) after the first; target
@@ -122,6 +125,7 @@ __all__ = [
     "make_dyna_fa_for_env",
     "PLANNING_UPDATES",
     "PREDECESSOR_ACTIONS",
+    "PREDECESSOR_STATES",
     "SEARCH_CONTROLS",
     "SUCCESSOR_ACTIONS",
 ]
@@ -137,6 +141,10 @@ PREDECESSOR_STARTS = ("next-state", "state")
 #: behaviour policy's probability of that action at that predecessor, or (with ``search_control = "uniform"``) the
 #: action of the replayed real transition that reached the queried state, on the first backward step (an ablation)
 PREDECESSOR_ACTIONS = ("uniform", "behaviour", "replayed")
+#: the predecessor's state on the first backward step: the backward model's (the default) or, with
+#: ``predecessor_action = "replayed"``, the replayed transition's own ``S_t`` (a control: the planning update is then
+#: exactly that real transition's, through the variant's own update path)
+PREDECESSOR_STATES = ("model", "replayed")
 #: the action of a successor variant's planning update at its replayed real state: the replayed transition's (Dyna-Q's
 #: search control, the default) or drawn uniformly (an ablation: the predecessor variants' action distribution)
 SUCCESSOR_ACTIONS = ("replayed", "uniform")
@@ -160,6 +168,14 @@ class _Updates(NamedTuple):
 _Planned = tuple[list[_Updates], Callable[[list[torch.Tensor]], None] | None]
 
 
+class _Replayed(NamedTuple):
+    """The replayed real transitions whose next states a predecessor variant plans back from: their actions
+    ``int64[P, B]`` and (``predecessor_state = "replayed"``) their states ``[P, B, D]``, else ``None``."""
+
+    action: torch.Tensor
+    state: torch.Tensor | None
+
+
 @dataclass(frozen=True)
 class DynaFAOptions:
     """Options of the ``dyna-fa`` agent (CLI: ``--agent dyna-fa --set variant=multi-step-predecessor``).
@@ -177,7 +193,9 @@ class DynaFAOptions:
       (``queue``, the default, or ``uniform``: how the predecessor variants pick the states they plan back from),
       ``predecessor_start`` (``next-state``, the default, or ``state``: which state of a real transition enters the
       queue), ``predecessor_action`` (``uniform``, the default, ``behaviour``, or ``replayed`` with
-      ``search_control = "uniform"``: the perfect backward model's action), ``successor_action`` (``replayed``, the
+      ``search_control = "uniform"``: the perfect backward model's action), ``predecessor_state`` (``model``, the
+      default, or ``replayed`` with ``predecessor_action = "replayed"``: the first backward step returns the replayed
+      transition itself, a control), ``successor_action`` (``replayed``, the
       default, or ``uniform``: the action of a successor variant's planning update),
       ``planning_update`` (``mixed``, the default: one Adam step per real step on the direct and planning batches
       together, each batch weighted equally, or ``separate``: one Adam step per planning step after the direct
@@ -206,6 +224,7 @@ class DynaFAOptions:
     search_control: str = "queue"
     predecessor_start: str = "next-state"
     predecessor_action: str = "uniform"
+    predecessor_state: str = "model"
     successor_action: str = "replayed"
     planning_update: str = "mixed"
     model_hidden: int = 64
@@ -266,6 +285,15 @@ class DynaFAOptions:
                 'predecessor_action = "replayed" needs search_control = "uniform" and predecessor_start = "next-state" '
                 "(the replayed transition's action is known only for the real state it reached, not for a queued one); "
                 f"got search_control={self.search_control!r}, predecessor_start={self.predecessor_start!r}"
+            )
+        if self.predecessor_state not in PREDECESSOR_STATES:
+            raise ValueError(
+                f"predecessor_state must be one of {', '.join(PREDECESSOR_STATES)}; got {self.predecessor_state!r}"
+            )
+        if self.predecessor_state == "replayed" and self.predecessor_action != "replayed":
+            raise ValueError(
+                'predecessor_state = "replayed" needs predecessor_action = "replayed" (a replayed state goes with its '
+                f"action); got predecessor_action={self.predecessor_action!r}"
             )
         if self.successor_action not in SUCCESSOR_ACTIONS:
             raise ValueError(
@@ -694,14 +722,15 @@ class DynaFAAgent(Agent):
         return VectorForward(nxt, sample.reward.float(), terminal), real
 
     def _backward(
-        self, state: torch.Tensor, used: torch.Tensor | None = None, action: torch.Tensor | None = None
+        self, state: torch.Tensor, used: torch.Tensor | None = None, replayed: _Replayed | None = None
     ) -> tuple[VectorBackward, torch.Tensor]:
         """The model's predecessor of each ``state [P, B, D]``, with injected error, and ``real bool[P, B]``.
-        ``action int64[P, B]``: the perfect model's predecessor action (``predecessor_action = "replayed"``)."""
+        ``replayed``: the replayed transitions that reached ``state`` (``predecessor_action = "replayed"``): the
+        perfect model's predecessor takes their action, and (``predecessor_state = "replayed"``) their state."""
         assert self.model is not None and self.dynamics is not None  # planning (planning_steps > 0) has a model
         weights: Callable[[torch.Tensor], torch.Tensor] | None = None
-        if action is not None:
-            chosen = torch.nn.functional.one_hot(action, self.num_actions).float()  # [P, B, A]
+        if replayed is not None:
+            chosen = torch.nn.functional.one_hot(replayed.action, self.num_actions).float()  # [P, B, A]
 
             def weights(previous: torch.Tensor) -> torch.Tensor:
                 return chosen  # the one action (drawn only if its predecessor is valid)
@@ -710,6 +739,8 @@ class DynaFAAgent(Agent):
             weights = self._behaviour_weights
         sample = self.model.backward(state, self.generator, weights)
         previous = sample.previous_state
+        if replayed is not None and replayed.state is not None:
+            previous = replayed.state
         if self._injects:
             previous, _ = inject_hallucinations(self.dynamics, previous, self.dose, self.generator)
         real = self._flag(previous, torch.zeros_like(sample.terminal))
@@ -793,21 +824,24 @@ class DynaFAAgent(Agent):
 
     def _pop(self, buffer: TrajectoryBuffer):
         """Search control of the predecessor variants: ``(states, simulated, hallucinated)`` ``[P, K x B, ...]`` and
-        the first backward step's action ``int64[P, K x B]`` (``predecessor_action = "replayed"``; else ``None``)."""
+        the replayed transitions that reached them (``predecessor_action = "replayed"``; else ``None``)."""
         count = self.options.planning_steps * self.options.planning_batch
         replayed = self._sample(buffer, count)
         uniform = (replayed.next_obs if self.options.predecessor_start == "next-state" else replayed.obs).float()
         if self.options.search_control == "uniform":
             no = torch.zeros(uniform.shape[:2], dtype=torch.bool, device=self.device)
-            action = replayed.action if self.options.predecessor_action == "replayed" else None
-            return uniform, no, no, action
+            first = None
+            if self.options.predecessor_action == "replayed":
+                state = replayed.obs.float() if self.options.predecessor_state == "replayed" else None
+                first = _Replayed(replayed.action, state)
+            return uniform, no, no, first
         states, simulated, hallucinated, from_queue = self.queue.pop(count, self.options.priority_threshold)
         states = torch.where(from_queue.unsqueeze(-1), states, uniform)
         return states, simulated, hallucinated, None
 
     def _plan_one_step_predecessor(self, buffer: TrajectoryBuffer) -> _Planned:
-        state, simulated, hallucinated, first_action = self._pop(buffer)
-        sample, real = self._backward(state, action=first_action)
+        state, simulated, hallucinated, replayed = self._pop(buffer)
+        sample, real = self._backward(state, replayed=replayed)
         bootstraps = ~sample.terminal
         target = sample.reward + self.gamma * bootstraps.float() * self._q(state, target=True).max(-1).values
         valid = sample.valid
@@ -834,7 +868,7 @@ class DynaFAAgent(Agent):
         return planned, push_predecessors
 
     def _plan_multi_step_predecessor(self, buffer: TrajectoryBuffer) -> _Planned:
-        real_state, _, _, first_action = self._pop(buffer)  # this variant's queue only ever holds real states
+        real_state, _, _, replayed = self._pop(buffer)  # this variant's queue only ever holds real states
         value = self._q(real_state, target=True).max(-1).values
         alive = torch.ones(value.shape, dtype=torch.bool, device=self.device)
         path = torch.zeros_like(alive)
@@ -842,7 +876,7 @@ class DynaFAAgent(Agent):
         current = real_state
         states, actions, targets, weights = [], [], [], []
         for k in range(self.options.rollout_length):
-            sample, real = self._backward(current, alive, first_action if k == 0 else None)
+            sample, real = self._backward(current, alive, replayed if k == 0 else None)
             alive = alive & sample.valid
             if k == 0:
                 value = value * (~sample.terminal).float()
