@@ -739,8 +739,9 @@ class DynaFAAgent(Agent):
             weights = self._behaviour_weights
         sample = self.model.backward(state, self.generator, weights)
         previous = sample.previous_state
-        if replayed is not None and replayed.state is not None:
+        if replayed is not None and replayed.state is not None:  # the real transition exists: it is the update
             previous = replayed.state
+            sample = sample._replace(valid=torch.ones_like(sample.valid))
         if self._injects:
             previous, _ = inject_hallucinations(self.dynamics, previous, self.dose, self.generator)
         real = self._flag(previous, torch.zeros_like(sample.terminal))
