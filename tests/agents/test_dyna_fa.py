@@ -820,8 +820,8 @@ def test_replayed_predecessor_state_makes_the_planning_update_the_real_transitio
         bootstrap = agent._q(replayed.next_obs.float(), target=True).max(-1).values
         expected = replayed.reward.float() + agent.gamma * (~replayed.terminated).float() * bootstrap
         torch.testing.assert_close(update.target, expected)
-        if state == "replayed":
-            assert torch.equal(update.obs, replayed.obs.float())
+        if state == "replayed":  # every replayed transition is an update, whatever the model would have drawn
+            assert torch.equal(update.obs, replayed.obs.float()) and bool(update.weight.all())
         else:  # a fresh draw of the move's noise: near S_t, not S_t
             gap = (update.obs - replayed.obs.float()).abs()
             assert float(gap.max()) > 0 and float(gap.mean()) < 0.05
