@@ -734,18 +734,24 @@ def test_behaviour_predecessor_actions_follow_the_policy_at_each_predecessor():
     torch.testing.assert_close(agent._behaviour_weights(previous), torch.full_like(weights, 0.5))
 
 
-def _capture_replay(agent: DynaFAAgent) -> list:
-    """Record every batch the agent replays (its search control draws)."""
+def _plan_with_replay(agent: DynaFAAgent, buffer: TrajectoryBuffer):
+    """One planning draw, with the replayed batch its search control drew: ``(planned updates, replayed batch)``."""
     drawn: list = []
     sample = agent._sample
 
     def recording(buffer, count):
-        batch = sample(buffer, count)
-        drawn.append(batch)
-        return batch
+        drawn.append(sample(buffer, count))
+        return drawn[-1]
 
     agent._sample = recording  # type: ignore[method-assign]
-    return drawn
+    planned, _ = agent._plan(buffer)
+    return planned, drawn[-1]
+
+
+def _replayed_target(agent: DynaFAAgent, replayed) -> torch.Tensor:
+    """The replayed transitions' own Q-learning targets, ``R + gamma (1 - terminated) max_a Qt(S', a)``."""
+    bootstrap = agent._q(replayed.next_obs.float(), target=True).max(-1).values
+    return replayed.reward.float() + agent.gamma * (~replayed.terminated).float() * bootstrap
 
 
 def test_replayed_predecessor_action_plans_back_along_the_real_transition():
@@ -759,18 +765,13 @@ def test_replayed_predecessor_action_plans_back_along_the_real_transition():
         )
         agent = make_dyna_fa_for_env(env, "cartpole", 2, opts, seed=4)
         buffer = loop(env, agent, 30)
-        drawn = _capture_replay(agent)
-        planned, _ = agent._plan(buffer)
-        replayed = drawn[-1]
+        planned, replayed = _plan_with_replay(agent, buffer)
         first = planned[0]
         chain_start = slice(0, opts.planning_batch)  # a step's batch is chain step major: the first backward step
-        valid = first.weight[:, chain_start] if first.weight is not None else torch.ones_like(first.target, dtype=bool)
-        assert bool(valid.all())  # every real transition's own predecessor exists
+        assert first.weight is not None and bool(first.weight[:, chain_start].all())  # every real predecessor exists
         assert torch.equal(first.action[:, chain_start], replayed.action)
         torch.testing.assert_close(first.obs[:, chain_start], replayed.obs.float(), atol=1e-5, rtol=0)
-        bootstrap = agent._q(replayed.next_obs.float(), target=True).max(-1).values
-        expected = replayed.reward.float() + agent.gamma * (~replayed.terminated).float() * bootstrap
-        torch.testing.assert_close(first.target[:, chain_start], expected)
+        torch.testing.assert_close(first.target[:, chain_start], _replayed_target(agent, replayed))
 
 
 def test_uniform_successor_action_draws_the_planning_action_not_the_replayed_one():
@@ -784,9 +785,7 @@ def test_uniform_successor_action_draws_the_planning_action_not_the_replayed_one
         agent = make_dyna_fa_for_env(env, "puddle-world", 2, opts, seed=2)
         agent.epsilon.fill_(0.0)  # the behaviour is greedy: the replay holds few actions per state
         buffer = loop(env, agent, 30)
-        drawn = _capture_replay(agent)
-        planned, _ = agent._plan(buffer)
-        replayed = drawn[-1]
+        planned, replayed = _plan_with_replay(agent, buffer)
         actions = torch.cat([updates.action for updates in planned], dim=1)
         states = torch.cat([updates.obs for updates in planned], dim=1)
         torch.testing.assert_close(states, replayed.obs.float(), rtol=0, atol=0)  # the replayed states either way
@@ -813,15 +812,13 @@ def test_replayed_predecessor_state_makes_the_planning_update_the_real_transitio
         )
         agent = make_dyna_fa_for_env(env, "puddle-world", 2, opts, seed=4)
         buffer = loop(env, agent, 40)
-        drawn = _capture_replay(agent)
-        planned, _ = agent._plan(buffer)
-        replayed, update = drawn[-1], planned[0]
+        planned, replayed = _plan_with_replay(agent, buffer)
+        update = planned[0]
         assert torch.equal(update.action, replayed.action)
-        bootstrap = agent._q(replayed.next_obs.float(), target=True).max(-1).values
-        expected = replayed.reward.float() + agent.gamma * (~replayed.terminated).float() * bootstrap
-        torch.testing.assert_close(update.target, expected)
+        torch.testing.assert_close(update.target, _replayed_target(agent, replayed))
         if state == "replayed":  # every replayed transition is an update, whatever the model would have drawn
-            assert torch.equal(update.obs, replayed.obs.float()) and bool(update.weight.all())
+            assert update.weight is not None and bool(update.weight.all())
+            assert torch.equal(update.obs, replayed.obs.float())
         else:  # a fresh draw of the move's noise: near S_t, not S_t
             gap = (update.obs - replayed.obs.float()).abs()
             assert float(gap.max()) > 0 and float(gap.mean()) < 0.05
